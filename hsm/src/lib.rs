@@ -1,0 +1,1 @@
+//! Key custody: the `KeyWrapper` abstraction, envelope encryption, secret memory.

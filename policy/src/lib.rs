@@ -1,0 +1,2 @@
+//! Policy engine: pure, deterministic transaction approval rules.
+#![forbid(unsafe_code)]

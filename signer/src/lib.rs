@@ -1,0 +1,2 @@
+//! The signer node: daemon, operator CLI and the cluster plumbing they share.
+#![forbid(unsafe_code)]
