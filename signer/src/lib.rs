@@ -1,2 +1,12 @@
 //! The signer node: daemon, operator CLI and the cluster plumbing they share.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod audit;
+pub mod ca;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod node;
+pub mod store;
+pub mod tls;

@@ -1,1 +1,197 @@
-//! Shared harness for the cluster tests.
+//! Harness for the cluster tests: starts a real dev cluster (`signer cluster up`:
+//! PostgreSQL, etcd, CA, N node processes) in a temporary directory and tears it
+//! down when the test process exits (the supervisor watches our pid).
+#![allow(clippy::unwrap_used)] // test harness: a failed step must fail the test loudly
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use signer::cluster::{ClusterFile, ClusterNode};
+
+/// A running dev cluster.
+pub struct Cluster {
+    /// The cluster directory.
+    pub dir: PathBuf,
+    /// Contents of cluster.json.
+    pub file: ClusterFile,
+    _tmp: tempfile::TempDir,
+    supervisor: Child,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("dir", &self.dir).finish()
+    }
+}
+
+/// Path of the `signer` binary (built by `make test` before the tests run).
+pub fn signer_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SIGNER_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/signer
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("signer");
+    assert!(
+        bin.is_file(),
+        "signer binary not found at {}; run `cargo build -p signer` first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+impl Cluster {
+    /// Starts a cluster of `nodes` with threshold `threshold`.
+    pub fn start(nodes: u16, threshold: u16) -> Cluster {
+        let tmp = tempfile::Builder::new().prefix("signer-cluster-").tempdir_in("/tmp").unwrap();
+        let dir = tmp.path().join("cluster");
+        let log = std::fs::File::create(tmp.path().join("supervisor.log")).unwrap();
+        let supervisor = Command::new(signer_bin())
+            .args(["cluster", "up", "--nodes", &nodes.to_string()])
+            .args(["--threshold", &threshold.to_string()])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--watch-pid", &std::process::id().to_string()])
+            .args(["--lease-ttl-secs", "3"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut c = Cluster {
+            file: wait_for_cluster_file(&dir, tmp.path()),
+            dir,
+            _tmp: tmp,
+            supervisor,
+        };
+        if let Ok(Some(status)) = c.supervisor.try_wait() {
+            panic!("cluster supervisor exited early: {status}");
+        }
+        c
+    }
+
+    /// One cluster shared by every test in this test binary.
+    pub fn shared() -> &'static Cluster {
+        static SHARED: OnceLock<Cluster> = OnceLock::new();
+        SHARED.get_or_init(|| Cluster::start(5, 3))
+    }
+
+    /// HTTPS client trusting the cluster CA.
+    pub fn client(&self) -> reqwest::Client {
+        signer::tls::install_crypto_provider();
+        signer::tls::api_client(&self.file.ca_cert).unwrap()
+    }
+
+    /// Node `i` (0-based).
+    pub fn node(&self, i: usize) -> &ClusterNode {
+        &self.file.nodes[i]
+    }
+
+    /// URL of `path` on node `i`.
+    pub fn url(&self, i: usize, path: &str) -> String {
+        format!("{}{}", self.node(i).api_url, path)
+    }
+
+    /// The admin token.
+    pub fn admin(&self) -> &str {
+        &self.file.admin_token
+    }
+
+    /// Pid of node `i`, from its pid file.
+    pub fn node_pid(&self, i: usize) -> Option<u32> {
+        std::fs::read_to_string(self.node(i).dir.join("node.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// SIGKILLs node `i` and waits until it is gone.
+    pub fn kill_node(&self, i: usize) {
+        let pid = self.node_pid(i).expect("node pid file");
+        let p = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let start = Instant::now();
+        while nix::sys::signal::kill(p, None).is_ok() && start.elapsed() < Duration::from_secs(10) {
+            let _ = nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts node `i` again with its existing configuration and data.
+    pub fn restart_node(&self, i: usize) {
+        let n = self.node(i);
+        let log = std::fs::OpenOptions::new().append(true).create(true).open(&n.log).unwrap();
+        Command::new(signer_bin())
+            .args(["node", "run", "--config"])
+            .arg(&n.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+    }
+
+    /// A pool on node `i`'s own database.
+    pub async fn db(&self, i: usize) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&self.node(i).database_url)
+            .await
+            .unwrap()
+    }
+
+    /// A superuser pool on node `i`'s database (bypasses grants, for tampering tests).
+    pub async fn db_superuser(&self, i: usize) -> sqlx::PgPool {
+        let base = self.file.postgres_admin_url.rsplit_once('/').unwrap().0.to_owned();
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&format!("{base}/{}", self.node(i).database))
+            .await
+            .unwrap()
+    }
+
+    /// Polls `check` every 200 ms until it returns `Some`, or panics after `timeout`.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(signer_bin())
+            .args(["cluster", "down", "--dir"])
+            .arg(&self.dir)
+            .status();
+        let _ = self.supervisor.wait();
+    }
+}
+
+fn wait_for_cluster_file(dir: &Path, tmp: &Path) -> ClusterFile {
+    let path = dir.join("cluster.json");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(180) {
+        if path.is_file() {
+            if let Ok(f) = ClusterFile::load(&path) {
+                return f;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(tmp.join("supervisor.log")).unwrap_or_default();
+    panic!("cluster did not come up within 180 s; supervisor log:\n{log}");
+}

@@ -1,0 +1,128 @@
+//! The REST API (axum over rustls): health, readiness, cluster status, tokens and
+//! audit. Every mutation is written to the audit log.
+
+pub mod auth;
+pub mod error;
+mod handlers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{delete, get};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use self::auth::ClientAddr;
+use self::error::ApiError;
+use crate::node::NodeCtx;
+
+/// Shared state of all handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: Arc<NodeCtx>,
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.node.cfg.api.max_body_bytes;
+    let protected = Router::new()
+        .route("/api/v1/cluster/status", get(handlers::cluster_status))
+        .route(
+            "/api/v1/tokens",
+            get(handlers::list_tokens).post(handlers::create_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(handlers::revoke_token))
+        .route("/api/v1/audit", get(handlers::audit_list))
+        .route("/api/v1/audit/verify", get(handlers::audit_verify))
+        .route("/api/v1/whoami", get(handlers::whoami))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready))
+        .route("/metrics", get(handlers::metrics))
+        .merge(protected)
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                axum::response::IntoResponse::into_response(ApiError::internal("handler panicked"))
+            },
+        ))
+        .with_state(state)
+}
+
+/// Serves the API over TLS until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "api accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %peer, error = %e, "api tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client = %peer, "api tls handshake timed out");
+                    return;
+                }
+            };
+            let svc = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                req
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(client = %peer, error = %e, "api connection ended with error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,217 @@
+//! Operator CLI: argument definitions and dispatch. Each subcommand lives in its
+//! own file.
+
+mod admin;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{LogFormat, NodeConfig};
+
+/// Threshold-signing Bitcoin custody node and operator tool.
+#[derive(Debug, Parser)]
+#[command(name = "signer", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node daemon.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Show a readable table of the cluster's state.
+    Status {
+        /// cluster.json written by `signer cluster up`.
+        #[arg(long, default_value = ".cluster/cluster.json")]
+        cluster: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage API tokens directly in a node's database.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Inspect the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Database maintenance.
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// Local development cluster (PostgreSQL, etcd, CA and N nodes on loopback).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+/// `signer cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Start a dev cluster and supervise it until Ctrl-C/SIGTERM.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: u16,
+        /// Signing threshold t.
+        #[arg(long, default_value_t = 3)]
+        threshold: u16,
+        /// Directory for all cluster state (wiped if it holds a stopped cluster).
+        #[arg(long, default_value = ".cluster")]
+        dir: PathBuf,
+        /// Return once the cluster is up; stop it with `signer cluster down`.
+        #[arg(long)]
+        detach: bool,
+        /// Tear down when the process with this pid exits (for test harnesses).
+        #[arg(long)]
+        watch_pid: Option<u32>,
+        /// etcd lease TTL of node registrations, in seconds.
+        #[arg(long, default_value_t = 5)]
+        lease_ttl_secs: i64,
+    },
+    /// Stop a dev cluster started with `cluster up`.
+    Down {
+        /// The cluster directory.
+        #[arg(long, default_value = ".cluster")]
+        dir: PathBuf,
+    },
+}
+
+/// `signer node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Run the node daemon in the foreground (systemd `Type=notify` aware).
+    Run {
+        /// Node configuration file (TOML).
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// `signer token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; prints it once (only its hash is stored).
+    Create {
+        /// Node configuration file (for the database URL).
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+        /// Role: admin, operator, approver or auditor.
+        #[arg(long)]
+        role: String,
+        /// Human name of the token.
+        #[arg(long)]
+        name: String,
+        /// Requests per minute allowed to this token.
+        #[arg(long)]
+        rate_limit_per_min: Option<u32>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Node configuration file.
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Node configuration file.
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+        /// Token id.
+        id: String,
+    },
+}
+
+/// `signer audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Verify the hash chain of a node's audit log.
+    Verify {
+        /// Node configuration file.
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// `signer db ...`
+#[derive(Debug, Subcommand)]
+pub enum DbCmd {
+    /// Apply pending migrations (the node also does this at start).
+    Migrate {
+        /// Node configuration file.
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Node(NodeCmd::Run { config }) => {
+            let cfg = NodeConfig::load(&config)?;
+            init_logging(cfg.log.format, cfg.log.filter.as_deref());
+            runtime()?.block_on(crate::node::run(cfg))
+        }
+        Command::Status { cluster, json } => {
+            init_logging(LogFormat::Text, None);
+            runtime()?.block_on(status::run(&cluster, json))
+        }
+        Command::Token(cmd) => {
+            init_logging(LogFormat::Text, None);
+            runtime()?.block_on(admin::token(cmd))
+        }
+        Command::Audit(cmd) => {
+            init_logging(LogFormat::Text, None);
+            runtime()?.block_on(admin::audit(cmd))
+        }
+        Command::Cluster(ClusterCmd::Up {
+            nodes,
+            threshold,
+            dir,
+            detach,
+            watch_pid,
+            lease_ttl_secs,
+        }) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            crate::tls::install_crypto_provider();
+            runtime()?.block_on(crate::cluster::up(crate::cluster::UpOptions {
+                dir,
+                nodes,
+                threshold,
+                detach,
+                watch_pid,
+                lease_ttl_secs,
+            }))
+        }
+        Command::Cluster(ClusterCmd::Down { dir }) => crate::cluster::down(&dir),
+        Command::Db(cmd) => {
+            init_logging(LogFormat::Text, None);
+            runtime()?.block_on(admin::db(cmd))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Sets up `tracing` output on stderr.
+pub fn init_logging(format: LogFormat, filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| filter.map(str::to_owned))
+        .unwrap_or_else(|| "info".to_owned());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,299 @@
+//! `signer cluster up` / `signer cluster down`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use super::procs::{alive, free_port, read_pid, spawn_logged, stop, wait_until};
+use super::{etcd, postgres, write_private, ClusterFile, ClusterNode};
+use crate::api::auth::generate_token;
+use crate::store::Store;
+
+/// Options of `cluster up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Directory holding everything of this cluster.
+    pub dir: PathBuf,
+    /// Number of nodes.
+    pub nodes: u16,
+    /// Signing threshold.
+    pub threshold: u16,
+    /// Return once the cluster is up instead of supervising it.
+    pub detach: bool,
+    /// Tear the cluster down when this process exits (used by tests).
+    pub watch_pid: Option<u32>,
+    /// etcd registration lease TTL of the nodes, seconds.
+    pub lease_ttl_secs: i64,
+}
+
+/// Starts a dev cluster. In the foreground it waits for Ctrl-C/SIGTERM (or the
+/// watched process to exit) and then tears everything down.
+pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=32).contains(&opts.nodes),
+        "--nodes must be between 1 and 32"
+    );
+    anyhow::ensure!(
+        opts.threshold >= 1 && opts.threshold <= opts.nodes,
+        "--threshold must be between 1 and --nodes ({})",
+        opts.nodes
+    );
+    let dir = absolute(&opts.dir)?;
+    if let Some(pid) = read_pid(&dir.join("supervisor.pid")).filter(|p| alive(*p)) {
+        anyhow::bail!(
+            "a cluster is already running in {} (supervisor pid {pid}); run `signer cluster down --dir {}` first",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if dir.exists() {
+        // A stale directory from an earlier run: stop leftovers and start fresh.
+        stop_all(&dir);
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    set_mode(&dir, 0o755)?;
+    std::fs::write(dir.join("supervisor.pid"), std::process::id().to_string())?;
+
+    match start_everything(&dir, &opts).await {
+        Ok(file) => print_summary(&dir, &file),
+        Err(e) => {
+            stop_all(&dir);
+            let _ = std::fs::remove_file(dir.join("supervisor.pid"));
+            return Err(e);
+        }
+    }
+    if opts.detach {
+        let _ = std::fs::remove_file(dir.join("supervisor.pid"));
+        return Ok(());
+    }
+    wait_for_stop(opts.watch_pid).await;
+    eprintln!("stopping cluster in {}", dir.display());
+    stop_all(&dir);
+    let _ = std::fs::remove_file(dir.join("supervisor.pid"));
+    Ok(())
+}
+
+/// Stops the cluster in `dir` (its supervisor if one runs, else each process).
+pub fn down(dir: &Path) -> anyhow::Result<()> {
+    let dir = absolute(dir)?;
+    anyhow::ensure!(dir.is_dir(), "{} is not a cluster directory", dir.display());
+    if let Some(pid) = read_pid(&dir.join("supervisor.pid")).filter(|p| alive(*p)) {
+        stop(pid, Duration::from_secs(30));
+    }
+    stop_all(&dir);
+    let _ = std::fs::remove_file(dir.join("supervisor.pid"));
+    Ok(())
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+fn set_mode(p: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Stops nodes, then etcd, then PostgreSQL, using the pid files in `dir`.
+fn stop_all(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir.join("nodes")) {
+        for e in rd.filter_map(Result::ok) {
+            if let Some(pid) = read_pid(&e.path().join("node.pid")) {
+                stop(pid, Duration::from_secs(10));
+            }
+        }
+    }
+    if let Some(pid) = read_pid(&dir.join("etcd/etcd.pid")) {
+        stop(pid, Duration::from_secs(10));
+    }
+    if let Some(pid) = read_pid(&dir.join("postgres/postgres.pid")) {
+        // The pid is the process group leader (runuser when started as root).
+        if let Ok(p) = i32::try_from(pid) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        stop(pid, Duration::from_secs(20));
+    }
+}
+
+async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<ClusterFile> {
+    let cluster_id = format!("dev-{}", &postgres::random_password()[..8]);
+    let ids: Vec<String> = (1..=opts.nodes).map(|i| format!("node-{i}")).collect();
+
+    // Certificates.
+    let ca_dir = dir.join("ca");
+    crate::ca::init_ca(&ca_dir)?;
+    for id in &ids {
+        crate::ca::issue_node_cert(&ca_dir, id, 365)?;
+    }
+
+    // Infrastructure.
+    let pg = postgres::start(&dir.join("postgres")).await?;
+    let etcd = etcd::start(&dir.join("etcd")).await?;
+
+    // Ports.
+    let mut ports = Vec::new();
+    for _ in &ids {
+        ports.push((free_port()?, free_port()?));
+    }
+
+    let token = generate_token().map_err(|e| anyhow::anyhow!(e.message))?;
+    let admin_token = token.token.expose_secret().to_owned();
+    let prefix = format!("/signer/{cluster_id}");
+    let mut nodes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let node_dir = dir.join("nodes").join(id);
+        std::fs::create_dir_all(&node_dir)?;
+        let db_name = id.replace('-', "_");
+        let db_url = postgres::create_node_database(&pg.admin_url, pg.port, &db_name).await?;
+        write_private(&node_dir.join("database.url"), db_url.as_bytes())?;
+        // Migrate and install the admin token before the node starts.
+        let store = Store::connect(&db_url, 2).await?;
+        store
+            .insert_token(&token.id, "dev-admin", "admin", &token.secret_hash, 100_000, "cluster-up")
+            .await?;
+        store.pool().close().await;
+
+        let (api_port, quic_port) = ports[i];
+        let peers: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, pid)| {
+                format!(
+                    "[[p2p.peers]]\nid = \"{pid}\"\naddr = \"127.0.0.1:{}\"\napi_url = \"https://127.0.0.1:{}\"\n",
+                    ports[j].1, ports[j].0
+                )
+            })
+            .collect();
+        let cert_dir = ca_dir.join("nodes").join(id);
+        let config = format!(
+            "# Generated by `signer cluster up`; see docs/CONFIGURATION.md.\n\
+             node_id = \"{id}\"\n\
+             cluster_id = \"{cluster_id}\"\n\
+             threshold = {t}\n\
+             data_dir = \"{nd}\"\n\n\
+             [api]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
+             [p2p]\nlisten = \"127.0.0.1:{quic_port}\"\n{peers}\n\
+             [tls]\nca_cert = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+             [database]\nurl_file = \"{dburl}\"\nmax_connections = 8\n\n\
+             [etcd]\nendpoints = [\"{etcd}\"]\nprefix = \"{prefix}\"\nlease_ttl_secs = {ttl}\n\n\
+             [log]\nformat = \"json\"\n",
+            t = opts.threshold,
+            nd = node_dir.display(),
+            peers = peers.join("\n"),
+            ca = ca_dir.join("ca.pem").display(),
+            cert = cert_dir.join("cert.pem").display(),
+            key = cert_dir.join("key.pem").display(),
+            dburl = node_dir.join("database.url").display(),
+            etcd = etcd.endpoint,
+            ttl = opts.lease_ttl_secs,
+        );
+        let config_path = node_dir.join("node.toml");
+        write_private(&config_path, config.as_bytes())?;
+        nodes.push(ClusterNode {
+            id: id.clone(),
+            api_url: format!("https://127.0.0.1:{api_port}"),
+            quic_addr: format!("127.0.0.1:{quic_port}"),
+            config: config_path,
+            log: node_dir.join("node.log"),
+            dir: node_dir,
+            database_url: db_url,
+            database: db_name,
+        });
+    }
+
+    for n in &nodes {
+        start_node(&n.config, &n.log)?;
+    }
+    let client = crate::tls::api_client(&ca_dir.join("ca.pem"))?;
+    for n in &nodes {
+        let url = format!("{}/health", n.api_url);
+        let log = n.log.clone();
+        wait_until(&format!("{} to answer /health", n.id), Duration::from_secs(60), || {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; see {}", log.display()))?;
+    }
+
+    let file = ClusterFile {
+        cluster_id,
+        threshold: opts.threshold,
+        ca_cert: ca_dir.join("ca.pem"),
+        admin_token,
+        etcd_endpoints: vec![etcd.endpoint.clone()],
+        etcd_prefix: prefix,
+        postgres_admin_url: pg.admin_url.clone(),
+        postgres_bindir: pg.bindir.clone(),
+        nodes,
+    };
+    file.save(&dir.join("cluster.json"))?;
+    Ok(file)
+}
+
+/// Starts one node process detached, logging to `log`. Used by `cluster up` and by
+/// tests that restart a node.
+pub fn start_node(config: &Path, log: &Path) -> anyhow::Result<u32> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("node").arg("run").arg("--config").arg(config);
+    spawn_logged(cmd, log)
+}
+
+fn print_summary(dir: &Path, file: &ClusterFile) {
+    println!(
+        "cluster {} is up: {} nodes, threshold {}",
+        file.cluster_id,
+        file.nodes.len(),
+        file.threshold
+    );
+    for n in &file.nodes {
+        println!("  {:<8} api {:<28} quic {}", n.id, n.api_url, n.quic_addr);
+    }
+    println!("  etcd     {}", file.etcd_endpoints.join(","));
+    println!("cluster file (admin token inside, mode 0600): {}", dir.join("cluster.json").display());
+    println!("status: signer status --cluster {}", dir.join("cluster.json").display());
+}
+
+async fn wait_for_stop(watch_pid: Option<u32>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return;
+    };
+    let watched = async {
+        match watch_pid {
+            Some(pid) => {
+                while alive(pid) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = watched => {}
+    }
+}

@@ -1,0 +1,481 @@
+//! Node configuration: one TOML file, every field documented, with environment
+//! overrides.
+//!
+//! Overrides use `SIGNER__<SECTION>__<FIELD>` (double underscores separate the path,
+//! case-insensitive), for example `SIGNER__DATABASE__URL=postgres://...` or
+//! `SIGNER__API__LISTEN=0.0.0.0:8443`. The value is parsed as a TOML value when it
+//! parses as one (numbers, booleans, arrays) and taken as a string otherwise.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bound on the size of a configuration file.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+/// Errors loading a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    #[error("config file {path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The TOML did not parse or did not match the schema.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column where known.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's identity; must match the identity in its certificate
+    /// (`[a-z0-9-]{1,32}`).
+    pub node_id: String,
+    /// Name of the cluster, used in logs and the etcd prefix default.
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: String,
+    /// Signing threshold t: how many nodes must take part in a signature.
+    pub threshold: u16,
+    /// Where this node keeps its pid file and other small runtime files.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// REST API settings.
+    pub api: ApiConfig,
+    /// QUIC peer-to-peer settings.
+    pub p2p: P2pSection,
+    /// Certificates (PEM) of this node and of the cluster CA.
+    pub tls: TlsConfig,
+    /// This node's own PostgreSQL database.
+    pub database: DatabaseConfig,
+    /// etcd, used for liveness only.
+    pub etcd: EtcdConfig,
+    /// Key custody (HSM/TPM); absent means the node runs sealed for key operations.
+    #[serde(default)]
+    pub custody: Option<CustodyConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_cluster_id() -> String {
+    "default".to_owned()
+}
+
+/// REST API settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address of the HTTPS API.
+    pub listen: SocketAddr,
+    /// Largest accepted request body in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Requests per minute allowed to a token that has no limit of its own.
+    #[serde(default = "default_rate")]
+    pub default_rate_limit_per_min: u32,
+    /// Requests per minute allowed per client address for requests without a valid
+    /// token (bounds token guessing).
+    #[serde(default = "default_unauth_rate")]
+    pub unauthenticated_rate_limit_per_min: u32,
+}
+
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_rate() -> u32 {
+    600
+}
+fn default_unauth_rate() -> u32 {
+    120
+}
+
+/// QUIC peer-to-peer settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P2pSection {
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Every other node of the cluster.
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+    /// Largest accepted frame payload in bytes.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    /// QUIC keep-alive interval in seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// QUIC idle timeout in seconds.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_max_frame() -> usize {
+    4 * 1024 * 1024
+}
+fn default_keep_alive() -> u64 {
+    5
+}
+fn default_idle() -> u64 {
+    60
+}
+
+/// A peer node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    /// The peer's node id; its certificate must carry this identity.
+    pub id: String,
+    /// The peer's QUIC address.
+    pub addr: SocketAddr,
+    /// The peer's API URL (for status pages and operator tools).
+    #[serde(default)]
+    pub api_url: Option<String>,
+}
+
+/// TLS files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA certificate (PEM); the only trust root for peers.
+    pub ca_cert: PathBuf,
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM, mode 0600).
+    pub key: PathBuf,
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL of this node's own database. Prefer `url_file` or the
+    /// `SIGNER__DATABASE__URL` override so the password is not in the file.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A file holding the URL (for example a systemd credential).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Pool size.
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+fn default_pool() -> u32 {
+    16
+}
+
+/// etcd settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client endpoints, e.g. `["http://127.0.0.1:2379"]`.
+    pub endpoints: Vec<String>,
+    /// Every key this node writes lives under this prefix.
+    pub prefix: String,
+    /// Lease TTL of the node's registration in seconds; a dead node disappears from
+    /// cluster status after at most this long.
+    #[serde(default = "default_ttl")]
+    pub lease_ttl_secs: i64,
+}
+
+fn default_ttl() -> i64 {
+    5
+}
+
+/// Key custody backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "backend", rename_all = "lowercase")]
+pub enum CustodyConfig {
+    /// A PKCS#11 module (SoftHSM2 in development).
+    Pkcs11 {
+        /// Path of the PKCS#11 module.
+        module: PathBuf,
+        /// Token label.
+        token_label: String,
+        /// Label of the key-encryption key inside the token.
+        key_label: String,
+        /// File holding the user PIN (never put the PIN itself in the config).
+        pin_file: PathBuf,
+        /// SoftHSM2 configuration file, exported as `SOFTHSM2_CONF` before loading.
+        #[serde(default)]
+        softhsm2_conf: Option<PathBuf>,
+    },
+    /// A TPM 2.0.
+    Tpm {
+        /// TCTI string, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
+        tcti: String,
+    },
+}
+
+/// Logging.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` (default for the daemon) or `text`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info,signer=debug`.
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON lines.
+    #[default]
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+impl NodeConfig {
+    /// Reads, overrides from the environment and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, &vars)
+    }
+
+    /// Like [`NodeConfig::load`] with an explicit environment (for tests).
+    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, env)
+    }
+
+    /// Parses config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        apply_env_overrides(&mut value, env).map_err(parse_err)?;
+        let cfg: NodeConfig = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if !valid_node_id(&self.node_id) {
+            return Err(invalid(format!(
+                "node_id {:?} must match [a-z0-9-]{{1,32}}",
+                self.node_id
+            )));
+        }
+        let total = self.total_nodes();
+        if self.threshold < 1 || usize::from(self.threshold) > total {
+            return Err(invalid(format!(
+                "threshold {} must be between 1 and the number of nodes ({total})",
+                self.threshold
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        seen.insert(self.node_id.as_str());
+        for peer in &self.p2p.peers {
+            if !valid_node_id(&peer.id) {
+                return Err(invalid(format!("peer id {:?} is not a valid node id", peer.id)));
+            }
+            if !seen.insert(peer.id.as_str()) {
+                return Err(invalid(format!("node id {:?} appears twice", peer.id)));
+            }
+        }
+        if self.database.url.is_none() && self.database.url_file.is_none() {
+            return Err(invalid(
+                "database.url or database.url_file is required".to_owned(),
+            ));
+        }
+        if self.etcd.endpoints.is_empty() {
+            return Err(invalid("etcd.endpoints must not be empty".to_owned()));
+        }
+        if self.etcd.lease_ttl_secs < 2 {
+            return Err(invalid("etcd.lease_ttl_secs must be at least 2".to_owned()));
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err(invalid("api.max_body_bytes must be at least 1024".to_owned()));
+        }
+        if self.api.default_rate_limit_per_min == 0 || self.api.unauthenticated_rate_limit_per_min == 0
+        {
+            return Err(invalid("rate limits must be positive".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Number of nodes in the cluster (this one plus its peers).
+    pub fn total_nodes(&self) -> usize {
+        self.p2p.peers.len() + 1
+    }
+
+    /// The database URL, from `url` or `url_file`.
+    pub fn database_url(&self) -> Result<String, ConfigError> {
+        if let Some(url) = &self.database.url {
+            return Ok(url.clone());
+        }
+        let Some(file) = &self.database.url_file else {
+            return Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                message: "database.url or database.url_file is required".to_owned(),
+            });
+        };
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        Ok(text.trim().to_owned())
+    }
+}
+
+/// Whether `id` is a valid node id (`[a-z0-9-]{1,32}`).
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn apply_env_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), String> {
+    for (key, raw) in env {
+        let Some(rest) = key.strip_prefix("SIGNER__") else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(format!("environment override {key} has an empty path segment"));
+        }
+        let value = parse_env_value(raw);
+        let (last, parents) = path.split_last().ok_or_else(|| format!("empty override {key}"))?;
+        let mut cur = &mut *table;
+        for seg in parents {
+            let entry = cur
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = entry
+                .as_table_mut()
+                .ok_or_else(|| format!("environment override {key}: {seg} is not a table"))?;
+        }
+        cur.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Parse `x = <raw>` so numbers, booleans and arrays keep their types.
+    let doc = format!("x = {raw}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t
+            .remove("x")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+node_id = "node-1"
+threshold = 2
+[api]
+listen = "127.0.0.1:8443"
+[p2p]
+listen = "127.0.0.1:9443"
+[[p2p.peers]]
+id = "node-2"
+addr = "127.0.0.1:9444"
+[tls]
+ca_cert = "ca.pem"
+cert = "cert.pem"
+key = "key.pem"
+[database]
+url = "postgres://x@127.0.0.1/db"
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+prefix = "/signer/test"
+"#;
+
+    #[test]
+    fn sample_config_parses_with_defaults() {
+        let cfg = NodeConfig::parse(SAMPLE, Path::new("t.toml"), &[]).expect("valid sample");
+        assert_eq!(cfg.total_nodes(), 2);
+        assert_eq!(cfg.api.max_body_bytes, 1024 * 1024);
+        assert_eq!(cfg.etcd.lease_ttl_secs, 5);
+    }
+
+    #[test]
+    fn env_override_replaces_nested_field_with_typed_value() {
+        let env = vec![
+            ("SIGNER__API__MAX_BODY_BYTES".to_owned(), "4096".to_owned()),
+            ("SIGNER__DATABASE__URL".to_owned(), "postgres://other".to_owned()),
+        ];
+        let cfg = NodeConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect("valid");
+        assert_eq!(cfg.api.max_body_bytes, 4096);
+        assert_eq!(cfg.database.url.as_deref(), Some("postgres://other"));
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_name() {
+        let text = format!("{SAMPLE}\n[log]\nfromat = \"json\"\n");
+        let err = NodeConfig::parse(&text, Path::new("t.toml"), &[]).expect_err("unknown field");
+        assert!(err.to_string().contains("fromat"), "{err}");
+    }
+
+    #[test]
+    fn threshold_above_node_count_is_rejected() {
+        let text = SAMPLE.replace("threshold = 2", "threshold = 3");
+        let err = NodeConfig::parse(&text, Path::new("t.toml"), &[]).expect_err("threshold");
+        assert!(err.to_string().contains("threshold 3"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_peer_id_is_rejected() {
+        let text = SAMPLE.replace("id = \"node-2\"", "id = \"node-1\"");
+        let err = NodeConfig::parse(&text, Path::new("t.toml"), &[]).expect_err("dup");
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+}

@@ -1,0 +1,206 @@
+//! The node daemon: shared state and start-up wiring.
+
+mod run;
+
+pub use run::run;
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::api::auth::AuthState;
+use crate::config::NodeConfig;
+use crate::store::Store;
+
+/// What this node currently knows about the cluster (refreshed in the background).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSnapshot {
+    /// Whether the last etcd read succeeded.
+    pub etcd_ok: bool,
+    /// Nodes with a live registration in etcd, by id.
+    pub live: BTreeMap<String, LiveNode>,
+    /// Peers with an open QUIC connection.
+    pub connected_peers: Vec<String>,
+    /// When this snapshot was taken.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A registered node as seen in etcd.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveNode {
+    /// API URL it announced.
+    pub api_url: String,
+    /// QUIC address it announced.
+    pub quic_addr: String,
+    /// Software version.
+    pub version: String,
+    /// When it started.
+    pub started_at: String,
+}
+
+/// `GET /api/v1/cluster/status` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// Nodes configured.
+    pub total_nodes: usize,
+    /// Nodes alive.
+    pub healthy_nodes: usize,
+    /// Signing threshold.
+    pub threshold: u16,
+    /// `healthy` (all up), `degraded` (at least t up) or `unavailable`.
+    pub status: &'static str,
+    /// Where liveness came from: `etcd`, or `p2p` when etcd is unreachable.
+    pub source: &'static str,
+    /// The node answering.
+    pub reporting_node: String,
+    /// Per node detail.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node in [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node_id: String,
+    /// Alive or not.
+    pub healthy: bool,
+    /// Connected to the reporting node over QUIC.
+    pub p2p_connected: bool,
+    /// Registration detail when alive.
+    pub registration: Option<LiveNode>,
+}
+
+/// Custody (HSM/TPM) state as reported by `/ready`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum CustodyState {
+    /// No backend configured: key operations are refused.
+    Unconfigured,
+    /// Backend configured but not usable yet (why).
+    Sealed {
+        /// Reason.
+        reason: String,
+    },
+    /// Backend reachable and authenticated.
+    Unsealed {
+        /// Backend kind.
+        backend: String,
+    },
+}
+
+/// Everything the API and background tasks share.
+#[derive(Debug)]
+pub struct NodeCtx {
+    /// Configuration.
+    pub cfg: NodeConfig,
+    /// This node's database.
+    pub store: Store,
+    /// Tokens and rate limits.
+    pub auth: AuthState,
+    cluster: RwLock<ClusterSnapshot>,
+    custody: RwLock<CustodyState>,
+}
+
+impl NodeCtx {
+    /// New context.
+    pub fn new(cfg: NodeConfig, store: Store) -> Self {
+        let auth = AuthState::new(cfg.api.unauthenticated_rate_limit_per_min);
+        let custody = if cfg.custody.is_some() {
+            CustodyState::Sealed {
+                reason: "custody backend not opened yet".to_owned(),
+            }
+        } else {
+            CustodyState::Unconfigured
+        };
+        NodeCtx {
+            cfg,
+            store,
+            auth,
+            cluster: RwLock::new(ClusterSnapshot::default()),
+            custody: RwLock::new(custody),
+        }
+    }
+
+    /// Current cluster snapshot.
+    pub fn cluster_snapshot(&self) -> ClusterSnapshot {
+        match self.cluster.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the cluster snapshot.
+    pub fn set_cluster_snapshot(&self, snap: ClusterSnapshot) {
+        match self.cluster.write() {
+            Ok(mut g) => *g = snap,
+            Err(p) => *p.into_inner() = snap,
+        }
+    }
+
+    /// Current custody state.
+    pub fn custody_state(&self) -> CustodyState {
+        match self.custody.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Sets the custody state.
+    pub fn set_custody_state(&self, state: CustodyState) {
+        match self.custody.write() {
+            Ok(mut g) => *g = state,
+            Err(p) => *p.into_inner() = state,
+        }
+    }
+
+    /// Cluster status computed from the snapshot.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        compute_status(&self.cfg, &self.cluster_snapshot())
+    }
+}
+
+/// Computes the status table; pure, so it is tested without I/O.
+pub fn compute_status(cfg: &NodeConfig, snap: &ClusterSnapshot) -> ClusterStatus {
+    let mut ids: Vec<&str> = vec![cfg.node_id.as_str()];
+    ids.extend(cfg.p2p.peers.iter().map(|p| p.id.as_str()));
+    ids.sort_unstable();
+    let nodes: Vec<NodeStatus> = ids
+        .iter()
+        .map(|id| {
+            let p2p_connected =
+                *id == cfg.node_id || snap.connected_peers.iter().any(|c| c == id);
+            let registration = snap.live.get(*id).cloned();
+            let healthy = if snap.etcd_ok {
+                registration.is_some()
+            } else {
+                p2p_connected
+            };
+            NodeStatus {
+                node_id: (*id).to_owned(),
+                healthy,
+                p2p_connected,
+                registration,
+            }
+        })
+        .collect();
+    let total = nodes.len();
+    let healthy = nodes.iter().filter(|n| n.healthy).count();
+    let status = if healthy == total {
+        "healthy"
+    } else if healthy >= usize::from(cfg.threshold) {
+        "degraded"
+    } else {
+        "unavailable"
+    };
+    ClusterStatus {
+        total_nodes: total,
+        healthy_nodes: healthy,
+        threshold: cfg.threshold,
+        status,
+        source: if snap.etcd_ok { "etcd" } else { "p2p" },
+        reporting_node: cfg.node_id.clone(),
+        nodes,
+    }
+}

@@ -1,0 +1,111 @@
+//! PostgreSQL persistence: one database per node, migrations applied at start.
+//!
+//! Queries are built at run time with bound parameters only (never string
+//! concatenation of input), so no database is needed to compile.
+
+pub mod audit;
+pub mod tokens;
+pub mod transactions;
+pub mod violations;
+pub mod votes;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database rejected or failed a query.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row that must exist does not.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// Kind of row.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// A unique constraint refused a second row (e.g. a second vote by a node).
+    #[error("duplicate {what}: {detail}")]
+    Duplicate {
+        /// Kind of row.
+        what: &'static str,
+        /// Which constraint or values.
+        detail: String,
+    },
+    /// A state change the schema does not allow.
+    #[error("invalid state transition: {0}")]
+    InvalidTransition(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Maps unique-violation and check-violation errors to typed variants.
+    pub(crate) fn classify(err: sqlx::Error, what: &'static str) -> StoreError {
+        if let sqlx::Error::Database(db) = &err {
+            match db.code().as_deref() {
+                Some("23505") => {
+                    return StoreError::Duplicate {
+                        what,
+                        detail: db.constraint().unwrap_or("unique").to_owned(),
+                    }
+                }
+                Some("23514") if db.message().contains("state transition") => {
+                    return StoreError::InvalidTransition(db.message().to_owned())
+                }
+                _ => {}
+            }
+        }
+        StoreError::Db(err)
+    }
+}
+
+/// The node's database handle.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// The embedded schema migrations (`migrations/` at the repository root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+impl Store {
+    /// Connects with a pool of `max_connections` and applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let opts: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations; running it again is a no-op.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Cheap liveness probe.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

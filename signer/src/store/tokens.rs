@@ -1,0 +1,88 @@
+//! `api_tokens`: only an argon2 hash of each token secret is stored.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Store, StoreError};
+
+/// A stored token (without its secret).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TokenRow {
+    /// Public token id (the part before the secret).
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// argon2 PHC string of the secret.
+    #[serde(skip)]
+    pub secret_hash: String,
+    /// Per-token rate limit.
+    pub rate_limit_per_min: i32,
+    /// Who created it.
+    pub created_by: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Stores a new token.
+    pub async fn insert_token(
+        &self,
+        id: &str,
+        name: &str,
+        role: &str,
+        secret_hash: &str,
+        rate_limit_per_min: i32,
+        created_by: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, role, secret_hash, rate_limit_per_min, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(role)
+        .bind(secret_hash)
+        .bind(rate_limit_per_min)
+        .bind(created_by)
+        .execute(self.pool())
+        .await
+        .map_err(|e| StoreError::classify(e, "token"))?;
+        Ok(())
+    }
+
+    /// A token by id, revoked or not.
+    pub async fn find_token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TokenRow>(
+            "SELECT id, name, role, secret_hash, rate_limit_per_min, created_by, created_at, revoked_at \
+             FROM api_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// All tokens.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TokenRow>(
+            "SELECT id, name, role, secret_hash, rate_limit_per_min, created_by, created_at, revoked_at \
+             FROM api_tokens ORDER BY created_at",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Revokes a token; returns false if it was unknown or already revoked.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

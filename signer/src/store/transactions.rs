@@ -1,0 +1,176 @@
+//! The `transactions` table and its state machine (enforced by the database).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+
+/// Transaction states; the database enforces the allowed transitions.
+pub const STATES: &[&str] = &[
+    "pending",
+    "voting",
+    "approved",
+    "signing",
+    "signed",
+    "broadcast",
+    "confirmed",
+    "rejected",
+    "failed",
+    "expired",
+    "aborted_byzantine",
+];
+
+/// A stored transaction.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TransactionRow {
+    /// Id.
+    pub id: Uuid,
+    /// Key that spends.
+    pub key_id: Option<String>,
+    /// State.
+    pub state: String,
+    /// Recipient address.
+    pub recipient: Option<String>,
+    /// Amount in satoshis.
+    pub amount_sats: Option<i64>,
+    /// Fee in satoshis.
+    pub fee_sats: Option<i64>,
+    /// Final transaction id once signed.
+    pub txid: Option<String>,
+    /// Who submitted it (token id).
+    pub initiator: String,
+    /// Why it failed, when it did.
+    pub failure_reason: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A new transaction.
+#[derive(Debug, Clone)]
+pub struct NewTransaction {
+    /// Id (chosen by the caller so all nodes agree on it).
+    pub id: Uuid,
+    /// Key that spends.
+    pub key_id: Option<String>,
+    /// Recipient address.
+    pub recipient: Option<String>,
+    /// Amount in satoshis.
+    pub amount_sats: Option<i64>,
+    /// Fee in satoshis.
+    pub fee_sats: Option<i64>,
+    /// PSBT bytes.
+    pub psbt: Option<Vec<u8>>,
+    /// Who submitted it.
+    pub initiator: String,
+}
+
+macro_rules! columns {
+    () => {
+        "id, key_id, state, recipient, amount_sats, fee_sats, txid, initiator, \
+         failure_reason, created_at, updated_at"
+    };
+}
+
+impl Store {
+    /// Inserts a transaction in state `pending`.
+    pub async fn insert_transaction(&self, tx: &NewTransaction) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO transactions (id, key_id, recipient, amount_sats, fee_sats, psbt, initiator) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(tx.id)
+        .bind(&tx.key_id)
+        .bind(&tx.recipient)
+        .bind(tx.amount_sats)
+        .bind(tx.fee_sats)
+        .bind(&tx.psbt)
+        .bind(&tx.initiator)
+        .execute(self.pool())
+        .await
+        .map_err(|e| StoreError::classify(e, "transaction"))?;
+        Ok(())
+    }
+
+    /// One transaction.
+    pub async fn get_transaction(&self, id: Uuid) -> Result<TransactionRow, StoreError> {
+        sqlx::query_as::<_, TransactionRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM transactions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::NotFound {
+            what: "transaction",
+            id: id.to_string(),
+        })
+    }
+
+    /// Newest first, optionally filtered by state; `before` is a cursor
+    /// `(created_at, id)` of the last row of the previous page.
+    pub async fn list_transactions(
+        &self,
+        state: Option<&str>,
+        before: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<TransactionRow>, StoreError> {
+        let (ts, id) = match before {
+            Some((ts, id)) => (Some(ts), Some(id)),
+            None => (None, None),
+        };
+        let rows = sqlx::query_as::<_, TransactionRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM transactions \
+             WHERE ($1::text IS NULL OR state = $1) \
+               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        ))
+        .bind(state)
+        .bind(ts)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
+    /// Moves a transaction to `to`; the database refuses transitions the state
+    /// machine does not allow.
+    pub async fn transition_transaction(
+        &self,
+        id: Uuid,
+        to: &str,
+        failure_reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE transactions SET state = $2, failure_reason = COALESCE($3, failure_reason) \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(to)
+        .bind(failure_reason)
+        .execute(self.pool())
+        .await
+        .map_err(|e| StoreError::classify(e, "transaction"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "transaction",
+                id: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Count of transactions (all states).
+    pub async fn count_transactions(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM transactions")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n)
+    }
+}

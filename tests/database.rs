@@ -1,0 +1,234 @@
+//! Per-node PostgreSQL schema: migrations, state machine, vote uniqueness,
+//! concurrency, audit append-only. Runs against a real 1-node dev cluster's database.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::OnceLock;
+
+use cluster_tests::Cluster;
+use signer::store::transactions::NewTransaction;
+use signer::store::votes::NewVote;
+use signer::store::{Store, StoreError};
+use uuid::Uuid;
+
+fn cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(|| Cluster::start(1, 1))
+}
+
+async fn store() -> Store {
+    Store::connect(&cluster().node(0).database_url, 20).await.unwrap()
+}
+
+fn new_tx() -> NewTransaction {
+    NewTransaction {
+        id: Uuid::new_v4(),
+        key_id: Some("k1".into()),
+        recipient: Some("bcrt1qexample".into()),
+        amount_sats: Some(10_000),
+        fee_sats: Some(200),
+        psbt: None,
+        initiator: "test".into(),
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_create_every_table() {
+    let s = store().await;
+    // The node applied them at start; applying again is a no-op.
+    s.migrate().await.unwrap();
+    s.migrate().await.unwrap();
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_all(s.pool())
+    .await
+    .unwrap();
+    let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
+    for t in [
+        "transactions",
+        "voting_rounds",
+        "votes",
+        "audit_log",
+        "dkg_ceremonies",
+        "key_shares",
+        "aux_info",
+        "presignatures",
+        "byzantine_violations",
+        "node_health",
+        "api_tokens",
+    ] {
+        assert!(names.contains(&t), "table {t} missing; have {names:?}");
+    }
+    let (applied,): (i64,) = sqlx::query_as("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, signer::store::MIGRATOR.iter().count() as i64);
+}
+
+#[tokio::test]
+async fn valid_transitions_pass_and_invalid_ones_are_rejected_by_the_database() {
+    let s = store().await;
+    let tx = new_tx();
+    s.insert_transaction(&tx).await.unwrap();
+    s.transition_transaction(tx.id, "voting", None).await.unwrap();
+    s.transition_transaction(tx.id, "approved", None).await.unwrap();
+    // approved -> pending is not allowed.
+    let err = s.transition_transaction(tx.id, "pending", None).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidTransition(ref m) if m.contains("approved -> pending")), "{err}");
+    // signing -> signed needs the signed transaction (CHECK constraint).
+    s.transition_transaction(tx.id, "signing", None).await.unwrap();
+    let err = s.transition_transaction(tx.id, "signed", None).await.unwrap_err();
+    assert!(err.to_string().contains("transactions_signed_has_tx"), "{err}");
+    // A byzantine abort from signing is allowed and final.
+    s.transition_transaction(tx.id, "aborted_byzantine", Some("bad partial signature"))
+        .await
+        .unwrap();
+    let err = s.transition_transaction(tx.id, "signing", None).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidTransition(_)), "{err}");
+    let row = s.get_transaction(tx.id).await.unwrap();
+    assert_eq!(row.state, "aborted_byzantine");
+    assert_eq!(row.failure_reason.as_deref(), Some("bad partial signature"));
+}
+
+#[tokio::test]
+async fn a_transaction_cannot_be_inserted_in_a_later_state_nor_with_a_bad_state() {
+    let s = store().await;
+    let err = sqlx::query("INSERT INTO transactions (id, state, initiator) VALUES ($1, 'signed', 'x')")
+        .bind(Uuid::new_v4())
+        .execute(s.pool())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("start as pending"), "{err}");
+    let tx = new_tx();
+    s.insert_transaction(&tx).await.unwrap();
+    let err = s.transition_transaction(tx.id, "teleported", None).await.unwrap_err();
+    assert!(err.to_string().contains("transactions_state_valid") || err.to_string().contains("transition"), "{err}");
+}
+
+#[tokio::test]
+async fn a_second_vote_by_the_same_node_in_a_round_is_rejected() {
+    let s = store().await;
+    let tx = new_tx();
+    s.insert_transaction(&tx).await.unwrap();
+    let round = Uuid::new_v4();
+    let deadline = chrono::Utc::now() + chrono::Duration::seconds(60);
+    s.create_round(round, tx.id, 1, 3, 5, deadline).await.unwrap();
+    let vote = |node: &str, decision: &str| NewVote {
+        round_id: round,
+        node_id: node.into(),
+        decision: decision.into(),
+        reasons: serde_json::json!([]),
+        policy_hash: Some("ab".into()),
+        signature: vec![1, 2, 3],
+    };
+    s.record_vote(&vote("node-1", "approve")).await.unwrap();
+    s.record_vote(&vote("node-2", "approve")).await.unwrap();
+    let err = s.record_vote(&vote("node-1", "reject")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate { what: "vote", .. }), "{err}");
+    let t = s.tally(round).await.unwrap();
+    assert_eq!((t.approve, t.reject), (2, 0));
+    // Deleting the transaction cascades to its rounds and votes.
+    sqlx::query("DELETE FROM transactions WHERE id = $1").bind(tx.id).execute(s.pool()).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM votes WHERE round_id = $1")
+        .bind(round)
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn one_hundred_concurrent_inserts_all_land() {
+    let s = store().await;
+    let txs: Vec<NewTransaction> = (0..100).map(|_| new_tx()).collect();
+    let results = futures::future::join_all(txs.iter().map(|t| {
+        let s = s.clone();
+        async move { s.insert_transaction(t).await }
+    }))
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let ids: Vec<Uuid> = txs.iter().map(|t| t.id).collect();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM transactions WHERE id = ANY($1)")
+        .bind(&ids)
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 100);
+}
+
+#[tokio::test]
+async fn rolled_back_transaction_leaves_nothing_and_committed_one_persists() {
+    let s = store().await;
+    let id = Uuid::new_v4();
+    let mut tx = s.pool().begin().await.unwrap();
+    sqlx::query("INSERT INTO transactions (id, initiator) VALUES ($1, 'x')")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(matches!(s.get_transaction(id).await, Err(StoreError::NotFound { .. })));
+    let mut tx = s.pool().begin().await.unwrap();
+    sqlx::query("INSERT INTO transactions (id, initiator) VALUES ($1, 'x')")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.get_transaction(id).await.unwrap().state, "pending");
+}
+
+#[tokio::test]
+async fn state_queries_use_the_state_index() {
+    let s = store().await;
+    let mut conn = s.pool().acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off").execute(&mut *conn).await.unwrap();
+    let plan: Vec<(String,)> =
+        sqlx::query_as("EXPLAIN SELECT id FROM transactions WHERE state = 'pending'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    let plan: String = plan.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n");
+    assert!(plan.contains("idx_transactions_state"), "{plan}");
+}
+
+#[tokio::test]
+async fn audit_log_refuses_update_and_delete() {
+    let s = store().await;
+    s.audit("node-1", signer::audit::AuditEntry::new("test", "test.append")).await.unwrap();
+    let err = sqlx::query("UPDATE audit_log SET action = 'x'").execute(s.pool()).await.unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let err = sqlx::query("DELETE FROM audit_log").execute(s.pool()).await.unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_audit_appends_form_one_unbroken_chain() {
+    let s = store().await;
+    let results = futures::future::join_all((0..50).map(|i| {
+        let s = s.clone();
+        async move {
+            s.audit("node-1", signer::audit::AuditEntry::new("test", "test.concurrent").subject(i.to_string()))
+                .await
+        }
+    }))
+    .await;
+    assert!(results.iter().all(Result::is_ok));
+    let (verified, _, err) = signer::audit::verify_store(&s).await.unwrap();
+    assert!(err.is_none(), "{err:?}");
+    assert!(verified >= 50);
+}
+
+#[tokio::test]
+async fn no_other_role_can_connect_to_a_node_database() {
+    // Each node has its own role; PUBLIC has no CONNECT on the database.
+    let s = store().await;
+    let (public_connect,): (bool,) = sqlx::query_as(
+        "SELECT has_database_privilege('public', current_database(), 'CONNECT')",
+    )
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    assert!(!public_connect);
+}
