@@ -232,3 +232,15 @@ pub async fn audit_verify(
     })))
 }
 
+
+/// `POST /api/v1/p2p/ping` (admin): sends a QUIC ping to every peer and reports
+/// which answered.
+pub async fn p2p_ping(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(&[])?;
+    let results = s.node.net.ping_all(std::time::Duration::from_secs(5)).await;
+    let all_ok = results.iter().all(|r| r.ok);
+    Ok(Json(json!({"node_id": s.node.cfg.node_id, "all_ok": all_ok, "peers": results})))
+}

@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit", get(handlers::audit_list))
         .route("/api/v1/audit/verify", get(handlers::audit_verify))
         .route("/api/v1/whoami", get(handlers::whoami))
+        .route("/api/v1/p2p/ping", axum::routing::post(handlers::p2p_ping))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

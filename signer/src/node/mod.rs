@@ -1,11 +1,13 @@
 //! The node daemon: shared state and start-up wiring.
 
+pub mod liveness;
+pub mod net;
 mod run;
 
 pub use run::run;
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -13,6 +15,7 @@ use serde::Serialize;
 use crate::api::auth::AuthState;
 use crate::config::NodeConfig;
 use crate::store::Store;
+use net::Net;
 
 /// What this node currently knows about the cluster (refreshed in the background).
 #[derive(Debug, Clone, Default)]
@@ -23,6 +26,8 @@ pub struct ClusterSnapshot {
     pub live: BTreeMap<String, LiveNode>,
     /// Peers with an open QUIC connection.
     pub connected_peers: Vec<String>,
+    /// Current coordinator (leader of the etcd election), if known.
+    pub leader: Option<String>,
     /// When this snapshot was taken.
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -55,6 +60,8 @@ pub struct ClusterStatus {
     pub source: &'static str,
     /// The node answering.
     pub reporting_node: String,
+    /// Current coordinator (etcd election leader), if known.
+    pub leader: Option<String>,
     /// Per node detail.
     pub nodes: Vec<NodeStatus>,
 }
@@ -99,13 +106,15 @@ pub struct NodeCtx {
     pub store: Store,
     /// Tokens and rate limits.
     pub auth: AuthState,
+    /// QUIC peer-to-peer network.
+    pub net: Arc<Net>,
     cluster: RwLock<ClusterSnapshot>,
     custody: RwLock<CustodyState>,
 }
 
 impl NodeCtx {
     /// New context.
-    pub fn new(cfg: NodeConfig, store: Store) -> Self {
+    pub fn new(cfg: NodeConfig, store: Store, net: Arc<Net>) -> Self {
         let auth = AuthState::new(cfg.api.unauthenticated_rate_limit_per_min);
         let custody = if cfg.custody.is_some() {
             CustodyState::Sealed {
@@ -118,6 +127,7 @@ impl NodeCtx {
             cfg,
             store,
             auth,
+            net,
             cluster: RwLock::new(ClusterSnapshot::default()),
             custody: RwLock::new(custody),
         }
@@ -201,6 +211,7 @@ pub fn compute_status(cfg: &NodeConfig, snap: &ClusterSnapshot) -> ClusterStatus
         status,
         source: if snap.etcd_ok { "etcd" } else { "p2p" },
         reporting_node: cfg.node_id.clone(),
+        leader: snap.leader.clone(),
         nodes,
     }
 }

@@ -7,10 +7,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClusterSnapshot, LiveNode, NodeCtx};
+use super::net::Net;
+use super::{liveness, NodeCtx};
 use crate::api::{self, AppState};
 use crate::audit::AuditEntry;
 use crate::config::NodeConfig;
+use crate::p2p::{P2p, P2pConfig, PeerConfig};
 use crate::store::Store;
 use crate::tls;
 
@@ -24,12 +26,18 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.api.listen)
         .await
         .with_context(|| format!("binding api listener {}", cfg.api.listen))?;
-    let node = Arc::new(NodeCtx::new(cfg, store));
+    let (p2p, inbound) = P2p::start(p2p_config(&cfg))
+        .await
+        .context("starting the QUIC endpoint")?;
+    let net = Net::new(p2p);
+    let node = Arc::new(NodeCtx::new(cfg, store, net.clone()));
     write_pid_file(&node.cfg)?;
+    let started_at = chrono::Utc::now();
 
     let app = api::router(AppState { node: node.clone() });
     let api_task = tokio::spawn(api::serve(listener, api_tls, app, shutdown.clone()));
-    let refresher = tokio::spawn(refresh_cluster_view(node.clone(), shutdown.clone()));
+    let dispatcher = tokio::spawn(net.clone().dispatch(inbound, shutdown.clone()));
+    let liveness = tokio::spawn(liveness::maintain(node.clone(), started_at, shutdown.clone()));
 
     node.store
         .audit(
@@ -53,7 +61,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .audit(&node.cfg.node_id, AuditEntry::new("node", "node.stop"))
         .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
-    let _ = refresher.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), liveness).await;
+    dispatcher.abort();
+    net.p2p.shutdown().await;
     remove_pid_file(&node.cfg);
     Ok(())
 }
@@ -74,21 +84,26 @@ async fn connect_store_with_retry(url: &str, max: u32) -> anyhow::Result<Store> 
     }
 }
 
-async fn refresh_cluster_view(node: Arc<NodeCtx>, shutdown: CancellationToken) {
-    loop {
-        let snap = ClusterSnapshot {
-            etcd_ok: false,
-            live: Default::default(),
-            connected_peers: Vec::new(),
-            updated_at: Some(chrono::Utc::now()),
-        };
-        let _: Option<LiveNode> = None;
-        node.set_cluster_snapshot(snap);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
+fn p2p_config(cfg: &NodeConfig) -> P2pConfig {
+    let mut p = P2pConfig::new(
+        cfg.node_id.clone(),
+        cfg.p2p.listen,
+        cfg.p2p
+            .peers
+            .iter()
+            .map(|peer| PeerConfig {
+                id: peer.id.clone(),
+                addr: peer.addr,
+            })
+            .collect(),
+        cfg.tls.ca_cert.clone(),
+        cfg.tls.cert.clone(),
+        cfg.tls.key.clone(),
+    );
+    p.max_frame_bytes = cfg.p2p.max_frame_bytes;
+    p.keep_alive = Duration::from_secs(cfg.p2p.keep_alive_secs);
+    p.idle_timeout = Duration::from_secs(cfg.p2p.idle_timeout_secs);
+    p
 }
 
 fn write_pid_file(cfg: &NodeConfig) -> anyhow::Result<()> {

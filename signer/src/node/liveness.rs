@@ -1,0 +1,158 @@
+//! etcd liveness: registration under a lease, the cluster view, and the
+//! coordinator election. etcd only ever decides liveness here, never safety.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{ClusterSnapshot, LiveNode, NodeCtx};
+use crate::coord::{Coord, CoordConfig, NodeRecord};
+
+/// Name of the election whose leader coordinates ceremonies.
+pub const COORDINATOR_ELECTION: &str = "coordinator";
+
+/// The coordination settings of a node config.
+pub fn coord_config(node: &NodeCtx) -> CoordConfig {
+    CoordConfig {
+        endpoints: node.cfg.etcd.endpoints.clone(),
+        prefix: node.cfg.etcd.prefix.clone(),
+        lease_ttl_secs: node.cfg.etcd.lease_ttl_secs,
+        ..CoordConfig::default()
+    }
+}
+
+/// Keeps the node registered, campaigning for coordinator, and the cluster view
+/// fresh; reconnects to etcd when it is lost.
+pub async fn maintain(node: Arc<NodeCtx>, started_at: chrono::DateTime<chrono::Utc>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match Coord::connect(coord_config(&node), node.cfg.node_id.clone()).await {
+            Ok(coord) => {
+                backoff = Duration::from_millis(250);
+                session(&node, coord, started_at, &shutdown).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd unreachable; retrying");
+                mark_etcd_down(&node);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn mark_etcd_down(node: &NodeCtx) {
+    let mut snap = node.cluster_snapshot();
+    snap.etcd_ok = false;
+    snap.live.clear();
+    snap.leader = None;
+    snap.connected_peers = node.net.p2p.connected_peers();
+    snap.updated_at = Some(chrono::Utc::now());
+    node.set_cluster_snapshot(snap);
+}
+
+async fn session(
+    node: &Arc<NodeCtx>,
+    coord: Coord,
+    started_at: chrono::DateTime<chrono::Utc>,
+    shutdown: &CancellationToken,
+) {
+    let record = NodeRecord {
+        node_id: node.cfg.node_id.clone(),
+        api_url: format!("https://{}", node.cfg.api.listen),
+        quic_addr: node.cfg.p2p.listen.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at,
+    };
+    let registration = match coord.register(record).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "registration in etcd failed");
+            mark_etcd_down(node);
+            return;
+        }
+    };
+    tracing::info!(lease = registration.lease_id(), "registered in etcd");
+    // Campaign in the background: the call returns only once we lead.
+    let campaign = {
+        let coord = coord.clone();
+        let id = node.cfg.node_id.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            match coord.campaign(COORDINATOR_ELECTION, &id).await {
+                Ok(leadership) => {
+                    tracing::info!(token = leadership.fencing_token(), "elected coordinator");
+                    tokio::select! {
+                        _ = leadership.lost() => tracing::warn!("coordinator leadership lost"),
+                        _ = shutdown.cancelled() => { let _ = leadership.resign().await; }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "coordinator campaign failed"),
+            }
+        })
+    };
+    let mut failures = 0u32;
+    loop {
+        match refresh(node, &coord).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "etcd read failed");
+                mark_etcd_down(node);
+                if failures >= 3 {
+                    break;
+                }
+            }
+        }
+        if campaign.is_finished() && !shutdown.is_cancelled() {
+            // Leadership lost or the campaign failed: start over with a new session.
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    if shutdown.is_cancelled() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), campaign).await;
+    } else {
+        campaign.abort();
+    }
+    if let Err(e) = registration.stop().await {
+        tracing::debug!(error = %e, "revoking registration lease failed");
+    }
+}
+
+async fn refresh(node: &NodeCtx, coord: &Coord) -> Result<(), crate::coord::CoordError> {
+    let nodes = coord.list_nodes().await?;
+    let leader = coord.leader(COORDINATOR_ELECTION).await?;
+    let snap = ClusterSnapshot {
+        etcd_ok: true,
+        live: nodes
+            .into_iter()
+            .map(|r| {
+                (
+                    r.node_id.clone(),
+                    LiveNode {
+                        api_url: r.api_url,
+                        quic_addr: r.quic_addr,
+                        version: r.version,
+                        started_at: r.started_at.to_rfc3339(),
+                    },
+                )
+            })
+            .collect(),
+        leader: leader.map(|(value, _)| value),
+        connected_peers: node.net.p2p.connected_peers(),
+        updated_at: Some(chrono::Utc::now()),
+    };
+    node.set_cluster_snapshot(snap);
+    Ok(())
+}

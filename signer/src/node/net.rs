@@ -1,0 +1,118 @@
+//! The node's use of the QUIC layer: dispatch of inbound frames and peer pings.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::p2p::{Frame, Inbound, MessageKind, P2p};
+
+/// Result of pinging one peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PingResult {
+    /// Peer id.
+    pub peer: String,
+    /// Whether a pong came back in time.
+    pub ok: bool,
+    /// Round trip in microseconds.
+    pub rtt_us: Option<u64>,
+    /// Why not, when it failed.
+    pub error: Option<String>,
+}
+
+/// The node's network handle.
+#[derive(Debug)]
+pub struct Net {
+    /// The QUIC endpoint.
+    pub p2p: P2p,
+    pending: Mutex<HashMap<Uuid, (String, oneshot::Sender<()>)>>,
+}
+
+impl Net {
+    /// Wraps a started endpoint.
+    pub fn new(p2p: P2p) -> Arc<Net> {
+        Arc::new(Net {
+            p2p,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Pings every peer concurrently and waits up to `timeout` for each pong.
+    pub async fn ping_all(&self, timeout: Duration) -> Vec<PingResult> {
+        let peers = self.p2p.peer_ids();
+        futures::future::join_all(peers.into_iter().map(|p| self.ping(p, timeout))).await
+    }
+
+    async fn ping(&self, peer: String, timeout: Duration) -> PingResult {
+        let session = Uuid::new_v4();
+        let (tx, rx) = oneshot::channel();
+        self.pending_map().insert(session, (peer.clone(), tx));
+        let start = Instant::now();
+        let fail = |e: String| PingResult {
+            peer: peer.clone(),
+            ok: false,
+            rtt_us: None,
+            error: Some(e),
+        };
+        let res = match self
+            .p2p
+            .send(&peer, Frame::new(session, MessageKind::PING, Vec::new()))
+            .await
+        {
+            Err(e) => fail(e.to_string()),
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(())) => PingResult {
+                    peer: peer.clone(),
+                    ok: true,
+                    rtt_us: Some(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)),
+                    error: None,
+                },
+                Ok(Err(_)) => fail("ping abandoned".to_owned()),
+                Err(_) => fail(format!("no pong within {timeout:?}")),
+            },
+        };
+        self.pending_map().remove(&session);
+        res
+    }
+
+    fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (String, oneshot::Sender<()>)>> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Handles inbound frames until shutdown.
+    pub async fn dispatch(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+        loop {
+            let inbound = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = rx.recv() => match m { Some(m) => m, None => return },
+            };
+            match inbound.frame.kind {
+                MessageKind::PING => {
+                    let reply = Frame::new(inbound.frame.session, MessageKind::PONG, Vec::new());
+                    if let Err(e) = self.p2p.send(&inbound.from, reply).await {
+                        tracing::debug!(peer = %inbound.from, error = %e, "pong failed");
+                    }
+                }
+                MessageKind::PONG => {
+                    let mut pending = self.pending_map();
+                    // Only the peer that was pinged may complete the ping.
+                    let matches = pending
+                        .get(&inbound.frame.session)
+                        .is_some_and(|(peer, _)| *peer == inbound.from);
+                    if matches {
+                        if let Some((_, tx)) = pending.remove(&inbound.frame.session) {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                other => {
+                    tracing::debug!(peer = %inbound.from, kind = ?other, "no handler for message kind; dropped");
+                }
+            }
+        }
+    }
+}

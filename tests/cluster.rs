@@ -1,0 +1,120 @@
+//! A real 5-node, threshold-3 cluster: health, status, QUIC between every pair,
+//! refusal of foreign peers. Node failures are in `failover.rs` (own cluster).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cluster_tests::Cluster;
+use serde_json::Value;
+
+async fn get_json(c: &Cluster, i: usize, path: &str) -> Value {
+    c.client()
+        .get(c.url(i, path))
+        .bearer_auth(c.admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn five_nodes_are_healthy_and_status_reports_five_of_five_with_threshold_three() {
+    let c = Cluster::shared();
+    for i in 0..5 {
+        let v: Value = c.client().get(c.url(i, "/health")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(v["status"], "healthy");
+        assert_eq!(v["node_id"], format!("node-{}", i + 1));
+    }
+    // Registrations arrive within a heartbeat.
+    let status = c
+        .eventually("5/5 healthy", Duration::from_secs(20), || async {
+            let v = get_json(c, 0, "/api/v1/cluster/status").await;
+            (v["healthy_nodes"] == 5).then_some(v)
+        })
+        .await;
+    assert_eq!(status["total_nodes"], 5);
+    assert_eq!(status["threshold"], 3);
+    assert_eq!(status["status"], "healthy");
+    assert_eq!(status["source"], "etcd");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 5);
+    // Every node agrees.
+    for i in 1..5 {
+        let v = c
+            .eventually("agreement", Duration::from_secs(20), || async {
+                let v = get_json(c, i, "/api/v1/cluster/status").await;
+                (v["healthy_nodes"] == 5).then_some(v)
+            })
+            .await;
+        assert_eq!(v["status"], "healthy");
+    }
+}
+
+#[tokio::test]
+async fn every_node_pair_exchanges_a_quic_message() {
+    let c = Cluster::shared();
+    for i in 0..5 {
+        let v = c
+            .eventually("all peers answer a ping", Duration::from_secs(30), || async {
+                let v: Value = c
+                    .client()
+                    .post(c.url(i, "/api/v1/p2p/ping"))
+                    .bearer_auth(c.admin())
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                (v["all_ok"] == true).then_some(v)
+            })
+            .await;
+        let peers: Vec<&str> = v["peers"].as_array().unwrap().iter().map(|p| p["peer"].as_str().unwrap()).collect();
+        assert_eq!(peers.len(), 4, "{v}");
+        assert!(!peers.contains(&format!("node-{}", i + 1).as_str()));
+    }
+}
+
+#[tokio::test]
+async fn readiness_reports_database_etcd_and_peers() {
+    let c = Cluster::shared();
+    let v = c
+        .eventually("ready", Duration::from_secs(20), || async {
+            let r = c.client().get(c.url(2, "/ready")).send().await.unwrap();
+            let ok = r.status().is_success();
+            let v: Value = r.json().await.unwrap();
+            (ok && v["peers_connected"].as_u64() == Some(4)).then_some(v)
+        })
+        .await;
+    assert_eq!(v["database"], "ok");
+    assert_eq!(v["etcd"], "ok");
+}
+
+#[tokio::test]
+async fn signer_status_prints_a_table_of_the_cluster() {
+    let c = Cluster::shared();
+    let out = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(cluster_tests::signer_bin())
+            .args(["status", "--cluster"])
+            .arg(c.dir.join("cluster.json"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for i in 1..=5 {
+        assert!(text.contains(&format!("node-{i}")), "{text}");
+    }
+    assert!(text.contains("threshold 3"), "{text}");
+}
+
+#[test]
+fn cluster_file_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::shared();
+    let mode = std::fs::metadata(c.dir.join("cluster.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
