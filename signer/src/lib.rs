@@ -1,2 +1,3 @@
 //! The signer node: daemon, operator CLI and the cluster plumbing they share.
 #![forbid(unsafe_code)]
+pub mod coord;
