@@ -7,6 +7,7 @@ pub mod ca;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod coord;
 pub mod node;
 pub mod store;
 pub mod tls;
