@@ -86,6 +86,27 @@ impl fmt::Display for DecisionKind {
 /// Only [`crate::Policy::evaluate`] creates it; it has no public constructor, is not
 /// `Clone` and cannot be deserialized, so signing code can demand one (by reference or
 /// by value) and check it with [`Approval::covers`].
+///
+/// It cannot be copied:
+///
+/// ```compile_fail
+/// fn duplicate(a: &policy::Approval) -> policy::Approval {
+///     a.clone()
+/// }
+/// ```
+///
+/// and it cannot be forged outside this crate:
+///
+/// ```compile_fail
+/// use bitcoin::hashes::Hash;
+/// let forged = policy::Approval {
+///     policy_hash: policy::PolicyHash::from_bytes([0; 32]),
+///     view_digest: policy::ViewDigest::from_bytes([0; 32]),
+///     key_id: String::new(),
+///     network: policy::Network::Bitcoin,
+///     txid: bitcoin::Txid::from_byte_array([0; 32]),
+/// };
+/// ```
 #[derive(Debug, PartialEq, Eq)]
 pub struct Approval {
     pub(crate) policy_hash: PolicyHash,
