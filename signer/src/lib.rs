@@ -9,5 +9,6 @@ pub mod cluster;
 pub mod config;
 pub mod coord;
 pub mod node;
+pub mod p2p;
 pub mod store;
 pub mod tls;

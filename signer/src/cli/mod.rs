@@ -43,6 +43,9 @@ pub enum Command {
     /// Database maintenance.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Private certificate authority of the cluster.
+    #[command(subcommand)]
+    Ca(crate::ca::CaCommand),
     /// Local development cluster (PostgreSQL, etcd, CA and N nodes on loopback).
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -187,6 +190,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Cluster(ClusterCmd::Down { dir }) => crate::cluster::down(&dir),
+        Command::Ca(cmd) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            println!("{}", cmd.run()?);
+            Ok(())
+        }
         Command::Db(cmd) => {
             init_logging(LogFormat::Text, None);
             runtime()?.block_on(admin::db(cmd))

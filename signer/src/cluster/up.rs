@@ -134,7 +134,7 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
     let ca_dir = dir.join("ca");
     crate::ca::init_ca(&ca_dir)?;
     for id in &ids {
-        crate::ca::issue_node_cert(&ca_dir, id, 365)?;
+        crate::ca::issue_node_cert_for_ips(&ca_dir, id, 365, &[std::net::Ipv4Addr::LOCALHOST.into()])?;
     }
 
     // Infrastructure.

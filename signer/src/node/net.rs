@@ -83,6 +83,25 @@ impl Net {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Dials peers that have no open connection, every `period`, so connectivity
+    /// (and its loss) shows in status without waiting for protocol traffic.
+    pub async fn keep_connected(self: Arc<Self>, period: Duration, shutdown: CancellationToken) {
+        loop {
+            let connected = self.p2p.connected_peers();
+            let missing: Vec<String> = self
+                .p2p
+                .peer_ids()
+                .into_iter()
+                .filter(|p| !connected.contains(p))
+                .collect();
+            futures::future::join_all(missing.into_iter().map(|p| self.ping(p, period))).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    }
+
     /// Handles inbound frames until shutdown.
     pub async fn dispatch(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
         loop {

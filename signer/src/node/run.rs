@@ -37,6 +37,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let app = api::router(AppState { node: node.clone() });
     let api_task = tokio::spawn(api::serve(listener, api_tls, app, shutdown.clone()));
     let dispatcher = tokio::spawn(net.clone().dispatch(inbound, shutdown.clone()));
+    let keeper = tokio::spawn(
+        net.clone()
+            .keep_connected(Duration::from_secs(2), shutdown.clone()),
+    );
     let liveness = tokio::spawn(liveness::maintain(node.clone(), started_at, shutdown.clone()));
 
     node.store
@@ -63,6 +67,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), liveness).await;
     dispatcher.abort();
+    keeper.abort();
     net.p2p.shutdown().await;
     remove_pid_file(&node.cfg);
     Ok(())

@@ -1,0 +1,772 @@
+//! QUIC peer-to-peer transport between signer nodes.
+//!
+//! Every node runs one quinn endpoint that is both server and client. Connections
+//! use mutual TLS 1.3 with the cluster CA as the only trust root; the identity of
+//! the peer is the node id in its certificate (see [`crate::ca`]), never anything
+//! the peer says in a message. A peer whose certificate comes from another CA, has
+//! expired, or names a node that is not configured is refused, and the refusal is
+//! logged with `tracing::warn!`.
+//!
+//! Each node sends over its own outgoing connection to a peer (dialed lazily,
+//! redialed when it breaks) and receives over the connections peers dial to it.
+//! Every [`Frame`] travels on its own unidirectional stream, length-limited on both
+//! ends. A receiver that sees a bad or over-limit frame stops that stream (the
+//! sender gets [`P2pError::Rejected`]), logs it, and keeps the connection.
+//!
+//! Delivery: `send` returns `Ok` once the peer's QUIC stack acknowledged the whole
+//! frame. Frames sent one after another (each `send` awaited) to the same peer are
+//! delivered in that order. A retry after a failure in the middle of a send can
+//! deliver a frame twice; protocols must tolerate duplicates (e.g. by session and
+//! round).
+
+mod config;
+mod frame;
+mod tls;
+
+pub use config::{
+    P2pConfig, PeerConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE, MAX_MAX_FRAME_BYTES,
+    MIN_MAX_FRAME_BYTES,
+};
+pub use frame::{
+    Frame, FrameError, FrameHeader, MessageKind, DEFAULT_MAX_FRAME_BYTES, FRAME_MAGIC,
+    FRAME_VERSION, HEADER_LEN,
+};
+pub use tls::{install_crypto_provider, ALPN};
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, StreamExt};
+use quinn::{Connection, ConnectionError, RecvStream, VarInt};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::ca::{self, CaError};
+
+/// Connection close code: this node is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 0x00;
+/// Connection close code: the peer's identity is not acceptable.
+pub const CLOSE_REFUSED_IDENTITY: u32 = 0x10;
+/// Connection close code: the connection stopped acknowledging data.
+pub const CLOSE_UNRESPONSIVE: u32 = 0x11;
+/// Stream stop code: the frame exceeds the receiver's size limit.
+pub const STOP_FRAME_TOO_LARGE: u32 = 0x20;
+/// Stream stop code: the frame is malformed (magic, version, length mismatch).
+pub const STOP_FRAME_MALFORMED: u32 = 0x21;
+/// Stream stop code: the frame was not completed in time.
+pub const STOP_FRAME_TIMEOUT: u32 = 0x22;
+
+/// Capacity of the inbound channel returned by [`P2p::start`].
+pub const INBOUND_CHANNEL_CAPACITY: usize = 1024;
+/// How many times `send` tries before giving up.
+const MAX_SEND_ATTEMPTS: u32 = 4;
+/// First retry delay; doubles per attempt.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Time for a frame to be fully acknowledged by the peer before the connection
+/// is considered broken.
+const SEND_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time for a peer to deliver a whole frame once its stream is open.
+const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Incoming handshakes processed at once; more are refused.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Initial buffer for a payload; it grows as data arrives, up to the declared length.
+const INITIAL_PAYLOAD_CAPACITY: usize = 64 * 1024;
+
+/// Errors of the P2P layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum P2pError {
+    /// The configuration is invalid.
+    #[error("invalid p2p configuration: {0}")]
+    Config(String),
+    /// Certificate or key files could not be loaded.
+    #[error("p2p certificates: {0}")]
+    Ca(#[from] CaError),
+    /// rustls rejected the configuration (e.g. key and certificate do not match).
+    #[error("tls configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind quic endpoint on {addr}: {source}")]
+    Bind {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer is not in the configuration.
+    #[error("unknown peer {peer:?}")]
+    UnknownPeer {
+        /// The requested peer id.
+        peer: String,
+    },
+    /// The frame cannot be sent (too large, wrong version).
+    #[error("frame refused locally: {0}")]
+    Frame(#[from] FrameError),
+    /// A connection to the peer could not be started or timed out.
+    #[error("cannot connect to peer {peer}: {reason}")]
+    Connect {
+        /// The peer id.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer's certificate names another node than the one dialed.
+    #[error("peer at the address of {peer} presented identity {found:?}")]
+    IdentityMismatch {
+        /// The peer id dialed.
+        peer: String,
+        /// The identity found (or why none was found).
+        found: String,
+    },
+    /// The connection failed or was closed (by the peer, TLS, or a timeout).
+    #[error("connection to peer {peer} failed: {source}")]
+    Connection {
+        /// The peer id.
+        peer: String,
+        /// The quinn error.
+        #[source]
+        source: ConnectionError,
+    },
+    /// The peer refused the frame by stopping its stream.
+    #[error("peer {peer} refused the frame (stream stopped with code {code:#x})")]
+    Rejected {
+        /// The peer id.
+        peer: String,
+        /// The stop code, one of the `STOP_*` constants for a signer peer.
+        code: u64,
+    },
+    /// The peer did not acknowledge the frame in time.
+    #[error("peer {peer} did not acknowledge the frame in time")]
+    Timeout {
+        /// The peer id.
+        peer: String,
+    },
+    /// [`P2p::shutdown`] was called.
+    #[error("p2p endpoint is shut down")]
+    Shutdown,
+}
+
+impl P2pError {
+    /// Whether another attempt on a fresh connection may succeed.
+    fn is_retryable(&self) -> bool {
+        match self {
+            P2pError::Timeout { .. } => true,
+            P2pError::Connection { source, .. } => match source {
+                ConnectionError::ApplicationClosed(c) => {
+                    c.error_code != VarInt::from_u32(CLOSE_REFUSED_IDENTITY)
+                }
+                ConnectionError::ConnectionClosed(c) => !is_crypto_code(c.error_code.into()),
+                ConnectionError::TransportError(e) => !is_crypto_code(e.code.into()),
+                ConnectionError::Reset | ConnectionError::TimedOut => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// QUIC carries TLS alerts as transport error codes 0x100-0x1ff.
+fn is_crypto_code(code: u64) -> bool {
+    (0x100..0x200).contains(&code)
+}
+
+/// A frame received from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Node id of the sender, taken from its verified certificate.
+    pub from: String,
+    /// The frame.
+    pub frame: Frame,
+}
+
+/// The outgoing side towards one peer.
+#[derive(Debug)]
+struct PeerSlot {
+    addr: SocketAddr,
+    /// Serializes dialing so that concurrent senders share one connection.
+    dial: tokio::sync::Mutex<()>,
+    conn: Mutex<Option<Connection>>,
+}
+
+/// State shared with the background tasks.
+#[derive(Debug)]
+struct Shared {
+    node_id: String,
+    endpoint: quinn::Endpoint,
+    max_frame_bytes: usize,
+    closed: AtomicBool,
+    /// Live incoming connections, per peer id and connection id.
+    incoming: Mutex<HashMap<String, HashMap<usize, Connection>>>,
+    handshakes: Arc<Semaphore>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running P2P endpoint. Dropping it closes the endpoint.
+#[derive(Debug)]
+pub struct P2p {
+    shared: Arc<Shared>,
+    peers: BTreeMap<String, PeerSlot>,
+}
+
+impl P2p {
+    /// Loads certificates, binds the endpoint on `cfg.listen` and starts accepting
+    /// peer connections. Frames received from peers arrive on the returned channel.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub async fn start(cfg: P2pConfig) -> Result<(P2p, mpsc::Receiver<Inbound>), P2pError> {
+        cfg.validate()?;
+        let identity = tls::Identity::load(&cfg)?;
+        if let Err(reason) = identity.self_check() {
+            tracing::warn!(
+                node_id = %cfg.node_id,
+                cert = %cfg.cert.display(),
+                %reason,
+                "own certificate does not verify against the cluster ca; peers will refuse this node"
+            );
+        }
+        let transport = tls::transport(&cfg)?;
+        let server = tls::server_config(&identity, transport.clone())?;
+        let client = tls::client_config(&identity, transport)?;
+        let endpoint_config = identity.endpoint_config();
+
+        let socket = std::net::UdpSocket::bind(cfg.listen).map_err(|source| P2pError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| P2pError::Config("no async runtime found".into()))?;
+        let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
+            .map_err(|source| P2pError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        endpoint.set_default_client_config(client);
+
+        let shared = Arc::new(Shared {
+            node_id: cfg.node_id.clone(),
+            endpoint,
+            max_frame_bytes: cfg.max_frame_bytes,
+            closed: AtomicBool::new(false),
+            incoming: Mutex::new(HashMap::new()),
+            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+        });
+        let peers = cfg
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id.clone(),
+                    PeerSlot {
+                        addr: p.addr,
+                        dial: tokio::sync::Mutex::new(()),
+                        conn: Mutex::new(None),
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+        let allowed: Arc<[String]> = peers.keys().cloned().collect();
+
+        let (tx, rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
+        tokio::spawn(accept_loop(shared.clone(), allowed, tx));
+        tracing::info!(
+            node_id = %cfg.node_id,
+            listen = %cfg.listen,
+            peers = cfg.peers.len(),
+            "p2p endpoint started"
+        );
+        Ok((P2p { shared, peers }, rx))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.endpoint.local_addr()
+    }
+
+    /// Ids of the configured peers, sorted.
+    pub fn peer_ids(&self) -> Vec<String> {
+        self.peers.keys().cloned().collect()
+    }
+
+    /// Peers with a live connection in either direction, sorted.
+    pub fn connected_peers(&self) -> Vec<String> {
+        let incoming = lock(&self.shared.incoming);
+        self.peers
+            .iter()
+            .filter(|(id, slot)| {
+                let out = lock(&slot.conn)
+                    .as_ref()
+                    .is_some_and(|c| c.close_reason().is_none());
+                out || incoming
+                    .get(*id)
+                    .is_some_and(|conns| conns.values().any(|c| c.close_reason().is_none()))
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Sends `frame` to `peer`, dialing or redialing as needed.
+    ///
+    /// Returns once the peer acknowledged the whole frame. Retries on a fresh
+    /// connection (up to 4 attempts, exponential backoff from 100 ms) when the
+    /// connection breaks; does not retry when the peer refuses this node's
+    /// certificate or the frame, or cannot be reached within the handshake timeout.
+    pub async fn send(&self, peer: &str, frame: Frame) -> Result<(), P2pError> {
+        let bytes = frame.encode(self.shared.max_frame_bytes)?;
+        self.send_encoded(peer, bytes).await
+    }
+
+    /// Sends `frame` to every configured peer concurrently; one result per peer,
+    /// sorted by peer id.
+    pub async fn broadcast(&self, frame: Frame) -> Vec<(String, Result<(), P2pError>)> {
+        let bytes = match frame.encode(self.shared.max_frame_bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                return self
+                    .peers
+                    .keys()
+                    .map(|p| (p.clone(), Err(P2pError::Frame(e.clone()))))
+                    .collect()
+            }
+        };
+        futures::future::join_all(self.peers.keys().map(|p| {
+            let bytes = bytes.clone();
+            async move { (p.clone(), self.send_encoded(p, bytes).await) }
+        }))
+        .await
+    }
+
+    /// Closes all connections and the endpoint. Later sends fail with
+    /// [`P2pError::Shutdown`]; the inbound channel ends once the connection
+    /// tasks have stopped.
+    pub async fn shutdown(&self) {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.shared
+            .endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        // Let the close frames go out; bounded in case a peer misbehaves.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        tracing::info!(node_id = %self.shared.node_id, "p2p endpoint shut down");
+    }
+
+    async fn send_encoded(&self, peer: &str, bytes: Bytes) -> Result<(), P2pError> {
+        let slot = self.peers.get(peer).ok_or_else(|| P2pError::UnknownPeer {
+            peer: peer.to_owned(),
+        })?;
+        let mut attempt = 0;
+        loop {
+            if self.shared.closed.load(Ordering::SeqCst) {
+                return Err(P2pError::Shutdown);
+            }
+            let result = match self.connection(peer, slot).await {
+                Ok(conn) => {
+                    let r = send_on(&conn, peer, bytes.clone()).await;
+                    if let Err(e) = &r {
+                        if !matches!(e, P2pError::Rejected { .. }) {
+                            forget(slot, &conn, e);
+                        }
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() && attempt + 1 < MAX_SEND_ATTEMPTS => {
+                    let delay = RETRY_BACKOFF * 2u32.pow(attempt);
+                    tracing::debug!(peer, attempt, error = %e, ?delay, "send failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "send to peer failed");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The live outgoing connection to `peer`, dialed if needed.
+    async fn connection(&self, peer: &str, slot: &PeerSlot) -> Result<Connection, P2pError> {
+        if let Some(c) = live(slot) {
+            return Ok(c);
+        }
+        let _dialing = slot.dial.lock().await;
+        if let Some(c) = live(slot) {
+            return Ok(c);
+        }
+        let conn = self.dial(peer, slot.addr).await?;
+        *lock(&slot.conn) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn dial(&self, peer: &str, addr: SocketAddr) -> Result<Connection, P2pError> {
+        let server_name = ca::identity_dns_name(peer)?;
+        let connecting = self
+            .shared
+            .endpoint
+            .connect(addr, &server_name)
+            .map_err(|e| {
+                if matches!(e, quinn::ConnectError::EndpointStopping) {
+                    P2pError::Shutdown
+                } else {
+                    P2pError::Connect {
+                        peer: peer.to_owned(),
+                        reason: e.to_string(),
+                    }
+                }
+            })?;
+        let conn = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, connecting).await {
+            Err(_) => {
+                tracing::warn!(peer, %addr, "connection to peer timed out");
+                return Err(P2pError::Connect {
+                    peer: peer.to_owned(),
+                    reason: format!("no handshake within {:?}", tls::HANDSHAKE_TIMEOUT),
+                });
+            }
+            Ok(Err(source)) => {
+                tracing::warn!(peer, %addr, error = %source, "connection to peer failed");
+                return Err(P2pError::Connection {
+                    peer: peer.to_owned(),
+                    source,
+                });
+            }
+            Ok(Ok(c)) => c,
+        };
+        // rustls already checked the server name; check the extracted identity too.
+        match peer_identity(&conn) {
+            Ok(found) if found == peer => {}
+            Ok(found) | Err(found) => {
+                conn.close(
+                    VarInt::from_u32(CLOSE_REFUSED_IDENTITY),
+                    b"identity mismatch",
+                );
+                tracing::warn!(peer, %addr, found = %found, "refused peer: identity mismatch");
+                return Err(P2pError::IdentityMismatch {
+                    peer: peer.to_owned(),
+                    found,
+                });
+            }
+        }
+        tracing::info!(peer, %addr, "connected to peer");
+        Ok(conn)
+    }
+}
+
+impl Drop for P2p {
+    fn drop(&mut self) {
+        if !self.shared.closed.swap(true, Ordering::SeqCst) {
+            self.shared
+                .endpoint
+                .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        }
+    }
+}
+
+fn live(slot: &PeerSlot) -> Option<Connection> {
+    lock(&slot.conn)
+        .as_ref()
+        .filter(|c| c.close_reason().is_none())
+        .cloned()
+}
+
+/// Drops `conn` from the slot after a failure, closing it if it is still open.
+fn forget(slot: &PeerSlot, conn: &Connection, error: &P2pError) {
+    let mut guard = lock(&slot.conn);
+    if guard
+        .as_ref()
+        .is_some_and(|c| c.stable_id() == conn.stable_id())
+    {
+        *guard = None;
+    }
+    drop(guard);
+    if conn.close_reason().is_none() {
+        tracing::debug!(error = %error, "closing unresponsive connection");
+        conn.close(VarInt::from_u32(CLOSE_UNRESPONSIVE), b"unresponsive");
+    }
+}
+
+/// Sends one encoded frame on its own uni-stream and waits for the acknowledgement.
+async fn send_on(conn: &Connection, peer: &str, bytes: Bytes) -> Result<(), P2pError> {
+    let conn_err = |source: ConnectionError| P2pError::Connection {
+        peer: peer.to_owned(),
+        source,
+    };
+    let attempt = async {
+        let mut stream = conn.open_uni().await.map_err(conn_err)?;
+        stream.write_chunk(bytes).await.map_err(|e| match e {
+            quinn::WriteError::Stopped(code) => P2pError::Rejected {
+                peer: peer.to_owned(),
+                code: code.into_inner(),
+            },
+            quinn::WriteError::ConnectionLost(e) => conn_err(e),
+            other => P2pError::Connect {
+                peer: peer.to_owned(),
+                reason: other.to_string(),
+            },
+        })?;
+        // Cannot fail: the stream was neither finished nor reset.
+        let _ = stream.finish();
+        match stream.stopped().await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(P2pError::Rejected {
+                peer: peer.to_owned(),
+                code: code.into_inner(),
+            }),
+            Err(quinn::StoppedError::ConnectionLost(e)) => Err(conn_err(e)),
+            Err(other) => Err(P2pError::Connect {
+                peer: peer.to_owned(),
+                reason: other.to_string(),
+            }),
+        }
+    };
+    tokio::time::timeout(SEND_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(P2pError::Timeout {
+                peer: peer.to_owned(),
+            })
+        })
+}
+
+/// The node id in the verified certificate of the connection's peer.
+fn peer_identity(conn: &Connection) -> Result<String, String> {
+    let any = conn
+        .peer_identity()
+        .ok_or_else(|| "no peer certificate".to_owned())?;
+    let certs = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .map_err(|_| "unexpected peer identity type".to_owned())?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| "empty certificate chain".to_owned())?;
+    ca::node_identity_from_cert(leaf).map_err(|e| e.to_string())
+}
+
+async fn accept_loop(shared: Arc<Shared>, allowed: Arc<[String]>, tx: mpsc::Sender<Inbound>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "refused incoming connection: too many pending handshakes");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        let allowed = allowed.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let conn = handshake(incoming, remote).await;
+            drop(permit);
+            if let Some(conn) = conn {
+                serve_connection(shared, &allowed, conn, remote, tx).await;
+            }
+        });
+    }
+    tracing::debug!("p2p accept loop ended");
+}
+
+/// Completes an incoming handshake; logs and returns `None` on failure.
+async fn handshake(incoming: quinn::Incoming, remote: SocketAddr) -> Option<Connection> {
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(%remote, %error, "refused incoming connection");
+            return None;
+        }
+    };
+    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(error)) => {
+            tracing::warn!(%remote, %error, "refused incoming connection: handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "refused incoming connection: handshake timed out");
+            None
+        }
+    }
+}
+
+/// Authenticates an incoming connection and delivers its frames until it closes.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    allowed: &[String],
+    conn: Connection,
+    remote: SocketAddr,
+    tx: mpsc::Sender<Inbound>,
+) {
+    let peer = match peer_identity(&conn) {
+        Ok(id) if allowed.contains(&id) => id,
+        Ok(id) => {
+            conn.close(
+                VarInt::from_u32(CLOSE_REFUSED_IDENTITY),
+                b"unknown identity",
+            );
+            tracing::warn!(%remote, identity = %id, "refused peer connection: identity is not a configured peer");
+            return;
+        }
+        Err(reason) => {
+            conn.close(VarInt::from_u32(CLOSE_REFUSED_IDENTITY), b"bad identity");
+            tracing::warn!(%remote, %reason, "refused peer connection: no valid identity");
+            return;
+        }
+    };
+    let conn_id = conn.stable_id();
+    lock(&shared.incoming)
+        .entry(peer.clone())
+        .or_default()
+        .insert(conn_id, conn.clone());
+    tracing::info!(peer = %peer, %remote, "accepted peer connection");
+
+    let reason = receive_frames(&shared, &conn, &peer, remote, &tx).await;
+
+    let mut incoming = lock(&shared.incoming);
+    if let Some(conns) = incoming.get_mut(&peer) {
+        conns.remove(&conn_id);
+        if conns.is_empty() {
+            incoming.remove(&peer);
+        }
+    }
+    drop(incoming);
+    tracing::info!(peer = %peer, %remote, %reason, "peer connection closed");
+}
+
+/// Reads frames from the connection's uni-streams, several at a time, and delivers
+/// them in stream order. Returns why the connection ended.
+async fn receive_frames(
+    shared: &Shared,
+    conn: &Connection,
+    peer: &str,
+    remote: SocketAddr,
+    tx: &mpsc::Sender<Inbound>,
+) -> ConnectionError {
+    let max = shared.max_frame_bytes;
+    let mut pending = FuturesOrdered::new();
+    let mut receiver_gone = false;
+    loop {
+        tokio::select! {
+            Some(result) = pending.next(), if !pending.is_empty() => match result {
+                Ok(frame) => {
+                    let inbound = Inbound { from: peer.to_owned(), frame };
+                    if tx.send(inbound).await.is_err() && !receiver_gone {
+                        receiver_gone = true;
+                        tracing::debug!(peer, "inbound receiver dropped; discarding frames");
+                    }
+                }
+                Err(refusal) => Refusal::log(&refusal, peer, remote),
+            },
+            accepted = conn.accept_uni(), if pending.len() < tls::MAX_CONCURRENT_FRAMES as usize => {
+                match accepted {
+                    Ok(stream) => pending.push_back(read_frame(stream, max)),
+                    Err(e) => return e,
+                }
+            }
+        }
+    }
+}
+
+/// Why an incoming frame was not delivered.
+#[derive(Debug)]
+enum Refusal {
+    /// The peer sent something unacceptable; the stream was stopped.
+    Refused(String),
+    /// The stream or connection broke (reset by the peer, connection lost).
+    Broken(String),
+}
+
+impl Refusal {
+    fn log(&self, peer: &str, remote: SocketAddr) {
+        match self {
+            Refusal::Refused(reason) => {
+                tracing::warn!(peer, %remote, %reason, "refused frame from peer")
+            }
+            Refusal::Broken(reason) => {
+                tracing::debug!(peer, %remote, %reason, "incomplete frame from peer")
+            }
+        }
+    }
+}
+
+/// Reads one frame from a stream, stopping the stream if the frame is refused.
+async fn read_frame(mut stream: RecvStream, max: usize) -> Result<Frame, Refusal> {
+    let result =
+        match tokio::time::timeout(FRAME_READ_TIMEOUT, read_frame_inner(&mut stream, max)).await {
+            Ok(r) => r,
+            Err(_) => Err((
+                Some(STOP_FRAME_TIMEOUT),
+                Refusal::Refused(format!("frame not completed within {FRAME_READ_TIMEOUT:?}")),
+            )),
+        };
+    result.map_err(|(stop, refusal)| {
+        if let Some(code) = stop {
+            // Fails only if the stream is already closed, which is fine.
+            let _ = stream.stop(VarInt::from_u32(code));
+        }
+        refusal
+    })
+}
+
+type ReadError = (Option<u32>, Refusal);
+
+async fn read_frame_inner(stream: &mut RecvStream, max: usize) -> Result<Frame, ReadError> {
+    let broken = |e: quinn::ReadError| (None, Refusal::Broken(e.to_string()));
+    let mut hdr = [0u8; HEADER_LEN];
+    stream.read_exact(&mut hdr).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(n) => (
+            Some(STOP_FRAME_MALFORMED),
+            Refusal::Refused(format!("stream ended after {n} header bytes")),
+        ),
+        quinn::ReadExactError::ReadError(e) => broken(e),
+    })?;
+    let header = FrameHeader::decode(&hdr, max).map_err(|e| {
+        let code = match e {
+            FrameError::TooLarge { .. } => STOP_FRAME_TOO_LARGE,
+            _ => STOP_FRAME_MALFORMED,
+        };
+        (Some(code), Refusal::Refused(e.to_string()))
+    })?;
+    let mut payload = BytesMut::with_capacity(header.payload_len.min(INITIAL_PAYLOAD_CAPACITY));
+    while payload.len() < header.payload_len {
+        match stream
+            .read_chunk(header.payload_len - payload.len(), true)
+            .await
+            .map_err(broken)?
+        {
+            Some(chunk) => payload.extend_from_slice(&chunk.bytes),
+            None => {
+                let e = FrameError::LengthMismatch {
+                    declared: header.payload_len,
+                    actual: payload.len(),
+                };
+                return Err((Some(STOP_FRAME_MALFORMED), Refusal::Refused(e.to_string())));
+            }
+        }
+    }
+    if stream.read_chunk(1, true).await.map_err(broken)?.is_some() {
+        return Err((
+            Some(STOP_FRAME_MALFORMED),
+            Refusal::Refused(format!(
+                "stream continues past the declared payload of {} bytes",
+                header.payload_len
+            )),
+        ));
+    }
+    Ok(Frame::from_parts(header, payload.freeze()))
+}
+
+#[cfg(test)]
+mod tests;
