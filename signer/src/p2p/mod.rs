@@ -35,7 +35,7 @@ pub use tls::{install_crypto_provider, ALPN};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -52,6 +52,8 @@ pub const CLOSE_SHUTDOWN: u32 = 0x00;
 pub const CLOSE_REFUSED_IDENTITY: u32 = 0x10;
 /// Connection close code: the connection stopped acknowledging data.
 pub const CLOSE_UNRESPONSIVE: u32 = 0x11;
+/// Connection close code: a newer connection from the same peer replaced this one.
+pub const CLOSE_SUPERSEDED: u32 = 0x12;
 /// Stream stop code: the frame exceeds the receiver's size limit.
 pub const STOP_FRAME_TOO_LARGE: u32 = 0x20;
 /// Stream stop code: the frame is malformed (magic, version, length mismatch).
@@ -60,7 +62,10 @@ pub const STOP_FRAME_MALFORMED: u32 = 0x21;
 pub const STOP_FRAME_TIMEOUT: u32 = 0x22;
 
 /// Capacity of the inbound channel returned by [`P2p::start`].
-pub const INBOUND_CHANNEL_CAPACITY: usize = 1024;
+pub const INBOUND_CHANNEL_CAPACITY: usize = 256;
+/// Incoming connections kept per peer; a newer one closes the oldest. A peer only
+/// dials again when it gave up on its previous connection, so older ones are stale.
+const MAX_INCOMING_PER_PEER: usize = 2;
 /// How many times `send` tries before giving up.
 const MAX_SEND_ATTEMPTS: u32 = 4;
 /// First retry delay; doubles per attempt.
@@ -199,8 +204,9 @@ struct Shared {
     endpoint: quinn::Endpoint,
     max_frame_bytes: usize,
     closed: AtomicBool,
-    /// Live incoming connections, per peer id and connection id.
-    incoming: Mutex<HashMap<String, HashMap<usize, Connection>>>,
+    /// Live incoming connections, per peer id, by arrival sequence number.
+    incoming: Mutex<HashMap<String, BTreeMap<u64, Connection>>>,
+    incoming_seq: AtomicU64,
     handshakes: Arc<Semaphore>,
 }
 
@@ -255,6 +261,7 @@ impl P2p {
             max_frame_bytes: cfg.max_frame_bytes,
             closed: AtomicBool::new(false),
             incoming: Mutex::new(HashMap::new()),
+            incoming_seq: AtomicU64::new(0),
             handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
         });
         let peers = cfg
@@ -625,18 +632,28 @@ async fn serve_connection(
             return;
         }
     };
-    let conn_id = conn.stable_id();
-    lock(&shared.incoming)
-        .entry(peer.clone())
-        .or_default()
-        .insert(conn_id, conn.clone());
+    let seq = shared.incoming_seq.fetch_add(1, Ordering::Relaxed);
+    let superseded = {
+        let mut incoming = lock(&shared.incoming);
+        let conns = incoming.entry(peer.clone()).or_default();
+        conns.insert(seq, conn.clone());
+        let mut old = Vec::new();
+        while conns.len() > MAX_INCOMING_PER_PEER {
+            old.extend(conns.pop_first().map(|(_, c)| c));
+        }
+        old
+    };
+    for old in superseded {
+        tracing::info!(peer = %peer, remote = %old.remote_address(), "closing superseded peer connection");
+        old.close(VarInt::from_u32(CLOSE_SUPERSEDED), b"superseded");
+    }
     tracing::info!(peer = %peer, %remote, "accepted peer connection");
 
     let reason = receive_frames(&shared, &conn, &peer, remote, &tx).await;
 
     let mut incoming = lock(&shared.incoming);
     if let Some(conns) = incoming.get_mut(&peer) {
-        conns.remove(&conn_id);
+        conns.remove(&seq);
         if conns.is_empty() {
             incoming.remove(&peer);
         }

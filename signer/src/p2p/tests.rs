@@ -593,6 +593,7 @@ async fn reconnects_after_the_peer_crashes_and_restarts() {
     // close frame, like a crashed process.
     let b_cfg = net.config("b");
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let (crash_tx, crash_rx) = tokio::sync::oneshot::channel::<()>();
     let crashed = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -602,12 +603,15 @@ async fn reconnects_after_the_peer_crashes_and_restarts() {
             let (b, mut rx) = P2p::start(b_cfg).await.unwrap();
             let first = tokio::time::timeout(GUARD, rx.recv()).await.unwrap();
             first_tx.send(first).unwrap();
+            // Keep running until a's send has been acknowledged.
+            crash_rx.await.unwrap();
             (b, rx)
         });
         drop(rt);
         drop((b, rx));
     });
     a.send("b", frame("before crash")).await.unwrap();
+    crash_tx.send(()).unwrap();
     let first = first_rx.await.unwrap().unwrap();
     assert_eq!(text(&first), "before crash");
     let old = live(&a.peers["b"]).expect("a has a connection to b");
@@ -692,4 +696,99 @@ fn install_crypto_provider_is_idempotent() {
     install_crypto_provider();
     install_crypto_provider();
     assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+}
+
+#[tokio::test]
+async fn a_newer_connection_from_the_same_peer_closes_the_oldest() {
+    let net = Net::new(&["a", "b"]);
+    let (a, mut a_rx) = net.start("a").await;
+    // Wait for each connection to be registered so that their order is known.
+    let registered = |n: usize| {
+        let a = &a;
+        async move {
+            tokio::time::timeout(GUARD, async {
+                while lock(&a.shared.incoming).get("b").map_or(0, |c| c.len()) < n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("connection never registered")
+        }
+    };
+    let (_ep1, first) = raw_client(&net, "b", "a").await;
+    registered(1).await;
+    let (_ep2, second) = raw_client(&net, "b", "a").await;
+    registered(2).await;
+    let (_ep3, third) = raw_client(&net, "b", "a").await;
+    let reason = tokio::time::timeout(GUARD, first.closed()).await.unwrap();
+    match reason {
+        ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, VarInt::from_u32(CLOSE_SUPERSEDED))
+        }
+        other => panic!("unexpected close {other}"),
+    }
+    for (name, conn) in [("second", &second), ("third", &third)] {
+        let f = frame(name);
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&f.encode(DEFAULT_MAX_FRAME_BYTES).unwrap())
+            .await
+            .unwrap();
+        s.finish().unwrap();
+        assert_eq!(s.stopped().await.unwrap(), None);
+        let inbound = recv(&mut a_rx).await;
+        assert_eq!(
+            (inbound.from.as_str(), text(&inbound)),
+            ("b", name.to_owned())
+        );
+    }
+    assert_eq!(a.connected_peers(), ["b"]);
+}
+
+#[test]
+fn p2p_is_usable_from_spawned_tasks_on_a_multi_thread_runtime() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<P2p>();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let net = Net::new(&["a", "b", "c"]);
+        let (a, _a_rx) = net.start("a").await;
+        let a = Arc::new(a);
+        let (_b, mut b_rx) = net.start("b").await;
+        let (_c, mut c_rx) = net.start("c").await;
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let to = if i % 2 == 0 { "b" } else { "c" };
+                    a.send(to, frame(&i.to_string())).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let mut got = BTreeSet::new();
+        for _ in 0..10 {
+            got.insert(text(&recv(&mut b_rx).await).parse::<u32>().unwrap());
+            got.insert(text(&recv(&mut c_rx).await).parse::<u32>().unwrap());
+        }
+        assert_eq!(got, (0..20).collect());
+    });
+}
+
+#[test]
+fn identity_debug_redacts_the_private_key() {
+    let net = Net::new(&["a"]);
+    let cfg = net.config("a");
+    let identity = tls::Identity::load(&cfg).unwrap();
+    let shown = format!("{identity:?}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    let key_der = identity.key.secret_der().to_vec();
+    let hex_key = hex::encode(&key_der[key_der.len() - 16..]);
+    assert!(!shown.contains(&hex_key));
+    assert!(!shown.contains(&format!("{:?}", &key_der[..8])));
 }

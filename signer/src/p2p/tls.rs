@@ -7,7 +7,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{P2pConfig, P2pError};
 use crate::ca::{self, files};
@@ -46,6 +46,12 @@ impl std::fmt::Debug for Identity {
             .field("chain_len", &self.chain.len())
             .field("key", &"<redacted>")
             .finish()
+    }
+}
+
+impl Drop for Identity {
+    fn drop(&mut self) {
+        self.key.zeroize();
     }
 }
 
