@@ -427,6 +427,35 @@ async fn try_lock_times_out_without_blocking_later_holders() {
 }
 
 #[tokio::test]
+async fn lock_guard_notices_when_its_lease_is_lost() {
+    let prefix = unique_prefix("lock-lost");
+    let coord = connect(&prefix, "node-a").await;
+    let guard = coord.lock("l", LOCK_TTL).await.expect("lock");
+    assert!(guard.is_held());
+    let mut raw = raw_client().await;
+    let lease = raw
+        .get(guard.fence().key(), None)
+        .await
+        .expect("raw get")
+        .kvs()
+        .first()
+        .expect("lock key exists while held")
+        .lease();
+    raw.lease_revoke(lease)
+        .await
+        .expect("revoke behind its back");
+    timeout(EXPIRY_BOUND, guard.lost())
+        .await
+        .expect("the guard notices the lost lease");
+    assert!(!guard.is_held());
+    let err = coord
+        .put_fenced("x", "y", guard.fence())
+        .await
+        .expect_err("lost lock cannot write");
+    assert!(matches!(err, CoordError::StaleFence { .. }), "{err}");
+}
+
+#[tokio::test]
 async fn invalid_names_are_rejected() {
     let prefix = unique_prefix("names");
     let coord = connect(&prefix, "node-a").await;
