@@ -106,7 +106,12 @@ impl Coord {
 
 /// Leadership of an election; see [`Coord::campaign`]. Dropping it resigns in
 /// the background; [`Leadership::resign`] resigns and waits for etcd.
+///
+/// Loss is detected through the lease only ([`Leadership::is_leader`]); if
+/// someone deletes the leader key by hand, [`Coord::fence_is_current`] and
+/// fenced writes notice, `is_leader` does not.
 #[derive(Debug)]
+#[must_use = "leadership is given up when this is dropped"]
 pub struct Leadership {
     election: String,
     value: String,

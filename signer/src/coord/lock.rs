@@ -72,6 +72,7 @@ impl Coord {
 /// A held lock; see [`Coord::lock`]. Dropping it releases the lock in the
 /// background; [`LockGuard::release`] releases it and waits for etcd.
 #[derive(Debug)]
+#[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard {
     name: String,
     fence: Fence,

@@ -30,7 +30,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, T
 use tracing::{info, warn};
 
 pub use config::{CoordConfig, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
-pub use election::{LeaderWatch, Leadership};
+pub use election::{LeaderInfo, LeaderWatch, Leadership};
 pub use error::CoordError;
 pub use lock::LockGuard;
 pub use registry::{NodeEvent, NodeRecord, NodeWatch, Registration};

@@ -17,8 +17,10 @@ use super::watch::{RawEvent, RawWatch, WatchEventKind};
 use super::{check_size, key_str, keys, Coord, MAX_LIST_ENTRIES};
 
 /// What a live node announces about itself (stored as JSON).
+///
+/// Unknown fields are ignored when reading, so nodes of a newer version (with
+/// more fields) stay visible to older ones during a rolling upgrade.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeRecord {
     /// The node id (equal to the last segment of its registry key).
     pub node_id: String,
@@ -83,7 +85,7 @@ impl Coord {
         })?;
         check_size(&key, value.len())?;
         let ttl = self.config().lease_ttl_secs;
-        let (id, granted) = grant_and_put(self, &key, &value, ttl).await?;
+        let (id, granted) = grant_and_put(self, &key, &value, ttl, |_| {}).await?;
         info!(node_id = %self.node_id(), lease_id = id, "node registered in etcd");
         let (lease_tx, lease_rx) = watch::channel(id);
         let task = tokio::spawn(keep_registered(
@@ -154,13 +156,17 @@ impl Coord {
     }
 }
 
+/// Grants a lease, reports its id through `on_grant` (before the record can be
+/// seen with it), then puts the record under it.
 async fn grant_and_put(
     coord: &Coord,
     key: &str,
     value: &[u8],
     ttl: i64,
+    on_grant: impl FnOnce(i64),
 ) -> Result<(i64, i64), CoordError> {
     let (id, granted) = lease::grant(coord, ttl).await?;
+    on_grant(id);
     let mut c = coord.client();
     let put = coord
         .rpc(
@@ -188,11 +194,13 @@ async fn keep_registered(
         lease::keep_alive_until_lost(&coord, id, granted, "node registration").await;
         warn!(node_id = %coord.node_id(), lease_id = id, "registration lease lost; registering again");
         loop {
-            match grant_and_put(&coord, &key, &value, ttl).await {
+            let report = |new_id| {
+                lease_tx.send_replace(new_id);
+            };
+            match grant_and_put(&coord, &key, &value, ttl, report).await {
                 Ok((new_id, new_ttl)) => {
                     id = new_id;
                     granted = new_ttl;
-                    lease_tx.send_replace(id);
                     info!(node_id = %coord.node_id(), lease_id = id, "node registered again");
                     break;
                 }
@@ -207,6 +215,7 @@ async fn keep_registered(
 
 /// A live registration; see [`Coord::register`].
 #[derive(Debug)]
+#[must_use = "the node leaves the registry when this is dropped"]
 pub struct Registration {
     coord: Coord,
     lease: watch::Receiver<i64>,
@@ -316,5 +325,19 @@ impl futures::Stream for NodeWatch {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_record_from_a_newer_version_still_decodes() {
+        let json = r#"{"node_id":"node-1","api_url":"https://n1:8443","quic_addr":"10.0.0.1:9443",
+            "version":"9.9.9","started_at":"2025-01-01T00:00:00Z","future_field":[1,2]}"#;
+        let r: NodeRecord = serde_json::from_str(json).expect("extra fields are ignored");
+        assert_eq!(r.node_id, "node-1");
+        assert!(serde_json::from_str::<NodeRecord>(r#"{"node_id":"x"}"#).is_err());
     }
 }

@@ -83,16 +83,21 @@ impl Coord {
     }
 
     /// Watches fenced data under `key_prefix` (relative to `<prefix>/kv/`; empty
-    /// for all of it, or e.g. `"sessions/"`), starting after the current revision
-    /// or at `start_revision` if given (to replay history after a read).
-    pub fn watch_prefix(
+    /// for all of it, or e.g. `"sessions/"`). Without `start_revision` it sees
+    /// every change made after this call returns; with one it replays history
+    /// from that revision (e.g. one past the revision of an earlier read).
+    pub async fn watch_prefix(
         &self,
         key_prefix: &str,
         start_revision: Option<i64>,
     ) -> Result<KvWatch, CoordError> {
         keys::validate_key_prefix("watch prefix", key_prefix)?;
+        let start = match start_revision {
+            Some(rev) => rev,
+            None => self.ping().await? + 1,
+        };
         let base = self.keys().kv_dir();
-        let raw = self.watch_raw(format!("{base}{key_prefix}"), start_revision.unwrap_or(0));
+        let raw = self.watch_raw(format!("{base}{key_prefix}"), start);
         Ok(KvWatch {
             raw,
             strip: base.len(),
