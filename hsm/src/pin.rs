@@ -50,18 +50,7 @@ impl PinSource {
         match self {
             PinSource::File(p) => Ok(p.clone()),
             PinSource::Credential(name) => {
-                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                    return Err(HsmError::Config(format!(
-                        "invalid credential name {name:?}"
-                    )));
-                }
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    HsmError::PinSource {
-                        source_desc: self.to_string(),
-                        reason: "CREDENTIALS_DIRECTORY is not set (not started by systemd with LoadCredential=?)".into(),
-                    }
-                })?;
-                Ok(PathBuf::from(dir).join(name))
+                credential_path(std::env::var_os("CREDENTIALS_DIRECTORY"), name)
             }
         }
     }
@@ -111,6 +100,21 @@ impl PinSource {
     }
 }
 
+/// `$CREDENTIALS_DIRECTORY/<name>`, given the variable's value.
+fn credential_path(dir: Option<std::ffi::OsString>, name: &str) -> Result<PathBuf, HsmError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(HsmError::Config(format!(
+            "invalid credential name {name:?}"
+        )));
+    }
+    let dir = dir.ok_or_else(|| HsmError::PinSource {
+        source_desc: format!("systemd credential {name:?}"),
+        reason: "CREDENTIALS_DIRECTORY is not set (not started by systemd with LoadCredential=?)"
+            .into(),
+    })?;
+    Ok(PathBuf::from(dir).join(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +158,17 @@ mod tests {
         let empty = pin_file(b"\n", 0o600);
         assert!(matches!(
             PinSource::File(empty.path().into()).load(),
+            Err(HsmError::PinSource { .. })
+        ));
+    }
+
+    #[test]
+    fn credential_resolves_inside_the_credentials_directory() {
+        let p = credential_path(Some("/run/credentials/signer.service".into()), "hsm-pin")
+            .expect("path");
+        assert_eq!(p, PathBuf::from("/run/credentials/signer.service/hsm-pin"));
+        assert!(matches!(
+            credential_path(None, "hsm-pin"),
             Err(HsmError::PinSource { .. })
         ));
     }

@@ -143,8 +143,17 @@ fn ck(op: &'static str) -> impl Fn(CkError) -> HsmError {
     }
 }
 
+/// Serialises slot enumeration and token initialisation in this process. SoftHSM2
+/// 2.6 rebuilds its slot table inside `C_GetSlotList` and aborts
+/// (`SlotManager::insertToken` assertion) when two threads do that at once.
+pub fn slot_table_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Finds the slot holding the token labelled `label`.
 pub fn find_token(ctx: &Pkcs11, label: &str) -> Result<Slot, HsmError> {
+    let _slots_guard = slot_table_lock();
     let slots = ctx.get_slots_with_token().map_err(ck("C_GetSlotList"))?;
     let mut present = Vec::new();
     let mut found = Vec::new();
@@ -587,9 +596,10 @@ impl KeyWrapper for Pkcs11Wrapper {
         rand::rngs::OsRng
             .try_fill_bytes(&mut iv)
             .map_err(|e| HsmError::Rng(e.to_string()))?;
-        let mut iv_param = iv;
+        // The IV buffer is passed mutably: a token that generates IVs itself writes the
+        // one it used back into it, so the stored IV is read after the call.
         let ct = self.with_session(|s| {
-            let params = GcmParams::new(&mut iv_param, aad, (TAG_LEN as u64 * 8).into())
+            let params = GcmParams::new(&mut iv, aad, (TAG_LEN as u64 * 8).into())
                 .map_err(ck("AES-GCM parameters"))?;
             s.encrypt(&Mechanism::AesGcm(params), self.kek, dek.expose_secret())
                 .map_err(ck("C_Encrypt"))

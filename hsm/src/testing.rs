@@ -22,7 +22,7 @@ use secrecy::SecretString;
 
 use crate::error::HsmError;
 use crate::pin::PinSource;
-use crate::pkcs11::{shared_context, Pkcs11Config};
+use crate::pkcs11::{shared_context, slot_table_lock, Pkcs11Config};
 use crate::tpm::TpmConfig;
 
 /// Debian's SoftHSM2 module.
@@ -106,9 +106,9 @@ impl SoftHsmToken {
                 reason: e.to_string(),
             }
         };
-        // SoftHSM keeps exactly one uninitialised slot; concurrent creators must not race for it.
-        static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // SoftHSM keeps exactly one uninitialised slot; concurrent creators must not race
+        // for it, nor enumerate slots while it turns into a token.
+        let _guard = slot_table_lock();
         let slot = ctx
             .get_slots_with_token()
             .map_err(ck("C_GetSlotList"))?
