@@ -668,7 +668,7 @@ fn tier_missing(
         }
     }
     let unmatched = people.len() - matched;
-    let general_slots = tier.required as usize - slots.len();
+    let general_slots = (tier.required as usize).saturating_sub(slots.len());
     let general_missing = general_slots.saturating_sub(unmatched);
     if general_missing > 0 {
         missing.push(MissingApproval {

@@ -343,6 +343,11 @@ impl Loader<'_> {
                 .filter(|l| !l.is_empty())
                 .collect::<Vec<_>>()
                 .join(": ");
+            let reason = if reason.is_empty() {
+                "invalid toml: a value is missing or malformed here".to_string()
+            } else {
+                reason
+            };
             self.err(span, reason)
         })?;
 

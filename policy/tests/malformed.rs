@@ -39,6 +39,15 @@ fn toml_syntax_errors_are_located() {
         load_err("version = 1\nname = \"unterminated\n"),
         "bad.toml:2:21: invalid basic string"
     );
+    assert_eq!(
+        load_err("version = 1\nname =\n"),
+        "bad.toml:2:7: invalid string: expected `\"`, `'`"
+    );
+    // At the very end of the text the toml crate gives no message of its own.
+    assert_eq!(
+        load_err("version = 1\nname ="),
+        "bad.toml:2:7: invalid toml: a value is missing or malformed here"
+    );
 }
 
 #[test]
