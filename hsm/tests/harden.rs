@@ -78,12 +78,19 @@ fn harden_locks_memory() {
 
 fn reports_low_limit() {
     let exe = std::env::current_exe().expect("current exe");
-    let out = Command::new("prlimit")
-        .arg("--memlock=65536:65536")
-        .arg("setpriv")
-        .arg("--inh-caps=-ipc_lock")
-        .arg("--bounding-set=-ipc_lock")
-        .arg("--")
+    // A small hard limit for the child; if we hold CAP_IPC_LOCK (e.g. root), the child
+    // must lose it too, or the limit would not apply.
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--memlock=65536:65536");
+    if has_cap_ipc_lock() {
+        cmd.args([
+            "setpriv",
+            "--inh-caps=-ipc_lock",
+            "--bounding-set=-ipc_lock",
+            "--",
+        ]);
+    }
+    let out = cmd
         .arg(exe)
         .env(CHILD_ENV, "1")
         .output()
@@ -92,6 +99,15 @@ fn reports_low_limit() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed: {stdout}\n{stderr}");
     assert!(stdout.contains("child ok"), "{stdout}");
+}
+
+fn has_cap_ipc_lock() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 14) != 0)
 }
 
 fn limited_child() {
