@@ -41,7 +41,15 @@ async fn error_code(resp: reqwest::Response) -> (StatusCode, String) {
 #[tokio::test]
 async fn health_needs_no_token_and_names_the_node() {
     let c = cluster();
-    let v: Value = c.client().get(c.url(0, "/health")).send().await.unwrap().json().await.unwrap();
+    let v: Value = c
+        .client()
+        .get(c.url(0, "/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["status"], "healthy");
     assert_eq!(v["node_id"], "node-1");
     assert!(v["version"].is_string() && v["timestamp"].is_string());
@@ -53,15 +61,29 @@ async fn missing_malformed_and_wrong_tokens_get_401() {
     let client = c.client();
     let url = c.url(0, "/api/v1/cluster/status");
     let r = client.get(&url).send().await.unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::UNAUTHORIZED, "unauthenticated".into()));
-    let r = client.get(&url).bearer_auth("not-a-token").send().await.unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::UNAUTHORIZED, "invalid_token".into()));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::UNAUTHORIZED, "unauthenticated".into())
+    );
+    let r = client
+        .get(&url)
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::UNAUTHORIZED, "invalid_token".into())
+    );
     // Well-formed, right id, wrong secret.
     let admin = c.admin();
     let (prefix, _) = admin.rsplit_once('_').unwrap();
     let forged = format!("{prefix}_{}", "0".repeat(64));
     let r = client.get(&url).bearer_auth(&forged).send().await.unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::UNAUTHORIZED, "invalid_token".into()));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::UNAUTHORIZED, "invalid_token".into())
+    );
     let r = client.get(&url).bearer_auth(admin).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
@@ -72,7 +94,12 @@ async fn a_revoked_token_is_refused() {
     let client = c.client();
     let tok = create_token("auditor", None).await;
     let id = tok.split('_').nth(1).unwrap().to_owned();
-    let r = client.get(c.url(0, "/api/v1/whoami")).bearer_auth(&tok).send().await.unwrap();
+    let r = client
+        .get(c.url(0, "/api/v1/whoami"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = client
         .delete(c.url(0, &format!("/api/v1/tokens/{id}")))
@@ -81,8 +108,16 @@ async fn a_revoked_token_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = client.get(c.url(0, "/api/v1/whoami")).bearer_auth(&tok).send().await.unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::UNAUTHORIZED, "invalid_token".into()));
+    let r = client
+        .get(c.url(0, "/api/v1/whoami"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::UNAUTHORIZED, "invalid_token".into())
+    );
 }
 
 #[tokio::test]
@@ -97,12 +132,28 @@ async fn wrong_role_gets_403() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "forbidden".into()));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
     let operator = create_token("operator", None).await;
-    let r = client.get(c.url(0, "/api/v1/audit")).bearer_auth(&operator).send().await.unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "forbidden".into()));
+    let r = client
+        .get(c.url(0, "/api/v1/audit"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
     // The auditor may read the audit log.
-    let r = client.get(c.url(0, "/api/v1/audit")).bearer_auth(&auditor).send().await.unwrap();
+    let r = client
+        .get(c.url(0, "/api/v1/audit"))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -113,7 +164,12 @@ async fn requests_past_the_token_rate_limit_get_429_and_other_tokens_are_unaffec
     let limited = create_token("auditor", Some(5)).await;
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        let r = client.get(c.url(0, "/api/v1/whoami")).bearer_auth(&limited).send().await.unwrap();
+        let r = client
+            .get(c.url(0, "/api/v1/whoami"))
+            .bearer_auth(&limited)
+            .send()
+            .await
+            .unwrap();
         statuses.push(r.status());
         if r.status() == StatusCode::TOO_MANY_REQUESTS {
             assert!(r.headers().contains_key("retry-after"));
@@ -121,7 +177,10 @@ async fn requests_past_the_token_rate_limit_get_429_and_other_tokens_are_unaffec
         }
     }
     let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-    let limited_n = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    let limited_n = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
     assert_eq!(ok, 5, "{statuses:?}");
     assert_eq!(limited_n, 3, "{statuses:?}");
     // X-Forwarded-For does not reset the limit: it is keyed on the token.
@@ -133,7 +192,12 @@ async fn requests_past_the_token_rate_limit_get_429_and_other_tokens_are_unaffec
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let r = client.get(c.url(0, "/api/v1/whoami")).bearer_auth(c.admin()).send().await.unwrap();
+    let r = client
+        .get(c.url(0, "/api/v1/whoami"))
+        .bearer_auth(c.admin())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -150,7 +214,10 @@ async fn malformed_json_wrong_fields_and_oversized_bodies_get_4xx_with_codes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "malformed_json".into()));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "malformed_json".into())
+    );
     let r = client
         .post(&url)
         .bearer_auth(c.admin())
@@ -158,7 +225,10 @@ async fn malformed_json_wrong_fields_and_oversized_bodies_get_4xx_with_codes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request".into()));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request".into())
+    );
     let r = client
         .post(&url)
         .bearer_auth(c.admin())
@@ -167,8 +237,17 @@ async fn malformed_json_wrong_fields_and_oversized_bodies_get_4xx_with_codes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type".into()));
-    let big = format!("{{\"name\": \"{}\", \"role\": \"auditor\"}}", "a".repeat(2 * 1024 * 1024));
+    assert_eq!(
+        error_code(r).await,
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type".into()
+        )
+    );
+    let big = format!(
+        "{{\"name\": \"{}\", \"role\": \"auditor\"}}",
+        "a".repeat(2 * 1024 * 1024)
+    );
     let r = client
         .post(&url)
         .bearer_auth(c.admin())
@@ -177,14 +256,37 @@ async fn malformed_json_wrong_fields_and_oversized_bodies_get_4xx_with_codes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large".into()));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large".into())
+    );
     // The server closes a connection whose body it refused to read; use a fresh one.
     let client = c.client();
-    let r = client.get(c.url(0, "/api/v1/nope")).bearer_auth(c.admin()).send().await.unwrap();
-    assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    let r = client
+        .get(c.url(0, "/api/v1/nope"))
+        .bearer_auth(c.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
     // Nothing half-written: no token named with the huge string exists.
-    let v: Value = client.get(&url).bearer_auth(c.admin()).send().await.unwrap().json().await.unwrap();
-    assert!(v["tokens"].as_array().unwrap().iter().all(|t| t["name"].as_str().unwrap().len() < 100));
+    let v: Value = client
+        .get(&url)
+        .bearer_auth(c.admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["name"].as_str().unwrap().len() < 100));
 }
 
 #[tokio::test]
@@ -193,11 +295,17 @@ async fn token_secrets_are_stored_only_as_argon2_hashes() {
     let tok = create_token("operator", None).await;
     let secret = tok.rsplit_once('_').unwrap().1.to_owned();
     let db = c.db(0).await;
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT secret_hash FROM api_tokens").fetch_all(&db).await.unwrap();
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT secret_hash FROM api_tokens")
+        .fetch_all(&db)
+        .await
+        .unwrap();
     assert!(rows.iter().all(|r| r.0.starts_with("$argon2id$")));
     assert!(rows.iter().all(|r| !r.0.contains(&secret)));
     // The audit trail names the token id, never its secret.
-    let audit: Vec<(String,)> = sqlx::query_as("SELECT details::text FROM audit_log").fetch_all(&db).await.unwrap();
+    let audit: Vec<(String,)> = sqlx::query_as("SELECT details::text FROM audit_log")
+        .fetch_all(&db)
+        .await
+        .unwrap();
     assert!(audit.iter().all(|r| !r.0.contains(&secret)));
     let log = std::fs::read_to_string(&c.node(0).log).unwrap();
     assert!(!log.contains(&secret), "node log contains a token secret");
@@ -229,16 +337,30 @@ async fn audit_chain_verifies_and_an_edited_row_makes_it_fail() {
         .json()
         .await
         .unwrap();
-    let actions: Vec<&str> = audit["records"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
-    assert!(actions.contains(&"node.start") && actions.contains(&"token.create"), "{actions:?}");
+    let actions: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"node.start") && actions.contains(&"token.create"),
+        "{actions:?}"
+    );
 
     // Tamper as the database superuser, bypassing the append-only trigger.
     // This test runs last in its own cluster database copy: it uses a fresh cluster.
     let tamper = Cluster::start(1, 1);
     let su = tamper.db_superuser(0).await;
     let mut conn = su.acquire().await.unwrap();
-    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
-    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1").execute(&mut *conn).await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     let v: Value = tamper
         .client()
         .get(tamper.url(0, "/api/v1/audit/verify"))
@@ -250,7 +372,13 @@ async fn audit_chain_verifies_and_an_edited_row_makes_it_fail() {
         .await
         .unwrap();
     assert_eq!(v["valid"], false, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("record 1 was altered"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("record 1 was altered"),
+        "{v}"
+    );
     // The CLI says the same, with a non-zero exit.
     let out = std::process::Command::new(cluster_tests::signer_bin())
         .args(["audit", "verify", "--config"])

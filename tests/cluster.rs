@@ -23,7 +23,15 @@ async fn get_json(c: &Cluster, i: usize, path: &str) -> Value {
 async fn five_nodes_are_healthy_and_status_reports_five_of_five_with_threshold_three() {
     let c = Cluster::shared();
     for i in 0..5 {
-        let v: Value = c.client().get(c.url(i, "/health")).send().await.unwrap().json().await.unwrap();
+        let v: Value = c
+            .client()
+            .get(c.url(i, "/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(v["status"], "healthy");
         assert_eq!(v["node_id"], format!("node-{}", i + 1));
     }
@@ -56,21 +64,30 @@ async fn every_node_pair_exchanges_a_quic_message() {
     let c = Cluster::shared();
     for i in 0..5 {
         let v = c
-            .eventually("all peers answer a ping", Duration::from_secs(30), || async {
-                let v: Value = c
-                    .client()
-                    .post(c.url(i, "/api/v1/p2p/ping"))
-                    .bearer_auth(c.admin())
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                (v["all_ok"] == true).then_some(v)
-            })
+            .eventually(
+                "all peers answer a ping",
+                Duration::from_secs(30),
+                || async {
+                    let v: Value = c
+                        .client()
+                        .post(c.url(i, "/api/v1/p2p/ping"))
+                        .bearer_auth(c.admin())
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    (v["all_ok"] == true).then_some(v)
+                },
+            )
             .await;
-        let peers: Vec<&str> = v["peers"].as_array().unwrap().iter().map(|p| p["peer"].as_str().unwrap()).collect();
+        let peers: Vec<&str> = v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["peer"].as_str().unwrap())
+            .collect();
         assert_eq!(peers.len(), 4, "{v}");
         assert!(!peers.contains(&format!("node-{}", i + 1).as_str()));
     }
@@ -103,7 +120,11 @@ async fn signer_status_prints_a_table_of_the_cluster() {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     for i in 1..=5 {
         assert!(text.contains(&format!("node-{i}")), "{text}");
@@ -115,6 +136,9 @@ async fn signer_status_prints_a_table_of_the_cluster() {
 fn cluster_file_is_private_to_its_owner() {
     use std::os::unix::fs::PermissionsExt;
     let c = Cluster::shared();
-    let mode = std::fs::metadata(c.dir.join("cluster.json")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(c.dir.join("cluster.json"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }

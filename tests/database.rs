@@ -16,7 +16,9 @@ fn cluster() -> &'static Cluster {
 }
 
 async fn store() -> Store {
-    Store::connect(&cluster().node(0).database_url, 20).await.unwrap()
+    Store::connect(&cluster().node(0).database_url, 20)
+        .await
+        .unwrap()
 }
 
 fn new_tx() -> NewTransaction {
@@ -71,20 +73,41 @@ async fn valid_transitions_pass_and_invalid_ones_are_rejected_by_the_database() 
     let s = store().await;
     let tx = new_tx();
     s.insert_transaction(&tx).await.unwrap();
-    s.transition_transaction(tx.id, "voting", None).await.unwrap();
-    s.transition_transaction(tx.id, "approved", None).await.unwrap();
+    s.transition_transaction(tx.id, "voting", None)
+        .await
+        .unwrap();
+    s.transition_transaction(tx.id, "approved", None)
+        .await
+        .unwrap();
     // approved -> pending is not allowed.
-    let err = s.transition_transaction(tx.id, "pending", None).await.unwrap_err();
-    assert!(matches!(err, StoreError::InvalidTransition(ref m) if m.contains("approved -> pending")), "{err}");
+    let err = s
+        .transition_transaction(tx.id, "pending", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::InvalidTransition(ref m) if m.contains("approved -> pending")),
+        "{err}"
+    );
     // signing -> signed needs the signed transaction (CHECK constraint).
-    s.transition_transaction(tx.id, "signing", None).await.unwrap();
-    let err = s.transition_transaction(tx.id, "signed", None).await.unwrap_err();
-    assert!(err.to_string().contains("transactions_signed_has_tx"), "{err}");
+    s.transition_transaction(tx.id, "signing", None)
+        .await
+        .unwrap();
+    let err = s
+        .transition_transaction(tx.id, "signed", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("transactions_signed_has_tx"),
+        "{err}"
+    );
     // A byzantine abort from signing is allowed and final.
     s.transition_transaction(tx.id, "aborted_byzantine", Some("bad partial signature"))
         .await
         .unwrap();
-    let err = s.transition_transaction(tx.id, "signing", None).await.unwrap_err();
+    let err = s
+        .transition_transaction(tx.id, "signing", None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::InvalidTransition(_)), "{err}");
     let row = s.get_transaction(tx.id).await.unwrap();
     assert_eq!(row.state, "aborted_byzantine");
@@ -94,16 +117,24 @@ async fn valid_transitions_pass_and_invalid_ones_are_rejected_by_the_database() 
 #[tokio::test]
 async fn a_transaction_cannot_be_inserted_in_a_later_state_nor_with_a_bad_state() {
     let s = store().await;
-    let err = sqlx::query("INSERT INTO transactions (id, state, initiator) VALUES ($1, 'signed', 'x')")
-        .bind(Uuid::new_v4())
-        .execute(s.pool())
-        .await
-        .unwrap_err();
+    let err =
+        sqlx::query("INSERT INTO transactions (id, state, initiator) VALUES ($1, 'signed', 'x')")
+            .bind(Uuid::new_v4())
+            .execute(s.pool())
+            .await
+            .unwrap_err();
     assert!(err.to_string().contains("start as pending"), "{err}");
     let tx = new_tx();
     s.insert_transaction(&tx).await.unwrap();
-    let err = s.transition_transaction(tx.id, "teleported", None).await.unwrap_err();
-    assert!(err.to_string().contains("transactions_state_valid") || err.to_string().contains("transition"), "{err}");
+    let err = s
+        .transition_transaction(tx.id, "teleported", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("transactions_state_valid")
+            || err.to_string().contains("transition"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -113,7 +144,9 @@ async fn a_second_vote_by_the_same_node_in_a_round_is_rejected() {
     s.insert_transaction(&tx).await.unwrap();
     let round = Uuid::new_v4();
     let deadline = chrono::Utc::now() + chrono::Duration::seconds(60);
-    s.create_round(round, tx.id, 1, 3, 5, deadline).await.unwrap();
+    s.create_round(round, tx.id, 1, 3, 5, deadline)
+        .await
+        .unwrap();
     let vote = |node: &str, decision: &str| NewVote {
         round_id: round,
         node_id: node.into(),
@@ -125,11 +158,18 @@ async fn a_second_vote_by_the_same_node_in_a_round_is_rejected() {
     s.record_vote(&vote("node-1", "approve")).await.unwrap();
     s.record_vote(&vote("node-2", "approve")).await.unwrap();
     let err = s.record_vote(&vote("node-1", "reject")).await.unwrap_err();
-    assert!(matches!(err, StoreError::Duplicate { what: "vote", .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Duplicate { what: "vote", .. }),
+        "{err}"
+    );
     let t = s.tally(round).await.unwrap();
     assert_eq!((t.approve, t.reject), (2, 0));
     // Deleting the transaction cascades to its rounds and votes.
-    sqlx::query("DELETE FROM transactions WHERE id = $1").bind(tx.id).execute(s.pool()).await.unwrap();
+    sqlx::query("DELETE FROM transactions WHERE id = $1")
+        .bind(tx.id)
+        .execute(s.pool())
+        .await
+        .unwrap();
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM votes WHERE round_id = $1")
         .bind(round)
         .fetch_one(s.pool())
@@ -168,7 +208,10 @@ async fn rolled_back_transaction_leaves_nothing_and_committed_one_persists() {
         .await
         .unwrap();
     tx.rollback().await.unwrap();
-    assert!(matches!(s.get_transaction(id).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.get_transaction(id).await,
+        Err(StoreError::NotFound { .. })
+    ));
     let mut tx = s.pool().begin().await.unwrap();
     sqlx::query("INSERT INTO transactions (id, initiator) VALUES ($1, 'x')")
         .bind(id)
@@ -183,7 +226,10 @@ async fn rolled_back_transaction_leaves_nothing_and_committed_one_persists() {
 async fn state_queries_use_the_state_index() {
     let s = store().await;
     let mut conn = s.pool().acquire().await.unwrap();
-    sqlx::query("SET enable_seqscan = off").execute(&mut *conn).await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     let plan: Vec<(String,)> =
         sqlx::query_as("EXPLAIN SELECT id FROM transactions WHERE state = 'pending'")
             .fetch_all(&mut *conn)
@@ -196,10 +242,21 @@ async fn state_queries_use_the_state_index() {
 #[tokio::test]
 async fn audit_log_refuses_update_and_delete() {
     let s = store().await;
-    s.audit("node-1", signer::audit::AuditEntry::new("test", "test.append")).await.unwrap();
-    let err = sqlx::query("UPDATE audit_log SET action = 'x'").execute(s.pool()).await.unwrap_err();
+    s.audit(
+        "node-1",
+        signer::audit::AuditEntry::new("test", "test.append"),
+    )
+    .await
+    .unwrap();
+    let err = sqlx::query("UPDATE audit_log SET action = 'x'")
+        .execute(s.pool())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    let err = sqlx::query("DELETE FROM audit_log").execute(s.pool()).await.unwrap_err();
+    let err = sqlx::query("DELETE FROM audit_log")
+        .execute(s.pool())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
 }
 
@@ -209,8 +266,11 @@ async fn concurrent_audit_appends_form_one_unbroken_chain() {
     let results = futures::future::join_all((0..50).map(|i| {
         let s = s.clone();
         async move {
-            s.audit("node-1", signer::audit::AuditEntry::new("test", "test.concurrent").subject(i.to_string()))
-                .await
+            s.audit(
+                "node-1",
+                signer::audit::AuditEntry::new("test", "test.concurrent").subject(i.to_string()),
+            )
+            .await
         }
     }))
     .await;
@@ -224,11 +284,10 @@ async fn concurrent_audit_appends_form_one_unbroken_chain() {
 async fn no_other_role_can_connect_to_a_node_database() {
     // Each node has its own role; PUBLIC has no CONNECT on the database.
     let s = store().await;
-    let (public_connect,): (bool,) = sqlx::query_as(
-        "SELECT has_database_privilege('public', current_database(), 'CONNECT')",
-    )
-    .fetch_one(s.pool())
-    .await
-    .unwrap();
+    let (public_connect,): (bool,) =
+        sqlx::query_as("SELECT has_database_privilege('public', current_database(), 'CONNECT')")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
     assert!(!public_connect);
 }

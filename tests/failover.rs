@@ -28,7 +28,10 @@ async fn killed_node_degrades_the_cluster_and_rejoins_with_its_data_after_restar
     .await;
     // Give node-3 some data to find again.
     let db = c.db(2).await;
-    let (audit_before,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_log").fetch_one(&db).await.unwrap();
+    let (audit_before,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_log")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert!(audit_before >= 1);
     db.close().await;
 
@@ -69,7 +72,10 @@ async fn killed_node_degrades_the_cluster_and_rejoins_with_its_data_after_restar
         .await
         .unwrap();
     assert_eq!(v["valid"], true, "{v}");
-    assert!(v["verified_records"].as_i64().unwrap() > audit_before, "{v}");
+    assert!(
+        v["verified_records"].as_i64().unwrap() > audit_before,
+        "{v}"
+    );
 
     // Two of five down leaves exactly t = 3 alive: still degraded. A third makes
     // signing impossible: unavailable.
@@ -95,10 +101,17 @@ async fn coordinator_leadership_fails_over_when_the_leader_dies() {
     let c = Cluster::start(3, 2);
     let leader = c
         .eventually("a leader", Duration::from_secs(20), || async {
-            status(&c, 0).await.and_then(|v| v["leader"].as_str().map(str::to_owned))
+            status(&c, 0)
+                .await
+                .and_then(|v| v["leader"].as_str().map(str::to_owned))
         })
         .await;
-    let idx: usize = leader.strip_prefix("node-").unwrap().parse::<usize>().unwrap() - 1;
+    let idx: usize = leader
+        .strip_prefix("node-")
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        - 1;
     c.kill_node(idx);
     let other = (idx + 1) % 3;
     let new_leader = c

@@ -318,7 +318,10 @@ impl NodeConfig {
         seen.insert(self.node_id.as_str());
         for peer in &self.p2p.peers {
             if !valid_node_id(&peer.id) {
-                return Err(invalid(format!("peer id {:?} is not a valid node id", peer.id)));
+                return Err(invalid(format!(
+                    "peer id {:?} is not a valid node id",
+                    peer.id
+                )));
             }
             if !seen.insert(peer.id.as_str()) {
                 return Err(invalid(format!("node id {:?} appears twice", peer.id)));
@@ -336,9 +339,12 @@ impl NodeConfig {
             return Err(invalid("etcd.lease_ttl_secs must be at least 2".to_owned()));
         }
         if self.api.max_body_bytes < 1024 {
-            return Err(invalid("api.max_body_bytes must be at least 1024".to_owned()));
+            return Err(invalid(
+                "api.max_body_bytes must be at least 1024".to_owned(),
+            ));
         }
-        if self.api.default_rate_limit_per_min == 0 || self.api.unauthenticated_rate_limit_per_min == 0
+        if self.api.default_rate_limit_per_min == 0
+            || self.api.unauthenticated_rate_limit_per_min == 0
         {
             return Err(invalid("rate limits must be positive".to_owned()));
         }
@@ -385,10 +391,14 @@ fn apply_env_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Res
         };
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if path.iter().any(String::is_empty) {
-            return Err(format!("environment override {key} has an empty path segment"));
+            return Err(format!(
+                "environment override {key} has an empty path segment"
+            ));
         }
         let value = parse_env_value(raw);
-        let (last, parents) = path.split_last().ok_or_else(|| format!("empty override {key}"))?;
+        let (last, parents) = path
+            .split_last()
+            .ok_or_else(|| format!("empty override {key}"))?;
         let mut cur = &mut *table;
         for seg in parents {
             let entry = cur
@@ -451,7 +461,10 @@ prefix = "/signer/test"
     fn env_override_replaces_nested_field_with_typed_value() {
         let env = vec![
             ("SIGNER__API__MAX_BODY_BYTES".to_owned(), "4096".to_owned()),
-            ("SIGNER__DATABASE__URL".to_owned(), "postgres://other".to_owned()),
+            (
+                "SIGNER__DATABASE__URL".to_owned(),
+                "postgres://other".to_owned(),
+            ),
         ];
         let cfg = NodeConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect("valid");
         assert_eq!(cfg.api.max_body_bytes, 4096);

@@ -46,7 +46,10 @@ pub fn signer_bin() -> PathBuf {
 impl Cluster {
     /// Starts a cluster of `nodes` with threshold `threshold`.
     pub fn start(nodes: u16, threshold: u16) -> Cluster {
-        let tmp = tempfile::Builder::new().prefix("signer-cluster-").tempdir_in("/tmp").unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("signer-cluster-")
+            .tempdir_in("/tmp")
+            .unwrap();
         let dir = tmp.path().join("cluster");
         let log = std::fs::File::create(tmp.path().join("supervisor.log")).unwrap();
         let supervisor = Command::new(signer_bin())
@@ -124,15 +127,15 @@ impl Cluster {
     /// Starts node `i` again with its existing configuration and data.
     pub fn restart_node(&self, i: usize) {
         let n = self.node(i);
-        let log = std::fs::OpenOptions::new().append(true).create(true).open(&n.log).unwrap();
-        Command::new(signer_bin())
-            .args(["node", "run", "--config"])
+        // The node re-execs `signer` itself: run it from the binary under test.
+        let status = Command::new(signer_bin())
+            .args(["node", "start", "--config"])
             .arg(&n.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
+            .arg("--log")
+            .arg(&n.log)
+            .status()
             .unwrap();
+        assert!(status.success(), "signer node start failed for {}", n.id);
     }
 
     /// A pool on node `i`'s own database.
@@ -146,7 +149,13 @@ impl Cluster {
 
     /// A superuser pool on node `i`'s database (bypasses grants, for tampering tests).
     pub async fn db_superuser(&self, i: usize) -> sqlx::PgPool {
-        let base = self.file.postgres_admin_url.rsplit_once('/').unwrap().0.to_owned();
+        let base = self
+            .file
+            .postgres_admin_url
+            .rsplit_once('/')
+            .unwrap()
+            .0
+            .to_owned();
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .connect(&format!("{base}/{}", self.node(i).database))
@@ -165,7 +174,10 @@ impl Cluster {
             if let Some(v) = check().await {
                 return v;
             }
-            assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

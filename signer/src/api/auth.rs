@@ -91,7 +91,11 @@ impl Principal {
             Err(ApiError::forbidden(format!(
                 "role {} may not do this; needs {}",
                 self.role.as_str(),
-                if wanted.is_empty() { "admin".to_owned() } else { format!("admin or {}", wanted.join(", ")) }
+                if wanted.is_empty() {
+                    "admin".to_owned()
+                } else {
+                    format!("admin or {}", wanted.join(", "))
+                }
             )))
         }
     }
@@ -145,7 +149,10 @@ pub fn generate_token() -> Result<NewToken, ApiError> {
 pub fn parse_token(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix("sgn_")?;
     let (id, secret) = rest.split_once('_')?;
-    let id_ok = id.len() == 16 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let id_ok = id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     let secret_ok = secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit());
     (id_ok && secret_ok).then_some((id, secret))
 }
@@ -224,10 +231,12 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         .get::<ClientAddr>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let header = req
-        .headers()
-        .get(AUTHORIZATION)
-        .map(|h| h.to_str().ok().filter(|h| h.len() <= MAX_AUTH_HEADER).map(str::to_owned));
+    let header = req.headers().get(AUTHORIZATION).map(|h| {
+        h.to_str()
+            .ok()
+            .filter(|h| h.len() <= MAX_AUTH_HEADER)
+            .map(str::to_owned)
+    });
     match authorize(&state, ip, header).await {
         Ok(p) => {
             req.extensions_mut().insert(p);
@@ -261,7 +270,10 @@ async fn authorize(
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim);
     let Some((id, secret)) = token.and_then(parse_token) else {
-        return Err(fail(ApiError::unauthenticated("invalid_token", "malformed bearer token")));
+        return Err(fail(ApiError::unauthenticated(
+            "invalid_token",
+            "malformed bearer token",
+        )));
     };
     let principal = match verify(state, id, secret).await? {
         Some(p) => p,
@@ -281,7 +293,9 @@ async fn authorize(
         if let Err(not_until) = limiter.check() {
             tracing::info!(token_id = %id, "rate limit exceeded");
             return Err(ApiError::rate_limited(
-                not_until.wait_time_from(DefaultClock::default().now()).as_secs(),
+                not_until
+                    .wait_time_from(DefaultClock::default().now())
+                    .as_secs(),
             ));
         }
     }
@@ -310,7 +324,11 @@ async fn verify(state: &AppState, id: &str, secret: &str) -> Result<Option<Princ
     let hash = row.secret_hash.clone();
     let ok = tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|h| Argon2::default().verify_password(secret_owned.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(secret_owned.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -334,8 +352,9 @@ async fn verify(state: &AppState, id: &str, secret: &str) -> Result<Option<Princ
 }
 
 fn principal_of(row: &TokenRow) -> Result<Principal, ApiError> {
-    let role = Role::parse(&row.role)
-        .ok_or_else(|| ApiError::internal(format!("token {} has unknown role {}", row.id, row.role)))?;
+    let role = Role::parse(&row.role).ok_or_else(|| {
+        ApiError::internal(format!("token {} has unknown role {}", row.id, row.role))
+    })?;
     Ok(Principal {
         token_id: row.id.clone(),
         name: row.name.clone(),
@@ -354,14 +373,22 @@ mod tests {
         let (id, secret) = parse_token(t.token.expose_secret()).expect("parses");
         assert_eq!(id, t.id);
         let h = PasswordHash::new(&t.secret_hash).expect("phc");
-        assert!(Argon2::default().verify_password(secret.as_bytes(), &h).is_ok());
+        assert!(Argon2::default()
+            .verify_password(secret.as_bytes(), &h)
+            .is_ok());
         assert!(Argon2::default().verify_password(b"wrong", &h).is_err());
     }
 
     #[test]
     fn malformed_tokens_do_not_parse() {
-        for bad in ["", "sgn_", "sgn_abc_def", "Bearer x", &format!("sgn_{}_{}", "A".repeat(16), "0".repeat(64)),
-            &format!("sgn_{}_{}", "a".repeat(16), "g".repeat(64))] {
+        for bad in [
+            "",
+            "sgn_",
+            "sgn_abc_def",
+            "Bearer x",
+            &format!("sgn_{}_{}", "A".repeat(16), "0".repeat(64)),
+            &format!("sgn_{}_{}", "a".repeat(16), "g".repeat(64)),
+        ] {
             assert!(parse_token(bad).is_none(), "{bad}");
         }
     }
@@ -376,7 +403,11 @@ mod tests {
 
     #[test]
     fn admin_passes_every_role_check_and_others_only_their_own() {
-        let p = |role| Principal { token_id: "x".into(), name: "x".into(), role };
+        let p = |role| Principal {
+            token_id: "x".into(),
+            name: "x".into(),
+            role,
+        };
         assert!(p(Role::Admin).require(&[]).is_ok());
         assert!(p(Role::Operator).require(&[Role::Operator]).is_ok());
         assert!(p(Role::Auditor).require(&[Role::Operator]).is_err());

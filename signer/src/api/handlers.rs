@@ -64,7 +64,10 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         s.node.cluster_snapshot().connected_peers.len(),
     );
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         body,
     )
         .into_response()
@@ -128,7 +131,13 @@ pub async fn create_token(
     }
     let rate_i32 = i32::try_from(rate).map_err(ApiError::internal)?;
     let t = generate_token()?;
-    let mut tx = s.node.store.pool().begin().await.map_err(crate::store::StoreError::from)?;
+    let mut tx = s
+        .node
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(crate::store::StoreError::from)?;
     sqlx::query(
         "INSERT INTO api_tokens (id, name, role, secret_hash, rate_limit_per_min, created_by) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -182,12 +191,17 @@ pub async fn revoke_token(
         return Err(ApiError::bad_request("invalid_id", "malformed token id"));
     }
     if !s.node.store.revoke_token(&id).await? {
-        return Err(ApiError::not_found(format!("token {id} not found or already revoked")));
+        return Err(ApiError::not_found(format!(
+            "token {id} not found or already revoked"
+        )));
     }
     s.node.auth.forget(&id);
     s.node
         .store
-        .audit(&s.node.cfg.node_id, AuditEntry::new(&p.token_id, "token.revoke").subject(&id))
+        .audit(
+            &s.node.cfg.node_id,
+            AuditEntry::new(&p.token_id, "token.revoke").subject(&id),
+        )
         .await?;
     Ok(Json(json!({"revoked": id})))
 }
@@ -211,7 +225,10 @@ pub async fn audit_list(
     p.require(&[Role::Auditor])?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
     }
     let rows = s.node.store.audit_rows(q.after.unwrap_or(0), limit).await?;
     Ok(Json(json!({ "records": rows })))
@@ -232,7 +249,6 @@ pub async fn audit_verify(
     })))
 }
 
-
 /// `POST /api/v1/p2p/ping` (admin): sends a QUIC ping to every peer and reports
 /// which answered.
 pub async fn p2p_ping(
@@ -242,5 +258,7 @@ pub async fn p2p_ping(
     p.require(&[])?;
     let results = s.node.net.ping_all(std::time::Duration::from_secs(5)).await;
     let all_ok = results.iter().all(|r| r.ok);
-    Ok(Json(json!({"node_id": s.node.cfg.node_id, "all_ok": all_ok, "peers": results})))
+    Ok(Json(
+        json!({"node_id": s.node.cfg.node_id, "all_ok": all_ok, "peers": results}),
+    ))
 }

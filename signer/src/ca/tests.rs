@@ -236,9 +236,10 @@ fn identity_extraction_requires_exactly_one_well_formed_name() {
         vec![dns(".signer.internal")],
         vec![dns("a.b.signer.internal")],
         vec![dns("n-1.signer.internal"), dns("n-2.signer.internal")],
+        vec![SanType::IpAddress([127, 0, 0, 1].into())],
         vec![
             dns("n-1.signer.internal"),
-            SanType::IpAddress([127, 0, 0, 1].into()),
+            SanType::URI("spiffe://n-2".try_into().unwrap()),
         ],
     ];
     for sans in cases {
@@ -251,6 +252,15 @@ fn identity_extraction_requires_exactly_one_well_formed_name() {
             "{sans:?} should be rejected"
         );
     }
+}
+
+#[test]
+fn an_ip_san_beside_the_identity_name_is_allowed_and_carries_no_identity() {
+    let der = self_signed_with_sans(vec![
+        dns("n-1.signer.internal"),
+        SanType::IpAddress([127, 0, 0, 1].into()),
+    ]);
+    assert_eq!(node_identity_from_cert(&der).unwrap(), "n-1");
 }
 
 #[test]
@@ -280,10 +290,18 @@ fn ca_cli_init_and_issue_produce_the_files() {
         node: "n9".into(),
         dir: dir.path().join("ca"),
         days: 5,
+        ips: vec!["127.0.0.1".parse().unwrap()],
     }
     .run()
     .unwrap();
     assert!(out.contains("n9.signer.internal"));
     assert!(dir.path().join("ca/nodes/n9/key.pem").exists());
+    // An IP SAN for the API does not change the identity.
+    let pem = std::fs::read(dir.path().join("ca/nodes/n9/cert.pem")).unwrap();
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(node_identity_from_cert(&der).unwrap(), "n9");
     assert_eq!(mode(&dir.path().join("ca")), 0o700);
 }

@@ -49,7 +49,10 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::List { config } => {
             let (_, store) = open(&config).await?;
-            println!("{:<18} {:<10} {:<24} {:>8}  REVOKED", "ID", "ROLE", "NAME", "RATE/MIN");
+            println!(
+                "{:<18} {:<10} {:<24} {:>8}  REVOKED",
+                "ID", "ROLE", "NAME", "RATE/MIN"
+            );
             for t in store.list_tokens().await? {
                 println!(
                     "{:<18} {:<10} {:<24} {:>8}  {}",
@@ -57,7 +60,9 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                     t.role,
                     t.name,
                     t.rate_limit_per_min,
-                    t.revoked_at.map(|r| r.to_rfc3339()).unwrap_or_else(|| "-".into())
+                    t.revoked_at
+                        .map(|r| r.to_rfc3339())
+                        .unwrap_or_else(|| "-".into())
                 );
             }
             Ok(())
@@ -68,7 +73,10 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 anyhow::bail!("token {id} not found or already revoked");
             }
             store
-                .audit(&cfg.node_id, AuditEntry::new("cli", "token.revoke").subject(&id))
+                .audit(
+                    &cfg.node_id,
+                    AuditEntry::new("cli", "token.revoke").subject(&id),
+                )
                 .await?;
             println!("revoked {id}");
             Ok(())

@@ -92,6 +92,16 @@ pub enum NodeCmd {
         #[arg(long, env = "SIGNER_CONFIG")]
         config: PathBuf,
     },
+    /// Start the daemon in the background (detached), logging to a file; for dev
+    /// clusters and tests. Production runs `node run` under systemd.
+    Start {
+        /// Node configuration file (TOML).
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+        /// Log file (appended).
+        #[arg(long)]
+        log: PathBuf,
+    },
 }
 
 /// `signer token ...`
@@ -157,6 +167,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = NodeConfig::load(&config)?;
             init_logging(cfg.log.format, cfg.log.filter.as_deref());
             runtime()?.block_on(crate::node::run(cfg))
+        }
+        Command::Node(NodeCmd::Start { config, log }) => {
+            NodeConfig::load(&config)?;
+            let pid = crate::cluster::start_node(&config, &log)?;
+            println!("{pid}");
+            Ok(())
         }
         Command::Status { cluster, json } => {
             init_logging(LogFormat::Text, None);

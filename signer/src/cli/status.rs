@@ -45,7 +45,13 @@ pub async fn run(cluster: &Path, json: bool) -> anyhow::Result<()> {
     }
     println!("{:<10} {:<8} {:<32} QUIC", "NODE", "API", "URL");
     for (id, api, quic, up) in &rows {
-        println!("{:<10} {:<8} {:<32} {}", id, if *up { "up" } else { "DOWN" }, api, quic);
+        println!(
+            "{:<10} {:<8} {:<32} {}",
+            id,
+            if *up { "up" } else { "DOWN" },
+            api,
+            quic
+        );
     }
     match status {
         Some(s) => println!(

@@ -7,7 +7,7 @@ mod postgres;
 mod procs;
 mod up;
 
-pub use up::{down, up, UpOptions};
+pub use up::{down, start_node, up, UpOptions};
 
 use std::path::{Path, PathBuf};
 
@@ -65,8 +65,8 @@ impl ClusterFile {
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         anyhow::ensure!(meta.len() < 1024 * 1024, "{} is too large", path.display());
         let text = std::fs::read_to_string(path)?;
-        Ok(serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("invalid cluster file {}: {e}", path.display()))?)
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid cluster file {}: {e}", path.display()))
     }
 
     /// Writes the file with mode 0600.

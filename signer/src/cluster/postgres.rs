@@ -46,10 +46,11 @@ pub fn bindir() -> anyhow::Result<PathBuf> {
         })
         .unwrap_or_default();
     versions.sort();
-    versions
-        .pop()
-        .map(|(_, p)| p)
-        .ok_or_else(|| anyhow::anyhow!("PostgreSQL server binaries not found; install Debian package postgresql (make deps)"))
+    versions.pop().map(|(_, p)| p).ok_or_else(|| {
+        anyhow::anyhow!(
+            "PostgreSQL server binaries not found; install Debian package postgresql (make deps)"
+        )
+    })
 }
 
 fn is_root() -> bool {
@@ -83,8 +84,9 @@ pub async fn start(dir: &Path) -> anyhow::Result<Postgres> {
     let pwfile = dir.join("superuser.pw");
     super::write_private(&pwfile, password.as_bytes())?;
     if is_root() {
-        let pg = nix::unistd::User::from_name("postgres")?
-            .ok_or_else(|| anyhow::anyhow!("running as root but there is no 'postgres' user to run PostgreSQL as"))?;
+        let pg = nix::unistd::User::from_name("postgres")?.ok_or_else(|| {
+            anyhow::anyhow!("running as root but there is no 'postgres' user to run PostgreSQL as")
+        })?;
         nix::unistd::chown(dir, Some(pg.uid), Some(pg.gid))?;
         nix::unistd::chown(&pwfile, Some(pg.uid), Some(pg.gid))?;
     }
@@ -120,16 +122,23 @@ pub async fn start(dir: &Path) -> anyhow::Result<Postgres> {
         .arg("max_connections=300");
     let log = dir.join("postgres.log");
     if is_root() {
-        std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
     }
     let pid = spawn_logged(cmd, &log)?;
     std::fs::write(dir.join("postgres.pid"), pid.to_string())?;
     let admin_url = format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres");
     let url = admin_url.clone();
-    wait_until("PostgreSQL to accept connections", Duration::from_secs(60), || {
-        let url = url.clone();
-        async move { sqlx::PgConnection::connect(&url).await.is_ok() }
-    })
+    wait_until(
+        "PostgreSQL to accept connections",
+        Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move { sqlx::PgConnection::connect(&url).await.is_ok() }
+        },
+    )
     .await?;
     Ok(Postgres {
         port,
@@ -146,7 +155,8 @@ pub async fn create_node_database(
     name: &str,
 ) -> anyhow::Result<String> {
     anyhow::ensure!(
-        name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        name.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
         "invalid database name {name}"
     );
     let password = random_password();
@@ -158,8 +168,12 @@ pub async fn create_node_database(
         format!("CREATE DATABASE {name} OWNER {name}"),
         format!("REVOKE ALL ON DATABASE {name} FROM PUBLIC"),
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&mut conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(&mut conn)
+            .await?;
     }
     conn.close().await?;
-    Ok(format!("postgres://{name}:{password}@127.0.0.1:{port}/{name}"))
+    Ok(format!(
+        "postgres://{name}:{password}@127.0.0.1:{port}/{name}"
+    ))
 }

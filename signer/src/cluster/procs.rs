@@ -10,7 +10,10 @@ use nix::unistd::Pid;
 /// Spawns `cmd` in its own process group with stdout/stderr appended to `log`.
 pub fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out))
@@ -24,7 +27,9 @@ pub fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<u32> {
 
 /// Whether a process exists.
 pub fn alive(pid: u32) -> bool {
-    let Ok(p) = i32::try_from(pid) else { return false };
+    let Ok(p) = i32::try_from(pid) else {
+        return false;
+    };
     // Reap it if it is our zombie child, so it does not count as alive.
     let _ = nix::sys::wait::waitpid(Pid::from_raw(p), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     kill(Pid::from_raw(p), None).is_ok()

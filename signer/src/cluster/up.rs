@@ -134,7 +134,12 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
     let ca_dir = dir.join("ca");
     crate::ca::init_ca(&ca_dir)?;
     for id in &ids {
-        crate::ca::issue_node_cert_for_ips(&ca_dir, id, 365, &[std::net::Ipv4Addr::LOCALHOST.into()])?;
+        crate::ca::issue_node_cert_for_ips(
+            &ca_dir,
+            id,
+            365,
+            &[std::net::Ipv4Addr::LOCALHOST.into()],
+        )?;
     }
 
     // Infrastructure.
@@ -160,7 +165,14 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
         // Migrate and install the admin token before the node starts.
         let store = Store::connect(&db_url, 2).await?;
         store
-            .insert_token(&token.id, "dev-admin", "admin", &token.secret_hash, 100_000, "cluster-up")
+            .insert_token(
+                &token.id,
+                "dev-admin",
+                "admin",
+                &token.secret_hash,
+                100_000,
+                "cluster-up",
+            )
             .await?;
         store.pool().close().await;
 
@@ -220,18 +232,22 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
     for n in &nodes {
         let url = format!("{}/health", n.api_url);
         let log = n.log.clone();
-        wait_until(&format!("{} to answer /health", n.id), Duration::from_secs(60), || {
-            let client = client.clone();
-            let url = url.clone();
-            async move {
-                client
-                    .get(&url)
-                    .send()
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false)
-            }
-        })
+        wait_until(
+            &format!("{} to answer /health", n.id),
+            Duration::from_secs(60),
+            || {
+                let client = client.clone();
+                let url = url.clone();
+                async move {
+                    client
+                        .get(&url)
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false)
+                }
+            },
+        )
         .await
         .map_err(|e| anyhow::anyhow!("{e}; see {}", log.display()))?;
     }
@@ -271,14 +287,22 @@ fn print_summary(dir: &Path, file: &ClusterFile) {
         println!("  {:<8} api {:<28} quic {}", n.id, n.api_url, n.quic_addr);
     }
     println!("  etcd     {}", file.etcd_endpoints.join(","));
-    println!("cluster file (admin token inside, mode 0600): {}", dir.join("cluster.json").display());
-    println!("status: signer status --cluster {}", dir.join("cluster.json").display());
+    println!(
+        "cluster file (admin token inside, mode 0600): {}",
+        dir.join("cluster.json").display()
+    );
+    println!(
+        "status: signer status --cluster {}",
+        dir.join("cluster.json").display()
+    );
 }
 
 async fn wait_for_stop(watch_pid: Option<u32>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     let watched = async {

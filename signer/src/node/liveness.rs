@@ -24,7 +24,11 @@ pub fn coord_config(node: &NodeCtx) -> CoordConfig {
 
 /// Keeps the node registered, campaigning for coordinator, and the cluster view
 /// fresh; reconnects to etcd when it is lost.
-pub async fn maintain(node: Arc<NodeCtx>, started_at: chrono::DateTime<chrono::Utc>, shutdown: CancellationToken) {
+pub async fn maintain(
+    node: Arc<NodeCtx>,
+    started_at: chrono::DateTime<chrono::Utc>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
         if shutdown.is_cancelled() {

@@ -179,8 +179,7 @@ pub fn compute_status(cfg: &NodeConfig, snap: &ClusterSnapshot) -> ClusterStatus
     let nodes: Vec<NodeStatus> = ids
         .iter()
         .map(|id| {
-            let p2p_connected =
-                *id == cfg.node_id || snap.connected_peers.iter().any(|c| c == id);
+            let p2p_connected = *id == cfg.node_id || snap.connected_peers.iter().any(|c| c == id);
             let registration = snap.live.get(*id).cloned();
             let healthy = if snap.etcd_ok {
                 registration.is_some()

@@ -79,8 +79,12 @@ impl Net {
         res
     }
 
-    fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (String, oneshot::Sender<()>)>> {
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn pending_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, (String, oneshot::Sender<()>)>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Dials peers that have no open connection, every `period`, so connectivity
@@ -103,7 +107,11 @@ impl Net {
     }
 
     /// Handles inbound frames until shutdown.
-    pub async fn dispatch(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+    pub async fn dispatch(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Inbound>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let inbound = tokio::select! {
                 _ = shutdown.cancelled() => return,

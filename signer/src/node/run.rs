@@ -41,7 +41,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         net.clone()
             .keep_connected(Duration::from_secs(2), shutdown.clone()),
     );
-    let liveness = tokio::spawn(liveness::maintain(node.clone(), started_at, shutdown.clone()));
+    let liveness = tokio::spawn(liveness::maintain(
+        node.clone(),
+        started_at,
+        shutdown.clone(),
+    ));
 
     node.store
         .audit(
@@ -127,8 +131,10 @@ fn remove_pid_file(cfg: &NodeConfig) {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; running until killed");
         std::future::pending::<()>().await;
         return;

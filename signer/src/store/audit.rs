@@ -19,7 +19,11 @@ impl Store {
     }
 
     /// Rows in order, from `after_seq` (exclusive), at most `limit`.
-    pub async fn audit_rows(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
+    pub async fn audit_rows(
+        &self,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT seq, ts, node_id, actor, action, subject, details, prev_hash, hash \
              FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -49,9 +53,9 @@ pub async fn append_audit(
             .await?;
     let (seq, prev_hash) = match last {
         Some((seq, hash)) => {
-            let prev: [u8; 32] = hash
-                .try_into()
-                .map_err(|_| StoreError::Corrupt(format!("audit row {seq} hash is not 32 bytes")))?;
+            let prev: [u8; 32] = hash.try_into().map_err(|_| {
+                StoreError::Corrupt(format!("audit row {seq} hash is not 32 bytes"))
+            })?;
             (seq + 1, prev)
         }
         None => (1, GENESIS_HASH),
