@@ -208,21 +208,28 @@ fn default_ttl() -> i64 {
     5
 }
 
-/// Key custody backend.
+/// Key custody backend (HSM via PKCS#11, or TPM 2.0). Secrets are read from files
+/// or systemd credentials, never from this file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, tag = "backend", rename_all = "lowercase")]
 pub enum CustodyConfig {
     /// A PKCS#11 module (SoftHSM2 in development).
     Pkcs11 {
-        /// Path of the PKCS#11 module.
+        /// Path of the PKCS#11 module, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
         module: PathBuf,
-        /// Token label.
+        /// Token label (slot ids change, labels do not).
         token_label: String,
-        /// Label of the key-encryption key inside the token.
-        key_label: String,
-        /// File holding the user PIN (never put the PIN itself in the config).
-        pin_file: PathBuf,
-        /// SoftHSM2 configuration file, exported as `SOFTHSM2_CONF` before loading.
+        /// Label of the non-extractable AES-256 key-encryption key in the token.
+        #[serde(default = "default_kek_label")]
+        kek_label: String,
+        /// File holding the user PIN (mode 0600).
+        #[serde(default)]
+        pin_file: Option<PathBuf>,
+        /// Name of a systemd credential holding the PIN (`LoadCredential=`).
+        #[serde(default)]
+        pin_credential: Option<String>,
+        /// SoftHSM2 configuration, exported as `SOFTHSM2_CONF` before the module
+        /// loads (development and tests).
         #[serde(default)]
         softhsm2_conf: Option<PathBuf>,
     },
@@ -230,7 +237,74 @@ pub enum CustodyConfig {
     Tpm {
         /// TCTI string, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
         tcti: String,
+        /// Persistent handle of the storage key.
+        #[serde(default = "default_tpm_handle")]
+        persistent_handle: u32,
+        /// File holding the storage key's auth value.
+        #[serde(default)]
+        key_auth_file: Option<PathBuf>,
+        /// File holding the owner hierarchy auth (needed by `signer hsm init`).
+        #[serde(default)]
+        owner_auth_file: Option<PathBuf>,
     },
+}
+
+fn default_kek_label() -> String {
+    "signer-kek".to_owned()
+}
+fn default_tpm_handle() -> u32 {
+    0x8101_0020
+}
+
+impl CustodyConfig {
+    /// The `hsm` crate's view of this configuration.
+    pub fn to_hsm(&self) -> Result<hsm::CustodyConfig, String> {
+        match self {
+            CustodyConfig::Pkcs11 {
+                module,
+                token_label,
+                kek_label,
+                pin_file,
+                pin_credential,
+                ..
+            } => {
+                let pin = match (pin_file, pin_credential) {
+                    (Some(f), None) => hsm::PinSource::File(f.clone()),
+                    (None, Some(c)) => hsm::PinSource::Credential(c.clone()),
+                    _ => {
+                        return Err(
+                            "custody: set exactly one of pin_file and pin_credential".to_owned()
+                        )
+                    }
+                };
+                Ok(hsm::CustodyConfig::Pkcs11(hsm::pkcs11::Pkcs11Config {
+                    module: module.clone(),
+                    token_label: token_label.clone(),
+                    kek_label: kek_label.clone(),
+                    pin,
+                }))
+            }
+            CustodyConfig::Tpm {
+                tcti,
+                persistent_handle,
+                key_auth_file,
+                owner_auth_file,
+            } => Ok(hsm::CustodyConfig::Tpm(hsm::tpm::TpmConfig {
+                tcti: tcti.clone(),
+                persistent_handle: *persistent_handle,
+                key_auth: key_auth_file.clone().map(hsm::PinSource::File),
+                owner_auth: owner_auth_file.clone().map(hsm::PinSource::File),
+            })),
+        }
+    }
+
+    /// The SoftHSM2 configuration to export before loading the module, if any.
+    pub fn softhsm2_conf(&self) -> Option<&Path> {
+        match self {
+            CustodyConfig::Pkcs11 { softhsm2_conf, .. } => softhsm2_conf.as_deref(),
+            CustodyConfig::Tpm { .. } => None,
+        }
+    }
 }
 
 /// Logging.
@@ -331,6 +405,9 @@ impl NodeConfig {
             return Err(invalid(
                 "database.url or database.url_file is required".to_owned(),
             ));
+        }
+        if let Some(c) = &self.custody {
+            c.to_hsm().map_err(invalid)?;
         }
         if self.etcd.endpoints.is_empty() {
             return Err(invalid("etcd.endpoints must not be empty".to_owned()));

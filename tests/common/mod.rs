@@ -126,16 +126,27 @@ impl Cluster {
 
     /// Starts node `i` again with its existing configuration and data.
     pub fn restart_node(&self, i: usize) {
+        self.restart_node_with_env(i, &[]);
+    }
+
+    /// Starts node `i` again with extra environment (config overrides such as
+    /// `SIGNER__CUSTODY__PIN_FILE`).
+    pub fn restart_node_with_env(&self, i: usize, env: &[(&str, &str)]) {
         let n = self.node(i);
-        // The node re-execs `signer` itself: run it from the binary under test.
         let status = Command::new(signer_bin())
+            .envs(env.iter().copied())
             .args(["node", "start", "--config"])
             .arg(&n.config)
             .arg("--log")
             .arg(&n.log)
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "signer node start failed for {}", n.id);
+        assert!(
+            status.status.success(),
+            "signer node start failed for {}: {}",
+            n.id,
+            String::from_utf8_lossy(&status.stderr)
+        );
     }
 
     /// A pool on node `i`'s own database.

@@ -132,7 +132,7 @@ pub fn generate_token() -> Result<NewToken, ApiError> {
         .collect();
     let mut secret = zeroize::Zeroizing::new([0u8; 32]);
     rng.fill_bytes(secret.as_mut());
-    let secret_hex = zeroize::Zeroizing::new(hex::encode(secret.as_ref()));
+    let secret_hex = zeroize::Zeroizing::new(hex::encode(secret.as_slice()));
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     let secret_hash = Argon2::default()
         .hash_password(secret_hex.as_bytes(), &salt)

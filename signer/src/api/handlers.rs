@@ -28,7 +28,9 @@ pub async fn ready(State(s): State<AppState>) -> Response {
     let db_ok = s.node.store.ping().await.is_ok();
     let snap = s.node.cluster_snapshot();
     let custody = s.node.custody_state();
-    let ready = db_ok && snap.etcd_ok;
+    let unsealed = matches!(custody, crate::node::CustodyState::Unsealed { .. });
+    let hardening = hsm::memory::process_hardening_status().ok();
+    let ready = db_ok && snap.etcd_ok && unsealed;
     let body = json!({
         "ready": ready,
         "node_id": s.node.cfg.node_id,
@@ -37,6 +39,11 @@ pub async fn ready(State(s): State<AppState>) -> Response {
         "peers_connected": snap.connected_peers.len(),
         "peers_total": s.node.cfg.p2p.peers.len(),
         "custody": custody,
+        "memory": hardening.map(|h| json!({
+            "locked_kib": h.locked_kib,
+            "dumpable": h.dumpable != 0,
+            "core_limit": h.core_limit,
+        })),
     });
     let status = if ready {
         StatusCode::OK

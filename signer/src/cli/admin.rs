@@ -2,7 +2,7 @@
 
 use secrecy::ExposeSecret;
 
-use super::{AuditCmd, DbCmd, TokenCmd};
+use super::{AuditCmd, DbCmd, HsmCmd, TokenCmd};
 use crate::api::auth::{generate_token, Role};
 use crate::audit::AuditEntry;
 use crate::config::NodeConfig;
@@ -108,6 +108,33 @@ pub async fn db(cmd: DbCmd) -> anyhow::Result<()> {
             let (_, store) = open(&config).await?;
             store.migrate().await?;
             println!("migrations applied");
+            Ok(())
+        }
+    }
+}
+
+/// HSM subcommands (no database needed).
+pub fn hsm(cmd: HsmCmd) -> anyhow::Result<()> {
+    let (HsmCmd::Init { config } | HsmCmd::Check { config }) = &cmd;
+    let cfg = NodeConfig::load(config)?;
+    let custody = cfg
+        .custody
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("{} has no [custody] section", config.display()))?;
+    if let Some(conf) = custody.softhsm2_conf() {
+        std::env::set_var("SOFTHSM2_CONF", conf);
+    }
+    let hsm_cfg = custody.to_hsm().map_err(|e| anyhow::anyhow!(e))?;
+    match cmd {
+        HsmCmd::Init { .. } => {
+            let report = hsm::custody::init(&hsm_cfg)?;
+            println!("{report}");
+            Ok(())
+        }
+        HsmCmd::Check { .. } => {
+            let report = hsm::custody::check(&hsm_cfg);
+            println!("{report}");
+            anyhow::ensure!(report.is_ok(), "custody check failed");
             Ok(())
         }
     }

@@ -2,6 +2,7 @@
 //! own file.
 
 mod admin;
+mod policy;
 mod status;
 
 use std::path::PathBuf;
@@ -43,6 +44,12 @@ pub enum Command {
     /// Database maintenance.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Check a policy file or evaluate a transaction against it.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Key custody (HSM/TPM): create and check the key-encryption key.
+    #[command(subcommand)]
+    Hsm(HsmCmd),
     /// Private certificate authority of the cluster.
     #[command(subcommand)]
     Ca(crate::ca::CaCommand),
@@ -101,6 +108,49 @@ pub enum NodeCmd {
         /// Log file (appended).
         #[arg(long)]
         log: PathBuf,
+    },
+}
+
+/// `signer policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a policy file; print its rules and content hash.
+    Check {
+        /// Policy file (TOML).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate a request (`{"view": ..., "context": ...}`) against a policy. Exit
+    /// status 0 approve, 2 reject, 3 needs approval.
+    Eval {
+        /// Policy file (TOML).
+        file: PathBuf,
+        /// Evaluation request (JSON).
+        request: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `signer hsm ...`
+#[derive(Debug, Subcommand)]
+pub enum HsmCmd {
+    /// Create the non-extractable key-encryption key in the configured HSM/TPM
+    /// (idempotent).
+    Init {
+        /// Node configuration file (its `[custody]` section).
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check that the HSM/TPM is reachable, the PIN works and the KEK is
+    /// non-extractable; exits non-zero otherwise.
+    Check {
+        /// Node configuration file (its `[custody]` section).
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -164,8 +214,16 @@ pub enum DbCmd {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(NodeCmd::Run { config }) => {
+            // Before any thread exists and before any secret is loaded.
+            let hardening = hsm::memory::harden_process();
             let cfg = NodeConfig::load(&config)?;
             init_logging(cfg.log.format, cfg.log.filter.as_deref());
+            if hardening.is_fully_hardened() {
+                tracing::info!(%hardening, "process hardened");
+            } else {
+                tracing::warn!(%hardening, warnings = ?hardening.warnings, "process only partly hardened");
+            }
+            export_softhsm_conf(&cfg);
             runtime()?.block_on(crate::node::run(cfg))
         }
         Command::Node(NodeCmd::Start { config, log }) => {
@@ -206,6 +264,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Cluster(ClusterCmd::Down { dir }) => crate::cluster::down(&dir),
+        Command::Policy(PolicyCmd::Check { file, json }) => policy::check(&file, json),
+        Command::Policy(PolicyCmd::Eval {
+            file,
+            request,
+            json,
+        }) => {
+            let code = policy::eval(&file, &request, json)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+        Command::Hsm(cmd) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            admin::hsm(cmd)
+        }
         Command::Ca(cmd) => {
             init_logging(LogFormat::Text, Some("warn"));
             println!("{}", cmd.run()?);
@@ -215,6 +289,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(LogFormat::Text, None);
             runtime()?.block_on(admin::db(cmd))
         }
+    }
+}
+
+/// SoftHSM reads `SOFTHSM2_CONF` when the module loads; set it while the process
+/// is still single-threaded.
+fn export_softhsm_conf(cfg: &NodeConfig) {
+    if let Some(conf) = cfg.custody.as_ref().and_then(|c| c.softhsm2_conf()) {
+        std::env::set_var("SOFTHSM2_CONF", conf);
     }
 }
 

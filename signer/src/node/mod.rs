@@ -1,5 +1,6 @@
 //! The node daemon: shared state and start-up wiring.
 
+pub mod custody;
 pub mod liveness;
 pub mod net;
 mod run;
@@ -85,16 +86,27 @@ pub struct NodeStatus {
 pub enum CustodyState {
     /// No backend configured: key operations are refused.
     Unconfigured,
-    /// Backend configured but not usable yet (why).
+    /// Backend configured but not usable (yet): key operations are refused.
     Sealed {
-        /// Reason.
+        /// Stable reason code (e.g. `wrong_pin`, `module_not_found`).
+        code: String,
+        /// Human-readable reason (never contains the PIN).
         reason: String,
     },
-    /// Backend reachable and authenticated.
+    /// Backend reachable and authenticated, node keys loaded.
     Unsealed {
-        /// Backend kind.
-        backend: String,
+        /// Identifier of the key-encryption key in use.
+        kek_id: String,
     },
+}
+
+/// What exists only once custody is unsealed.
+#[derive(Debug)]
+pub struct Unsealed {
+    /// The HSM/TPM handle.
+    pub custody: hsm::Custody,
+    /// The vote-signing key.
+    pub vote_key: custody::VoteKey,
 }
 
 /// Everything the API and background tasks share.
@@ -110,6 +122,7 @@ pub struct NodeCtx {
     pub net: Arc<Net>,
     cluster: RwLock<ClusterSnapshot>,
     custody: RwLock<CustodyState>,
+    unsealed: RwLock<Option<Arc<Unsealed>>>,
 }
 
 impl NodeCtx {
@@ -118,6 +131,7 @@ impl NodeCtx {
         let auth = AuthState::new(cfg.api.unauthenticated_rate_limit_per_min);
         let custody = if cfg.custody.is_some() {
             CustodyState::Sealed {
+                code: "opening".to_owned(),
                 reason: "custody backend not opened yet".to_owned(),
             }
         } else {
@@ -130,6 +144,7 @@ impl NodeCtx {
             net,
             cluster: RwLock::new(ClusterSnapshot::default()),
             custody: RwLock::new(custody),
+            unsealed: RwLock::new(None),
         }
     }
 
@@ -162,6 +177,25 @@ impl NodeCtx {
         match self.custody.write() {
             Ok(mut g) => *g = state,
             Err(p) => *p.into_inner() = state,
+        }
+    }
+
+    /// Records a successful unseal.
+    pub fn set_unsealed(&self, custody: hsm::Custody, vote_key: custody::VoteKey) {
+        let kek_id = custody.kek_id().to_owned();
+        let u = Arc::new(Unsealed { custody, vote_key });
+        match self.unsealed.write() {
+            Ok(mut g) => *g = Some(u),
+            Err(p) => *p.into_inner() = Some(u),
+        }
+        self.set_custody_state(CustodyState::Unsealed { kek_id });
+    }
+
+    /// The unsealed custody, or `None` while sealed.
+    pub fn unsealed(&self) -> Option<Arc<Unsealed>> {
+        match self.unsealed.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 

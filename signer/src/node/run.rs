@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::net::Net;
-use super::{liveness, NodeCtx};
+use super::{custody, liveness, NodeCtx};
 use crate::api::{self, AppState};
 use crate::audit::AuditEntry;
 use crate::config::NodeConfig;
@@ -46,6 +46,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         started_at,
         shutdown.clone(),
     ));
+    tokio::spawn(custody::unseal(node.clone(), shutdown.clone()));
 
     node.store
         .audit(

@@ -1,0 +1,105 @@
+//! Operator CLI behaviour that needs no running cluster.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use cluster_tests::signer_bin;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["node", "run", "--help"],
+        vec!["cluster", "up", "--help"],
+        vec!["cluster", "down", "--help"],
+        vec!["ca", "init", "--help"],
+        vec!["ca", "issue", "--help"],
+        vec!["status", "--help"],
+        vec!["token", "create", "--help"],
+        vec!["audit", "verify", "--help"],
+        vec!["policy", "check", "--help"],
+        vec!["policy", "eval", "--help"],
+        vec!["hsm", "init", "--help"],
+        vec!["hsm", "check", "--help"],
+    ] {
+        let out = Command::new(signer_bin()).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn policy_check_accepts_the_example_and_prints_its_hash() {
+    let out = Command::new(signer_bin())
+        .args(["policy", "check", "--json"])
+        .arg(repo("policy/examples/treasury.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["policy_hash"].as_str().unwrap().len(), 64, "{v}");
+}
+
+#[test]
+fn policy_check_names_file_line_and_reason_of_a_bad_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "version = 1\n\n[defaults]\nmax_amout_sats = 5\n").unwrap();
+    let out = Command::new(signer_bin())
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:"), "{err}");
+}
+
+#[test]
+fn policy_eval_exit_status_tells_the_decision() {
+    let out = Command::new(signer_bin())
+        .args(["policy", "eval"])
+        .arg(repo("policy/examples/treasury.toml"))
+        .arg(repo("policy/examples/eval-request.json"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("needs_approval"));
+}
+
+#[test]
+fn node_run_with_a_broken_config_fails_with_a_precise_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, "node_id = \"Node 1\"\n").unwrap();
+    let out = Command::new(signer_bin())
+        .args(["node", "run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node.toml") && err.contains("missing field"),
+        "{err}"
+    );
+}
