@@ -330,6 +330,27 @@ impl<M: Serialize> Sink<Outgoing<M>> for ChannelOutgoing<M> {
 
     fn start_send(self: Pin<&mut Self>, item: Outgoing<M>) -> Result<(), Self::Error> {
         let this = self.get_mut();
+        let res = this.encode_and_send(item);
+        if res.is_err() {
+            // release the slot reserved by poll_ready
+            this.tx.abort_send();
+        }
+        res
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().tx.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<M: Serialize> ChannelOutgoing<M> {
+    fn encode_and_send(&mut self, item: Outgoing<M>) -> Result<(), DeliveryError> {
+        let this = self;
         let recipient = match item.recipient {
             MessageDestination::AllParties => None,
             MessageDestination::OneParty(j) => {
@@ -362,14 +383,5 @@ impl<M: Serialize> Sink<Outgoing<M>> for ChannelOutgoing<M> {
                 payload: Bytes::from(payload),
             })
             .map_err(|_| DeliveryError::Closed)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut().tx.close();
-        Poll::Ready(Ok(()))
     }
 }

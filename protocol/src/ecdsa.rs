@@ -40,7 +40,7 @@ use crate::btc::{self, SighashMessage};
 use crate::codec::{decode_record, encode_record, RecordKind};
 use crate::eid::ExecutionId;
 use crate::error::{ProtocolError, ProtocolKind};
-use crate::runtime::{ProgressEvent, ProgressFn, ProgressTracer};
+use crate::runtime::{traced, ProgressEvent, ProgressFn, ProgressTracer};
 
 /// Curve of the ECDSA keys.
 pub type Curve = cggmp24::supported_curves::Secp256k1;
@@ -760,14 +760,16 @@ where
     const KIND: ProtocolKind = ProtocolKind::EcdsaKeygen;
     check_n_t(i, n, t)?;
     let mut tracer = ProgressTracer::new(KIND, progress);
-    let share = cggmp24::keygen::<Curve>(LibEid::new(eid.as_bytes()), i, n)
-        .set_threshold(t)
-        .hd_wallet(true)
-        .set_progress_tracer(&mut tracer)
-        .start(&mut OsRng, party)
-        .await
-        .map_err(|e| ProtocolError::from_library(KIND, &e))?;
-    Ok(EcdsaIncompleteShare(share))
+    let run = async {
+        cggmp24::keygen::<Curve>(LibEid::new(eid.as_bytes()), i, n)
+            .set_threshold(t)
+            .hd_wallet(true)
+            .set_progress_tracer(&mut tracer)
+            .start(&mut OsRng, party)
+            .await
+            .map_err(|e| ProtocolError::from_library(KIND, &e))
+    };
+    traced(KIND, i, n, run).await.map(EcdsaIncompleteShare)
 }
 
 /// CGGMP24 aux-info generation for party `i` of `n` with a pregenerated prime set
@@ -790,12 +792,14 @@ where
         )));
     }
     let mut tracer = ProgressTracer::new(KIND, progress);
-    let aux = cggmp24::aux_info_gen(LibEid::new(eid.as_bytes()), i, n, primes.0)
-        .set_progress_tracer(&mut tracer)
-        .start(&mut OsRng, party)
-        .await
-        .map_err(|e| ProtocolError::from_library(KIND, &e))?;
-    Ok(EcdsaAuxInfo(aux))
+    let run = async {
+        cggmp24::aux_info_gen(LibEid::new(eid.as_bytes()), i, n, primes.0)
+            .set_progress_tracer(&mut tracer)
+            .start(&mut OsRng, party)
+            .await
+            .map_err(|e| ProtocolError::from_library(KIND, &e))
+    };
+    traced(KIND, i, n, run).await.map(EcdsaAuxInfo)
 }
 
 /// Generates a presignature for the signer set `signers` (keygen indexes in run order;
@@ -823,10 +827,13 @@ where
             .set_derivation_path(btc::non_hardened(derivation_path)?)
             .map_err(|e| ProtocolError::InvalidArgument(format!("hd derivation: {e}")))?;
     }
-    let (presig, public) = builder
-        .generate_presignature(&mut OsRng, party)
-        .await
-        .map_err(|e| ProtocolError::from_library(KIND, &e))?;
+    let run = async {
+        builder
+            .generate_presignature(&mut OsRng, party)
+            .await
+            .map_err(|e| ProtocolError::from_library(KIND, &e))
+    };
+    let (presig, public) = traced(KIND, position, share.threshold(), run).await?;
     Ok(EcdsaPresignature {
         presig,
         position,
@@ -872,10 +879,13 @@ where
             .map_err(|e| ProtocolError::InvalidArgument(format!("hd derivation: {e}")))?;
     }
     let data = msg.data_to_sign();
-    let sig = builder
-        .sign(&mut OsRng, party, &data)
-        .await
-        .map_err(|e| ProtocolError::from_library(KIND, &e))?;
+    let run = async {
+        builder
+            .sign(&mut OsRng, party, &data)
+            .await
+            .map_err(|e| ProtocolError::from_library(KIND, &e))
+    };
+    let sig = traced(KIND, position, share.threshold(), run).await?;
     let sig = to_secp_signature(&sig, KIND)?;
     btc::verify_ecdsa(&public_key, msg, &sig)
         .map_err(|_| ProtocolError::InvalidSignature { protocol: KIND })?;

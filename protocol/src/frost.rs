@@ -22,6 +22,7 @@ use crate::btc;
 use crate::codec::{decode_record, encode_record, RecordKind};
 use crate::eid::ExecutionId;
 use crate::error::{ProtocolError, ProtocolKind};
+use crate::runtime::traced;
 
 /// Message type of [`keygen`].
 pub type FrostKeygenMsg = givre::keygen::msg::threshold::Msg<
@@ -125,13 +126,15 @@ where
             "need 2 <= t <= n and i < n, got i={i} t={t} n={n}"
         )));
     }
-    let share = givre::keygen::<Curve>(givre::keygen::ExecutionId::new(eid.as_bytes()), i, n)
-        .set_threshold(t)
-        .hd_wallet(true)
-        .start(&mut OsRng, party)
-        .await
-        .map_err(|e| ProtocolError::from_library(KIND, &e))?;
-    Ok(FrostKeyShare(share))
+    let run = async {
+        givre::keygen::<Curve>(givre::keygen::ExecutionId::new(eid.as_bytes()), i, n)
+            .set_threshold(t)
+            .hd_wallet(true)
+            .start(&mut OsRng, party)
+            .await
+            .map_err(|e| ProtocolError::from_library(KIND, &e))
+    };
+    traced(KIND, i, n, run).await.map(FrostKeyShare)
 }
 
 /// FROST interactive signing of a BIP-341 key-spend sighash by the signer set `signers`
@@ -188,10 +191,13 @@ where
     let builder = builder
         .set_taproot_tweak(None)
         .map_err(|e| ProtocolError::from_library(KIND, &e))?;
-    let sig = builder
-        .sign(&mut OsRng, party)
-        .await
-        .map_err(|e| ProtocolError::from_library(KIND, &e))?;
+    let run = async {
+        builder
+            .sign(&mut OsRng, party)
+            .await
+            .map_err(|e| ProtocolError::from_library(KIND, &e))
+    };
+    let sig = traced(KIND, position, share.threshold(), run).await?;
     let mut bytes = [0u8; 64];
     if givre::signing::aggregate::Signature::<givre::ciphersuite::Bitcoin>::serialized_len() != 64 {
         return Err(ProtocolError::InvalidSignature { protocol: KIND });

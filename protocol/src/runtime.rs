@@ -175,3 +175,34 @@ where
         reason: "worker thread panicked".into(),
     })
 }
+
+/// Wraps a runner's library future with structured logs (start, end, duration, culprits).
+pub(crate) async fn traced<T, F>(
+    protocol: ProtocolKind,
+    party: u16,
+    parties: u16,
+    fut: F,
+) -> Result<T, ProtocolError>
+where
+    F: Future<Output = Result<T, ProtocolError>>,
+{
+    let start = std::time::Instant::now();
+    tracing::debug!(protocol = %protocol, party, parties, "protocol run started");
+    let res = fut.await;
+    let elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match &res {
+        Ok(_) => {
+            tracing::info!(protocol = %protocol, party, parties, elapsed_ms, "protocol run finished")
+        }
+        Err(e) => tracing::warn!(
+            protocol = %protocol,
+            party,
+            parties,
+            elapsed_ms,
+            culprits = ?e.culprits(),
+            error = %e,
+            "protocol run failed"
+        ),
+    }
+    res
+}
