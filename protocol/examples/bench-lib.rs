@@ -325,6 +325,44 @@ async fn bench(a: Args) {
         runs: a.runs,
         note: String::new(),
     });
+    // the same with the library's precomputed multiexp tables
+    let start = Instant::now();
+    let pre: Arc<Vec<EcdsaKeyShare>> = Arc::new(
+        shares
+            .iter()
+            .take(usize::from(t))
+            .map(|s| {
+                EcdsaKeyShare::from_bytes(&s.to_bytes().expect("encode"))
+                    .expect("decode")
+                    .with_precomputation()
+                    .expect("precompute")
+            })
+            .collect(),
+    );
+    rows.push(Row {
+        op: format!("precompute multiexp tables, {t} key shares (each holds {n} tables)"),
+        median: start.elapsed(),
+        runs: 1,
+        note: format!(
+            "in memory, once per loaded share; {} per share",
+            kb(pre[0].accelerator_bytes())
+        ),
+    });
+    let mut times = Vec::new();
+    for r in 0..a.runs {
+        let e = eid(ProtocolKind::EcdsaPresign, 200 + r as u64);
+        let (sh, sg) = (&pre, &signers);
+        let (d, _) = sim_run::<EcdsaSignMsg, _, _>(t, |i, p| async move {
+            ecdsa::presign(p, &e, i, sg, &sh[usize::from(i)], &[], None).await
+        });
+        times.push(d);
+    }
+    rows.push(Row {
+        op: format!("cggmp24 presignature with precomputed tables, {t} signers (sim)"),
+        median: median(times),
+        runs: a.runs,
+        note: "CPU of all signers".into(),
+    });
     let mut times = Vec::new();
     let mut presig_record = 0;
     for set in presigs {

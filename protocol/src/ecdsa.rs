@@ -189,9 +189,50 @@ impl EcdsaKeyShare {
                 reason: crate::error::display_chain(&e),
             })
     }
-    /// Serializes (secret) for sealing.
+    /// Builds the library's in-memory accelerator: multi-exponentiation tables for every
+    /// party's ring-Pedersen parameters. They speed up presigning and signing;
+    /// [`Self::to_bytes`] never stores them (they are large and derivable), so call this
+    /// again after loading a share. (The library's CRT precomputation does not apply:
+    /// aux info keeps the Paillier primes, not those of the ring-Pedersen modulus.)
+    pub fn with_precomputation(self) -> Result<Self, ProtocolError> {
+        let mut dirty = self.0.into_inner();
+        let err = |e: cggmp24::key_share::InvalidKeyShare| ProtocolError::InvalidEncoding {
+            what: "ecdsa key share",
+            reason: crate::error::display_chain(&e),
+        };
+        dirty.aux.precompute_multiexp_tables().map_err(err)?;
+        KeyShare::validate(dirty)
+            .map(Self)
+            .map_err(|e| err(e.into_error()))
+    }
+
+    /// Whether [`Self::with_precomputation`] was applied.
+    pub fn is_precomputed(&self) -> bool {
+        self.accelerator_bytes() > 0
+    }
+
+    /// Memory held by the multi-exponentiation tables (0 without precomputation).
+    pub fn accelerator_bytes(&self) -> usize {
+        self.0.aux.multiexp_tables_size()
+    }
+
+    /// Serializes (secret) for sealing, without in-memory accelerators.
     pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
-        encode_record(RecordKind::EcdsaKeyShare, &self.0)
+        let has_extras = self
+            .0
+            .aux
+            .pedersen_params
+            .iter()
+            .any(|p| p.multiexp.is_some() || p.crt.is_some());
+        if !has_extras {
+            return encode_record(RecordKind::EcdsaKeyShare, &self.0);
+        }
+        let mut stripped: cggmp24::key_share::DirtyKeyShare<Curve, Level> = (*self.0).clone();
+        for p in &mut stripped.aux.pedersen_params {
+            p.multiexp = None;
+            p.crt = None;
+        }
+        encode_record(RecordKind::EcdsaKeyShare, &stripped)
     }
     /// Deserializes and validates (size bound, record kind, library validation).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtocolError> {

@@ -527,3 +527,53 @@ fn presignature_type_is_not_clone() {
     impl<T: Clone> AmbiguousIfClone<IsClone> for T {}
     <EcdsaPresignature as AmbiguousIfClone<_>>::check();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precomputed_share_presigns_with_a_plain_one_and_is_stored_without_tables() {
+    let k = keys();
+    let plain = k.shares[1].to_bytes().expect("encode");
+    let fast = EcdsaKeyShare::from_bytes(&plain)
+        .expect("decode")
+        .with_precomputation()
+        .expect("precompute");
+    assert!(fast.is_precomputed() && !k.shares[1].is_precomputed());
+    assert!(fast.accelerator_bytes() > 0);
+    assert_eq!(
+        *fast.to_bytes().expect("encode"),
+        *plain,
+        "tables are not stored"
+    );
+    let fast = Arc::new(fast);
+
+    let signers = vec![1u16, 2];
+    let eid_p = eid("fast", ProtocolKind::EcdsaPresign, 2, 3);
+    let f2 = fast.clone();
+    let presigs = all_ok(
+        run_over_channels::<EcdsaSignMsg, _, _, _>(
+            ProtocolKind::EcdsaPresign,
+            2,
+            None,
+            Duration::from_secs(300),
+            move |pos, party| {
+                let fast = f2.clone();
+                async move {
+                    let share = if pos == 0 { &*fast } else { &keys().shares[2] };
+                    ecdsa::presign(party, &eid_p, pos, &[1, 2], share, &[], None).await
+                }
+            },
+        )
+        .await,
+    );
+    let (msg, sighash) = p2wpkh_message(fast.public_key());
+    let mut partials = Vec::new();
+    let mut public = None;
+    for p in presigs {
+        assert_eq!(p.public().signers(), signers.as_slice());
+        let (partial, pubdata) = p.issue_partial_signature(&msg, &[]).expect("issue");
+        partials.push(partial);
+        public = Some(pubdata);
+    }
+    let sig = ecdsa::combine_partial_signatures(&public.expect("public"), &partials, &msg)
+        .expect("combine");
+    verify(&fast.public_key(), sighash, &sig);
+}
