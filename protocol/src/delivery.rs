@@ -17,6 +17,8 @@
 //! authenticated (mTLS). cggmp24's reliable-broadcast check stays enabled, so a peer that
 //! sends different broadcast messages to different parties is detected by the protocol.
 //!
+//! Message ids handed to the protocol are `sequence << 16 | sender`.
+//!
 //! To abort a run, drop the sender side feeding `incoming` (the protocol then fails with
 //! [`crate::ProtocolError::TransportClosed`] at its next receive) or drop the future
 //! returned by [`crate::run_on_thread`].
@@ -284,7 +286,10 @@ impl<M: DeserializeOwned> ChannelIncoming<M> {
                     },
                 },
             )?;
-        let id = self.next_id;
+        // message id = sequence number << 16 | sender: library errors that name only a
+        // message id (round-based's `MismatchedMessageType { msg_id, .. }`) still point
+        // at the sender (see `error::culprits_from_debug`)
+        let id = (self.next_id << 16) | u64::from(raw.sender);
         self.next_id += 1;
         tracing::trace!(sender = raw.sender, size, id, "protocol message received");
         Ok(Incoming {

@@ -192,8 +192,8 @@ impl EcdsaKeyShare {
     /// Builds the library's in-memory accelerator: multi-exponentiation tables for every
     /// party's ring-Pedersen parameters. They speed up presigning and signing;
     /// [`Self::to_bytes`] never stores them (they are large and derivable), so call this
-    /// again after loading a share. (The library's CRT precomputation does not apply:
-    /// aux info keeps the Paillier primes, not those of the ring-Pedersen modulus.)
+    /// again after loading a share. (CRT parameters for this party's own modulus are
+    /// already produced by aux-info generation and kept in the stored share.)
     pub fn with_precomputation(self) -> Result<Self, ProtocolError> {
         let mut dirty = self.0.into_inner();
         let err = |e: cggmp24::key_share::InvalidKeyShare| ProtocolError::InvalidEncoding {
@@ -216,21 +216,16 @@ impl EcdsaKeyShare {
         self.0.aux.multiexp_tables_size()
     }
 
-    /// Serializes (secret) for sealing, without in-memory accelerators.
+    /// Serializes (secret) for sealing, without the multiexp tables (the CRT parameters
+    /// the library computed at aux-info time are kept: they are small and secret like the
+    /// rest of the share).
     pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
-        let has_extras = self
-            .0
-            .aux
-            .pedersen_params
-            .iter()
-            .any(|p| p.multiexp.is_some() || p.crt.is_some());
-        if !has_extras {
+        if !self.is_precomputed() {
             return encode_record(RecordKind::EcdsaKeyShare, &self.0);
         }
         let mut stripped: cggmp24::key_share::DirtyKeyShare<Curve, Level> = (*self.0).clone();
         for p in &mut stripped.aux.pedersen_params {
             p.multiexp = None;
-            p.crt = None;
         }
         encode_record(RecordKind::EcdsaKeyShare, &stripped)
     }

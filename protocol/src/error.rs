@@ -283,7 +283,10 @@ pub(crate) fn display_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// * `parties: [N, M]` (Feldman / data-size failures; lists of `AbortBlame` are handled by
 ///   the first pattern),
 /// * `sender: N` (round-based `RoundInputError`: duplicate or mistyped message),
-/// * `NotReliable([(N, id), ...])` (keygen reliable-broadcast check: `(party, msg id)`).
+/// * `NotReliable([(N, id), ...])` (keygen reliable-broadcast check: `(party, msg id)`),
+/// * `MismatchedMessageType { msg_id: X, .. }` (p2p sent where broadcast was expected or
+///   the reverse): the sender is `X & 0xffff`, as [`crate::ChannelDelivery`] encodes it
+///   (with other deliveries this pattern would name a wrong party).
 ///
 /// Returns a sorted list without duplicates; empty when nothing matched.
 pub fn culprits_from_debug(debug: &str) -> Vec<u16> {
@@ -310,6 +313,16 @@ pub fn culprits_from_debug(debug: &str) -> Vec<u16> {
             .collect();
         if let Some(nums) = nums {
             out.extend(nums);
+        }
+    }
+    // a message of the wrong type (broadcast vs p2p): the id encodes the sender
+    // (ChannelDelivery ids are `seq << 16 | sender`)
+    let mut rest = debug;
+    while let Some(pos) = rest.find("MismatchedMessageType { msg_id: ") {
+        rest = &rest[pos + "MismatchedMessageType { msg_id: ".len()..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if let Ok(id) = rest[..digits].parse::<u64>() {
+            out.push((id & 0xffff) as u16);
         }
     }
     let mut rest = debug;
@@ -357,6 +370,13 @@ mod tests {
         assert_eq!(
             culprits_from_debug("AttemptToOverwriteReceivedMsg { msgs_ids: [1, 2], sender: 1 }"),
             vec![1]
+        );
+        let id = (7u64 << 16) | 2;
+        assert_eq!(
+            culprits_from_debug(&format!(
+                "MismatchedMessageType {{ msg_id: {id}, expected: Broadcast, actual: P2P }}"
+            )),
+            vec![2]
         );
     }
 

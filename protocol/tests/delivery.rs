@@ -247,3 +247,41 @@ async fn dropping_the_run_future_cancels_the_protocol_thread() {
         "the outgoing channel must close after cancellation"
     );
 }
+
+#[tokio::test]
+async fn broadcast_sent_as_p2p_is_blamed_on_its_sender() {
+    let eid = common::eid("type", ProtocolKind::EcdsaKeygen, 2, 3);
+    let spawn_party = |i: u16| {
+        let (in_tx, in_rx) = mpsc::channel::<RawIncoming>(16);
+        let (out_tx, out_rx) = mpsc::channel::<RawOutgoing>(16);
+        let run = tokio::spawn(run_on_thread(ProtocolKind::EcdsaKeygen, move || {
+            let party = signer_protocol::channel_party::<EcdsaKeygenMsg>(
+                DeliveryConfig::new(i, 3),
+                in_rx,
+                out_tx,
+            );
+            async move { ecdsa::keygen(party, &eid, i, 3, 2, None).await }
+        }));
+        (run, in_tx, out_rx)
+    };
+    let (victim, victim_in, _victim_out) = spawn_party(0);
+    let (other, _other_in, mut other_out) = spawn_party(1);
+    let first = other_out.recv().await.expect("party 1 round-1 broadcast");
+    assert_eq!(first.recipient, None);
+    // delivered to party 0 flagged as a private message
+    victim_in
+        .send(RawIncoming {
+            sender: 1,
+            msg_type: MsgType::P2p,
+            payload: first.payload,
+        })
+        .await
+        .expect("send");
+    let err = tokio::time::timeout(std::time::Duration::from_secs(30), victim)
+        .await
+        .expect("party 0 must abort promptly")
+        .expect("join")
+        .expect_err("mismatched message type must abort");
+    assert_eq!(err.culprits(), vec![1], "{err}");
+    other.abort();
+}
