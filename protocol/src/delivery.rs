@@ -1,4 +1,4 @@
-//! round-based [`Delivery`] over plain tokio channels.
+//! round-based [`Delivery`](round_based::Delivery) over plain tokio channels.
 //!
 //! The node plugs its authenticated transport (QUIC + mTLS) in by pumping bytes:
 //!

@@ -18,6 +18,7 @@
 //! Secrets (key shares, aux info, presignatures, prime sets) serialize into
 //! `Zeroizing<Vec<u8>>` for sealing and never appear in `Debug` output.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod btc;
 pub mod codec;

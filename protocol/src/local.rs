@@ -1,4 +1,4 @@
-//! In-process transport connecting [`ChannelDelivery`] endpoints with tokio tasks.
+//! In-process transport connecting [`ChannelDelivery`](crate::ChannelDelivery) endpoints with tokio tasks.
 //!
 //! Used by this crate's tests and benchmark to drive the same byte-level path the node
 //! uses (encode → channel → decode), and usable by the node's own tests. It is not a
