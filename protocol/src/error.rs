@@ -233,14 +233,10 @@ impl ProtocolError {
                 n: *n,
                 local: *local,
             },
-            DeliveryError::Closed
-            | DeliveryError::Encode(_)
-            | DeliveryError::OwnOversized { .. } => match d {
-                DeliveryError::Closed => ProtocolError::TransportClosed { protocol },
-                other => ProtocolError::Aborted {
-                    protocol,
-                    detail: other.to_string(),
-                },
+            DeliveryError::Closed => ProtocolError::TransportClosed { protocol },
+            other => ProtocolError::Aborted {
+                protocol,
+                detail: other.to_string(),
             },
         }
     }
