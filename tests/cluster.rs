@@ -142,3 +142,111 @@ fn cluster_file_is_private_to_its_owner() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// A QUIC endpoint run by the test itself, posing as `identity` with a
+/// certificate from `ca_dir`, that knows node-1 as its only peer.
+async fn rogue_endpoint(
+    c: &Cluster,
+    ca_dir: &std::path::Path,
+    identity: &str,
+    max_frame_bytes: usize,
+) -> signer::p2p::P2p {
+    signer::tls::install_crypto_provider();
+    let certs = ca_dir.join("nodes").join(identity);
+    let mut cfg = signer::p2p::P2pConfig::new(
+        identity,
+        "127.0.0.1:0".parse().unwrap(),
+        vec![signer::p2p::PeerConfig {
+            id: "node-1".into(),
+            addr: c.node(0).quic_addr.parse().unwrap(),
+        }],
+        ca_dir.join("ca.pem"),
+        certs.join("cert.pem"),
+        certs.join("key.pem"),
+    );
+    cfg.max_frame_bytes = max_frame_bytes;
+    signer::p2p::P2p::start(cfg).await.unwrap().0
+}
+
+async fn node1_still_talks_to_every_peer(c: &Cluster) {
+    let v: Value = c
+        .client()
+        .post(c.url(0, "/api/v1/p2p/ping"))
+        .bearer_auth(c.admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["all_ok"], true, "{v}");
+}
+
+#[tokio::test]
+async fn a_peer_with_a_foreign_ca_certificate_is_refused_by_a_running_node() {
+    let c = Cluster::shared();
+    let foreign = tempfile::tempdir().unwrap();
+    signer::ca::init_ca(foreign.path()).unwrap();
+    signer::ca::issue_node_cert(foreign.path(), "node-2", 30).unwrap();
+    let rogue = rogue_endpoint(c, foreign.path(), "node-2", 4 << 20).await;
+    let frame = signer::p2p::Frame::new(
+        uuid::Uuid::new_v4(),
+        signer::p2p::MessageKind::PING,
+        Vec::new(),
+    );
+    let err = rogue.send("node-1", frame).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("node-1"), "{msg}");
+    // The refusal is logged by the node, and it keeps working.
+    c.eventually(
+        "refusal in node-1's log",
+        Duration::from_secs(10),
+        || async {
+            let log = std::fs::read_to_string(&c.node(0).log).unwrap();
+            log.lines()
+                .any(|l| l.contains("WARN") && (l.contains("handshake") || l.contains("refus")))
+                .then_some(())
+        },
+    )
+    .await;
+    node1_still_talks_to_every_peer(c).await;
+    rogue.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frame_over_the_size_limit_is_refused_and_the_node_keeps_running() {
+    let c = Cluster::shared();
+    // A valid cluster identity (the CA key is on disk in a dev cluster) with a
+    // sender-side limit larger than the node's 4 MiB.
+    let ca_dir = c.file.ca_cert.parent().unwrap().to_owned();
+    let rogue = rogue_endpoint(c, &ca_dir, "node-5", 64 << 20).await;
+    let big = signer::p2p::Frame::new(
+        uuid::Uuid::new_v4(),
+        signer::p2p::MessageKind::PING,
+        vec![0u8; 5 << 20],
+    );
+    let err = rogue.send("node-1", big).await.unwrap_err();
+    assert!(
+        matches!(err, signer::p2p::P2pError::Rejected { .. }),
+        "{err}"
+    );
+    // A normal frame on the same endpoint still goes through.
+    let small = signer::p2p::Frame::new(
+        uuid::Uuid::new_v4(),
+        signer::p2p::MessageKind::PING,
+        Vec::new(),
+    );
+    rogue.send("node-1", small).await.unwrap();
+    let v: Value = c
+        .client()
+        .get(c.url(0, "/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "healthy");
+    node1_still_talks_to_every_peer(c).await;
+    rogue.shutdown().await;
+}
