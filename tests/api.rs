@@ -94,12 +94,7 @@ async fn a_revoked_token_is_refused() {
     let client = c.client();
     let tok = create_token("auditor", None).await;
     let id = tok.split('_').nth(1).unwrap().to_owned();
-    let r = client
-        .get(c.url(0, "/api/v1/whoami"))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(0, "/api/v1/whoami", &tok).await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = client
         .delete(c.url(0, &format!("/api/v1/tokens/{id}")))
@@ -108,12 +103,7 @@ async fn a_revoked_token_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = client
-        .get(c.url(0, "/api/v1/whoami"))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(0, "/api/v1/whoami", &tok).await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::UNAUTHORIZED, "invalid_token".into())
@@ -137,23 +127,13 @@ async fn wrong_role_gets_403() {
         (StatusCode::FORBIDDEN, "forbidden".into())
     );
     let operator = create_token("operator", None).await;
-    let r = client
-        .get(c.url(0, "/api/v1/audit"))
-        .bearer_auth(&operator)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(0, "/api/v1/audit", &operator).await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::FORBIDDEN, "forbidden".into())
     );
     // The auditor may read the audit log.
-    let r = client
-        .get(c.url(0, "/api/v1/audit"))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(0, "/api/v1/audit", &auditor).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -164,12 +144,7 @@ async fn requests_past_the_token_rate_limit_get_429_and_other_tokens_are_unaffec
     let limited = create_token("auditor", Some(5)).await;
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        let r = client
-            .get(c.url(0, "/api/v1/whoami"))
-            .bearer_auth(&limited)
-            .send()
-            .await
-            .unwrap();
+        let r = c.get(0, "/api/v1/whoami", &limited).await;
         statuses.push(r.status());
         if r.status() == StatusCode::TOO_MANY_REQUESTS {
             assert!(r.headers().contains_key("retry-after"));

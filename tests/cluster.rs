@@ -7,18 +7,6 @@ use std::time::Duration;
 use cluster_tests::Cluster;
 use serde_json::Value;
 
-async fn get_json(c: &Cluster, i: usize, path: &str) -> Value {
-    c.client()
-        .get(c.url(i, path))
-        .bearer_auth(c.admin())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn five_nodes_are_healthy_and_status_reports_five_of_five_with_threshold_three() {
     let c = Cluster::shared();
@@ -38,7 +26,7 @@ async fn five_nodes_are_healthy_and_status_reports_five_of_five_with_threshold_t
     // Registrations arrive within a heartbeat.
     let status = c
         .eventually("5/5 healthy", Duration::from_secs(20), || async {
-            let v = get_json(c, 0, "/api/v1/cluster/status").await;
+            let v = c.get_json(0, "/api/v1/cluster/status").await;
             (v["healthy_nodes"] == 5).then_some(v)
         })
         .await;
@@ -51,7 +39,7 @@ async fn five_nodes_are_healthy_and_status_reports_five_of_five_with_threshold_t
     for i in 1..5 {
         let v = c
             .eventually("agreement", Duration::from_secs(20), || async {
-                let v = get_json(c, i, "/api/v1/cluster/status").await;
+                let v = c.get_json(i, "/api/v1/cluster/status").await;
                 (v["healthy_nodes"] == 5).then_some(v)
             })
             .await;
@@ -68,16 +56,7 @@ async fn every_node_pair_exchanges_a_quic_message() {
                 "all peers answer a ping",
                 Duration::from_secs(30),
                 || async {
-                    let v: Value = c
-                        .client()
-                        .post(c.url(i, "/api/v1/p2p/ping"))
-                        .bearer_auth(c.admin())
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
+                    let v = c.post_admin(i, "/api/v1/p2p/ping").await;
                     (v["all_ok"] == true).then_some(v)
                 },
             )
@@ -169,16 +148,7 @@ async fn rogue_endpoint(
 }
 
 async fn node1_still_talks_to_every_peer(c: &Cluster) {
-    let v: Value = c
-        .client()
-        .post(c.url(0, "/api/v1/p2p/ping"))
-        .bearer_auth(c.admin())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = c.post_admin(0, "/api/v1/p2p/ping").await;
     assert_eq!(v["all_ok"], true, "{v}");
 }
 

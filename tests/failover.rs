@@ -61,16 +61,7 @@ async fn killed_node_degrades_the_cluster_and_rejoins_with_its_data_after_restar
     assert_eq!(v["status"], "healthy");
     // Its database survived: old audit rows are there, the chain still verifies,
     // and the restart itself was audited.
-    let v: Value = c
-        .client()
-        .get(c.url(2, "/api/v1/audit/verify"))
-        .bearer_auth(c.admin())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = c.get_json(2, "/api/v1/audit/verify").await;
     assert_eq!(v["valid"], true, "{v}");
     assert!(
         v["verified_records"].as_i64().unwrap() > audit_before,

@@ -98,6 +98,34 @@ impl Cluster {
         format!("{}{}", self.node(i).api_url, path)
     }
 
+    /// `GET path` on node `i` with a bearer token.
+    pub async fn get(&self, i: usize, path: &str, token: &str) -> reqwest::Response {
+        self.client()
+            .get(self.url(i, path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` on node `i` as admin, decoded as JSON.
+    pub async fn get_json(&self, i: usize, path: &str) -> serde_json::Value {
+        self.get(i, path, self.admin()).await.json().await.unwrap()
+    }
+
+    /// `POST path` on node `i` as admin without a body, decoded as JSON.
+    pub async fn post_admin(&self, i: usize, path: &str) -> serde_json::Value {
+        self.client()
+            .post(self.url(i, path))
+            .bearer_auth(self.admin())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The admin token.
     pub fn admin(&self) -> &str {
         &self.file.admin_token
