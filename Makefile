@@ -18,8 +18,9 @@ demo: build
 	./target/debug/signer cluster up --nodes 5 --threshold 3 --dir $(CLUSTER_DIR)
 
 ## Lint, then every test (unit, real SoftHSM/swtpm/etcd/PostgreSQL, cluster acceptance).
+# `cargo test --workspace` also builds the `signer` binary the cluster tests run
+# (one build, one feature set: no separate `cargo build` that would compile twice).
 test: deps lint
-	$(CARGO) build -p signer --bins
 	$(CARGO) test --workspace --no-fail-fast
 
 lint:
