@@ -51,6 +51,22 @@ async fn killed_node_degrades_the_cluster_and_rejoins_with_its_data_after_restar
         .map(|n| n["node_id"].as_str().unwrap())
         .collect();
     assert_eq!(down, ["node-3"]);
+    // Node-1 recorded the change in its own node_health table and audit trail.
+    let db = c.db(0).await;
+    let (health,): (String,) =
+        sqlx::query_as("SELECT status FROM node_health WHERE node_id = 'node-3'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(health, "down");
+    let (downs,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit_log WHERE action = 'peer.down' AND subject = 'node-3'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(downs >= 1);
+    db.close().await;
 
     c.restart_node(2);
     let v = c

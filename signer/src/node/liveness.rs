@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{ClusterSnapshot, LiveNode, NodeCtx};
+use crate::audit::AuditEntry;
 use crate::coord::{Coord, CoordConfig, NodeRecord};
 
 /// Name of the election whose leader coordinates ceremonies.
@@ -157,6 +158,36 @@ async fn refresh(node: &NodeCtx, coord: &Coord) -> Result<(), crate::coord::Coor
         connected_peers: node.net.p2p.connected_peers(),
         updated_at: Some(chrono::Utc::now()),
     };
+    let before = node.cluster_snapshot();
+    record_health_changes(node, &before, &snap).await;
     node.set_cluster_snapshot(snap);
     Ok(())
+}
+
+/// Writes `node_health` and an audit entry when a node's liveness changes (not on
+/// every refresh), so the trail shows when each peer went away and came back.
+async fn record_health_changes(node: &NodeCtx, before: &ClusterSnapshot, after: &ClusterSnapshot) {
+    let first = before.updated_at.is_none() || !before.etcd_ok;
+    let ids = std::iter::once(node.cfg.node_id.as_str())
+        .chain(node.cfg.p2p.peers.iter().map(|p| p.id.as_str()));
+    for id in ids {
+        let was = before.live.contains_key(id);
+        let is = after.live.contains_key(id);
+        if !first && was == is {
+            continue;
+        }
+        let status = if is { "healthy" } else { "down" };
+        if let Err(e) = node.store.upsert_node_health(id, status).await {
+            tracing::warn!(node = id, error = %e, "cannot record node health");
+            continue;
+        }
+        if !first {
+            tracing::info!(node = id, status, "node liveness changed");
+            let entry =
+                AuditEntry::new("node", if is { "peer.up" } else { "peer.down" }).subject(id);
+            if let Err(e) = node.store.audit(&node.cfg.node_id, entry).await {
+                tracing::warn!(error = %e, "cannot audit liveness change");
+            }
+        }
+    }
 }

@@ -59,3 +59,19 @@ impl Store {
         .await?)
     }
 }
+
+impl Store {
+    /// Records a node's liveness as seen by this node.
+    pub async fn upsert_node_health(&self, node_id: &str, status: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO node_health (node_id, status, last_seen) VALUES ($1, $2, now()) \
+             ON CONFLICT (node_id) DO UPDATE SET status = EXCLUDED.status, \
+             last_seen = CASE WHEN EXCLUDED.status = 'healthy' THEN now() ELSE node_health.last_seen END",
+        )
+        .bind(node_id)
+        .bind(status)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}
