@@ -63,12 +63,49 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(max_body, refuse_oversized))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 axum::response::IntoResponse::into_response(ApiError::internal("handler panicked"))
             },
         ))
         .with_state(state)
+}
+
+/// Answers 413 `body_too_large` for a declared `Content-Length` over the limit
+/// before any handler runs. A body up to twice the limit is read and discarded
+/// first, so the client (still sending) gets the answer instead of a reset
+/// connection; larger ones are refused at once. Bodies without a length are
+/// bounded by `DefaultBodyLimit` in the extractors.
+async fn refuse_oversized(
+    axum::extract::State(max): axum::extract::State<usize>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = u64::try_from(max).unwrap_or(u64::MAX);
+    match declared {
+        Some(len) if len > limit => {
+            if len <= limit.saturating_mul(2) {
+                let _ = axum::body::to_bytes(req.into_body(), max.saturating_mul(2)).await;
+            }
+            let mut resp = axum::response::IntoResponse::into_response(ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body of {len} bytes is larger than the {max} this node accepts"),
+            ));
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            resp
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// Serves the API over TLS until `shutdown` is cancelled.
