@@ -53,6 +53,7 @@ pub async fn maintain(
 }
 
 fn mark_etcd_down(node: &NodeCtx) {
+    node.set_coord(None);
     let mut snap = node.cluster_snapshot();
     snap.etcd_ok = false;
     snap.live.clear();
@@ -84,6 +85,7 @@ async fn session(
         }
     };
     tracing::info!(lease = registration.lease_id(), "registered in etcd");
+    node.set_coord(Some(coord.clone()));
     // Campaign in the background: the call returns only once we lead.
     let campaign = {
         let coord = coord.clone();
@@ -124,6 +126,7 @@ async fn session(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+    node.set_coord(None);
     if shutdown.is_cancelled() {
         let _ = tokio::time::timeout(Duration::from_secs(2), campaign).await;
     } else {
