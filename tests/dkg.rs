@@ -343,3 +343,33 @@ async fn dkg_is_refused_while_a_participant_is_down_fails_cleanly_when_one_dies_
     let (retry_id, _) = dkg_completes_everywhere(&c, 3, "frost", 2).await;
     assert_ne!(retry_id, id);
 }
+
+#[tokio::test]
+async fn dkg_for_both_key_types_on_3_of_5_completes_on_every_node_and_shows_in_status() {
+    let c = Cluster::start(5, 3);
+    wait_ready(&c, 5).await;
+    let (ecdsa_id, ecdsa_pk) = dkg_completes_everywhere(&c, 5, "cggmp24", 3).await;
+    let (frost_id, frost_pk) = dkg_completes_everywhere(&c, 5, "frost", 3).await;
+    check_share_rows(&c, 5, &ecdsa_id, &ecdsa_pk).await;
+    check_share_rows(&c, 5, &frost_id, &frost_pk).await;
+    for i in 0..5 {
+        let v = get(&c, i, "/api/v1/dkg/status").await.unwrap();
+        let list = v["ceremonies"].as_array().unwrap();
+        for (id, pk) in [(&ecdsa_id, &ecdsa_pk), (&frost_id, &frost_pk)] {
+            let row = list
+                .iter()
+                .find(|r| r["id"] == id.as_str())
+                .unwrap_or_else(|| panic!("node {i} lacks {id}: {v}"));
+            assert_eq!(row["state"], "completed", "{row}");
+            assert_eq!(row["t"], 3, "{row}");
+            assert_eq!(row["n"], 5, "{row}");
+            assert_eq!(&row["public_key"], pk.as_str(), "{row}");
+        }
+        for (id, pk) in [(&ecdsa_id, &ecdsa_pk), (&frost_id, &frost_pk)] {
+            let e = key_entry(&c, i, id).await;
+            assert_eq!(e["t"], 3);
+            assert_eq!(e["n"], 5);
+            check_descriptor(&e, pk);
+        }
+    }
+}
