@@ -185,6 +185,45 @@ async fn check_share_rows(c: &Cluster, n: usize, key_id: &str, public_key_hex: &
     }
 }
 
+/// Opens node-1's envelope of `key_id` with node-1's own SoftHSM token (as an
+/// auditor with access to the HSM would) and checks that the stored envelope holds
+/// none of the plaintext share.
+async fn check_envelope_opens_only_with_the_token(
+    c: &Cluster,
+    key_id: &str,
+    kind: hsm::RecordKind,
+) {
+    let db = c.db(0).await;
+    let (envelope,): (Vec<u8>,) =
+        sqlx::query_as("SELECT envelope FROM key_shares WHERE key_id = $1 AND node_id = 'node-1'")
+            .bind(key_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    db.close().await;
+    std::env::set_var("SOFTHSM2_CONF", c.node(0).dir.join("softhsm/softhsm2.conf"));
+    let cfg = hsm::CustodyConfig::Pkcs11(hsm::pkcs11::Pkcs11Config {
+        module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+        token_label: "node-1".into(),
+        kek_label: "signer-kek".into(),
+        pin: hsm::PinSource::File(c.node(0).dir.join("softhsm/user.pin")),
+    });
+    let custody = hsm::Custody::open(&cfg).unwrap();
+    let aad = hsm::Aad::new("node-1", key_id, kind).unwrap();
+    let plain = custody.open_record(&aad, &envelope).unwrap();
+    let plain = plain.expose_secret();
+    assert!(plain.len() > 64, "share too short: {}", plain.len());
+    assert!(
+        !envelope
+            .windows(16)
+            .any(|w| plain.windows(16).any(|p| p == w)),
+        "envelope contains plaintext share bytes"
+    );
+    // Bound to its record: the same envelope does not open as another key.
+    let other = hsm::Aad::new("node-1", "another-key", kind).unwrap();
+    assert!(custody.open_record(&other, &envelope).is_err());
+}
+
 #[tokio::test]
 async fn dkg_for_both_key_types_on_2_of_3_gives_every_node_the_same_sealed_key_that_survives_a_restart(
 ) {
@@ -224,6 +263,8 @@ async fn dkg_for_both_key_types_on_2_of_3_gives_every_node_the_same_sealed_key_t
     assert_ne!(ecdsa_pk, frost_pk);
     check_share_rows(&c, 3, &ecdsa_id, &ecdsa_pk).await;
     check_share_rows(&c, 3, &frost_id, &frost_pk).await;
+    check_envelope_opens_only_with_the_token(&c, &ecdsa_id, hsm::RecordKind::KeyShare).await;
+    check_envelope_opens_only_with_the_token(&c, &frost_id, hsm::RecordKind::FrostKeyShare).await;
 
     // Every node lists both keys with the same descriptor and address.
     for (id, pk, key_type) in [
