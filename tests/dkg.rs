@@ -414,3 +414,92 @@ async fn dkg_for_both_key_types_on_3_of_5_completes_on_every_node_and_shows_in_s
         }
     }
 }
+
+#[tokio::test]
+async fn a_sealed_node_refuses_to_join_and_the_ceremony_fails_on_every_node() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start(3, 2);
+    wait_ready(&c, 3).await;
+    // node-3 restarts with a wrong PIN: registered and connected, but sealed.
+    let wrong_pin = c.dir.join("wrong.pin");
+    std::fs::write(&wrong_pin, "not-the-pin").unwrap();
+    std::fs::set_permissions(&wrong_pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    c.kill_node(2);
+    c.restart_node_with_env(
+        2,
+        &[("SIGNER__CUSTODY__PIN_FILE", wrong_pin.to_str().unwrap())],
+    );
+    c.eventually("node-3 up but sealed", Duration::from_secs(60), || async {
+        let r = c.client().get(c.url(2, "/ready")).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        let sealed = v["custody"]["state"] == "sealed" && v["peers_connected"] == 2;
+        let healthy = get(&c, 0, "/api/v1/cluster/status")
+            .await
+            .is_some_and(|s| s["healthy_nodes"] == 3);
+        let connected = c
+            .client()
+            .get(c.url(0, "/ready"))
+            .send()
+            .await
+            .ok()?
+            .json::<Value>()
+            .await
+            .ok()
+            .is_some_and(|v| v["peers_connected"] == 2);
+        (sealed && healthy && connected).then_some(())
+    })
+    .await;
+
+    // Started on node-3 itself: refused up front.
+    let (status, v) = start_dkg(&c, 2, json!({"protocol": "cggmp24", "threshold": 2})).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["code"], "custody_sealed", "{v}");
+
+    // Started elsewhere: node-3 records the ceremony as failed because it is sealed,
+    // the others fail at the barrier naming node-3; no share is usable anywhere.
+    let (status, v) = start_dkg(&c, 0, json!({"protocol": "cggmp24", "threshold": 2})).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["ceremony_id"].as_str().unwrap().to_owned();
+    let sealed_view = c
+        .eventually(
+            "node-3 records the refusal",
+            Duration::from_secs(30),
+            || async {
+                let db = c.db(2).await;
+                let row: Option<(String, Option<String>)> =
+                    sqlx::query_as("SELECT state, error FROM dkg_ceremonies WHERE id = $1::uuid")
+                        .bind(&id)
+                        .fetch_optional(&db)
+                        .await
+                        .unwrap();
+                db.close().await;
+                row.filter(|(state, _)| state == "failed")
+            },
+        )
+        .await;
+    assert!(
+        sealed_view
+            .1
+            .as_deref()
+            .unwrap_or_default()
+            .contains("sealed"),
+        "{sealed_view:?}"
+    );
+    for i in 0..2 {
+        let v = wait_ended(&c, i, &id, Duration::from_secs(45)).await;
+        assert_eq!(v["state"], "failed", "node {i}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("node-3"),
+            "node {i}: {v}"
+        );
+    }
+    for i in 0..3 {
+        let db = c.db(i).await;
+        let (shares,): (i64,) = sqlx::query_as("SELECT count(*) FROM key_shares WHERE usable")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        assert_eq!(shares, 0, "node {i}");
+    }
+}
