@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod coord;
+pub mod dkg;
 pub mod node;
 pub mod p2p;
 pub mod store;

@@ -2,6 +2,7 @@
 //! audit. Every mutation is written to the audit log.
 
 pub mod auth;
+mod dkg;
 pub mod error;
 mod handlers;
 
@@ -45,6 +46,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit/verify", get(handlers::audit_verify))
         .route("/api/v1/whoami", get(handlers::whoami))
         .route("/api/v1/p2p/ping", axum::routing::post(handlers::p2p_ping))
+        .route("/api/v1/dkg/start", axum::routing::post(dkg::start))
+        .route("/api/v1/dkg/status", get(dkg::status))
+        .route("/api/v1/dkg/ceremonies/{id}", get(dkg::ceremony))
+        .route("/api/v1/keys", get(dkg::keys))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -68,6 +68,7 @@ pub async fn unseal(node: Arc<NodeCtx>, shutdown: CancellationToken) {
                 Ok(key) => {
                     tracing::info!(kek = custody.kek_id(), vote_key = %hex::encode(key.public_key()), "custody unsealed");
                     node.set_unsealed(custody, key);
+                    crate::dkg::keys::reload_shares(&node).await;
                     return;
                 }
                 Err(e) => e,

@@ -54,6 +54,7 @@ pub async fn maintain(
 }
 
 fn mark_etcd_down(node: &NodeCtx) {
+    node.set_coord(None);
     let mut snap = node.cluster_snapshot();
     snap.etcd_ok = false;
     snap.live.clear();
@@ -85,6 +86,7 @@ async fn session(
         }
     };
     tracing::info!(lease = registration.lease_id(), "registered in etcd");
+    node.set_coord(Some(coord.clone()));
     // Campaign in the background: the call returns only once we lead.
     let campaign = {
         let coord = coord.clone();
@@ -125,6 +127,7 @@ async fn session(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+    node.set_coord(None);
     if shutdown.is_cancelled() {
         let _ = tokio::time::timeout(Duration::from_secs(2), campaign).await;
     } else {

@@ -15,6 +15,8 @@ use serde::Serialize;
 
 use crate::api::auth::AuthState;
 use crate::config::NodeConfig;
+use crate::coord::Coord;
+use crate::dkg::Dkg;
 use crate::store::Store;
 use net::Net;
 
@@ -120,6 +122,9 @@ pub struct NodeCtx {
     pub auth: AuthState,
     /// QUIC peer-to-peer network.
     pub net: Arc<Net>,
+    /// Key ceremonies in progress and keys loaded into memory.
+    pub dkg: Dkg,
+    coord: RwLock<Option<Coord>>,
     cluster: RwLock<ClusterSnapshot>,
     custody: RwLock<CustodyState>,
     unsealed: RwLock<Option<Arc<Unsealed>>>,
@@ -142,6 +147,8 @@ impl NodeCtx {
             store,
             auth,
             net,
+            dkg: Dkg::default(),
+            coord: RwLock::new(None),
             cluster: RwLock::new(ClusterSnapshot::default()),
             custody: RwLock::new(custody),
             unsealed: RwLock::new(None),
@@ -161,6 +168,22 @@ impl NodeCtx {
         match self.cluster.write() {
             Ok(mut g) => *g = snap,
             Err(p) => *p.into_inner() = snap,
+        }
+    }
+
+    /// The current etcd handle, while connected.
+    pub fn coord(&self) -> Option<Coord> {
+        match self.coord.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Sets (or clears) the shared etcd handle.
+    pub fn set_coord(&self, coord: Option<Coord>) {
+        match self.coord.write() {
+            Ok(mut g) => *g = coord,
+            Err(p) => *p.into_inner() = coord,
         }
     }
 

@@ -30,6 +30,7 @@ pub struct Net {
     /// The QUIC endpoint.
     pub p2p: P2p,
     pending: Mutex<HashMap<Uuid, (String, oneshot::Sender<()>)>>,
+    ceremonies: Mutex<Option<mpsc::Sender<Inbound>>>,
 }
 
 impl Net {
@@ -38,7 +39,32 @@ impl Net {
         Arc::new(Net {
             p2p,
             pending: Mutex::new(HashMap::new()),
+            ceremonies: Mutex::new(None),
         })
+    }
+
+    /// Where key-ceremony frames (announce, confirm, keygen messages) go.
+    pub fn set_ceremony_handler(&self, tx: mpsc::Sender<Inbound>) {
+        *self
+            .ceremonies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+    }
+
+    fn forward_ceremony(&self, inbound: Inbound) {
+        let tx = self
+            .ceremonies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match tx {
+            Some(tx) => {
+                if let Err(e) = tx.try_send(inbound) {
+                    tracing::warn!(error = %e, "ceremony handler busy or gone; frame dropped");
+                }
+            }
+            None => tracing::debug!(peer = %inbound.from, "no ceremony handler yet; frame dropped"),
+        }
     }
 
     /// Pings every peer concurrently and waits up to `timeout` for each pong.
@@ -136,6 +162,10 @@ impl Net {
                         }
                     }
                 }
+                MessageKind::KEYGEN
+                | MessageKind::FROST_KEYGEN
+                | crate::dkg::wire::CEREMONY_ANNOUNCE
+                | crate::dkg::wire::CEREMONY_CONFIRM => self.forward_ceremony(inbound),
                 other => {
                     tracing::debug!(peer = %inbound.from, kind = ?other, "no handler for message kind; dropped");
                 }

@@ -31,6 +31,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .context("starting the QUIC endpoint")?;
     let net = Net::new(p2p);
     let node = Arc::new(NodeCtx::new(cfg, store, net.clone()));
+    let (ceremony_tx, ceremony_rx) = tokio::sync::mpsc::channel(4096);
+    net.set_ceremony_handler(ceremony_tx);
+    tokio::spawn(crate::dkg::serve(node.clone(), ceremony_rx));
     write_pid_file(&node.cfg)?;
     let started_at = chrono::Utc::now();
 

@@ -4,6 +4,7 @@
 //! concatenation of input), so no database is needed to compile.
 
 pub mod audit;
+pub mod dkg;
 pub mod node_keys;
 pub mod tokens;
 pub mod transactions;

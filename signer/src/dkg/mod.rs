@@ -1,0 +1,521 @@
+//! Key ceremonies (distributed key generation) across the nodes.
+//!
+//! Flow (see `docs` in each file):
+//!
+//! 1. [`start`]: an operator calls `POST /api/v1/dkg/start` on any node. That node
+//!    validates the request, checks that every participant is live (etcd registration)
+//!    and connected (QUIC), takes the etcd lock `dkg-start` (its fencing token is
+//!    recorded with the ceremony), and announces the session to every participant in a
+//!    [`wire::CEREMONY_ANNOUNCE`] frame over QUIC. The announcement is authenticated by
+//!    the mTLS certificate of the connection (the receiver checks that the announced
+//!    coordinator is the authenticated sender); etcd only serves liveness, the lock and
+//!    the barrier, never as a source of truth for the ceremony parameters.
+//! 2. [`session`]: every participant records the ceremony (`pending` → `running`),
+//!    waits at the etcd barrier `dkg-<id>`, then runs the keygen off the async workers
+//!    with protocol frames routed by [`Dkg`] (sender = index of its mTLS identity).
+//! 3. Completion: each node seals its share in the HSM/TPM, stores it not usable, and
+//!    sends the public key to every other participant in a [`wire::CEREMONY_CONFIRM`]
+//!    frame over mTLS-authenticated QUIC (the sender's identity is the certificate, so
+//!    no extra signature is needed). Only when every participant confirmed the same key
+//!    does the node mark the ceremony `completed` and the share usable, in one database
+//!    transaction.
+//! 4. [`keys`]: at unseal, every usable share is opened and validated again (reload);
+//!    the watch-only descriptors come from the loaded shares.
+
+pub mod keys;
+pub mod session;
+pub mod start;
+pub mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use signer_protocol::{MsgType, RawIncoming};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::p2p::{Inbound, MessageKind};
+
+/// Overall bound of one ceremony on a participant (barrier, keygen, confirmations).
+pub const CEREMONY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound of the wait at the start barrier.
+pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Frames kept for sessions not (yet) known locally, over all sessions.
+pub const MAX_EARLY_FRAMES: usize = 1024;
+/// How long an early frame is kept.
+pub const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
+/// Capacity of a session's inbound protocol queue.
+const SESSION_QUEUE: usize = 1024;
+
+/// Which DKG a ceremony runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DkgProtocol {
+    /// CGGMP24 threshold ECDSA (P2WPKH keys).
+    Cggmp24,
+    /// FROST, Bitcoin ciphersuite (P2TR keys).
+    Frost,
+}
+
+impl DkgProtocol {
+    /// Name as stored in `dkg_ceremonies.protocol`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DkgProtocol::Cggmp24 => "cggmp24",
+            DkgProtocol::Frost => "frost",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cggmp24" => Some(DkgProtocol::Cggmp24),
+            "frost" => Some(DkgProtocol::Frost),
+            _ => None,
+        }
+    }
+
+    /// Key type of the result: `ecdsa` or `taproot`.
+    pub fn key_type(self) -> &'static str {
+        match self {
+            DkgProtocol::Cggmp24 => "ecdsa",
+            DkgProtocol::Frost => "taproot",
+        }
+    }
+
+    /// Frame kind of the protocol messages.
+    pub fn message_kind(self) -> MessageKind {
+        match self {
+            DkgProtocol::Cggmp24 => MessageKind::KEYGEN,
+            DkgProtocol::Frost => MessageKind::FROST_KEYGEN,
+        }
+    }
+
+    /// Protocol label for execution ids and errors.
+    pub fn protocol_kind(self) -> signer_protocol::ProtocolKind {
+        match self {
+            DkgProtocol::Cggmp24 => signer_protocol::ProtocolKind::EcdsaKeygen,
+            DkgProtocol::Frost => signer_protocol::ProtocolKind::FrostKeygen,
+        }
+    }
+
+    /// Custody record kind of the share.
+    pub fn record_kind(self) -> hsm::RecordKind {
+        match self {
+            DkgProtocol::Cggmp24 => hsm::RecordKind::KeyShare,
+            DkgProtocol::Frost => hsm::RecordKind::FrostKeyShare,
+        }
+    }
+}
+
+/// Parameters of a ceremony, as announced by the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeremonySpec {
+    /// Session id (fresh per attempt).
+    pub id: Uuid,
+    /// Protocol.
+    pub protocol: DkgProtocol,
+    /// Threshold t.
+    pub threshold: u16,
+    /// Participants; position = run index.
+    pub participants: Vec<String>,
+    /// Node that announced it.
+    pub coordinator: String,
+    /// Fencing token of the coordinator's `dkg-start` lock.
+    pub fencing_token: i64,
+}
+
+impl CeremonySpec {
+    /// Key id of the resulting key (the ceremony id).
+    pub fn key_id(&self) -> String {
+        self.id.to_string()
+    }
+
+    /// Execution id every participant derives the same way.
+    pub fn execution_id(&self) -> signer_protocol::ExecutionId {
+        signer_protocol::ExecutionId::derive(
+            self.id.as_bytes(),
+            self.protocol.protocol_kind(),
+            self.threshold,
+            &self.participants,
+            self.key_id().as_bytes(),
+        )
+    }
+
+    /// Checks the parameters against the cluster's node ids: `2 <= t <= n`,
+    /// participants known and unique.
+    pub fn validate(&self, known: &[String]) -> Result<(), DkgError> {
+        validate_params(self.threshold, &self.participants, known)
+    }
+}
+
+/// Checks `2 <= t <= n` and that the participants are known and unique.
+pub fn validate_params(t: u16, participants: &[String], known: &[String]) -> Result<(), DkgError> {
+    let n = participants.len();
+    if n < 2 {
+        return Err(DkgError::InvalidParticipants(format!(
+            "a threshold key needs at least 2 participants, got {n}"
+        )));
+    }
+    for (i, p) in participants.iter().enumerate() {
+        if !known.contains(p) {
+            return Err(DkgError::InvalidParticipants(format!(
+                "unknown node {:?}",
+                p.chars().take(64).collect::<String>()
+            )));
+        }
+        if participants[..i].contains(p) {
+            return Err(DkgError::InvalidParticipants(format!(
+                "node {p} is listed twice"
+            )));
+        }
+    }
+    if t < 2 || usize::from(t) > n {
+        return Err(DkgError::InvalidThreshold(format!(
+            "need 2 <= threshold <= {n} participants, got {t}"
+        )));
+    }
+    Ok(())
+}
+
+/// Errors of a key ceremony.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DkgError {
+    /// Threshold out of range.
+    #[error("invalid threshold: {0}")]
+    InvalidThreshold(String),
+    /// Participant list not acceptable.
+    #[error("invalid participants: {0}")]
+    InvalidParticipants(String),
+    /// Participants not live or not connected.
+    #[error("participants unavailable: {}", .0.join(", "))]
+    ParticipantsUnavailable(Vec<String>),
+    /// This node's custody is sealed.
+    #[error("custody is sealed: key ceremonies are refused")]
+    Sealed,
+    /// etcd is not reachable from this node.
+    #[error("etcd unavailable: {0}")]
+    EtcdUnavailable(String),
+    /// Coordination (lock, barrier) failed.
+    #[error("coordination: {0}")]
+    Coord(#[from] crate::coord::CoordError),
+    /// Announcing to a participant failed.
+    #[error("announcing to {peer} failed: {reason}")]
+    Announce {
+        /// The participant.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The protocol failed; `culprits` are node ids to blame.
+    #[error("protocol failed: {reason}")]
+    Protocol {
+        /// Error text (secret-free).
+        reason: String,
+        /// Blamed nodes.
+        culprits: Vec<String>,
+    },
+    /// Participants confirmed different public keys.
+    #[error("public key mismatch: {node} confirmed {theirs}, this node has {ours}")]
+    KeyMismatch {
+        /// The node whose confirmation differs.
+        node: String,
+        /// Its key (hex).
+        theirs: String,
+        /// Ours (hex).
+        ours: String,
+    },
+    /// The ceremony did not finish in time.
+    #[error("timed out after {secs} s while {stage}")]
+    Timeout {
+        /// Seconds.
+        secs: u64,
+        /// What was awaited.
+        stage: String,
+    },
+    /// Sealing or opening a share failed.
+    #[error("custody: {0}")]
+    Custody(String),
+    /// The database failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Internal channel closed (node shutting down).
+    #[error("ceremony aborted: {0}")]
+    Aborted(String),
+}
+
+/// What is routed to a running session.
+#[derive(Debug)]
+struct SessionEntry {
+    participants: Vec<String>,
+    kind: MessageKind,
+    protocol_tx: mpsc::Sender<RawIncoming>,
+    confirm_tx: mpsc::Sender<(String, Vec<u8>)>,
+}
+
+/// The receiving ends of a registered session.
+#[derive(Debug)]
+pub struct SessionQueues {
+    /// Protocol messages, sender = run index.
+    pub protocol_rx: mpsc::Receiver<RawIncoming>,
+    /// Public-key confirmations `(node id, public key)`.
+    pub confirm_rx: mpsc::Receiver<(String, Vec<u8>)>,
+}
+
+/// A key loaded (unsealed and validated) on this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadedKey {
+    /// Master xpub (testnet/regtest version bytes), when the key is HD.
+    pub xpub: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<Uuid, SessionEntry>,
+    early: VecDeque<(Instant, Inbound)>,
+    loaded: HashMap<String, LoadedKey>,
+}
+
+/// Routing of ceremony frames to sessions, and the keys loaded in memory.
+#[derive(Debug, Default)]
+pub struct Dkg {
+    inner: Mutex<Inner>,
+}
+
+impl Dkg {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a session and replays frames that arrived before it existed.
+    pub fn register(&self, spec: &CeremonySpec) -> SessionQueues {
+        let (protocol_tx, protocol_rx) = mpsc::channel(SESSION_QUEUE);
+        let (confirm_tx, confirm_rx) = mpsc::channel(spec.participants.len().max(1) * 2);
+        let entry = SessionEntry {
+            participants: spec.participants.clone(),
+            kind: spec.protocol.message_kind(),
+            protocol_tx,
+            confirm_tx,
+        };
+        let mut g = self.lock();
+        let early = std::mem::take(&mut g.early);
+        let (mine, rest): (Vec<_>, Vec<_>) = early
+            .into_iter()
+            .partition(|(_, f)| f.frame.session == spec.id);
+        g.early = rest.into_iter().collect();
+        for (_, inbound) in mine {
+            route(&entry, spec.id, inbound);
+        }
+        g.sessions.insert(spec.id, entry);
+        SessionQueues {
+            protocol_rx,
+            confirm_rx,
+        }
+    }
+
+    /// Forgets a session; later frames of it are dropped after expiry.
+    pub fn unregister(&self, id: Uuid) {
+        self.lock().sessions.remove(&id);
+    }
+
+    /// Routes a protocol or confirmation frame to its session, or keeps it (bounded)
+    /// until the session is registered.
+    pub fn deliver(&self, inbound: Inbound) {
+        let mut g = self.lock();
+        let id = inbound.frame.session;
+        if let Some(entry) = g.sessions.get(&id) {
+            route(entry, id, inbound);
+            return;
+        }
+        let now = Instant::now();
+        while g
+            .early
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > EARLY_FRAME_TTL)
+        {
+            g.early.pop_front();
+        }
+        if g.early.len() >= MAX_EARLY_FRAMES {
+            tracing::warn!(peer = %inbound.from, session = %id, "early ceremony frame buffer full; frame dropped");
+            return;
+        }
+        g.early.push_back((now, inbound));
+    }
+
+    /// Records a loaded key.
+    pub fn set_loaded(&self, key_id: &str, key: LoadedKey) {
+        self.lock().loaded.insert(key_id.to_owned(), key);
+    }
+
+    /// A loaded key, if any.
+    pub fn loaded(&self, key_id: &str) -> Option<LoadedKey> {
+        self.lock().loaded.get(key_id).cloned()
+    }
+
+    /// Number of loaded keys.
+    pub fn loaded_count(&self) -> usize {
+        self.lock().loaded.len()
+    }
+}
+
+fn route(entry: &SessionEntry, id: Uuid, inbound: Inbound) {
+    let Some(idx) = entry.participants.iter().position(|p| *p == inbound.from) else {
+        tracing::warn!(peer = %inbound.from, session = %id, "ceremony frame from a non-participant; dropped");
+        return;
+    };
+    let kind = inbound.frame.kind;
+    if kind == wire::CEREMONY_CONFIRM {
+        if entry
+            .confirm_tx
+            .try_send((inbound.from.clone(), inbound.frame.payload.to_vec()))
+            .is_err()
+        {
+            tracing::warn!(peer = %inbound.from, session = %id, "confirmation queue full or closed; dropped");
+        }
+        return;
+    }
+    if kind != entry.kind {
+        tracing::warn!(peer = %inbound.from, session = %id, %kind, "frame kind does not match the ceremony protocol; dropped");
+        return;
+    }
+    let Some((msg_type, payload)) = wire::decode_protocol(&inbound.frame.payload) else {
+        tracing::warn!(peer = %inbound.from, session = %id, "protocol frame without a valid type flag; dropped");
+        return;
+    };
+    let Ok(sender) = u16::try_from(idx) else {
+        return;
+    };
+    let msg = RawIncoming {
+        sender,
+        msg_type,
+        payload,
+    };
+    if entry.protocol_tx.try_send(msg).is_err() {
+        tracing::warn!(peer = %inbound.from, session = %id, "session queue full or closed; frame dropped");
+    }
+}
+
+/// Type flag of a protocol frame's first payload byte.
+pub(crate) fn msg_type_flag(t: MsgType) -> u8 {
+    match t {
+        MsgType::Broadcast => 0,
+        MsgType::P2p => 1,
+    }
+}
+
+/// Handles ceremony frames forwarded by the network dispatcher until the channel ends.
+pub async fn serve(node: Arc<crate::node::NodeCtx>, mut rx: mpsc::Receiver<Inbound>) {
+    while let Some(inbound) = rx.recv().await {
+        if inbound.frame.kind == wire::CEREMONY_ANNOUNCE {
+            match wire::decode_announce(&inbound.frame.payload) {
+                Ok(spec) if spec.coordinator == inbound.from => {
+                    tokio::spawn(session::participate(node.clone(), spec));
+                }
+                Ok(spec) => tracing::warn!(
+                    peer = %inbound.from,
+                    claimed = %spec.coordinator,
+                    "ceremony announce whose coordinator is not its sender; dropped"
+                ),
+                Err(e) => {
+                    tracing::warn!(peer = %inbound.from, error = %e, "malformed ceremony announce; dropped");
+                }
+            }
+        } else {
+            node.dkg.deliver(inbound);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn spec() -> CeremonySpec {
+        CeremonySpec {
+            id: Uuid::new_v4(),
+            protocol: DkgProtocol::Cggmp24,
+            threshold: 2,
+            participants: ids(&["node-1", "node-2", "node-3"]),
+            coordinator: "node-1".into(),
+            fencing_token: 1,
+        }
+    }
+
+    fn frame(session: Uuid, from: &str, kind: MessageKind, payload: Vec<u8>) -> Inbound {
+        Inbound {
+            from: from.to_owned(),
+            frame: crate::p2p::Frame::new(session, kind, payload),
+        }
+    }
+
+    #[test]
+    fn frames_route_by_mtls_identity_and_early_frames_are_replayed() {
+        let dkg = Dkg::default();
+        let s = spec();
+        // Arrives before the session exists: kept, then replayed with index 2.
+        dkg.deliver(frame(s.id, "node-3", MessageKind::KEYGEN, vec![0, 9, 9]));
+        let mut q = dkg.register(&s);
+        let m = q.protocol_rx.try_recv().expect("replayed");
+        assert_eq!(
+            (m.sender, m.msg_type, &m.payload[..]),
+            (2, MsgType::Broadcast, &[9u8, 9][..])
+        );
+        // Live frames: sender index from the identity, p2p flag kept.
+        dkg.deliver(frame(s.id, "node-2", MessageKind::KEYGEN, vec![1, 5]));
+        let m = q.protocol_rx.try_recv().expect("routed");
+        assert_eq!((m.sender, m.msg_type), (1, MsgType::P2p));
+        // Non-participant, wrong protocol kind and bad flag are dropped.
+        dkg.deliver(frame(s.id, "node-9", MessageKind::KEYGEN, vec![0, 1]));
+        dkg.deliver(frame(s.id, "node-2", MessageKind::FROST_KEYGEN, vec![0, 1]));
+        dkg.deliver(frame(s.id, "node-2", MessageKind::KEYGEN, vec![7, 1]));
+        assert!(q.protocol_rx.try_recv().is_err());
+        // Confirmations go to their own queue.
+        dkg.deliver(frame(s.id, "node-3", wire::CEREMONY_CONFIRM, vec![2; 33]));
+        let (from, pk) = q.confirm_rx.try_recv().expect("confirmation");
+        assert_eq!((from.as_str(), pk.len()), ("node-3", 33));
+    }
+
+    #[test]
+    fn early_frame_buffer_is_bounded() {
+        let dkg = Dkg::default();
+        for _ in 0..MAX_EARLY_FRAMES + 10 {
+            dkg.deliver(frame(
+                Uuid::new_v4(),
+                "node-2",
+                MessageKind::KEYGEN,
+                vec![0],
+            ));
+        }
+        assert_eq!(dkg.lock().early.len(), MAX_EARLY_FRAMES);
+    }
+
+    #[test]
+    fn params_need_two_to_n_and_known_unique_nodes() {
+        let known = ids(&["node-1", "node-2", "node-3"]);
+        assert!(validate_params(2, &known, &known).is_ok());
+        assert!(matches!(
+            validate_params(1, &known, &known),
+            Err(DkgError::InvalidThreshold(_))
+        ));
+        assert!(matches!(
+            validate_params(4, &known, &known),
+            Err(DkgError::InvalidThreshold(_))
+        ));
+        assert!(matches!(
+            validate_params(2, &ids(&["node-1", "node-1"]), &known),
+            Err(DkgError::InvalidParticipants(_))
+        ));
+        assert!(matches!(
+            validate_params(2, &ids(&["node-1", "node-9"]), &known),
+            Err(DkgError::InvalidParticipants(_))
+        ));
+    }
+}

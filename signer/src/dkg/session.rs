@@ -1,0 +1,318 @@
+//! One participant's side of a key ceremony: record, barrier, keygen, seal,
+//! confirm, complete — or fail with a reason (and blame, when the protocol names a
+//! culprit).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hsm::Aad;
+use signer_protocol::{channel_party, ecdsa, frost, run_on_thread, DeliveryConfig, RawOutgoing};
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use super::wire::{self, CEREMONY_CONFIRM, PUBLIC_KEY_LEN};
+use super::{
+    CeremonySpec, DkgError, DkgProtocol, LoadedKey, SessionQueues, BARRIER_TIMEOUT,
+    CEREMONY_TIMEOUT,
+};
+use crate::audit::AuditEntry;
+use crate::node::NodeCtx;
+use crate::p2p::Frame;
+use crate::store::dkg::NewCeremony;
+use crate::store::StoreError;
+
+/// Node ids of the cluster (this node and its configured peers).
+pub fn known_nodes(node: &NodeCtx) -> Vec<String> {
+    let mut v = vec![node.cfg.node_id.clone()];
+    v.extend(node.cfg.p2p.peers.iter().map(|p| p.id.clone()));
+    v
+}
+
+/// Joins the ceremony `spec` (announced by its coordinator) and runs it to
+/// `completed` or `failed`. Never panics on peer input; every outcome is recorded.
+pub async fn participate(node: Arc<NodeCtx>, spec: CeremonySpec) {
+    let me = node.cfg.node_id.clone();
+    if let Err(e) = spec.validate(&known_nodes(&node)) {
+        tracing::warn!(ceremony = %spec.id, coordinator = %spec.coordinator, error = %e, "invalid ceremony announce; ignored");
+        return;
+    }
+    let Some(index) = spec.participants.iter().position(|p| *p == me) else {
+        tracing::warn!(ceremony = %spec.id, "announced ceremony does not include this node; ignored");
+        return;
+    };
+    let eid = spec.execution_id();
+    let new = NewCeremony {
+        id: spec.id,
+        protocol: spec.protocol.as_str(),
+        threshold: spec.threshold,
+        participants: &spec.participants,
+        execution_id: eid.as_bytes(),
+        coordinator: &spec.coordinator,
+        fencing_token: spec.fencing_token,
+    };
+    match node.store.insert_ceremony(&new).await {
+        Ok(()) => {}
+        Err(StoreError::Duplicate { .. }) => {
+            tracing::debug!(ceremony = %spec.id, "ceremony already recorded; duplicate announce ignored");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(ceremony = %spec.id, error = %e, "cannot record the ceremony");
+            return;
+        }
+    }
+    tracing::info!(ceremony = %spec.id, protocol = spec.protocol.as_str(), t = spec.threshold,
+        n = spec.participants.len(), index, coordinator = %spec.coordinator, "joining key ceremony");
+    let queues = node.dkg.register(&spec);
+    let outcome =
+        match tokio::time::timeout(CEREMONY_TIMEOUT, run(&node, &spec, index, queues)).await {
+            Ok(r) => r,
+            Err(_) => Err(DkgError::Timeout {
+                secs: CEREMONY_TIMEOUT.as_secs(),
+                stage: "running the ceremony".to_owned(),
+            }),
+        };
+    node.dkg.unregister(spec.id);
+    match outcome {
+        Ok(pk) => {
+            tracing::info!(ceremony = %spec.id, public_key = %hex::encode(&pk), "key ceremony completed");
+        }
+        Err(e) => fail(&node, &spec, &e).await,
+    }
+}
+
+async fn fail(node: &NodeCtx, spec: &CeremonySpec, e: &DkgError) {
+    let me = &node.cfg.node_id;
+    let reason = e.to_string();
+    tracing::warn!(ceremony = %spec.id, error = %reason, "key ceremony failed");
+    if let Err(err) = node.store.ceremony_failed(me, spec.id, &reason).await {
+        tracing::error!(ceremony = %spec.id, error = %err, "cannot record the ceremony failure");
+    }
+    if let DkgError::Protocol { culprits, .. } = e {
+        for culprit in culprits {
+            record_culprit(node, spec, culprit, &reason).await;
+        }
+    }
+}
+
+async fn record_culprit(node: &NodeCtx, spec: &CeremonySpec, culprit: &str, reason: &str) {
+    let me = &node.cfg.node_id;
+    let evidence = serde_json::json!({
+        "protocol": spec.protocol.as_str(),
+        "error": reason,
+    });
+    let session = spec.id.to_string();
+    if let Err(e) = node
+        .store
+        .record_violation(culprit, "dkg_protocol", Some(&session), &evidence, me)
+        .await
+    {
+        tracing::error!(ceremony = %spec.id, %culprit, error = %e, "cannot record the violation");
+    }
+    let _ = node
+        .store
+        .audit(
+            me,
+            AuditEntry::new("node", "dkg.violation")
+                .subject(culprit)
+                .details(serde_json::json!({"ceremony": session, "error": reason})),
+        )
+        .await;
+}
+
+/// The ceremony proper; returns the confirmed public key.
+async fn run(
+    node: &Arc<NodeCtx>,
+    spec: &CeremonySpec,
+    index: usize,
+    queues: SessionQueues,
+) -> Result<Vec<u8>, DkgError> {
+    let me = node.cfg.node_id.clone();
+    let unsealed = node.unsealed().ok_or(DkgError::Sealed)?;
+    let coord = node
+        .coord()
+        .ok_or_else(|| DkgError::EtcdUnavailable("not connected".to_owned()))?;
+    node.store.ceremony_running(spec.id).await?;
+    coord
+        .barrier(
+            &format!("dkg-{}", spec.id),
+            &spec.participants,
+            BARRIER_TIMEOUT,
+        )
+        .await?;
+    tracing::debug!(ceremony = %spec.id, "all participants at the barrier");
+
+    let n = u16::try_from(spec.participants.len())
+        .map_err(|_| DkgError::InvalidParticipants("too many participants".to_owned()))?;
+    let i = u16::try_from(index)
+        .map_err(|_| DkgError::InvalidParticipants("index out of range".to_owned()))?;
+    let (out_tx, out_rx) = mpsc::channel::<RawOutgoing>(1024);
+    let pump = tokio::spawn(pump_outgoing(node.clone(), spec.clone(), out_rx));
+    let SessionQueues {
+        protocol_rx,
+        mut confirm_rx,
+    } = queues;
+    let produced = keygen(spec, i, n, protocol_rx, out_tx).await;
+    // The pump ends once the protocol dropped its sender; let it flush the last
+    // round (the others may still need it).
+    if let Err(e) = pump.await {
+        tracing::warn!(ceremony = %spec.id, error = %e, "outgoing pump failed");
+    }
+    let produced = produced?;
+
+    // Seal and store the share, not usable yet.
+    let aad = Aad::new(me.clone(), spec.key_id(), spec.protocol.record_kind())
+        .map_err(|e| DkgError::Custody(e.to_string()))?;
+    let custody = unsealed.custody.clone();
+    let secret = produced.secret;
+    let envelope = tokio::task::spawn_blocking(move || custody.seal(&aad, &secret))
+        .await
+        .map_err(|e| DkgError::Custody(format!("seal task: {e}")))?
+        .map_err(|e| DkgError::Custody(e.to_string()))?;
+    node.store
+        .insert_share(
+            spec.id,
+            &me,
+            &spec.key_id(),
+            &produced.public_key,
+            &envelope,
+        )
+        .await?;
+
+    // Confirm our public key to every other participant and collect theirs.
+    let confirm = Frame::new(spec.id, CEREMONY_CONFIRM, produced.public_key.clone());
+    let others: Vec<&String> = spec.participants.iter().filter(|p| **p != me).collect();
+    let sends = futures::future::join_all(others.iter().map(|p| {
+        let f = confirm.clone();
+        async move { (p.to_string(), node.net.p2p.send(p, f).await) }
+    }))
+    .await;
+    for (peer, r) in sends {
+        if let Err(e) = r {
+            tracing::warn!(ceremony = %spec.id, %peer, error = %e, "sending the confirmation failed");
+        }
+    }
+    let mut confirmed: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    while confirmed.len() < others.len() {
+        let Some((from, pk)) = confirm_rx.recv().await else {
+            return Err(DkgError::Aborted("confirmation channel closed".to_owned()));
+        };
+        if pk.len() != PUBLIC_KEY_LEN || pk != produced.public_key {
+            return Err(DkgError::KeyMismatch {
+                node: from,
+                theirs: hex::encode(&pk[..pk.len().min(PUBLIC_KEY_LEN)]),
+                ours: hex::encode(&produced.public_key),
+            });
+        }
+        confirmed.insert(from, pk);
+    }
+    node.store
+        .complete_ceremony(&me, spec.id, &produced.public_key)
+        .await?;
+    node.dkg.set_loaded(
+        &spec.key_id(),
+        LoadedKey {
+            xpub: produced.xpub,
+        },
+    );
+    Ok(produced.public_key)
+}
+
+/// What keygen hands back.
+struct Produced {
+    public_key: Vec<u8>,
+    xpub: Option<String>,
+    secret: Zeroizing<Vec<u8>>,
+}
+
+async fn keygen(
+    spec: &CeremonySpec,
+    i: u16,
+    n: u16,
+    protocol_rx: mpsc::Receiver<signer_protocol::RawIncoming>,
+    out_tx: mpsc::Sender<RawOutgoing>,
+) -> Result<Produced, DkgError> {
+    let eid = spec.execution_id();
+    let t = spec.threshold;
+    let kind = spec.protocol.protocol_kind();
+    let res = match spec.protocol {
+        DkgProtocol::Cggmp24 => {
+            run_on_thread(kind, move || {
+                let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
+                async move {
+                    let share = ecdsa::keygen(party, &eid, i, n, t, None).await?;
+                    Ok(Produced {
+                        public_key: share.public_key().serialize().to_vec(),
+                        xpub: share
+                            .xpub(bitcoin::NetworkKind::Test)
+                            .map(|x| x.to_string()),
+                        secret: share.to_bytes()?,
+                    })
+                }
+            })
+            .await
+        }
+        DkgProtocol::Frost => {
+            run_on_thread(kind, move || {
+                let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
+                async move {
+                    let share = frost::keygen(party, &eid, i, n, t).await?;
+                    Ok(Produced {
+                        public_key: share.public_key().serialize().to_vec(),
+                        xpub: share
+                            .xpub(bitcoin::NetworkKind::Test)
+                            .map(|x| x.to_string()),
+                        secret: share.to_bytes()?,
+                    })
+                }
+            })
+            .await
+        }
+    };
+    res.map_err(|e| DkgError::Protocol {
+        reason: e.to_string(),
+        culprits: e
+            .culprits()
+            .into_iter()
+            .filter_map(|c| spec.participants.get(usize::from(c)).cloned())
+            .collect(),
+    })
+}
+
+/// Sends the protocol's outgoing messages: p2p to one participant, broadcast to
+/// every other participant, each in a frame of this session.
+async fn pump_outgoing(
+    node: Arc<NodeCtx>,
+    spec: CeremonySpec,
+    mut out_rx: mpsc::Receiver<RawOutgoing>,
+) {
+    let me = node.cfg.node_id.clone();
+    let kind = spec.protocol.message_kind();
+    while let Some(out) = out_rx.recv().await {
+        let (targets, msg_type): (Vec<&String>, _) = match out.recipient {
+            Some(j) => match spec.participants.get(usize::from(j)) {
+                Some(p) => (vec![p], signer_protocol::MsgType::P2p),
+                None => {
+                    tracing::error!(ceremony = %spec.id, recipient = j, "protocol addressed a party outside the run");
+                    continue;
+                }
+            },
+            None => (
+                spec.participants.iter().filter(|p| **p != me).collect(),
+                signer_protocol::MsgType::Broadcast,
+            ),
+        };
+        let frame = Frame::new(spec.id, kind, wire::encode_protocol(msg_type, &out.payload));
+        let results = futures::future::join_all(targets.into_iter().map(|p| {
+            let f = frame.clone();
+            let node = &node;
+            async move { (p.clone(), node.net.p2p.send(p, f).await) }
+        }))
+        .await;
+        for (peer, r) in results {
+            if let Err(e) = r {
+                tracing::warn!(ceremony = %spec.id, %peer, error = %e, "sending a protocol message failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! `dkg_ceremonies` and `key_shares`: key ceremonies and this node's sealed shares.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::audit::AuditEntry;
+
+/// A key ceremony as recorded by this node.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct CeremonyRow {
+    /// Ceremony (session) id.
+    pub id: Uuid,
+    /// `cggmp24` or `frost`.
+    pub protocol: String,
+    /// Threshold t.
+    pub threshold: i32,
+    /// Participant node ids in run-index order.
+    pub participants: Vec<String>,
+    /// Execution id the protocol is bound to.
+    #[serde(serialize_with = "ser_hex")]
+    pub execution_id: Vec<u8>,
+    /// Node that announced the ceremony.
+    pub coordinator: String,
+    /// etcd fencing token of the coordinator's start lock.
+    pub fencing_token: i64,
+    /// `pending`, `running`, `completed` or `failed`.
+    pub state: String,
+    /// Shared public key, once completed.
+    #[serde(serialize_with = "ser_opt_hex")]
+    pub public_key: Option<Vec<u8>>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When this node recorded it.
+    pub created_at: DateTime<Utc>,
+    /// When it completed or failed.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+fn ser_hex<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(v))
+}
+
+fn ser_opt_hex<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(&hex::encode(v)),
+        None => s.serialize_none(),
+    }
+}
+
+/// A new ceremony to record.
+#[derive(Debug, Clone)]
+pub struct NewCeremony<'a> {
+    /// Ceremony id.
+    pub id: Uuid,
+    /// `cggmp24` or `frost`.
+    pub protocol: &'a str,
+    /// Threshold.
+    pub threshold: u16,
+    /// Participants in run-index order.
+    pub participants: &'a [String],
+    /// Execution id.
+    pub execution_id: &'a [u8],
+    /// Coordinator node id.
+    pub coordinator: &'a str,
+    /// Fencing token.
+    pub fencing_token: i64,
+}
+
+/// This node's share of a key (public data only; the envelope stays in the row).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ShareRow {
+    /// Ceremony that made it.
+    pub ceremony_id: Uuid,
+    /// Key id.
+    pub key_id: String,
+    /// Shared public key.
+    pub public_key: Vec<u8>,
+    /// HSM/TPM envelope of the share.
+    pub envelope: Vec<u8>,
+    /// Protocol of the ceremony.
+    pub protocol: String,
+    /// Threshold.
+    pub threshold: i32,
+    /// Participants.
+    pub participants: Vec<String>,
+}
+
+macro_rules! ceremony_cols {
+    () => {
+        "id, protocol, threshold, participants, execution_id, coordinator, \
+         fencing_token, state, public_key, error, created_at, completed_at"
+    };
+}
+
+impl Store {
+    /// Records a ceremony as `pending`; a second record of the same id is a
+    /// [`StoreError::Duplicate`].
+    pub async fn insert_ceremony(&self, c: &NewCeremony<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dkg_ceremonies (id, protocol, threshold, participants, execution_id, \
+             coordinator, fencing_token) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(c.id)
+        .bind(c.protocol)
+        .bind(i32::from(c.threshold))
+        .bind(c.participants)
+        .bind(c.execution_id)
+        .bind(c.coordinator)
+        .bind(c.fencing_token)
+        .execute(self.pool())
+        .await
+        .map_err(|e| StoreError::classify(e, "ceremony"))?;
+        Ok(())
+    }
+
+    /// Moves a `pending` ceremony to `running`.
+    pub async fn ceremony_running(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE dkg_ceremonies SET state = 'running' WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a ceremony `failed` with `reason` (unless it already ended), with an
+    /// audit entry in the same transaction. Returns whether the state changed.
+    pub async fn ceremony_failed(
+        &self,
+        node_id: &str,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query(
+            "UPDATE dkg_ceremonies SET state = 'failed', error = $2, completed_at = now() \
+             WHERE id = $1 AND state IN ('pending', 'running')",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if done {
+            super::audit::append_audit(
+                &mut tx,
+                node_id,
+                AuditEntry::new("node", "dkg.failed")
+                    .subject(id.to_string())
+                    .details(serde_json::json!({ "reason": reason })),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Stores this node's sealed share, not yet usable.
+    pub async fn insert_share(
+        &self,
+        ceremony_id: Uuid,
+        node_id: &str,
+        key_id: &str,
+        public_key: &[u8],
+        envelope: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO key_shares (ceremony_id, node_id, key_id, public_key, envelope, usable) \
+             VALUES ($1, $2, $3, $4, $5, false)",
+        )
+        .bind(ceremony_id)
+        .bind(node_id)
+        .bind(key_id)
+        .bind(public_key)
+        .bind(envelope)
+        .execute(self.pool())
+        .await
+        .map_err(|e| StoreError::classify(e, "key share"))?;
+        Ok(())
+    }
+
+    /// In one transaction: the ceremony becomes `completed` with `public_key`, this
+    /// node's share becomes usable, and both are audited. Fails (changing nothing)
+    /// unless the ceremony is running and the share exists with the same key.
+    pub async fn complete_ceremony(
+        &self,
+        node_id: &str,
+        id: Uuid,
+        public_key: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let c = sqlx::query(
+            "UPDATE dkg_ceremonies SET state = 'completed', public_key = $2, completed_at = now() \
+             WHERE id = $1 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(public_key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let s = sqlx::query(
+            "UPDATE key_shares SET usable = true \
+             WHERE ceremony_id = $1 AND node_id = $2 AND public_key = $3",
+        )
+        .bind(id)
+        .bind(node_id)
+        .bind(public_key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if c != 1 || s != 1 {
+            tx.rollback().await?;
+            return Err(StoreError::InvalidTransition(format!(
+                "ceremony {id} cannot complete (ceremony rows {c}, share rows {s})"
+            )));
+        }
+        super::audit::append_audit(
+            &mut tx,
+            node_id,
+            AuditEntry::new("node", "dkg.completed")
+                .subject(id.to_string())
+                .details(serde_json::json!({ "public_key": hex::encode(public_key) })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One ceremony.
+    pub async fn ceremony(&self, id: Uuid) -> Result<Option<CeremonyRow>, StoreError> {
+        Ok(sqlx::query_as::<_, CeremonyRow>(concat!(
+            "SELECT ",
+            ceremony_cols!(),
+            " FROM dkg_ceremonies WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Key ceremonies (not aux info), newest first, at most `limit`.
+    pub async fn list_ceremonies(&self, limit: i64) -> Result<Vec<CeremonyRow>, StoreError> {
+        Ok(sqlx::query_as::<_, CeremonyRow>(concat!(
+            "SELECT ",
+            ceremony_cols!(),
+            " FROM dkg_ceremonies WHERE protocol <> 'aux_info' \
+             ORDER BY created_at DESC, id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// This node's usable shares of completed ceremonies, oldest first.
+    pub async fn usable_shares(&self, node_id: &str) -> Result<Vec<ShareRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ShareRow>(
+            "SELECT s.ceremony_id, s.key_id, s.public_key, s.envelope, c.protocol, c.threshold, \
+             c.participants FROM key_shares s JOIN dkg_ceremonies c ON c.id = s.ceremony_id \
+             WHERE s.node_id = $1 AND s.usable AND c.state = 'completed' ORDER BY s.id",
+        )
+        .bind(node_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}
