@@ -32,6 +32,24 @@ async fn create_token(role: &str, rate: Option<u32>) -> String {
     v["token"].as_str().unwrap().to_owned()
 }
 
+/// `POST` a raw body with a content type to the tokens endpoint.
+async fn post_tokens(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn error_code(resp: reqwest::Response) -> (StatusCode, String) {
     let status = resp.status();
     let v: Value = resp.json().await.unwrap_or(Value::Null);
@@ -181,14 +199,7 @@ async fn malformed_json_wrong_fields_and_oversized_bodies_get_4xx_with_codes() {
     let c = cluster();
     let client = c.client();
     let url = c.url(0, "/api/v1/tokens");
-    let r = client
-        .post(&url)
-        .bearer_auth(c.admin())
-        .header("content-type", "application/json")
-        .body("{\"name\": ")
-        .send()
-        .await
-        .unwrap();
+    let r = post_tokens(&client, &url, c.admin(), "application/json", "{\"name\": ").await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::BAD_REQUEST, "malformed_json".into())
@@ -204,14 +215,7 @@ async fn malformed_json_wrong_fields_and_oversized_bodies_get_4xx_with_codes() {
         error_code(r).await,
         (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request".into())
     );
-    let r = client
-        .post(&url)
-        .bearer_auth(c.admin())
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = post_tokens(&client, &url, c.admin(), "text/plain", "{}").await;
     assert_eq!(
         error_code(r).await,
         (
@@ -223,14 +227,7 @@ async fn malformed_json_wrong_fields_and_oversized_bodies_get_4xx_with_codes() {
         "{{\"name\": \"{}\", \"role\": \"auditor\"}}",
         "a".repeat(1536 * 1024)
     );
-    let r = client
-        .post(&url)
-        .bearer_auth(c.admin())
-        .header("content-type", "application/json")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
+    let r = post_tokens(&client, &url, c.admin(), "application/json", big).await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large".into())
