@@ -11,52 +11,15 @@ use cluster_tests::Cluster;
 use serde_json::{json, Value};
 
 async fn get(c: &Cluster, i: usize, path: &str) -> Option<Value> {
-    let r = c
-        .client()
-        .get(c.url(i, path))
-        .bearer_auth(c.admin())
-        .send()
-        .await
-        .ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
+    c.get_ok(i, path).await
 }
 
 async fn start_dkg(c: &Cluster, i: usize, body: Value) -> (u16, Value) {
-    let r = c
-        .client()
-        .post(c.url(i, "/api/v1/dkg/start"))
-        .bearer_auth(c.admin())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    c.post_json(i, "/api/v1/dkg/start", &body).await
 }
 
-/// Waits until every node answers `/ready` with unsealed custody and sees all
-/// `n` nodes healthy.
 async fn wait_ready(c: &Cluster, n: usize) {
-    for i in 0..n {
-        c.eventually(
-            &format!("node {i} ready with {n} healthy nodes"),
-            Duration::from_secs(60),
-            || async {
-                let r = c.client().get(c.url(i, "/ready")).send().await.ok()?;
-                let v: Value = r.json().await.ok()?;
-                if v["custody"]["state"] != "unsealed" || v["peers_connected"] != n - 1 {
-                    return None;
-                }
-                get(c, i, "/api/v1/cluster/status")
-                    .await
-                    .filter(|s| s["healthy_nodes"] == n)
-            },
-        )
-        .await;
-    }
+    c.wait_ready(n).await;
 }
 
 /// Waits until ceremony `id` has ended (`completed` or `failed`) on node `i`.

@@ -157,6 +157,29 @@ impl EcdsaAuxInfo {
     pub fn parties(&self) -> u16 {
         u16::try_from(self.0.N.len()).unwrap_or(u16::MAX)
     }
+    /// SHA-256 over the public part only (every party's Paillier modulus and
+    /// ring-Pedersen parameters, in party order). All parties of one aux-info run compute
+    /// the same digest, so it serves as the run's confirmation value.
+    pub fn public_digest(&self) -> [u8; 32] {
+        #[derive(Serialize)]
+        struct Public<'a> {
+            n: &'a [cggmp24::backend::Integer],
+            pedersen: Vec<[&'a cggmp24::backend::Integer; 3]>,
+        }
+        let public = Public {
+            n: &self.0.N,
+            pedersen: self
+                .0
+                .pedersen_params
+                .iter()
+                .map(|p| [&p.hat_N, &p.s, &p.t])
+                .collect(),
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&public, &mut bytes)
+            .expect("encoding public integers into a vec cannot fail");
+        Sha256::digest(&bytes).into()
+    }
     /// Serializes (secret) for sealing.
     pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
         encode_record(RecordKind::EcdsaAuxInfo, &self.0)

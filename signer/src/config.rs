@@ -81,6 +81,46 @@ pub struct NodeConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Aux-info ceremonies and the safe-prime pool.
+    #[serde(default)]
+    pub aux: AuxConfig,
+}
+
+/// Aux-info ceremonies and the background pool of pregenerated safe primes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuxConfig {
+    /// Prime sets the node keeps ready (generated in the background, one at a time,
+    /// on a dedicated thread; ~35 s of one core per set). 0 disables generation.
+    #[serde(default = "default_prime_target")]
+    pub prime_pool_target: usize,
+    /// Bound of one aux-info ceremony on a participant, in seconds (the barrier
+    /// included: a participant whose pool is empty generates a set first).
+    #[serde(default = "default_aux_timeout")]
+    pub ceremony_timeout_secs: u64,
+    /// TESTS ONLY: files with published prime sets (`PrimeSet` JSON, e.g.
+    /// `protocol/fixtures/test-primes/primes-0.json`) imported into the pool at start.
+    /// Anyone can read those primes: aux info built from them protects nothing. The
+    /// node logs a warning and marks such sets `test_fixture`.
+    #[serde(default)]
+    pub insecure_test_primes: Vec<PathBuf>,
+}
+
+impl Default for AuxConfig {
+    fn default() -> Self {
+        AuxConfig {
+            prime_pool_target: default_prime_target(),
+            ceremony_timeout_secs: default_aux_timeout(),
+            insecure_test_primes: Vec::new(),
+        }
+    }
+}
+
+fn default_prime_target() -> usize {
+    2
+}
+fn default_aux_timeout() -> u64 {
+    600
 }
 
 fn default_cluster_id() -> String {

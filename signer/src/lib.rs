@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod coord;
 pub mod dkg;
+pub mod fault;
 pub mod node;
 pub mod p2p;
 pub mod store;

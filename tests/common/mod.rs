@@ -59,6 +59,11 @@ impl Cluster {
             .arg(&dir)
             .args(["--watch-pid", &std::process::id().to_string()])
             .args(["--lease-ttl-secs", "3"])
+            // No background prime generation in tests (35 s of CPU per set and node);
+            // the published TEST-ONLY fixture sets feed the aux-info pools instead.
+            .args(["--prime-pool-target", "0"])
+            .arg("--insecure-test-primes")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/fixtures/test-primes"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -124,6 +129,63 @@ impl Cluster {
             .json()
             .await
             .unwrap()
+    }
+
+    /// `GET path` on node `i` as admin: the JSON body if the answer is a success,
+    /// `None` otherwise (for polling).
+    pub async fn get_ok(&self, i: usize, path: &str) -> Option<serde_json::Value> {
+        let r = self
+            .client()
+            .get(self.url(i, path))
+            .bearer_auth(self.admin())
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// `POST path` with a JSON body on node `i` as admin: (status, JSON body).
+    pub async fn post_json(
+        &self,
+        i: usize,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .client()
+            .post(self.url(i, path))
+            .bearer_auth(self.admin())
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Waits until the first `n` nodes answer `/ready` with unsealed custody, see
+    /// every other node connected and report all `n` nodes healthy.
+    pub async fn wait_ready(&self, n: usize) {
+        for i in 0..n {
+            self.eventually(
+                &format!("node {i} ready with {n} healthy nodes"),
+                Duration::from_secs(60),
+                || async move {
+                    let r = self.client().get(self.url(i, "/ready")).send().await.ok()?;
+                    let v: serde_json::Value = r.json().await.ok()?;
+                    if v["custody"]["state"] != "unsealed" || v["peers_connected"] != n - 1 {
+                        return None;
+                    }
+                    self.get_ok(i, "/api/v1/cluster/status")
+                        .await
+                        .filter(|s| s["healthy_nodes"] == n)
+                },
+            )
+            .await;
+        }
     }
 
     /// The admin token.

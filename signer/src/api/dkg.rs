@@ -54,6 +54,12 @@ pub async fn start(
     ApiJson(body): ApiJson<StartDkg>,
 ) -> Result<Response, ApiError> {
     p.require(&[Role::Operator])?;
+    if body.protocol == DkgProtocol::AuxInfo {
+        return Err(ApiError::bad_request(
+            "invalid_protocol",
+            "aux info has its own endpoint: POST /api/v1/aux-info/start",
+        ));
+    }
     let started =
         crate::dkg::start::start(&s.node, body.protocol, body.threshold, body.participants).await?;
     let spec = &started.spec;
@@ -141,5 +147,74 @@ pub async fn keys(
         "node_id": s.node.cfg.node_id,
         "loaded_shares": s.node.dkg.loaded_count(),
         "keys": keys,
+    })))
+}
+
+/// Body of `POST /api/v1/aux-info/start`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartAux {
+    #[serde(default)]
+    participants: Option<Vec<String>>,
+    /// Run a new ceremony even if aux info for this node set exists.
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /api/v1/aux-info/start` (operator): starts an aux-info ceremony that every
+/// participant joins; 202 with its id, or 200 when existing aux info for the same node
+/// set is reused.
+pub async fn start_aux(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(body): ApiJson<StartAux>,
+) -> Result<Response, ApiError> {
+    p.require(&[Role::Operator])?;
+    let out = crate::dkg::start::start_aux(&s.node, body.participants, body.force).await?;
+    let (status, answer, details) = match out {
+        crate::dkg::start::AuxStart::Reused {
+            ceremony,
+            participants,
+        } => {
+            let v =
+                json!({ "ceremony_id": ceremony, "participants": participants, "reused": true });
+            (StatusCode::OK, v.clone(), v)
+        }
+        crate::dkg::start::AuxStart::Started(started) => {
+            let spec = &started.spec;
+            let v = json!({
+                "ceremony_id": spec.id,
+                "participants": spec.participants,
+                "coordinator": spec.coordinator,
+                "reused": false,
+                "announce_failed": started.announce_failed,
+            });
+            (StatusCode::ACCEPTED, v.clone(), v)
+        }
+    };
+    s.node
+        .store
+        .audit(
+            &s.node.cfg.node_id,
+            AuditEntry::new(&p.token_id, "aux_info.start").details(details),
+        )
+        .await?;
+    Ok((status, Json(answer)).into_response())
+}
+
+/// `GET /api/v1/aux-info/status`: aux-info ceremonies and this node's prime pool
+/// (counts and live generation progress).
+pub async fn aux_status(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(&[Role::Operator, Role::Auditor])?;
+    let rows = s.node.store.list_aux_ceremonies(1000).await?;
+    let list: Vec<_> = rows.iter().map(ceremony_json).collect();
+    let pool = s.node.dkg.primes.status(&s.node).await?;
+    Ok(Json(json!({
+        "node_id": s.node.cfg.node_id,
+        "prime_pool": pool,
+        "ceremonies": list,
     })))
 }

@@ -50,6 +50,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/dkg/status", get(dkg::status))
         .route("/api/v1/dkg/ceremonies/{id}", get(dkg::ceremony))
         .route("/api/v1/keys", get(dkg::keys))
+        .route(
+            "/api/v1/aux-info/start",
+            axum::routing::post(dkg::start_aux),
+        )
+        .route("/api/v1/aux-info/status", get(dkg::aux_status))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

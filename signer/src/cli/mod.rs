@@ -81,6 +81,15 @@ pub enum ClusterCmd {
         /// etcd lease TTL of node registrations, in seconds.
         #[arg(long, default_value_t = 5)]
         lease_ttl_secs: i64,
+        /// Prime sets each node keeps pregenerated for aux info (0: no background
+        /// generation).
+        #[arg(long, default_value_t = 1)]
+        prime_pool_target: usize,
+        /// TESTS ONLY: a directory of published prime sets (`primes-<i>.json`, e.g.
+        /// protocol/fixtures/test-primes); node k gets the files with i % nodes == k.
+        /// Aux info built from them is insecure.
+        #[arg(long)]
+        insecure_test_primes: Option<PathBuf>,
     },
     /// Stop a dev cluster started with `cluster up`.
     Down {
@@ -251,6 +260,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             detach,
             watch_pid,
             lease_ttl_secs,
+            prime_pool_target,
+            insecure_test_primes,
         }) => {
             init_logging(LogFormat::Text, Some("warn"));
             crate::tls::install_crypto_provider();
@@ -261,6 +272,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 detach,
                 watch_pid,
                 lease_ttl_secs,
+                prime_pool_target,
+                insecure_test_primes,
             }))
         }
         Command::Cluster(ClusterCmd::Down { dir }) => crate::cluster::down(&dir),

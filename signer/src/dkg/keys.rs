@@ -119,6 +119,7 @@ fn open_share(custody: &hsm::Custody, me: &str, row: &ShareRow) -> Result<Loaded
                 .map_err(|e| invalid(e.to_string()))?;
             (s.public_key(), s.xpub(bitcoin::NetworkKind::Test))
         }
+        DkgProtocol::AuxInfo => return Err(invalid("aux info is not a key share".to_owned())),
     };
     if pk.serialize().as_slice() != row.public_key.as_slice() {
         return Err(invalid(
@@ -153,6 +154,7 @@ pub fn descriptor_and_address(
             let addr = Address::p2tr(&secp, internal, None, Network::Regtest);
             Ok((format!("tr([{fp}]{x}/<0;1>/*)"), addr.to_string()))
         }
+        DkgProtocol::AuxInfo => Err("aux info has no descriptor".to_owned()),
     }
 }
 

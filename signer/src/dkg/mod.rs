@@ -23,6 +23,7 @@
 //!    the watch-only descriptors come from the loaded shares.
 
 pub mod keys;
+pub mod primes;
 pub mod session;
 pub mod start;
 pub mod wire;
@@ -57,6 +58,10 @@ pub enum DkgProtocol {
     Cggmp24,
     /// FROST, Bitcoin ciphersuite (P2TR keys).
     Frost,
+    /// CGGMP24 aux info (Paillier keys and proofs) for a node set; every ECDSA key of
+    /// the same ordered node set uses it.
+    #[serde(rename = "aux_info")]
+    AuxInfo,
 }
 
 impl DkgProtocol {
@@ -65,6 +70,7 @@ impl DkgProtocol {
         match self {
             DkgProtocol::Cggmp24 => "cggmp24",
             DkgProtocol::Frost => "frost",
+            DkgProtocol::AuxInfo => "aux_info",
         }
     }
 
@@ -73,15 +79,17 @@ impl DkgProtocol {
         match s {
             "cggmp24" => Some(DkgProtocol::Cggmp24),
             "frost" => Some(DkgProtocol::Frost),
+            "aux_info" => Some(DkgProtocol::AuxInfo),
             _ => None,
         }
     }
 
-    /// Key type of the result: `ecdsa` or `taproot`.
+    /// Key type of the result: `ecdsa` or `taproot` (`aux` for aux info, not a key).
     pub fn key_type(self) -> &'static str {
         match self {
             DkgProtocol::Cggmp24 => "ecdsa",
             DkgProtocol::Frost => "taproot",
+            DkgProtocol::AuxInfo => "aux",
         }
     }
 
@@ -90,6 +98,7 @@ impl DkgProtocol {
         match self {
             DkgProtocol::Cggmp24 => MessageKind::KEYGEN,
             DkgProtocol::Frost => MessageKind::FROST_KEYGEN,
+            DkgProtocol::AuxInfo => MessageKind::AUX_INFO,
         }
     }
 
@@ -98,6 +107,7 @@ impl DkgProtocol {
         match self {
             DkgProtocol::Cggmp24 => signer_protocol::ProtocolKind::EcdsaKeygen,
             DkgProtocol::Frost => signer_protocol::ProtocolKind::FrostKeygen,
+            DkgProtocol::AuxInfo => signer_protocol::ProtocolKind::EcdsaAuxInfo,
         }
     }
 
@@ -106,6 +116,19 @@ impl DkgProtocol {
         match self {
             DkgProtocol::Cggmp24 => hsm::RecordKind::KeyShare,
             DkgProtocol::Frost => hsm::RecordKind::FrostKeyShare,
+            DkgProtocol::AuxInfo => hsm::RecordKind::AuxInfo,
+        }
+    }
+
+    /// `(barrier timeout, overall timeout)` of one ceremony on a participant. Aux info
+    /// takes tens of seconds of CPU per party and may wait for a prime set.
+    pub fn timeouts(self, aux: &crate::config::AuxConfig) -> (Duration, Duration) {
+        match self {
+            DkgProtocol::Cggmp24 | DkgProtocol::Frost => (BARRIER_TIMEOUT, CEREMONY_TIMEOUT),
+            DkgProtocol::AuxInfo => {
+                let total = Duration::from_secs(aux.ceremony_timeout_secs.max(30));
+                (total, total)
+            }
         }
     }
 }
@@ -280,10 +303,13 @@ struct Inner {
     loaded: HashMap<String, LoadedKey>,
 }
 
-/// Routing of ceremony frames to sessions, and the keys loaded in memory.
+/// Routing of ceremony frames to sessions, the keys loaded in memory and the prime
+/// pool.
 #[derive(Debug, Default)]
 pub struct Dkg {
     inner: Mutex<Inner>,
+    /// Pregenerated safe primes for aux info.
+    pub primes: primes::PrimePool,
 }
 
 impl Dkg {
@@ -369,6 +395,10 @@ fn route(entry: &SessionEntry, id: Uuid, inbound: Inbound) {
     };
     let kind = inbound.frame.kind;
     if kind == wire::CEREMONY_CONFIRM {
+        if inbound.frame.payload.len() > wire::MAX_CONFIRM_LEN {
+            tracing::warn!(peer = %inbound.from, session = %id, "oversized confirmation; dropped");
+            return;
+        }
         if entry
             .confirm_tx
             .try_send((inbound.from.clone(), inbound.frame.payload.to_vec()))

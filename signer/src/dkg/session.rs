@@ -10,11 +10,8 @@ use signer_protocol::{channel_party, ecdsa, frost, run_on_thread, DeliveryConfig
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use super::wire::{self, CEREMONY_CONFIRM, PUBLIC_KEY_LEN};
-use super::{
-    CeremonySpec, DkgError, DkgProtocol, LoadedKey, SessionQueues, BARRIER_TIMEOUT,
-    CEREMONY_TIMEOUT,
-};
+use super::wire::{self, CEREMONY_CONFIRM, MAX_CONFIRM_LEN};
+use super::{CeremonySpec, DkgError, DkgProtocol, LoadedKey, SessionQueues};
 use crate::audit::AuditEntry;
 use crate::node::NodeCtx;
 use crate::p2p::Frame;
@@ -64,14 +61,14 @@ pub async fn participate(node: Arc<NodeCtx>, spec: CeremonySpec) {
     tracing::info!(ceremony = %spec.id, protocol = spec.protocol.as_str(), t = spec.threshold,
         n = spec.participants.len(), index, coordinator = %spec.coordinator, "joining key ceremony");
     let queues = node.dkg.register(&spec);
-    let outcome =
-        match tokio::time::timeout(CEREMONY_TIMEOUT, run(&node, &spec, index, queues)).await {
-            Ok(r) => r,
-            Err(_) => Err(DkgError::Timeout {
-                secs: CEREMONY_TIMEOUT.as_secs(),
-                stage: "running the ceremony".to_owned(),
-            }),
-        };
+    let (_, total) = spec.protocol.timeouts(&node.cfg.aux);
+    let outcome = match tokio::time::timeout(total, run(&node, &spec, index, queues)).await {
+        Ok(r) => r,
+        Err(_) => Err(DkgError::Timeout {
+            secs: total.as_secs(),
+            stage: "running the ceremony".to_owned(),
+        }),
+    };
     node.dkg.unregister(spec.id);
     match outcome {
         Ok(pk) => {
@@ -133,11 +130,18 @@ async fn run(
         .coord()
         .ok_or_else(|| DkgError::EtcdUnavailable("not connected".to_owned()))?;
     node.store.ceremony_running(spec.id).await?;
+    // Aux info needs this node's prime set; take it (or generate it) before the
+    // barrier, so the protocol does not start until every party has one.
+    let primes = match spec.protocol {
+        DkgProtocol::AuxInfo => Some(super::primes::take(node, spec.id).await?),
+        DkgProtocol::Cggmp24 | DkgProtocol::Frost => None,
+    };
+    let (barrier_timeout, _) = spec.protocol.timeouts(&node.cfg.aux);
     coord
         .barrier(
             &format!("dkg-{}", spec.id),
             &spec.participants,
-            BARRIER_TIMEOUT,
+            barrier_timeout,
         )
         .await?;
     tracing::debug!(ceremony = %spec.id, "all participants at the barrier");
@@ -152,7 +156,7 @@ async fn run(
         protocol_rx,
         mut confirm_rx,
     } = queues;
-    let produced = keygen(spec, i, n, protocol_rx, out_tx).await;
+    let produced = keygen(spec, i, n, primes, protocol_rx, out_tx).await;
     // The pump ends once the protocol dropped its sender; let it flush the last
     // round (the others may still need it).
     if let Err(e) = pump.await {
@@ -169,15 +173,24 @@ async fn run(
         .await
         .map_err(|e| DkgError::Custody(format!("seal task: {e}")))?
         .map_err(|e| DkgError::Custody(e.to_string()))?;
-    node.store
-        .insert_share(
-            spec.id,
-            &me,
-            &spec.key_id(),
-            &produced.public_key,
-            &envelope,
-        )
-        .await?;
+    match spec.protocol {
+        DkgProtocol::AuxInfo => {
+            node.store
+                .insert_aux(spec.id, &me, &spec.participants, &envelope)
+                .await?;
+        }
+        DkgProtocol::Cggmp24 | DkgProtocol::Frost => {
+            node.store
+                .insert_share(
+                    spec.id,
+                    &me,
+                    &spec.key_id(),
+                    &produced.public_key,
+                    &envelope,
+                )
+                .await?;
+        }
+    }
 
     // Confirm our public key to every other participant and collect theirs.
     let confirm = Frame::new(spec.id, CEREMONY_CONFIRM, produced.public_key.clone());
@@ -197,24 +210,33 @@ async fn run(
         let Some((from, pk)) = confirm_rx.recv().await else {
             return Err(DkgError::Aborted("confirmation channel closed".to_owned()));
         };
-        if pk.len() != PUBLIC_KEY_LEN || pk != produced.public_key {
+        if pk != produced.public_key {
             return Err(DkgError::KeyMismatch {
                 node: from,
-                theirs: hex::encode(&pk[..pk.len().min(PUBLIC_KEY_LEN)]),
+                theirs: hex::encode(&pk[..pk.len().min(MAX_CONFIRM_LEN)]),
                 ours: hex::encode(&produced.public_key),
             });
         }
         confirmed.insert(from, pk);
     }
-    node.store
-        .complete_ceremony(&me, spec.id, &produced.public_key)
-        .await?;
-    node.dkg.set_loaded(
-        &spec.key_id(),
-        LoadedKey {
-            xpub: produced.xpub,
-        },
-    );
+    match spec.protocol {
+        DkgProtocol::AuxInfo => {
+            node.store
+                .complete_aux_ceremony(&me, spec.id, &produced.public_key)
+                .await?;
+        }
+        DkgProtocol::Cggmp24 | DkgProtocol::Frost => {
+            node.store
+                .complete_ceremony(&me, spec.id, &produced.public_key)
+                .await?;
+            node.dkg.set_loaded(
+                &spec.key_id(),
+                LoadedKey {
+                    xpub: produced.xpub,
+                },
+            );
+        }
+    }
     Ok(produced.public_key)
 }
 
@@ -229,6 +251,7 @@ async fn keygen(
     spec: &CeremonySpec,
     i: u16,
     n: u16,
+    primes: Option<ecdsa::PrimeSet>,
     protocol_rx: mpsc::Receiver<signer_protocol::RawIncoming>,
     out_tx: mpsc::Sender<RawOutgoing>,
 ) -> Result<Produced, DkgError> {
@@ -268,6 +291,23 @@ async fn keygen(
             })
             .await
         }
+        DkgProtocol::AuxInfo => {
+            let primes = primes.ok_or_else(|| {
+                DkgError::Aborted("aux info started without a prime set".to_owned())
+            })?;
+            run_on_thread(kind, move || {
+                let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
+                async move {
+                    let aux = ecdsa::aux_info(party, &eid, i, n, primes, None).await?;
+                    Ok(Produced {
+                        public_key: aux.public_digest().to_vec(),
+                        xpub: None,
+                        secret: aux.to_bytes()?,
+                    })
+                }
+            })
+            .await
+        }
     };
     res.map_err(|e| DkgError::Protocol {
         reason: e.to_string(),
@@ -302,7 +342,8 @@ async fn pump_outgoing(
                 signer_protocol::MsgType::Broadcast,
             ),
         };
-        let frame = Frame::new(spec.id, kind, wire::encode_protocol(msg_type, &out.payload));
+        let payload = crate::fault::corrupt_outgoing(spec.protocol.as_str(), out.payload);
+        let frame = Frame::new(spec.id, kind, wire::encode_protocol(msg_type, &payload));
         let results = futures::future::join_all(targets.into_iter().map(|p| {
             let f = frame.clone();
             let node = &node;

@@ -28,6 +28,44 @@ pub struct Started {
     pub announce_failed: Vec<String>,
 }
 
+/// Outcome of an aux-info start request.
+#[derive(Debug, Clone)]
+pub enum AuxStart {
+    /// A new ceremony was announced.
+    Started(Started),
+    /// This node already holds completed aux info for exactly this node set; it is
+    /// reused (aux info does not depend on the key, only on the ordered node set).
+    Reused {
+        /// Ceremony that produced it.
+        ceremony: Uuid,
+        /// The node set.
+        participants: Vec<String>,
+    },
+}
+
+/// Starts an aux-info ceremony for `participants` (default: every node), unless this
+/// node already holds completed aux info for that node set and `force` is false.
+pub async fn start_aux(
+    node: &Arc<NodeCtx>,
+    participants: Option<Vec<String>>,
+    force: bool,
+) -> Result<AuxStart, DkgError> {
+    let mut set = participants.unwrap_or_else(|| known_nodes(node));
+    set.sort();
+    if !force && set.contains(&node.cfg.node_id) {
+        if let Some((ceremony, _)) = node.store.latest_aux(&node.cfg.node_id, &set).await? {
+            return Ok(AuxStart::Reused {
+                ceremony,
+                participants: set,
+            });
+        }
+    }
+    let n = i64::try_from(set.len()).unwrap_or(i64::MAX);
+    start(node, DkgProtocol::AuxInfo, n, Some(set))
+        .await
+        .map(AuxStart::Started)
+}
+
 /// Validates the request, checks that all participants are live and connected,
 /// takes the start lock and announces the ceremony.
 pub async fn start(

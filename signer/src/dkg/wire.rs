@@ -4,7 +4,8 @@
 //!   [`MAX_ANNOUNCE_BYTES`]; the frame's session id must equal the spec's id.
 //! * protocol messages ([`MessageKind::KEYGEN`], [`MessageKind::FROST_KEYGEN`]): one
 //!   flag byte (0 broadcast, 1 p2p) followed by the encoded protocol message;
-//! * [`CEREMONY_CONFIRM`] (0x0121): the 33-byte compressed shared public key.
+//! * [`CEREMONY_CONFIRM`] (0x0121): the 33-byte compressed shared public key (for
+//!   aux info: the 32-byte SHA-256 of the public aux data).
 //!
 //! The sender of every frame is the peer's mTLS identity, never a field of the frame.
 
@@ -20,8 +21,9 @@ pub const CEREMONY_ANNOUNCE: MessageKind = MessageKind(0x0120);
 pub const CEREMONY_CONFIRM: MessageKind = MessageKind(0x0121);
 /// Upper bound of an encoded announcement.
 pub const MAX_ANNOUNCE_BYTES: usize = 64 * 1024;
-/// Length of a confirmed public key (compressed secp256k1 point).
-pub const PUBLIC_KEY_LEN: usize = 33;
+/// Longest confirmation value (a public key, or an aux-info public digest of 32
+/// bytes); longer confirmations are refused.
+pub const MAX_CONFIRM_LEN: usize = 33;
 
 /// Why an announcement was refused.
 #[derive(Debug, thiserror::Error)]

@@ -164,6 +164,7 @@ impl Net {
                 }
                 MessageKind::KEYGEN
                 | MessageKind::FROST_KEYGEN
+                | MessageKind::AUX_INFO
                 | crate::dkg::wire::CEREMONY_ANNOUNCE
                 | crate::dkg::wire::CEREMONY_CONFIRM => self.forward_ceremony(inbound),
                 other => {

@@ -34,6 +34,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let (ceremony_tx, ceremony_rx) = tokio::sync::mpsc::channel(4096);
     net.set_ceremony_handler(ceremony_tx);
     tokio::spawn(crate::dkg::serve(node.clone(), ceremony_rx));
+    tokio::spawn(crate::dkg::primes::run(node.clone()));
+    crate::fault::warn_if_armed();
     write_pid_file(&node.cfg)?;
     let started_at = chrono::Utc::now();
 

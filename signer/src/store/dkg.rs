@@ -266,4 +266,97 @@ impl Store {
         .fetch_all(self.pool())
         .await?)
     }
+
+    /// Stores this node's sealed aux info of ceremony `ceremony_id` (the ceremony is
+    /// not completed yet, so the record is not used before every participant confirmed).
+    pub async fn insert_aux(
+        &self,
+        ceremony_id: Uuid,
+        node_id: &str,
+        participants: &[String],
+        envelope: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO aux_info (ceremony_id, node_id, participants, envelope) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(ceremony_id)
+        .bind(node_id)
+        .bind(participants)
+        .bind(envelope)
+        .execute(self.pool())
+        .await
+        .map_err(|e| StoreError::classify(e, "aux info"))?;
+        Ok(())
+    }
+
+    /// Marks an aux-info ceremony completed with its confirmed public digest, in one
+    /// transaction with the audit entry; the node's aux-info row must exist.
+    pub async fn complete_aux_ceremony(
+        &self,
+        node_id: &str,
+        id: Uuid,
+        digest: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let c = sqlx::query(
+            "UPDATE dkg_ceremonies SET state = 'completed', public_key = $2, completed_at = now() \
+             WHERE id = $1 AND state = 'running' AND protocol = 'aux_info' \
+             AND EXISTS (SELECT 1 FROM aux_info WHERE ceremony_id = $1 AND node_id = $3)",
+        )
+        .bind(id)
+        .bind(digest)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if c != 1 {
+            tx.rollback().await?;
+            return Err(StoreError::InvalidTransition(format!(
+                "aux-info ceremony {id} cannot complete"
+            )));
+        }
+        super::audit::append_audit(
+            &mut tx,
+            node_id,
+            AuditEntry::new("node", "aux_info.completed")
+                .subject(id.to_string())
+                .details(serde_json::json!({ "public_digest": hex::encode(digest) })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest completed aux info of this node for exactly `participants` (same
+    /// order): `(ceremony id, envelope)`.
+    pub async fn latest_aux(
+        &self,
+        node_id: &str,
+        participants: &[String],
+    ) -> Result<Option<(Uuid, Vec<u8>)>, StoreError> {
+        Ok(sqlx::query_as::<_, (Uuid, Vec<u8>)>(
+            "SELECT a.ceremony_id, a.envelope FROM aux_info a \
+             JOIN dkg_ceremonies c ON c.id = a.ceremony_id \
+             WHERE a.node_id = $1 AND a.participants = $2 AND c.state = 'completed' \
+             ORDER BY c.completed_at DESC, a.id DESC LIMIT 1",
+        )
+        .bind(node_id)
+        .bind(participants)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Aux-info ceremonies, newest first.
+    pub async fn list_aux_ceremonies(&self, limit: i64) -> Result<Vec<CeremonyRow>, StoreError> {
+        Ok(sqlx::query_as::<_, CeremonyRow>(concat!(
+            "SELECT ",
+            ceremony_cols!(),
+            " FROM dkg_ceremonies WHERE protocol = 'aux_info' \
+             ORDER BY created_at DESC, id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
 }
