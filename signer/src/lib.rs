@@ -12,5 +12,6 @@ pub mod dkg;
 pub mod fault;
 pub mod node;
 pub mod p2p;
+pub mod session;
 pub mod store;
 pub mod tls;

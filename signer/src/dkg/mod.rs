@@ -28,12 +28,11 @@ pub mod session;
 pub mod start;
 pub mod wire;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use signer_protocol::{MsgType, RawIncoming};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -43,12 +42,6 @@ use crate::p2p::{Inbound, MessageKind};
 pub const CEREMONY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of the wait at the start barrier.
 pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(15);
-/// Frames kept for sessions not (yet) known locally, over all sessions.
-pub const MAX_EARLY_FRAMES: usize = 1024;
-/// How long an early frame is kept.
-pub const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
-/// Capacity of a session's inbound protocol queue.
-const SESSION_QUEUE: usize = 1024;
 
 /// Which DKG a ceremony runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,24 +264,6 @@ pub enum DkgError {
     Aborted(String),
 }
 
-/// What is routed to a running session.
-#[derive(Debug)]
-struct SessionEntry {
-    participants: Vec<String>,
-    kind: MessageKind,
-    protocol_tx: mpsc::Sender<RawIncoming>,
-    confirm_tx: mpsc::Sender<(String, Vec<u8>)>,
-}
-
-/// The receiving ends of a registered session.
-#[derive(Debug)]
-pub struct SessionQueues {
-    /// Protocol messages, sender = run index.
-    pub protocol_rx: mpsc::Receiver<RawIncoming>,
-    /// Public-key confirmations `(node id, public key)`.
-    pub confirm_rx: mpsc::Receiver<(String, Vec<u8>)>,
-}
-
 /// A key loaded (unsealed and validated) on this node.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadedKey {
@@ -298,13 +273,10 @@ pub struct LoadedKey {
 
 #[derive(Debug, Default)]
 struct Inner {
-    sessions: HashMap<Uuid, SessionEntry>,
-    early: VecDeque<(Instant, Inbound)>,
     loaded: HashMap<String, LoadedKey>,
 }
 
-/// Routing of ceremony frames to sessions, the keys loaded in memory and the prime
-/// pool.
+/// The keys loaded in memory and the prime pool.
 #[derive(Debug, Default)]
 pub struct Dkg {
     inner: Mutex<Inner>,
@@ -315,61 +287,6 @@ pub struct Dkg {
 impl Dkg {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Registers a session and replays frames that arrived before it existed.
-    pub fn register(&self, spec: &CeremonySpec) -> SessionQueues {
-        let (protocol_tx, protocol_rx) = mpsc::channel(SESSION_QUEUE);
-        let (confirm_tx, confirm_rx) = mpsc::channel(spec.participants.len().max(1) * 2);
-        let entry = SessionEntry {
-            participants: spec.participants.clone(),
-            kind: spec.protocol.message_kind(),
-            protocol_tx,
-            confirm_tx,
-        };
-        let mut g = self.lock();
-        let early = std::mem::take(&mut g.early);
-        let (mine, rest): (Vec<_>, Vec<_>) = early
-            .into_iter()
-            .partition(|(_, f)| f.frame.session == spec.id);
-        g.early = rest.into_iter().collect();
-        for (_, inbound) in mine {
-            route(&entry, spec.id, inbound);
-        }
-        g.sessions.insert(spec.id, entry);
-        SessionQueues {
-            protocol_rx,
-            confirm_rx,
-        }
-    }
-
-    /// Forgets a session; later frames of it are dropped after expiry.
-    pub fn unregister(&self, id: Uuid) {
-        self.lock().sessions.remove(&id);
-    }
-
-    /// Routes a protocol or confirmation frame to its session, or keeps it (bounded)
-    /// until the session is registered.
-    pub fn deliver(&self, inbound: Inbound) {
-        let mut g = self.lock();
-        let id = inbound.frame.session;
-        if let Some(entry) = g.sessions.get(&id) {
-            route(entry, id, inbound);
-            return;
-        }
-        let now = Instant::now();
-        while g
-            .early
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > EARLY_FRAME_TTL)
-        {
-            g.early.pop_front();
-        }
-        if g.early.len() >= MAX_EARLY_FRAMES {
-            tracing::warn!(peer = %inbound.from, session = %id, "early ceremony frame buffer full; frame dropped");
-            return;
-        }
-        g.early.push_back((now, inbound));
     }
 
     /// Records a loaded key.
@@ -385,55 +302,6 @@ impl Dkg {
     /// Number of loaded keys.
     pub fn loaded_count(&self) -> usize {
         self.lock().loaded.len()
-    }
-}
-
-fn route(entry: &SessionEntry, id: Uuid, inbound: Inbound) {
-    let Some(idx) = entry.participants.iter().position(|p| *p == inbound.from) else {
-        tracing::warn!(peer = %inbound.from, session = %id, "ceremony frame from a non-participant; dropped");
-        return;
-    };
-    let kind = inbound.frame.kind;
-    if kind == wire::CEREMONY_CONFIRM {
-        if inbound.frame.payload.len() > wire::MAX_CONFIRM_LEN {
-            tracing::warn!(peer = %inbound.from, session = %id, "oversized confirmation; dropped");
-            return;
-        }
-        if entry
-            .confirm_tx
-            .try_send((inbound.from.clone(), inbound.frame.payload.to_vec()))
-            .is_err()
-        {
-            tracing::warn!(peer = %inbound.from, session = %id, "confirmation queue full or closed; dropped");
-        }
-        return;
-    }
-    if kind != entry.kind {
-        tracing::warn!(peer = %inbound.from, session = %id, %kind, "frame kind does not match the ceremony protocol; dropped");
-        return;
-    }
-    let Some((msg_type, payload)) = wire::decode_protocol(&inbound.frame.payload) else {
-        tracing::warn!(peer = %inbound.from, session = %id, "protocol frame without a valid type flag; dropped");
-        return;
-    };
-    let Ok(sender) = u16::try_from(idx) else {
-        return;
-    };
-    let msg = RawIncoming {
-        sender,
-        msg_type,
-        payload,
-    };
-    if entry.protocol_tx.try_send(msg).is_err() {
-        tracing::warn!(peer = %inbound.from, session = %id, "session queue full or closed; frame dropped");
-    }
-}
-
-/// Type flag of a protocol frame's first payload byte.
-pub(crate) fn msg_type_flag(t: MsgType) -> u8 {
-    match t {
-        MsgType::Broadcast => 0,
-        MsgType::P2p => 1,
     }
 }
 
@@ -455,7 +323,7 @@ pub async fn serve(node: Arc<crate::node::NodeCtx>, mut rx: mpsc::Receiver<Inbou
                 }
             }
         } else {
-            node.dkg.deliver(inbound);
+            node.sessions.deliver(inbound);
         }
     }
 }
@@ -466,65 +334,6 @@ mod tests {
 
     fn ids(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    fn spec() -> CeremonySpec {
-        CeremonySpec {
-            id: Uuid::new_v4(),
-            protocol: DkgProtocol::Cggmp24,
-            threshold: 2,
-            participants: ids(&["node-1", "node-2", "node-3"]),
-            coordinator: "node-1".into(),
-            fencing_token: 1,
-        }
-    }
-
-    fn frame(session: Uuid, from: &str, kind: MessageKind, payload: Vec<u8>) -> Inbound {
-        Inbound {
-            from: from.to_owned(),
-            frame: crate::p2p::Frame::new(session, kind, payload),
-        }
-    }
-
-    #[test]
-    fn frames_route_by_mtls_identity_and_early_frames_are_replayed() {
-        let dkg = Dkg::default();
-        let s = spec();
-        // Arrives before the session exists: kept, then replayed with index 2.
-        dkg.deliver(frame(s.id, "node-3", MessageKind::KEYGEN, vec![0, 9, 9]));
-        let mut q = dkg.register(&s);
-        let m = q.protocol_rx.try_recv().expect("replayed");
-        assert_eq!(
-            (m.sender, m.msg_type, &m.payload[..]),
-            (2, MsgType::Broadcast, &[9u8, 9][..])
-        );
-        // Live frames: sender index from the identity, p2p flag kept.
-        dkg.deliver(frame(s.id, "node-2", MessageKind::KEYGEN, vec![1, 5]));
-        let m = q.protocol_rx.try_recv().expect("routed");
-        assert_eq!((m.sender, m.msg_type), (1, MsgType::P2p));
-        // Non-participant, wrong protocol kind and bad flag are dropped.
-        dkg.deliver(frame(s.id, "node-9", MessageKind::KEYGEN, vec![0, 1]));
-        dkg.deliver(frame(s.id, "node-2", MessageKind::FROST_KEYGEN, vec![0, 1]));
-        dkg.deliver(frame(s.id, "node-2", MessageKind::KEYGEN, vec![7, 1]));
-        assert!(q.protocol_rx.try_recv().is_err());
-        // Confirmations go to their own queue.
-        dkg.deliver(frame(s.id, "node-3", wire::CEREMONY_CONFIRM, vec![2; 33]));
-        let (from, pk) = q.confirm_rx.try_recv().expect("confirmation");
-        assert_eq!((from.as_str(), pk.len()), ("node-3", 33));
-    }
-
-    #[test]
-    fn early_frame_buffer_is_bounded() {
-        let dkg = Dkg::default();
-        for _ in 0..MAX_EARLY_FRAMES + 10 {
-            dkg.deliver(frame(
-                Uuid::new_v4(),
-                "node-2",
-                MessageKind::KEYGEN,
-                vec![0],
-            ));
-        }
-        assert_eq!(dkg.lock().early.len(), MAX_EARLY_FRAMES);
     }
 
     #[test]

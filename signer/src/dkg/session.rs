@@ -10,11 +10,12 @@ use signer_protocol::{channel_party, ecdsa, frost, run_on_thread, DeliveryConfig
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use super::wire::{self, CEREMONY_CONFIRM, MAX_CONFIRM_LEN};
-use super::{CeremonySpec, DkgError, DkgProtocol, LoadedKey, SessionQueues};
+use super::wire::CEREMONY_CONFIRM;
+use super::{CeremonySpec, DkgError, DkgProtocol, LoadedKey};
 use crate::audit::AuditEntry;
 use crate::node::NodeCtx;
 use crate::p2p::Frame;
+use crate::session::SessionQueues;
 use crate::store::dkg::NewCeremony;
 use crate::store::StoreError;
 
@@ -60,7 +61,9 @@ pub async fn participate(node: Arc<NodeCtx>, spec: CeremonySpec) {
     }
     tracing::info!(ceremony = %spec.id, protocol = spec.protocol.as_str(), t = spec.threshold,
         n = spec.participants.len(), index, coordinator = %spec.coordinator, "joining key ceremony");
-    let queues = node.dkg.register(&spec);
+    let queues = node
+        .sessions
+        .register(spec.id, &spec.participants, spec.protocol.message_kind());
     let (_, total) = spec.protocol.timeouts(&node.cfg.aux);
     let outcome = match tokio::time::timeout(total, run(&node, &spec, index, queues)).await {
         Ok(r) => r,
@@ -69,7 +72,7 @@ pub async fn participate(node: Arc<NodeCtx>, spec: CeremonySpec) {
             stage: "running the ceremony".to_owned(),
         }),
     };
-    node.dkg.unregister(spec.id);
+    node.sessions.unregister(spec.id);
     match outcome {
         Ok(pk) => {
             tracing::info!(ceremony = %spec.id, public_key = %hex::encode(&pk), "key ceremony completed");
@@ -151,7 +154,14 @@ async fn run(
     let i = u16::try_from(index)
         .map_err(|_| DkgError::InvalidParticipants("index out of range".to_owned()))?;
     let (out_tx, out_rx) = mpsc::channel::<RawOutgoing>(1024);
-    let pump = tokio::spawn(pump_outgoing(node.clone(), spec.clone(), out_rx));
+    let pump = tokio::spawn(crate::session::pump_outgoing(
+        node.clone(),
+        spec.id,
+        spec.participants.clone(),
+        spec.protocol.message_kind(),
+        spec.protocol.as_str(),
+        out_rx,
+    ));
     let SessionQueues {
         protocol_rx,
         mut confirm_rx,
@@ -213,7 +223,7 @@ async fn run(
         if pk != produced.public_key {
             return Err(DkgError::KeyMismatch {
                 node: from,
-                theirs: hex::encode(&pk[..pk.len().min(MAX_CONFIRM_LEN)]),
+                theirs: hex::encode(&pk[..pk.len().min(crate::session::MAX_CONFIRM_LEN)]),
                 ours: hex::encode(&produced.public_key),
             });
         }
@@ -317,43 +327,4 @@ async fn keygen(
             .filter_map(|c| spec.participants.get(usize::from(c)).cloned())
             .collect(),
     })
-}
-
-/// Sends the protocol's outgoing messages: p2p to one participant, broadcast to
-/// every other participant, each in a frame of this session.
-async fn pump_outgoing(
-    node: Arc<NodeCtx>,
-    spec: CeremonySpec,
-    mut out_rx: mpsc::Receiver<RawOutgoing>,
-) {
-    let me = node.cfg.node_id.clone();
-    let kind = spec.protocol.message_kind();
-    while let Some(out) = out_rx.recv().await {
-        let (targets, msg_type): (Vec<&String>, _) = match out.recipient {
-            Some(j) => match spec.participants.get(usize::from(j)) {
-                Some(p) => (vec![p], signer_protocol::MsgType::P2p),
-                None => {
-                    tracing::error!(ceremony = %spec.id, recipient = j, "protocol addressed a party outside the run");
-                    continue;
-                }
-            },
-            None => (
-                spec.participants.iter().filter(|p| **p != me).collect(),
-                signer_protocol::MsgType::Broadcast,
-            ),
-        };
-        let payload = crate::fault::corrupt_outgoing(spec.protocol.as_str(), out.payload);
-        let frame = Frame::new(spec.id, kind, wire::encode_protocol(msg_type, &payload));
-        let results = futures::future::join_all(targets.into_iter().map(|p| {
-            let f = frame.clone();
-            let node = &node;
-            async move { (p.clone(), node.net.p2p.send(p, f).await) }
-        }))
-        .await;
-        for (peer, r) in results {
-            if let Err(e) = r {
-                tracing::warn!(ceremony = %spec.id, %peer, error = %e, "sending a protocol message failed");
-            }
-        }
-    }
 }

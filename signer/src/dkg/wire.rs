@@ -9,21 +9,15 @@
 //!
 //! The sender of every frame is the peer's mTLS identity, never a field of the frame.
 
-use bytes::Bytes;
-use signer_protocol::MsgType;
-
 use super::CeremonySpec;
 use crate::p2p::MessageKind;
 
 /// Announcement of a ceremony by its coordinator.
 pub const CEREMONY_ANNOUNCE: MessageKind = MessageKind(0x0120);
 /// Confirmation of the shared public key by a participant.
-pub const CEREMONY_CONFIRM: MessageKind = MessageKind(0x0121);
+pub const CEREMONY_CONFIRM: MessageKind = crate::session::CONFIRM;
 /// Upper bound of an encoded announcement.
 pub const MAX_ANNOUNCE_BYTES: usize = 64 * 1024;
-/// Longest confirmation value (a public key, or an aux-info public digest of 32
-/// bytes); longer confirmations are refused.
-pub const MAX_CONFIRM_LEN: usize = 33;
 
 /// Why an announcement was refused.
 #[derive(Debug, thiserror::Error)]
@@ -54,25 +48,6 @@ pub fn decode_announce(b: &[u8]) -> Result<CeremonySpec, WireError> {
     serde_json::from_slice(b).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
-/// Encodes a protocol message with its type flag.
-pub fn encode_protocol(msg_type: MsgType, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(payload.len() + 1);
-    v.push(super::msg_type_flag(msg_type));
-    v.extend_from_slice(payload);
-    v
-}
-
-/// Splits a protocol frame payload into its type flag and message; `None` if the
-/// flag is missing or unknown.
-pub fn decode_protocol(b: &Bytes) -> Option<(MsgType, Bytes)> {
-    let t = match b.first()? {
-        0 => MsgType::Broadcast,
-        1 => MsgType::P2p,
-        _ => return None,
-    };
-    Some((t, b.slice(1..)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,15 +71,5 @@ mod tests {
         assert!(matches!(decode_announce(&b2), Err(WireError::Malformed(_))));
         let big = vec![b' '; MAX_ANNOUNCE_BYTES + 1];
         assert!(matches!(decode_announce(&big), Err(WireError::TooLarge(_))));
-    }
-
-    #[test]
-    fn protocol_payload_carries_its_type_flag() {
-        let b = Bytes::from(encode_protocol(MsgType::P2p, b"abc"));
-        let (t, m) = decode_protocol(&b).expect("valid");
-        assert_eq!(t, MsgType::P2p);
-        assert_eq!(&m[..], b"abc");
-        assert!(decode_protocol(&Bytes::from_static(&[7, 1])).is_none());
-        assert!(decode_protocol(&Bytes::new()).is_none());
     }
 }

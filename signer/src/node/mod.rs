@@ -122,8 +122,10 @@ pub struct NodeCtx {
     pub auth: AuthState,
     /// QUIC peer-to-peer network.
     pub net: Arc<Net>,
-    /// Key ceremonies in progress and keys loaded into memory.
+    /// Key ceremonies: keys loaded into memory, prime pool.
     pub dkg: Dkg,
+    /// Protocol sessions running on this node (frame routing).
+    pub sessions: crate::session::Router,
     coord: RwLock<Option<Coord>>,
     cluster: RwLock<ClusterSnapshot>,
     custody: RwLock<CustodyState>,
@@ -148,6 +150,7 @@ impl NodeCtx {
             auth,
             net,
             dkg: Dkg::default(),
+            sessions: crate::session::Router::default(),
             coord: RwLock::new(None),
             cluster: RwLock::new(ClusterSnapshot::default()),
             custody: RwLock::new(custody),

@@ -1,0 +1,297 @@
+//! Routing of protocol sessions (key ceremonies, aux info, presigning, signing) over
+//! the QUIC network: frames of a session go to the session's queues, with the sender's
+//! run index taken from its mTLS identity; frames that arrive before the session is
+//! registered locally are kept (bounded, expiring) and replayed; outgoing protocol
+//! messages are sent p2p or to every other participant.
+//!
+//! Frame payloads of protocol messages: one flag byte (0 broadcast, 1 p2p) followed by
+//! the encoded protocol message. [`CONFIRM`] frames carry a short confirmation value
+//! (a public key or digest) at most [`MAX_CONFIRM_LEN`] bytes long.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use signer_protocol::{MsgType, RawIncoming, RawOutgoing};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::node::NodeCtx;
+use crate::p2p::{Frame, Inbound, MessageKind};
+
+/// Confirmation of a session's result by a participant.
+pub const CONFIRM: MessageKind = MessageKind(0x0121);
+/// Longest confirmation value (a compressed public key).
+pub const MAX_CONFIRM_LEN: usize = 33;
+/// Frames kept for sessions not (yet) known locally, over all sessions.
+pub const MAX_EARLY_FRAMES: usize = 1024;
+/// How long an early frame is kept.
+pub const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
+/// Capacity of a session's inbound protocol queue.
+const SESSION_QUEUE: usize = 1024;
+
+/// What is routed to a running session.
+#[derive(Debug)]
+struct SessionEntry {
+    participants: Vec<String>,
+    kind: MessageKind,
+    protocol_tx: mpsc::Sender<RawIncoming>,
+    confirm_tx: mpsc::Sender<(String, Vec<u8>)>,
+}
+
+/// The receiving ends of a registered session.
+#[derive(Debug)]
+pub struct SessionQueues {
+    /// Protocol messages, sender = run index.
+    pub protocol_rx: mpsc::Receiver<RawIncoming>,
+    /// Public-key confirmations `(node id, public key)`.
+    pub confirm_rx: mpsc::Receiver<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<Uuid, SessionEntry>,
+    early: VecDeque<(Instant, Inbound)>,
+}
+
+/// Routes frames to the sessions running on this node.
+#[derive(Debug, Default)]
+pub struct Router {
+    inner: Mutex<Inner>,
+}
+
+impl Router {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a session and replays frames that arrived before it existed.
+    pub fn register(&self, id: Uuid, participants: &[String], kind: MessageKind) -> SessionQueues {
+        let (protocol_tx, protocol_rx) = mpsc::channel(SESSION_QUEUE);
+        let (confirm_tx, confirm_rx) = mpsc::channel(participants.len().max(1) * 2);
+        let entry = SessionEntry {
+            participants: participants.to_vec(),
+            kind,
+            protocol_tx,
+            confirm_tx,
+        };
+        let mut g = self.lock();
+        let early = std::mem::take(&mut g.early);
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            early.into_iter().partition(|(_, f)| f.frame.session == id);
+        g.early = rest.into_iter().collect();
+        for (_, inbound) in mine {
+            route(&entry, id, inbound);
+        }
+        g.sessions.insert(id, entry);
+        SessionQueues {
+            protocol_rx,
+            confirm_rx,
+        }
+    }
+
+    /// Forgets a session; later frames of it are dropped after expiry.
+    pub fn unregister(&self, id: Uuid) {
+        self.lock().sessions.remove(&id);
+    }
+
+    /// Routes a protocol or confirmation frame to its session, or keeps it (bounded)
+    /// until the session is registered.
+    pub fn deliver(&self, inbound: Inbound) {
+        let mut g = self.lock();
+        let id = inbound.frame.session;
+        if let Some(entry) = g.sessions.get(&id) {
+            route(entry, id, inbound);
+            return;
+        }
+        let now = Instant::now();
+        while g
+            .early
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > EARLY_FRAME_TTL)
+        {
+            g.early.pop_front();
+        }
+        if g.early.len() >= MAX_EARLY_FRAMES {
+            tracing::warn!(peer = %inbound.from, session = %id, "early ceremony frame buffer full; frame dropped");
+            return;
+        }
+        g.early.push_back((now, inbound));
+    }
+}
+
+fn route(entry: &SessionEntry, id: Uuid, inbound: Inbound) {
+    let Some(idx) = entry.participants.iter().position(|p| *p == inbound.from) else {
+        tracing::warn!(peer = %inbound.from, session = %id, "ceremony frame from a non-participant; dropped");
+        return;
+    };
+    let kind = inbound.frame.kind;
+    if kind == CONFIRM {
+        if inbound.frame.payload.len() > MAX_CONFIRM_LEN {
+            tracing::warn!(peer = %inbound.from, session = %id, "oversized confirmation; dropped");
+            return;
+        }
+        if entry
+            .confirm_tx
+            .try_send((inbound.from.clone(), inbound.frame.payload.to_vec()))
+            .is_err()
+        {
+            tracing::warn!(peer = %inbound.from, session = %id, "confirmation queue full or closed; dropped");
+        }
+        return;
+    }
+    if kind != entry.kind {
+        tracing::warn!(peer = %inbound.from, session = %id, %kind, "frame kind does not match the ceremony protocol; dropped");
+        return;
+    }
+    let Some((msg_type, payload)) = decode_protocol(&inbound.frame.payload) else {
+        tracing::warn!(peer = %inbound.from, session = %id, "protocol frame without a valid type flag; dropped");
+        return;
+    };
+    let Ok(sender) = u16::try_from(idx) else {
+        return;
+    };
+    let msg = RawIncoming {
+        sender,
+        msg_type,
+        payload,
+    };
+    if entry.protocol_tx.try_send(msg).is_err() {
+        tracing::warn!(peer = %inbound.from, session = %id, "session queue full or closed; frame dropped");
+    }
+}
+
+/// Encodes a protocol message with its type flag.
+pub fn encode_protocol(msg_type: MsgType, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(payload.len() + 1);
+    v.push(match msg_type {
+        MsgType::Broadcast => 0,
+        MsgType::P2p => 1,
+    });
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Splits a protocol frame payload into its type and message; `None` without a
+/// valid flag.
+pub fn decode_protocol(b: &Bytes) -> Option<(MsgType, Bytes)> {
+    let t = match b.first()? {
+        0 => MsgType::Broadcast,
+        1 => MsgType::P2p,
+        _ => return None,
+    };
+    Some((t, b.slice(1..)))
+}
+
+/// Sends a session's outgoing protocol messages until the protocol drops its sender:
+/// p2p to one participant, broadcast to every other participant, each in a frame of
+/// session `id` and kind `kind`. `label` names the protocol for fault injection.
+pub async fn pump_outgoing(
+    node: Arc<NodeCtx>,
+    id: Uuid,
+    participants: Vec<String>,
+    kind: MessageKind,
+    label: &'static str,
+    mut out_rx: mpsc::Receiver<RawOutgoing>,
+) {
+    let me = node.cfg.node_id.clone();
+    while let Some(out) = out_rx.recv().await {
+        let (targets, msg_type): (Vec<&String>, _) = match out.recipient {
+            Some(j) => match participants.get(usize::from(j)) {
+                Some(p) => (vec![p], MsgType::P2p),
+                None => {
+                    tracing::error!(session = %id, recipient = j, "protocol addressed a party outside the run");
+                    continue;
+                }
+            },
+            None => (
+                participants.iter().filter(|p| **p != me).collect(),
+                MsgType::Broadcast,
+            ),
+        };
+        let payload = crate::fault::corrupt_outgoing(label, out.payload);
+        let frame = Frame::new(id, kind, encode_protocol(msg_type, &payload));
+        let results = futures::future::join_all(targets.into_iter().map(|p| {
+            let f = frame.clone();
+            let node = &node;
+            async move { (p.clone(), node.net.p2p.send(p, f).await) }
+        }))
+        .await;
+        for (peer, r) in results {
+            if let Err(e) = r {
+                tracing::warn!(session = %id, %peer, error = %e, "sending a protocol message failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn frame(session: Uuid, from: &str, kind: MessageKind, payload: Vec<u8>) -> Inbound {
+        Inbound {
+            from: from.to_owned(),
+            frame: Frame::new(session, kind, payload),
+        }
+    }
+
+    #[test]
+    fn frames_route_by_mtls_identity_and_early_frames_are_replayed() {
+        let router = Router::default();
+        let id = Uuid::new_v4();
+        let participants = ids(&["node-1", "node-2", "node-3"]);
+        // Arrives before the session exists: kept, then replayed with index 2.
+        router.deliver(frame(id, "node-3", MessageKind::KEYGEN, vec![0, 9, 9]));
+        let mut q = router.register(id, &participants, MessageKind::KEYGEN);
+        let m = q.protocol_rx.try_recv().expect("replayed");
+        assert_eq!(
+            (m.sender, m.msg_type, &m.payload[..]),
+            (2, MsgType::Broadcast, &[9u8, 9][..])
+        );
+        // Live frames: sender index from the identity, p2p flag kept.
+        router.deliver(frame(id, "node-2", MessageKind::KEYGEN, vec![1, 5]));
+        let m = q.protocol_rx.try_recv().expect("routed");
+        assert_eq!((m.sender, m.msg_type), (1, MsgType::P2p));
+        // Non-participant, wrong protocol kind and bad flag are dropped.
+        router.deliver(frame(id, "node-9", MessageKind::KEYGEN, vec![0, 1]));
+        router.deliver(frame(id, "node-2", MessageKind::FROST_KEYGEN, vec![0, 1]));
+        router.deliver(frame(id, "node-2", MessageKind::KEYGEN, vec![7, 1]));
+        assert!(q.protocol_rx.try_recv().is_err());
+        // Confirmations go to their own queue; oversized ones are dropped.
+        router.deliver(frame(id, "node-3", CONFIRM, vec![2; 33]));
+        router.deliver(frame(id, "node-2", CONFIRM, vec![2; MAX_CONFIRM_LEN + 1]));
+        let (from, pk) = q.confirm_rx.try_recv().expect("confirmation");
+        assert_eq!((from.as_str(), pk.len()), ("node-3", 33));
+        assert!(q.confirm_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn early_frame_buffer_is_bounded() {
+        let router = Router::default();
+        for _ in 0..MAX_EARLY_FRAMES + 10 {
+            router.deliver(frame(
+                Uuid::new_v4(),
+                "node-2",
+                MessageKind::KEYGEN,
+                vec![0],
+            ));
+        }
+        assert_eq!(router.lock().early.len(), MAX_EARLY_FRAMES);
+    }
+
+    #[test]
+    fn protocol_payload_flag_round_trips_and_bad_flags_are_refused() {
+        let b = Bytes::from(encode_protocol(MsgType::P2p, b"abc"));
+        let (t, m) = decode_protocol(&b).expect("valid");
+        assert_eq!(t, MsgType::P2p);
+        assert_eq!(&m[..], b"abc");
+        assert!(decode_protocol(&Bytes::from_static(&[7, 1])).is_none());
+        assert!(decode_protocol(&Bytes::new()).is_none());
+    }
+}
