@@ -15,3 +15,4 @@ pub mod p2p;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod vote;

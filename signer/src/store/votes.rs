@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::audit::append_audit;
 use super::{Store, StoreError};
+use crate::audit::AuditEntry;
+use crate::vote::{vote_key_fingerprint, PinOutcome, VIOLATION_KEY_CHANGED};
 
 /// A voting round.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -135,5 +138,265 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+/// A signed vote to store (see [`crate::vote::VoteIntake`]).
+#[derive(Debug, Clone)]
+pub struct NewSignedVote {
+    /// Round.
+    pub round_id: Uuid,
+    /// Voter (already checked to be the authenticated sender).
+    pub node_id: String,
+    /// approve or reject.
+    pub decision: String,
+    /// Reasons as a JSON array of strings.
+    pub reasons: serde_json::Value,
+    /// Policy hash the voter evaluated (hex).
+    pub policy_hash: String,
+    /// The Ed25519 signature.
+    pub signature: Vec<u8>,
+    /// The whole signed vote in its wire form, so the quorum can be re-verified.
+    pub signed_vote: Vec<u8>,
+}
+
+/// Outcome of [`Store::insert_signed_vote`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoteSlot {
+    /// The vote is now stored.
+    Inserted,
+    /// The node already has a vote in the round; the stored one stays. Its signed
+    /// bytes, if it was stored with them.
+    Taken {
+        /// Wire form of the stored vote.
+        existing: Option<Vec<u8>>,
+    },
+}
+
+/// A stored vote of a round.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredVote {
+    /// Voter.
+    pub node_id: String,
+    /// approve or reject.
+    pub decision: String,
+    /// Wire form of the signed vote (absent for rows written by [`Store::record_vote`]).
+    pub signed_vote: Option<Vec<u8>>,
+}
+
+impl Store {
+    /// Stores a vote unless the node already has one in the round (constraint
+    /// `votes_one_per_node`); then returns the stored one, untouched.
+    pub async fn insert_signed_vote(&self, vote: &NewSignedVote) -> Result<VoteSlot, StoreError> {
+        let inserted: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT ON CONSTRAINT votes_one_per_node DO NOTHING RETURNING id",
+        )
+        .bind(vote.round_id)
+        .bind(&vote.node_id)
+        .bind(&vote.decision)
+        .bind(&vote.reasons)
+        .bind(&vote.policy_hash)
+        .bind(&vote.signature)
+        .bind(&vote.signed_vote)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(|e| StoreError::classify(e, "vote"))?;
+        if inserted.is_some() {
+            return Ok(VoteSlot::Inserted);
+        }
+        let existing: Option<(Option<Vec<u8>>,)> =
+            sqlx::query_as("SELECT signed_vote FROM votes WHERE round_id = $1 AND node_id = $2")
+                .bind(vote.round_id)
+                .bind(&vote.node_id)
+                .fetch_optional(self.pool())
+                .await?;
+        match existing {
+            Some((existing,)) => Ok(VoteSlot::Taken { existing }),
+            // Only a cascade delete of the round removes votes.
+            None => Err(StoreError::NotFound {
+                what: "voting round",
+                id: vote.round_id.to_string(),
+            }),
+        }
+    }
+
+    /// Every vote of a round, ordered by voter.
+    pub async fn round_votes(&self, round_id: Uuid) -> Result<Vec<StoredVote>, StoreError> {
+        Ok(sqlx::query_as::<_, StoredVote>(
+            "SELECT node_id, decision, signed_vote FROM votes WHERE round_id = $1 ORDER BY node_id",
+        )
+        .bind(round_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Records a voting violation by `culprit` and its audit row in one database
+    /// transaction. `evidence` may hold signed votes; the audit row gets only the
+    /// code, session and `summary`.
+    pub async fn record_vote_violation(
+        &self,
+        local_node: &str,
+        culprit: &str,
+        violation_type: &str,
+        session_id: &str,
+        evidence: &serde_json::Value,
+        summary: &str,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO byzantine_violations (node_id, violation_type, session_id, evidence, detected_by) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(culprit)
+        .bind(violation_type)
+        .bind(session_id)
+        .bind(evidence)
+        .bind(local_node)
+        .fetch_one(&mut *tx)
+        .await?;
+        append_audit(
+            &mut tx,
+            local_node,
+            AuditEntry::new("node", "vote.violation")
+                .subject(culprit)
+                .details(serde_json::json!({
+                    "violation_id": id,
+                    "violation_type": violation_type,
+                    "session": session_id,
+                    "summary": summary,
+                })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Every pinned peer vote key, ordered by node id.
+    pub async fn vote_keys(&self) -> Result<Vec<(String, [u8; 32])>, StoreError> {
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT node_id, public_key FROM peer_vote_keys ORDER BY node_id")
+                .fetch_all(self.pool())
+                .await?;
+        rows.into_iter()
+            .map(|(node, key)| {
+                let key: [u8; 32] = key.as_slice().try_into().map_err(|_| {
+                    StoreError::Corrupt(format!("vote key of {node} is not 32 bytes"))
+                })?;
+                Ok((node, key))
+            })
+            .collect()
+    }
+
+    /// Trust on first use: pins `public_key` for `node_id` if none is pinned
+    /// (audited as `vote_key.pin`). A different pinned key stays and the attempt is
+    /// recorded as violation `vote_key_changed` (and audited), in the same database
+    /// transaction.
+    pub async fn pin_vote_key(
+        &self,
+        local_node: &str,
+        node_id: &str,
+        public_key: &[u8; 32],
+    ) -> Result<PinOutcome, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let inserted: Option<(String,)> = sqlx::query_as(
+            "INSERT INTO peer_vote_keys (node_id, public_key) VALUES ($1, $2) \
+             ON CONFLICT (node_id) DO NOTHING RETURNING node_id",
+        )
+        .bind(node_id)
+        .bind(public_key.as_slice())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let fingerprint = vote_key_fingerprint(public_key);
+        if inserted.is_some() {
+            append_audit(
+                &mut tx,
+                local_node,
+                AuditEntry::new("node", "vote_key.pin")
+                    .subject(node_id)
+                    .details(serde_json::json!({
+                        "public_key": hex::encode(public_key),
+                        "fingerprint": fingerprint,
+                    })),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(PinOutcome::NewlyPinned);
+        }
+        let (pinned,): (Vec<u8>,) =
+            sqlx::query_as("SELECT public_key FROM peer_vote_keys WHERE node_id = $1")
+                .bind(node_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let pinned: [u8; 32] = pinned
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("vote key of {node_id} is not 32 bytes")))?;
+        if pinned == *public_key {
+            tx.commit().await?;
+            return Ok(PinOutcome::AlreadyPinned);
+        }
+        let evidence = serde_json::json!({
+            "pinned": hex::encode(pinned),
+            "pinned_fingerprint": vote_key_fingerprint(&pinned),
+            "offered": hex::encode(public_key),
+            "offered_fingerprint": fingerprint,
+        });
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO byzantine_violations (node_id, violation_type, session_id, evidence, detected_by) \
+             VALUES ($1, $2, NULL, $3, $4) RETURNING id",
+        )
+        .bind(node_id)
+        .bind(VIOLATION_KEY_CHANGED)
+        .bind(&evidence)
+        .bind(local_node)
+        .fetch_one(&mut *tx)
+        .await?;
+        append_audit(
+            &mut tx,
+            local_node,
+            AuditEntry::new("node", "vote.violation")
+                .subject(node_id)
+                .details(serde_json::json!({
+                    "violation_id": id,
+                    "violation_type": VIOLATION_KEY_CHANGED,
+                    "pinned_fingerprint": vote_key_fingerprint(&pinned),
+                    "offered_fingerprint": fingerprint,
+                })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(PinOutcome::Changed { pinned })
+    }
+
+    /// Removes the pin of `node_id` (an operator action, e.g. after the node was
+    /// rebuilt with a new vote key), audited as `vote_key.unpin` by `actor`.
+    /// Returns whether a pin existed.
+    pub async fn unpin_vote_key(
+        &self,
+        local_node: &str,
+        actor: &str,
+        node_id: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let removed: Option<(Vec<u8>,)> =
+            sqlx::query_as("DELETE FROM peer_vote_keys WHERE node_id = $1 RETURNING public_key")
+                .bind(node_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((key,)) = removed else {
+            return Ok(false);
+        };
+        append_audit(
+            &mut tx,
+            local_node,
+            AuditEntry::new(actor, "vote_key.unpin")
+                .subject(node_id)
+                .details(serde_json::json!({"public_key": hex::encode(&key)})),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

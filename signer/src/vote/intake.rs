@@ -1,0 +1,236 @@
+//! Receiving votes and vote-key announcements: the checks of [`check_vote`], then
+//! the node's database (one vote per node and round, violations, pins).
+
+use uuid::Uuid;
+
+use super::error::{KeyAnnounceError, VoteReject};
+use super::keys::{vote_key_fingerprint, PinOutcome, VoteKeyAnnouncement, VoteKeyBook};
+use super::message::SignedVote;
+use super::subject::{check_vote, compare_redelivery, Redelivery, VoteSubject};
+use super::VIOLATION_BAD_KEY_ANNOUNCEMENT;
+use crate::store::votes::{NewSignedVote, VoteSlot};
+use crate::store::{Store, StoreError};
+
+/// A vote that passed every check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored now.
+    New,
+    /// The same vote was already stored (a harmless re-delivery).
+    Duplicate,
+}
+
+/// Accepts votes and key announcements into this node's database.
+#[derive(Debug, Clone)]
+pub struct VoteIntake {
+    store: Store,
+    local_node: String,
+}
+
+impl VoteIntake {
+    /// An intake writing to `store` on behalf of `local_node` (this node's id, the
+    /// `detected_by` of violations).
+    pub fn new(store: Store, local_node: impl Into<String>) -> Self {
+        VoteIntake {
+            store,
+            local_node: local_node.into(),
+        }
+    }
+
+    /// Accepts `signed`, received over the connection authenticated as `sender`
+    /// (this node's own id for its own vote), into round `round_id` whose subject
+    /// is `expected`.
+    ///
+    /// Refusals that are a peer's fault are recorded in `byzantine_violations`
+    /// (see [`VoteReject::violation_code`]); a second, different vote of the same
+    /// node in the round is refused and the first one stays.
+    pub async fn accept(
+        &self,
+        keys: &VoteKeyBook,
+        round_id: Uuid,
+        signed: &SignedVote,
+        sender: &str,
+        expected: &VoteSubject,
+    ) -> Result<Accepted, VoteReject> {
+        let session = round_session(expected);
+        if let Err(rej) = check_vote(signed, sender, expected, keys) {
+            if let Some(code) = rej.violation_code() {
+                let evidence = serde_json::json!({
+                    "transaction_id": expected.transaction_id.to_string(),
+                    "round_no": expected.round_no,
+                    "error": rej.to_string(),
+                    "vote": hex::encode(signed.encode()),
+                });
+                self.violation(sender, code, &session, &evidence, &rej.to_string())
+                    .await;
+            } else {
+                tracing::info!(%sender, round = %session, error = %rej, "vote not accepted");
+            }
+            return Err(rej);
+        }
+        let body = signed.body();
+        let row = NewSignedVote {
+            round_id,
+            node_id: body.voter.clone(),
+            decision: body.decision.as_str().to_owned(),
+            reasons: serde_json::json!(body.reasons),
+            policy_hash: hex::encode(body.policy_hash),
+            signature: signed.signature().to_vec(),
+            signed_vote: signed.encode(),
+        };
+        let existing = match self.store.insert_signed_vote(&row).await? {
+            VoteSlot::Inserted => {
+                tracing::info!(voter = %body.voter, round = %session, decision = %body.decision, "vote accepted");
+                return Ok(Accepted::New);
+            }
+            VoteSlot::Taken { existing } => existing.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "stored vote of {} in round {session} has no signed form",
+                    body.voter
+                ))
+            })?,
+        };
+        let stored = SignedVote::decode(&existing).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "stored vote of {} in round {session}: {e}",
+                body.voter
+            ))
+        })?;
+        match compare_redelivery(&stored, signed) {
+            Redelivery::Duplicate => Ok(Accepted::Duplicate),
+            Redelivery::Conflict => {
+                let rej = VoteReject::DoubleVote {
+                    voter: body.voter.clone(),
+                    round_no: body.round_no,
+                };
+                let evidence = serde_json::json!({
+                    "transaction_id": expected.transaction_id.to_string(),
+                    "round_no": expected.round_no,
+                    "first": hex::encode(&existing),
+                    "second": hex::encode(signed.encode()),
+                });
+                self.violation(
+                    &body.voter,
+                    super::VIOLATION_DOUBLE_VOTE,
+                    &session,
+                    &evidence,
+                    &rej.to_string(),
+                )
+                .await;
+                Err(rej)
+            }
+        }
+    }
+
+    /// The stored signed votes of a round (rows without a signed form are
+    /// skipped with a warning).
+    pub async fn round_votes(&self, round_id: Uuid) -> Result<Vec<SignedVote>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.store.round_votes(round_id).await? {
+            let Some(bytes) = row.signed_vote else {
+                tracing::warn!(voter = %row.node_id, %round_id, "stored vote has no signed form; not counted");
+                continue;
+            };
+            let v = SignedVote::decode(&bytes).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "stored vote of {} in round {round_id}: {e}",
+                    row.node_id
+                ))
+            })?;
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// Handles a vote-key announcement received over the connection authenticated
+    /// as `sender`: it must name `sender` and carry a valid proof of possession;
+    /// then the key is pinned on first sight (persistently, then in `keys`). A key
+    /// different from the pinned one is refused and recorded as `vote_key_changed`.
+    pub async fn accept_key_announcement(
+        &self,
+        keys: &mut VoteKeyBook,
+        announcement: &VoteKeyAnnouncement,
+        sender: &str,
+    ) -> Result<PinOutcome, KeyAnnounceError> {
+        let claimed = announcement.node_id();
+        let refusal = if claimed != sender {
+            Some(KeyAnnounceError::SenderMismatch {
+                sender: sender.to_owned(),
+                claimed: claimed.to_owned(),
+            })
+        } else if !announcement.proof_is_valid() {
+            Some(KeyAnnounceError::BadProof {
+                node: sender.to_owned(),
+            })
+        } else {
+            None
+        };
+        if let Some(err) = refusal {
+            let evidence = serde_json::json!({
+                "error": err.to_string(),
+                "announcement": hex::encode(announcement.encode()),
+            });
+            self.violation(
+                sender,
+                VIOLATION_BAD_KEY_ANNOUNCEMENT,
+                "vote-keys",
+                &evidence,
+                &err.to_string(),
+            )
+            .await;
+            return Err(err);
+        }
+        let key = *announcement.public_key();
+        let outcome = self
+            .store
+            .pin_vote_key(&self.local_node, sender, &key)
+            .await?;
+        match outcome {
+            PinOutcome::NewlyPinned | PinOutcome::AlreadyPinned => {
+                if let PinOutcome::Changed { pinned } = keys.observe(sender, key) {
+                    // The database is the authority: it just accepted this key, so
+                    // the in-memory copy was stale (e.g. an operator unpinned).
+                    tracing::warn!(node = %sender, stale = %vote_key_fingerprint(&pinned), "replacing a stale in-memory vote key pin");
+                    keys.forget(sender);
+                    keys.observe(sender, key);
+                }
+                if outcome == PinOutcome::NewlyPinned {
+                    tracing::info!(node = %sender, fingerprint = %vote_key_fingerprint(&key), "vote key pinned");
+                }
+                Ok(outcome)
+            }
+            PinOutcome::Changed { pinned } => {
+                let err = KeyAnnounceError::KeyChanged {
+                    node: sender.to_owned(),
+                    pinned: vote_key_fingerprint(&pinned),
+                    offered: vote_key_fingerprint(&key),
+                };
+                tracing::warn!(node = %sender, error = %err, "vote key change refused");
+                Err(err)
+            }
+        }
+    }
+
+    async fn violation(
+        &self,
+        culprit: &str,
+        code: &str,
+        session: &str,
+        evidence: &serde_json::Value,
+        summary: &str,
+    ) {
+        tracing::warn!(%culprit, violation = code, %session, %summary, "voting violation");
+        if let Err(e) = self
+            .store
+            .record_vote_violation(&self.local_node, culprit, code, session, evidence, summary)
+            .await
+        {
+            tracing::error!(%culprit, violation = code, error = %e, "cannot record the violation");
+        }
+    }
+}
+
+/// `byzantine_violations.session_id` of a round: `<transaction id>/<round>`.
+fn round_session(subject: &VoteSubject) -> String {
+    format!("{}/{}", subject.transaction_id, subject.round_no)
+}

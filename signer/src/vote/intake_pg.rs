@@ -1,0 +1,348 @@
+//! [`VoteIntake`] and the vote store functions against a real, throwaway
+//! PostgreSQL (the Debian server binaries; initdb in a temporary directory).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bitcoin::hashes::Hash;
+use bitcoin::Txid;
+use ring::signature::Ed25519KeyPair;
+use uuid::Uuid;
+
+use super::*;
+use crate::store::transactions::NewTransaction;
+use crate::store::Store;
+
+/// A PostgreSQL server in a temporary directory, stopped on drop.
+struct TempPg {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn pg_bindir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries are installed (Debian postgresql-15)")
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .collect();
+    versions.sort();
+    versions.pop().expect("a PostgreSQL version directory").1
+}
+
+/// PostgreSQL refuses to run as root: switch to the `postgres` user then.
+fn as_pg_user(cmd: &mut Command, dir: &Path) {
+    if nix::unistd::Uid::effective().is_root() {
+        let pg = nix::unistd::User::from_name("postgres")
+            .expect("user lookup")
+            .expect("a postgres user exists where PostgreSQL is installed");
+        nix::unistd::chown(dir, Some(pg.uid), Some(pg.gid)).expect("chown the data directory");
+        cmd.uid(pg.uid.as_raw()).gid(pg.gid.as_raw());
+    }
+}
+
+impl TempPg {
+    async fn start() -> TempPg {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        let bin = pg_bindir();
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        as_pg_user(&mut initdb, dir.path());
+        as_pg_user(&mut initdb, &data);
+        assert!(
+            initdb.status().expect("run initdb").success(),
+            "initdb failed"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut server = Command::new(bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string()])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        as_pg_user(&mut server, &data);
+        let child = server.spawn().expect("start postgres");
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let pg = TempPg {
+            child,
+            url,
+            _dir: dir,
+        };
+        for _ in 0..300 {
+            if sqlx::PgPool::connect(&pg.url).await.is_ok() {
+                return pg;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("postgres did not accept connections within 30 s");
+    }
+}
+
+impl Drop for TempPg {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SIGINT: fast shutdown (disconnects clients, stops the server).
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn key(seed: u8) -> Ed25519KeyPair {
+    Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("any 32-byte seed is a valid key")
+}
+
+fn subject(tx: Uuid) -> VoteSubject {
+    VoteSubject {
+        transaction_id: tx,
+        round_no: 1,
+        txid: Txid::from_byte_array([1; 32]),
+        sighashes: vec![[0x11; 32], [0x22; 32]],
+        policy_hash: [0xab; 32],
+    }
+}
+
+fn signed(tx: Uuid, voter: u8, signer: u8, decision: VoteDecision) -> SignedVote {
+    let s = subject(tx);
+    let body = VoteBody {
+        transaction_id: s.transaction_id,
+        round_no: s.round_no,
+        txid: s.txid,
+        sighashes: s.sighashes,
+        policy_hash: s.policy_hash,
+        decision,
+        reasons: Vec::new(),
+        voter: format!("node-{voter}"),
+        deadline_unix: 1_700_000_600,
+    };
+    SignedVote::sign(body, &key(signer)).expect("valid body")
+}
+
+async fn violations(store: &Store, culprit: &str, code: &str) -> Vec<serde_json::Value> {
+    store
+        .list_violations(1000)
+        .await
+        .expect("list violations")
+        .into_iter()
+        .filter(|v| v.node_id == culprit && v.violation_type == code)
+        .map(|v| v.evidence)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() {
+    let pg = TempPg::start().await;
+    let store = Store::connect(&pg.url, 4)
+        .await
+        .expect("connect and migrate");
+    let tx = Uuid::new_v4();
+    store
+        .insert_transaction(&NewTransaction {
+            id: tx,
+            key_id: Some("hot".into()),
+            recipient: None,
+            amount_sats: None,
+            fee_sats: None,
+            psbt: None,
+            initiator: "test".into(),
+        })
+        .await
+        .expect("transaction");
+    let round = Uuid::new_v4();
+    let deadline = chrono::Utc::now() + chrono::Duration::seconds(60);
+    store
+        .create_round(round, tx, 1, 2, 3, deadline)
+        .await
+        .expect("round");
+    let intake = VoteIntake::new(store.clone(), "node-1");
+    let mut keys = VoteKeyBook::from_pinned(store.vote_keys().await.expect("keys"));
+    assert!(keys.is_empty());
+
+    // --- key pinning ---
+    let own = key(1).vote_public_key();
+    assert_eq!(
+        store
+            .pin_vote_key("node-1", "node-1", &own)
+            .await
+            .expect("pin own"),
+        PinOutcome::NewlyPinned
+    );
+    keys.observe("node-1", own);
+    for peer in [2u8, 3] {
+        let a = VoteKeyAnnouncement::new(&format!("node-{peer}"), &key(peer)).expect("valid");
+        let sender = format!("node-{peer}");
+        assert_eq!(
+            intake
+                .accept_key_announcement(&mut keys, &a, &sender)
+                .await
+                .expect("pins"),
+            PinOutcome::NewlyPinned
+        );
+        assert_eq!(
+            intake
+                .accept_key_announcement(&mut keys, &a, &sender)
+                .await
+                .expect("same key"),
+            PinOutcome::AlreadyPinned
+        );
+    }
+    // An announcement for node-3 over node-2's connection.
+    let a3 = VoteKeyAnnouncement::new("node-3", &key(3)).expect("valid");
+    assert!(matches!(
+        intake
+            .accept_key_announcement(&mut keys, &a3, "node-2")
+            .await,
+        Err(KeyAnnounceError::SenderMismatch { .. })
+    ));
+    assert_eq!(
+        violations(&store, "node-2", VIOLATION_BAD_KEY_ANNOUNCEMENT)
+            .await
+            .len(),
+        1
+    );
+    // node-3 tries to change its key: refused, recorded, pin unchanged.
+    let changed = VoteKeyAnnouncement::new("node-3", &key(4)).expect("valid");
+    assert!(matches!(
+        intake
+            .accept_key_announcement(&mut keys, &changed, "node-3")
+            .await,
+        Err(KeyAnnounceError::KeyChanged { .. })
+    ));
+    let ev = violations(&store, "node-3", VIOLATION_KEY_CHANGED).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["offered"], hex::encode(key(4).vote_public_key()));
+    assert_eq!(keys.get("node-3"), Some(&key(3).vote_public_key()));
+    let stored_keys = store.vote_keys().await.expect("keys");
+    assert_eq!(stored_keys.len(), 3);
+    assert!(stored_keys.contains(&("node-3".to_owned(), key(3).vote_public_key())));
+    assert_eq!(VoteKeyBook::from_pinned(stored_keys), keys);
+
+    // --- votes ---
+    let s = subject(tx);
+    let v1 = signed(tx, 1, 1, VoteDecision::Approve);
+    assert_eq!(
+        intake
+            .accept(&keys, round, &v1, "node-1", &s)
+            .await
+            .expect("own vote"),
+        Accepted::New
+    );
+    let again = SignedVote::decode(&v1.encode()).expect("decodes");
+    assert_eq!(
+        intake
+            .accept(&keys, round, &again, "node-1", &s)
+            .await
+            .expect("re-delivery"),
+        Accepted::Duplicate
+    );
+    // node-2's vote signed with another key: ignored and recorded.
+    let forged = signed(tx, 2, 9, VoteDecision::Approve);
+    assert!(matches!(
+        intake.accept(&keys, round, &forged, "node-2", &s).await,
+        Err(VoteReject::BadSignature { .. })
+    ));
+    assert_eq!(
+        violations(&store, "node-2", VIOLATION_BAD_SIGNATURE)
+            .await
+            .len(),
+        1
+    );
+    // node-2's vote for other sighashes: ignored and recorded.
+    let mut other = subject(tx);
+    other.sighashes.reverse();
+    let other_vote = {
+        let mut b = signed(tx, 2, 2, VoteDecision::Approve).body().clone();
+        b.sighashes = other.sighashes.clone();
+        SignedVote::sign(b, &key(2)).expect("valid")
+    };
+    assert!(matches!(
+        intake.accept(&keys, round, &other_vote, "node-2", &s).await,
+        Err(VoteReject::WrongSubject {
+            field: "sighashes",
+            ..
+        })
+    ));
+    assert_eq!(
+        violations(&store, "node-2", VIOLATION_SUBJECT_MISMATCH)
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(intake.round_votes(round).await.expect("votes").len(), 1);
+
+    // node-2 approves, then tries to switch to reject: double vote, first stays.
+    let v2 = signed(tx, 2, 2, VoteDecision::Approve);
+    assert_eq!(
+        intake
+            .accept(&keys, round, &v2, "node-2", &s)
+            .await
+            .expect("valid"),
+        Accepted::New
+    );
+    let v2b = signed(tx, 2, 2, VoteDecision::Reject);
+    assert!(matches!(
+        intake.accept(&keys, round, &v2b, "node-2", &s).await,
+        Err(VoteReject::DoubleVote { .. })
+    ));
+    let ev = violations(&store, "node-2", VIOLATION_DOUBLE_VOTE).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["first"], hex::encode(v2.encode()));
+    assert_eq!(ev[0]["second"], hex::encode(v2b.encode()));
+    let votes = intake.round_votes(round).await.expect("votes");
+    assert_eq!(votes, vec![v1.clone(), v2.clone()]);
+
+    // The stored votes settle the round and re-verify as a quorum.
+    assert_eq!(evaluate_round(2, 3, &votes), Ok(RoundOutcome::Approved));
+    let qc = QuorumCertificate::verify(&votes, &keys, 2, &s).expect("quorum from the database");
+    assert_eq!(qc.approvers(), ["node-1", "node-2"]);
+
+    // Every violation and pin is in the audit chain, which still verifies.
+    let audit = store.audit_rows(0, 1000).await.expect("audit");
+    let count = |action: &str| audit.iter().filter(|r| r.action == action).count();
+    assert_eq!(count("vote_key.pin"), 3);
+    assert_eq!(count("vote.violation"), 5);
+    crate::audit::verify_chain(&audit).expect("unbroken chain");
+
+    // An operator unpins node-3; its new key is then pinned on announcement.
+    assert!(store
+        .unpin_vote_key("node-1", "cli", "node-3")
+        .await
+        .expect("unpin"));
+    assert!(!store
+        .unpin_vote_key("node-1", "cli", "node-3")
+        .await
+        .expect("unpin"));
+    keys.forget("node-3");
+    assert_eq!(
+        intake
+            .accept_key_announcement(&mut keys, &changed, "node-3")
+            .await
+            .expect("new pin"),
+        PinOutcome::NewlyPinned
+    );
+    assert_eq!(keys.get("node-3"), Some(&key(4).vote_public_key()));
+    drop(store);
+    drop(pg);
+}
