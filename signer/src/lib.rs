@@ -13,3 +13,4 @@ pub mod node;
 pub mod p2p;
 pub mod store;
 pub mod tls;
+pub mod wallet;
