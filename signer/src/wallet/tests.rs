@@ -1173,3 +1173,67 @@ fn mutation_base() -> Vec<u8> {
     })
     .clone()
 }
+
+#[test]
+fn lookahead_bounds_scanning_but_key_origins_reach_beyond_it() {
+    let xprv = Xpriv::new_master(NetworkKind::Test, &[5; 32]).unwrap();
+    let key = WalletKey::new(
+        "wide",
+        KeyKind::Taproot,
+        Xpub::from_priv(secp(), &xprv),
+        NET,
+    );
+    assert_eq!(key.gap(), DEFAULT_GAP);
+    assert_eq!(
+        key.find_path(&key.change_script(DEFAULT_GAP - 1).unwrap()),
+        Some(ScriptPath {
+            chain: 1,
+            index: DEFAULT_GAP - 1
+        })
+    );
+    let far = key.receive_script(DEFAULT_GAP + 500).unwrap();
+    assert_eq!(key.find_path(&far), None);
+    assert_eq!(code(key.clone().with_gap(0)), "derivation_invalid");
+    assert_eq!(
+        code(key.clone().with_gap(MAX_GAP + 1)),
+        "derivation_invalid"
+    );
+
+    // a utxo beyond the lookahead is not found by scanning a funding transaction...
+    let tx = funding_tx(far.clone(), 70_000, 77);
+    let lim = IntakeLimits::default();
+    let keys = std::slice::from_ref(&key);
+    assert!(
+        scan_funding_tx(&bitcoin::consensus::serialize(&tx), keys, &lim)
+            .unwrap()
+            .is_empty()
+    );
+    // ...but a PSBT whose key origin names its path is confirmed by derivation
+    let utxo = OwnedUtxo {
+        key_id: "wide".into(),
+        outpoint: OutPoint {
+            txid: tx.compute_txid(),
+            vout: 0,
+        },
+        value_sats: 70_000,
+        script_pubkey: far,
+        chain: 0,
+        index: DEFAULT_GAP + 500,
+    };
+    let v = build_psbt(&key, &[utxo], FOREIGN_ADDR, 30_000, 2, 0, &lim).unwrap();
+    assert_eq!(v.inputs[0].path, vec![0, DEFAULT_GAP + 500]);
+    let tk = TestKey { xprv, key };
+    finalize_and_verify(sign_all(&tk, &v)).unwrap();
+    // without the origin the input is not recognised
+    let mut p = v.psbt.clone();
+    p.inputs[0].tap_key_origins.clear();
+    p.inputs[0].tap_internal_key = None;
+    let lax = IntakeLimits {
+        require_key_origin: false,
+        ..lim
+    };
+    assert_eq!(
+        code(validate_psbt(p, std::slice::from_ref(&tk.key), &lax)),
+        "input_not_ours"
+    );
+}
