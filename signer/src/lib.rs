@@ -16,3 +16,4 @@ pub mod session;
 pub mod store;
 pub mod tls;
 pub mod vote;
+pub mod wallet;
