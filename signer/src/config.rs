@@ -84,6 +84,77 @@ pub struct NodeConfig {
     /// Aux-info ceremonies and the safe-prime pool.
     #[serde(default)]
     pub aux: AuxConfig,
+    /// Wallet: network and intake limits.
+    #[serde(default)]
+    pub wallet: WalletConfig,
+    /// Transaction policy.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// Wallet settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalletConfig {
+    /// Bitcoin network of every key and address (`bitcoin`, `testnet`, `signet`,
+    /// `regtest`).
+    #[serde(default = "default_network")]
+    pub network: bitcoin::Network,
+    /// Refuse P2WPKH inputs without the full previous transaction.
+    #[serde(default)]
+    pub require_non_witness_utxo: bool,
+    /// Highest acceptable fee rate (sat/vB).
+    #[serde(default = "default_max_fee_rate")]
+    pub max_fee_rate_sat_vb: u64,
+    /// Highest acceptable absolute fee (sats).
+    #[serde(default = "default_max_fee")]
+    pub max_fee_sats: u64,
+    /// Seconds a voting round stays open.
+    #[serde(default = "default_vote_secs")]
+    pub vote_timeout_secs: u64,
+    /// Seconds the signing of one transaction may take.
+    #[serde(default = "default_sign_secs")]
+    pub sign_timeout_secs: u64,
+}
+
+impl Default for WalletConfig {
+    fn default() -> Self {
+        WalletConfig {
+            network: default_network(),
+            require_non_witness_utxo: false,
+            max_fee_rate_sat_vb: default_max_fee_rate(),
+            max_fee_sats: default_max_fee(),
+            vote_timeout_secs: default_vote_secs(),
+            sign_timeout_secs: default_sign_secs(),
+        }
+    }
+}
+
+fn default_network() -> bitcoin::Network {
+    bitcoin::Network::Regtest
+}
+fn default_max_fee_rate() -> u64 {
+    1_000
+}
+fn default_max_fee() -> u64 {
+    10_000_000
+}
+fn default_vote_secs() -> u64 {
+    60
+}
+fn default_sign_secs() -> u64 {
+    120
+}
+
+/// Policy settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy file (see docs/POLICY.md), read at every evaluation so an edited
+    /// file takes effect without a restart; its hash is in every vote. Without one,
+    /// the node votes to reject every transaction (`no_policy_configured`).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
 }
 
 /// Aux-info ceremonies and the background pool of pregenerated safe primes.

@@ -15,5 +15,6 @@ pub mod p2p;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod tx;
 pub mod vote;
 pub mod wallet;

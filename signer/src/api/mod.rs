@@ -5,6 +5,7 @@ pub mod auth;
 mod dkg;
 pub mod error;
 mod handlers;
+mod tx;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +56,12 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(dkg::start_aux),
         )
         .route("/api/v1/aux-info/status", get(dkg::aux_status))
+        .route(
+            "/api/v1/transactions",
+            axum::routing::post(tx::submit).get(tx::list),
+        )
+        .route("/api/v1/transactions/{id}", get(tx::get_one))
+        .route("/api/v1/utxos", axum::routing::post(tx::import_utxos))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -126,6 +126,10 @@ pub struct NodeCtx {
     pub dkg: Dkg,
     /// Protocol sessions running on this node (frame routing).
     pub sessions: crate::session::Router,
+    /// Transactions being voted on or signed.
+    pub tx: crate::tx::Registry,
+    /// Opened signing material (key shares with aux info).
+    pub tx_material: crate::tx::material::MaterialCache,
     coord: RwLock<Option<Coord>>,
     cluster: RwLock<ClusterSnapshot>,
     custody: RwLock<CustodyState>,
@@ -151,6 +155,8 @@ impl NodeCtx {
             net,
             dkg: Dkg::default(),
             sessions: crate::session::Router::default(),
+            tx: crate::tx::Registry::default(),
+            tx_material: crate::tx::material::MaterialCache::default(),
             coord: RwLock::new(None),
             cluster: RwLock::new(ClusterSnapshot::default()),
             custody: RwLock::new(custody),

@@ -165,6 +165,13 @@ impl Net {
                 MessageKind::KEYGEN
                 | MessageKind::FROST_KEYGEN
                 | MessageKind::AUX_INFO
+                | MessageKind::SIGN
+                | MessageKind::FROST_SIGN
+                | MessageKind::VOTE
+                | crate::tx::wire::TX_PROPOSE
+                | crate::tx::wire::TX_SIGN
+                | crate::tx::wire::TX_SIGNATURE
+                | crate::tx::wire::TX_DONE
                 | crate::dkg::wire::CEREMONY_ANNOUNCE
                 | crate::dkg::wire::CEREMONY_CONFIRM => self.forward_ceremony(inbound),
                 other => {

@@ -35,6 +35,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     net.set_ceremony_handler(ceremony_tx);
     tokio::spawn(crate::dkg::serve(node.clone(), ceremony_rx));
     tokio::spawn(crate::dkg::primes::run(node.clone()));
+    tokio::spawn(crate::tx::announce_vote_key(node.clone()));
     crate::fault::warn_if_armed();
     write_pid_file(&node.cfg)?;
     let started_at = chrono::Utc::now();

@@ -9,6 +9,7 @@ pub mod node_keys;
 pub mod primes;
 pub mod tokens;
 pub mod transactions;
+pub mod utxos;
 pub mod violations;
 pub mod votes;
 

@@ -40,6 +40,8 @@ pub struct TransactionRow {
     pub txid: Option<String>,
     /// Who submitted it (token id).
     pub initiator: String,
+    /// Node that coordinates its signing.
+    pub leader: Option<String>,
     /// Why it failed, when it did.
     pub failure_reason: Option<String>,
     /// Created.
@@ -69,7 +71,7 @@ pub struct NewTransaction {
 
 macro_rules! columns {
     () => {
-        "id, key_id, state, recipient, amount_sats, fee_sats, txid, initiator, \
+        "id, key_id, state, recipient, amount_sats, fee_sats, txid, initiator, leader, \
          failure_reason, created_at, updated_at"
     };
 }
@@ -172,5 +174,125 @@ impl Store {
             .fetch_one(self.pool())
             .await?;
         Ok(n)
+    }
+
+    /// Records who leads a transaction and the end of its voting round.
+    pub async fn set_transaction_leader(
+        &self,
+        id: Uuid,
+        leader: &str,
+        deadline: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE transactions SET leader = $2, vote_deadline = $3 WHERE id = $1")
+            .bind(id)
+            .bind(leader)
+            .bind(deadline)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Who initiated a transaction.
+    pub async fn transaction_initiator(&self, id: Uuid) -> Result<String, StoreError> {
+        Ok(self.get_transaction(id).await?.initiator)
+    }
+
+    /// Satoshis the key sent (fees included) in transactions signed within the last
+    /// `window_seconds`.
+    pub async fn spent_in_window(
+        &self,
+        key_id: &str,
+        window_seconds: u64,
+    ) -> Result<u64, StoreError> {
+        let secs = i64::try_from(window_seconds).unwrap_or(i64::MAX);
+        let (sum,): (Option<i64>,) = sqlx::query_as(
+            "SELECT sum(COALESCE(amount_sats, 0) + COALESCE(fee_sats, 0))::bigint FROM transactions \
+             WHERE key_id = $1 AND state IN ('signed', 'broadcast', 'confirmed') \
+             AND updated_at > now() - make_interval(secs => $2::double precision)",
+        )
+        .bind(key_id)
+        .bind(secs)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(u64::try_from(sum.unwrap_or(0)).unwrap_or(0))
+    }
+
+    /// Marks a transaction signed with its final form, audited, in one transaction;
+    /// the UTXOs it spends are marked spent.
+    pub async fn transaction_signed(
+        &self,
+        node_id: &str,
+        id: Uuid,
+        signed_tx: &[u8],
+        txid: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE transactions SET state = 'signed', signed_tx = $2, txid = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(signed_tx)
+        .bind(txid)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::classify(e, "transaction"))?;
+        sqlx::query("UPDATE utxos SET state = 'spent' WHERE reserved_by = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        super::audit::append_audit(
+            &mut tx,
+            node_id,
+            crate::audit::AuditEntry::new("node", "tx.signed")
+                .subject(id.to_string())
+                .details(serde_json::json!({ "txid": txid })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks a transaction failed (from any state that allows it), audited, and
+    /// releases its reserved UTXOs.
+    pub async fn transaction_failed(
+        &self,
+        node_id: &str,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("UPDATE transactions SET state = 'failed', failure_reason = $2 WHERE id = $1")
+            .bind(id)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::classify(e, "transaction"))?;
+        sqlx::query(
+            "UPDATE utxos SET state = 'available', reserved_by = NULL \
+             WHERE reserved_by = $1 AND state = 'reserved'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        super::audit::append_audit(
+            &mut tx,
+            node_id,
+            crate::audit::AuditEntry::new("node", "tx.failed")
+                .subject(id.to_string())
+                .details(serde_json::json!({ "reason": reason })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The final transaction (hex) once signed.
+    pub async fn signed_tx_hex(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<Vec<u8>>,)> =
+            sqlx::query_as("SELECT signed_tx FROM transactions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.and_then(|(t,)| t).map(hex::encode))
     }
 }

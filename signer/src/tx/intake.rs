@@ -1,0 +1,176 @@
+//! Intake on the node that receives the request (the transaction's leader).
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use uuid::Uuid;
+
+use super::voting::now_unix;
+use super::wire::{self, Proposal, TX_PROPOSE};
+use super::TxError;
+use crate::audit::AuditEntry;
+use crate::node::NodeCtx;
+use crate::p2p::Frame;
+use crate::store::transactions::NewTransaction;
+
+/// What an operator submits.
+#[derive(Debug, Clone)]
+pub enum Submission {
+    /// A BIP-174 PSBT (binary or base64).
+    Psbt(Vec<u8>),
+    /// Pay `amount_sats` to `recipient` from the UTXOs this node knows for `key_id`.
+    Pay {
+        /// Key that spends.
+        key_id: String,
+        /// Destination address.
+        recipient: String,
+        /// Amount in satoshis.
+        amount_sats: u64,
+        /// Fee rate in sat/vB.
+        fee_rate_sat_vb: u64,
+    },
+}
+
+/// Validates, stores and proposes a transaction; returns its id once this node's own
+/// vote is cast. Nothing is stored when validation fails.
+pub async fn submit(
+    node: &Arc<NodeCtx>,
+    sub: Submission,
+    initiator: &str,
+) -> Result<Uuid, TxError> {
+    if node.unsealed().is_none() {
+        return Err(TxError::Sealed);
+    }
+    let keys = super::usable_keys(node).await?;
+    let limits = super::limits(node);
+    let id = Uuid::new_v4();
+    let (validated, recipient, amount) = match sub {
+        Submission::Psbt(raw) => {
+            let wallet_keys: Vec<_> = keys.iter().map(|k| k.wallet.clone()).collect();
+            (
+                crate::wallet::intake_psbt(&raw, &wallet_keys, &limits)?,
+                None,
+                None,
+            )
+        }
+        Submission::Pay {
+            key_id,
+            recipient,
+            amount_sats,
+            fee_rate_sat_vb,
+        } => {
+            let key = keys
+                .iter()
+                .find(|k| k.wallet.key_id() == key_id)
+                .ok_or_else(|| TxError::UnknownKey(key_id.clone()))?;
+            let utxos = node.store.available_utxos(&key_id).await?;
+            let change = node.store.next_change_index(&key_id).await?;
+            let v = crate::wallet::build_psbt(
+                &key.wallet,
+                &utxos,
+                &recipient,
+                amount_sats,
+                fee_rate_sat_vb,
+                change,
+                &limits,
+            )?;
+            (v, Some(recipient), Some(amount_sats))
+        }
+    };
+    if node.tx.is_frozen(&validated.key_id) {
+        return Err(TxError::Invalid {
+            code: "key_frozen",
+            message: format!(
+                "key {} is frozen after a failed verification",
+                validated.key_id
+            ),
+        });
+    }
+    let key = keys
+        .iter()
+        .find(|k| k.wallet.key_id() == validated.key_id)
+        .ok_or_else(|| TxError::UnknownKey(validated.key_id.clone()))?;
+    let psbt_bytes = validated.psbt.serialize();
+    let new = NewTransaction {
+        id,
+        key_id: Some(validated.key_id.clone()),
+        recipient,
+        amount_sats: amount.and_then(|a| i64::try_from(a).ok()),
+        fee_sats: i64::try_from(validated.fee_sats).ok(),
+        psbt: Some(psbt_bytes.clone()),
+        initiator: initiator.to_owned(),
+    };
+    node.store.insert_transaction(&new).await?;
+    let outpoints: Vec<_> = validated.inputs.iter().map(|i| i.outpoint).collect();
+    if amount.is_some() {
+        if let Err(e) = node.store.reserve_utxos(id, &outpoints).await {
+            let _ = node
+                .store
+                .transaction_failed(&node.cfg.node_id, id, &e.to_string())
+                .await;
+            return Err(TxError::Invalid {
+                code: "utxo_unavailable",
+                message: e.to_string(),
+            });
+        }
+    }
+    node.store
+        .audit(
+            &node.cfg.node_id,
+            AuditEntry::new(initiator, "tx.submit")
+                .subject(id.to_string())
+                .details(serde_json::json!({
+                    "key_id": validated.key_id,
+                    "txid": validated.txid.to_string(),
+                    "inputs": validated.inputs.len(),
+                    "fee_sats": validated.fee_sats,
+                })),
+        )
+        .await?;
+    let prop = Proposal {
+        id,
+        key_id: validated.key_id.clone(),
+        psbt: base64::engine::general_purpose::STANDARD.encode(&psbt_bytes),
+        initiator: initiator.to_owned(),
+        deadline_unix: now_unix() + node.cfg.wallet.vote_timeout_secs.max(5),
+    };
+    let payload = wire::encode(&prop).map_err(|e| TxError::Internal(e.to_string()))?;
+    let frame = Frame::new(id, TX_PROPOSE, payload);
+    super::voting::broadcast(node, &key.participants, frame).await;
+    if let Err(e) = super::voting::on_proposal(node, &node.cfg.node_id.clone(), prop).await {
+        let _ = node
+            .store
+            .transaction_failed(&node.cfg.node_id, id, &e.to_string())
+            .await;
+        return Err(e);
+    }
+    Ok(id)
+}
+
+/// Imports the outputs of a funding transaction that pay this node's keys.
+pub async fn import_utxos(
+    node: &Arc<NodeCtx>,
+    raw: &[u8],
+) -> Result<Vec<crate::wallet::OwnedUtxo>, TxError> {
+    let keys: Vec<_> = super::usable_keys(node)
+        .await?
+        .into_iter()
+        .map(|k| k.wallet)
+        .collect();
+    let found = crate::wallet::scan_funding_tx(raw, &keys, &super::limits(node))?;
+    node.store.add_utxos(&found).await?;
+    Ok(found)
+}
+
+/// Handles a proposal frame from a peer.
+pub async fn on_propose_frame(node: Arc<NodeCtx>, from: String, payload: bytes::Bytes) {
+    match wire::decode::<Proposal>(&payload) {
+        Ok(p) => {
+            let id = p.id;
+            if let Err(e) = super::voting::on_proposal(&node, &from, p).await {
+                tracing::warn!(tx = %id, leader = %from, error = %e, "proposal refused");
+            }
+        }
+        Err(e) => tracing::warn!(peer = %from, error = %e, "malformed proposal; dropped"),
+    }
+}

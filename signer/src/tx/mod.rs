@@ -1,0 +1,320 @@
+//! Transactions end to end: intake (PSBT or recipient + amount), proposal to every
+//! share holder of the key, independent validation and policy vote on every node,
+//! threshold signing by `t` approving nodes, and the verified, finalized transaction.
+//!
+//! * [`intake`]: the node that receives `POST /api/v1/transactions` (the *leader* of
+//!   that transaction) validates the PSBT with [`crate::wallet`], stores it and sends
+//!   a [`wire::TX_PROPOSE`] frame to every participant of the key.
+//! * [`voting`]: every participant (the leader too) validates the PSBT itself,
+//!   recomputes every sighash, evaluates its own policy and broadcasts a vote signed
+//!   with its vote key ([`crate::vote`]); every node stores every vote and closes the
+//!   round on quorum approve, impossible quorum (rejected) or deadline (expired).
+//! * [`signing`]: the leader picks `t` approving, connected nodes and asks them to
+//!   sign each input ([`wire::TX_SIGN`]); each signer first builds a
+//!   [`crate::vote::SigningPermit`] from its own policy approval and a quorum
+//!   certificate over exactly these sighashes, then runs CGGMP24 (ECDSA) or FROST
+//!   (Taproot, BIP-86 tweak) over QUIC. The leader fills the PSBT (each signature is
+//!   verified first), finalizes it, verifies every input with Bitcoin Core's
+//!   consensus code and sends the result to every participant ([`wire::TX_DONE`]),
+//!   which verify it again before recording `signed`.
+
+pub mod intake;
+pub mod material;
+pub mod signing;
+pub mod voting;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use uuid::Uuid;
+
+use crate::node::NodeCtx;
+use crate::wallet::{IntakeLimits, KeyKind, ValidatedPsbt, WalletKey};
+
+/// Errors of the transaction pipeline.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TxError {
+    /// The request is not acceptable (4xx); `code` is the stable API code.
+    #[error("{message}")]
+    Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+    },
+    /// The key is unknown or its share is not loaded on this node.
+    #[error("key {0} not found or not loaded on this node")]
+    UnknownKey(String),
+    /// Custody is sealed.
+    #[error("custody is sealed: transactions are refused")]
+    Sealed,
+    /// Database failure.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Anything else that is this node's problem.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<crate::wallet::WalletError> for TxError {
+    fn from(e: crate::wallet::WalletError) -> Self {
+        if e.is_client_error() {
+            TxError::Invalid {
+                code: e.code(),
+                message: e.to_string(),
+            }
+        } else {
+            TxError::Internal(e.to_string())
+        }
+    }
+}
+
+/// What every node keeps in memory about a transaction it voted on.
+#[derive(Debug)]
+pub struct Pending {
+    /// The PSBT as this node validated it.
+    pub validated: ValidatedPsbt,
+    /// Participants of the key (node ids, keygen order).
+    pub participants: Vec<String>,
+    /// Threshold of the key.
+    pub threshold: u16,
+    /// Node coordinating the signing.
+    pub leader: String,
+    /// Voting round id.
+    pub round_id: Uuid,
+    /// What the votes must be about.
+    pub subject: crate::vote::VoteSubject,
+}
+
+/// Votes kept for transactions whose proposal has not arrived yet, at most.
+pub const MAX_EARLY_VOTES: usize = 4096;
+
+/// In-memory registry of transactions being voted on or signed.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pending: Mutex<HashMap<Uuid, Arc<Pending>>>,
+    early_votes: Mutex<Vec<(Uuid, String, crate::vote::SignedVote)>>,
+    replies: Mutex<HashMap<Uuid, tokio::sync::mpsc::Sender<(String, wire::SignatureReply)>>>,
+    frozen: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<Pending>>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Freezes a key: no new transaction is accepted for it (until restart).
+    pub fn freeze(&self, key_id: &str) {
+        self.frozen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key_id.to_owned());
+    }
+
+    /// Whether `key_id` is frozen.
+    pub fn is_frozen(&self, key_id: &str) -> bool {
+        self.frozen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(key_id)
+    }
+
+    /// Keeps a vote that arrived before its proposal (bounded).
+    pub fn keep_early_vote(&self, id: Uuid, from: String, v: crate::vote::SignedVote) {
+        let mut g = self
+            .early_votes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if g.len() >= MAX_EARLY_VOTES {
+            tracing::warn!(tx = %id, peer = %from, "early vote buffer full; vote dropped");
+            return;
+        }
+        g.push((id, from, v));
+    }
+
+    /// Takes the early votes of `id`.
+    pub fn take_early_votes(&self, id: Uuid) -> Vec<(String, crate::vote::SignedVote)> {
+        let mut g = self
+            .early_votes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *g)
+            .into_iter()
+            .partition(|(t, ..)| *t == id);
+        *g = rest;
+        mine.into_iter().map(|(_, f, v)| (f, v)).collect()
+    }
+
+    /// Routes signature replies of signing session `session` to `tx`.
+    pub fn expect_replies(
+        &self,
+        session: Uuid,
+        tx: tokio::sync::mpsc::Sender<(String, wire::SignatureReply)>,
+    ) {
+        self.replies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(session, tx);
+    }
+
+    /// Stops routing replies of `session`.
+    pub fn forget_replies(&self, session: Uuid) {
+        self.replies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&session);
+    }
+
+    /// Delivers a signature reply to its waiting leader, if any.
+    pub fn deliver_reply(&self, from: String, reply: wire::SignatureReply) {
+        let g = self.replies.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = g.get(&reply.session) {
+            let _ = tx.try_send((from, reply));
+        }
+    }
+
+    /// Records a transaction this node validated.
+    pub fn insert(&self, id: Uuid, p: Arc<Pending>) {
+        self.lock().insert(id, p);
+    }
+
+    /// A transaction this node validated.
+    pub fn get(&self, id: Uuid) -> Option<Arc<Pending>> {
+        self.lock().get(&id).cloned()
+    }
+
+    /// Forgets a finished transaction.
+    pub fn remove(&self, id: Uuid) {
+        self.lock().remove(&id);
+    }
+}
+
+/// The wallet network of this cluster.
+pub fn network(node: &NodeCtx) -> bitcoin::Network {
+    node.cfg.wallet.network
+}
+
+/// Intake limits from the configuration.
+pub fn limits(node: &NodeCtx) -> IntakeLimits {
+    IntakeLimits {
+        require_non_witness_utxo: node.cfg.wallet.require_non_witness_utxo,
+        max_fee_rate_sat_vb: node.cfg.wallet.max_fee_rate_sat_vb,
+        max_fee_sats: node.cfg.wallet.max_fee_sats,
+        ..IntakeLimits::default()
+    }
+}
+
+/// A key this node can use in the wallet: completed, share loaded.
+#[derive(Debug, Clone)]
+pub struct UsableKey {
+    /// Wallet view of the key.
+    pub wallet: WalletKey,
+    /// Participants (keygen order).
+    pub participants: Vec<String>,
+    /// Threshold.
+    pub threshold: u16,
+}
+
+/// The keys of this node that have a loaded share, as wallet keys.
+pub async fn usable_keys(node: &NodeCtx) -> Result<Vec<UsableKey>, TxError> {
+    let rows = node.store.usable_shares(&node.cfg.node_id).await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let Some(protocol) = crate::dkg::DkgProtocol::parse(&r.protocol) else {
+            continue;
+        };
+        let kind = match protocol {
+            crate::dkg::DkgProtocol::Cggmp24 => KeyKind::Ecdsa,
+            crate::dkg::DkgProtocol::Frost => KeyKind::Taproot,
+            crate::dkg::DkgProtocol::AuxInfo => continue,
+        };
+        let Some(xpub) = node.dkg.loaded(&r.key_id).and_then(|l| l.xpub) else {
+            continue;
+        };
+        let wallet = WalletKey::from_xpub_str(r.key_id.clone(), kind, &xpub, network(node))
+            .map_err(|e| TxError::Internal(e.to_string()))?;
+        out.push(UsableKey {
+            wallet,
+            participants: r.participants,
+            threshold: u16::try_from(r.threshold).unwrap_or(u16::MAX),
+        });
+    }
+    Ok(out)
+}
+
+/// Handles the transaction pipeline's frames; false if `inbound` is not one of them.
+pub fn dispatch(node: &Arc<NodeCtx>, inbound: &crate::p2p::Inbound) -> bool {
+    let from = inbound.from.clone();
+    let payload = inbound.frame.payload.clone();
+    let node = node.clone();
+    match inbound.frame.kind {
+        wire::TX_PROPOSE => {
+            tokio::spawn(intake::on_propose_frame(node, from, payload));
+        }
+        crate::p2p::MessageKind::VOTE => {
+            tokio::spawn(async move { voting::on_vote_frame(&node, &from, &payload).await });
+        }
+        wire::TX_SIGN => match wire::decode::<wire::SignRequest>(&payload) {
+            Ok(r) => {
+                tokio::spawn(signing::on_sign_request(node, from, r));
+            }
+            Err(e) => tracing::warn!(peer = %from, error = %e, "malformed sign request; dropped"),
+        },
+        wire::TX_SIGNATURE => match wire::decode::<wire::SignatureReply>(&payload) {
+            Ok(r) => node.tx.deliver_reply(from, r),
+            Err(e) => {
+                tracing::warn!(peer = %from, error = %e, "malformed signature reply; dropped")
+            }
+        },
+        wire::TX_DONE => match wire::decode::<wire::Done>(&payload) {
+            Ok(d) => {
+                tokio::spawn(signing::on_done(node, from, d));
+            }
+            Err(e) => tracing::warn!(peer = %from, error = %e, "malformed result; dropped"),
+        },
+        _ => return false,
+    }
+    true
+}
+
+/// Pins this node's own vote key once custody is unsealed, then announces it to every
+/// connected peer every few seconds (peers pin it on first sight; repeats are no-ops).
+pub async fn announce_vote_key(node: Arc<NodeCtx>) {
+    let unsealed = loop {
+        if let Some(u) = node.unsealed() {
+            break u;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
+    let me = node.cfg.node_id.clone();
+    use crate::vote::VoteSigner as _;
+    if let Err(e) = node
+        .store
+        .pin_vote_key(&me, &me, &unsealed.vote_key.vote_public_key())
+        .await
+    {
+        tracing::error!(error = %e, "cannot pin this node's own vote key");
+    }
+    let announcement = match crate::vote::VoteKeyAnnouncement::new(&me, &unsealed.vote_key) {
+        Ok(a) => crate::vote::VoteMessage::KeyAnnouncement(a).encode(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the vote key announcement");
+            return;
+        }
+    };
+    loop {
+        for peer in node.net.p2p.connected_peers() {
+            let f = crate::p2p::Frame::new(
+                Uuid::nil(),
+                crate::p2p::MessageKind::VOTE,
+                announcement.clone(),
+            );
+            if let Err(e) = node.net.p2p.send(&peer, f).await {
+                tracing::debug!(%peer, error = %e, "vote key announcement not delivered");
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
+}

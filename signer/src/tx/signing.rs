@@ -1,0 +1,484 @@
+//! Threshold signing of an approved transaction: the leader drives, `t` approving
+//! nodes sign each input after checking their own signing permit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::consensus::encode;
+use signer_protocol::{channel_party, ecdsa, frost, run_on_thread, DeliveryConfig, ExecutionId};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::material::{self, Material};
+use super::voting::{broadcast, key_book, now_unix};
+use super::wire::{self, Done, SignRequest, SignatureReply, TX_DONE, TX_SIGN, TX_SIGNATURE};
+use super::{Pending, TxError};
+use crate::audit::AuditEntry;
+use crate::node::NodeCtx;
+use crate::p2p::{Frame, MessageKind};
+use crate::vote::{QuorumCertificate, SigningPermit, VoteDecision, VoteIntake};
+use crate::wallet::KeyKind;
+
+/// Leader: signs every input with `t` approving nodes, finalizes, verifies and
+/// distributes the result. Every outcome is recorded.
+pub async fn lead(node: Arc<NodeCtx>, id: Uuid) {
+    let outcome = lead_inner(&node, id).await;
+    let done = match outcome {
+        Ok(tx_hex) => Done {
+            id,
+            tx_hex: Some(tx_hex),
+            error: None,
+        },
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::warn!(tx = %id, error = %reason, "signing failed");
+            if let Err(e) = node
+                .store
+                .transaction_failed(&node.cfg.node_id, id, &reason)
+                .await
+            {
+                tracing::error!(tx = %id, error = %e, "cannot record the failure");
+            }
+            Done {
+                id,
+                tx_hex: None,
+                error: Some(reason),
+            }
+        }
+    };
+    if let Some(p) = node.tx.get(id) {
+        match wire::encode(&done) {
+            Ok(b) => broadcast(&node, &p.participants, Frame::new(id, TX_DONE, b)).await,
+            Err(e) => tracing::error!(tx = %id, error = %e, "cannot encode the result"),
+        }
+    }
+    node.tx.remove(id);
+}
+
+async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<String, TxError> {
+    let p = node
+        .tx
+        .get(id)
+        .ok_or_else(|| TxError::Internal("transaction not pending on this node".into()))?;
+    node.store
+        .transition_transaction(id, "signing", None)
+        .await?;
+    let signers = choose_signers(node, &p).await?;
+    tracing::info!(tx = %id, ?signers, inputs = p.validated.inputs.len(), "signing");
+    let timeout = Duration::from_secs(node.cfg.wallet.sign_timeout_secs.max(5));
+    let runs = p.validated.inputs.iter().map(|inp| {
+        let req = SignRequest {
+            session: Uuid::new_v4(),
+            tx: id,
+            input: u32::try_from(inp.input).unwrap_or(u32::MAX),
+            signers: signers.clone(),
+        };
+        sign_one_input(node, req, timeout)
+    });
+    let sigs = futures::future::join_all(runs).await;
+    let mut psbt = p.validated.psbt.clone();
+    for (inp, sig) in p.validated.inputs.iter().zip(sigs) {
+        let sig = sig?;
+        match inp.kind {
+            KeyKind::Ecdsa => {
+                let s = bitcoin::secp256k1::ecdsa::Signature::from_compact(&sig)
+                    .map_err(|e| TxError::Internal(format!("input {}: {e}", inp.input)))?;
+                crate::wallet::fill_ecdsa_signature(&mut psbt, inp.input, inp.pubkey, s)?;
+            }
+            KeyKind::Taproot => {
+                let s = bitcoin::secp256k1::schnorr::Signature::from_slice(&sig)
+                    .map_err(|e| TxError::Internal(format!("input {}: {e}", inp.input)))?;
+                crate::wallet::fill_taproot_signature(&mut psbt, inp.input, s)?;
+            }
+        }
+    }
+    let tx = match crate::wallet::finalize_and_verify(psbt) {
+        Ok(tx) => tx,
+        Err(e) => {
+            freeze_key(node, &p.validated.key_id, id, &e.to_string()).await;
+            return Err(TxError::Internal(format!("final verification failed: {e}")));
+        }
+    };
+    let hex = encode::serialize_hex(&tx);
+    record_signed(node, id, &tx).await?;
+    Ok(hex)
+}
+
+/// A failed final verification means a signer or this node is faulty: the key is
+/// frozen (no new transactions) and an alert is logged and audited.
+async fn freeze_key(node: &Arc<NodeCtx>, key_id: &str, tx: Uuid, reason: &str) {
+    tracing::error!(key = %key_id, %tx, %reason, "ALERT: final consensus verification failed; key frozen");
+    node.tx.freeze(key_id);
+    let _ = node
+        .store
+        .audit(
+            &node.cfg.node_id,
+            AuditEntry::new("node", "key.frozen")
+                .subject(key_id)
+                .details(serde_json::json!({ "transaction": tx, "reason": reason })),
+        )
+        .await;
+}
+
+async fn record_signed(
+    node: &Arc<NodeCtx>,
+    id: Uuid,
+    tx: &bitcoin::Transaction,
+) -> Result<(), TxError> {
+    node.store
+        .transaction_signed(
+            &node.cfg.node_id,
+            id,
+            &encode::serialize(tx),
+            &tx.compute_txid().to_string(),
+        )
+        .await?;
+    tracing::info!(tx = %id, txid = %tx.compute_txid(), "transaction signed and verified");
+    Ok(())
+}
+
+/// `t` nodes that voted approve and are reachable (this node first if it approved).
+async fn choose_signers(node: &Arc<NodeCtx>, p: &Pending) -> Result<Vec<String>, TxError> {
+    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
+    let votes = intake.round_votes(p.round_id).await?;
+    let me = &node.cfg.node_id;
+    let connected = node.net.p2p.connected_peers();
+    let mut approvers: Vec<String> = votes
+        .iter()
+        .filter(|v| v.body().decision == VoteDecision::Approve)
+        .map(|v| v.voter().to_owned())
+        .filter(|n| n == me || connected.contains(n))
+        .collect();
+    approvers.sort_by_key(|n| (n != me, p.participants.iter().position(|x| x == n)));
+    let t = usize::from(p.threshold);
+    if approvers.len() < t {
+        return Err(TxError::Invalid {
+            code: "not_enough_signers",
+            message: format!(
+                "{} approving signers reachable, {t} needed; nothing was signed",
+                approvers.len()
+            ),
+        });
+    }
+    approvers.truncate(t);
+    // Run order follows the key's participant order.
+    approvers.sort_by_key(|n| p.participants.iter().position(|x| x == n));
+    Ok(approvers)
+}
+
+/// Asks the signers of `req` to sign and returns the first verified signature bytes.
+async fn sign_one_input(
+    node: &Arc<NodeCtx>,
+    req: SignRequest,
+    timeout: Duration,
+) -> Result<Vec<u8>, TxError> {
+    let me = node.cfg.node_id.clone();
+    let (tx, mut rx) = mpsc::channel(req.signers.len() + 1);
+    node.tx.expect_replies(req.session, tx.clone());
+    let payload = wire::encode(&req).map_err(|e| TxError::Internal(e.to_string()))?;
+    let frame = Frame::new(req.session, TX_SIGN, payload);
+    for s in req.signers.iter().filter(|s| **s != me) {
+        if let Err(e) = node.net.p2p.send(s, frame.clone()).await {
+            tracing::warn!(signer = %s, error = %e, "sign request not delivered");
+        }
+    }
+    if req.signers.contains(&me) {
+        let n = node.clone();
+        let r = req.clone();
+        tokio::spawn(async move {
+            let reply = reply_for(&n, &r, serve(&n, &n.cfg.node_id.clone(), &r).await);
+            let _ = tx.send((n.cfg.node_id.clone(), reply)).await;
+        });
+    }
+    let result = tokio::time::timeout(timeout, async {
+        let mut errors = Vec::new();
+        while let Some((from, reply)) = rx.recv().await {
+            match (reply.signature, reply.error) {
+                (Some(hex_sig), _) => match hex::decode(&hex_sig) {
+                    Ok(b) if b.len() == 64 => return Ok(b),
+                    _ => errors.push(format!("{from}: malformed signature")),
+                },
+                (None, e) => errors.push(format!("{from}: {}", e.unwrap_or_default())),
+            }
+            if errors.len() >= req.signers.len() {
+                break;
+            }
+        }
+        Err(TxError::Internal(format!(
+            "input {}: no signature ({})",
+            req.input,
+            errors.join("; ")
+        )))
+    })
+    .await;
+    node.tx.forget_replies(req.session);
+    result.unwrap_or_else(|_| {
+        Err(TxError::Internal(format!(
+            "input {}: signing timed out after {} s",
+            req.input,
+            timeout.as_secs()
+        )))
+    })
+}
+
+fn reply_for(node: &NodeCtx, req: &SignRequest, r: Result<Vec<u8>, TxError>) -> SignatureReply {
+    match r {
+        Ok(sig) => SignatureReply {
+            session: req.session,
+            signature: Some(hex::encode(sig)),
+            error: None,
+        },
+        Err(e) => {
+            tracing::warn!(node = %node.cfg.node_id, tx = %req.tx, input = req.input, error = %e, "not signing");
+            SignatureReply {
+                session: req.session,
+                signature: None,
+                error: Some(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Signer: handles a sign request from the transaction's leader.
+pub async fn on_sign_request(node: Arc<NodeCtx>, from: String, req: SignRequest) {
+    let r = serve(&node, &from, &req).await;
+    let reply = reply_for(&node, &req, r);
+    match wire::encode(&reply) {
+        Ok(b) => {
+            if let Err(e) = node
+                .net
+                .p2p
+                .send(&from, Frame::new(req.session, TX_SIGNATURE, b))
+                .await
+            {
+                tracing::warn!(leader = %from, error = %e, "signature reply not delivered");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot encode the signature reply"),
+    }
+}
+
+/// Checks the permit for the requested input and runs the signing protocol.
+async fn serve(node: &Arc<NodeCtx>, from: &str, req: &SignRequest) -> Result<Vec<u8>, TxError> {
+    let me = node.cfg.node_id.clone();
+    let p = node.tx.get(req.tx).ok_or_else(|| TxError::Invalid {
+        code: "unknown_transaction",
+        message: format!("transaction {} is not awaiting signatures here", req.tx),
+    })?;
+    if p.leader != from {
+        return Err(TxError::Invalid {
+            code: "not_the_leader",
+            message: format!("{from} is not the leader of transaction {}", req.tx),
+        });
+    }
+    let position = req
+        .signers
+        .iter()
+        .position(|s| *s == me)
+        .ok_or_else(|| TxError::Invalid {
+            code: "not_a_signer",
+            message: "this node is not in the signer set".into(),
+        })?;
+    if req.signers.len() != usize::from(p.threshold) {
+        return Err(TxError::Invalid {
+            code: "bad_signer_set",
+            message: format!(
+                "signer set of {} for threshold {}",
+                req.signers.len(),
+                p.threshold
+            ),
+        });
+    }
+    let indices: Vec<u16> = req
+        .signers
+        .iter()
+        .map(|s| {
+            p.participants
+                .iter()
+                .position(|x| x == s)
+                .and_then(|i| u16::try_from(i).ok())
+                .ok_or_else(|| TxError::Invalid {
+                    code: "bad_signer_set",
+                    message: format!("{s} holds no share of this key"),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let input = p
+        .validated
+        .inputs
+        .get(usize::try_from(req.input).unwrap_or(usize::MAX))
+        .ok_or_else(|| TxError::Invalid {
+            code: "bad_input",
+            message: format!("no input {}", req.input),
+        })?
+        .clone();
+    // The permit: this node's own policy approval plus a quorum of signed approvals
+    // over exactly the sighashes this node computed itself.
+    let initiator = node.store.transaction_initiator(req.tx).await?;
+    let (_, approval) = super::voting::decide_again(node, req.tx, &p, &initiator).await;
+    let approval = approval.ok_or_else(|| TxError::Invalid {
+        code: "policy_rejects",
+        message: "this node's policy does not approve the transaction".into(),
+    })?;
+    let votes = VoteIntake::new(node.store.clone(), me.clone())
+        .round_votes(p.round_id)
+        .await?;
+    let book = key_book(node, &p.participants).await?;
+    let qc = QuorumCertificate::verify(&votes, &book, usize::from(p.threshold), &p.subject)
+        .map_err(|e| TxError::Invalid {
+            code: "no_quorum",
+            message: e.to_string(),
+        })?;
+    let permit =
+        SigningPermit::new(approval, qc, &p.subject.sighashes, now_unix()).map_err(|e| {
+            TxError::Invalid {
+                code: "no_permit",
+                message: e.to_string(),
+            }
+        })?;
+    let digest = input.sighash.digest();
+    if !permit.allows(input.input, &digest) {
+        return Err(TxError::Invalid {
+            code: "no_permit",
+            message: "the permit does not cover this input's sighash".into(),
+        });
+    }
+    if me != p.leader {
+        // Record the signing state once (later inputs find it already set).
+        let _ = node
+            .store
+            .transition_transaction(req.tx, "signing", None)
+            .await;
+    }
+    run_protocol(node, req, &p, position, &indices, &input, &permit).await
+}
+
+async fn run_protocol(
+    node: &Arc<NodeCtx>,
+    req: &SignRequest,
+    p: &Pending,
+    position: usize,
+    indices: &[u16],
+    input: &crate::wallet::InputSigning,
+    _permit: &SigningPermit,
+) -> Result<Vec<u8>, TxError> {
+    let material = material::load(node, &p.validated.key_id).await?;
+    let t = u16::try_from(req.signers.len()).unwrap_or(u16::MAX);
+    let pos = u16::try_from(position).unwrap_or(u16::MAX);
+    let (kind, label, protocol) = match material {
+        Material::Ecdsa(_) => (
+            MessageKind::SIGN,
+            "ecdsa_sign",
+            signer_protocol::ProtocolKind::EcdsaSign,
+        ),
+        Material::Frost(_) => (
+            MessageKind::FROST_SIGN,
+            "frost_sign",
+            signer_protocol::ProtocolKind::FrostSign,
+        ),
+    };
+    let mut extra = req.tx.as_bytes().to_vec();
+    extra.extend_from_slice(&req.input.to_be_bytes());
+    let eid = ExecutionId::derive(req.session.as_bytes(), protocol, t, &req.signers, &extra);
+    let queues = node.sessions.register(req.session, &req.signers, kind);
+    let (out_tx, out_rx) = mpsc::channel(1024);
+    let pump = tokio::spawn(crate::session::pump_outgoing(
+        node.clone(),
+        req.session,
+        req.signers.clone(),
+        kind,
+        label,
+        out_rx,
+    ));
+    let path = input.path.clone();
+    let indices = indices.to_vec();
+    let rx = queues.protocol_rx;
+    let result = match material {
+        Material::Ecdsa(share) => {
+            let msg = input
+                .ecdsa_message()
+                .ok_or_else(|| TxError::Internal("not an ecdsa input".into()))?;
+            run_on_thread(protocol, move || {
+                let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
+                async move {
+                    ecdsa::sign(party, &eid, pos, &indices, &share, &path, &msg, None)
+                        .await
+                        .map(|s| s.serialize_compact().to_vec())
+                }
+            })
+            .await
+        }
+        Material::Frost(share) => {
+            let digest = input.sighash.digest();
+            run_on_thread(protocol, move || {
+                let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
+                async move {
+                    frost::sign(party, pos, &indices, &share, &path, &digest)
+                        .await
+                        .map(|s| s.serialize().to_vec())
+                }
+            })
+            .await
+        }
+    };
+    let _ = pump.await;
+    node.sessions.unregister(req.session);
+    result.map_err(|e| {
+        let culprits: Vec<String> = e
+            .culprits()
+            .into_iter()
+            .filter_map(|c| req.signers.get(usize::from(c)).cloned())
+            .collect();
+        TxError::Internal(format!(
+            "signing protocol failed: {e} (blamed: {culprits:?})"
+        ))
+    })
+}
+
+/// Participant: records the leader's result after verifying it itself.
+pub async fn on_done(node: Arc<NodeCtx>, from: String, done: Done) {
+    let Some(p) = node.tx.get(done.id) else {
+        return;
+    };
+    if p.leader != from || from == node.cfg.node_id {
+        return;
+    }
+    let id = done.id;
+    let outcome = match done.tx_hex {
+        Some(h) => verify_result(&p, &h),
+        None => Err(done
+            .error
+            .unwrap_or_else(|| "leader reported a failure".into())),
+    };
+    let r = match outcome {
+        Ok(tx) => {
+            let _ = node.store.transition_transaction(id, "signing", None).await;
+            record_signed(&node, id, &tx)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Err(reason) => node
+            .store
+            .transaction_failed(&node.cfg.node_id, id, &reason)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = r {
+        tracing::error!(tx = %id, error = %e, "cannot record the transaction result");
+    }
+    node.tx.remove(id);
+}
+
+fn verify_result(p: &Pending, tx_hex: &str) -> Result<bitcoin::Transaction, String> {
+    if tx_hex.len() > 2 * 1024 * 1024 {
+        return Err("signed transaction too large".into());
+    }
+    let tx: bitcoin::Transaction =
+        encode::deserialize_hex(tx_hex).map_err(|e| format!("signed transaction: {e}"))?;
+    if tx.compute_txid() != p.validated.txid {
+        return Err("signed transaction is not the approved one".into());
+    }
+    crate::wallet::verify_consensus(&tx, &p.validated.spent_outputs())
+        .map_err(|e| format!("signed transaction fails verification: {e}"))?;
+    Ok(tx)
+}

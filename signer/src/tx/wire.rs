@@ -1,0 +1,133 @@
+//! Frames of the transaction pipeline (JSON, size-bounded, unknown fields refused).
+//! The sender of every frame is the peer's mTLS identity; the frame's session id is
+//! the transaction id ([`TX_PROPOSE`], [`TX_DONE`]) or the signing session id
+//! ([`TX_SIGN`], [`TX_SIGNATURE`]).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::p2p::MessageKind;
+
+/// A transaction proposed by its leader to every participant of the key.
+pub const TX_PROPOSE: MessageKind = MessageKind(0x0140);
+/// The leader asks a signer to sign one input.
+pub const TX_SIGN: MessageKind = MessageKind(0x0141);
+/// A signer returns the signature of one input to the leader.
+pub const TX_SIGNATURE: MessageKind = MessageKind(0x0142);
+/// The leader sends the finalized, verified transaction to every participant.
+pub const TX_DONE: MessageKind = MessageKind(0x0143);
+
+/// Largest accepted frame payload of this module (a PSBT of up to 1 MiB in base64).
+pub const MAX_TX_FRAME_BYTES: usize = 1536 * 1024;
+
+/// [`TX_PROPOSE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proposal {
+    /// Transaction id.
+    pub id: Uuid,
+    /// Key that signs.
+    pub key_id: String,
+    /// The unsigned PSBT (base64).
+    pub psbt: String,
+    /// Who submitted it (token id at the leader).
+    pub initiator: String,
+    /// End of the voting round (Unix seconds).
+    pub deadline_unix: u64,
+}
+
+/// [`TX_SIGN`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// Signing session id (unique per input and attempt).
+    pub session: Uuid,
+    /// Transaction id.
+    pub tx: Uuid,
+    /// Input index.
+    pub input: u32,
+    /// The signer set, in run order.
+    pub signers: Vec<String>,
+}
+
+/// [`TX_SIGNATURE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureReply {
+    /// Signing session id.
+    pub session: Uuid,
+    /// Signature: DER-free 64-byte compact ECDSA or BIP-340 Schnorr, hex; `None`
+    /// when the signer refused or failed.
+    pub signature: Option<String>,
+    /// Why it refused or failed.
+    pub error: Option<String>,
+}
+
+/// [`TX_DONE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Done {
+    /// Transaction id.
+    pub id: Uuid,
+    /// Final signed transaction (hex), or `None` if signing failed.
+    pub tx_hex: Option<String>,
+    /// Failure reason.
+    pub error: Option<String>,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Over [`MAX_TX_FRAME_BYTES`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_TX_FRAME_BYTES}")]
+    TooLarge(usize),
+    /// Not valid JSON of the expected shape.
+    #[error("frame does not decode: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(m: &T) -> Result<Vec<u8>, WireError> {
+    let v = serde_json::to_vec(m).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if v.len() > MAX_TX_FRAME_BYTES {
+        return Err(WireError::TooLarge(v.len()));
+    }
+    Ok(v)
+}
+
+/// Decodes a message (size-bounded).
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
+    if b.len() > MAX_TX_FRAME_BYTES {
+        return Err(WireError::TooLarge(b.len()));
+    }
+    serde_json::from_slice(b).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_unknown_fields_or_oversize_are_refused() {
+        let r = SignRequest {
+            session: Uuid::new_v4(),
+            tx: Uuid::new_v4(),
+            input: 3,
+            signers: vec!["node-1".into(), "node-2".into()],
+        };
+        let b = encode(&r).expect("encodes");
+        let back: SignRequest = decode(&b).expect("decodes");
+        assert_eq!((back.session, back.input), (r.session, 3));
+        let mut v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        v["extra"] = serde_json::json!(true);
+        let bad = serde_json::to_vec(&v).expect("json");
+        assert!(matches!(
+            decode::<SignRequest>(&bad),
+            Err(WireError::Malformed(_))
+        ));
+        let big = vec![b' '; MAX_TX_FRAME_BYTES + 1];
+        assert!(matches!(decode::<Done>(&big), Err(WireError::TooLarge(_))));
+    }
+}
