@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(dkg::start_aux),
         )
         .route("/api/v1/aux-info/status", get(dkg::aux_status))
+        .route("/api/v1/keys/{id}/addresses", get(dkg::addresses))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
