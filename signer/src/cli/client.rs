@@ -45,8 +45,8 @@ pub struct ApiOpts {
     pub token_file: Option<PathBuf>,
 }
 
-/// A connected API client for one node.
-#[derive(Debug)]
+/// A connected API client for one node. `Debug` shows neither the token nor the
+/// cluster file (which holds the admin token).
 pub struct ApiClient {
     http: reqwest::Client,
     /// Base URL, without a trailing slash.
@@ -56,6 +56,17 @@ pub struct ApiClient {
     token: SecretString,
     /// The cluster file, when one was used (to reach other nodes).
     pub cluster: Option<ClusterFile>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .field("node_id", &self.node_id)
+            .field("token", &"[REDACTED]")
+            .field("cluster", &self.cluster.as_ref().map(|c| &c.cluster_id))
+            .finish_non_exhaustive()
+    }
 }
 
 /// An error answer of the API: HTTP status and the stable code.
@@ -241,5 +252,56 @@ impl ApiClient {
             .into());
         }
         json.ok_or_else(|| anyhow::anyhow!("{} answered {status} with no JSON body", self.label()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_client_debug_shows_neither_the_token_nor_the_cluster_admin_token() {
+        crate::tls::install_crypto_provider();
+        let cluster = ClusterFile {
+            cluster_id: "dev-x".into(),
+            threshold: 2,
+            ca_cert: "/ca.pem".into(),
+            admin_token: "admin-secret-token-value".into(),
+            etcd_endpoints: vec![],
+            etcd_prefix: "/p".into(),
+            postgres_admin_url: "postgres://u:pw-secret@h/db".into(),
+            postgres_bindir: "/bin".into(),
+            nodes: vec![],
+        };
+        let c = ApiClient {
+            http: reqwest::Client::new(),
+            base: "https://127.0.0.1:1".into(),
+            node_id: Some("node-1".into()),
+            token: SecretString::from("bearer-secret-token-value"),
+            cluster: Some(cluster),
+        };
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("secret"), "{dbg}");
+        assert!(
+            dbg.contains("node-1") && dbg.contains("[REDACTED]"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn token_file_first_line_is_the_token_and_empty_files_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "  tok-123  \nsecond line\n").expect("write");
+        assert_eq!(
+            read_token_file(&f).expect("reads").expose_secret(),
+            "tok-123"
+        );
+        std::fs::write(&f, "\n").expect("write");
+        let e = read_token_file(&f).expect_err("empty").to_string();
+        assert!(e.contains("is empty"), "{e}");
+        std::fs::write(&f, vec![b'a'; 5000]).expect("write");
+        let e = read_token_file(&f).expect_err("too large").to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 }
