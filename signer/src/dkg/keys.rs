@@ -326,8 +326,24 @@ pub fn derive_addresses(
     Ok(out)
 }
 
-/// Descriptors and first receive address of a key.
+/// Multipath descriptor in normal form (without `#checksum`, the form
+/// `policy::descriptor` normalizes to and `wallet::WalletKey::descriptor` prints)
+/// and the first receive address of a key.
 pub fn descriptor_and_address(
+    protocol: DkgProtocol,
+    xpub: &str,
+) -> Result<(String, String), String> {
+    let (d, first) = descriptors_and_first_address(protocol, xpub).map_err(|e| e.to_string())?;
+    let body = d
+        .descriptor
+        .split_once('#')
+        .map_or(d.descriptor.as_str(), |(b, _)| b)
+        .to_owned();
+    Ok((body, first))
+}
+
+/// All descriptors (with checksums) and the first receive address of a key.
+pub fn descriptors_and_first_address(
     protocol: DkgProtocol,
     xpub: &str,
 ) -> Result<(Descriptors, String), DeriveError> {
@@ -417,7 +433,7 @@ pub async fn list_keys(node: &NodeCtx) -> Result<Vec<KeyInfo>, crate::store::Sto
             let protocol = DkgProtocol::parse(&r.protocol)?;
             let loaded = node.dkg.loaded(&r.key_id);
             let derived = match loaded.as_ref().and_then(|l| l.xpub.as_ref()) {
-                Some(x) => match descriptor_and_address(protocol, x) {
+                Some(x) => match descriptors_and_first_address(protocol, x) {
                     Ok(d) => Some(d),
                     Err(e) => {
                         tracing::warn!(key = %r.key_id, error = %e, "cannot derive the descriptor");
@@ -501,7 +517,13 @@ mod tests {
         assert_eq!(c[0].path, "m/1/5");
         assert!(r[0].address.starts_with("bcrt1q"), "{}", r[0].address);
         assert_ne!(r[0].address, c[0].address);
-        let (_, first) = descriptor_and_address(DkgProtocol::Cggmp24, BIP86_XPUB).expect("ok");
+        let (d, first) =
+            descriptors_and_first_address(DkgProtocol::Cggmp24, BIP86_XPUB).expect("ok");
+        let (normal, first2) =
+            descriptor_and_address(DkgProtocol::Cggmp24, BIP86_XPUB).expect("ok");
+        assert_eq!(Some(normal.as_str()), d.descriptor.split('#').next());
+        assert!(!normal.contains('#'));
+        assert_eq!(first, first2);
         let zero = derive_addresses(DkgProtocol::Cggmp24, BIP86_XPUB, Chain::Receive, 0, 1)
             .expect("derives");
         assert_eq!(first, zero[0].address);
