@@ -13,9 +13,20 @@ deps:
 build: deps
 	$(CARGO) build --workspace --bins
 
-## Start a 5-node, threshold-3 dev cluster in $(CLUSTER_DIR) and supervise it (Ctrl-C stops it).
+SIGNER := ./target/debug/signer
+CLUSTER_FILE := $(CLUSTER_DIR)/cluster.json
+
+## Start a 5-node, threshold-3 dev cluster in $(CLUSTER_DIR) (detached), run a 3-of-5 DKG
+## for both key types (ecdsa/CGGMP24 and taproot/FROST) and print the keys' descriptors
+## and first addresses. The cluster keeps running: `signer cluster down --dir $(CLUSTER_DIR)`.
 demo: build
-	./target/debug/signer cluster up --nodes 5 --threshold 3 --dir $(CLUSTER_DIR)
+	$(SIGNER) cluster up --nodes 5 --threshold 3 --dir $(CLUSTER_DIR) --detach
+	$(SIGNER) dkg start --cluster $(CLUSTER_FILE) --protocol ecdsa --threshold 3 --wait --retry-secs 60
+	$(SIGNER) dkg start --cluster $(CLUSTER_FILE) --protocol taproot --threshold 3 --wait --retry-secs 60
+	$(SIGNER) keys list --cluster $(CLUSTER_FILE)
+	@echo
+	@echo "cluster running in $(CLUSTER_DIR); more: $(SIGNER) keys addresses KEY_ID --cluster $(CLUSTER_FILE)"
+	@echo "stop it with: $(SIGNER) cluster down --dir $(CLUSTER_DIR)"
 
 ## Lint, then every test (unit, real SoftHSM/swtpm/etcd/PostgreSQL, cluster acceptance).
 # `cargo test --workspace` also builds the `signer` binary the cluster tests run
@@ -31,5 +42,5 @@ fmt:
 	$(CARGO) fmt --all
 
 clean-cluster:
-	-./target/debug/signer cluster down --dir $(CLUSTER_DIR)
+	-$(SIGNER) cluster down --dir $(CLUSTER_DIR)
 	rm -rf $(CLUSTER_DIR)

@@ -27,6 +27,10 @@ fn every_subcommand_has_help() {
         vec!["policy", "eval", "--help"],
         vec!["hsm", "init", "--help"],
         vec!["hsm", "check", "--help"],
+        vec!["dkg", "start", "--help"],
+        vec!["dkg", "status", "--help"],
+        vec!["keys", "list", "--help"],
+        vec!["keys", "addresses", "--help"],
     ] {
         let out = Command::new(signer_bin()).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -102,4 +106,56 @@ fn node_run_with_a_broken_config_fails_with_a_precise_message() {
         err.contains("node.toml") && err.contains("missing field"),
         "{err}"
     );
+}
+
+#[test]
+fn dkg_start_help_names_the_protocol_aliases_and_api_options() {
+    let out = Command::new(signer_bin())
+        .args(["dkg", "start", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "ecdsa",
+        "taproot",
+        "--threshold",
+        "--participants",
+        "--wait",
+        "--api-url",
+        "--ca-cert",
+        "--token-file",
+        "--cluster",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in:\n{text}");
+    }
+}
+
+#[test]
+fn keys_list_without_a_cluster_file_or_token_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(signer_bin())
+        .current_dir(dir.path())
+        .env_remove("SIGNER_API_TOKEN")
+        .env_remove("SIGNER_API_TOKEN_FILE")
+        .env_remove("SIGNER_CA_CERT")
+        .env_remove("SIGNER_CLUSTER")
+        .args(["keys", "list", "--api-url", "https://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no API token") && err.contains("--token-file"),
+        "{err}"
+    );
+    let out = Command::new(signer_bin())
+        .current_dir(dir.path())
+        .env_remove("SIGNER_CLUSTER")
+        .args(["keys", "addresses", "k", "--count", "many"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value 'many' for '--count"), "{err}");
 }

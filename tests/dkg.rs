@@ -78,7 +78,12 @@ async fn key_entry(c: &Cluster, i: usize, key_id: &str) -> Value {
 /// receive address, with the `bitcoin` crate.
 fn check_descriptor(entry: &Value, public_key_hex: &str) {
     use bitcoin::bip32::{ChildNumber, Xpub};
-    let desc = entry["descriptor"].as_str().unwrap();
+    let (desc, sum) = entry["descriptor"]
+        .as_str()
+        .unwrap()
+        .split_once('#')
+        .expect("descriptor carries a BIP-380 checksum");
+    assert_eq!(sum.len(), 8, "{entry}");
     let (wrapper, inner) = desc.split_once('(').unwrap();
     let inner = inner.strip_suffix(')').unwrap();
     let (origin, rest) = inner.split_once(']').unwrap();

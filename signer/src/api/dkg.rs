@@ -1,6 +1,7 @@
 //! Key-ceremony and key endpoints; the logic lives in [`crate::dkg`].
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -12,6 +13,7 @@ use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::audit::AuditEntry;
+use crate::dkg::keys::{AddressError, Chain, DeriveError, MAX_ADDRESS_COUNT, MAX_CHILD_INDEX};
 use crate::dkg::{DkgError, DkgProtocol};
 
 /// Body of `POST /api/v1/dkg/start`.
@@ -217,4 +219,208 @@ pub async fn aux_status(
         "prime_pool": pool,
         "ceremonies": list,
     })))
+}
+
+/// Default number of addresses of `GET /api/v1/keys/{id}/addresses`.
+const DEFAULT_ADDRESS_COUNT: u32 = 20;
+/// Most query parameters accepted (there are three; repeats are refused).
+const MAX_QUERY_PARAMS: usize = 8;
+
+/// Validated query of `GET /api/v1/keys/{id}/addresses`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AddressQuery {
+    chain: Chain,
+    from: u32,
+    count: u32,
+}
+
+/// Parses `chain=receive|change&from=N&count=N`; every refusal is a 400 with a
+/// stable code naming the parameter.
+fn parse_address_query(pairs: &[(String, String)]) -> Result<AddressQuery, ApiError> {
+    if pairs.len() > MAX_QUERY_PARAMS {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("at most {MAX_QUERY_PARAMS} query parameters"),
+        ));
+    }
+    let mut q = AddressQuery {
+        chain: Chain::Receive,
+        from: 0,
+        count: DEFAULT_ADDRESS_COUNT,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, v) in pairs {
+        if seen.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("query parameter {k} given twice"),
+            ));
+        }
+        match k.as_str() {
+            "chain" => {
+                q.chain = Chain::parse(v).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_chain",
+                        format!("chain must be receive or change, not {:?}", truncate(v)),
+                    )
+                })?;
+            }
+            "from" => {
+                q.from = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|f| *f <= MAX_CHILD_INDEX)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_from",
+                            format!(
+                                "from must be an integer between 0 and {MAX_CHILD_INDEX}, not {:?}",
+                                truncate(v)
+                            ),
+                        )
+                    })?;
+            }
+            "count" => {
+                q.count = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|c| (1..=MAX_ADDRESS_COUNT).contains(c))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_count",
+                            format!("count must be an integer between 1 and {MAX_ADDRESS_COUNT}, not {:?}", truncate(v)),
+                        )
+                    })?;
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "unknown query parameter {:?}; use chain, from, count",
+                        truncate(other)
+                    ),
+                ))
+            }
+        }
+        seen.push(k.as_str());
+    }
+    if q.count - 1 > MAX_CHILD_INDEX - q.from {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            format!(
+                "from {} + count {} goes past the last non-hardened index {MAX_CHILD_INDEX}",
+                q.from, q.count
+            ),
+        ));
+    }
+    Ok(q)
+}
+
+/// At most 64 characters of a client value, for error messages.
+fn truncate(v: &str) -> String {
+    v.chars().take(64).collect()
+}
+
+impl From<AddressError> for ApiError {
+    fn from(e: AddressError) -> Self {
+        match e {
+            e @ AddressError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "key_not_found", e.to_string())
+            }
+            e @ AddressError::NotLoaded(_) => {
+                ApiError::new(StatusCode::CONFLICT, "key_not_loaded", e.to_string())
+            }
+            e @ AddressError::NoXpub(_) => {
+                ApiError::new(StatusCode::CONFLICT, "key_not_hd", e.to_string())
+            }
+            AddressError::Derive(e @ (DeriveError::Range { .. } | DeriveError::Count(_))) => {
+                ApiError::bad_request("invalid_range", e.to_string())
+            }
+            AddressError::Store(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// `GET /api/v1/keys/{id}/addresses?chain=receive|change&from=0&count=20`:
+/// addresses derived from the key's xpub (same roles as `GET /api/v1/keys`).
+pub async fn addresses(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(key_id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(&[Role::Operator, Role::Auditor, Role::Approver])?;
+    let Query(pairs) = query.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("malformed query string: {}", e.body_text()),
+        )
+    })?;
+    let q = parse_address_query(&pairs)?;
+    if key_id.len() > 128 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            "key id longer than 128 characters",
+        ));
+    }
+    let a = crate::dkg::keys::key_addresses(&s.node, &key_id, q.chain, q.from, q.count).await?;
+    Ok(Json(json!({
+        "node_id": s.node.cfg.node_id,
+        "key_id": a.key_id,
+        "key_type": a.key_type,
+        "network": a.network,
+        "chain": a.chain,
+        "addresses": a.addresses,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Result<AddressQuery, &'static str> {
+        let v: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        parse_address_query(&v).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn address_query_defaults_to_twenty_receive_addresses_from_zero() {
+        assert_eq!(
+            q(&[]),
+            Ok(AddressQuery {
+                chain: Chain::Receive,
+                from: 0,
+                count: 20
+            })
+        );
+        assert_eq!(
+            q(&[("chain", "change"), ("from", "2147483647"), ("count", "1")]),
+            Ok(AddressQuery {
+                chain: Chain::Change,
+                from: MAX_CHILD_INDEX,
+                count: 1
+            })
+        );
+    }
+
+    #[test]
+    fn address_query_refusals_have_stable_codes() {
+        assert_eq!(q(&[("chain", "external")]), Err("invalid_chain"));
+        assert_eq!(q(&[("from", "-1")]), Err("invalid_from"));
+        assert_eq!(q(&[("from", "2147483648")]), Err("invalid_from"));
+        assert_eq!(q(&[("from", "x")]), Err("invalid_from"));
+        assert_eq!(q(&[("count", "0")]), Err("invalid_count"));
+        assert_eq!(q(&[("count", "1001")]), Err("invalid_count"));
+        assert_eq!(
+            q(&[("from", "2147483647"), ("count", "2")]),
+            Err("invalid_range")
+        );
+        assert_eq!(q(&[("index", "1")]), Err("invalid_query"));
+        assert_eq!(q(&[("count", "1"), ("count", "2")]), Err("invalid_query"));
+    }
 }

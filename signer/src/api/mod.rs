@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/transactions/{id}", get(tx::get_one))
         .route("/api/v1/utxos", axum::routing::post(tx::import_utxos))
+        .route("/api/v1/keys/{id}/addresses", get(dkg::addresses))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -2,6 +2,9 @@
 //! own file.
 
 mod admin;
+pub mod client;
+pub mod dkg;
+pub mod keys;
 mod policy;
 mod status;
 
@@ -56,6 +59,12 @@ pub enum Command {
     /// Local development cluster (PostgreSQL, etcd, CA and N nodes on loopback).
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Key ceremonies (DKG) through a node's API.
+    #[command(subcommand)]
+    Dkg(dkg::DkgCmd),
+    /// Completed keys: descriptors and addresses, through a node's API.
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
 }
 
 /// `signer cluster ...`
@@ -301,6 +310,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Db(cmd) => {
             init_logging(LogFormat::Text, None);
             runtime()?.block_on(admin::db(cmd))
+        }
+        Command::Dkg(cmd) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            runtime()?.block_on(dkg::run(cmd))
+        }
+        Command::Keys(cmd) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            runtime()?.block_on(keys::run(cmd))
         }
     }
 }

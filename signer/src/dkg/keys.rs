@@ -1,5 +1,5 @@
 //! Completed keys: reload (unseal and validate) at start, and watch-only
-//! descriptors with the first receive address (regtest).
+//! descriptors (BIP-380 checksums) and address derivation (regtest).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -32,9 +32,16 @@ pub struct KeyInfo {
     pub public_key: String,
     /// Whether this node's share was unsealed and validated since start.
     pub share_loaded: bool,
-    /// Watch-only descriptor (`wpkh(...)` or `tr(...)`), when the share is loaded.
+    /// Network of the descriptors and addresses.
+    pub network: String,
+    /// Watch-only multipath descriptor (`wpkh([fp]xpub/<0;1>/*)#checksum` or
+    /// `tr(...)`), when the share is loaded.
     pub descriptor: Option<String>,
-    /// First receive address (`.../0/0`) on regtest, when the share is loaded.
+    /// Receive chain only (`.../0/*#checksum`), when the share is loaded.
+    pub receive_descriptor: Option<String>,
+    /// Change chain only (`.../1/*#checksum`), when the share is loaded.
+    pub change_descriptor: Option<String>,
+    /// First receive address (`.../0/0`), when the share is loaded.
     pub first_address: Option<String>,
 }
 
@@ -131,31 +138,290 @@ fn open_share(custody: &hsm::Custody, me: &str, row: &ShareRow) -> Result<Loaded
     })
 }
 
-/// Watch-only descriptor and first receive address (regtest) of a key.
+/// Bitcoin network of the addresses and descriptors (the node has no network
+/// setting yet; the dev cluster and the tests run on regtest).
+pub const NETWORK: Network = Network::Regtest;
+
+/// Most addresses one `GET /api/v1/keys/{id}/addresses` returns.
+pub const MAX_ADDRESS_COUNT: u32 = 1000;
+
+/// Largest non-hardened BIP-32 child index (2^31 - 1).
+pub const MAX_CHILD_INDEX: u32 = (1 << 31) - 1;
+
+/// Address chain: BIP-44 style `0` (receive) or `1` (change) below the key's xpub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Chain {
+    /// External chain, `/0/*`.
+    Receive,
+    /// Internal chain, `/1/*`.
+    Change,
+}
+
+impl Chain {
+    /// The chain's child number below the xpub.
+    pub fn index(self) -> u32 {
+        match self {
+            Chain::Receive => 0,
+            Chain::Change => 1,
+        }
+    }
+
+    /// `receive` or `change`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Chain::Receive => "receive",
+            Chain::Change => "change",
+        }
+    }
+
+    /// Parses `receive` or `change`.
+    pub fn parse(s: &str) -> Option<Chain> {
+        match s {
+            "receive" => Some(Chain::Receive),
+            "change" => Some(Chain::Change),
+            _ => None,
+        }
+    }
+}
+
+/// Why descriptors or addresses could not be derived.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeriveError {
+    /// The stored xpub does not parse.
+    #[error("invalid xpub: {0}")]
+    Xpub(String),
+    /// The requested index range leaves the non-hardened range.
+    #[error(
+        "indexes {from}..{from}+{count} go past the last non-hardened index {MAX_CHILD_INDEX}"
+    )]
+    Range {
+        /// First index.
+        from: u32,
+        /// How many.
+        count: u32,
+    },
+    /// More addresses than [`MAX_ADDRESS_COUNT`].
+    #[error("count {0} is larger than the limit of {MAX_ADDRESS_COUNT}")]
+    Count(u32),
+    /// BIP-32 derivation failed.
+    #[error("derivation: {0}")]
+    Bip32(String),
+    /// The record is not a key (aux info).
+    #[error("{0} records have no descriptor or addresses")]
+    NotAKey(&'static str),
+    /// The descriptor text has a character outside the BIP-380 set (cannot happen
+    /// for the descriptors built here).
+    #[error("descriptor {0} has no BIP-380 checksum")]
+    Checksum(String),
+}
+
+/// Watch-only descriptors of one key, each with its BIP-380 `#checksum`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Descriptors {
+    /// Multipath `wpkh([fp]xpub/<0;1>/*)#sum` / `tr([fp]xpub/<0;1>/*)#sum`.
+    pub descriptor: String,
+    /// Receive chain only, `.../0/*` (for wallets without multipath support, such
+    /// as Bitcoin Core's `importdescriptors`).
+    pub receive_descriptor: String,
+    /// Change chain only, `.../1/*`.
+    pub change_descriptor: String,
+}
+
+/// One derived address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DerivedAddress {
+    /// Child index on the chain.
+    pub index: u32,
+    /// Path below the key's xpub, `m/<chain>/<index>`.
+    pub path: String,
+    /// Address on [`NETWORK`]: P2WPKH for ecdsa keys, P2TR (BIP-86, no script
+    /// tree) for taproot keys.
+    pub address: String,
+    /// Compressed child public key, hex (for taproot, its x coordinate is the
+    /// BIP-86 internal key).
+    pub public_key: String,
+}
+
+fn with_checksum(body: String) -> Result<String, DeriveError> {
+    let sum =
+        policy::descriptor::checksum(&body).ok_or_else(|| DeriveError::Checksum(body.clone()))?;
+    Ok(format!("{body}#{sum}"))
+}
+
+fn parse_xpub(xpub: &str) -> Result<Xpub, DeriveError> {
+    Xpub::from_str(xpub).map_err(|e| DeriveError::Xpub(e.to_string()))
+}
+
+fn wrapper(protocol: DkgProtocol) -> Result<&'static str, DeriveError> {
+    match protocol {
+        DkgProtocol::Cggmp24 => Ok("wpkh"),
+        DkgProtocol::Frost => Ok("tr"),
+        DkgProtocol::AuxInfo => Err(DeriveError::NotAKey(protocol.as_str())),
+    }
+}
+
+/// The watch-only descriptors of a key with master `xpub`: key origin
+/// `[fingerprint]` of the xpub itself, multipath `<0;1>/*` and the two single
+/// chains, each with its BIP-380 checksum.
+pub fn descriptors(protocol: DkgProtocol, xpub: &str) -> Result<Descriptors, DeriveError> {
+    let w = wrapper(protocol)?;
+    let x = parse_xpub(xpub)?;
+    let fp = x.fingerprint();
+    let body = |path: &str| format!("{w}([{fp}]{x}/{path}/*)");
+    Ok(Descriptors {
+        descriptor: with_checksum(body("<0;1>"))?,
+        receive_descriptor: with_checksum(body("0"))?,
+        change_descriptor: with_checksum(body("1"))?,
+    })
+}
+
+/// Derives `count` addresses of `chain` starting at index `from` from a key's
+/// master `xpub`, on [`NETWORK`].
+pub fn derive_addresses(
+    protocol: DkgProtocol,
+    xpub: &str,
+    chain: Chain,
+    from: u32,
+    count: u32,
+) -> Result<Vec<DerivedAddress>, DeriveError> {
+    wrapper(protocol)?;
+    if count > MAX_ADDRESS_COUNT {
+        return Err(DeriveError::Count(count));
+    }
+    if from > MAX_CHILD_INDEX || count.saturating_sub(1) > MAX_CHILD_INDEX - from {
+        return Err(DeriveError::Range { from, count });
+    }
+    let x = parse_xpub(xpub)?;
+    let secp = Secp256k1::verification_only();
+    let bip32 = |e: bitcoin::bip32::Error| DeriveError::Bip32(e.to_string());
+    let chain_key = x
+        .ckd_pub(
+            &secp,
+            ChildNumber::from_normal_idx(chain.index()).map_err(bip32)?,
+        )
+        .map_err(bip32)?;
+    let mut out = Vec::with_capacity(count as usize);
+    for index in (0..count).map(|k| from + k) {
+        let child = chain_key
+            .ckd_pub(&secp, ChildNumber::from_normal_idx(index).map_err(bip32)?)
+            .map_err(bip32)?;
+        let address = match protocol {
+            DkgProtocol::Cggmp24 => {
+                Address::p2wpkh(&CompressedPublicKey(child.public_key), NETWORK)
+            }
+            DkgProtocol::Frost => {
+                Address::p2tr(&secp, child.public_key.x_only_public_key().0, None, NETWORK)
+            }
+            DkgProtocol::AuxInfo => return Err(DeriveError::NotAKey(protocol.as_str())),
+        };
+        out.push(DerivedAddress {
+            index,
+            path: format!("m/{}/{index}", chain.index()),
+            address: address.to_string(),
+            public_key: hex::encode(child.public_key.serialize()),
+        });
+    }
+    Ok(out)
+}
+
+/// Multipath descriptor in normal form (without `#checksum`, the form
+/// `policy::descriptor` normalizes to and `wallet::WalletKey::descriptor` prints)
+/// and the first receive address of a key.
 pub fn descriptor_and_address(
     protocol: DkgProtocol,
     xpub: &str,
 ) -> Result<(String, String), String> {
-    let x = Xpub::from_str(xpub).map_err(|e| e.to_string())?;
-    let secp = Secp256k1::verification_only();
-    let fp = x.fingerprint();
-    let path = [
-        ChildNumber::from_normal_idx(0).map_err(|e| e.to_string())?,
-        ChildNumber::from_normal_idx(0).map_err(|e| e.to_string())?,
-    ];
-    let child = x.derive_pub(&secp, &path).map_err(|e| e.to_string())?;
-    match protocol {
-        DkgProtocol::Cggmp24 => {
-            let addr = Address::p2wpkh(&CompressedPublicKey(child.public_key), Network::Regtest);
-            Ok((format!("wpkh([{fp}]{x}/<0;1>/*)"), addr.to_string()))
-        }
-        DkgProtocol::Frost => {
-            let internal = child.public_key.x_only_public_key().0;
-            let addr = Address::p2tr(&secp, internal, None, Network::Regtest);
-            Ok((format!("tr([{fp}]{x}/<0;1>/*)"), addr.to_string()))
-        }
-        DkgProtocol::AuxInfo => Err("aux info has no descriptor".to_owned()),
-    }
+    let (d, first) = descriptors_and_first_address(protocol, xpub).map_err(|e| e.to_string())?;
+    let body = d
+        .descriptor
+        .split_once('#')
+        .map_or(d.descriptor.as_str(), |(b, _)| b)
+        .to_owned();
+    Ok((body, first))
+}
+
+/// All descriptors (with checksums) and the first receive address of a key.
+pub fn descriptors_and_first_address(
+    protocol: DkgProtocol,
+    xpub: &str,
+) -> Result<(Descriptors, String), DeriveError> {
+    let d = descriptors(protocol, xpub)?;
+    let first = derive_addresses(protocol, xpub, Chain::Receive, 0, 1)?
+        .pop()
+        .map(|a| a.address)
+        .ok_or(DeriveError::Count(0))?;
+    Ok((d, first))
+}
+
+/// Why `GET /api/v1/keys/{id}/addresses` cannot answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddressError {
+    /// No usable share of that key on this node.
+    #[error("key {0} not found")]
+    NotFound(String),
+    /// The share exists but is not loaded (custody sealed, or it failed to reload).
+    #[error("key {0} is not loaded on this node (custody sealed or reload failed)")]
+    NotLoaded(String),
+    /// The key has no xpub (not an HD key).
+    #[error("key {0} has no extended public key")]
+    NoXpub(String),
+    /// Derivation refused the request.
+    #[error(transparent)]
+    Derive(#[from] DeriveError),
+    /// Database.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Addresses of one key (answer of `GET /api/v1/keys/{id}/addresses`).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyAddresses {
+    /// Key id.
+    pub key_id: String,
+    /// `ecdsa` or `taproot`.
+    pub key_type: &'static str,
+    /// Network of the addresses.
+    pub network: String,
+    /// Chain.
+    pub chain: Chain,
+    /// The addresses, by ascending index.
+    pub addresses: Vec<DerivedAddress>,
+}
+
+/// Derives addresses of this node's key `key_id`.
+pub async fn key_addresses(
+    node: &NodeCtx,
+    key_id: &str,
+    chain: Chain,
+    from: u32,
+    count: u32,
+) -> Result<KeyAddresses, AddressError> {
+    let rows = node.store.usable_shares(&node.cfg.node_id).await?;
+    let row = rows
+        .into_iter()
+        .find(|r| r.key_id == key_id)
+        .ok_or_else(|| AddressError::NotFound(key_id.to_owned()))?;
+    let protocol = DkgProtocol::parse(&row.protocol)
+        .filter(|p| *p != DkgProtocol::AuxInfo)
+        .ok_or_else(|| AddressError::NotFound(key_id.to_owned()))?;
+    let loaded = node
+        .dkg
+        .loaded(key_id)
+        .ok_or_else(|| AddressError::NotLoaded(key_id.to_owned()))?;
+    let xpub = loaded
+        .xpub
+        .ok_or_else(|| AddressError::NoXpub(key_id.to_owned()))?;
+    let addresses = derive_addresses(protocol, &xpub, chain, from, count)?;
+    Ok(KeyAddresses {
+        key_id: row.key_id,
+        key_type: protocol.key_type(),
+        network: NETWORK.to_string(),
+        chain,
+        addresses,
+    })
 }
 
 /// The completed keys of this node, newest first.
@@ -166,16 +432,17 @@ pub async fn list_keys(node: &NodeCtx) -> Result<Vec<KeyInfo>, crate::store::Sto
         .filter_map(|r| {
             let protocol = DkgProtocol::parse(&r.protocol)?;
             let loaded = node.dkg.loaded(&r.key_id);
-            let (descriptor, first_address) = match loaded.as_ref().and_then(|l| l.xpub.as_ref()) {
-                Some(x) => match descriptor_and_address(protocol, x) {
-                    Ok((d, a)) => (Some(d), Some(a)),
+            let derived = match loaded.as_ref().and_then(|l| l.xpub.as_ref()) {
+                Some(x) => match descriptors_and_first_address(protocol, x) {
+                    Ok(d) => Some(d),
                     Err(e) => {
                         tracing::warn!(key = %r.key_id, error = %e, "cannot derive the descriptor");
-                        (None, None)
+                        None
                     }
                 },
-                None => (None, None),
+                None => None,
             };
+            let (descriptors, first_address) = derived.unzip();
             Some(KeyInfo {
                 key_id: r.key_id,
                 key_type: protocol.key_type(),
@@ -184,11 +451,133 @@ pub async fn list_keys(node: &NodeCtx) -> Result<Vec<KeyInfo>, crate::store::Sto
                 participants: r.participants,
                 public_key: hex::encode(&r.public_key),
                 share_loaded: loaded.is_some(),
-                descriptor,
+                network: NETWORK.to_string(),
+                descriptor: descriptors.as_ref().map(|d| d.descriptor.clone()),
+                receive_descriptor: descriptors.as_ref().map(|d| d.receive_descriptor.clone()),
+                change_descriptor: descriptors.map(|d| d.change_descriptor),
                 first_address,
             })
         })
         .collect();
     out.reverse();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BIP-86 test vector: account 0 xpub (m/86'/0'/0').
+    const BIP86_XPUB: &str = "xpub6BgBgsespWvERF3LHQu6CnqdvfEvtMcQjYrcRzx53QJjSxarj2afYWcLteoGVky7D3UKDP9QyrLprQ3VCECoY49yfdDEHGCtMMj92pReUsQ";
+
+    #[test]
+    fn taproot_addresses_follow_the_bip86_test_vector() {
+        let a = derive_addresses(DkgProtocol::Frost, BIP86_XPUB, Chain::Receive, 0, 1)
+            .expect("derives");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].path, "m/0/0");
+        assert_eq!(
+            &a[0].public_key[2..],
+            "cc8a4bc64d897bddc5fbc2f670f7a8ba0b386779106cf1223c6fc5d7cd6fc115"
+        );
+        let addr = Address::from_str(&a[0].address)
+            .expect("address parses")
+            .require_network(NETWORK)
+            .expect("regtest address");
+        assert_eq!(
+            hex::encode(addr.script_pubkey().as_bytes()),
+            "5120a60869f0dbcf1dc659c9cecbaf8050135ea9e8cdc487053f1dc6880949dc684c"
+        );
+    }
+
+    #[test]
+    fn descriptors_carry_valid_checksums_and_both_single_chains() {
+        let d = descriptors(DkgProtocol::Cggmp24, BIP86_XPUB).expect("descriptors");
+        let fp = Xpub::from_str(BIP86_XPUB).expect("xpub").fingerprint();
+        for (text, path) in [
+            (&d.descriptor, "<0;1>"),
+            (&d.receive_descriptor, "0"),
+            (&d.change_descriptor, "1"),
+        ] {
+            let (body, sum) = text.split_once('#').expect("has a checksum");
+            assert_eq!(body, format!("wpkh([{fp}]{BIP86_XPUB}/{path}/*)"));
+            assert_eq!(Some(sum.to_owned()), policy::descriptor::checksum(body));
+        }
+        let t = descriptors(DkgProtocol::Frost, BIP86_XPUB).expect("descriptors");
+        assert!(t.descriptor.starts_with("tr(["), "{}", t.descriptor);
+    }
+
+    #[test]
+    fn change_chain_differs_from_receive_and_indexes_are_consecutive() {
+        let r = derive_addresses(DkgProtocol::Cggmp24, BIP86_XPUB, Chain::Receive, 5, 3)
+            .expect("derives");
+        let c = derive_addresses(DkgProtocol::Cggmp24, BIP86_XPUB, Chain::Change, 5, 3)
+            .expect("derives");
+        assert_eq!(r.iter().map(|a| a.index).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert_eq!(c[0].path, "m/1/5");
+        assert!(r[0].address.starts_with("bcrt1q"), "{}", r[0].address);
+        assert_ne!(r[0].address, c[0].address);
+        let (d, first) =
+            descriptors_and_first_address(DkgProtocol::Cggmp24, BIP86_XPUB).expect("ok");
+        let (normal, first2) =
+            descriptor_and_address(DkgProtocol::Cggmp24, BIP86_XPUB).expect("ok");
+        assert_eq!(Some(normal.as_str()), d.descriptor.split('#').next());
+        assert!(!normal.contains('#'));
+        assert_eq!(first, first2);
+        let zero = derive_addresses(DkgProtocol::Cggmp24, BIP86_XPUB, Chain::Receive, 0, 1)
+            .expect("derives");
+        assert_eq!(first, zero[0].address);
+    }
+
+    #[test]
+    fn ranges_past_the_last_normal_index_and_oversized_counts_are_refused() {
+        let last = derive_addresses(
+            DkgProtocol::Frost,
+            BIP86_XPUB,
+            Chain::Change,
+            MAX_CHILD_INDEX,
+            1,
+        )
+        .expect("last index derives");
+        assert_eq!(last[0].index, MAX_CHILD_INDEX);
+        assert!(matches!(
+            derive_addresses(
+                DkgProtocol::Frost,
+                BIP86_XPUB,
+                Chain::Change,
+                MAX_CHILD_INDEX,
+                2
+            ),
+            Err(DeriveError::Range { .. })
+        ));
+        assert!(matches!(
+            derive_addresses(
+                DkgProtocol::Frost,
+                BIP86_XPUB,
+                Chain::Change,
+                MAX_CHILD_INDEX + 1,
+                1
+            ),
+            Err(DeriveError::Range { .. })
+        ));
+        assert!(matches!(
+            derive_addresses(
+                DkgProtocol::Frost,
+                BIP86_XPUB,
+                Chain::Receive,
+                0,
+                MAX_ADDRESS_COUNT + 1
+            ),
+            Err(DeriveError::Count(_))
+        ));
+        assert!(
+            derive_addresses(DkgProtocol::Frost, BIP86_XPUB, Chain::Receive, 0, 0)
+                .expect("empty range")
+                .is_empty()
+        );
+        assert!(matches!(
+            derive_addresses(DkgProtocol::Frost, "tpubnonsense", Chain::Receive, 0, 1),
+            Err(DeriveError::Xpub(_))
+        ));
+    }
 }

@@ -1,0 +1,475 @@
+//! Watch-only descriptors and addresses of DKG keys on a real 3-node, 2-of-3 cluster
+//! (PostgreSQL, etcd, SoftHSM, node processes over QUIC), checked against the
+//! `miniscript` crate; `GET /api/v1/keys/{id}/addresses` refusals; and the `signer
+//! dkg` / `signer keys` commands against the same cluster.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bitcoin::Network;
+use cluster_tests::{signer_bin, Cluster};
+use miniscript::{Descriptor, DescriptorPublicKey};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+
+const NODES: usize = 3;
+
+/// One 2-of-3 cluster for every test of this binary.
+fn cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(|| Cluster::start(3, 2))
+}
+
+/// The two keys made once on the shared cluster.
+#[derive(Debug)]
+struct Keys {
+    ecdsa: String,
+    taproot: String,
+}
+
+async fn get(c: &Cluster, i: usize, path: &str) -> Option<Value> {
+    let r = c
+        .client()
+        .get(c.url(i, path))
+        .bearer_auth(c.admin())
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+async fn wait_ready(c: &Cluster) {
+    for i in 0..NODES {
+        c.eventually(
+            &format!("node {i} ready with {NODES} healthy nodes"),
+            Duration::from_secs(60),
+            || async {
+                let r = c.client().get(c.url(i, "/ready")).send().await.ok()?;
+                let v: Value = r.json().await.ok()?;
+                if v["custody"]["state"] != "unsealed" || v["peers_connected"] != NODES - 1 {
+                    return None;
+                }
+                get(c, i, "/api/v1/cluster/status")
+                    .await
+                    .filter(|s| s["healthy_nodes"] == NODES)
+            },
+        )
+        .await;
+    }
+}
+
+fn signer(c: &Cluster, args: &[&str]) -> std::process::Output {
+    Command::new(signer_bin())
+        .args(args)
+        .arg("--cluster")
+        .arg(c.dir.join("cluster.json"))
+        .env_remove("SIGNER_API_URL")
+        .env_remove("SIGNER_API_TOKEN")
+        .env_remove("SIGNER_API_TOKEN_FILE")
+        .env_remove("SIGNER_CA_CERT")
+        .output()
+        .unwrap()
+}
+
+/// Waits until ceremony `id` is completed on every node.
+async fn completed_everywhere(c: &Cluster, id: &str) {
+    for i in 0..NODES {
+        let v = c
+            .eventually(
+                &format!("ceremony {id} to end on node {i}"),
+                Duration::from_secs(45),
+                || async {
+                    get(c, i, &format!("/api/v1/dkg/ceremonies/{id}"))
+                        .await
+                        .filter(|v| v["state"] == "completed" || v["state"] == "failed")
+                },
+            )
+            .await;
+        assert_eq!(v["state"], "completed", "node {i}: {v}");
+    }
+}
+
+/// ecdsa through the API, taproot through `signer dkg start --wait` (both 2-of-3).
+async fn keys() -> &'static Keys {
+    static K: OnceCell<Keys> = OnceCell::const_new();
+    K.get_or_init(|| async {
+        let c = cluster();
+        wait_ready(c).await;
+        let r = c
+            .client()
+            .post(c.url(1, "/api/v1/dkg/start"))
+            .bearer_auth(c.admin())
+            .json(&json!({"protocol": "cggmp24", "threshold": 2}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let v: Value = r.json().await.unwrap();
+        let ecdsa = v["ceremony_id"].as_str().unwrap().to_owned();
+        completed_everywhere(c, &ecdsa).await;
+
+        let out = signer(
+            c,
+            &[
+                "dkg",
+                "start",
+                "--protocol",
+                "taproot",
+                "--threshold",
+                "2",
+                "--wait",
+                "--json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["state"], "completed", "{v}");
+        assert_eq!(v["protocol"], "frost", "{v}");
+        let taproot = v["id"].as_str().unwrap().to_owned();
+        completed_everywhere(c, &taproot).await;
+        Keys { ecdsa, taproot }
+    })
+    .await
+}
+
+async fn key_entry(c: &Cluster, i: usize, key_id: &str) -> Value {
+    let v = get(c, i, "/api/v1/keys").await.unwrap();
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == key_id)
+        .cloned()
+        .unwrap_or_else(|| panic!("key {key_id} missing on node {i}: {v}"))
+}
+
+fn parse(desc: &str) -> Descriptor<DescriptorPublicKey> {
+    let d = Descriptor::<DescriptorPublicKey>::from_str(desc)
+        .unwrap_or_else(|e| panic!("{desc} does not parse: {e}"));
+    // miniscript prints descriptors with their checksum: same text back means the
+    // node's checksum is the one miniscript computes.
+    assert_eq!(d.to_string(), desc);
+    d
+}
+
+/// A descriptor with one checksum character changed must be refused, so the parse
+/// above really checked the checksum.
+fn assert_corrupted_checksum_is_refused(desc: &str) {
+    let (body, sum) = desc.split_once('#').unwrap();
+    let mut sum: Vec<char> = sum.chars().collect();
+    sum[0] = if sum[0] == 'q' { 'p' } else { 'q' };
+    let bad = format!("{body}#{}", sum.iter().collect::<String>());
+    assert!(
+        Descriptor::<DescriptorPublicKey>::from_str(&bad).is_err(),
+        "{bad} accepted with a wrong checksum"
+    );
+}
+
+/// Addresses miniscript derives from `d` (single path) at `indexes`.
+fn derive(d: &Descriptor<DescriptorPublicKey>, indexes: &[u32]) -> Vec<String> {
+    indexes
+        .iter()
+        .map(|i| {
+            d.at_derivation_index(*i)
+                .unwrap()
+                .address(Network::Regtest)
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+async fn addresses(c: &Cluster, i: usize, key_id: &str, query: &str) -> (StatusCode, Value) {
+    let r = c
+        .client()
+        .get(c.url(i, &format!("/api/v1/keys/{key_id}/addresses?{query}")))
+        .bearer_auth(c.admin())
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+fn addrs_of(v: &Value) -> Vec<String> {
+    v["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["address"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn descriptors_parse_with_valid_checksums_and_node_addresses_equal_miniscript_derivation() {
+    let c = cluster();
+    let k = keys().await;
+    for (key_id, key_type, wrapper) in
+        [(&k.ecdsa, "ecdsa", "wpkh("), (&k.taproot, "taproot", "tr(")]
+    {
+        let e = key_entry(c, 0, key_id).await;
+        assert_eq!(e["key_type"], key_type, "{e}");
+        assert_eq!(e["network"], "regtest", "{e}");
+        let multi = e["descriptor"].as_str().unwrap();
+        let receive = e["receive_descriptor"].as_str().unwrap();
+        let change = e["change_descriptor"].as_str().unwrap();
+        assert!(multi.starts_with(wrapper), "{multi}");
+        assert!(multi.contains("/<0;1>/*)#"), "{multi}");
+        assert!(receive.contains("/0/*)#"), "{receive}");
+        assert!(change.contains("/1/*)#"), "{change}");
+        // key origin: [fingerprint of the xpub]xpub
+        let d_multi = parse(multi);
+        let d_receive = parse(receive);
+        let d_change = parse(change);
+        for d in [multi, receive, change] {
+            assert_corrupted_checksum_is_refused(d);
+        }
+        assert!(d_multi.is_multipath());
+        let singles = d_multi.clone().into_single_descriptors().unwrap();
+        assert_eq!(singles.len(), 2);
+        assert_eq!(singles[0].to_string(), d_receive.to_string());
+        assert_eq!(singles[1].to_string(), d_change.to_string());
+
+        // The node's addresses at several indexes equal miniscript's.
+        let (status, v) = addresses(c, 0, key_id, "chain=receive&from=0&count=5").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["key_id"], key_id.as_str());
+        assert_eq!(v["key_type"], key_type);
+        assert_eq!(v["chain"], "receive");
+        assert_eq!(addrs_of(&v), derive(&d_receive, &[0, 1, 2, 3, 4]));
+        assert_eq!(v["addresses"][3]["path"], "m/0/3");
+        assert_eq!(v["addresses"][3]["index"], 3);
+        assert_eq!(e["first_address"], v["addresses"][0]["address"]);
+        // the public key of each entry is the one miniscript derives
+        let pk0 = d_receive
+            .at_derivation_index(0)
+            .unwrap()
+            .derived_descriptor(&bitcoin::secp256k1::Secp256k1::verification_only())
+            .unwrap();
+        let pk_hex = v["addresses"][0]["public_key"].as_str().unwrap();
+        let pk_text = pk0.to_string();
+        assert!(
+            pk_text.contains(if key_type == "ecdsa" {
+                pk_hex
+            } else {
+                &pk_hex[2..]
+            }),
+            "{pk_text} does not contain {pk_hex}"
+        );
+
+        let (status, v) = addresses(c, 0, key_id, "chain=change&from=1000&count=3").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["chain"], "change");
+        assert_eq!(addrs_of(&v), derive(&d_change, &[1000, 1001, 1002]));
+        assert_eq!(v["addresses"][2]["path"], "m/1/1002");
+        assert_ne!(
+            derive(&d_change, &[1000]),
+            derive(&d_receive, &[1000]),
+            "chains must differ"
+        );
+
+        // The last non-hardened index works.
+        let (status, v) = addresses(c, 0, key_id, "chain=receive&from=2147483647&count=1").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(addrs_of(&v), derive(&d_receive, &[2_147_483_647]));
+
+        // Defaults: receive, from 0, 20 addresses.
+        let (status, v) = addresses(c, 0, key_id, "").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(addrs_of(&v).len(), 20);
+        assert_eq!(addrs_of(&v)[19], derive(&d_receive, &[19])[0]);
+
+        // Every node returns the same descriptors and addresses.
+        for i in 1..NODES {
+            let other = key_entry(c, i, key_id).await;
+            for f in [
+                "descriptor",
+                "receive_descriptor",
+                "change_descriptor",
+                "first_address",
+            ] {
+                assert_eq!(other[f], e[f], "node {i} {f}");
+            }
+            let (status, v) = addresses(c, i, key_id, "chain=change&from=7&count=2").await;
+            assert_eq!(status, StatusCode::OK, "{v}");
+            assert_eq!(addrs_of(&v), derive(&d_change, &[7, 8]), "node {i}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_address_queries_are_refused_with_stable_codes_and_unknown_keys_are_404() {
+    let c = cluster();
+    let k = keys().await;
+    for (query, code) in [
+        ("chain=external", "invalid_chain"),
+        ("from=-1", "invalid_from"),
+        ("from=2147483648", "invalid_from"),
+        ("from=abc", "invalid_from"),
+        ("count=0", "invalid_count"),
+        ("count=1001", "invalid_count"),
+        ("count=", "invalid_count"),
+        ("from=2147483647&count=2", "invalid_range"),
+        ("index=3", "invalid_query"),
+        ("count=1&count=2", "invalid_query"),
+    ] {
+        let (status, v) = addresses(c, 0, &k.ecdsa, query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {v}");
+        assert_eq!(v["code"], code, "{query}: {v}");
+    }
+    for key in ["00000000-0000-0000-0000-000000000000", "not-a-key"] {
+        let (status, v) = addresses(c, 0, key, "count=1").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{key}: {v}");
+        assert_eq!(v["code"], "key_not_found", "{key}: {v}");
+    }
+
+    // Same roles as GET /api/v1/keys: an auditor may read, no token may not.
+    let r = c
+        .client()
+        .post(c.url(0, "/api/v1/tokens"))
+        .bearer_auth(c.admin())
+        .json(&json!({"name": "keys-auditor", "role": "auditor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let auditor = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/api/v1/keys/{}/addresses?count=2", k.taproot);
+    let r = c.get(0, &path, &auditor).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = c.client().get(c.url(0, &path)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn cli_lists_keys_and_ceremonies_and_fails_precisely_on_bad_arguments() {
+    let c = cluster();
+    let k = keys().await;
+
+    let out = signer(c, &["keys", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&k.ecdsa.as_str()) && ids.contains(&k.taproot.as_str()),
+        "{v}"
+    );
+
+    let out = signer(c, &["keys", "list"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let entry = key_entry(c, 0, &k.taproot).await;
+    assert!(
+        text.contains(entry["descriptor"].as_str().unwrap()),
+        "{text}"
+    );
+    assert!(
+        text.contains(entry["first_address"].as_str().unwrap()),
+        "{text}"
+    );
+
+    let out = signer(
+        c,
+        &[
+            "keys",
+            "addresses",
+            &k.ecdsa,
+            "--chain",
+            "change",
+            "--from",
+            "4",
+            "--count",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, api) = addresses(c, 0, &k.ecdsa, "chain=change&from=4&count=2").await;
+    assert_eq!(v["addresses"], api["addresses"]);
+
+    let out = signer(c, &["dkg", "status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&k.ecdsa) && text.contains(&k.taproot),
+        "{text}"
+    );
+    let out = signer(c, &["dkg", "status", &k.ecdsa, "--json"]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["protocol"], "cggmp24");
+
+    // Refusals: the node's code and message, exit status 1.
+    for (args, expect) in [
+        (
+            vec!["keys", "addresses", k.ecdsa.as_str(), "--count", "5000"],
+            "400 invalid_count",
+        ),
+        (
+            vec!["keys", "addresses", "00000000-0000-0000-0000-000000000000"],
+            "404 key_not_found",
+        ),
+        (
+            vec!["dkg", "start", "--protocol", "frost", "--threshold", "9"],
+            "400 invalid_threshold",
+        ),
+        (
+            vec!["dkg", "status", "nope"],
+            "ceremony id \"nope\" is not a uuid",
+        ),
+    ] {
+        let out = signer(c, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    // Argument errors are caught before any request (clap's usage error, status 2).
+    let out = signer(
+        c,
+        &["dkg", "start", "--protocol", "rsa", "--threshold", "2"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value 'rsa' for '--protocol"), "{err}");
+    let out = signer(c, &["keys", "addresses", &k.ecdsa, "--chain", "internal"]);
+    assert_eq!(out.status.code(), Some(2));
+    // No cluster file and no --api-url: says what is missing.
+    let out = Command::new(signer_bin())
+        .args(["keys", "list", "--cluster", "/nonexistent/cluster.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/cluster.json") && err.contains("--api-url"),
+        "{err}"
+    );
+}
