@@ -99,15 +99,15 @@ async fn tx_count(c: &Cluster, i: usize) -> i64 {
     n
 }
 
-/// Pays 30 000 sats from `key_id` and checks the result on every node and with
-/// libbitcoinconsensus here.
-async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction) {
+/// Pays `amount` sats from `key_id` and checks the result on every node and with
+/// libbitcoinconsensus here; returns the number of inputs spent.
+async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction, amount: u64) -> usize {
     let to = other_address();
     let (status, v) = c
         .post_json(
             0,
             "/api/v1/transactions",
-            &json!({ "key_id": key_id, "recipient": to.to_string(), "amount_sats": 30_000, "fee_rate_sat_vb": 2 }),
+            &json!({ "key_id": key_id, "recipient": to.to_string(), "amount_sats": amount, "fee_rate_sat_vb": 2 }),
         )
         .await;
     assert_eq!(status, 202, "{v}");
@@ -135,7 +135,7 @@ async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction) {
     assert!(tx
         .output
         .iter()
-        .any(|o| o.script_pubkey == to.script_pubkey() && o.value.to_sat() == 30_000));
+        .any(|o| o.script_pubkey == to.script_pubkey() && o.value.to_sat() == amount));
     assert_eq!(tx.output.len(), 2, "recipient and change");
     let fund_txid = fund.compute_txid();
     let spent: Vec<TxOut> = tx
@@ -179,6 +179,7 @@ async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction) {
         .unwrap();
         assert!(votes >= 2, "node {i} holds {votes} votes");
     }
+    tx.input.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +217,7 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
             .unwrap()
             .require_network(bitcoin::Network::Regtest)
             .unwrap();
-        let fund = funding(&addr, &[20_000, 25_000, 500_000]);
+        let fund = funding(&addr, &[20_000, 25_000, 2_000_000]);
         let (status, v) = c
             .post_json(
                 0,
@@ -226,9 +227,9 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
             .await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["imported"].as_array().unwrap().len(), 3);
-        pay_and_verify(&c, key_id, &fund).await;
 
-        // Over the policy's per-transaction limit: every node rejects, nothing signed.
+        // Over the policy's per-transaction limit: every node votes reject, the round
+        // is rejected everywhere, nothing is signed and the UTXO is released.
         let (status, v) = c
             .post_json(
                 0,
@@ -236,28 +237,24 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
                 &json!({ "key_id": key_id, "recipient": other_address().to_string(), "amount_sats": 1_200_000 }),
             )
             .await;
-        if status == 202 {
-            let id = v["id"].as_str().unwrap().to_owned();
-            for i in 0..N {
-                let v = ended(
-                    &c,
-                    i,
-                    &format!("/api/v1/transactions/{id}"),
-                    &["signed", "failed", "rejected", "expired"],
-                    120,
-                )
-                .await;
-                assert_eq!(v["state"], "rejected", "node {i}: {v}");
-                assert!(v["signed_tx"].is_null());
-            }
-        } else {
-            // Not enough funds for the amount is refused before any vote.
-            assert_eq!(
-                (status, v["code"].as_str()),
-                (400, Some("insufficient_funds")),
-                "{v}"
-            );
+        assert_eq!(status, 202, "{v}");
+        let id = v["id"].as_str().unwrap().to_owned();
+        for i in 0..N {
+            let v = ended(
+                &c,
+                i,
+                &format!("/api/v1/transactions/{id}"),
+                &["signed", "failed", "rejected", "expired"],
+                120,
+            )
+            .await;
+            assert_eq!(v["state"], "rejected", "node {i}: {v}");
+            assert!(v["signed_tx"].is_null());
         }
+
+        // Single input (the large UTXO), then two inputs (the two small ones).
+        assert_eq!(pay_and_verify(&c, key_id, &fund, 30_000).await, 1);
+        assert_eq!(pay_and_verify(&c, key_id, &fund, 40_000).await, 2);
     }
 
     // Bad requests: 4xx with a code, nothing stored, never a 5xx.

@@ -105,4 +105,17 @@ impl Store {
         .await?;
         Ok(u32::try_from(n).unwrap_or(0))
     }
+
+    /// Makes the UTXOs reserved by a transaction that will not be signed available
+    /// again.
+    pub async fn release_utxos(&self, id: Uuid) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE utxos SET state = 'available', reserved_by = NULL \
+             WHERE reserved_by = $1 AND state = 'reserved'",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
 }

@@ -389,6 +389,9 @@ async fn check_round(node: &Arc<NodeCtx>, id: Uuid, p: &Arc<Pending>) {
         .await;
     tracing::info!(tx = %id, outcome = to, votes = votes.len(), "voting round closed");
     if to == "rejected" {
+        if let Err(e) = node.store.release_utxos(id).await {
+            tracing::error!(tx = %id, error = %e, "cannot release the reserved utxos");
+        }
         node.tx.remove(id);
     } else if p.leader == node.cfg.node_id {
         tokio::spawn(super::signing::lead(node.clone(), id));
@@ -407,6 +410,9 @@ async fn expire_if_open(node: &Arc<NodeCtx>, id: Uuid) {
             .is_ok()
         {
             tracing::info!(tx = %id, "voting round expired");
+            if let Err(e) = node.store.release_utxos(id).await {
+                tracing::error!(tx = %id, error = %e, "cannot release the reserved utxos");
+            }
             node.tx.remove(id);
         }
     }
