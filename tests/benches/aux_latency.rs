@@ -40,8 +40,12 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::var_os("SIGNER_BIN").is_none() {
         let exe = std::env::current_exe()?;
-        let bin = exe.parent().map(|d| d.join("signer")).filter(|b| b.is_file());
-        let bin = bin.ok_or_else(|| anyhow::anyhow!("no signer binary next to {}", exe.display()))?;
+        let bin = exe
+            .parent()
+            .map(|d| d.join("signer"))
+            .filter(|b| b.is_file());
+        let bin =
+            bin.ok_or_else(|| anyhow::anyhow!("no signer binary next to {}", exe.display()))?;
         std::env::set_var("SIGNER_BIN", bin);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -64,11 +68,15 @@ async fn cluster_run(nodes: u16) -> anyhow::Result<Duration> {
     let mut last = start_db.0;
     for i in 0..n {
         let row = c
-            .eventually(&format!("aux info on node {i}"), Duration::from_secs(900), || async {
-                c.get_ok(i, &format!("/api/v1/dkg/ceremonies/{id}"))
-                    .await
-                    .filter(|v| v["state"] == "completed" || v["state"] == "failed")
-            })
+            .eventually(
+                &format!("aux info on node {i}"),
+                Duration::from_secs(900),
+                || async {
+                    c.get_ok(i, &format!("/api/v1/dkg/ceremonies/{id}"))
+                        .await
+                        .filter(|v| v["state"] == "completed" || v["state"] == "failed")
+                },
+            )
             .await;
         anyhow::ensure!(row["state"] == "completed", "node {i}: {row}");
         let db = c.db(i).await;
@@ -83,16 +91,29 @@ async fn cluster_run(nodes: u16) -> anyhow::Result<Duration> {
 }
 
 async fn library_run(n: u16) -> anyhow::Result<Duration> {
-    let eid = ExecutionId::derive(b"aux-bench", ProtocolKind::EcdsaAuxInfo, n, &["bench"], b"");
+    let eid = ExecutionId::derive(
+        &[7u8; 16],
+        ProtocolKind::EcdsaAuxInfo,
+        n,
+        &["bench"],
+        b"aux-bench",
+    );
     let eps = local_network(n, None);
     let primes: Vec<PrimeSet> = (0..n).map(fixture).collect::<Result<_, _>>()?;
     let start = Instant::now();
     let mut hs = Vec::new();
     for ((i, ep), p) in (0..n).zip(eps).zip(primes) {
-        hs.push(tokio::spawn(run_on_thread(ProtocolKind::EcdsaAuxInfo, move || {
-            let party = channel_party::<EcdsaAuxMsg>(ep.config, ep.incoming, ep.outgoing);
-            async move { ecdsa::aux_info(party, &eid, i, n, p, None).await.map(|_| ()) }
-        })));
+        hs.push(tokio::spawn(run_on_thread(
+            ProtocolKind::EcdsaAuxInfo,
+            move || {
+                let party = channel_party::<EcdsaAuxMsg>(ep.config, ep.incoming, ep.outgoing);
+                async move {
+                    ecdsa::aux_info(party, &eid, i, n, p, None)
+                        .await
+                        .map(|_| ())
+                }
+            },
+        )));
     }
     for h in hs {
         h.await??;
@@ -106,7 +127,10 @@ async fn bench(nodes: u16) -> anyhow::Result<()> {
     let lib2 = library_run(nodes).await?;
     let lib_mean = (lib + lib2) / 2;
     println!("| what | seconds |\n|---|---|");
-    println!("| cluster aux info, {nodes} nodes, end to end | {:.1} |", cluster.as_secs_f64());
+    println!(
+        "| cluster aux info, {nodes} nodes, end to end | {:.1} |",
+        cluster.as_secs_f64()
+    );
     println!(
         "| library aux info, {nodes} parties, one thread each, over channels (before / after) | {:.1} / {:.1} |",
         lib.as_secs_f64(),
