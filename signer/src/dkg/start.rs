@@ -141,6 +141,10 @@ pub async fn start(
         .await?;
     tracing::info!(ceremony = %spec.id, protocol = protocol.as_str(), t, n = spec.participants.len(),
         token = spec.fencing_token, "announcing key ceremony");
+    // Join right away: the announcements' acknowledgements are not needed to start.
+    if spec.participants.contains(&me) {
+        tokio::spawn(participate(node.clone(), spec.clone()));
+    }
     let frame = Frame::new(spec.id, CEREMONY_ANNOUNCE, payload);
     let results =
         futures::future::join_all(spec.participants.iter().filter(|p| **p != me).map(|p| {
@@ -161,9 +165,6 @@ pub async fn start(
             tracing::warn!(ceremony = %spec.id, %peer, error = %e, "announce failed");
             announce_failed.push(peer);
         }
-    }
-    if spec.participants.contains(&me) {
-        tokio::spawn(participate(node.clone(), spec.clone()));
     }
     if let Err(e) = guard.release().await {
         tracing::debug!(error = %e, "releasing the start lock failed; it expires with its lease");

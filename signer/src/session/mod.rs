@@ -187,6 +187,11 @@ pub fn decode_protocol(b: &Bytes) -> Option<(MsgType, Bytes)> {
 /// Sends a session's outgoing protocol messages until the protocol drops its sender:
 /// p2p to one participant, broadcast to every other participant, each in a frame of
 /// session `id` and kind `kind`. `label` names the protocol for fault injection.
+///
+/// Sends run concurrently: the pump does not wait for one message's acknowledgement
+/// before handing the next to QUIC (each wait costs up to the peer's delayed-ACK time,
+/// ~25 ms); the protocols do not depend on the arrival order across rounds. The pump
+/// returns once every send finished.
 pub async fn pump_outgoing(
     node: Arc<NodeCtx>,
     id: Uuid,
@@ -196,34 +201,36 @@ pub async fn pump_outgoing(
     mut out_rx: mpsc::Receiver<RawOutgoing>,
 ) {
     let me = node.cfg.node_id.clone();
+    let mut sends = tokio::task::JoinSet::new();
     while let Some(out) = out_rx.recv().await {
-        let (targets, msg_type): (Vec<&String>, _) = match out.recipient {
+        let (targets, msg_type): (Vec<String>, _) = match out.recipient {
             Some(j) => match participants.get(usize::from(j)) {
-                Some(p) => (vec![p], MsgType::P2p),
+                Some(p) => (vec![p.clone()], MsgType::P2p),
                 None => {
                     tracing::error!(session = %id, recipient = j, "protocol addressed a party outside the run");
                     continue;
                 }
             },
             None => (
-                participants.iter().filter(|p| **p != me).collect(),
+                participants.iter().filter(|p| **p != me).cloned().collect(),
                 MsgType::Broadcast,
             ),
         };
         let payload = crate::fault::corrupt_outgoing(label, out.payload);
         let frame = Frame::new(id, kind, encode_protocol(msg_type, &payload));
-        let results = futures::future::join_all(targets.into_iter().map(|p| {
+        for peer in targets {
             let f = frame.clone();
-            let node = &node;
-            async move { (p.clone(), node.net.p2p.send(p, f).await) }
-        }))
-        .await;
-        for (peer, r) in results {
-            if let Err(e) = r {
-                tracing::warn!(session = %id, %peer, error = %e, "sending a protocol message failed");
-            }
+            let node = node.clone();
+            sends.spawn(async move {
+                if let Err(e) = node.net.p2p.send(&peer, f).await {
+                    tracing::warn!(session = %id, %peer, error = %e, "sending a protocol message failed");
+                }
+            });
         }
+        // Reap finished sends so the set stays small.
+        while sends.try_join_next().is_some() {}
     }
+    while sends.join_next().await.is_some() {}
 }
 
 #[cfg(test)]
