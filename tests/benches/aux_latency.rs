@@ -59,6 +59,20 @@ async fn cluster_run(nodes: u16) -> anyhow::Result<Duration> {
     let n = usize::from(nodes);
     let c = Cluster::start(nodes, 2);
     c.wait_ready(n).await;
+    // Every node must have imported its (fixture) prime set: otherwise it would
+    // generate one inline and this would measure prime generation.
+    for i in 0..n {
+        c.eventually(
+            &format!("node {i} prime pool"),
+            Duration::from_secs(60),
+            || async {
+                c.get_ok(i, "/api/v1/aux-info/status")
+                    .await
+                    .filter(|v| v["prime_pool"]["available"].as_i64().unwrap_or(0) >= 1)
+            },
+        )
+        .await;
+    }
     let start_db: (DateTime<Utc>,) = sqlx::query_as("SELECT now()")
         .fetch_one(&c.db(0).await)
         .await?;
@@ -86,6 +100,16 @@ async fn cluster_run(nodes: u16) -> anyhow::Result<Duration> {
                 .fetch_one(&db)
                 .await?;
         last = last.max(done);
+    }
+    for i in 0..n {
+        let p = c
+            .get_ok(i, "/api/v1/aux-info/status")
+            .await
+            .unwrap_or_default();
+        anyhow::ensure!(
+            p["prime_pool"]["generated_total"] == 0,
+            "node {i} generated primes during the run: {p}"
+        );
     }
     Ok((last - start_db.0).to_std()?)
 }
