@@ -11,6 +11,18 @@ use serde_json::{json, Value};
 
 const N: usize = 3;
 
+/// Number of fixture prime sets the harness gives node `i` (`primes-<j>.json` with
+/// `j % N == i`): the import is complete when the pool holds all of them.
+fn fixtures_of(i: usize) -> i64 {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/fixtures/test-primes");
+    let n = (i..64)
+        .step_by(N)
+        .filter(|j| dir.join(format!("primes-{j}.json")).is_file())
+        .count();
+    i64::try_from(n).unwrap()
+}
+
 async fn pool(c: &Cluster, i: usize) -> Value {
     c.get_ok(i, "/api/v1/aux-info/status").await.unwrap()["prime_pool"].clone()
 }
@@ -66,7 +78,7 @@ async fn aux_info_runs_on_every_node_from_pooled_primes_and_is_reused() {
                 Duration::from_secs(30),
                 || async {
                     let p = pool(&c, i).await;
-                    (p["available"].as_i64().unwrap_or(0) >= 2).then_some(p)
+                    (p["available"].as_i64() == Some(fixtures_of(i))).then_some(p)
                 },
             )
             .await;
