@@ -62,18 +62,6 @@ async fn dkg_completes_everywhere(
     (id, keys[0].clone())
 }
 
-/// The node's `GET /api/v1/keys` entry for `key_id`.
-async fn key_entry(c: &Cluster, i: usize, key_id: &str) -> Value {
-    let v = get(c, i, "/api/v1/keys").await.unwrap();
-    v["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key_id"] == key_id)
-        .cloned()
-        .unwrap_or_else(|| panic!("key {key_id} missing on node {i}: {v}"))
-}
-
 /// Checks the watch-only descriptor against the public key and the first
 /// receive address, with the `bitcoin` crate.
 fn check_descriptor(entry: &Value, public_key_hex: &str) {
@@ -239,14 +227,14 @@ async fn dkg_for_both_key_types_on_2_of_3_gives_every_node_the_same_sealed_key_t
         (&ecdsa_id, &ecdsa_pk, "ecdsa"),
         (&frost_id, &frost_pk, "taproot"),
     ] {
-        let first = key_entry(&c, 0, id).await;
+        let first = c.key_entry(0, id).await;
         assert_eq!(first["key_type"], key_type, "{first}");
         assert_eq!(first["t"], 2);
         assert_eq!(first["n"], 3);
         assert_eq!(first["share_loaded"], true);
         check_descriptor(&first, pk);
         for i in 1..3 {
-            let e = key_entry(&c, i, id).await;
+            let e = c.key_entry(i, id).await;
             assert_eq!(e["descriptor"], first["descriptor"], "node {i}");
             assert_eq!(e["first_address"], first["first_address"], "node {i}");
         }
@@ -268,7 +256,7 @@ async fn dkg_for_both_key_types_on_2_of_3_gives_every_node_the_same_sealed_key_t
         )
         .await;
     for (id, pk) in [(&ecdsa_id, &ecdsa_pk), (&frost_id, &frost_pk)] {
-        let e = key_entry(&c, 2, id).await;
+        let e = c.key_entry(2, id).await;
         assert_eq!(e["share_loaded"], true, "{v}");
         assert_eq!(&e["public_key"], pk.as_str());
         check_descriptor(&e, pk);
@@ -375,7 +363,7 @@ async fn dkg_for_both_key_types_on_3_of_5_completes_on_every_node_and_shows_in_s
             assert_eq!(&row["public_key"], pk.as_str(), "{row}");
         }
         for (id, pk) in [(&ecdsa_id, &ecdsa_pk), (&frost_id, &frost_pk)] {
-            let e = key_entry(&c, i, id).await;
+            let e = c.key_entry(i, id).await;
             assert_eq!(e["t"], 3);
             assert_eq!(e["n"], 5);
             check_descriptor(&e, pk);

@@ -31,40 +31,6 @@ struct Keys {
     taproot: String,
 }
 
-async fn get(c: &Cluster, i: usize, path: &str) -> Option<Value> {
-    let r = c
-        .client()
-        .get(c.url(i, path))
-        .bearer_auth(c.admin())
-        .send()
-        .await
-        .ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
-}
-
-async fn wait_ready(c: &Cluster) {
-    for i in 0..NODES {
-        c.eventually(
-            &format!("node {i} ready with {NODES} healthy nodes"),
-            Duration::from_secs(60),
-            || async {
-                let r = c.client().get(c.url(i, "/ready")).send().await.ok()?;
-                let v: Value = r.json().await.ok()?;
-                if v["custody"]["state"] != "unsealed" || v["peers_connected"] != NODES - 1 {
-                    return None;
-                }
-                get(c, i, "/api/v1/cluster/status")
-                    .await
-                    .filter(|s| s["healthy_nodes"] == NODES)
-            },
-        )
-        .await;
-    }
-}
-
 fn signer(c: &Cluster, args: &[&str]) -> std::process::Output {
     Command::new(signer_bin())
         .args(args)
@@ -86,7 +52,7 @@ async fn completed_everywhere(c: &Cluster, id: &str) {
                 &format!("ceremony {id} to end on node {i}"),
                 Duration::from_secs(45),
                 || async {
-                    get(c, i, &format!("/api/v1/dkg/ceremonies/{id}"))
+                    c.get_ok(i, &format!("/api/v1/dkg/ceremonies/{id}"))
                         .await
                         .filter(|v| v["state"] == "completed" || v["state"] == "failed")
                 },
@@ -101,7 +67,7 @@ async fn keys() -> &'static Keys {
     static K: OnceCell<Keys> = OnceCell::const_new();
     K.get_or_init(|| async {
         let c = cluster();
-        wait_ready(c).await;
+        c.wait_ready(NODES).await;
         let r = c
             .client()
             .post(c.url(1, "/api/v1/dkg/start"))
@@ -141,17 +107,6 @@ async fn keys() -> &'static Keys {
         Keys { ecdsa, taproot }
     })
     .await
-}
-
-async fn key_entry(c: &Cluster, i: usize, key_id: &str) -> Value {
-    let v = get(c, i, "/api/v1/keys").await.unwrap();
-    v["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key_id"] == key_id)
-        .cloned()
-        .unwrap_or_else(|| panic!("key {key_id} missing on node {i}: {v}"))
 }
 
 fn parse(desc: &str) -> Descriptor<DescriptorPublicKey> {
@@ -217,7 +172,7 @@ async fn descriptors_parse_with_valid_checksums_and_node_addresses_equal_miniscr
     for (key_id, key_type, wrapper) in
         [(&k.ecdsa, "ecdsa", "wpkh("), (&k.taproot, "taproot", "tr(")]
     {
-        let e = key_entry(c, 0, key_id).await;
+        let e = c.key_entry(0, key_id).await;
         assert_eq!(e["key_type"], key_type, "{e}");
         assert_eq!(e["network"], "regtest", "{e}");
         let multi = e["descriptor"].as_str().unwrap();
@@ -291,7 +246,7 @@ async fn descriptors_parse_with_valid_checksums_and_node_addresses_equal_miniscr
 
         // Every node returns the same descriptors and addresses.
         for i in 1..NODES {
-            let other = key_entry(c, i, key_id).await;
+            let other = c.key_entry(i, key_id).await;
             for f in [
                 "descriptor",
                 "receive_descriptor",
@@ -380,7 +335,7 @@ async fn cli_lists_keys_and_ceremonies_and_fails_precisely_on_bad_arguments() {
     let out = signer(c, &["keys", "list"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    let entry = key_entry(c, 0, &k.taproot).await;
+    let entry = c.key_entry(0, &k.taproot).await;
     assert!(
         text.contains(entry["descriptor"].as_str().unwrap()),
         "{text}"

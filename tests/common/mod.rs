@@ -188,6 +188,18 @@ impl Cluster {
         }
     }
 
+    /// Node `i`'s `GET /api/v1/keys` entry for `key_id` (panics if it is missing).
+    pub async fn key_entry(&self, i: usize, key_id: &str) -> serde_json::Value {
+        let v = self.get_ok(i, "/api/v1/keys").await.unwrap();
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key_id"] == key_id)
+            .cloned()
+            .unwrap_or_else(|| panic!("key {key_id} missing on node {i}: {v}"))
+    }
+
     /// The admin token.
     pub fn admin(&self) -> &str {
         &self.file.admin_token

@@ -267,13 +267,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::classify(e, "transaction"))?;
-        sqlx::query(
-            "UPDATE utxos SET state = 'available', reserved_by = NULL \
-             WHERE reserved_by = $1 AND state = 'reserved'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        super::utxos::release_reserved(&mut *tx, id).await?;
         super::audit::append_audit(
             &mut tx,
             node_id,

@@ -109,13 +109,21 @@ impl Store {
     /// Makes the UTXOs reserved by a transaction that will not be signed available
     /// again.
     pub async fn release_utxos(&self, id: Uuid) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE utxos SET state = 'available', reserved_by = NULL \
-             WHERE reserved_by = $1 AND state = 'reserved'",
-        )
-        .bind(id)
-        .execute(self.pool())
-        .await?
-        .rows_affected())
+        release_reserved(self.pool(), id).await
     }
+}
+
+/// Releases the UTXOs reserved by transaction `id` (in a pool or a transaction).
+pub(super) async fn release_reserved<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    id: Uuid,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE utxos SET state = 'available', reserved_by = NULL \
+         WHERE reserved_by = $1 AND state = 'reserved'",
+    )
+    .bind(id)
+    .execute(ex)
+    .await?
+    .rows_affected())
 }

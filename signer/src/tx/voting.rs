@@ -38,6 +38,7 @@ pub async fn key_book(node: &NodeCtx, participants: &[String]) -> Result<VoteKey
 /// the policy's approval proof.
 async fn decide(
     node: &NodeCtx,
+    loaded: &Result<Option<policy::Policy>, String>,
     id: Uuid,
     p: &Pending,
     initiator: &str,
@@ -55,7 +56,7 @@ async fn decide(
         voter: node.cfg.node_id.clone(),
         deadline_unix,
     };
-    let pol = match load_policy(node).await {
+    let pol = match loaded {
         Ok(Some(pol)) => pol,
         Ok(None) => {
             body.reasons.push("no_policy_configured".to_owned());
@@ -67,7 +68,7 @@ async fn decide(
             return (body, None);
         }
     };
-    let ctx = match context(node, &pol, &v.key_id, v.view.network, initiator).await {
+    let ctx = match context(node, pol, &v.key_id, v.view.network, initiator).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the policy context; voting reject");
@@ -100,7 +101,8 @@ pub async fn decide_again(
     p: &Pending,
     initiator: &str,
 ) -> (VoteBody, Option<policy::Approval>) {
-    decide(node, id, p, initiator, now_unix() + 60).await
+    let loaded = load_policy(node).await;
+    decide(node, &loaded, id, p, initiator, now_unix() + 60).await
 }
 
 /// The configured policy, if any (read at each evaluation).
@@ -123,9 +125,9 @@ pub async fn load_policy(node: &NodeCtx) -> Result<Option<policy::Policy>, Strin
         .map_err(|e| e.to_string())
 }
 
-/// Hash of the configured policy (all zero without one).
-pub async fn policy_hash(node: &NodeCtx) -> [u8; 32] {
-    match load_policy(node).await {
+/// Hash of a loaded policy (all zero without one).
+fn policy_hash(loaded: &Result<Option<policy::Policy>, String>) -> [u8; 32] {
+    match loaded {
         Ok(Some(p)) => *p.hash().as_bytes(),
         _ => [0; 32],
     }
@@ -220,12 +222,14 @@ pub async fn on_proposal(node: &Arc<NodeCtx>, from: &str, prop: Proposal) -> Res
             deadline,
         )
         .await?;
+    // One read of the policy file serves the vote subject and the decision.
+    let loaded = load_policy(node).await;
     let subject = VoteSubject {
         transaction_id: prop.id,
         round_no: 1,
         txid: validated.txid,
         sighashes: validated.sighashes(),
-        policy_hash: policy_hash(node).await,
+        policy_hash: policy_hash(&loaded),
     };
     let pending = Arc::new(Pending {
         validated,
@@ -236,8 +240,15 @@ pub async fn on_proposal(node: &Arc<NodeCtx>, from: &str, prop: Proposal) -> Res
         subject,
     });
     node.tx.insert(prop.id, pending.clone());
-    let (body, approval) =
-        decide(node, prop.id, &pending, &prop.initiator, prop.deadline_unix).await;
+    let (body, approval) = decide(
+        node,
+        &loaded,
+        prop.id,
+        &pending,
+        &prop.initiator,
+        prop.deadline_unix,
+    )
+    .await;
     let decision = body.decision;
     let reasons = body.reasons.clone();
     let unsealed = node.unsealed().ok_or(TxError::Sealed)?;
