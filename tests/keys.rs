@@ -289,19 +289,7 @@ async fn bad_address_queries_are_refused_with_stable_codes_and_unknown_keys_are_
     }
 
     // Same roles as GET /api/v1/keys: an auditor may read, no token may not.
-    let r = c
-        .client()
-        .post(c.url(0, "/api/v1/tokens"))
-        .bearer_auth(c.admin())
-        .json(&json!({"name": "keys-auditor", "role": "auditor"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let auditor = r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let auditor = c.create_token(0, "keys-auditor", "auditor").await;
     let path = format!("/api/v1/keys/{}/addresses?count=2", k.taproot);
     let r = c.get(0, &path, &auditor).await;
     assert_eq!(r.status(), StatusCode::OK);

@@ -3,9 +3,15 @@
 //! with signed votes, two approving nodes signing (CGGMP24 for P2WPKH, FROST for
 //! P2TR), and the final transaction verified here with Bitcoin Core's consensus code;
 //! a policy rejection signs nothing; bad requests get 4xx codes and store nothing.
+//! On the same cluster, in order: a policy needing a human approval holds every vote
+//! until an approver (not the initiator) approves; PSBTs built by BDK are signed and
+//! then finalized by BDK; double and forged votes are recorded as Byzantine and
+//! ignored; 100 concurrent submissions are accepted and all signed; with only t nodes
+//! up signing works, with t−1 the transaction expires and nothing is signed.
 #![allow(clippy::unwrap_used)]
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bitcoin::consensus::encode;
@@ -53,11 +59,12 @@ async fn dkg(c: &Cluster, protocol: &str) -> String {
 }
 
 /// A transaction paying `values` to `addr` (its input is made up: only the outputs
-/// matter to the node, which signs spends of them).
+/// matter to the node, which signs spends of them). Each call gives a new txid.
 fn funding(addr: &Address, values: &[u64]) -> Transaction {
+    static SALT: AtomicU32 = AtomicU32::new(1);
     Transaction {
         version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::ZERO,
+        lock_time: bitcoin::absolute::LockTime::from_consensus(SALT.fetch_add(1, Ordering::SeqCst)),
         input: vec![TxIn {
             previous_output: OutPoint::new(bitcoin::Txid::from_str(&"11".repeat(32)).unwrap(), 0),
             ..TxIn::default()
@@ -72,48 +79,43 @@ fn funding(addr: &Address, values: &[u64]) -> Transaction {
     }
 }
 
-fn other_address() -> Address {
-    let secp = bitcoin::secp256k1::Secp256k1::new();
-    let (_, pk) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
-    Address::p2wpkh(&bitcoin::CompressedPublicKey(pk), bitcoin::Network::Regtest)
-}
-
-fn write_policy(c: &Cluster, keys: &[&str]) {
-    let mut text = String::from("version = 1\nname = \"tests\"\n");
-    for k in keys {
-        text.push_str(&format!(
-            "\n[[scope]]\nkey_id = \"{k}\"\nnetwork = \"regtest\"\n[scope.limits]\nmax_per_tx_sats = 1_000_000\n"
-        ));
-    }
-    for i in 0..N {
-        std::fs::write(c.node(i).dir.join("policy.toml"), &text).unwrap();
-    }
-}
-
-async fn tx_count(c: &Cluster, i: usize) -> i64 {
-    let db = c.db(i).await;
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM transactions")
-        .fetch_one(&db)
-        .await
+/// Funds the first address of `key_id` with one output per value and imports the
+/// funding transaction on node 0.
+async fn fund(c: &Cluster, key_id: &str, values: &[u64]) -> Transaction {
+    let entry = c.key_entry(0, key_id).await;
+    let addr = Address::from_str(entry["first_address"].as_str().unwrap())
+        .unwrap()
+        .require_network(bitcoin::Network::Regtest)
         .unwrap();
-    n
-}
-
-/// Pays `amount` sats from `key_id` and checks the result on every node and with
-/// libbitcoinconsensus here; returns the number of inputs spent.
-async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction, amount: u64) -> usize {
-    let to = other_address();
+    let fund = funding(&addr, values);
     let (status, v) = c
         .post_json(
             0,
-            "/api/v1/transactions",
-            &json!({ "key_id": key_id, "recipient": to.to_string(), "amount_sats": amount, "fee_rate_sat_vb": 2 }),
+            "/api/v1/utxos",
+            &json!({ "raw_tx": encode::serialize_hex(&fund) }),
         )
         .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["imported"].as_array().unwrap().len(), values.len(), "{v}");
+    fund
+}
+
+/// Submits a transaction on node `leader`; returns its id.
+async fn submit(c: &Cluster, leader: usize, body: &Value) -> String {
+    let (status, v) = c.post_json(leader, "/api/v1/transactions", body).await;
     assert_eq!(status, 202, "{v}");
-    let id = v["id"].as_str().unwrap().to_owned();
-    let mut final_hex = None;
-    for i in 0..N {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn pay(key_id: &str, amount: u64) -> Value {
+    json!({ "key_id": key_id, "recipient": other_address().to_string(), "amount_sats": amount, "fee_rate_sat_vb": 2 })
+}
+
+/// Waits for transaction `id` to end on each of `nodes`; asserts it ended as `state`
+/// everywhere and returns node `nodes[0]`'s answer.
+async fn ends_as(c: &Cluster, nodes: &[usize], id: &str, state: &str) -> Value {
+    let mut first = None;
+    for &i in nodes {
         let v = ended(
             c,
             i,
@@ -122,31 +124,45 @@ async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction, amount: u
             240,
         )
         .await;
-        assert_eq!(v["state"], "signed", "node {i}: {v}");
-        let hex = v["signed_tx"].as_str().unwrap().to_owned();
-        assert_eq!(
-            final_hex.get_or_insert(hex.clone()),
-            &hex,
-            "nodes agree on the transaction"
-        );
+        if v["state"] != state {
+            dump_history(c, id).await;
+        }
+        assert_eq!(v["state"], state, "node {i}: {v}");
+        first.get_or_insert(v);
     }
-    let tx: Transaction = encode::deserialize_hex(&final_hex.unwrap()).unwrap();
-    // Recipient paid, change back to the wallet, every input verified by consensus.
-    assert!(tx
-        .output
-        .iter()
-        .any(|o| o.script_pubkey == to.script_pubkey() && o.value.to_sat() == amount));
-    assert_eq!(tx.output.len(), 2, "recipient and change");
-    let fund_txid = fund.compute_txid();
-    let spent: Vec<TxOut> = tx
-        .input
-        .iter()
-        .map(|i| {
-            assert_eq!(i.previous_output.txid, fund_txid);
-            fund.output[i.previous_output.vout as usize].clone()
-        })
-        .collect();
-    let bytes = encode::serialize(&tx);
+    first.unwrap()
+}
+
+/// Prints every node's audit trail and log lines for transaction `id` (on failure).
+async fn dump_history(c: &Cluster, id: &str) {
+    for i in 0..N {
+        if let Ok(db) = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&c.node(i).database_url)
+            .await
+        {
+            let rows: Vec<(String, String, Value)> = sqlx::query_as(
+                "SELECT node_id, action, details FROM audit_log WHERE subject = $1 ORDER BY seq",
+            )
+            .bind(id)
+            .fetch_all(&db)
+            .await
+            .unwrap_or_default();
+            for r in rows {
+                eprintln!("audit node {i}: {r:?}");
+            }
+        }
+        let log = std::fs::read_to_string(&c.node(i).log).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains(id)) {
+            eprintln!("log node {i}: {line}");
+        }
+    }
+}
+
+/// Verifies every input of `tx` with libbitcoinconsensus (Taproot included: every
+/// spent output is given).
+fn verify_consensus(tx: &Transaction, spent: &[TxOut]) {
+    let bytes = encode::serialize(tx);
     let utxos: Vec<bitcoinconsensus::Utxo> = spent
         .iter()
         .map(|o| bitcoinconsensus::Utxo {
@@ -166,8 +182,88 @@ async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction, amount: u
         )
         .unwrap_or_else(|e| panic!("input {i} fails consensus: {e:?}"));
     }
-    // Every node stored every node's signed vote for the round.
+}
+
+/// The outputs `tx` spends, looked up in `funds`.
+fn spent_outputs(tx: &Transaction, funds: &[&Transaction]) -> Vec<TxOut> {
+    tx.input
+        .iter()
+        .map(|i| {
+            let f = funds
+                .iter()
+                .find(|f| f.compute_txid() == i.previous_output.txid)
+                .expect("input spends a funding transaction");
+            f.output[i.previous_output.vout as usize].clone()
+        })
+        .collect()
+}
+
+fn other_address() -> Address {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let (_, pk) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
+    Address::p2wpkh(&bitcoin::CompressedPublicKey(pk), bitcoin::Network::Regtest)
+}
+
+fn write_policy(c: &Cluster, keys: &[&str]) {
+    write_policy_with(c, keys, "");
+}
+
+/// The test policy for `keys`, with `extra` appended to every scope.
+fn write_policy_with(c: &Cluster, keys: &[&str], extra: &str) {
+    let mut text = String::from("version = 1\nname = \"tests\"\n");
+    for k in keys {
+        text.push_str(&format!(
+            "\n[[scope]]\nkey_id = \"{k}\"\nnetwork = \"regtest\"\n[scope.limits]\nmax_per_tx_sats = 1_000_000\n{extra}"
+        ));
+    }
     for i in 0..N {
+        std::fs::write(c.node(i).dir.join("policy.toml"), &text).unwrap();
+    }
+}
+
+async fn tx_count(c: &Cluster, i: usize) -> i64 {
+    let db = c.db(i).await;
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM transactions")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    n
+}
+
+/// Pays `amount` sats from `key_id` through node 0 and checks the result on each of
+/// `nodes` and with libbitcoinconsensus here; returns the transaction id and the
+/// number of inputs spent.
+async fn pay_and_verify_on(
+    c: &Cluster,
+    nodes: &[usize],
+    key_id: &str,
+    fund: &Transaction,
+    amount: u64,
+) -> (String, usize) {
+    let body = pay(key_id, amount);
+    let to = body["recipient"].as_str().unwrap().to_owned();
+    let to = Address::from_str(&to).unwrap().assume_checked();
+    let id = submit(c, 0, &body).await;
+    let mut final_hex = None;
+    for &i in nodes {
+        let v = ends_as(c, &[i], &id, "signed").await;
+        let hex = v["signed_tx"].as_str().unwrap().to_owned();
+        assert_eq!(
+            final_hex.get_or_insert(hex.clone()),
+            &hex,
+            "nodes agree on the transaction"
+        );
+    }
+    let tx: Transaction = encode::deserialize_hex(&final_hex.unwrap()).unwrap();
+    // Recipient paid, change back to the wallet, every input verified by consensus.
+    assert!(tx
+        .output
+        .iter()
+        .any(|o| o.script_pubkey == to.script_pubkey() && o.value.to_sat() == amount));
+    assert_eq!(tx.output.len(), 2, "recipient and change");
+    verify_consensus(&tx, &spent_outputs(&tx, &[fund]));
+    // Every node stored every node's signed vote for the round.
+    for &i in nodes {
         let db = c.db(i).await;
         let (votes,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM votes v JOIN voting_rounds r ON r.id = v.round_id \
@@ -179,7 +275,13 @@ async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction, amount: u
         .unwrap();
         assert!(votes >= 2, "node {i} holds {votes} votes");
     }
-    tx.input.len()
+    (id, tx.input.len())
+}
+
+async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction, amount: u64) -> usize {
+    pay_and_verify_on(c, &[0, 1, 2], key_id, fund, amount)
+        .await
+        .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,4 +402,340 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
         before,
         "nothing stored for refused requests"
     );
+
+    human_approval_holds_every_vote_until_an_approver_approves(&c, &frost, &ecdsa).await;
+    for key_id in [&frost, &ecdsa] {
+        bdk_built_psbt_is_signed_and_finalized_by_bdk(&c, key_id, &[70_000], 30_000, 1).await;
+        bdk_built_psbt_is_signed_and_finalized_by_bdk(&c, key_id, &[30_000, 25_000], 40_000, 2)
+            .await;
+    }
+    double_and_forged_votes_are_recorded_and_ignored(&c, &frost).await;
+    hundred_concurrent_submissions_are_accepted_and_signed(&c, &frost).await;
+    t_nodes_sign_and_t_minus_one_expire_with_no_signature_share(&c, &frost).await;
+}
+
+/// `[[scope.approvals]]`: no node votes until an approver approves; the initiator
+/// cannot approve; the approval reaches every node, which then votes and signs.
+async fn human_approval_holds_every_vote_until_an_approver_approves(
+    c: &Cluster,
+    frost: &str,
+    ecdsa: &str,
+) {
+    write_policy_with(
+        c,
+        &[frost, ecdsa],
+        "[[scope.approvals]]\nrequired = 1\nroles = [\"approver\"]\n",
+    );
+    let fund = fund(c, frost, &[50_000]).await;
+    let body = pay(frost, 10_000);
+    let id = submit(c, 0, &body).await;
+    for i in 0..N {
+        let db = c.db(i).await;
+        c.eventually(
+            &format!("node {i} holds its vote for approvals"),
+            Duration::from_secs(60),
+            || {
+                let db = db.clone();
+                let id = id.clone();
+                async move {
+                    let (n,): (i64,) = sqlx::query_as(
+                        "SELECT count(*) FROM audit_log \
+                         WHERE action = 'tx.awaiting_approval' AND subject = $1",
+                    )
+                    .bind(&id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+                    (n == 1).then_some(())
+                }
+            },
+        )
+        .await;
+        let (votes,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM votes v JOIN voting_rounds r ON r.id = v.round_id \
+             WHERE r.transaction_id = $1::uuid",
+        )
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(votes, 0, "node {i} voted before the approval");
+        assert_eq!(
+            c.get_ok(i, &format!("/api/v1/transactions/{id}"))
+                .await
+                .unwrap()["state"],
+            "voting"
+        );
+    }
+    let path = format!("/api/v1/transactions/{id}/approvals");
+    // The initiator (the admin token that submitted) cannot approve.
+    let (status, v) = c.post_json(0, &path, &json!({})).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("self_approval")),
+        "{v}"
+    );
+    // An operator may not approve at all.
+    let operator = c.create_token(1, "tx-operator", "operator").await;
+    let (status, v) = c.post_json_as(1, &path, &json!({}), &operator).await;
+    assert_eq!(status, 403, "{v}");
+    // An approver on another node approves once; a second approval is refused.
+    let approver = c.create_token(1, "tx-approver", "approver").await;
+    let (status, v) = c.post_json_as(1, &path, &json!({}), &approver).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["approvals"].as_array().unwrap().len(), 1, "{v}");
+    let (status, v) = c.post_json_as(1, &path, &json!({}), &approver).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (409, Some("already_approved")),
+        "{v}"
+    );
+    let v = ends_as(c, &[0, 1, 2], &id, "signed").await;
+    let tx: Transaction = encode::deserialize_hex(v["signed_tx"].as_str().unwrap()).unwrap();
+    verify_consensus(&tx, &spent_outputs(&tx, &[&fund]));
+    // Every node recorded the approval relayed by node 1.
+    for i in 0..N {
+        let v = c
+            .get_ok(i, &format!("/api/v1/transactions/{id}"))
+            .await
+            .unwrap();
+        let a = v["approvals"].as_array().unwrap();
+        assert_eq!(a.len(), 1, "node {i}: {v}");
+        assert_eq!(a[0]["via_node"], c.node(1).id.as_str(), "node {i}: {v}");
+        assert_eq!(a[0]["role"], "approver", "node {i}: {v}");
+    }
+    write_policy(c, &[frost, ecdsa]);
+}
+
+/// A PSBT built by BDK for the exported descriptors is voted on and signed by the
+/// cluster; BDK finalizes the cluster's signed PSBT, and consensus accepts it.
+async fn bdk_built_psbt_is_signed_and_finalized_by_bdk(
+    c: &Cluster,
+    key_id: &str,
+    values: &[u64],
+    amount: u64,
+    inputs: usize,
+) {
+    use bdk_wallet::chain::{BlockId, ConfirmationBlockTime};
+    use bdk_wallet::test_utils::{insert_anchor, insert_checkpoint, insert_tx};
+    use bdk_wallet::{KeychainKind, SignOptions, Wallet};
+    use bitcoin::hashes::Hash;
+
+    let e = c.key_entry(0, key_id).await;
+    let mut w = Wallet::create(
+        e["receive_descriptor"].as_str().unwrap().to_owned(),
+        e["change_descriptor"].as_str().unwrap().to_owned(),
+    )
+    .network(bitcoin::Network::Regtest)
+    .create_wallet_no_persist()
+    .unwrap();
+    let mut funds = Vec::new();
+    for (n, v) in values.iter().enumerate() {
+        let addr = w.reveal_next_address(KeychainKind::External).address;
+        let tx = funding(&addr, &[*v]);
+        let height = 100 + n as u32;
+        let block = BlockId {
+            height,
+            hash: bitcoin::BlockHash::from_byte_array([height as u8; 32]),
+        };
+        insert_checkpoint(&mut w, block);
+        insert_tx(&mut w, tx.clone());
+        insert_anchor(
+            &mut w,
+            tx.compute_txid(),
+            ConfirmationBlockTime {
+                block_id: block,
+                confirmation_time: u64::from(height),
+            },
+        );
+        funds.push(tx);
+    }
+    let mut b = w.build_tx();
+    b.add_recipient(other_address().script_pubkey(), Amount::from_sat(amount))
+        .fee_rate(bitcoin::FeeRate::from_sat_per_vb_u32(2));
+    let psbt = b.finish().unwrap();
+    assert_eq!(psbt.inputs.len(), inputs);
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
+    let id = submit(c, 0, &json!({ "psbt": b64 })).await;
+    let v = ends_as(c, &[0, 1, 2], &id, "signed").await;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v["signed_psbt"].as_str().unwrap())
+        .unwrap();
+    let mut signed = bitcoin::Psbt::deserialize(&raw).unwrap();
+    assert!(
+        w.finalize_psbt(&mut signed, SignOptions::default())
+            .unwrap(),
+        "BDK finalizes the cluster's signatures"
+    );
+    let tx = signed.extract_tx().unwrap();
+    let node_tx: Transaction = encode::deserialize_hex(v["signed_tx"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        tx.compute_wtxid(),
+        node_tx.compute_wtxid(),
+        "same final transaction"
+    );
+    let fund_refs: Vec<&Transaction> = funds.iter().collect();
+    verify_consensus(&tx, &spent_outputs(&tx, &fund_refs));
+}
+
+async fn violations(c: &Cluster, i: usize, node: &str, kind: &str) -> i64 {
+    let db = c.db(i).await;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM byzantine_violations WHERE node_id = $1 AND violation_type = $2",
+    )
+    .bind(node)
+    .bind(kind)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    n
+}
+
+/// Node 2 double-votes, then forges votes: honest nodes record each violation, do not
+/// count the forged votes, and still sign with the honest quorum.
+async fn double_and_forged_votes_are_recorded_and_ignored(c: &Cluster, frost: &str) {
+    let bad = c.node(2).id.clone();
+    c.kill_node(2);
+    c.restart_node_with_env(2, &[("SIGNER_FAULT_DOUBLE_VOTE", "1")]);
+    c.wait_ready(N).await;
+    let fund1 = fund(c, frost, &[60_000]).await;
+    pay_and_verify_on(c, &[0, 1, 2], frost, &fund1, 10_000).await;
+    for i in 0..2 {
+        c.eventually(
+            &format!("node {i} records the double vote"),
+            Duration::from_secs(30),
+            || async { (violations(c, i, &bad, "double_vote").await >= 1).then_some(()) },
+        )
+        .await;
+    }
+
+    c.kill_node(2);
+    c.restart_node_with_env(2, &[("SIGNER_FAULT_FORGE_VOTES", "1")]);
+    c.wait_ready(N).await;
+    let fund2 = fund(c, frost, &[60_000]).await;
+    let (id, _) = pay_and_verify_on(c, &[0, 1, 2], frost, &fund2, 10_000).await;
+    for i in 0..2 {
+        for kind in ["vote_sender_mismatch", "bad_vote_signature"] {
+            c.eventually(
+                &format!("node {i} records {kind}"),
+                Duration::from_secs(30),
+                || async { (violations(c, i, &bad, kind).await >= 1).then_some(()) },
+            )
+            .await;
+        }
+        // The rejection forged in another node's name was not stored as its vote.
+        let db = c.db(i).await;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT v.node_id, v.decision FROM votes v JOIN voting_rounds r ON r.id = v.round_id \
+             WHERE r.transaction_id = $1::uuid",
+        )
+        .bind(&id)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        for (voter, decision) in &rows {
+            assert_eq!(
+                decision, "approve",
+                "node {i} stored {voter}'s vote as {decision}"
+            );
+        }
+    }
+    c.kill_node(2);
+    c.restart_node(2);
+    c.wait_ready(N).await;
+}
+
+/// 100 payments submitted at once are all accepted, each gets its own UTXO, and all
+/// are signed on every node.
+async fn hundred_concurrent_submissions_are_accepted_and_signed(c: &Cluster, frost: &str) {
+    const COUNT: usize = 100;
+    let fund = fund(c, frost, &[10_000; COUNT]).await;
+    let ids: Vec<String> = futures::future::join_all(
+        (0..COUNT).map(|_| async { submit(c, 0, &pay(frost, 1_000)).await }),
+    )
+    .await;
+    let uuids: Vec<uuid::Uuid> = ids.iter().map(|i| i.parse().unwrap()).collect();
+    for i in 0..N {
+        let db = c.db(i).await;
+        c.eventually(
+            &format!("all {COUNT} transactions signed on node {i}"),
+            Duration::from_secs(600),
+            || {
+                let db = db.clone();
+                let uuids = uuids.clone();
+                async move {
+                    let (n,): (i64,) = sqlx::query_as(
+                        "SELECT count(*) FROM transactions WHERE id = ANY($1) AND state = 'signed'",
+                    )
+                    .bind(&uuids)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+                    (n == COUNT as i64).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    // No funding output is spent twice.
+    let db = c.db(0).await;
+    let rows: Vec<(Vec<u8>,)> =
+        sqlx::query_as("SELECT signed_tx FROM transactions WHERE id = ANY($1)")
+            .bind(&uuids)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let mut spent = std::collections::BTreeSet::new();
+    for (raw,) in rows {
+        let tx: Transaction = encode::deserialize(&raw).unwrap();
+        for inp in &tx.input {
+            assert!(
+                spent.insert(inp.previous_output),
+                "{} spent twice",
+                inp.previous_output
+            );
+        }
+        verify_consensus(&tx, &spent_outputs(&tx, &[&fund]));
+    }
+    assert_eq!(spent.len(), COUNT);
+}
+
+/// With node 2 down the remaining t = 2 nodes sign; with node 1 down too, a payment
+/// expires at the voting deadline, its UTXO is released, and no node audited a
+/// signing step for it.
+async fn t_nodes_sign_and_t_minus_one_expire_with_no_signature_share(c: &Cluster, frost: &str) {
+    c.kill_node(2);
+    let fund1 = fund(c, frost, &[40_000]).await;
+    pay_and_verify_on(c, &[0, 1], frost, &fund1, 10_000).await;
+
+    c.kill_node(1);
+    c.kill_node(0);
+    c.restart_node_with_env(0, &[("SIGNER__WALLET__VOTE_TIMEOUT_SECS", "10")]);
+    c.eventually("node 0 ready alone", Duration::from_secs(60), || async {
+        let r = c.client().get(c.url(0, "/ready")).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        (v["custody"]["state"] == "unsealed").then_some(())
+    })
+    .await;
+    let fund2 = fund(c, frost, &[40_000]).await;
+    let id = submit(c, 0, &pay(frost, 10_000)).await;
+    let v = ends_as(c, &[0], &id, "expired").await;
+    assert!(v["signed_tx"].is_null(), "{v}");
+    let db = c.db(0).await;
+    let (shares,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit_log WHERE action = 'tx.sign_input' AND subject = $1",
+    )
+    .bind(&id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(shares, 0, "no signing step for an expired transaction");
+    let (state,): (String,) =
+        sqlx::query_as("SELECT state FROM utxos WHERE txid = $1 AND vout = 0")
+            .bind(fund2.compute_txid().to_string())
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(state, "available", "the expired payment's UTXO is released");
 }

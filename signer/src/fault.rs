@@ -7,6 +7,10 @@
 //! message it sends in ceremonies of that protocol with bytes that do not decode, so
 //! the tests can check that honest nodes abort and blame this node. The node logs an
 //! error at start when a fault is armed.
+//!
+//! [`DOUBLE_VOTE_ENV`] and [`FORGE_VOTE_ENV`] make this node misbehave in transaction
+//! votes (a second, opposite vote; votes forged in another node's name or signed with
+//! the wrong key), so the tests can check honest nodes record and ignore them.
 
 use bytes::Bytes;
 
@@ -35,4 +39,82 @@ pub fn warn_if_armed() {
     if let Ok(p) = std::env::var(CORRUPT_ENV) {
         tracing::error!(protocol = %p, "FAULT INJECTION ARMED: this node corrupts its outgoing protocol messages");
     }
+    #[cfg(feature = "fault-injection")]
+    for var in [DOUBLE_VOTE_ENV, FORGE_VOTE_ENV] {
+        if std::env::var_os(var).is_some() {
+            tracing::error!(
+                fault = var,
+                "FAULT INJECTION ARMED: this node sends Byzantine votes"
+            );
+        }
+    }
+}
+
+/// Environment variable: this node, after casting its honest vote, signs and sends a
+/// second vote with the opposite decision (a double vote).
+pub const DOUBLE_VOTE_ENV: &str = "SIGNER_FAULT_DOUBLE_VOTE";
+/// Environment variable: this node, after casting its honest vote, sends forged
+/// rejections: one in another participant's name, one in its own name signed with a
+/// key that is not its pinned vote key.
+pub const FORGE_VOTE_ENV: &str = "SIGNER_FAULT_FORGE_VOTES";
+
+/// Byzantine voting behaviour after this node's honest vote on `id`, when armed
+/// (feature `fault-injection` only).
+#[cfg(feature = "fault-injection")]
+pub async fn after_vote(
+    node: &std::sync::Arc<crate::node::NodeCtx>,
+    id: uuid::Uuid,
+    pending: &crate::tx::Pending,
+    honest: &crate::vote::SignedVote,
+) {
+    use crate::vote::{SignedVote, VoteDecision, VoteMessage};
+    let mut bad = Vec::new();
+    if std::env::var_os(DOUBLE_VOTE_ENV).is_some() {
+        let mut body = honest.body().clone();
+        body.decision = match body.decision {
+            VoteDecision::Approve => VoteDecision::Reject,
+            VoteDecision::Reject => VoteDecision::Approve,
+        };
+        if let Some(u) = node.unsealed() {
+            if let Ok(v) = SignedVote::sign(body, &u.vote_key) {
+                bad.push(v);
+            }
+        }
+    }
+    if std::env::var_os(FORGE_VOTE_ENV).is_some() {
+        let me = &node.cfg.node_id;
+        let stranger = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7; 32]);
+        let other = pending.participants.iter().find(|p| *p != me);
+        if let (Ok(stranger), Some(other)) = (stranger, other) {
+            let mut in_other_name = honest.body().clone();
+            in_other_name.voter = other.clone();
+            in_other_name.decision = VoteDecision::Reject;
+            let mut own_name = honest.body().clone();
+            own_name.decision = VoteDecision::Reject;
+            for body in [in_other_name, own_name] {
+                if let Ok(v) = SignedVote::sign(body, &stranger) {
+                    bad.push(v);
+                }
+            }
+        }
+    }
+    for v in bad {
+        tracing::error!(tx = %id, "FAULT INJECTION: sending a Byzantine vote");
+        let frame = crate::p2p::Frame::new(
+            id,
+            crate::p2p::MessageKind::VOTE,
+            VoteMessage::Vote(v).encode(),
+        );
+        crate::tx::voting::broadcast(node, &pending.participants, frame).await;
+    }
+}
+
+/// No Byzantine voting (built without `fault-injection`).
+#[cfg(not(feature = "fault-injection"))]
+pub async fn after_vote(
+    _node: &std::sync::Arc<crate::node::NodeCtx>,
+    _id: uuid::Uuid,
+    _pending: &crate::tx::Pending,
+    _honest: &crate::vote::SignedVote,
+) {
 }

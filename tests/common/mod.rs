@@ -154,16 +154,40 @@ impl Cluster {
         path: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
+        self.post_json_as(i, path, body, self.admin()).await
+    }
+
+    /// `POST path` with a JSON body on node `i` with `token`: status and JSON answer.
+    pub async fn post_json_as(
+        &self,
+        i: usize,
+        path: &str,
+        body: &serde_json::Value,
+        token: &str,
+    ) -> (u16, serde_json::Value) {
         let r = self
             .client()
             .post(self.url(i, path))
-            .bearer_auth(self.admin())
+            .bearer_auth(token)
             .json(body)
             .send()
             .await
             .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Creates an API token with `role` on node `i` (as admin) and returns its secret.
+    pub async fn create_token(&self, i: usize, name: &str, role: &str) -> String {
+        let (status, v) = self
+            .post_json(
+                i,
+                "/api/v1/tokens",
+                &serde_json::json!({"name": name, "role": role}),
+            )
+            .await;
+        assert_eq!(status, 201, "token creation: {v}");
+        v["token"].as_str().unwrap().to_owned()
     }
 
     /// Waits until the first `n` nodes answer `/ready` with unsealed custody, see

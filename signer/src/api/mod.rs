@@ -61,6 +61,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(tx::submit).get(tx::list),
         )
         .route("/api/v1/transactions/{id}", get(tx::get_one))
+        .route(
+            "/api/v1/transactions/{id}/approvals",
+            axum::routing::post(tx::approve),
+        )
         .route("/api/v1/utxos", axum::routing::post(tx::import_utxos))
         .route("/api/v1/keys/{id}/addresses", get(dkg::addresses))
         .route_layer(middleware::from_fn_with_state(

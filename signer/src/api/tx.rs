@@ -21,6 +21,12 @@ impl From<TxError> for ApiError {
     fn from(e: TxError) -> Self {
         match e {
             TxError::Invalid { code, message } => ApiError::bad_request(code, message),
+            TxError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
+            TxError::Forbidden { code, message } => {
+                ApiError::new(StatusCode::FORBIDDEN, code, message)
+            }
             e @ TxError::UnknownKey(_) => ApiError::bad_request("unknown_key", e.to_string()),
             e @ TxError::Sealed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -118,10 +124,30 @@ pub async fn get_one(
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad_request("invalid_id", "transaction id must be a uuid"))?;
     let row = s.node.store.get_transaction(id).await?;
-    let signed = s.node.store.signed_tx_hex(id).await?;
+    let (signed, signed_psbt) = s.node.store.signed_forms(id).await?;
+    let approvals = s.node.store.approvals(id).await?;
     let mut v = json!(row);
     v["signed_tx"] = json!(signed);
+    v["signed_psbt"] = json!(signed_psbt);
+    v["approvals"] = json!(approvals);
     Ok(Json(v))
+}
+
+/// `POST /api/v1/transactions/{id}/approvals` (approver): a human approval, for
+/// policies that require them. The transaction's initiator cannot approve it.
+pub async fn approve(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(&[Role::Approver])?;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::bad_request("invalid_id", "transaction id must be a uuid"))?;
+    let approvals =
+        crate::tx::approvals::approve(&s.node, id, &p.token_id, p.role.as_str()).await?;
+    Ok(Json(
+        json!({ "transaction_id": id, "approvals": approvals }),
+    ))
 }
 
 /// Query of `GET /api/v1/transactions`.

@@ -172,6 +172,7 @@ impl Net {
                 | crate::tx::wire::TX_SIGN
                 | crate::tx::wire::TX_SIGNATURE
                 | crate::tx::wire::TX_DONE
+                | crate::tx::wire::TX_APPROVAL
                 | crate::dkg::wire::CEREMONY_ANNOUNCE
                 | crate::dkg::wire::CEREMONY_CONFIRM => self.forward_ceremony(inbound),
                 other => {

@@ -3,6 +3,7 @@
 //! Queries are built at run time with bound parameters only (never string
 //! concatenation of input), so no database is needed to compile.
 
+pub mod approvals;
 pub mod audit;
 pub mod dkg;
 pub mod node_keys;

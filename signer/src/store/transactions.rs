@@ -225,14 +225,17 @@ impl Store {
         id: Uuid,
         signed_tx: &[u8],
         txid: &str,
+        signed_psbt: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
-            "UPDATE transactions SET state = 'signed', signed_tx = $2, txid = $3 WHERE id = $1",
+            "UPDATE transactions SET state = 'signed', signed_tx = $2, txid = $3, \
+             signed_psbt = COALESCE($4, signed_psbt) WHERE id = $1",
         )
         .bind(id)
         .bind(signed_tx)
         .bind(txid)
+        .bind(signed_psbt)
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::classify(e, "transaction"))?;
@@ -282,11 +285,25 @@ impl Store {
 
     /// The final transaction (hex) once signed.
     pub async fn signed_tx_hex(&self, id: Uuid) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<Vec<u8>>,)> =
-            sqlx::query_as("SELECT signed_tx FROM transactions WHERE id = $1")
+        Ok(self.signed_forms(id).await?.0)
+    }
+
+    /// The final transaction (hex) and the signed, unfinalized PSBT (base64), once
+    /// signed.
+    pub async fn signed_forms(
+        &self,
+        id: Uuid,
+    ) -> Result<(Option<String>, Option<String>), StoreError> {
+        use base64::Engine as _;
+        let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT signed_tx, signed_psbt FROM transactions WHERE id = $1")
                 .bind(id)
                 .fetch_optional(self.pool())
                 .await?;
-        Ok(row.and_then(|(t,)| t).map(hex::encode))
+        let (tx, psbt) = row.unwrap_or_default();
+        Ok((
+            tx.map(hex::encode),
+            psbt.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+        ))
     }
 }

@@ -95,6 +95,47 @@ impl Store {
         Ok(())
     }
 
+    /// Reserves, for transaction `id`, those of `outpoints` this node knows (a
+    /// proposal's inputs). Returns the first known input that is spent or reserved by
+    /// another transaction, reserving nothing in that case; unknown inputs are ignored.
+    pub async fn reserve_known_utxos(
+        &self,
+        id: Uuid,
+        outpoints: &[bitcoin::OutPoint],
+    ) -> Result<Option<bitcoin::OutPoint>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for o in outpoints {
+            let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
+                "SELECT state, reserved_by FROM utxos WHERE txid = $1 AND vout = $2 FOR UPDATE",
+            )
+            .bind(o.txid.to_string())
+            .bind(i64::from(o.vout))
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                None => {}
+                Some((state, _)) if state == "available" => {
+                    sqlx::query(
+                        "UPDATE utxos SET state = 'reserved', reserved_by = $3 \
+                         WHERE txid = $1 AND vout = $2",
+                    )
+                    .bind(o.txid.to_string())
+                    .bind(i64::from(o.vout))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Some((state, by)) if state == "reserved" && by == Some(id) => {}
+                Some(_) => {
+                    tx.rollback().await?;
+                    return Ok(Some(*o));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
     /// Highest change index used so far by a key (for the next change output).
     pub async fn next_change_index(&self, key_id: &str) -> Result<u32, StoreError> {
         let (n,): (i64,) = sqlx::query_as(

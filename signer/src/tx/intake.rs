@@ -44,6 +44,7 @@ pub async fn submit(
     let keys = super::usable_keys(node).await?;
     let limits = super::limits(node);
     let id = Uuid::new_v4();
+    let mut intake_guard = None;
     let (validated, recipient, amount) = match sub {
         Submission::Psbt(raw) => {
             let wallet_keys: Vec<_> = keys.iter().map(|k| k.wallet.clone()).collect();
@@ -63,6 +64,9 @@ pub async fn submit(
                 .iter()
                 .find(|k| k.wallet.key_id() == key_id)
                 .ok_or_else(|| TxError::UnknownKey(key_id.clone()))?;
+            // Selection and reservation (below) run under one lock so concurrent
+            // requests never select the same UTXOs.
+            intake_guard = Some(node.tx.intake_lock.lock().await);
             let utxos = node.store.available_utxos(&key_id).await?;
             let change = node.store.next_change_index(&key_id).await?;
             let v = crate::wallet::build_psbt(
@@ -114,6 +118,7 @@ pub async fn submit(
             });
         }
     }
+    drop(intake_guard);
     node.store
         .audit(
             &node.cfg.node_id,

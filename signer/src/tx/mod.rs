@@ -18,6 +18,7 @@
 //!   consensus code and sends the result to every participant ([`wire::TX_DONE`]),
 //!   which verify it again before recording `signed`.
 
+pub mod approvals;
 pub mod intake;
 pub mod material;
 pub mod signing;
@@ -39,6 +40,22 @@ pub enum TxError {
     /// The request is not acceptable (4xx); `code` is the stable API code.
     #[error("{message}")]
     Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+    },
+    /// The request conflicts with the transaction's state (409).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+    },
+    /// The caller may not do this (403).
+    #[error("{message}")]
+    Forbidden {
         /// Stable code.
         code: &'static str,
         /// Explanation.
@@ -86,6 +103,13 @@ pub struct Pending {
     pub round_id: Uuid,
     /// What the votes must be about.
     pub subject: crate::vote::VoteSubject,
+    /// Who submitted it (token id at the leader).
+    pub initiator: String,
+    /// End of the voting round (Unix seconds).
+    pub deadline_unix: u64,
+    /// Whether this node has cast its vote (it votes once; a policy needing human
+    /// approvals holds the vote until they arrive).
+    pub voted: std::sync::atomic::AtomicBool,
 }
 
 /// Votes kept for transactions whose proposal has not arrived yet, at most.
@@ -98,6 +122,8 @@ pub struct Registry {
     early_votes: Mutex<Vec<(Uuid, String, crate::vote::SignedVote)>>,
     replies: Mutex<HashMap<Uuid, tokio::sync::mpsc::Sender<(String, wire::SignatureReply)>>>,
     frozen: Mutex<std::collections::BTreeSet<String>>,
+    /// Held while a recipient + amount request selects and reserves its UTXOs.
+    pub intake_lock: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -267,6 +293,12 @@ pub fn dispatch(node: &Arc<NodeCtx>, inbound: &crate::p2p::Inbound) -> bool {
             Err(e) => {
                 tracing::warn!(peer = %from, error = %e, "malformed signature reply; dropped")
             }
+        },
+        wire::TX_APPROVAL => match wire::decode::<wire::ApprovalNotice>(&payload) {
+            Ok(a) => {
+                tokio::spawn(async move { approvals::on_notice(&node, &from, a).await });
+            }
+            Err(e) => tracing::warn!(peer = %from, error = %e, "malformed approval; dropped"),
         },
         wire::TX_DONE => match wire::decode::<wire::Done>(&payload) {
             Ok(d) => {

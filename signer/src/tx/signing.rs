@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bitcoin::consensus::encode;
 use signer_protocol::{channel_party, ecdsa, frost, run_on_thread, DeliveryConfig, ExecutionId};
 use tokio::sync::mpsc;
@@ -24,9 +25,10 @@ use crate::wallet::KeyKind;
 pub async fn lead(node: Arc<NodeCtx>, id: Uuid) {
     let outcome = lead_inner(&node, id).await;
     let done = match outcome {
-        Ok(tx_hex) => Done {
+        Ok((tx_hex, psbt)) => Done {
             id,
             tx_hex: Some(tx_hex),
+            psbt: Some(psbt),
             error: None,
         },
         Err(e) => {
@@ -42,6 +44,7 @@ pub async fn lead(node: Arc<NodeCtx>, id: Uuid) {
             Done {
                 id,
                 tx_hex: None,
+                psbt: None,
                 error: Some(reason),
             }
         }
@@ -55,7 +58,8 @@ pub async fn lead(node: Arc<NodeCtx>, id: Uuid) {
     node.tx.remove(id);
 }
 
-async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<String, TxError> {
+/// The final transaction (hex) and the signed, unfinalized PSBT (base64).
+async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<(String, String), TxError> {
     let p = node
         .tx
         .get(id)
@@ -92,6 +96,7 @@ async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<String, TxError> {
             }
         }
     }
+    let signed_psbt = psbt.serialize();
     let tx = match crate::wallet::finalize_and_verify(psbt) {
         Ok(tx) => tx,
         Err(e) => {
@@ -100,8 +105,11 @@ async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<String, TxError> {
         }
     };
     let hex = encode::serialize_hex(&tx);
-    record_signed(node, id, &tx).await?;
-    Ok(hex)
+    record_signed(node, id, &tx, Some(&signed_psbt)).await?;
+    Ok((
+        hex,
+        base64::engine::general_purpose::STANDARD.encode(&signed_psbt),
+    ))
 }
 
 /// A failed final verification means a signer or this node is faulty: the key is
@@ -124,6 +132,7 @@ async fn record_signed(
     node: &Arc<NodeCtx>,
     id: Uuid,
     tx: &bitcoin::Transaction,
+    signed_psbt: Option<&[u8]>,
 ) -> Result<(), TxError> {
     node.store
         .transaction_signed(
@@ -131,6 +140,7 @@ async fn record_signed(
             id,
             &encode::serialize(tx),
             &tx.compute_txid().to_string(),
+            signed_psbt,
         )
         .await?;
     tracing::info!(tx = %id, txid = %tx.compute_txid(), "transaction signed and verified");
@@ -314,12 +324,12 @@ async fn serve(node: &Arc<NodeCtx>, from: &str, req: &SignRequest) -> Result<Vec
         .clone();
     // The permit: this node's own policy approval plus a quorum of signed approvals
     // over exactly the sighashes this node computed itself.
-    let initiator = node.store.transaction_initiator(req.tx).await?;
-    let (_, approval) = super::voting::decide_again(node, req.tx, &p, &initiator).await;
-    let approval = approval.ok_or_else(|| TxError::Invalid {
-        code: "policy_rejects",
-        message: "this node's policy does not approve the transaction".into(),
-    })?;
+    let approval = super::voting::decide_again(node, req.tx, &p)
+        .await
+        .ok_or_else(|| TxError::Invalid {
+            code: "policy_rejects",
+            message: "this node's policy does not approve the transaction".into(),
+        })?;
     let votes = VoteIntake::new(node.store.clone(), me.clone())
         .round_votes(p.round_id)
         .await?;
@@ -350,6 +360,20 @@ async fn serve(node: &Arc<NodeCtx>, from: &str, req: &SignRequest) -> Result<Vec
             .transition_transaction(req.tx, "signing", None)
             .await;
     }
+    // Audited before any share of a signature leaves this node.
+    node.store
+        .audit(
+            &me,
+            AuditEntry::new("node", "tx.sign_input")
+                .subject(req.tx.to_string())
+                .details(serde_json::json!({
+                    "input": req.input,
+                    "session": req.session,
+                    "signers": req.signers,
+                    "leader": from,
+                })),
+        )
+        .await?;
     run_protocol(node, req, &p, position, &indices, &input, &permit).await
 }
 
@@ -444,6 +468,7 @@ pub async fn on_done(node: Arc<NodeCtx>, from: String, done: Done) {
         return;
     }
     let id = done.id;
+    let psbt = done.psbt.as_deref().and_then(|b| signed_psbt_of(&p, b));
     let outcome = match done.tx_hex {
         Some(h) => verify_result(&p, &h),
         None => Err(done
@@ -453,7 +478,7 @@ pub async fn on_done(node: Arc<NodeCtx>, from: String, done: Done) {
     let r = match outcome {
         Ok(tx) => {
             let _ = node.store.transition_transaction(id, "signing", None).await;
-            record_signed(&node, id, &tx)
+            record_signed(&node, id, &tx, psbt.as_deref())
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -467,6 +492,15 @@ pub async fn on_done(node: Arc<NodeCtx>, from: String, done: Done) {
         tracing::error!(tx = %id, error = %e, "cannot record the transaction result");
     }
     node.tx.remove(id);
+}
+
+/// The leader's signed PSBT, kept only if it is a PSBT of the approved transaction.
+fn signed_psbt_of(p: &Pending, b64: &str) -> Option<Vec<u8>> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .ok()?;
+    let psbt = bitcoin::Psbt::deserialize(&raw).ok()?;
+    (psbt.unsigned_tx.compute_txid() == p.validated.txid).then_some(raw)
 }
 
 fn verify_result(p: &Pending, tx_hex: &str) -> Result<bitcoin::Transaction, String> {

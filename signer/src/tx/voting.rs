@@ -1,5 +1,6 @@
 //! Proposal handling and voting on every participant of a key.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,27 @@ pub async fn key_book(node: &NodeCtx, participants: &[String]) -> Result<VoteKey
     ))
 }
 
+/// This node's policy decision on a transaction.
+#[derive(Debug)]
+pub struct Verdict {
+    /// The vote this node casts (when not awaiting approvals).
+    pub body: VoteBody,
+    /// The policy's approval proof, when it approves.
+    pub approval: Option<policy::Approval>,
+    /// Every rule passed but human approvals are missing: no vote is cast yet.
+    pub awaiting_approval: bool,
+}
+
+impl Verdict {
+    fn final_reject(body: VoteBody) -> Self {
+        Verdict {
+            body,
+            approval: None,
+            awaiting_approval: false,
+        }
+    }
+}
+
 /// This node's policy decision on `pending`, as a vote body and (when it approves)
 /// the policy's approval proof.
 async fn decide(
@@ -41,9 +63,8 @@ async fn decide(
     loaded: &Result<Option<policy::Policy>, String>,
     id: Uuid,
     p: &Pending,
-    initiator: &str,
     deadline_unix: u64,
-) -> (VoteBody, Option<policy::Approval>) {
+) -> Verdict {
     let v = &p.validated;
     let mut body = VoteBody {
         transaction_id: id,
@@ -60,20 +81,20 @@ async fn decide(
         Ok(Some(pol)) => pol,
         Ok(None) => {
             body.reasons.push("no_policy_configured".to_owned());
-            return (body, None);
+            return Verdict::final_reject(body);
         }
         Err(e) => {
             tracing::error!(error = %e, "policy file does not load; voting reject");
             body.reasons.push("policy_unavailable".to_owned());
-            return (body, None);
+            return Verdict::final_reject(body);
         }
     };
-    let ctx = match context(node, pol, &v.key_id, v.view.network, initiator).await {
+    let ctx = match context(node, pol, id, p).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the policy context; voting reject");
             body.reasons.push("policy_context_unavailable".to_owned());
-            return (body, None);
+            return Verdict::final_reject(body);
         }
     };
     let decision = pol.evaluate(&v.view, &ctx);
@@ -83,26 +104,26 @@ async fn decide(
         .take(crate::vote::MAX_REASONS)
         .map(|x| x.code().as_str().to_owned())
         .collect();
-    if let policy::Decision::NeedsApproval { .. } = decision {
+    let awaiting_approval = matches!(decision, policy::Decision::NeedsApproval { .. });
+    if awaiting_approval {
         body.reasons.push("needs_approval".to_owned());
     }
     let approval = decision.into_approval();
     if approval.is_some() {
         body.decision = VoteDecision::Approve;
     }
-    (body, approval)
+    Verdict {
+        body,
+        approval,
+        awaiting_approval,
+    }
 }
 
 /// Evaluates the policy again for a signing request (the approval proof is not kept
 /// between the vote and the signing; it is recomputed from the same inputs).
-pub async fn decide_again(
-    node: &NodeCtx,
-    id: Uuid,
-    p: &Pending,
-    initiator: &str,
-) -> (VoteBody, Option<policy::Approval>) {
+pub async fn decide_again(node: &NodeCtx, id: Uuid, p: &Pending) -> Option<policy::Approval> {
     let loaded = load_policy(node).await;
-    decide(node, &loaded, id, p, initiator, now_unix() + 60).await
+    decide(node, &loaded, id, p, now_unix() + 60).await.approval
 }
 
 /// The configured policy, if any (read at each evaluation).
@@ -136,12 +157,12 @@ fn policy_hash(loaded: &Result<Option<policy::Policy>, String>) -> [u8; 32] {
 async fn context(
     node: &NodeCtx,
     pol: &policy::Policy,
-    key_id: &str,
-    net: policy::Network,
-    initiator: &str,
+    id: Uuid,
+    p: &Pending,
 ) -> Result<policy::Context, StoreError> {
+    let key_id = &p.validated.key_id;
     let mut window_spent = Vec::new();
-    for w in pol.velocity_windows(key_id, net) {
+    for w in pol.velocity_windows(key_id, p.validated.view.network) {
         let spent = node.store.spent_in_window(key_id, w).await?;
         window_spent.push(policy::WindowSpent {
             window_seconds: w,
@@ -151,8 +172,17 @@ async fn context(
     Ok(policy::Context {
         now_unix: now_unix(),
         window_spent,
-        approvals: Vec::new(),
-        initiator: initiator.to_owned(),
+        approvals: node
+            .store
+            .approvals(id)
+            .await?
+            .into_iter()
+            .map(|a| policy::ApprovalRecord {
+                approver: a.approver,
+                role: a.role,
+            })
+            .collect(),
+        initiator: p.initiator.clone(),
     })
 }
 
@@ -238,44 +268,43 @@ pub async fn on_proposal(node: &Arc<NodeCtx>, from: &str, prop: Proposal) -> Res
         leader: from.to_owned(),
         round_id,
         subject,
+        initiator: prop.initiator.clone(),
+        deadline_unix: prop.deadline_unix,
+        voted: AtomicBool::new(false),
     });
     node.tx.insert(prop.id, pending.clone());
-    let (body, approval) = decide(
-        node,
-        &loaded,
-        prop.id,
-        &pending,
-        &prop.initiator,
-        prop.deadline_unix,
-    )
-    .await;
-    let decision = body.decision;
-    let reasons = body.reasons.clone();
-    let unsealed = node.unsealed().ok_or(TxError::Sealed)?;
-    let signed = SignedVote::sign(body, &unsealed.vote_key)
-        .map_err(|e| TxError::Internal(format!("signing the vote: {e}")))?;
-    node.store
-        .audit(
-            &me,
-            AuditEntry::new("node", "tx.vote")
-                .subject(prop.id.to_string())
-                .details(serde_json::json!({
-                    "decision": decision.as_str(),
-                    "reasons": reasons,
-                    "txid": pending.validated.txid.to_string(),
-                    "policy_hash": hex::encode(pending.subject.policy_hash),
-                    "leader": from,
-                })),
-        )
-        .await?;
-    drop(approval);
-    accept_vote(node, prop.id, &me, &signed).await;
-    let frame = Frame::new(
-        prop.id,
-        MessageKind::VOTE,
-        VoteMessage::Vote(signed).encode(),
-    );
-    broadcast(node, &pending.participants, frame).await;
+    let mut verdict = decide(node, &loaded, prop.id, &pending, prop.deadline_unix).await;
+    // An input this node knows as spent, or reserved by another transaction (e.g. a
+    // concurrent proposal from another leader), is never signed twice.
+    let outpoints: Vec<_> = pending
+        .validated
+        .inputs
+        .iter()
+        .map(|i| i.outpoint)
+        .collect();
+    if let Some(o) = node.store.reserve_known_utxos(prop.id, &outpoints).await? {
+        tracing::warn!(tx = %prop.id, input = %o, "input already spent or reserved; voting reject");
+        verdict.body.decision = VoteDecision::Reject;
+        verdict.body.reasons.push("input_unavailable".to_owned());
+        verdict.approval = None;
+        verdict.awaiting_approval = false;
+    }
+    if verdict.awaiting_approval {
+        node.store
+            .audit(
+                &me,
+                AuditEntry::new("node", "tx.awaiting_approval")
+                    .subject(prop.id.to_string())
+                    .details(serde_json::json!({
+                        "txid": pending.validated.txid.to_string(),
+                        "leader": from,
+                    })),
+            )
+            .await?;
+        tracing::info!(tx = %prop.id, "policy needs human approvals; vote held until they arrive");
+    } else {
+        cast_vote(node, prop.id, &pending, verdict).await?;
+    }
     // Votes that arrived before the proposal.
     for (sender, vote) in node.tx.take_early_votes(prop.id) {
         accept_vote(node, prop.id, &sender, &vote).await;
@@ -287,6 +316,71 @@ pub async fn on_proposal(node: &Arc<NodeCtx>, from: &str, prop: Proposal) -> Res
         expire_if_open(&expire_node, prop.id).await;
     });
     Ok(())
+}
+
+/// Signs, records and broadcasts this node's one vote on `id` (at most once: a
+/// second call is a no-op, so this node never double-votes).
+async fn cast_vote(
+    node: &Arc<NodeCtx>,
+    id: Uuid,
+    pending: &Arc<Pending>,
+    verdict: Verdict,
+) -> Result<(), TxError> {
+    if pending.voted.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let me = node.cfg.node_id.clone();
+    let Verdict { body, approval, .. } = verdict;
+    let decision = body.decision;
+    let reasons = body.reasons.clone();
+    let unsealed = node.unsealed().ok_or(TxError::Sealed)?;
+    let signed = SignedVote::sign(body, &unsealed.vote_key)
+        .map_err(|e| TxError::Internal(format!("signing the vote: {e}")))?;
+    node.store
+        .audit(
+            &me,
+            AuditEntry::new("node", "tx.vote")
+                .subject(id.to_string())
+                .details(serde_json::json!({
+                    "decision": decision.as_str(),
+                    "reasons": reasons,
+                    "txid": pending.validated.txid.to_string(),
+                    "policy_hash": hex::encode(pending.subject.policy_hash),
+                    "leader": pending.leader,
+                })),
+        )
+        .await?;
+    drop(approval);
+    accept_vote(node, id, &me, &signed).await;
+    let payload = VoteMessage::Vote(signed.clone()).encode();
+    broadcast(
+        node,
+        &pending.participants,
+        Frame::new(id, MessageKind::VOTE, payload),
+    )
+    .await;
+    crate::fault::after_vote(node, id, pending, &signed).await;
+    Ok(())
+}
+
+/// Re-evaluates a transaction this node has not voted on yet because human approvals
+/// were missing; votes once the policy decides.
+pub async fn reconsider(node: &Arc<NodeCtx>, id: Uuid) {
+    let Some(p) = node.tx.get(id) else {
+        return;
+    };
+    if p.voted.load(Ordering::SeqCst) {
+        return;
+    }
+    let loaded = load_policy(node).await;
+    let verdict = decide(node, &loaded, id, &p, p.deadline_unix).await;
+    if verdict.awaiting_approval {
+        tracing::info!(tx = %id, "approval recorded; more approvals still needed");
+        return;
+    }
+    if let Err(e) = cast_vote(node, id, &p, verdict).await {
+        tracing::error!(tx = %id, error = %e, "cannot cast the vote after approvals");
+    }
 }
 
 /// Sends `frame` to every other participant (failures are logged).

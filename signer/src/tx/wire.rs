@@ -17,6 +17,8 @@ pub const TX_SIGN: MessageKind = MessageKind(0x0141);
 pub const TX_SIGNATURE: MessageKind = MessageKind(0x0142);
 /// The leader sends the finalized, verified transaction to every participant.
 pub const TX_DONE: MessageKind = MessageKind(0x0143);
+/// A node relays a human approval it authenticated to every participant of the key.
+pub const TX_APPROVAL: MessageKind = MessageKind(0x0144);
 
 /// Largest accepted frame payload of this module (a PSBT of up to 1 MiB in base64).
 pub const MAX_TX_FRAME_BYTES: usize = 1536 * 1024;
@@ -72,8 +74,23 @@ pub struct Done {
     pub id: Uuid,
     /// Final signed transaction (hex), or `None` if signing failed.
     pub tx_hex: Option<String>,
+    /// The PSBT with every signature, before finalization (base64).
+    #[serde(default)]
+    pub psbt: Option<String>,
     /// Failure reason.
     pub error: Option<String>,
+}
+
+/// [`TX_APPROVAL`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalNotice {
+    /// Transaction id.
+    pub id: Uuid,
+    /// Authenticated identity of the approver at the relaying node.
+    pub approver: String,
+    /// Role of the approver's token.
+    pub role: String,
 }
 
 /// Why a frame was refused.

@@ -1,0 +1,421 @@
+//! Transactions end to end on a real dev cluster, beside the bare library's signing
+//! cost measured in the same run. A benchmark, not a test: run by hand, never by
+//! `make test`.
+//!
+//! ```text
+//! cargo build -p signer --release && \
+//!   cargo run -p cluster-tests --release --bin tx-latency -- \
+//!     [--runs 20] [--nodes 5] [--t 3] [--concurrent 100] [--ecdsa-runs 3]
+//! ```
+//!
+//! * **Latency**: from just before `POST /api/v1/transactions` (recipient + amount,
+//!   one input) to the leader's row reaching `signed` (polled every 2 ms in its own
+//!   database): intake, proposal, every node's validation and signed vote, quorum,
+//!   permits, threshold signing, finalization and libbitcoinconsensus verification.
+//! * **Intake rate**: `--concurrent` submissions at once; submissions per second until
+//!   the last `202`.
+//! * **Signatures per second**: the same batch, Taproot inputs signed per second until
+//!   the last transaction is `signed` at its leader.
+//! * **Library**: FROST signing of `t` parties in this process over channels (givre),
+//!   and CGGMP24 full signing (keygen and aux info with the fixture primes first, not
+//!   timed).
+#![forbid(unsafe_code)]
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use bitcoin::consensus::encode;
+use bitcoin::{Address, Amount, OutPoint, Transaction, TxIn, TxOut};
+use cluster_tests::Cluster;
+use serde_json::{json, Value};
+use signer_protocol::ecdsa::{self, EcdsaAuxMsg, EcdsaKeygenMsg, EcdsaSignMsg, PrimeSet};
+use signer_protocol::frost::{self, FrostKeygenMsg, FrostSignMsg};
+use signer_protocol::local::local_network;
+use signer_protocol::{channel_party, ExecutionId, ProtocolKind, SighashMessage};
+
+struct Args {
+    runs: usize,
+    nodes: u16,
+    t: u16,
+    concurrent: usize,
+    ecdsa_runs: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        runs: 20,
+        nodes: 5,
+        t: 3,
+        concurrent: 100,
+        ecdsa_runs: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut num = || -> anyhow::Result<usize> {
+            let v = it
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+            v.parse().map_err(|e| anyhow::anyhow!("{flag} {v}: {e}"))
+        };
+        match flag.as_str() {
+            "--runs" => a.runs = num()?.max(1),
+            "--nodes" => a.nodes = u16::try_from(num()?)?,
+            "--t" => a.t = u16::try_from(num()?)?,
+            "--concurrent" => a.concurrent = num()?.max(1),
+            "--ecdsa-runs" => a.ecdsa_runs = num()?,
+            "--help" | "-h" => {
+                println!(
+                    "tx-latency [--runs N] [--nodes N] [--t T] [--concurrent N] [--ecdsa-runs N]"
+                );
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other}; see --help"),
+        }
+    }
+    anyhow::ensure!(
+        a.t >= 2 && a.t <= a.nodes,
+        "need 2 <= t <= nodes (got t {} nodes {})",
+        a.t,
+        a.nodes
+    );
+    Ok(a)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    if std::env::var_os("SIGNER_BIN").is_none() {
+        let exe = std::env::current_exe()?;
+        let bin = exe
+            .parent()
+            .map(|d| d.join("signer"))
+            .filter(|b| b.is_file())
+            .ok_or_else(|| anyhow::anyhow!("no signer binary next to {}", exe.display()))?;
+        std::env::set_var("SIGNER_BIN", bin);
+    }
+    std::env::set_var("RUST_LOG", "warn");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(bench(args))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
+async fn until<T, F, Fut>(what: &str, within: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        anyhow::ensure!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn post(c: &Cluster, i: usize, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    let r = c
+        .client()
+        .post(c.url(i, path))
+        .bearer_auth(c.admin())
+        .json(body)
+        .send()
+        .await?;
+    let s = r.status().as_u16();
+    Ok((s, r.json().await.unwrap_or(Value::Null)))
+}
+
+/// Runs a ceremony (`/dkg/start` or `/aux-info/start`) and waits for it on every node.
+async fn ceremony(c: &Cluster, n: usize, path: &str, body: Value) -> anyhow::Result<String> {
+    let (s, v) = post(c, 0, path, &body).await?;
+    anyhow::ensure!(s == 202, "{path}: {s} {v}");
+    let id = v["ceremony_id"].as_str().unwrap_or_default().to_owned();
+    for i in 0..n {
+        let p = format!("/api/v1/dkg/ceremonies/{id}");
+        let v = until(&p, Duration::from_secs(600), || async {
+            c.get_ok(i, &p)
+                .await
+                .filter(|v| v["state"] == "completed" || v["state"] == "failed")
+        })
+        .await?;
+        anyhow::ensure!(v["state"] == "completed", "ceremony on node {i}: {v}");
+    }
+    Ok(id)
+}
+
+fn other_address() -> Address {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let (_, pk) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
+    Address::p2wpkh(&bitcoin::CompressedPublicKey(pk), bitcoin::Network::Regtest)
+}
+
+/// Imports a made-up funding transaction with `count` outputs of `value` to the key's
+/// first address.
+async fn fund(c: &Cluster, key_id: &str, count: usize, value: u64) -> anyhow::Result<()> {
+    let e = c.key_entry(0, key_id).await;
+    let addr = Address::from_str(e["first_address"].as_str().unwrap_or_default())?
+        .require_network(bitcoin::Network::Regtest)?;
+    let tx = Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::from_consensus(rand_u32()),
+        input: vec![TxIn {
+            previous_output: OutPoint::new(bitcoin::Txid::from_str(&"22".repeat(32))?, 0),
+            ..TxIn::default()
+        }],
+        output: (0..count)
+            .map(|_| TxOut {
+                value: Amount::from_sat(value),
+                script_pubkey: addr.script_pubkey(),
+            })
+            .collect(),
+    };
+    let (s, v) = post(
+        c,
+        0,
+        "/api/v1/utxos",
+        &json!({ "raw_tx": encode::serialize_hex(&tx) }),
+    )
+    .await?;
+    anyhow::ensure!(s == 200, "utxo import: {s} {v}");
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    use bitcoin::secp256k1::rand::RngCore;
+    bitcoin::secp256k1::rand::thread_rng().next_u32() >> 4
+}
+
+async fn submit(c: &Cluster, key_id: &str) -> anyhow::Result<uuid::Uuid> {
+    let body = json!({ "key_id": key_id, "recipient": other_address().to_string(),
+                       "amount_sats": 1_000, "fee_rate_sat_vb": 2 });
+    let (s, v) = post(c, 0, "/api/v1/transactions", &body).await?;
+    anyhow::ensure!(s == 202, "submit: {s} {v}");
+    Ok(uuid::Uuid::parse_str(v["id"].as_str().unwrap_or_default())?)
+}
+
+/// Waits (2 ms polls) until every one of `ids` is signed at the leader (node 0).
+async fn signed(db: &sqlx::PgPool, ids: &[uuid::Uuid]) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let (done, bad): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'signed'), \
+                    count(*) FILTER (WHERE state IN ('failed', 'rejected', 'expired')) \
+             FROM transactions WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_one(db)
+        .await?;
+        anyhow::ensure!(bad == 0, "{bad} transactions did not sign");
+        if done == i64::try_from(ids.len())? {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(900),
+            "not signed in 900 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn eid(kind: ProtocolKind, t: u16, n: u16, tag: &str) -> ExecutionId {
+    let parts: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
+    let mut sid = [0u8; 16];
+    sid[..tag.len().min(16)].copy_from_slice(&tag.as_bytes()[..tag.len().min(16)]);
+    ExecutionId::derive(&sid, kind, t, &parts, b"tx-latency bench")
+}
+
+/// Bare-library FROST signing of `t` parties: median and p99 ms.
+async fn library_frost(n: u16, t: u16, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let e = eid(ProtocolKind::FrostKeygen, t, n, "lib-frost");
+    let shares =
+        futures::future::try_join_all((0..n).zip(local_network(n, None)).map(|(i, ep)| {
+            let p = channel_party::<FrostKeygenMsg>(ep.config, ep.incoming, ep.outgoing);
+            async move { frost::keygen(p, &e, i, n, t).await }
+        }))
+        .await?;
+    let signers: Vec<u16> = (0..t).collect();
+    let mut times = Vec::new();
+    for r in 0..runs {
+        let sighash = [u8::try_from(r % 251)?.wrapping_add(1); 32];
+        let start = Instant::now();
+        futures::future::try_join_all((0..t).zip(local_network(t, None)).map(|(pos, ep)| {
+            let p = channel_party::<FrostSignMsg>(ep.config, ep.incoming, ep.outgoing);
+            let share = &shares[usize::from(pos)];
+            let signers = &signers;
+            async move { frost::sign(p, pos, signers, share, &[0, 0], &sighash).await }
+        }))
+        .await?;
+        times.push(ms(start.elapsed()));
+    }
+    Ok((pct(&times, 0.5), pct(&times, 0.99)))
+}
+
+/// Bare-library CGGMP24 full signing of `t` parties (median ms).
+async fn library_ecdsa(n: u16, t: u16, runs: usize) -> anyhow::Result<f64> {
+    let e = eid(ProtocolKind::EcdsaKeygen, t, n, "lib-ecdsa");
+    let incomplete =
+        futures::future::try_join_all((0..n).zip(local_network(n, None)).map(|(i, ep)| {
+            let p = channel_party::<EcdsaKeygenMsg>(ep.config, ep.incoming, ep.outgoing);
+            async move { ecdsa::keygen(p, &e, i, n, t, None).await }
+        }))
+        .await?;
+    let ea = eid(ProtocolKind::EcdsaAuxInfo, n, n, "lib-aux");
+    let aux = futures::future::try_join_all((0..n).zip(local_network(n, None)).map(|(i, ep)| {
+        let p = channel_party::<EcdsaAuxMsg>(ep.config, ep.incoming, ep.outgoing);
+        async move {
+            let path = format!(
+                "{}/../protocol/fixtures/test-primes/primes-{i}.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let json = std::fs::read_to_string(path)
+                .map_err(|e| signer_protocol::ProtocolError::InvalidArgument(e.to_string()))?;
+            ecdsa::aux_info(p, &ea, i, n, PrimeSet::from_json(&json)?, None).await
+        }
+    }))
+    .await?;
+    let shares: Vec<_> = incomplete
+        .iter()
+        .zip(&aux)
+        .map(|(s, a)| ecdsa::EcdsaKeyShare::from_parts(s, a).and_then(|k| k.with_precomputation()))
+        .collect::<Result<_, _>>()?;
+    let signers: Vec<u16> = (0..t).collect();
+    let mut times = Vec::new();
+    for r in 0..runs {
+        let es = eid(ProtocolKind::EcdsaSign, t, n, &format!("lib-sign-{r}"));
+        let msg = SighashMessage::from_single_sha256([u8::try_from(r % 251)?.wrapping_add(1); 32]);
+        let start = Instant::now();
+        futures::future::try_join_all((0..t).zip(local_network(t, None)).map(|(pos, ep)| {
+            let p = channel_party::<EcdsaSignMsg>(ep.config, ep.incoming, ep.outgoing);
+            let share = &shares[usize::from(pos)];
+            let (signers, msg) = (&signers, &msg);
+            async move { ecdsa::sign(p, &es, pos, signers, share, &[0, 0], msg, None).await }
+        }))
+        .await?;
+        times.push(ms(start.elapsed()));
+    }
+    Ok(pct(&times, 0.5))
+}
+
+async fn bench(a: Args) -> anyhow::Result<()> {
+    let n = usize::from(a.nodes);
+    let c = Cluster::start(a.nodes, a.t);
+    until("cluster ready", Duration::from_secs(120), || async {
+        for i in 0..n {
+            let s = c.get_ok(i, "/api/v1/cluster/status").await?;
+            (s["healthy_nodes"] == n).then_some(())?;
+        }
+        Some(())
+    })
+    .await?;
+    let frost_key = ceremony(
+        &c,
+        n,
+        "/api/v1/dkg/start",
+        json!({"protocol": "frost", "threshold": a.t}),
+    )
+    .await?;
+    let ecdsa_key = ceremony(
+        &c,
+        n,
+        "/api/v1/dkg/start",
+        json!({"protocol": "cggmp24", "threshold": a.t}),
+    )
+    .await?;
+    ceremony(&c, n, "/api/v1/aux-info/start", json!({})).await?;
+    let mut policy = String::from("version = 1\nname = \"bench\"\n");
+    for k in [&frost_key, &ecdsa_key] {
+        policy.push_str(&format!(
+            "\n[[scope]]\nkey_id = \"{k}\"\nnetwork = \"regtest\"\n[scope.limits]\nmax_per_tx_sats = 100_000_000\n"
+        ));
+    }
+    for i in 0..n {
+        std::fs::write(c.node(i).dir.join("policy.toml"), &policy)?;
+    }
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&c.node(0).database_url)
+        .await?;
+
+    println!(
+        "tx-latency: {} nodes, t={}, loopback, one host with {} cores",
+        a.nodes,
+        a.t,
+        std::thread::available_parallelism().map_or(0, |p| p.get())
+    );
+    println!("| key | runs | p50 ms | p99 ms | min ms | max ms |");
+    println!("|---|---|---|---|---|---|");
+    for (label, key, runs) in [
+        ("taproot (FROST)", &frost_key, a.runs),
+        ("ecdsa (CGGMP24, full signing)", &ecdsa_key, a.ecdsa_runs),
+    ] {
+        if runs == 0 {
+            continue;
+        }
+        fund(&c, key, runs + 1, 100_000).await?;
+        // One warm-up transaction (first use loads the share and precomputations).
+        let id = submit(&c, key).await?;
+        signed(&db, &[id]).await?;
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            let id = submit(&c, key).await?;
+            signed(&db, &[id]).await?;
+            times.push(ms(start.elapsed()));
+        }
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = times.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {label} | {runs} | {:.1} | {:.1} | {min:.1} | {max:.1} |",
+            pct(&times, 0.5),
+            pct(&times, 0.99)
+        );
+    }
+
+    fund(&c, &frost_key, a.concurrent, 10_000).await?;
+    let start = Instant::now();
+    let ids =
+        futures::future::try_join_all((0..a.concurrent).map(|_| submit(&c, &frost_key))).await?;
+    let intake = start.elapsed();
+    signed(&db, &ids).await?;
+    let all = start.elapsed();
+    println!();
+    println!(
+        "concurrent: {} taproot payments: intake {:.1} tx/s ({:.0} ms to the last 202), \
+         {:.1} signatures/s ({:.0} ms to the last signed)",
+        a.concurrent,
+        a.concurrent as f64 / intake.as_secs_f64(),
+        ms(intake),
+        a.concurrent as f64 / all.as_secs_f64(),
+        ms(all)
+    );
+
+    let (f50, f99) = library_frost(a.nodes, a.t, a.runs.max(20)).await?;
+    println!(
+        "library: FROST sign {}-of-{} in process: p50 {f50:.2} ms, p99 {f99:.2} ms",
+        a.t, a.nodes
+    );
+    if a.ecdsa_runs > 0 {
+        let e50 = library_ecdsa(a.nodes, a.t, a.ecdsa_runs).await?;
+        println!(
+            "library: CGGMP24 full sign {}-of-{} in process: p50 {e50:.0} ms",
+            a.t, a.nodes
+        );
+    }
+    Ok(())
+}
