@@ -9,8 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bitcoin::consensus::encode;
-use bitcoin::{Address, Amount, OutPoint, Transaction, TxIn, TxOut};
-use cluster_tests::Cluster;
+use bitcoin::{Address, Transaction, TxOut};
+use cluster_tests::{funding, other_address, Cluster};
 use serde_json::{json, Value};
 
 const N: usize = 3;
@@ -50,44 +50,6 @@ async fn dkg(c: &Cluster, protocol: &str) -> String {
         assert_eq!(v["state"], "completed", "{v}");
     }
     id
-}
-
-/// A transaction paying `values` to `addr` (its input is made up: only the outputs
-/// matter to the node, which signs spends of them).
-fn funding(addr: &Address, values: &[u64]) -> Transaction {
-    Transaction {
-        version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::new(bitcoin::Txid::from_str(&"11".repeat(32)).unwrap(), 0),
-            ..TxIn::default()
-        }],
-        output: values
-            .iter()
-            .map(|v| TxOut {
-                value: Amount::from_sat(*v),
-                script_pubkey: addr.script_pubkey(),
-            })
-            .collect(),
-    }
-}
-
-fn other_address() -> Address {
-    let secp = bitcoin::secp256k1::Secp256k1::new();
-    let (_, pk) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
-    Address::p2wpkh(&bitcoin::CompressedPublicKey(pk), bitcoin::Network::Regtest)
-}
-
-fn write_policy(c: &Cluster, keys: &[&str]) {
-    let mut text = String::from("version = 1\nname = \"tests\"\n");
-    for k in keys {
-        text.push_str(&format!(
-            "\n[[scope]]\nkey_id = \"{k}\"\nnetwork = \"regtest\"\n[scope.limits]\nmax_per_tx_sats = 1_000_000\n"
-        ));
-    }
-    for i in 0..N {
-        std::fs::write(c.node(i).dir.join("policy.toml"), &text).unwrap();
-    }
 }
 
 async fn tx_count(c: &Cluster, i: usize) -> i64 {
@@ -202,7 +164,7 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
         .await;
         assert_eq!(v["state"], "completed", "{v}");
     }
-    write_policy(&c, &[&frost, &ecdsa]);
+    c.write_policy(N, &[&frost, &ecdsa], 1_000_000);
     let keys = c.get_ok(0, "/api/v1/keys").await.unwrap();
 
     for key_id in [&frost, &ecdsa] {

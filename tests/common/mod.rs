@@ -200,6 +200,20 @@ impl Cluster {
             .unwrap_or_else(|| panic!("key {key_id} missing on node {i}: {v}"))
     }
 
+    /// Writes, on the first `nodes` nodes, a policy with one regtest scope per key
+    /// allowing at most `max_per_tx_sats` per transaction (read at each vote).
+    pub fn write_policy(&self, nodes: usize, keys: &[&str], max_per_tx_sats: u64) {
+        let mut text = String::from("version = 1\nname = \"tests\"\n");
+        for k in keys {
+            text.push_str(&format!(
+                "\n[[scope]]\nkey_id = \"{k}\"\nnetwork = \"regtest\"\n[scope.limits]\nmax_per_tx_sats = {max_per_tx_sats}\n"
+            ));
+        }
+        for i in 0..nodes {
+            std::fs::write(self.node(i).dir.join("policy.toml"), &text).unwrap();
+        }
+    }
+
     /// The admin token.
     pub fn admin(&self) -> &str {
         &self.file.admin_token
@@ -319,4 +333,35 @@ fn wait_for_cluster_file(dir: &Path, tmp: &Path) -> ClusterFile {
     }
     let log = std::fs::read_to_string(tmp.join("supervisor.log")).unwrap_or_default();
     panic!("cluster did not come up within 180 s; supervisor log:\n{log}");
+}
+
+/// A transaction paying `values` to `addr` (its input is made up: only the outputs
+/// matter to the node, which signs spends of them).
+pub fn funding(addr: &bitcoin::Address, values: &[u64]) -> bitcoin::Transaction {
+    use std::str::FromStr;
+    bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: bitcoin::OutPoint::new(
+                bitcoin::Txid::from_str(&"11".repeat(32)).unwrap(),
+                0,
+            ),
+            ..bitcoin::TxIn::default()
+        }],
+        output: values
+            .iter()
+            .map(|v| bitcoin::TxOut {
+                value: bitcoin::Amount::from_sat(*v),
+                script_pubkey: addr.script_pubkey(),
+            })
+            .collect(),
+    }
+}
+
+/// A fresh regtest P2WPKH address no cluster key owns.
+pub fn other_address() -> bitcoin::Address {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let (_, pk) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
+    bitcoin::Address::p2wpkh(&bitcoin::CompressedPublicKey(pk), bitcoin::Network::Regtest)
 }

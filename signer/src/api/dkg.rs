@@ -317,7 +317,7 @@ fn parse_address_query(pairs: &[(String, String)]) -> Result<AddressQuery, ApiEr
 }
 
 /// At most 64 characters of a client value, for error messages.
-fn truncate(v: &str) -> String {
+pub(super) fn truncate(v: &str) -> String {
     v.chars().take(64).collect()
 }
 
