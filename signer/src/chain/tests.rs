@@ -192,7 +192,7 @@ async fn answers_larger_than_the_bound_are_refused_with_or_without_a_length() {
         let e = rpc.call::<String>("getblock", json!([])).await.unwrap_err();
         assert!(matches!(e, RpcError::TooLarge { .. }), "{e}");
     }
-    let rpc = rpc.with_max_response(MAX_RESPONSE_BYTES);
+    let rpc = rpc.with_max_response(rpc::MAX_RESPONSE_BYTES);
     let s: String = rpc.call("getblock", json!([])).await.unwrap();
     assert_eq!(s.len(), 4096);
 }
@@ -323,7 +323,7 @@ fn scan_results_keep_our_spendable_outputs_with_their_paths() {
 fn btc_amounts_convert_exactly_and_out_of_range_ones_are_refused() {
     assert_eq!(btc_to_sats(0.00000001), Some(1));
     assert_eq!(btc_to_sats(0.1), Some(10_000_000));
-    assert_eq!(btc_to_sats(20_999_999.9769), Some(2_099_999_997_690_000));
+    assert_eq!(btc_to_sats(20_999_999.976_9), Some(2_099_999_997_690_000));
     assert_eq!(
         btc_to_sats(21_000_000.0),
         Some(crate::wallet::MAX_MONEY_SATS)
