@@ -148,23 +148,7 @@ async fn regtest_scan_pay_broadcast_and_confirm() {
         );
     }
     c.wait_ready(N).await;
-    let (status, v) = c
-        .post_json(
-            0,
-            "/api/v1/dkg/start",
-            &json!({ "protocol": "frost", "threshold": 2 }),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    let key = v["ceremony_id"].as_str().unwrap().to_owned();
-    for i in 0..N {
-        c.eventually("key on every node", Duration::from_secs(120), || async {
-            c.get_ok(i, &format!("/api/v1/dkg/ceremonies/{key}"))
-                .await
-                .filter(|v| v["state"] == "completed")
-        })
-        .await;
-    }
+    let key = c.dkg(N, "frost", 2).await;
     c.write_policy(N, &[&key], 500_000_000);
     let entry = c.key_entry(0, &key).await;
     let addr = entry["first_address"].as_str().unwrap().to_owned();

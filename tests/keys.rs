@@ -157,12 +157,7 @@ async fn addresses(c: &Cluster, i: usize, key_id: &str, query: &str) -> (StatusC
 }
 
 fn addrs_of(v: &Value) -> Vec<String> {
-    v["addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["address"].as_str().unwrap().to_owned())
-        .collect()
+    cluster_tests::strings_of(v, "addresses", "address")
 }
 
 #[tokio::test]
@@ -430,12 +425,7 @@ async fn cli_lists_keys_and_ceremonies_and_fails_precisely_on_bad_arguments() {
 }
 
 fn tx_list_ids(v: &Value) -> Vec<String> {
-    v["transactions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_owned())
-        .collect()
+    cluster_tests::strings_of(v, "transactions", "id")
 }
 
 /// `signer utxos import`, `signer tx submit|status|approve` and the paged

@@ -28,30 +28,6 @@ async fn ended(c: &Cluster, i: usize, path: &str, done: &[&str], within: u64) ->
     .await
 }
 
-async fn dkg(c: &Cluster, protocol: &str) -> String {
-    let (status, v) = c
-        .post_json(
-            0,
-            "/api/v1/dkg/start",
-            &json!({ "protocol": protocol, "threshold": 2 }),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["ceremony_id"].as_str().unwrap().to_owned();
-    for i in 0..N {
-        let v = ended(
-            c,
-            i,
-            &format!("/api/v1/dkg/ceremonies/{id}"),
-            &["completed", "failed"],
-            120,
-        )
-        .await;
-        assert_eq!(v["state"], "completed", "{v}");
-    }
-    id
-}
-
 async fn tx_count(c: &Cluster, i: usize) -> i64 {
     let db = c.db(i).await;
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM transactions")
@@ -148,8 +124,8 @@ async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction, amount: u
 async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
     let c = Cluster::start(3, 2);
     c.wait_ready(N).await;
-    let frost = dkg(&c, "frost").await;
-    let ecdsa = dkg(&c, "cggmp24").await;
+    let frost = c.dkg(N, "frost", 2).await;
+    let ecdsa = c.dkg(N, "cggmp24", 2).await;
     let (status, v) = c.post_json(0, "/api/v1/aux-info/start", &json!({})).await;
     assert_eq!(status, 202, "{v}");
     let aux = v["ceremony_id"].as_str().unwrap().to_owned();

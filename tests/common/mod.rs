@@ -200,6 +200,36 @@ impl Cluster {
             .unwrap_or_else(|| panic!("key {key_id} missing on node {i}: {v}"))
     }
 
+    /// Runs a DKG of `protocol` with threshold `t` through node 0's API and waits
+    /// until it is completed on the first `nodes` nodes; returns the key id.
+    pub async fn dkg(&self, nodes: usize, protocol: &str, t: u16) -> String {
+        let (status, v) = self
+            .post_json(
+                0,
+                "/api/v1/dkg/start",
+                &serde_json::json!({ "protocol": protocol, "threshold": t }),
+            )
+            .await;
+        assert_eq!(status, 202, "{v}");
+        let id = v["ceremony_id"].as_str().unwrap().to_owned();
+        for i in 0..nodes {
+            let path = format!("/api/v1/dkg/ceremonies/{id}");
+            let v = self
+                .eventually(
+                    &format!("ceremony {id} to end on node {i}"),
+                    Duration::from_secs(120),
+                    || async {
+                        self.get_ok(i, &path)
+                            .await
+                            .filter(|v| v["state"] == "completed" || v["state"] == "failed")
+                    },
+                )
+                .await;
+            assert_eq!(v["state"], "completed", "node {i}: {v}");
+        }
+        id
+    }
+
     /// Writes, on the first `nodes` nodes, a policy with one regtest scope per key
     /// allowing at most `max_per_tx_sats` per transaction (read at each vote).
     pub fn write_policy(&self, nodes: usize, keys: &[&str], max_per_tx_sats: u64) {
@@ -357,6 +387,16 @@ pub fn funding(addr: &bitcoin::Address, values: &[u64]) -> bitcoin::Transaction 
             })
             .collect(),
     }
+}
+
+/// The string field `field` of every element of the array `list` of `v`.
+pub fn strings_of(v: &serde_json::Value, list: &str, field: &str) -> Vec<String> {
+    v[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// A fresh regtest P2WPKH address no cluster key owns.

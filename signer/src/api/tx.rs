@@ -198,19 +198,13 @@ pub struct ListQuery {
 /// each at most once.
 pub fn parse_list_query(pairs: &[(String, String)]) -> Result<ListQuery, ApiError> {
     use super::dkg::truncate;
+    super::dkg::unique_params(pairs)?;
     let mut q = ListQuery {
         state: None,
         limit: DEFAULT_PAGE,
         cursor: None,
     };
-    let mut seen: Vec<&str> = Vec::new();
     for (k, v) in pairs {
-        if seen.contains(&k.as_str()) {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("query parameter {} given twice", truncate(k)),
-            ));
-        }
         match k.as_str() {
             "state" => {
                 if !crate::store::transactions::STATES.contains(&v.as_str()) {
@@ -261,7 +255,6 @@ pub fn parse_list_query(pairs: &[(String, String)]) -> Result<ListQuery, ApiErro
                 ))
             }
         }
-        seen.push(k.as_str());
     }
     Ok(q)
 }
@@ -274,13 +267,7 @@ pub async fn list(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     p.require(&[Role::Operator, Role::Auditor, Role::Approver])?;
-    let Query(pairs) = query.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_query",
-            format!("malformed query string: {}", e.body_text()),
-        )
-    })?;
-    let q = parse_list_query(&pairs)?;
+    let q = parse_list_query(&super::dkg::query_pairs(query)?)?;
     let mut rows = s
         .node
         .store
