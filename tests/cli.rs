@@ -31,6 +31,10 @@ fn every_subcommand_has_help() {
         vec!["dkg", "status", "--help"],
         vec!["keys", "list", "--help"],
         vec!["keys", "addresses", "--help"],
+        vec!["tx", "submit", "--help"],
+        vec!["tx", "status", "--help"],
+        vec!["tx", "approve", "--help"],
+        vec!["utxos", "import", "--help"],
     ] {
         let out = Command::new(signer_bin()).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -158,4 +162,78 @@ fn keys_list_without_a_cluster_file_or_token_names_what_is_missing() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid value 'many' for '--count"), "{err}");
+}
+
+#[test]
+fn tx_and_utxos_commands_refuse_bad_arguments_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(signer_bin())
+            .current_dir(dir.path())
+            .env_remove("SIGNER_CLUSTER")
+            .env_remove("SIGNER_API_URL")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Usage errors (clap, status 2).
+    for (args, needle) in [
+        (
+            vec!["tx", "submit", "--key", "k", "--to", "bcrt1qxyz"],
+            "--amount",
+        ),
+        (vec!["tx", "submit", "--key", "k"], "--psbt"),
+        (
+            vec!["tx", "submit", "--psbt", "p", "--to", "a", "--amount", "1"],
+            "cannot be used with",
+        ),
+        (vec!["tx", "submit", "--to", "a", "--amount", "1"], "--key"),
+        (
+            vec!["tx", "submit", "--key", "k", "--to", "a", "--amount", "-5"],
+            "'-5'",
+        ),
+        (vec!["utxos", "import"], "--tx-hex"),
+        (
+            vec!["utxos", "import", "--tx-hex", "00", "--file", "f"],
+            "cannot be used with",
+        ),
+        (vec!["tx", "status", "--limit", "ten"], "--limit"),
+        (vec!["tx", "approve"], "<ID>"),
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // Checked values (status 1, before connecting anywhere).
+    std::fs::write(dir.path().join("empty.psbt"), "\n").unwrap();
+    for (args, needle) in [
+        (
+            vec!["tx", "status", "nope"],
+            "transaction id \"nope\" is not a uuid",
+        ),
+        (vec!["tx", "approve", "../keys"], "is not a uuid"),
+        (
+            vec!["tx", "status", "--state", "signed&limit=9"],
+            "--state \"signed&limit=9\" is not valid",
+        ),
+        (
+            vec!["tx", "submit", "--psbt", "missing.psbt"],
+            "cannot read PSBT file missing.psbt",
+        ),
+        (
+            vec!["tx", "submit", "--psbt", "empty.psbt"],
+            "neither a binary PSBT nor base64",
+        ),
+        (vec!["utxos", "import", "--tx-hex", "xyz"], "is not hex"),
+        (
+            vec!["utxos", "import", "--file", "missing.tx"],
+            "cannot read transaction file missing.tx",
+        ),
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }

@@ -157,12 +157,7 @@ async fn addresses(c: &Cluster, i: usize, key_id: &str, query: &str) -> (StatusC
 }
 
 fn addrs_of(v: &Value) -> Vec<String> {
-    v["addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["address"].as_str().unwrap().to_owned())
-        .collect()
+    cluster_tests::strings_of(v, "addresses", "address")
 }
 
 #[tokio::test]
@@ -415,4 +410,309 @@ async fn cli_lists_keys_and_ceremonies_and_fails_precisely_on_bad_arguments() {
         err.contains("/nonexistent/cluster.json") && err.contains("--api-url"),
         "{err}"
     );
+}
+
+fn tx_list_ids(v: &Value) -> Vec<String> {
+    cluster_tests::strings_of(v, "transactions", "id")
+}
+
+/// `signer utxos import`, `signer tx submit|status|approve` and the paged
+/// `GET /api/v1/transactions` on the same cluster, with the taproot key.
+#[tokio::test]
+async fn tx_cli_pays_and_lists_pages_and_transaction_listing_refuses_bad_queries() {
+    let c = cluster();
+    let k = keys().await;
+    c.write_policy(NODES, &[&k.taproot], 120_000);
+    let entry = c.key_entry(0, &k.taproot).await;
+    let addr = bitcoin::Address::from_str(entry["first_address"].as_str().unwrap())
+        .unwrap()
+        .require_network(Network::Regtest)
+        .unwrap();
+    let fund = cluster_tests::funding(&addr, &[300_000, 300_000, 300_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let fund_file = dir.path().join("fund.hex");
+    std::fs::write(
+        &fund_file,
+        format!("{}\n", bitcoin::consensus::encode::serialize_hex(&fund)),
+    )
+    .unwrap();
+
+    // Import on every node (each keeps its own UTXO table): by file, then by hex.
+    for i in 0..NODES {
+        let node = c.node(i).id.clone();
+        let out = signer(
+            c,
+            &[
+                "utxos",
+                "import",
+                "--file",
+                fund_file.to_str().unwrap(),
+                "--node",
+                &node,
+                "--json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["imported"].as_array().unwrap().len(), 3, "{v}");
+    }
+    let hex = bitcoin::consensus::encode::serialize_hex(&fund);
+    let out = signer(
+        c,
+        &["utxos", "import", "--tx-hex", &hex, "--node", &c.node(0).id],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 output(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let node0 = c.node(0).id.clone();
+
+    // A payment within the policy: signed, the final transaction shown.
+    let to = cluster_tests::other_address().to_string();
+    let out = signer(
+        c,
+        &[
+            "tx",
+            "submit",
+            "--key",
+            &k.taproot,
+            "--to",
+            &to,
+            "--amount",
+            "50000",
+            "--fee-rate",
+            "2",
+            "--wait",
+            "--json",
+            "--node",
+            &node0,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(signed["state"], "signed", "{signed}");
+    assert_eq!(signed["recipient"], to.as_str());
+    let tx: bitcoin::Transaction =
+        bitcoin::consensus::encode::deserialize_hex(signed["signed_tx"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        tx.compute_txid().to_string(),
+        signed["txid"].as_str().unwrap()
+    );
+    let signed_id = signed["id"].as_str().unwrap().to_owned();
+
+    // Over the policy limit: rejected, exit status 3 with the state and reason.
+    let out = signer(
+        c,
+        &[
+            "tx", "submit", "--key", &k.taproot, "--to", &to, "--amount", "150000", "--wait",
+            "--node", &node0,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ended rejected"), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("state        rejected"), "{text}");
+
+    // Refusals of the node: code and message, exit status 1, nothing stored.
+    let before = c.get_ok(0, "/api/v1/transactions?limit=500").await.unwrap();
+    for (args, expect) in [
+        (
+            vec!["--to", to.as_str(), "--amount", "0"],
+            "400 amount_out_of_range",
+        ),
+        (
+            vec![
+                "--to",
+                "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",
+                "--amount",
+                "1000",
+            ],
+            "400 address_wrong_network",
+        ),
+    ] {
+        let mut full = vec![
+            "tx",
+            "submit",
+            "--key",
+            k.taproot.as_str(),
+            "--node",
+            &node0,
+        ];
+        full.extend(args);
+        let out = signer(c, &full);
+        assert_eq!(out.status.code(), Some(1), "{full:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{full:?}: {err}");
+    }
+    // A PSBT whose inputs carry no key origin of the key is refused before sending.
+    let psbt = bitcoin::psbt::Psbt::from_unsigned_tx(bitcoin::Transaction {
+        input: vec![bitcoin::TxIn::default()],
+        output: vec![],
+        ..fund.clone()
+    })
+    .unwrap();
+    let psbt_file = dir.path().join("foreign.psbt");
+    std::fs::write(&psbt_file, psbt.serialize()).unwrap();
+    let out = signer(
+        c,
+        &[
+            "tx",
+            "submit",
+            "--key",
+            &k.taproot,
+            "--psbt",
+            psbt_file.to_str().unwrap(),
+            "--node",
+            &node0,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("do not carry the key origin") && err.contains("nothing was submitted"),
+        "{err}"
+    );
+    let after = c.get_ok(0, "/api/v1/transactions?limit=500").await.unwrap();
+    assert_eq!(tx_list_ids(&after), tx_list_ids(&before), "nothing stored");
+
+    // Paging: pages of one, followed by cursor, give the full list in order.
+    let all = tx_list_ids(&after);
+    assert!(all.len() >= 2, "{after}");
+    assert!(after["next_cursor"].is_null(), "{after}");
+    let times: Vec<&str> = after["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["created_at"].as_str().unwrap())
+        .collect();
+    let parsed: Vec<chrono::DateTime<chrono::Utc>> =
+        times.iter().map(|t| t.parse().unwrap()).collect();
+    assert!(
+        parsed.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    let mut paged = Vec::new();
+    let mut path = "/api/v1/transactions?limit=1".to_owned();
+    loop {
+        let v = c.get_ok(0, &path).await.unwrap();
+        let ids = tx_list_ids(&v);
+        assert!(ids.len() <= 1, "{v}");
+        paged.extend(ids);
+        match v["next_cursor"].as_str() {
+            Some(cur) => path = format!("/api/v1/transactions?limit=1&cursor={cur}"),
+            None => break,
+        }
+        assert!(paged.len() <= all.len(), "paging does not end: {paged:?}");
+    }
+    assert_eq!(paged, all);
+    let v = c
+        .get_ok(0, "/api/v1/transactions?state=signed")
+        .await
+        .unwrap();
+    let signed_ids = tx_list_ids(&v);
+    assert!(signed_ids.contains(&signed_id), "{v}");
+    assert!(v["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["state"] == "signed"));
+    for (query, code) in [
+        ("state=done", "invalid_state"),
+        ("limit=0", "invalid_limit"),
+        ("limit=501", "invalid_limit"),
+        ("limit=x", "invalid_limit"),
+        ("cursor=not-a-cursor", "invalid_cursor"),
+        ("cursor=AAAA", "invalid_cursor"),
+        ("page=2", "invalid_query"),
+        ("limit=1&limit=2", "invalid_query"),
+    ] {
+        let r = c
+            .get(0, &format!("/api/v1/transactions?{query}"), c.admin())
+            .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{query}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], code, "{query}: {v}");
+    }
+
+    // The CLI pages the same way.
+    let out = signer(
+        c,
+        &["tx", "status", "--limit", "1", "--json", "--node", &node0],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p1: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tx_list_ids(&p1), all[..1].to_vec());
+    let cur = p1["next_cursor"].as_str().unwrap().to_owned();
+    let out = signer(
+        c,
+        &[
+            "tx", "status", "--limit", "1", "--cursor", &cur, "--json", "--node", &node0,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p2: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tx_list_ids(&p2), all[1..2].to_vec());
+    let out = signer(c, &["tx", "status", "--limit", "1", "--node", &node0]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&all[0]) && text.contains(&format!("--cursor {cur}")),
+        "{text}"
+    );
+    let out = signer(c, &["tx", "status", &signed_id, "--node", &node0]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("state        signed") && text.contains(signed["txid"].as_str().unwrap()),
+        "{text}"
+    );
+    let out = signer(c, &["tx", "status", "--state", "bogus", "--node", &node0]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("400 invalid_state"));
+    let out = signer(
+        c,
+        &[
+            "tx",
+            "status",
+            "00000000-0000-0000-0000-000000000000",
+            "--node",
+            &node0,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+
+    // Approving a signed transaction as its initiator is refused by the node (4xx,
+    // printed with the node's code), whatever the approval endpoint's state.
+    let out = signer(c, &["tx", "approve", &signed_id, "--node", &node0]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{node0} answered 4")), "{err}");
 }

@@ -11,12 +11,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bitcoin::consensus::encode;
-use bitcoin::{Address, Amount, OutPoint, Transaction, TxIn, TxOut};
-use cluster_tests::Cluster;
+use bitcoin::{Address, Amount, Transaction, TxOut};
+use cluster_tests::{funding, other_address, Cluster};
 use serde_json::{json, Value};
 
 const N: usize = 3;
@@ -32,51 +31,6 @@ async fn ended(c: &Cluster, i: usize, path: &str, done: &[&str], within: u64) ->
         },
     )
     .await
-}
-
-async fn dkg(c: &Cluster, protocol: &str) -> String {
-    let (status, v) = c
-        .post_json(
-            0,
-            "/api/v1/dkg/start",
-            &json!({ "protocol": protocol, "threshold": 2 }),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["ceremony_id"].as_str().unwrap().to_owned();
-    for i in 0..N {
-        let v = ended(
-            c,
-            i,
-            &format!("/api/v1/dkg/ceremonies/{id}"),
-            &["completed", "failed"],
-            120,
-        )
-        .await;
-        assert_eq!(v["state"], "completed", "{v}");
-    }
-    id
-}
-
-/// A transaction paying `values` to `addr` (its input is made up: only the outputs
-/// matter to the node, which signs spends of them). Each call gives a new txid.
-fn funding(addr: &Address, values: &[u64]) -> Transaction {
-    static SALT: AtomicU32 = AtomicU32::new(1);
-    Transaction {
-        version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::from_consensus(SALT.fetch_add(1, Ordering::SeqCst)),
-        input: vec![TxIn {
-            previous_output: OutPoint::new(bitcoin::Txid::from_str(&"11".repeat(32)).unwrap(), 0),
-            ..TxIn::default()
-        }],
-        output: values
-            .iter()
-            .map(|v| TxOut {
-                value: Amount::from_sat(*v),
-                script_pubkey: addr.script_pubkey(),
-            })
-            .collect(),
-    }
 }
 
 /// Funds the first address of `key_id` with one output per value and imports the
@@ -198,27 +152,8 @@ fn spent_outputs(tx: &Transaction, funds: &[&Transaction]) -> Vec<TxOut> {
         .collect()
 }
 
-fn other_address() -> Address {
-    let secp = bitcoin::secp256k1::Secp256k1::new();
-    let (_, pk) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
-    Address::p2wpkh(&bitcoin::CompressedPublicKey(pk), bitcoin::Network::Regtest)
-}
-
 fn write_policy(c: &Cluster, keys: &[&str]) {
-    write_policy_with(c, keys, "");
-}
-
-/// The test policy for `keys`, with `extra` appended to every scope.
-fn write_policy_with(c: &Cluster, keys: &[&str], extra: &str) {
-    let mut text = String::from("version = 1\nname = \"tests\"\n");
-    for k in keys {
-        text.push_str(&format!(
-            "\n[[scope]]\nkey_id = \"{k}\"\nnetwork = \"regtest\"\n[scope.limits]\nmax_per_tx_sats = 1_000_000\n{extra}"
-        ));
-    }
-    for i in 0..N {
-        std::fs::write(c.node(i).dir.join("policy.toml"), &text).unwrap();
-    }
+    c.write_policy(N, keys, 1_000_000);
 }
 
 async fn tx_count(c: &Cluster, i: usize) -> i64 {
@@ -288,8 +223,8 @@ async fn pay_and_verify(c: &Cluster, key_id: &str, fund: &Transaction, amount: u
 async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
     let c = Cluster::start(3, 2);
     c.wait_ready(N).await;
-    let frost = dkg(&c, "frost").await;
-    let ecdsa = dkg(&c, "cggmp24").await;
+    let frost = c.dkg(N, "frost", 2).await;
+    let ecdsa = c.dkg(N, "cggmp24", 2).await;
     let (status, v) = c.post_json(0, "/api/v1/aux-info/start", &json!({})).await;
     assert_eq!(status, 202, "{v}");
     let aux = v["ceremony_id"].as_str().unwrap().to_owned();
@@ -421,9 +356,10 @@ async fn human_approval_holds_every_vote_until_an_approver_approves(
     frost: &str,
     ecdsa: &str,
 ) {
-    write_policy_with(
-        c,
+    c.write_policy_with(
+        N,
         &[frost, ecdsa],
+        1_000_000,
         "[[scope.approvals]]\nrequired = 1\nroles = [\"approver\"]\n",
     );
     let fund = fund(c, frost, &[50_000]).await;

@@ -90,6 +90,9 @@ pub struct NodeConfig {
     /// Transaction policy.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Optional Bitcoin Core backend (UTXO scan, broadcast, confirmations).
+    #[serde(default)]
+    pub chain: ChainConfig,
 }
 
 /// Wallet settings.
@@ -155,6 +158,106 @@ pub struct PolicyConfig {
     /// the node votes to reject every transaction (`no_policy_configured`).
     #[serde(default)]
     pub file: Option<PathBuf>,
+}
+
+/// Bitcoin Core backend (`[chain]`); off unless `bitcoind_rpc_url` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// JSON-RPC URL of a Bitcoin Core node of the wallet's network, e.g.
+    /// `http://127.0.0.1:18443` (regtest). Unset: no backend.
+    #[serde(default)]
+    pub bitcoind_rpc_url: Option<String>,
+    /// Bitcoin Core's `.cookie` file (read at every call, since bitcoind rewrites
+    /// it at each start). Exclusive with `rpc_user`.
+    #[serde(default)]
+    pub rpc_cookie_file: Option<PathBuf>,
+    /// RPC user (`rpcuser` / `rpcauth`), with `rpc_password_file`.
+    #[serde(default)]
+    pub rpc_user: Option<String>,
+    /// File whose first line is the RPC password (never in the config itself).
+    #[serde(default)]
+    pub rpc_password_file: Option<PathBuf>,
+    /// Seconds between two rounds of scan, broadcast and confirmation checks.
+    #[serde(default = "default_chain_poll")]
+    pub poll_secs: u64,
+    /// Import the UTXOs of every loaded key from the node's UTXO set
+    /// (`scantxoutset`) at each round.
+    #[serde(default = "default_true")]
+    pub scan: bool,
+    /// Send signed transactions with `sendrawtransaction` and follow them to
+    /// `confirmed`.
+    #[serde(default)]
+    pub broadcast: bool,
+    /// Seconds one RPC call may take (`scantxoutset` on a large chain is slow).
+    #[serde(default = "default_chain_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        ChainConfig {
+            bitcoind_rpc_url: None,
+            rpc_cookie_file: None,
+            rpc_user: None,
+            rpc_password_file: None,
+            poll_secs: default_chain_poll(),
+            scan: true,
+            broadcast: false,
+            timeout_secs: default_chain_timeout(),
+        }
+    }
+}
+
+fn default_chain_poll() -> u64 {
+    10
+}
+fn default_chain_timeout() -> u64 {
+    120
+}
+fn default_true() -> bool {
+    true
+}
+
+impl ChainConfig {
+    /// Checks the section: a URL with exactly one way to authenticate.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(url) = &self.bitcoind_rpc_url else {
+            return Ok(());
+        };
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| format!("chain.bitcoind_rpc_url {url:?}: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "chain.bitcoind_rpc_url {url:?} must be an http or https URL"
+            ));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(
+                "chain.bitcoind_rpc_url must not carry credentials; use rpc_cookie_file or \
+                 rpc_user and rpc_password_file"
+                    .to_owned(),
+            );
+        }
+        match (
+            &self.rpc_cookie_file,
+            &self.rpc_user,
+            &self.rpc_password_file,
+        ) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            _ => {
+                return Err(
+                    "chain: set rpc_cookie_file, or rpc_user and rpc_password_file \
+                     (one of the two)"
+                        .to_owned(),
+                )
+            }
+        }
+        if self.poll_secs == 0 || self.timeout_secs == 0 {
+            return Err("chain.poll_secs and chain.timeout_secs must be positive".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// Aux-info ceremonies and the background pool of pregenerated safe primes.
@@ -531,6 +634,7 @@ impl NodeConfig {
                 "api.max_body_bytes must be at least 1024".to_owned(),
             ));
         }
+        self.chain.check().map_err(invalid)?;
         if self.api.default_rate_limit_per_min == 0
             || self.api.unauthenticated_rate_limit_per_min == 0
         {
@@ -643,6 +747,53 @@ prefix = "/signer/test"
         assert_eq!(cfg.total_nodes(), 2);
         assert_eq!(cfg.api.max_body_bytes, 1024 * 1024);
         assert_eq!(cfg.etcd.lease_ttl_secs, 5);
+    }
+
+    #[test]
+    fn chain_section_is_off_by_default_and_needs_one_way_to_authenticate() {
+        let cfg = NodeConfig::parse(SAMPLE, Path::new("t.toml"), &[]).expect("valid sample");
+        assert!(cfg.chain.bitcoind_rpc_url.is_none());
+        assert!(!cfg.chain.broadcast);
+        let with = |extra: &str| {
+            NodeConfig::parse(
+                &format!("{SAMPLE}[chain]\n{extra}"),
+                Path::new("t.toml"),
+                &[],
+            )
+            .map_err(|e| e.to_string())
+        };
+        let ok = with(
+            "bitcoind_rpc_url = \"http://127.0.0.1:18443\"\nrpc_cookie_file = \"/c\"\nbroadcast = true\npoll_secs = 2\n",
+        )
+        .expect("valid chain section");
+        assert!(ok.chain.broadcast && ok.chain.scan);
+        assert_eq!(ok.chain.poll_secs, 2);
+        with("bitcoind_rpc_url = \"http://h:1\"\nrpc_user = \"u\"\nrpc_password_file = \"/p\"\n")
+            .expect("user and password file");
+        for (extra, needle) in [
+            ("bitcoind_rpc_url = \"http://h:1\"\n", "one of the two"),
+            (
+                "bitcoind_rpc_url = \"http://h:1\"\nrpc_cookie_file = \"/c\"\nrpc_user = \"u\"\n",
+                "one of the two",
+            ),
+            (
+                "bitcoind_rpc_url = \"ftp://h\"\nrpc_cookie_file = \"/c\"\n",
+                "http or https",
+            ),
+            (
+                "bitcoind_rpc_url = \"http://u:pw@h:1\"\nrpc_cookie_file = \"/c\"\n",
+                "must not carry credentials",
+            ),
+            (
+                "bitcoind_rpc_url = \"http://h:1\"\nrpc_cookie_file = \"/c\"\npoll_secs = 0\n",
+                "must be positive",
+            ),
+            ("rpc_password = \"x\"\n", "unknown field"),
+        ] {
+            let e = with(extra).expect_err(extra);
+            assert!(e.contains(needle), "{extra}: {e}");
+            assert!(!e.contains("pw@"), "{e}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod audit;
 pub mod ca;
+pub mod chain;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -224,6 +224,62 @@ impl Cluster {
             .unwrap_or_else(|| panic!("key {key_id} missing on node {i}: {v}"))
     }
 
+    /// Runs a DKG of `protocol` with threshold `t` through node 0's API and waits
+    /// until it is completed on the first `nodes` nodes; returns the key id.
+    pub async fn dkg(&self, nodes: usize, protocol: &str, t: u16) -> String {
+        let (status, v) = self
+            .post_json(
+                0,
+                "/api/v1/dkg/start",
+                &serde_json::json!({ "protocol": protocol, "threshold": t }),
+            )
+            .await;
+        assert_eq!(status, 202, "{v}");
+        let id = v["ceremony_id"].as_str().unwrap().to_owned();
+        for i in 0..nodes {
+            let path = format!("/api/v1/dkg/ceremonies/{id}");
+            let v = self
+                .eventually(
+                    &format!("ceremony {id} to end on node {i}"),
+                    Duration::from_secs(120),
+                    || async {
+                        self.get_ok(i, &path)
+                            .await
+                            .filter(|v| v["state"] == "completed" || v["state"] == "failed")
+                    },
+                )
+                .await;
+            assert_eq!(v["state"], "completed", "node {i}: {v}");
+        }
+        id
+    }
+
+    /// Writes, on the first `nodes` nodes, a policy with one regtest scope per key
+    /// allowing at most `max_per_tx_sats` per transaction (read at each vote).
+    pub fn write_policy(&self, nodes: usize, keys: &[&str], max_per_tx_sats: u64) {
+        self.write_policy_with(nodes, keys, max_per_tx_sats, "");
+    }
+
+    /// [`Self::write_policy`] with `extra` TOML appended to every scope (e.g. an
+    /// `[[scope.approvals]]` table).
+    pub fn write_policy_with(
+        &self,
+        nodes: usize,
+        keys: &[&str],
+        max_per_tx_sats: u64,
+        extra: &str,
+    ) {
+        let mut text = String::from("version = 1\nname = \"tests\"\n");
+        for k in keys {
+            text.push_str(&format!(
+                "\n[[scope]]\nkey_id = \"{k}\"\nnetwork = \"regtest\"\n[scope.limits]\nmax_per_tx_sats = {max_per_tx_sats}\n{extra}"
+            ));
+        }
+        for i in 0..nodes {
+            std::fs::write(self.node(i).dir.join("policy.toml"), &text).unwrap();
+        }
+    }
+
     /// The admin token.
     pub fn admin(&self) -> &str {
         &self.file.admin_token
@@ -343,4 +399,48 @@ fn wait_for_cluster_file(dir: &Path, tmp: &Path) -> ClusterFile {
     }
     let log = std::fs::read_to_string(tmp.join("supervisor.log")).unwrap_or_default();
     panic!("cluster did not come up within 180 s; supervisor log:\n{log}");
+}
+
+/// A transaction paying `values` to `addr` (its input is made up: only the outputs
+/// matter to the node, which signs spends of them).
+pub fn funding(addr: &bitcoin::Address, values: &[u64]) -> bitcoin::Transaction {
+    use std::str::FromStr;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // A different lock time per call: every funding transaction has its own txid.
+    static SALT: AtomicU32 = AtomicU32::new(1);
+    bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::from_consensus(SALT.fetch_add(1, Ordering::SeqCst)),
+        input: vec![bitcoin::TxIn {
+            previous_output: bitcoin::OutPoint::new(
+                bitcoin::Txid::from_str(&"11".repeat(32)).unwrap(),
+                0,
+            ),
+            ..bitcoin::TxIn::default()
+        }],
+        output: values
+            .iter()
+            .map(|v| bitcoin::TxOut {
+                value: bitcoin::Amount::from_sat(*v),
+                script_pubkey: addr.script_pubkey(),
+            })
+            .collect(),
+    }
+}
+
+/// The string field `field` of every element of the array `list` of `v`.
+pub fn strings_of(v: &serde_json::Value, list: &str, field: &str) -> Vec<String> {
+    v[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A fresh regtest P2WPKH address no cluster key owns.
+pub fn other_address() -> bitcoin::Address {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let (_, pk) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
+    bitcoin::Address::p2wpkh(&bitcoin::CompressedPublicKey(pk), bitcoin::Network::Regtest)
 }

@@ -237,25 +237,13 @@ struct AddressQuery {
 /// Parses `chain=receive|change&from=N&count=N`; every refusal is a 400 with a
 /// stable code naming the parameter.
 fn parse_address_query(pairs: &[(String, String)]) -> Result<AddressQuery, ApiError> {
-    if pairs.len() > MAX_QUERY_PARAMS {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("at most {MAX_QUERY_PARAMS} query parameters"),
-        ));
-    }
+    unique_params(pairs)?;
     let mut q = AddressQuery {
         chain: Chain::Receive,
         from: 0,
         count: DEFAULT_ADDRESS_COUNT,
     };
-    let mut seen: Vec<&str> = Vec::new();
     for (k, v) in pairs {
-        if seen.contains(&k.as_str()) {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("query parameter {k} given twice"),
-            ));
-        }
         match k.as_str() {
             "chain" => {
                 q.chain = Chain::parse(v).ok_or_else(|| {
@@ -302,7 +290,6 @@ fn parse_address_query(pairs: &[(String, String)]) -> Result<AddressQuery, ApiEr
                 ))
             }
         }
-        seen.push(k.as_str());
     }
     if q.count - 1 > MAX_CHILD_INDEX - q.from {
         return Err(ApiError::bad_request(
@@ -316,8 +303,42 @@ fn parse_address_query(pairs: &[(String, String)]) -> Result<AddressQuery, ApiEr
     Ok(q)
 }
 
+/// The name/value pairs of a query string (400 `invalid_query` if it does not
+/// decode).
+pub(super) fn query_pairs(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let Query(pairs) = query.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("malformed query string: {}", e.body_text()),
+        )
+    })?;
+    Ok(pairs)
+}
+
+/// Refuses more than [`MAX_QUERY_PARAMS`] parameters or a parameter given twice
+/// (400 `invalid_query`).
+pub(super) fn unique_params(pairs: &[(String, String)]) -> Result<(), ApiError> {
+    if pairs.len() > MAX_QUERY_PARAMS {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("at most {MAX_QUERY_PARAMS} query parameters"),
+        ));
+    }
+    for (i, (k, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(p, _)| p == k) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("query parameter {} given twice", truncate(k)),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// At most 64 characters of a client value, for error messages.
-fn truncate(v: &str) -> String {
+pub(super) fn truncate(v: &str) -> String {
     v.chars().take(64).collect()
 }
 
@@ -351,13 +372,7 @@ pub async fn addresses(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     p.require(&[Role::Operator, Role::Auditor, Role::Approver])?;
-    let Query(pairs) = query.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_query",
-            format!("malformed query string: {}", e.body_text()),
-        )
-    })?;
-    let q = parse_address_query(&pairs)?;
+    let q = parse_address_query(&query_pairs(query)?)?;
     if key_id.len() > 128 {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

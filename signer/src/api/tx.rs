@@ -1,9 +1,11 @@
 //! Transaction and UTXO endpoints; the logic lives in [`crate::tx`].
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -150,44 +152,167 @@ pub async fn approve(
     ))
 }
 
-/// Query of `GET /api/v1/transactions`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    #[serde(default)]
-    state: Option<String>,
-    #[serde(default)]
-    limit: Option<i64>,
+/// Default page size of `GET /api/v1/transactions`.
+pub const DEFAULT_PAGE: i64 = 50;
+/// Largest page size of `GET /api/v1/transactions`.
+pub const MAX_PAGE: i64 = 500;
+/// Longest cursor accepted (a cursor made here is 32 characters).
+const MAX_CURSOR_LEN: usize = 64;
+
+/// Position after the last row of a page: `(created_at, id)` of that row, the
+/// order of the listing (newest first, then id descending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// `created_at` of the last row, in microseconds since the epoch (PostgreSQL's
+    /// precision, so the value round-trips exactly).
+    pub created_micros: i64,
+    /// Id of the last row.
+    pub id: Uuid,
 }
 
-/// `GET /api/v1/transactions?state=&limit=`: newest first.
+impl Cursor {
+    /// The cursor after `row`.
+    pub fn after(row: &crate::store::transactions::TransactionRow) -> Cursor {
+        Cursor {
+            created_micros: row.created_at.timestamp_micros(),
+            id: row.id,
+        }
+    }
+
+    /// Opaque text form: base64url (no padding) of 8 bytes of big-endian
+    /// microseconds and the 16 bytes of the id.
+    pub fn encode(&self) -> String {
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&self.created_micros.to_be_bytes());
+        b[8..].copy_from_slice(self.id.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    /// Parses [`Self::encode`]'s form; `None` for anything else.
+    pub fn decode(text: &str) -> Option<Cursor> {
+        if text.len() > MAX_CURSOR_LEN {
+            return None;
+        }
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        let b: [u8; 24] = b.try_into().ok()?;
+        let (ts, id) = b.split_at(8);
+        Some(Cursor {
+            created_micros: i64::from_be_bytes(ts.try_into().ok()?),
+            id: Uuid::from_slice(id).ok()?,
+        })
+    }
+
+    fn position(&self) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> {
+        chrono::DateTime::from_timestamp_micros(self.created_micros).map(|t| (t, self.id))
+    }
+}
+
+/// A parsed `GET /api/v1/transactions` query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only transactions in this state.
+    pub state: Option<String>,
+    /// Page size.
+    pub limit: i64,
+    /// Continue after this position.
+    pub cursor: Option<Cursor>,
+}
+
+/// Parses the query of `GET /api/v1/transactions`: `state`, `limit`, `cursor`,
+/// each at most once.
+pub fn parse_list_query(pairs: &[(String, String)]) -> Result<ListQuery, ApiError> {
+    use super::dkg::truncate;
+    super::dkg::unique_params(pairs)?;
+    let mut q = ListQuery {
+        state: None,
+        limit: DEFAULT_PAGE,
+        cursor: None,
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "state" => {
+                if !crate::store::transactions::STATES.contains(&v.as_str()) {
+                    return Err(ApiError::bad_request(
+                        "invalid_state",
+                        format!(
+                            "unknown state {:?}; use one of {}",
+                            truncate(v),
+                            crate::store::transactions::STATES.join(", ")
+                        ),
+                    ));
+                }
+                q.state = Some(v.clone());
+            }
+            "limit" => {
+                q.limit = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|l| (1..=MAX_PAGE).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_limit",
+                            format!(
+                                "limit must be an integer between 1 and {MAX_PAGE}, not {:?}",
+                                truncate(v)
+                            ),
+                        )
+                    })?;
+            }
+            "cursor" => {
+                let c = Cursor::decode(v)
+                    .filter(|c| c.position().is_some())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_cursor",
+                            "cursor is not one this API returned as next_cursor",
+                        )
+                    })?;
+                q.cursor = Some(c);
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "unknown query parameter {:?}; use state, limit, cursor",
+                        truncate(other)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// `GET /api/v1/transactions?state=&limit=&cursor=`: newest first; `next_cursor`
+/// continues the listing when more rows exist (null otherwise).
 pub async fn list(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     p.require(&[Role::Operator, Role::Auditor, Role::Approver])?;
-    if let Some(st) = &q.state {
-        if !crate::store::transactions::STATES.contains(&st.as_str()) {
-            return Err(ApiError::bad_request(
-                "invalid_state",
-                format!("unknown state {st:?}"),
-            ));
-        }
-    }
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be 1..=1000",
-        ));
-    }
-    let rows = s
+    let q = parse_list_query(&super::dkg::query_pairs(query)?)?;
+    let mut rows = s
         .node
         .store
-        .list_transactions(q.state.as_deref(), None, limit)
+        .list_transactions(
+            q.state.as_deref(),
+            q.cursor.and_then(|c| c.position()),
+            q.limit + 1,
+        )
         .await?;
-    Ok(Json(json!({ "transactions": rows })))
+    let more = rows.len() > usize::try_from(q.limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(q.limit).unwrap_or(usize::MAX));
+    let next_cursor = if more {
+        rows.last().map(|r| Cursor::after(r).encode())
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({ "transactions": rows, "next_cursor": next_cursor }),
+    ))
 }
 
 /// Body of `POST /api/v1/utxos`.
@@ -210,4 +335,76 @@ pub async fn import_utxos(
     }
     let found = crate::tx::intake::import_utxos(&s.node, body.raw_tx.as_bytes()).await?;
     Ok(Json(json!({ "imported": found })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Result<ListQuery, &'static str> {
+        let v: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        parse_list_query(&v).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn cursor_round_trips_and_rejects_anything_else() {
+        let c = Cursor {
+            created_micros: 1_700_000_000_123_456,
+            id: Uuid::new_v4(),
+        };
+        let text = c.encode();
+        assert_eq!(text.len(), 32);
+        assert!(text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(Cursor::decode(&text), Some(c));
+        assert_eq!(Cursor::decode(&text[..31]), None);
+        assert_eq!(Cursor::decode(&format!("{text}AAAA")), None);
+        assert_eq!(Cursor::decode("not base64!"), None);
+        assert_eq!(Cursor::decode(&"A".repeat(10_000)), None);
+    }
+
+    #[test]
+    fn list_query_defaults_and_limits() {
+        let d = q(&[]).expect("defaults");
+        assert_eq!((d.state, d.limit, d.cursor), (None, DEFAULT_PAGE, None));
+        let c = Cursor {
+            created_micros: 5,
+            id: Uuid::nil(),
+        };
+        let v = q(&[
+            ("state", "signed"),
+            ("limit", "500"),
+            ("cursor", &c.encode()),
+        ])
+        .expect("valid");
+        assert_eq!(v.state.as_deref(), Some("signed"));
+        assert_eq!(v.limit, MAX_PAGE);
+        assert_eq!(v.cursor, Some(c));
+    }
+
+    #[test]
+    fn list_query_refusals_have_stable_codes() {
+        assert_eq!(q(&[("state", "done")]), Err("invalid_state"));
+        assert_eq!(q(&[("state", "signed' OR 1=1 --")]), Err("invalid_state"));
+        assert_eq!(q(&[("limit", "0")]), Err("invalid_limit"));
+        assert_eq!(q(&[("limit", "501")]), Err("invalid_limit"));
+        assert_eq!(q(&[("limit", "-1")]), Err("invalid_limit"));
+        assert_eq!(q(&[("limit", "ten")]), Err("invalid_limit"));
+        assert_eq!(q(&[("cursor", "abc")]), Err("invalid_cursor"));
+        assert_eq!(q(&[("cursor", "")]), Err("invalid_cursor"));
+        let out_of_range = Cursor {
+            created_micros: i64::MAX,
+            id: Uuid::nil(),
+        };
+        assert_eq!(
+            q(&[("cursor", &out_of_range.encode())]),
+            Err("invalid_cursor")
+        );
+        assert_eq!(q(&[("page", "2")]), Err("invalid_query"));
+        assert_eq!(q(&[("limit", "1"), ("limit", "2")]), Err("invalid_query"));
+    }
 }

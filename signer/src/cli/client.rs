@@ -243,11 +243,23 @@ impl ApiClient {
                     .map(str::to_owned)
                     .unwrap_or_default()
             };
+            let (code, message) = match (field("code"), field("message")) {
+                (c, m) if c.is_empty() => (
+                    "(no error code)".to_owned(),
+                    if m.is_empty() {
+                        "the answer has no JSON error body (is this endpoint served by the node?)"
+                            .to_owned()
+                    } else {
+                        m
+                    },
+                ),
+                cm => cm,
+            };
             return Err(ApiRefusal {
                 node: self.label(),
                 status: status.as_u16(),
-                code: field("code"),
-                message: field("message"),
+                code,
+                message,
             }
             .into());
         }

@@ -7,6 +7,7 @@ pub mod dkg;
 pub mod keys;
 mod policy;
 mod status;
+pub mod tx;
 
 use std::path::PathBuf;
 
@@ -65,6 +66,12 @@ pub enum Command {
     /// Completed keys: descriptors and addresses, through a node's API.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
+    /// Transactions: submit, follow, approve, through a node's API.
+    #[command(subcommand)]
+    Tx(tx::TxCmd),
+    /// Funding UTXOs of the cluster's keys, through a node's API.
+    #[command(subcommand)]
+    Utxos(tx::UtxosCmd),
 }
 
 /// `signer cluster ...`
@@ -318,6 +325,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => {
             init_logging(LogFormat::Text, Some("warn"));
             runtime()?.block_on(keys::run(cmd))
+        }
+        Command::Tx(cmd) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            let code = runtime()?.block_on(tx::run(cmd))?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+        Command::Utxos(cmd) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            runtime()?.block_on(tx::run_utxos(cmd))
         }
     }
 }

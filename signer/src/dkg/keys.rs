@@ -1,12 +1,12 @@
 //! Completed keys: reload (unseal and validate) at start, and watch-only
-//! descriptors (BIP-380 checksums) and address derivation (regtest).
+//! descriptors (BIP-380 checksums) and address derivation on the configured
+//! network (`[wallet] network`), through [`WalletKey`].
 
-use std::str::FromStr;
 use std::sync::Arc;
 
-use bitcoin::bip32::{ChildNumber, Xpub};
+use bitcoin::bip32::ChildNumber;
 use bitcoin::secp256k1::Secp256k1;
-use bitcoin::{Address, CompressedPublicKey, Network};
+use bitcoin::Network;
 use hsm::Aad;
 use serde::Serialize;
 use signer_protocol::{ecdsa::EcdsaIncompleteShare, frost::FrostKeyShare};
@@ -14,6 +14,7 @@ use signer_protocol::{ecdsa::EcdsaIncompleteShare, frost::FrostKeyShare};
 use super::{DkgProtocol, LoadedKey};
 use crate::node::NodeCtx;
 use crate::store::dkg::ShareRow;
+use crate::wallet::WalletKey;
 
 /// One key in `GET /api/v1/keys`.
 #[derive(Debug, Clone, Serialize)]
@@ -138,10 +139,6 @@ fn open_share(custody: &hsm::Custody, me: &str, row: &ShareRow) -> Result<Loaded
     })
 }
 
-/// Bitcoin network of the addresses and descriptors (the node has no network
-/// setting yet; the dev cluster and the tests run on regtest).
-pub const NETWORK: Network = Network::Regtest;
-
 /// Most addresses one `GET /api/v1/keys/{id}/addresses` returns.
 pub const MAX_ADDRESS_COUNT: u32 = 1000;
 
@@ -211,10 +208,6 @@ pub enum DeriveError {
     /// The record is not a key (aux info).
     #[error("{0} records have no descriptor or addresses")]
     NotAKey(&'static str),
-    /// The descriptor text has a character outside the BIP-380 set (cannot happen
-    /// for the descriptors built here).
-    #[error("descriptor {0} has no BIP-380 checksum")]
-    Checksum(String),
 }
 
 /// Watch-only descriptors of one key, each with its BIP-380 `#checksum`.
@@ -236,7 +229,7 @@ pub struct DerivedAddress {
     pub index: u32,
     /// Path below the key's xpub, `m/<chain>/<index>`.
     pub path: String,
-    /// Address on [`NETWORK`]: P2WPKH for ecdsa keys, P2TR (BIP-86, no script
+    /// Address on the configured network: P2WPKH for ecdsa keys, P2TR (BIP-86, no script
     /// tree) for taproot keys.
     pub address: String,
     /// Compressed child public key, hex (for taproot, its x coordinate is the
@@ -244,59 +237,52 @@ pub struct DerivedAddress {
     pub public_key: String,
 }
 
-fn with_checksum(body: String) -> Result<String, DeriveError> {
-    let sum =
-        policy::descriptor::checksum(&body).ok_or_else(|| DeriveError::Checksum(body.clone()))?;
-    Ok(format!("{body}#{sum}"))
+/// The wallet view of a key made by `protocol` with master `xpub`, on `network`
+/// (the xpub's own version bytes are ignored: `network` decides the encoding of
+/// descriptors and addresses).
+pub fn wallet_key(
+    key_id: &str,
+    protocol: DkgProtocol,
+    xpub: &str,
+    network: Network,
+) -> Result<WalletKey, DeriveError> {
+    let kind = protocol
+        .key_kind()
+        .ok_or(DeriveError::NotAKey(protocol.as_str()))?;
+    WalletKey::from_xpub_str(key_id, kind, xpub, network)
+        .map_err(|e| DeriveError::Xpub(e.to_string()))
 }
 
-fn parse_xpub(xpub: &str) -> Result<Xpub, DeriveError> {
-    Xpub::from_str(xpub).map_err(|e| DeriveError::Xpub(e.to_string()))
-}
-
-fn wrapper(protocol: DkgProtocol) -> Result<&'static str, DeriveError> {
-    match protocol {
-        DkgProtocol::Cggmp24 => Ok("wpkh"),
-        DkgProtocol::Frost => Ok("tr"),
-        DkgProtocol::AuxInfo => Err(DeriveError::NotAKey(protocol.as_str())),
+/// The watch-only descriptors of a key: key origin `[fingerprint]` of the master
+/// xpub, multipath `<0;1>/*` and the two single chains, each with its BIP-380
+/// checksum (one implementation: [`WalletKey`]).
+pub fn descriptors(key: &WalletKey) -> Descriptors {
+    let (receive_descriptor, change_descriptor) = key.single_path_descriptors();
+    Descriptors {
+        descriptor: key.descriptor_with_checksum(),
+        receive_descriptor,
+        change_descriptor,
     }
 }
 
-/// The watch-only descriptors of a key with master `xpub`: key origin
-/// `[fingerprint]` of the xpub itself, multipath `<0;1>/*` and the two single
-/// chains, each with its BIP-380 checksum.
-pub fn descriptors(protocol: DkgProtocol, xpub: &str) -> Result<Descriptors, DeriveError> {
-    let w = wrapper(protocol)?;
-    let x = parse_xpub(xpub)?;
-    let fp = x.fingerprint();
-    let body = |path: &str| format!("{w}([{fp}]{x}/{path}/*)");
-    Ok(Descriptors {
-        descriptor: with_checksum(body("<0;1>"))?,
-        receive_descriptor: with_checksum(body("0"))?,
-        change_descriptor: with_checksum(body("1"))?,
-    })
-}
-
-/// Derives `count` addresses of `chain` starting at index `from` from a key's
-/// master `xpub`, on [`NETWORK`].
+/// Derives `count` addresses of `chain` starting at index `from` on the key's
+/// network.
 pub fn derive_addresses(
-    protocol: DkgProtocol,
-    xpub: &str,
+    key: &WalletKey,
     chain: Chain,
     from: u32,
     count: u32,
 ) -> Result<Vec<DerivedAddress>, DeriveError> {
-    wrapper(protocol)?;
     if count > MAX_ADDRESS_COUNT {
         return Err(DeriveError::Count(count));
     }
     if from > MAX_CHILD_INDEX || count.saturating_sub(1) > MAX_CHILD_INDEX - from {
         return Err(DeriveError::Range { from, count });
     }
-    let x = parse_xpub(xpub)?;
     let secp = Secp256k1::verification_only();
     let bip32 = |e: bitcoin::bip32::Error| DeriveError::Bip32(e.to_string());
-    let chain_key = x
+    let chain_key = key
+        .xpub()
         .ckd_pub(
             &secp,
             ChildNumber::from_normal_idx(chain.index()).map_err(bip32)?,
@@ -307,52 +293,25 @@ pub fn derive_addresses(
         let child = chain_key
             .ckd_pub(&secp, ChildNumber::from_normal_idx(index).map_err(bip32)?)
             .map_err(bip32)?;
-        let address = match protocol {
-            DkgProtocol::Cggmp24 => {
-                Address::p2wpkh(&CompressedPublicKey(child.public_key), NETWORK)
-            }
-            DkgProtocol::Frost => {
-                Address::p2tr(&secp, child.public_key.x_only_public_key().0, None, NETWORK)
-            }
-            DkgProtocol::AuxInfo => return Err(DeriveError::NotAKey(protocol.as_str())),
-        };
         out.push(DerivedAddress {
             index,
             path: format!("m/{}/{index}", chain.index()),
-            address: address.to_string(),
+            address: key.address_for(child.public_key).to_string(),
             public_key: hex::encode(child.public_key.serialize()),
         });
     }
     Ok(out)
 }
 
-/// Multipath descriptor in normal form (without `#checksum`, the form
-/// `policy::descriptor` normalizes to and `wallet::WalletKey::descriptor` prints)
-/// and the first receive address of a key.
-pub fn descriptor_and_address(
-    protocol: DkgProtocol,
-    xpub: &str,
-) -> Result<(String, String), String> {
-    let (d, first) = descriptors_and_first_address(protocol, xpub).map_err(|e| e.to_string())?;
-    let body = d
-        .descriptor
-        .split_once('#')
-        .map_or(d.descriptor.as_str(), |(b, _)| b)
-        .to_owned();
-    Ok((body, first))
-}
-
 /// All descriptors (with checksums) and the first receive address of a key.
 pub fn descriptors_and_first_address(
-    protocol: DkgProtocol,
-    xpub: &str,
+    key: &WalletKey,
 ) -> Result<(Descriptors, String), DeriveError> {
-    let d = descriptors(protocol, xpub)?;
-    let first = derive_addresses(protocol, xpub, Chain::Receive, 0, 1)?
+    let first = derive_addresses(key, Chain::Receive, 0, 1)?
         .pop()
         .map(|a| a.address)
         .ok_or(DeriveError::Count(0))?;
-    Ok((d, first))
+    Ok((descriptors(key), first))
 }
 
 /// Why `GET /api/v1/keys/{id}/addresses` cannot answer.
@@ -414,11 +373,12 @@ pub async fn key_addresses(
     let xpub = loaded
         .xpub
         .ok_or_else(|| AddressError::NoXpub(key_id.to_owned()))?;
-    let addresses = derive_addresses(protocol, &xpub, chain, from, count)?;
+    let key = wallet_key(key_id, protocol, &xpub, node.cfg.wallet.network)?;
+    let addresses = derive_addresses(&key, chain, from, count)?;
     Ok(KeyAddresses {
         key_id: row.key_id,
         key_type: protocol.key_type(),
-        network: NETWORK.to_string(),
+        network: key.network().to_string(),
         chain,
         addresses,
     })
@@ -427,13 +387,16 @@ pub async fn key_addresses(
 /// The completed keys of this node, newest first.
 pub async fn list_keys(node: &NodeCtx) -> Result<Vec<KeyInfo>, crate::store::StoreError> {
     let rows = node.store.usable_shares(&node.cfg.node_id).await?;
+    let network = node.cfg.wallet.network;
     let mut out: Vec<KeyInfo> = rows
         .into_iter()
         .filter_map(|r| {
             let protocol = DkgProtocol::parse(&r.protocol)?;
             let loaded = node.dkg.loaded(&r.key_id);
             let derived = match loaded.as_ref().and_then(|l| l.xpub.as_ref()) {
-                Some(x) => match descriptors_and_first_address(protocol, x) {
+                Some(x) => match wallet_key(&r.key_id, protocol, x, network)
+                    .and_then(|k| descriptors_and_first_address(&k))
+                {
                     Ok(d) => Some(d),
                     Err(e) => {
                         tracing::warn!(key = %r.key_id, error = %e, "cannot derive the descriptor");
@@ -451,7 +414,7 @@ pub async fn list_keys(node: &NodeCtx) -> Result<Vec<KeyInfo>, crate::store::Sto
                 participants: r.participants,
                 public_key: hex::encode(&r.public_key),
                 share_loaded: loaded.is_some(),
-                network: NETWORK.to_string(),
+                network: network.to_string(),
                 descriptor: descriptors.as_ref().map(|d| d.descriptor.clone()),
                 receive_descriptor: descriptors.as_ref().map(|d| d.receive_descriptor.clone()),
                 change_descriptor: descriptors.map(|d| d.change_descriptor),
@@ -466,117 +429,129 @@ pub async fn list_keys(node: &NodeCtx) -> Result<Vec<KeyInfo>, crate::store::Sto
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bitcoin::bip32::Xpub;
+    use bitcoin::Address;
+    use std::str::FromStr;
 
     /// BIP-86 test vector: account 0 xpub (m/86'/0'/0').
     const BIP86_XPUB: &str = "xpub6BgBgsespWvERF3LHQu6CnqdvfEvtMcQjYrcRzx53QJjSxarj2afYWcLteoGVky7D3UKDP9QyrLprQ3VCECoY49yfdDEHGCtMMj92pReUsQ";
 
+    fn key(protocol: DkgProtocol, network: Network) -> WalletKey {
+        wallet_key("k", protocol, BIP86_XPUB, network).expect("wallet key")
+    }
+
     #[test]
-    fn taproot_addresses_follow_the_bip86_test_vector() {
-        let a = derive_addresses(DkgProtocol::Frost, BIP86_XPUB, Chain::Receive, 0, 1)
-            .expect("derives");
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].path, "m/0/0");
+    fn taproot_addresses_follow_the_bip86_test_vector_on_every_network() {
+        for network in [Network::Bitcoin, Network::Regtest] {
+            let a = derive_addresses(&key(DkgProtocol::Frost, network), Chain::Receive, 0, 1)
+                .expect("derives");
+            assert_eq!(a.len(), 1);
+            assert_eq!(a[0].path, "m/0/0");
+            assert_eq!(
+                &a[0].public_key[2..],
+                "cc8a4bc64d897bddc5fbc2f670f7a8ba0b386779106cf1223c6fc5d7cd6fc115"
+            );
+            let addr = Address::from_str(&a[0].address)
+                .expect("address parses")
+                .require_network(network)
+                .expect("address of the key's network");
+            assert_eq!(
+                hex::encode(addr.script_pubkey().as_bytes()),
+                "5120a60869f0dbcf1dc659c9cecbaf8050135ea9e8cdc487053f1dc6880949dc684c"
+            );
+        }
+        // BIP-86's own first address (mainnet).
+        let a = derive_addresses(
+            &key(DkgProtocol::Frost, Network::Bitcoin),
+            Chain::Receive,
+            0,
+            1,
+        )
+        .expect("derives");
         assert_eq!(
-            &a[0].public_key[2..],
-            "cc8a4bc64d897bddc5fbc2f670f7a8ba0b386779106cf1223c6fc5d7cd6fc115"
-        );
-        let addr = Address::from_str(&a[0].address)
-            .expect("address parses")
-            .require_network(NETWORK)
-            .expect("regtest address");
-        assert_eq!(
-            hex::encode(addr.script_pubkey().as_bytes()),
-            "5120a60869f0dbcf1dc659c9cecbaf8050135ea9e8cdc487053f1dc6880949dc684c"
+            a[0].address,
+            "bc1p5cyxnuxmeuwuvkwfem96lqzszd02n6xdcjrs20cac6yqjjwudpxqkedrcr"
         );
     }
 
     #[test]
-    fn descriptors_carry_valid_checksums_and_both_single_chains() {
-        let d = descriptors(DkgProtocol::Cggmp24, BIP86_XPUB).expect("descriptors");
+    fn descriptors_carry_valid_checksums_and_the_network_encoding_of_the_xpub() {
         let fp = Xpub::from_str(BIP86_XPUB).expect("xpub").fingerprint();
-        for (text, path) in [
-            (&d.descriptor, "<0;1>"),
-            (&d.receive_descriptor, "0"),
-            (&d.change_descriptor, "1"),
-        ] {
-            let (body, sum) = text.split_once('#').expect("has a checksum");
-            assert_eq!(body, format!("wpkh([{fp}]{BIP86_XPUB}/{path}/*)"));
-            assert_eq!(Some(sum.to_owned()), policy::descriptor::checksum(body));
+        for (network, prefix) in [(Network::Bitcoin, "xpub"), (Network::Regtest, "tpub")] {
+            let k = key(DkgProtocol::Cggmp24, network);
+            let d = descriptors(&k);
+            let x = k.xpub_for_network().to_string();
+            assert!(x.starts_with(prefix), "{x}");
+            for (text, path) in [
+                (&d.descriptor, "<0;1>"),
+                (&d.receive_descriptor, "0"),
+                (&d.change_descriptor, "1"),
+            ] {
+                let (body, sum) = text.split_once('#').expect("has a checksum");
+                assert_eq!(body, format!("wpkh([{fp}]{x}/{path}/*)"));
+                assert_eq!(Some(sum.to_owned()), policy::descriptor::checksum(body));
+            }
+            assert_eq!(
+                d.descriptor.split('#').next(),
+                Some(k.descriptor().as_str())
+            );
         }
-        let t = descriptors(DkgProtocol::Frost, BIP86_XPUB).expect("descriptors");
+        let t = descriptors(&key(DkgProtocol::Frost, Network::Regtest));
         assert!(t.descriptor.starts_with("tr(["), "{}", t.descriptor);
+        assert!(matches!(
+            wallet_key("k", DkgProtocol::AuxInfo, BIP86_XPUB, Network::Regtest),
+            Err(DeriveError::NotAKey(_))
+        ));
     }
 
     #[test]
     fn change_chain_differs_from_receive_and_indexes_are_consecutive() {
-        let r = derive_addresses(DkgProtocol::Cggmp24, BIP86_XPUB, Chain::Receive, 5, 3)
-            .expect("derives");
-        let c = derive_addresses(DkgProtocol::Cggmp24, BIP86_XPUB, Chain::Change, 5, 3)
-            .expect("derives");
+        let k = key(DkgProtocol::Cggmp24, Network::Regtest);
+        let r = derive_addresses(&k, Chain::Receive, 5, 3).expect("derives");
+        let c = derive_addresses(&k, Chain::Change, 5, 3).expect("derives");
         assert_eq!(r.iter().map(|a| a.index).collect::<Vec<_>>(), vec![5, 6, 7]);
         assert_eq!(c[0].path, "m/1/5");
         assert!(r[0].address.starts_with("bcrt1q"), "{}", r[0].address);
         assert_ne!(r[0].address, c[0].address);
-        let (d, first) =
-            descriptors_and_first_address(DkgProtocol::Cggmp24, BIP86_XPUB).expect("ok");
-        let (normal, first2) =
-            descriptor_and_address(DkgProtocol::Cggmp24, BIP86_XPUB).expect("ok");
-        assert_eq!(Some(normal.as_str()), d.descriptor.split('#').next());
-        assert!(!normal.contains('#'));
-        assert_eq!(first, first2);
-        let zero = derive_addresses(DkgProtocol::Cggmp24, BIP86_XPUB, Chain::Receive, 0, 1)
-            .expect("derives");
+        assert_eq!(
+            r[1].address,
+            k.receive_address(6).expect("derives").to_string()
+        );
+        assert_eq!(
+            c[2].address,
+            k.change_address(7).expect("derives").to_string()
+        );
+        let (_, first) = descriptors_and_first_address(&k).expect("ok");
+        let zero = derive_addresses(&k, Chain::Receive, 0, 1).expect("derives");
         assert_eq!(first, zero[0].address);
+        let main = key(DkgProtocol::Cggmp24, Network::Bitcoin);
+        let (_, first_main) = descriptors_and_first_address(&main).expect("ok");
+        assert!(first_main.starts_with("bc1q"), "{first_main}");
     }
 
     #[test]
     fn ranges_past_the_last_normal_index_and_oversized_counts_are_refused() {
-        let last = derive_addresses(
-            DkgProtocol::Frost,
-            BIP86_XPUB,
-            Chain::Change,
-            MAX_CHILD_INDEX,
-            1,
-        )
-        .expect("last index derives");
+        let k = key(DkgProtocol::Frost, Network::Regtest);
+        let last =
+            derive_addresses(&k, Chain::Change, MAX_CHILD_INDEX, 1).expect("last index derives");
         assert_eq!(last[0].index, MAX_CHILD_INDEX);
         assert!(matches!(
-            derive_addresses(
-                DkgProtocol::Frost,
-                BIP86_XPUB,
-                Chain::Change,
-                MAX_CHILD_INDEX,
-                2
-            ),
+            derive_addresses(&k, Chain::Change, MAX_CHILD_INDEX, 2),
             Err(DeriveError::Range { .. })
         ));
         assert!(matches!(
-            derive_addresses(
-                DkgProtocol::Frost,
-                BIP86_XPUB,
-                Chain::Change,
-                MAX_CHILD_INDEX + 1,
-                1
-            ),
+            derive_addresses(&k, Chain::Change, MAX_CHILD_INDEX + 1, 1),
             Err(DeriveError::Range { .. })
         ));
         assert!(matches!(
-            derive_addresses(
-                DkgProtocol::Frost,
-                BIP86_XPUB,
-                Chain::Receive,
-                0,
-                MAX_ADDRESS_COUNT + 1
-            ),
+            derive_addresses(&k, Chain::Receive, 0, MAX_ADDRESS_COUNT + 1),
             Err(DeriveError::Count(_))
         ));
-        assert!(
-            derive_addresses(DkgProtocol::Frost, BIP86_XPUB, Chain::Receive, 0, 0)
-                .expect("empty range")
-                .is_empty()
-        );
+        assert!(derive_addresses(&k, Chain::Receive, 0, 0)
+            .expect("empty range")
+            .is_empty());
         assert!(matches!(
-            derive_addresses(DkgProtocol::Frost, "tpubnonsense", Chain::Receive, 0, 1),
+            wallet_key("k", DkgProtocol::Frost, "tpubnonsense", Network::Regtest),
             Err(DeriveError::Xpub(_))
         ));
     }

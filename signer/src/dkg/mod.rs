@@ -86,6 +86,15 @@ impl DkgProtocol {
         }
     }
 
+    /// How the wallet spends a key of this protocol (`None` for aux info).
+    pub fn key_kind(self) -> Option<crate::wallet::KeyKind> {
+        match self {
+            DkgProtocol::Cggmp24 => Some(crate::wallet::KeyKind::Ecdsa),
+            DkgProtocol::Frost => Some(crate::wallet::KeyKind::Taproot),
+            DkgProtocol::AuxInfo => None,
+        }
+    }
+
     /// Frame kind of the protocol messages.
     pub fn message_kind(self) -> MessageKind {
         match self {

@@ -283,6 +283,61 @@ impl Store {
         Ok(())
     }
 
+    /// Transactions in `state` that carry their final form (`signed` or later),
+    /// oldest first, at most `limit`: `(id, txid, signed transaction)`.
+    pub async fn signed_in_state(
+        &self,
+        state: &str,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String, Vec<u8>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, txid, signed_tx FROM transactions \
+             WHERE state = $1 AND txid IS NOT NULL AND signed_tx IS NOT NULL \
+             ORDER BY created_at, id LIMIT $2",
+        )
+        .bind(state)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Moves a transaction from `from` to `to` and appends the audit entry
+    /// `action` with `details`, in one database transaction. Returns false (and
+    /// changes nothing) when the transaction is no longer in `from`, so repeating
+    /// the call is harmless.
+    pub async fn advance_transaction(
+        &self,
+        node_id: &str,
+        id: Uuid,
+        from: &str,
+        to: &str,
+        action: &str,
+        details: serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query("UPDATE transactions SET state = $3 WHERE id = $1 AND state = $2")
+            .bind(id)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::classify(e, "transaction"))?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        super::audit::append_audit(
+            &mut tx,
+            node_id,
+            crate::audit::AuditEntry::new("node", action)
+                .subject(id.to_string())
+                .details(details),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// The final transaction (hex) once signed.
     pub async fn signed_tx_hex(&self, id: Uuid) -> Result<Option<String>, StoreError> {
         Ok(self.signed_forms(id).await?.0)
@@ -295,7 +350,8 @@ impl Store {
         id: Uuid,
     ) -> Result<(Option<String>, Option<String>), StoreError> {
         use base64::Engine as _;
-        let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> =
+        type Forms = (Option<Vec<u8>>, Option<Vec<u8>>);
+        let row: Option<Forms> =
             sqlx::query_as("SELECT signed_tx, signed_psbt FROM transactions WHERE id = $1")
                 .bind(id)
                 .fetch_optional(self.pool())

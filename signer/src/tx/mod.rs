@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use uuid::Uuid;
 
 use crate::node::NodeCtx;
-use crate::wallet::{IntakeLimits, KeyKind, ValidatedPsbt, WalletKey};
+use crate::wallet::{IntakeLimits, ValidatedPsbt, WalletKey};
 
 /// Errors of the transaction pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -251,10 +251,8 @@ pub async fn usable_keys(node: &NodeCtx) -> Result<Vec<UsableKey>, TxError> {
         let Some(protocol) = crate::dkg::DkgProtocol::parse(&r.protocol) else {
             continue;
         };
-        let kind = match protocol {
-            crate::dkg::DkgProtocol::Cggmp24 => KeyKind::Ecdsa,
-            crate::dkg::DkgProtocol::Frost => KeyKind::Taproot,
-            crate::dkg::DkgProtocol::AuxInfo => continue,
+        let Some(kind) = protocol.key_kind() else {
+            continue;
         };
         let Some(xpub) = node.dkg.loaded(&r.key_id).and_then(|l| l.xpub) else {
             continue;

@@ -217,11 +217,16 @@ impl WalletKey {
 
     /// Address at `m/chain/index`.
     pub fn address_at(&self, chain: u32, index: u32) -> Result<Address, WalletError> {
-        let pk = self.pubkey_at(chain, index)?;
-        Ok(match self.kind {
+        Ok(self.address_for(self.pubkey_at(chain, index)?))
+    }
+
+    /// The address this key's kind makes of `pk` (a key derived from this key) on
+    /// this key's network.
+    pub fn address_for(&self, pk: PublicKey) -> Address {
+        match self.kind {
             KeyKind::Ecdsa => Address::p2wpkh(&CompressedPublicKey(pk), self.network),
             KeyKind::Taproot => Address::p2tr(secp(), pk.x_only_public_key().0, None, self.network),
-        })
+        }
     }
 
     /// Receive script at `m/0/index`.
@@ -251,14 +256,15 @@ impl WalletKey {
         format!("{}/<0;1>/*)", self.descriptor_prefix())
     }
 
+    /// The multipath descriptor with its BIP-380 checksum, `…/<0;1>/*)#…`.
+    pub fn descriptor_with_checksum(&self) -> String {
+        with_checksum(self.descriptor())
+    }
+
     /// Single-path descriptors with BIP-380 checksums, `(receive, change)`:
     /// `wpkh([fp]xpub/0/*)#…` and `wpkh([fp]xpub/1/*)#…`, the form wallets that do
     /// not take multipath descriptors (older Bitcoin Core, BDK) import.
     pub fn single_path_descriptors(&self) -> (String, String) {
-        let with_checksum = |d: String| match policy::descriptor::checksum(&d) {
-            Some(c) => format!("{d}#{c}"),
-            None => d,
-        };
         let p = self.descriptor_prefix();
         (
             with_checksum(format!("{p}/0/*)")),
@@ -324,6 +330,15 @@ impl WalletKey {
             }
             map
         })
+    }
+}
+
+/// `descriptor#checksum` (BIP-380); the descriptors built here only use characters
+/// of the checksum's set, so the checksum always exists.
+fn with_checksum(d: String) -> String {
+    match policy::descriptor::checksum(&d) {
+        Some(c) => format!("{d}#{c}"),
+        None => d,
     }
 }
 
