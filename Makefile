@@ -16,14 +16,20 @@ build: deps
 SIGNER := ./target/debug/signer
 CLUSTER_FILE := $(CLUSTER_DIR)/cluster.json
 
-## Start a 5-node, threshold-3 dev cluster in $(CLUSTER_DIR) (detached), run a 3-of-5 DKG
-## for both key types (ecdsa/CGGMP24 and taproot/FROST) and print the keys' descriptors
-## and first addresses. The cluster keeps running: `signer cluster down --dir $(CLUSTER_DIR)`.
+## Start a 5-node, threshold-3 regtest dev cluster in $(CLUSTER_DIR) (detached), run a
+## 3-of-5 DKG for both key types (ecdsa/CGGMP24 and taproot/FROST), print the keys'
+## descriptors and first addresses, then sign one sample payment per key through the
+## whole pipeline (policy, signed votes, threshold signing) and print the
+## libbitcoinconsensus verification. The demo's aux info uses the published TEST-ONLY
+## primes (protocol/fixtures/test-primes) so it needs no prime generation: insecure,
+## regtest demo only. The cluster keeps running: `signer cluster down --dir $(CLUSTER_DIR)`.
 demo: build
-	$(SIGNER) cluster up --nodes 5 --threshold 3 --dir $(CLUSTER_DIR) --detach
+	$(SIGNER) cluster up --nodes 5 --threshold 3 --dir $(CLUSTER_DIR) --detach --prime-pool-target 0 --insecure-test-primes protocol/fixtures/test-primes
 	$(SIGNER) dkg start --cluster $(CLUSTER_FILE) --protocol ecdsa --threshold 3 --wait --retry-secs 60
 	$(SIGNER) dkg start --cluster $(CLUSTER_FILE) --protocol taproot --threshold 3 --wait --retry-secs 60
 	$(SIGNER) keys list --cluster $(CLUSTER_FILE)
+	@echo
+	$(SIGNER) cluster demo-sign --cluster $(CLUSTER_FILE)
 	@echo
 	@echo "cluster running in $(CLUSTER_DIR); more: $(SIGNER) keys addresses KEY_ID --cluster $(CLUSTER_FILE)"
 	@echo "stop it with: $(SIGNER) cluster down --dir $(CLUSTER_DIR)"

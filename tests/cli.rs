@@ -18,6 +18,7 @@ fn every_subcommand_has_help() {
         vec!["node", "run", "--help"],
         vec!["cluster", "up", "--help"],
         vec!["cluster", "down", "--help"],
+        vec!["cluster", "demo-sign", "--help"],
         vec!["ca", "init", "--help"],
         vec!["ca", "issue", "--help"],
         vec!["status", "--help"],

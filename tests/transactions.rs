@@ -69,15 +69,23 @@ fn pay(key_id: &str, amount: u64) -> Value {
 /// everywhere and returns node `nodes[0]`'s answer.
 async fn ends_as(c: &Cluster, nodes: &[usize], id: &str, state: &str) -> Value {
     let mut first = None;
+    let path = format!("/api/v1/transactions/{id}");
     for &i in nodes {
-        let v = ended(
-            c,
-            i,
-            &format!("/api/v1/transactions/{id}"),
-            &["signed", "failed", "rejected", "expired"],
-            240,
-        )
-        .await;
+        let start = std::time::Instant::now();
+        let v = loop {
+            if let Some(v) = c.get_ok(i, &path).await.filter(|v| {
+                ["signed", "failed", "rejected", "expired"]
+                    .iter()
+                    .any(|d| v["state"] == *d)
+            }) {
+                break v;
+            }
+            if start.elapsed() > Duration::from_secs(240) {
+                dump_history(c, id).await;
+                panic!("transaction {id} did not end on node {i} within 240 s");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         if v["state"] != state {
             dump_history(c, id).await;
         }
@@ -349,6 +357,15 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
     t_nodes_sign_and_t_minus_one_expire_with_no_signature_share(&c, &frost).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_byz() {
+    let c = Cluster::start(3, 2);
+    c.wait_ready(N).await;
+    let frost = c.dkg(N, "frost", 2).await;
+    write_policy(&c, &[&frost]);
+    hundred_concurrent_submissions_are_accepted_and_signed(&c, &frost).await;
+}
+
 /// `[[scope.approvals]]`: no node votes until an approver approves; the initiator
 /// cannot approve; the approval reaches every node, which then votes and signs.
 async fn human_approval_holds_every_vote_until_an_approver_approves(
@@ -594,25 +611,45 @@ async fn hundred_concurrent_submissions_are_accepted_and_signed(c: &Cluster, fro
     let uuids: Vec<uuid::Uuid> = ids.iter().map(|i| i.parse().unwrap()).collect();
     for i in 0..N {
         let db = c.db(i).await;
-        c.eventually(
-            &format!("all {COUNT} transactions signed on node {i}"),
-            Duration::from_secs(600),
-            || {
-                let db = db.clone();
-                let uuids = uuids.clone();
-                async move {
-                    let (n,): (i64,) = sqlx::query_as(
-                        "SELECT count(*) FROM transactions WHERE id = ANY($1) AND state = 'signed'",
-                    )
-                    .bind(&uuids)
-                    .fetch_one(&db)
-                    .await
-                    .unwrap();
-                    (n == COUNT as i64).then_some(())
-                }
-            },
-        )
-        .await;
+        let states: Vec<(String, i64)> = c
+            .eventually(
+                &format!("all {COUNT} transactions ended on node {i}"),
+                Duration::from_secs(600),
+                || {
+                    let db = db.clone();
+                    let uuids = uuids.clone();
+                    async move {
+                        let rows: Vec<(String, i64)> = sqlx::query_as(
+                            "SELECT state, count(*) FROM transactions WHERE id = ANY($1) \
+                             GROUP BY state ORDER BY state",
+                        )
+                        .bind(&uuids)
+                        .fetch_all(&db)
+                        .await
+                        .unwrap();
+                        let ended: i64 = rows
+                            .iter()
+                            .filter(|(s, _)| {
+                                ["signed", "failed", "rejected", "expired"].contains(&s.as_str())
+                            })
+                            .map(|(_, n)| n)
+                            .sum();
+                        (ended == COUNT as i64).then_some(rows)
+                    }
+                },
+            )
+            .await;
+        if states != vec![("signed".to_owned(), COUNT as i64)] {
+            let (bad,): (uuid::Uuid,) = sqlx::query_as(
+                "SELECT id FROM transactions WHERE id = ANY($1) AND state <> 'signed' LIMIT 1",
+            )
+            .bind(&uuids)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            dump_history(c, &bad.to_string()).await;
+            panic!("node {i}: {states:?}");
+        }
     }
     // No funding output is spent twice.
     let db = c.db(0).await;

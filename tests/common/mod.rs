@@ -406,15 +406,17 @@ fn wait_for_cluster_file(dir: &Path, tmp: &Path) -> ClusterFile {
 pub fn funding(addr: &bitcoin::Address, values: &[u64]) -> bitcoin::Transaction {
     use std::str::FromStr;
     use std::sync::atomic::{AtomicU32, Ordering};
-    // A different lock time per call: every funding transaction has its own txid.
+    // A different (made-up) spent outpoint per call: every funding transaction has
+    // its own txid and none conflicts with another (wallets such as BDK drop
+    // conflicting transactions).
     static SALT: AtomicU32 = AtomicU32::new(1);
     bitcoin::Transaction {
         version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::from_consensus(SALT.fetch_add(1, Ordering::SeqCst)),
+        lock_time: bitcoin::absolute::LockTime::ZERO,
         input: vec![bitcoin::TxIn {
             previous_output: bitcoin::OutPoint::new(
                 bitcoin::Txid::from_str(&"11".repeat(32)).unwrap(),
-                0,
+                SALT.fetch_add(1, Ordering::SeqCst),
             ),
             ..bitcoin::TxIn::default()
         }],

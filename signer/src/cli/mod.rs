@@ -107,6 +107,14 @@ pub enum ClusterCmd {
         #[arg(long)]
         insecure_test_primes: Option<PathBuf>,
     },
+    /// Regtest dev clusters only: sign one sample payment per completed key (made-up
+    /// funding to the key's first address, a demo policy written to every node's
+    /// policy.toml, aux info run if ECDSA needs it) and verify it with Bitcoin Core's
+    /// consensus code.
+    DemoSign {
+        #[command(flatten)]
+        api: client::ApiOpts,
+    },
     /// Stop a dev cluster started with `cluster up`.
     Down {
         /// The cluster directory.
@@ -293,6 +301,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Cluster(ClusterCmd::Down { dir }) => crate::cluster::down(&dir),
+        Command::Cluster(ClusterCmd::DemoSign { api }) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            runtime()?.block_on(async {
+                let c = api.connect().await?;
+                crate::cluster::demo_sign(&c).await
+            })
+        }
         Command::Policy(PolicyCmd::Check { file, json }) => policy::check(&file, json),
         Command::Policy(PolicyCmd::Eval {
             file,

@@ -2,11 +2,13 @@
 //! PostgreSQL with one database and role per node, an etcd on loopback, a private
 //! CA, and N node processes. Tests use the same code path.
 
+mod demo;
 mod etcd;
 mod postgres;
 mod procs;
 mod up;
 
+pub use demo::demo_sign;
 pub use up::{down, start_node, up, UpOptions};
 
 use std::path::{Path, PathBuf};

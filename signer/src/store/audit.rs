@@ -10,6 +10,16 @@ use crate::audit::{AuditEntry, AuditRecord, GENESIS_HASH};
 const AUDIT_LOCK_KEY: i64 = 0x5349_474e_4155_4449; // "SIGNAUDI"
 
 impl Store {
+    /// Keys this node froze after a failed final verification (audit `key.frozen`);
+    /// the audit log is append-only, so a freeze survives restarts.
+    pub async fn frozen_keys(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(Option<String>,)> =
+            sqlx::query_as("SELECT DISTINCT subject FROM audit_log WHERE action = 'key.frozen'")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows.into_iter().filter_map(|(s,)| s).collect())
+    }
+
     /// Appends an entry in its own database transaction.
     pub async fn audit(&self, node_id: &str, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
         let mut tx = self.pool().begin().await?;

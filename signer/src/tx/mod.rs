@@ -131,7 +131,8 @@ impl Registry {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Freezes a key: no new transaction is accepted for it (until restart).
+    /// Freezes a key: no new transaction is accepted for it (restored at start from
+    /// the audit log's `key.frozen` entries).
     pub fn freeze(&self, key_id: &str) {
         self.frozen
             .lock()
@@ -309,7 +310,8 @@ pub fn dispatch(node: &Arc<NodeCtx>, inbound: &crate::p2p::Inbound) -> bool {
     true
 }
 
-/// Pins this node's own vote key once custody is unsealed, then announces it to every
+/// Restores frozen keys, pins this node's own vote key once custody is unsealed, then
+/// announces it to every
 /// connected peer every few seconds (peers pin it on first sight; repeats are no-ops).
 pub async fn announce_vote_key(node: Arc<NodeCtx>) {
     let unsealed = loop {
@@ -318,6 +320,15 @@ pub async fn announce_vote_key(node: Arc<NodeCtx>) {
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     };
+    match node.store.frozen_keys().await {
+        Ok(keys) => {
+            for k in keys {
+                tracing::warn!(key = %k, "key stays frozen (failed final verification recorded in the audit log)");
+                node.tx.freeze(&k);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read frozen keys"),
+    }
     let me = node.cfg.node_id.clone();
     use crate::vote::VoteSigner as _;
     if let Err(e) = node

@@ -20,6 +20,9 @@ use crate::p2p::{Frame, MessageKind};
 use crate::vote::{QuorumCertificate, SigningPermit, VoteDecision, VoteIntake};
 use crate::wallet::KeyKind;
 
+/// How long a signer waits for the quorum's votes to reach it after a sign request.
+const QUORUM_WAIT: Duration = Duration::from_secs(10);
+
 /// Leader: signs every input with `t` approving nodes, finalizes, verifies and
 /// distributes the result. Every outcome is recorded.
 pub async fn lead(node: Arc<NodeCtx>, id: Uuid) {
@@ -208,10 +211,12 @@ async fn sign_one_input(
                     Ok(b) if b.len() == 64 => return Ok(b),
                     _ => errors.push(format!("{from}: malformed signature")),
                 },
-                (None, e) => errors.push(format!("{from}: {}", e.unwrap_or_default())),
-            }
-            if errors.len() >= req.signers.len() {
-                break;
+                // Every signer of the set is needed: one refusal ends the attempt
+                // (instead of waiting for the timeout).
+                (None, e) => {
+                    errors.push(format!("{from}: {}", e.unwrap_or_default()));
+                    break;
+                }
             }
         }
         Err(TxError::Internal(format!(
@@ -330,15 +335,25 @@ async fn serve(node: &Arc<NodeCtx>, from: &str, req: &SignRequest) -> Result<Vec
             code: "policy_rejects",
             message: "this node's policy does not approve the transaction".into(),
         })?;
-    let votes = VoteIntake::new(node.store.clone(), me.clone())
-        .round_votes(p.round_id)
-        .await?;
-    let book = key_book(node, &p.participants).await?;
-    let qc = QuorumCertificate::verify(&votes, &book, usize::from(p.threshold), &p.subject)
-        .map_err(|e| TxError::Invalid {
-            code: "no_quorum",
-            message: e.to_string(),
-        })?;
+    // The leader saw the quorum first: the votes it counted may still be on their
+    // way here, so wait a little for them before refusing.
+    let quorum_wait = tokio::time::Instant::now() + QUORUM_WAIT;
+    let qc = loop {
+        let votes = VoteIntake::new(node.store.clone(), me.clone())
+            .round_votes(p.round_id)
+            .await?;
+        let book = key_book(node, &p.participants).await?;
+        match QuorumCertificate::verify(&votes, &book, usize::from(p.threshold), &p.subject) {
+            Ok(qc) => break qc,
+            Err(e) if tokio::time::Instant::now() >= quorum_wait => {
+                return Err(TxError::Invalid {
+                    code: "no_quorum",
+                    message: e.to_string(),
+                })
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     let permit =
         SigningPermit::new(approval, qc, &p.subject.sighashes, now_unix()).map_err(|e| {
             TxError::Invalid {
