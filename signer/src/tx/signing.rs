@@ -490,6 +490,17 @@ pub async fn on_done(node: Arc<NodeCtx>, from: String, done: Done) {
             .error
             .unwrap_or_else(|| "leader reported a failure".into())),
     };
+    // The votes that closed the round at the leader may still be on their way here:
+    // wait a little for this node's own tally to leave `voting`.
+    let wait_until = tokio::time::Instant::now() + QUORUM_WAIT;
+    while tokio::time::Instant::now() < wait_until {
+        match node.store.get_transaction(id).await {
+            Ok(row) if row.state == "voting" => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => break,
+        }
+    }
     let r = match outcome {
         Ok(tx) => {
             let _ = node.store.transition_transaction(id, "signing", None).await;
