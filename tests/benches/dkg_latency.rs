@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use cluster_tests::bench::{ms, pct};
 use cluster_tests::Cluster;
 use serde_json::{json, Value};
 use signer_protocol::ecdsa::{self, EcdsaKeygenMsg};
@@ -77,21 +78,7 @@ fn parse_args() -> anyhow::Result<Args> {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    // target/<profile>/dkg-latency -> target/<profile>/signer
-    if std::env::var_os("SIGNER_BIN").is_none() {
-        let exe = std::env::current_exe()?;
-        let bin = exe
-            .parent()
-            .map(|d| d.join("signer"))
-            .filter(|b| b.is_file())
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no signer binary next to {}; build it with the same profile",
-                    exe.display()
-                )
-            })?;
-        std::env::set_var("SIGNER_BIN", bin);
-    }
+    cluster_tests::bench::use_signer_next_to_this_binary()?;
     // The node processes inherit this: stage timestamps in their JSON logs.
     std::env::set_var("RUST_LOG", "info,signer::dkg=debug");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -99,21 +86,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(bench(args))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    // nearest rank
-    let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
 }
 
 fn signer_version() -> String {

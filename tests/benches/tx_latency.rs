@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::consensus::encode;
 use bitcoin::{Address, Amount, OutPoint, Transaction, TxIn, TxOut};
+use cluster_tests::bench::{ms, pct};
 use cluster_tests::Cluster;
 use serde_json::{json, Value};
 use signer_protocol::ecdsa::{self, EcdsaAuxMsg, EcdsaKeygenMsg, EcdsaSignMsg, PrimeSet};
@@ -83,35 +84,13 @@ fn parse_args() -> anyhow::Result<Args> {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    if std::env::var_os("SIGNER_BIN").is_none() {
-        let exe = std::env::current_exe()?;
-        let bin = exe
-            .parent()
-            .map(|d| d.join("signer"))
-            .filter(|b| b.is_file())
-            .ok_or_else(|| anyhow::anyhow!("no signer binary next to {}", exe.display()))?;
-        std::env::set_var("SIGNER_BIN", bin);
-    }
+    cluster_tests::bench::use_signer_next_to_this_binary()?;
     std::env::set_var("RUST_LOG", "warn");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(bench(args))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
 }
 
 async fn until<T, F, Fut>(what: &str, within: Duration, mut f: F) -> anyhow::Result<T>

@@ -192,11 +192,6 @@ impl Store {
         Ok(())
     }
 
-    /// Who initiated a transaction.
-    pub async fn transaction_initiator(&self, id: Uuid) -> Result<String, StoreError> {
-        Ok(self.get_transaction(id).await?.initiator)
-    }
-
     /// Satoshis the key sent (fees included) in transactions signed within the last
     /// `window_seconds`.
     pub async fn spent_in_window(
@@ -336,11 +331,6 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    /// The final transaction (hex) once signed.
-    pub async fn signed_tx_hex(&self, id: Uuid) -> Result<Option<String>, StoreError> {
-        Ok(self.signed_forms(id).await?.0)
     }
 
     /// The final transaction (hex) and the signed, unfinalized PSBT (base64), once
