@@ -36,3 +36,17 @@ pub fn warn_if_armed() {
         tracing::error!(protocol = %p, "FAULT INJECTION ARMED: this node corrupts its outgoing protocol messages");
     }
 }
+
+/// Environment variable: with `1`, the node exits right after it committed the
+/// consumption of a presignature, before the partial signature is computed or sent.
+pub const EXIT_AFTER_PRESIG_CONSUME_ENV: &str = "SIGNER_FAULT_EXIT_AFTER_PRESIG_CONSUME";
+
+/// Exits the process if [`EXIT_AFTER_PRESIG_CONSUME_ENV`] is armed (feature
+/// `fault-injection` only; a no-op otherwise).
+pub fn exit_after_presig_consume() {
+    #[cfg(feature = "fault-injection")]
+    if std::env::var(EXIT_AFTER_PRESIG_CONSUME_ENV).as_deref() == Ok("1") {
+        tracing::error!("FAULT INJECTION: exiting after consuming a presignature");
+        std::process::exit(86);
+    }
+}

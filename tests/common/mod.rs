@@ -3,6 +3,8 @@
 //! down when the test process exits (the supervisor watches our pid).
 #![allow(clippy::unwrap_used)] // test harness: a failed step must fail the test loudly
 
+pub mod wallet;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
