@@ -27,13 +27,12 @@ struct Row {
     state: String,
     consumed_by: Option<uuid::Uuid>,
     consumed_input: Option<i32>,
-    seq: i64,
 }
 
 async fn rows(c: &Cluster, i: usize, key: &str) -> Vec<Row> {
     let db = c.db(i).await;
     let r = sqlx::query_as::<_, Row>(
-        "SELECT public_id, signer_set, state, consumed_by, consumed_input, seq \
+        "SELECT public_id, signer_set, state, consumed_by, consumed_input \
          FROM presignatures WHERE key_id = $1 ORDER BY seq",
     )
     .bind(key)
@@ -101,22 +100,30 @@ async fn consumed_for(c: &Cluster, i: usize, key: &str, tx: &str) -> Vec<(Vec<u8
         .collect()
 }
 
-/// No presignature used twice: per node, a (transaction, input) pair has at most one
-/// consumed presignature; across nodes, a public id is consumed for one use only.
+/// No presignature used twice: every node holds a public id at most once, and across
+/// all nodes a public id is reserved or consumed for one (transaction, input) only.
 async fn none_used_twice(c: &Cluster, nodes: &[usize], key: &str) {
     let mut uses: BTreeMap<Vec<u8>, (Option<uuid::Uuid>, Option<i32>)> = BTreeMap::new();
     for &i in nodes {
-        let mut per_use = BTreeSet::new();
-        for r in rows(c, i, key).await {
+        let all = rows(c, i, key).await;
+        let distinct: BTreeSet<_> = all.iter().map(|r| r.public_id.clone()).collect();
+        assert_eq!(
+            distinct.len(),
+            all.len(),
+            "node {i} holds a presignature twice"
+        );
+        for r in all {
             if r.state != "consumed" && r.state != "reserved" {
                 continue;
             }
             let u = (r.consumed_by, r.consumed_input);
-            if r.state == "consumed" {
-                assert!(per_use.insert(u), "node {i}: two presignatures for {u:?}");
-            }
             let prev = uses.entry(r.public_id.clone()).or_insert(u);
-            assert_eq!(*prev, u, "presignature {} used for two inputs", hex::encode(&r.public_id));
+            assert_eq!(
+                *prev,
+                u,
+                "presignature {} used for two inputs",
+                hex::encode(&r.public_id)
+            );
         }
     }
 }
@@ -130,7 +137,7 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
         ("SIGNER__PRESIGN__LOW_WATERMARK", "2"),
         ("SIGNER__PRESIGN__BATCH", "8"),
         ("SIGNER__PRESIGN__MAX_PATHS", "1"),
-        ("SIGNER__PRESIGN__PARTIAL_TIMEOUT_SECS", "15"),
+        ("SIGNER__PRESIGN__PARTIAL_TIMEOUT_SECS", "30"),
         ("SIGNER__PRESIGN__CHECK_INTERVAL_SECS", "1"),
     ] {
         std::env::set_var(k, v);
@@ -153,7 +160,11 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     //    presignatures (compared by public id); status and metrics report it.
     for set in &sets {
         let pool = agreed_pool(&c, &key, set, TARGET as usize, 600).await;
-        assert_eq!(pool.len() as i64, TARGET, "{set:?} fills to the target exactly");
+        assert_eq!(
+            pool.len() as i64,
+            TARGET,
+            "{set:?} fills to the target exactly"
+        );
     }
     for i in 0..N {
         let st = c.get_ok(i, "/api/v1/presignatures/status").await.unwrap();
@@ -178,11 +189,21 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
         (json!({ "count": 0 }), 400, "count_out_of_range"),
         (json!({ "count": 100000 }), 400, "count_out_of_range"),
         (json!({ "key_id": "nope", "count": 1 }), 400, "unknown_key"),
-        (json!({ "signer_set": ["node-9"], "count": 1 }), 400, "invalid_signer_set"),
+        (
+            json!({ "signer_set": ["node-9"], "count": 1 }),
+            400,
+            "invalid_signer_set",
+        ),
         (json!({ "count": 1, "x": 1 }), 422, "invalid_request"),
     ] {
-        let (status, v) = c.post_json(0, "/api/v1/presignatures/generate", &body).await;
-        assert_eq!((status, v["code"].as_str()), (want, Some(code)), "{body}: {v}");
+        let (status, v) = c
+            .post_json(0, "/api/v1/presignatures/generate", &body)
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (want, Some(code)),
+            "{body}: {v}"
+        );
     }
 
     // 2. A two-input payment: exactly one presignature per input on each signer.
@@ -205,9 +226,17 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
             u.iter().map(|(_, inp)| *inp).collect::<BTreeSet<_>>(),
             BTreeSet::from([0, 1])
         );
-        assert_eq!(used.get_or_insert(u.clone()), &u, "signers consumed the same ones");
+        assert_eq!(
+            used.get_or_insert(u.clone()),
+            &u,
+            "signers consumed the same ones"
+        );
     }
-    assert_eq!(signer_nodes, vec![0, 1], "node-1 (leader) and node-2 signed");
+    assert_eq!(
+        signer_nodes,
+        vec![0, 1],
+        "node-1 (leader) and node-2 signed"
+    );
 
     // 3. 50 inputs signed concurrently: 50 distinct presignatures on each signer.
     let pair = &sets[0];
@@ -236,7 +265,11 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
         let u = consumed_for(&c, i, &key, &tx_b).await;
         let distinct: BTreeSet<_> = u.iter().map(|(id, _)| id.clone()).collect();
         let inputs: BTreeSet<_> = u.iter().map(|(_, inp)| *inp).collect();
-        assert_eq!((u.len(), distinct.len(), inputs.len()), (50, 50, 50), "node {i}");
+        assert_eq!(
+            (u.len(), distinct.len(), inputs.len()),
+            (50, 50, 50),
+            "node {i}"
+        );
         per_node.push(distinct);
     }
     assert_eq!(per_node[0], per_node[1], "both signers used the same 50");
@@ -264,7 +297,11 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     c.restart_node(1);
     c.wait_ready(N).await;
     let burnt = consumed_for(&c, 1, &key, &tx_c).await;
-    assert_eq!(burnt.len(), 1, "node-2 consumed one presignature before exiting");
+    assert_eq!(
+        burnt.len(),
+        1,
+        "node-2 consumed one presignature before exiting"
+    );
     let burnt_id = burnt[0].0.clone();
     let fresh = consumed_for(&c, 2, &key, &tx_c).await;
     assert_eq!(fresh.len(), 1, "node-3 signed with a presignature");
@@ -272,7 +309,10 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     for i in 0..N {
         for r in rows(&c, i, &key).await {
             if r.public_id == burnt_id {
-                assert_ne!(r.state, "available", "node {i}: burnt presignature is available");
+                assert_ne!(
+                    r.state, "available",
+                    "node {i}: burnt presignature is available"
+                );
             }
         }
     }
@@ -303,7 +343,11 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     let signed = signed_everywhere(&c, &[0, 2], &tx_d, 300).await;
     verify_consensus(&signed, &[&fund_d]);
     let after_backup = consumed_for(&c, 2, &key, &tx_d).await;
-    assert_eq!(after_backup.len(), 1, "node-3 used a presignature after the backup");
+    assert_eq!(
+        after_backup.len(),
+        1,
+        "node-3 used a presignature after the backup"
+    );
     assert!(backup_ids.contains(&after_backup[0].0));
     c.kill_node(2);
     for q in [
@@ -318,15 +362,22 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     su.close().await;
     c.restart_node(2);
     c.wait_ready(N).await;
-    c.eventually("restore detected on node-3", Duration::from_secs(60), || async {
-        c.get_ok(2, "/api/v1/presignatures/status")
-            .await
-            .filter(|v| v["restore_checked"] == true)
-    })
+    c.eventually(
+        "restore detected on node-3",
+        Duration::from_secs(60),
+        || async {
+            c.get_ok(2, "/api/v1/presignatures/status")
+                .await
+                .filter(|v| v["restore_checked"] == true)
+        },
+    )
     .await;
     for r in rows(&c, 2, &key).await {
         if backup_ids.contains(&r.public_id) {
-            assert_eq!(r.state, "discarded", "pre-backup presignature on node-3: {r:?}");
+            assert_eq!(
+                r.state, "discarded",
+                "pre-backup presignature on node-3: {r:?}"
+            );
         }
     }
     let tx_e = submit_payment(&c, &key, 20_000, 1).await;
@@ -334,7 +385,10 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     verify_consensus(&signed, &[&fund_d]);
     for r in rows(&c, 2, &key).await {
         if backup_ids.contains(&r.public_id) {
-            assert_eq!(r.state, "discarded", "node-3 used a pre-backup presignature: {r:?}");
+            assert_eq!(
+                r.state, "discarded",
+                "node-3 used a pre-backup presignature: {r:?}"
+            );
         }
     }
     none_used_twice(&c, &[0, 2], &key).await;

@@ -28,7 +28,9 @@ use cluster_tests::wallet::{
 };
 use cluster_tests::Cluster;
 use serde_json::json;
-use signer_protocol::ecdsa::{self, EcdsaAuxMsg, EcdsaKeyShare, EcdsaKeygenMsg, EcdsaSignMsg, PrimeSet};
+use signer_protocol::ecdsa::{
+    self, EcdsaAuxMsg, EcdsaKeyShare, EcdsaKeygenMsg, EcdsaSignMsg, PrimeSet,
+};
 use signer_protocol::local::local_network;
 use signer_protocol::{
     channel_party, run_on_thread, ExecutionId, ProtocolError, ProtocolKind, SighashMessage,
@@ -113,7 +115,9 @@ async fn library(count: usize) -> anyhow::Result<Library> {
     })
     .await?;
     let primes: Vec<PrimeSet> = (0..n).map(fixture).collect::<Result<_, _>>()?;
-    let primes = Arc::new(std::sync::Mutex::new(primes.into_iter().map(Some).collect::<Vec<_>>()));
+    let primes = Arc::new(std::sync::Mutex::new(
+        primes.into_iter().map(Some).collect::<Vec<_>>(),
+    ));
     let e = eid(ProtocolKind::EcdsaAuxInfo, 2);
     let aux = channels::<EcdsaAuxMsg, _, _, _>(ProtocolKind::EcdsaAuxInfo, n, move |i, p| {
         let (e, primes) = (e.clone(), primes.clone());
@@ -129,7 +133,9 @@ async fn library(count: usize) -> anyhow::Result<Library> {
         shares
             .iter()
             .zip(&aux)
-            .map(|(s, a)| EcdsaKeyShare::from_parts(s, a).and_then(EcdsaKeyShare::with_precomputation))
+            .map(|(s, a)| {
+                EcdsaKeyShare::from_parts(s, a).and_then(EcdsaKeyShare::with_precomputation)
+            })
             .collect::<Result<_, _>>()?,
     );
     let signers = vec![0u16, 1];
@@ -198,7 +204,10 @@ async fn pay_latency(c: &Cluster, key: &str) -> anyhow::Result<Duration> {
                 _ => {}
             }
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(300), "payment timed out");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(300),
+            "payment timed out"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -242,14 +251,19 @@ async fn bench(count: usize, payments: usize) -> anyhow::Result<()> {
         {
             break;
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(3600), "generation timed out");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(3600),
+            "generation timed out"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cluster_each = start.elapsed() / u32::try_from(count.max(1)).unwrap_or(1);
 
     let addr = first_address(&c, &key).await;
     // Distinct values, largest first: each payment spends exactly one UTXO.
-    let values: Vec<u64> = (0..(count + payments) as u64).map(|k| 100_000 + k * 1000).collect();
+    let values: Vec<u64> = (0..(count + payments) as u64)
+        .map(|k| 100_000 + k * 1000)
+        .collect();
     import(&c, &funding(&addr, &values, 1)).await;
     let mut with = Vec::new();
     for _ in 0..count {

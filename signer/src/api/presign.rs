@@ -175,8 +175,9 @@ pub async fn generate(
     node.store
         .audit(
             &node.cfg.node_id,
-            AuditEntry::new(&p.token_id, "presign.generate")
-                .details(json!({ "key_id": body.key_id, "signer_set": body.signer_set, "count": count })),
+            AuditEntry::new(&p.token_id, "presign.generate").details(
+                json!({ "key_id": body.key_id, "signer_set": body.signer_set, "count": count }),
+            ),
         )
         .await?;
     Ok((
@@ -210,7 +211,10 @@ pub async fn metrics_text(node: &NodeCtx) -> String {
             ("reserved", p.reserved),
             ("consumed", p.consumed),
             ("discarded", p.discarded),
-            ("generating", i64::try_from(p.generating).unwrap_or(i64::MAX)),
+            (
+                "generating",
+                i64::try_from(p.generating).unwrap_or(i64::MAX),
+            ),
         ] {
             out.push_str(&format!(
                 "signer_presignatures{{{labels},state=\"{state}\"}} {v}\n"

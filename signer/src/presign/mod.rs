@@ -184,8 +184,12 @@ pub fn dispatch(node: &Arc<NodeCtx>, inbound: &Inbound) -> bool {
                 Ok(spec) if spec.leader == inbound.from => {
                     tokio::spawn(session::participate_logged(node.clone(), spec));
                 }
-                Ok(_) => tracing::warn!(peer = %inbound.from, "presign announce whose leader is not its sender; dropped"),
-                Err(e) => tracing::warn!(peer = %inbound.from, error = %e, "malformed presign announce; dropped"),
+                Ok(_) => {
+                    tracing::warn!(peer = %inbound.from, "presign announce whose leader is not its sender; dropped")
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %inbound.from, error = %e, "malformed presign announce; dropped")
+                }
             }
             true
         }
@@ -195,8 +199,12 @@ pub fn dispatch(node: &Arc<NodeCtx>, inbound: &Inbound) -> bool {
                     tracing::info!(peer = %inbound.from, count = r.count, "presignature generation requested by a peer");
                     node.presign.request(r.key_id, r.signer_set, r.count);
                 }
-                Ok(_) => tracing::warn!(peer = %inbound.from, "presign generate count out of range; dropped"),
-                Err(e) => tracing::warn!(peer = %inbound.from, error = %e, "malformed presign generate request; dropped"),
+                Ok(_) => {
+                    tracing::warn!(peer = %inbound.from, "presign generate count out of range; dropped")
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %inbound.from, error = %e, "malformed presign generate request; dropped")
+                }
             }
             true
         }

@@ -49,7 +49,13 @@ pub async fn run(node: Arc<NodeCtx>) {
 
 /// All `t`-subsets of `items`, each in the order of `items`.
 pub fn combinations(items: &[String], t: usize) -> Vec<Vec<String>> {
-    fn go(items: &[String], t: usize, start: usize, cur: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    fn go(
+        items: &[String],
+        t: usize,
+        start: usize,
+        cur: &mut Vec<String>,
+        out: &mut Vec<Vec<String>>,
+    ) {
         if cur.len() == t {
             out.push(cur.clone());
             return;
@@ -178,7 +184,9 @@ pub async fn lead_session(
         key_id: key_id.to_owned(),
         signers: set.to_vec(),
         path: path.to_vec(),
-        items: (0..count.clamp(1, MAX_BATCH)).map(|_| Uuid::new_v4()).collect(),
+        items: (0..count.clamp(1, MAX_BATCH))
+            .map(|_| Uuid::new_v4())
+            .collect(),
         leader: me.clone(),
     };
     tracing::debug!(session = %spec.id, key = %key_id, signers = ?set, ?path, count, "leading a presign session");

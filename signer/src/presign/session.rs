@@ -62,7 +62,9 @@ async fn validate(node: &NodeCtx, spec: &PresignSpec) -> Result<(Vec<u16>, u16),
         return Err(bad("derivation path is not a wallet path [chain, index]"));
     }
     if spec.signers.iter().min() != Some(&spec.leader) {
-        return Err(bad("the leader is not the lowest node id of the signer set"));
+        return Err(bad(
+            "the leader is not the lowest node id of the signer set",
+        ));
     }
     let me = &node.cfg.node_id;
     let position = spec
@@ -130,7 +132,8 @@ pub async fn participate(node: &Arc<NodeCtx>, spec: &PresignSpec) -> Result<usiz
         .map(|id| {
             (
                 *id,
-                node.sessions.register(*id, &spec.signers, MessageKind::PRESIGN),
+                node.sessions
+                    .register(*id, &spec.signers, MessageKind::PRESIGN),
             )
         })
         .collect();

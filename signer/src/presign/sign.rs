@@ -117,11 +117,7 @@ async fn try_presignature(
         return Ok(Attempt::Empty);
     };
     let session = Uuid::new_v4();
-    let usage = PresignatureUse {
-        tx,
-        input,
-        session,
-    };
+    let usage = PresignatureUse { tx, input, session };
     let hook = watermark::hook(node);
     let Some(reserved) = node
         .store
@@ -186,12 +182,12 @@ async fn try_presignature(
             }),
         };
     }
-    let mut nodes: Vec<String> = failed.iter().map(|(n, _)| n.clone()).collect();
-    nodes.extend(
-        set.iter()
-            .filter(|s| !partials.iter().any(|(f, _)| f == *s) && !nodes.contains(s))
-            .cloned(),
-    );
+    // Refusing or failing members, and members that did not answer at all.
+    let nodes: Vec<String> = set
+        .iter()
+        .filter(|s| !partials.iter().any(|(f, _)| f == *s))
+        .cloned()
+        .collect();
     let reason = if failed.is_empty() {
         format!("no partial signature within {} s", wait.as_secs())
     } else {

@@ -155,7 +155,6 @@ impl Store {
         hook: CounterHook<'_>,
     ) -> Result<Option<ReservedPresignature>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        bump_counter(&mut tx, hook).await?;
         let row = sqlx::query_as::<_, ReservedPresignature>(
             "UPDATE presignatures SET state = 'reserved', consumed_by = $4, consumed_input = $5, \
              consumed_session = $6, consumed_at = now() \
@@ -173,10 +172,12 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if row.is_none() {
-            // Nothing used: do not advance the counter for nothing.
+            // Nothing used: the counter (and its file) must not move for nothing,
+            // or the next start would take it for a restore.
             tx.rollback().await?;
             return Ok(None);
         }
+        bump_counter(&mut tx, hook).await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -196,7 +197,6 @@ impl Store {
         hook: CounterHook<'_>,
     ) -> Result<Option<ConsumedPresignature>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        bump_counter(&mut tx, hook).await?;
         let row = sqlx::query_as::<_, ConsumedPresignature>(
             "UPDATE presignatures SET state = 'consumed', consumed_by = $5, consumed_input = $6, \
              consumed_session = $7, consumed_at = now() \
@@ -218,6 +218,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
+        bump_counter(&mut tx, hook).await?;
         tx.commit().await?;
         Ok(row)
     }

@@ -68,9 +68,11 @@ async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<String, TxError> {
     let timeout = Duration::from_secs(node.cfg.wallet.sign_timeout_secs.max(5));
     // Per input: a presignature of a signer set among the approvers when the pool has
     // one, else the full protocol (see crate::presign::sign).
-    let runs = p.validated.inputs.iter().map(|inp| {
-        crate::presign::sign::sign_input(node, &p, id, inp, &approvers, timeout)
-    });
+    let runs = p
+        .validated
+        .inputs
+        .iter()
+        .map(|inp| crate::presign::sign::sign_input(node, &p, id, inp, &approvers, timeout));
     let sigs = futures::future::join_all(runs).await;
     let mut psbt = p.validated.psbt.clone();
     for (inp, sig) in p.validated.inputs.iter().zip(sigs) {
