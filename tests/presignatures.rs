@@ -137,7 +137,7 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
         ("SIGNER__PRESIGN__LOW_WATERMARK", "2"),
         ("SIGNER__PRESIGN__BATCH", "8"),
         ("SIGNER__PRESIGN__MAX_PATHS", "1"),
-        ("SIGNER__PRESIGN__PARTIAL_TIMEOUT_SECS", "30"),
+        ("SIGNER__PRESIGN__PARTIAL_TIMEOUT_SECS", "20"),
         ("SIGNER__PRESIGN__CHECK_INTERVAL_SECS", "1"),
     ] {
         std::env::set_var(k, v);

@@ -209,12 +209,7 @@ async fn run_item(
         protocol_rx,
         mut confirm_rx,
     } = queues;
-    let (share, indices, path, eid2) = (
-        share.clone(),
-        indices.to_vec(),
-        spec.path.clone(),
-        eid.clone(),
-    );
+    let (share, indices, path, eid2) = (share.clone(), indices.to_vec(), spec.path.clone(), eid);
     let produced = run_on_thread(ProtocolKind::EcdsaPresign, move || {
         let party = channel_party(DeliveryConfig::new(position, t), protocol_rx, out_tx);
         async move {

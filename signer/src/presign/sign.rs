@@ -48,7 +48,8 @@ fn in_key_order(p: &Pending, mut set: Vec<String>) -> Vec<String> {
 }
 
 /// Leader: signs one input; `approvers` are the approving, connected nodes in
-/// preference order (this node first when it approved).
+/// preference order (this node first when it approved). After a failed attempt the
+/// approvers are read again: votes that arrived after the round closed count too.
 pub async fn sign_input(
     node: &Arc<NodeCtx>,
     p: &Pending,
@@ -60,28 +61,29 @@ pub async fn sign_input(
     let t = usize::from(p.threshold);
     let me = node.cfg.node_id.clone();
     let input = u32::try_from(inp.input).unwrap_or(u32::MAX);
+    let mut approvers = approvers.to_vec();
     let mut excluded: Vec<String> = Vec::new();
-    if inp.kind == KeyKind::Ecdsa
-        && node.cfg.presign.enabled
-        && node.presign.restore_checked()
-        && approvers.contains(&me)
-    {
-        let sets = combinations(approvers, t)
+    let mut tried: Vec<Vec<String>> = Vec::new();
+    let usable =
+        inp.kind == KeyKind::Ecdsa && node.cfg.presign.enabled && node.presign.restore_checked();
+    while usable && tried.len() < MAX_SET_ATTEMPTS {
+        let next = combinations(&approvers, t)
             .into_iter()
-            .filter(|s| s.contains(&me))
-            .take(MAX_SET_ATTEMPTS);
-        for set in sets {
-            if set.iter().any(|s| excluded.contains(s)) {
-                continue;
-            }
-            let set = in_key_order(p, set);
-            match try_presignature(node, p, tx, inp, input, &set).await? {
-                Attempt::Signed(sig) => return Ok(sig),
-                Attempt::Empty => {}
-                Attempt::Failed { nodes, reason } => {
-                    tracing::warn!(%tx, input, signers = ?set, %reason, ?nodes,
-                        "signing with a presignature failed; trying another signer set");
-                    excluded.extend(nodes.into_iter().filter(|n| *n != me));
+            .map(|s| in_key_order(p, s))
+            .find(|s| {
+                s.contains(&me) && !tried.contains(s) && !s.iter().any(|n| excluded.contains(n))
+            });
+        let Some(set) = next else { break };
+        tried.push(set.clone());
+        match try_presignature(node, p, tx, inp, input, &set).await? {
+            Attempt::Signed(sig) => return Ok(sig),
+            Attempt::Empty => {}
+            Attempt::Failed { nodes, reason } => {
+                tracing::warn!(%tx, input, signers = ?set, %reason, ?nodes,
+                    "signing with a presignature failed; trying another signer set");
+                excluded.extend(nodes.into_iter().filter(|n| *n != me));
+                if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
+                    approvers = a;
                 }
             }
         }
@@ -92,7 +94,7 @@ pub async fn sign_input(
         .cloned()
         .collect();
     if signers.len() < t {
-        signers = approvers.to_vec();
+        signers = approvers.clone();
     }
     signers.truncate(t);
     let req = SignRequest {

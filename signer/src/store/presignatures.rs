@@ -62,7 +62,7 @@ pub struct PresignatureUse {
 }
 
 /// Counts per key, signer set and state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct PoolRow {
     /// ECDSA key.
     pub key_id: String,
@@ -266,30 +266,17 @@ impl Store {
 
     /// Pool counts per key and signer set.
     pub async fn presignature_counts(&self) -> Result<Vec<PoolRow>, StoreError> {
-        let rows: Vec<(String, Vec<String>, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        Ok(sqlx::query_as::<_, PoolRow>(
             "SELECT key_id, signer_set, \
-                    count(*) FILTER (WHERE state = 'available'), \
-                    count(*) FILTER (WHERE state = 'reserved'), \
-                    count(*) FILTER (WHERE state = 'consumed'), \
-                    count(*) FILTER (WHERE state = 'discarded'), \
+                    count(*) FILTER (WHERE state = 'available') AS available, \
+                    count(*) FILTER (WHERE state = 'reserved') AS reserved, \
+                    count(*) FILTER (WHERE state = 'consumed') AS consumed, \
+                    count(*) FILTER (WHERE state = 'discarded') AS discarded, \
                     count(*) FILTER (WHERE created_at > now() - interval '10 minutes') \
+                      AS created_last_10min \
              FROM presignatures GROUP BY key_id, signer_set ORDER BY key_id, signer_set",
         )
         .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(key_id, signer_set, available, reserved, consumed, discarded, recent)| PoolRow {
-                    key_id,
-                    signer_set,
-                    available,
-                    reserved,
-                    consumed,
-                    discarded,
-                    created_last_10min: recent,
-                },
-            )
-            .collect())
+        .await?)
     }
 }

@@ -137,7 +137,10 @@ async fn record_signed(
 
 /// The nodes that voted approve and are reachable, at least `t`, in preference order
 /// (this node first if it approved, then the key's participant order).
-async fn choose_signers(node: &Arc<NodeCtx>, p: &Pending) -> Result<Vec<String>, TxError> {
+pub(crate) async fn choose_signers(
+    node: &Arc<NodeCtx>,
+    p: &Pending,
+) -> Result<Vec<String>, TxError> {
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
     let votes = intake.round_votes(p.round_id).await?;
     let me = &node.cfg.node_id;
