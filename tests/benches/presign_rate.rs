@@ -110,7 +110,6 @@ async fn library(count: usize) -> anyhow::Result<Library> {
     let (n, t) = (3u16, 2u16);
     let e = eid(ProtocolKind::EcdsaKeygen, 1);
     let shares = channels::<EcdsaKeygenMsg, _, _, _>(ProtocolKind::EcdsaKeygen, n, move |i, p| {
-        let e = e.clone();
         async move { ecdsa::keygen(p, &e, i, n, t, None).await }
     })
     .await?;
@@ -120,7 +119,7 @@ async fn library(count: usize) -> anyhow::Result<Library> {
     ));
     let e = eid(ProtocolKind::EcdsaAuxInfo, 2);
     let aux = channels::<EcdsaAuxMsg, _, _, _>(ProtocolKind::EcdsaAuxInfo, n, move |i, p| {
-        let (e, primes) = (e.clone(), primes.clone());
+        let (e, primes) = (e, primes.clone());
         async move {
             let pr = primes.lock().expect("lock")[usize::from(i)]
                 .take()
@@ -146,7 +145,7 @@ async fn library(count: usize) -> anyhow::Result<Library> {
         let e = eid(ProtocolKind::EcdsaPresign, 100 + r as u64);
         let (sh, sg, pa) = (full.clone(), signers.clone(), path.clone());
         last = channels::<EcdsaSignMsg, _, _, _>(ProtocolKind::EcdsaPresign, t, move |i, p| {
-            let (e, sh, sg, pa) = (e.clone(), sh.clone(), sg.clone(), pa.clone());
+            let (e, sh, sg, pa) = (e, sh.clone(), sg.clone(), pa.clone());
             async move { ecdsa::presign(p, &e, i, &sg, &sh[usize::from(i)], &pa, None).await }
         })
         .await?;
@@ -168,7 +167,7 @@ async fn library(count: usize) -> anyhow::Result<Library> {
     let e = eid(ProtocolKind::EcdsaSign, 7);
     let (sh, sg, pa) = (full.clone(), signers.clone(), path.clone());
     channels::<EcdsaSignMsg, _, _, _>(ProtocolKind::EcdsaSign, t, move |i, p| {
-        let (e, sh, sg, pa) = (e.clone(), sh.clone(), sg.clone(), pa.clone());
+        let (e, sh, sg, pa) = (e, sh.clone(), sg.clone(), pa.clone());
         async move { ecdsa::sign(p, &e, i, &sg, &sh[usize::from(i)], &pa, &msg, None).await }
     })
     .await?;
