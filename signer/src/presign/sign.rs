@@ -64,6 +64,7 @@ pub async fn sign_input(
     let mut approvers = approvers.to_vec();
     let mut excluded: Vec<String> = Vec::new();
     let mut tried: Vec<Vec<String>> = Vec::new();
+    let mut refreshed = false;
     let usable =
         inp.kind == KeyKind::Ecdsa && node.cfg.presign.enabled && node.presign.restore_checked();
     while usable && tried.len() < MAX_SET_ATTEMPTS {
@@ -73,7 +74,17 @@ pub async fn sign_input(
             .find(|s| {
                 s.contains(&me) && !tried.contains(s) && !s.iter().any(|n| excluded.contains(n))
             });
-        let Some(set) = next else { break };
+        let Some(set) = next else {
+            // Votes that arrived after the round closed widen the choice once.
+            if refreshed {
+                break;
+            }
+            refreshed = true;
+            if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
+                approvers = a;
+            }
+            continue;
+        };
         tried.push(set.clone());
         match try_presignature(node, p, tx, inp, input, &set).await? {
             Attempt::Signed(sig) => return Ok(sig),
