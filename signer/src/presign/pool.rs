@@ -34,11 +34,17 @@ pub async fn run(node: Arc<NodeCtx>) {
     }
     let interval = Duration::from_secs(cfg.check_interval_secs.max(1));
     loop {
+        let mut busy = false;
         if node.unsealed().is_some() && node.coord().is_some() {
-            if let Err(e) = refill_once(&node).await {
-                tracing::debug!(error = %e, "presignature refill pass failed");
+            match refill_once(&node).await {
+                Ok(generated) => busy = generated,
+                Err(e) => tracing::debug!(error = %e, "presignature refill pass failed"),
             }
             node.presign.prune_requests();
+        }
+        if busy {
+            // More may be wanted: check again right away.
+            continue;
         }
         tokio::select! {
             _ = node.presign.wake.notified() => {}
@@ -93,7 +99,9 @@ pub async fn plan_paths(node: &NodeCtx, key_id: &str) -> Result<Vec<Vec<u32>>, P
     Ok(paths)
 }
 
-async fn refill_once(node: &Arc<NodeCtx>) -> Result<(), PresignError> {
+/// One pass over every pool this node leads; true if it generated any.
+async fn refill_once(node: &Arc<NodeCtx>) -> Result<bool, PresignError> {
+    let mut generated = false;
     let me = node.cfg.node_id.clone();
     let cfg = &node.cfg.presign;
     for share in node.store.usable_shares(&me).await? {
@@ -142,12 +150,13 @@ async fn refill_once(node: &Arc<NodeCtx>) -> Result<(), PresignError> {
                 }
                 if lead_session(node, &share.key_id, &set, &path, count).await? == 0 {
                     // No generation slot free: try again at the next pass.
-                    return Ok(());
+                    return Ok(generated);
                 }
+                generated = true;
             }
         }
     }
-    Ok(())
+    Ok(generated)
 }
 
 /// Leads one session for `(key, set, path)`: takes a cluster-wide generation slot
