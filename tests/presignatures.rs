@@ -276,36 +276,67 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     assert!(consumed_for(&c, 2, &key, &tx_b).await.is_empty());
     none_used_twice(&c, &[0, 1, 2], &key).await;
 
-    // 4. node-2 exits right after consuming a presignature (fault injection): that
-    //    presignature stays consumed and the input is signed with a fresh one.
-    c.kill_node(1);
-    c.restart_node_with_env(1, &[("SIGNER_FAULT_EXIT_AFTER_PRESIG_CONSUME", "1")]);
+    // 4. The partner of the leader exits right after consuming a presignature (fault
+    //    injection, armed on node-2 and node-3 with one marker file: only the first
+    //    to consume exits, whichever set the leader picks). That presignature stays
+    //    consumed and the input is signed by the other node.
+    let marker = c.dir.join("presig-fault-marker");
+    let marker_s = marker.display().to_string();
+    for i in [1, 2] {
+        c.kill_node(i);
+        c.restart_node_with_env(i, &[("SIGNER_FAULT_EXIT_AFTER_PRESIG_CONSUME", &marker_s)]);
+    }
     c.wait_ready(N).await;
     agreed_pool(&c, &key, pair, 1, 600).await;
     agreed_pool(&c, &key, &sets[1], 1, 600).await;
     let fund_c = funding(&addr, &[50_000], 3);
     import(&c, &fund_c).await;
     let tx_c = submit_payment(&c, &key, 20_000, 1).await;
-    let signed = signed_everywhere(&c, &[0, 2], &tx_c, 300).await;
+    let dead_id = c
+        .eventually(
+            "a signer exited after consuming",
+            Duration::from_secs(120),
+            || async {
+                std::fs::read_to_string(&marker)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            },
+        )
+        .await;
+    let dead = index_of(&c, &dead_id);
+    let alive = if dead == 1 { 2 } else { 1 };
+    let signed = signed_everywhere(&c, &[0, alive], &tx_c, 300).await;
     verify_consensus(&signed, &[&fund_c]);
-    let pid = nix::unistd::Pid::from_raw(c.node_pid(1).unwrap() as i32);
-    c.eventually("node-2 exited", Duration::from_secs(30), || async {
-        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-        nix::sys::signal::kill(pid, None).is_err().then_some(())
-    })
+    let pid = nix::unistd::Pid::from_raw(c.node_pid(dead).unwrap() as i32);
+    c.eventually(
+        "the faulty node exited",
+        Duration::from_secs(30),
+        || async {
+            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            nix::sys::signal::kill(pid, None).is_err().then_some(())
+        },
+    )
     .await;
-    c.restart_node(1);
+    // Back without the fault (the variable is not in this process's environment).
+    for i in [1, 2] {
+        if i == alive {
+            c.kill_node(i);
+        }
+        c.restart_node(i);
+    }
     c.wait_ready(N).await;
-    let burnt = consumed_for(&c, 1, &key, &tx_c).await;
+    let burnt = consumed_for(&c, dead, &key, &tx_c).await;
     assert_eq!(
         burnt.len(),
         1,
-        "node-2 consumed one presignature before exiting"
+        "{dead_id} consumed one presignature before exiting"
     );
     let burnt_id = burnt[0].0.clone();
-    let fresh = consumed_for(&c, 2, &key, &tx_c).await;
-    assert_eq!(fresh.len(), 1, "node-3 signed with a presignature");
-    assert_ne!(fresh[0].0, burnt_id, "the retry used a fresh presignature");
+    let other = consumed_for(&c, alive, &key, &tx_c).await;
+    assert!(
+        other.iter().all(|(id, _)| *id != burnt_id),
+        "the retry did not reuse the burnt presignature"
+    );
     for i in 0..N {
         for r in rows(&c, i, &key).await {
             if r.public_id == burnt_id {

@@ -104,6 +104,21 @@ pub async fn sign_input(
         .filter(|n| !excluded.contains(n))
         .cloned()
         .collect();
+    // A member was excluded and too few others approved so far: votes may still be
+    // arriving after the round closed; wait for them (bounded) before using it anyway.
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(node.cfg.presign.partial_timeout_secs.max(1));
+    while signers.len() < t && !excluded.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
+            signers = a
+                .iter()
+                .filter(|n| !excluded.contains(n))
+                .cloned()
+                .collect();
+            approvers = a;
+        }
+    }
     if signers.len() < t {
         signers = approvers.clone();
     }
@@ -268,7 +283,7 @@ pub async fn issue_partial(
             ))
         })?;
     tracing::info!(tx = %req.tx, input = req.input, presignature = %id_hex, "presignature consumed");
-    crate::fault::exit_after_presig_consume();
+    crate::fault::exit_after_presig_consume(&node.cfg.node_id);
     let me = node.cfg.node_id.clone();
     let key_id = p.validated.key_id.clone();
     let path = input.path.clone();
