@@ -93,6 +93,79 @@ pub struct NodeConfig {
     /// Optional Bitcoin Core backend (UTXO scan, broadcast, confirmations).
     #[serde(default)]
     pub chain: ChainConfig,
+    /// Presignature pool (CGGMP24 ECDSA keys).
+    #[serde(default)]
+    pub presign: PresignConfig,
+}
+
+/// The background presignature pool (see docs/PRESIGNATURES.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresignConfig {
+    /// Generate presignatures in the background and use them for ECDSA signing.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Presignatures kept per (key, signer set, derivation path).
+    #[serde(default = "default_presign_target")]
+    pub target: usize,
+    /// Refill starts when the available count is below this (at most `target`).
+    #[serde(default = "default_presign_low")]
+    pub low_watermark: usize,
+    /// Generation sessions running at the same time in the whole cluster (etcd lock
+    /// slots); each party of a session uses one dedicated thread.
+    #[serde(default = "default_one")]
+    pub max_concurrent: usize,
+    /// Presignatures generated per session (one announce and barrier for all).
+    #[serde(default = "default_presign_batch")]
+    pub batch: usize,
+    /// Derivation paths per key and signer set the pool serves (paths of unspent
+    /// UTXOs first, then the first receive address).
+    #[serde(default = "default_presign_paths")]
+    pub max_paths: usize,
+    /// Seconds the signing leader waits for the partial signatures of a presignature
+    /// before it falls back (another signer set or full signing).
+    #[serde(default = "default_presign_partial_timeout")]
+    pub partial_timeout_secs: u64,
+    /// Seconds between pool checks.
+    #[serde(default = "default_presign_interval")]
+    pub check_interval_secs: u64,
+}
+
+impl Default for PresignConfig {
+    fn default() -> Self {
+        PresignConfig {
+            enabled: true,
+            target: default_presign_target(),
+            low_watermark: default_presign_low(),
+            max_concurrent: 1,
+            batch: default_presign_batch(),
+            max_paths: default_presign_paths(),
+            partial_timeout_secs: default_presign_partial_timeout(),
+            check_interval_secs: default_presign_interval(),
+        }
+    }
+}
+
+fn default_one() -> usize {
+    1
+}
+fn default_presign_target() -> usize {
+    4
+}
+fn default_presign_low() -> usize {
+    2
+}
+fn default_presign_batch() -> usize {
+    4
+}
+fn default_presign_paths() -> usize {
+    4
+}
+fn default_presign_partial_timeout() -> u64 {
+    10
+}
+fn default_presign_interval() -> u64 {
+    2
 }
 
 /// Wallet settings.

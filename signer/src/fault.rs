@@ -118,3 +118,31 @@ pub async fn after_vote(
     _honest: &crate::vote::SignedVote,
 ) {
 }
+
+/// Environment variable: with `1`, the node exits right after it committed the
+/// consumption of a presignature, before the partial signature is computed or sent.
+/// With a file path, it does so only if it is the first to create that file (one
+/// exit among all nodes armed with the same path; the file holds the node id).
+pub const EXIT_AFTER_PRESIG_CONSUME_ENV: &str = "SIGNER_FAULT_EXIT_AFTER_PRESIG_CONSUME";
+
+/// Exits the process if [`EXIT_AFTER_PRESIG_CONSUME_ENV`] is armed (feature
+/// `fault-injection` only; a no-op otherwise).
+pub fn exit_after_presig_consume(node_id: &str) {
+    #[cfg(feature = "fault-injection")]
+    if let Ok(v) = std::env::var(EXIT_AFTER_PRESIG_CONSUME_ENV) {
+        use std::io::Write;
+        let first = v == "1"
+            || std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&v)
+                .and_then(|mut f| f.write_all(node_id.as_bytes()))
+                .is_ok();
+        if first {
+            tracing::error!("FAULT INJECTION: exiting after consuming a presignature");
+            std::process::exit(86);
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = node_id;
+}

@@ -13,6 +13,7 @@ pub mod dkg;
 pub mod fault;
 pub mod node;
 pub mod p2p;
+pub mod presign;
 pub mod session;
 pub mod store;
 pub mod tls;

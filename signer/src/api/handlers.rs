@@ -56,7 +56,7 @@ pub async fn ready(State(s): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let status = s.node.cluster_status();
-    let body = format!(
+    let mut body = format!(
         "# HELP signer_cluster_nodes_total Nodes configured in the cluster.\n\
          # TYPE signer_cluster_nodes_total gauge\n\
          signer_cluster_nodes_total {}\n\
@@ -70,6 +70,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         status.healthy_nodes,
         s.node.cluster_snapshot().connected_peers.len(),
     );
+    body.push_str(&super::presign::metrics_text(&s.node).await);
     (
         [(
             axum::http::header::CONTENT_TYPE,

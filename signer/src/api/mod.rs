@@ -5,6 +5,7 @@ pub mod auth;
 mod dkg;
 pub mod error;
 mod handlers;
+mod presign;
 mod tx;
 
 use std::net::SocketAddr;
@@ -67,6 +68,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/utxos", axum::routing::post(tx::import_utxos))
         .route("/api/v1/keys/{id}/addresses", get(dkg::addresses))
+        .route("/api/v1/presignatures/status", get(presign::status))
+        .route(
+            "/api/v1/presignatures/generate",
+            axum::routing::post(presign::generate),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

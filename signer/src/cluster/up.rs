@@ -238,6 +238,9 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
              [etcd]\nendpoints = [\"{etcd}\"]\nprefix = \"{prefix}\"\nlease_ttl_secs = {ttl}\n\n\
              {custody}\n\
              {aux}\n\
+             # Dev clusters start with the presignature pool off (it costs seconds of\n\
+             # CPU per presignature); SIGNER__PRESIGN__ENABLED=true turns it on.\n\
+             [presign]\nenabled = false\n\n\
              [policy]\nfile = \"{pf}\"\n\n\
              [log]\nformat = \"json\"\n",
             t = opts.threshold,

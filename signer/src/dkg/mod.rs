@@ -331,7 +331,9 @@ pub async fn serve(node: Arc<crate::node::NodeCtx>, mut rx: mpsc::Receiver<Inbou
                     tracing::warn!(peer = %inbound.from, error = %e, "malformed ceremony announce; dropped");
                 }
             }
-        } else if !crate::tx::dispatch(&node, &inbound) {
+        } else if !crate::tx::dispatch(&node, &inbound)
+            && !crate::presign::dispatch(&node, &inbound)
+        {
             node.sessions.deliver(inbound);
         }
     }

@@ -130,6 +130,8 @@ pub struct NodeCtx {
     pub tx: crate::tx::Registry,
     /// Opened signing material (key shares with aux info).
     pub tx_material: crate::tx::material::MaterialCache,
+    /// Presignature pool state.
+    pub presign: crate::presign::Presign,
     coord: RwLock<Option<Coord>>,
     cluster: RwLock<ClusterSnapshot>,
     custody: RwLock<CustodyState>,
@@ -157,6 +159,7 @@ impl NodeCtx {
             sessions: crate::session::Router::default(),
             tx: crate::tx::Registry::default(),
             tx_material: crate::tx::material::MaterialCache::default(),
+            presign: crate::presign::Presign::default(),
             coord: RwLock::new(None),
             cluster: RwLock::new(ClusterSnapshot::default()),
             custody: RwLock::new(custody),

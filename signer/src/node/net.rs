@@ -166,6 +166,9 @@ impl Net {
                 | MessageKind::FROST_KEYGEN
                 | MessageKind::AUX_INFO
                 | MessageKind::SIGN
+                | MessageKind::PRESIGN
+                | crate::presign::wire::PRESIGN_ANNOUNCE
+                | crate::presign::wire::PRESIGN_GENERATE
                 | MessageKind::FROST_SIGN
                 | MessageKind::VOTE
                 | crate::tx::wire::TX_PROPOSE

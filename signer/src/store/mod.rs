@@ -7,6 +7,7 @@ pub mod approvals;
 pub mod audit;
 pub mod dkg;
 pub mod node_keys;
+pub mod presignatures;
 pub mod primes;
 pub mod tokens;
 pub mod transactions;

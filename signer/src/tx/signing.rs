@@ -70,18 +70,16 @@ async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<(String, String), T
     node.store
         .transition_transaction(id, "signing", None)
         .await?;
-    let signers = choose_signers(node, &p).await?;
-    tracing::info!(tx = %id, ?signers, inputs = p.validated.inputs.len(), "signing");
+    let approvers = choose_signers(node, &p).await?;
+    tracing::info!(tx = %id, ?approvers, inputs = p.validated.inputs.len(), "signing");
     let timeout = Duration::from_secs(node.cfg.wallet.sign_timeout_secs.max(5));
-    let runs = p.validated.inputs.iter().map(|inp| {
-        let req = SignRequest {
-            session: Uuid::new_v4(),
-            tx: id,
-            input: u32::try_from(inp.input).unwrap_or(u32::MAX),
-            signers: signers.clone(),
-        };
-        sign_one_input(node, req, timeout)
-    });
+    // Per input: a presignature of a signer set among the approvers when the pool has
+    // one, else the full protocol (see crate::presign::sign).
+    let runs = p
+        .validated
+        .inputs
+        .iter()
+        .map(|inp| crate::presign::sign::sign_input(node, &p, id, inp, &approvers, timeout));
     let sigs = futures::future::join_all(runs).await;
     let mut psbt = p.validated.psbt.clone();
     for (inp, sig) in p.validated.inputs.iter().zip(sigs) {
@@ -150,8 +148,12 @@ async fn record_signed(
     Ok(())
 }
 
-/// `t` nodes that voted approve and are reachable (this node first if it approved).
-async fn choose_signers(node: &Arc<NodeCtx>, p: &Pending) -> Result<Vec<String>, TxError> {
+/// The nodes that voted approve and are reachable, at least `t`, in preference order
+/// (this node first if it approved, then the key's participant order).
+pub(crate) async fn choose_signers(
+    node: &Arc<NodeCtx>,
+    p: &Pending,
+) -> Result<Vec<String>, TxError> {
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
     let votes = intake.round_votes(p.round_id).await?;
     let me = &node.cfg.node_id;
@@ -173,22 +175,19 @@ async fn choose_signers(node: &Arc<NodeCtx>, p: &Pending) -> Result<Vec<String>,
             ),
         });
     }
-    approvers.truncate(t);
-    // Run order follows the key's participant order.
-    approvers.sort_by_key(|n| p.participants.iter().position(|x| x == n));
     Ok(approvers)
 }
 
-/// Asks the signers of `req` to sign and returns the first verified signature bytes.
-async fn sign_one_input(
+/// Routes the replies of `req` to `tx`, sends `req` to the other signers and serves
+/// it locally when this node is a signer (the reply goes to `tx` as well).
+pub(crate) async fn send_sign_request(
     node: &Arc<NodeCtx>,
-    req: SignRequest,
-    timeout: Duration,
-) -> Result<Vec<u8>, TxError> {
+    req: &SignRequest,
+    tx: mpsc::Sender<(String, SignatureReply)>,
+) -> Result<(), TxError> {
     let me = node.cfg.node_id.clone();
-    let (tx, mut rx) = mpsc::channel(req.signers.len() + 1);
     node.tx.expect_replies(req.session, tx.clone());
-    let payload = wire::encode(&req).map_err(|e| TxError::Internal(e.to_string()))?;
+    let payload = wire::encode(req).map_err(|e| TxError::Internal(e.to_string()))?;
     let frame = Frame::new(req.session, TX_SIGN, payload);
     for s in req.signers.iter().filter(|s| **s != me) {
         if let Err(e) = node.net.p2p.send(s, frame.clone()).await {
@@ -203,6 +202,17 @@ async fn sign_one_input(
             let _ = tx.send((n.cfg.node_id.clone(), reply)).await;
         });
     }
+    Ok(())
+}
+
+/// Asks the signers of `req` to sign and returns the first verified signature bytes.
+pub(crate) async fn sign_one_input(
+    node: &Arc<NodeCtx>,
+    req: SignRequest,
+    timeout: Duration,
+) -> Result<Vec<u8>, TxError> {
+    let (tx, mut rx) = mpsc::channel(req.signers.len() + 1);
+    send_sign_request(node, &req, tx).await?;
     let result = tokio::time::timeout(timeout, async {
         let mut errors = Vec::new();
         while let Some((from, reply)) = rx.recv().await {
@@ -389,6 +399,10 @@ async fn serve(node: &Arc<NodeCtx>, from: &str, req: &SignRequest) -> Result<Vec
                 })),
         )
         .await?;
+    if req.presignature.is_some() {
+        return crate::presign::sign::issue_partial(node, req, &p, &indices, position, &input)
+            .await;
+    }
     run_protocol(node, req, &p, position, &indices, &input, &permit).await
 }
 

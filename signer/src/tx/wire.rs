@@ -51,6 +51,10 @@ pub struct SignRequest {
     pub input: u32,
     /// The signer set, in run order.
     pub signers: Vec<String>,
+    /// Public id (hex) of the presignature to use; the reply then carries this
+    /// signer's 34-byte partial signature instead of a signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presignature: Option<String>,
 }
 
 /// [`TX_SIGNATURE`].
@@ -59,8 +63,9 @@ pub struct SignRequest {
 pub struct SignatureReply {
     /// Signing session id.
     pub session: Uuid,
-    /// Signature: DER-free 64-byte compact ECDSA or BIP-340 Schnorr, hex; `None`
-    /// when the signer refused or failed.
+    /// Signature: DER-free 64-byte compact ECDSA or BIP-340 Schnorr, or the 34-byte
+    /// partial signature when the request named a presignature, hex; `None` when the
+    /// signer refused or failed.
     pub signature: Option<String>,
     /// Why it refused or failed.
     pub error: Option<String>,
@@ -133,6 +138,7 @@ mod tests {
             tx: Uuid::new_v4(),
             input: 3,
             signers: vec!["node-1".into(), "node-2".into()],
+            presignature: None,
         };
         let b = encode(&r).expect("encodes");
         let back: SignRequest = decode(&b).expect("decodes");

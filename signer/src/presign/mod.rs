@@ -1,0 +1,219 @@
+//! The presignature pool (CGGMP24 ECDSA): generated ahead by every signer set, stored
+//! sealed on every member, consumed exactly once. See `docs/PRESIGNATURES.md`.
+//!
+//! * [`pool`]: the background task of every node. For each usable ECDSA key, each
+//!   signer set (t node ids in keygen order) whose lowest node id is this node, and
+//!   each derivation path the pool serves, it keeps `[presign] target` presignatures,
+//!   refilling below `low_watermark`, under a cluster-wide etcd lock slot.
+//! * [`session`]: one generation session: announce over QUIC ([`wire::PRESIGN_ANNOUNCE`]),
+//!   etcd barrier, `ecdsa::presign` per item over the session router, seal, confirm the
+//!   public id with every member, store.
+//! * [`sign`]: use in signing: the leader reserves one from its own pool and names it
+//!   in [`crate::tx::wire::SignRequest::presignature`]; each signer consumes it in one
+//!   database transaction before its partial signature leaves the node.
+//! * [`watermark`]: restore detection (a counter mirrored outside the database).
+
+pub mod pool;
+pub mod session;
+pub mod sign;
+pub mod watermark;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+
+use crate::node::NodeCtx;
+use crate::p2p::Inbound;
+
+/// Errors of the presignature pool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresignError {
+    /// An announce or request that is not acceptable.
+    #[error("invalid presign session: {0}")]
+    Invalid(String),
+    /// Custody is sealed.
+    #[error("custody is sealed")]
+    Sealed,
+    /// etcd unavailable or coordination failed.
+    #[error("coordination: {0}")]
+    Coord(String),
+    /// The protocol failed.
+    #[error("presigning failed: {0}")]
+    Protocol(String),
+    /// Members confirmed different presignatures.
+    #[error("confirmation mismatch or missing: {0}")]
+    Confirm(String),
+    /// Sealing or opening failed.
+    #[error("custody: {0}")]
+    Custody(String),
+    /// The database failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Loading the key material failed.
+    #[error("key material: {0}")]
+    Material(String),
+}
+
+/// Generate requests kept at most (the oldest is dropped).
+pub const MAX_REQUESTS: usize = 64;
+
+/// Pool identity: key and signer set.
+pub type SetKey = (String, Vec<String>);
+
+/// In-memory pool state of this node.
+#[derive(Debug, Default)]
+pub struct Presign {
+    /// Wakes the pool task (generate requests, new UTXOs).
+    pub wake: Notify,
+    restore_checked: AtomicBool,
+    inner: Mutex<Inner>,
+    watermark: watermark::Watermark,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Presignatures being generated right now, per key and signer set.
+    generating: HashMap<SetKey, usize>,
+    /// Extra presignatures requested through the API, per key (`None`: every key)
+    /// and signer set (`None`: every set this node leads).
+    requested: Vec<Request>,
+}
+
+/// A `POST /api/v1/presignatures/generate` request still being served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Key, or every ECDSA key.
+    pub key_id: Option<String>,
+    /// Signer set, or every set this node leads.
+    pub signer_set: Option<Vec<String>>,
+    /// Per (key, set) still to generate beyond the target.
+    pub remaining: HashMap<SetKey, usize>,
+    /// Count asked for per (key, set).
+    pub count: usize,
+}
+
+impl Presign {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the restore check ran (no presignature is used before it did).
+    pub fn restore_checked(&self) -> bool {
+        self.restore_checked.load(Ordering::Acquire)
+    }
+
+    fn set_restore_checked(&self) {
+        self.restore_checked.store(true, Ordering::Release);
+    }
+
+    /// Presignatures being generated per key and signer set.
+    pub fn generating(&self) -> HashMap<SetKey, usize> {
+        self.lock().generating.clone()
+    }
+
+    fn add_generating(&self, k: &SetKey, delta: isize) {
+        let mut g = self.lock();
+        let e = g.generating.entry(k.clone()).or_default();
+        *e = e.saturating_add_signed(delta);
+        if *e == 0 {
+            g.generating.remove(k);
+        }
+    }
+
+    /// Records a generate request and wakes the pool task.
+    pub fn request(&self, key_id: Option<String>, signer_set: Option<Vec<String>>, count: usize) {
+        let mut g = self.lock();
+        if g.requested.len() >= MAX_REQUESTS {
+            g.requested.remove(0);
+        }
+        g.requested.push(Request {
+            key_id,
+            signer_set,
+            remaining: HashMap::new(),
+            count,
+        });
+        drop(g);
+        self.wake.notify_one();
+    }
+
+    /// Extra presignatures wanted for `k` by pending requests (and registers `k`
+    /// with each request that covers it).
+    fn extra_for(&self, k: &SetKey) -> usize {
+        let mut g = self.lock();
+        let mut extra = 0;
+        for r in &mut g.requested {
+            let covers = r.key_id.as_ref().is_none_or(|x| *x == k.0)
+                && r.signer_set.as_ref().is_none_or(|s| *s == k.1);
+            if covers {
+                extra += *r.remaining.entry(k.clone()).or_insert(r.count);
+            }
+        }
+        extra
+    }
+
+    /// `n` presignatures of `k` were generated: counts them against requests.
+    fn generated(&self, k: &SetKey, mut n: usize) {
+        let mut g = self.lock();
+        for r in &mut g.requested {
+            if let Some(rem) = r.remaining.get_mut(k) {
+                let used = n.min(*rem);
+                *rem -= used;
+                n -= used;
+            }
+        }
+    }
+
+    /// Drops requests fully served for every (key, set) they were registered with,
+    /// after a pass of the pool task over every set.
+    fn prune_requests(&self) {
+        self.lock()
+            .requested
+            .retain(|r| r.remaining.is_empty() || r.remaining.values().any(|v| *v > 0));
+    }
+}
+
+/// Handles presign frames (announce, generate relay); false if `inbound` is not one.
+pub fn dispatch(node: &Arc<NodeCtx>, inbound: &Inbound) -> bool {
+    match inbound.frame.kind {
+        wire::PRESIGN_ANNOUNCE => {
+            match wire::decode::<wire::PresignSpec>(&inbound.frame.payload) {
+                Ok(spec) if spec.leader == inbound.from => {
+                    tokio::spawn(session::participate_logged(node.clone(), spec));
+                }
+                Ok(_) => {
+                    tracing::warn!(peer = %inbound.from, "presign announce whose leader is not its sender; dropped")
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %inbound.from, error = %e, "malformed presign announce; dropped")
+                }
+            }
+            true
+        }
+        wire::PRESIGN_GENERATE => {
+            match wire::decode::<wire::GenerateRequest>(&inbound.frame.payload) {
+                Ok(r) if r.count <= wire::MAX_GENERATE => {
+                    tracing::info!(peer = %inbound.from, count = r.count, "presignature generation requested by a peer");
+                    node.presign.request(r.key_id, r.signer_set, r.count);
+                }
+                Ok(_) => {
+                    tracing::warn!(peer = %inbound.from, "presign generate count out of range; dropped")
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %inbound.from, error = %e, "malformed presign generate request; dropped")
+                }
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether `path` is a wallet path the pool may presign for: `[chain, index]` with
+/// chain 0 (receive) or 1 (change) and a non-hardened index.
+pub fn valid_wallet_path(path: &[u32]) -> bool {
+    matches!(path, [c, i] if *c <= 1 && *i < (1 << 31))
+}

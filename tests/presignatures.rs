@@ -1,0 +1,426 @@
+//! The presignature pool on one real 3-node 2-of-3 cluster (PostgreSQL, etcd,
+//! SoftHSM, QUIC): the pools fill to target and agree across nodes; ECDSA signing
+//! consumes exactly one presignature per input on each signer; 50 concurrent input
+//! signatures consume 50 distinct presignatures; a signer killed right after it
+//! consumed one never uses it again and the transaction still gets signed; after a
+//! database restore, presignatures from before the backup are not used.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use cluster_tests::wallet::{
+    aux_info, dkg, first_address, funding, import, signed_everywhere, submit_payment,
+    verify_consensus, write_policy,
+};
+use cluster_tests::Cluster;
+use serde_json::json;
+
+const N: usize = 3;
+const TARGET: i64 = 3;
+
+/// A presignature row as every node stores it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+struct Row {
+    public_id: Vec<u8>,
+    signer_set: Vec<String>,
+    state: String,
+    consumed_by: Option<uuid::Uuid>,
+    consumed_input: Option<i32>,
+}
+
+async fn rows(c: &Cluster, i: usize, key: &str) -> Vec<Row> {
+    let db = c.db(i).await;
+    let r = sqlx::query_as::<_, Row>(
+        "SELECT public_id, signer_set, state, consumed_by, consumed_input \
+         FROM presignatures WHERE key_id = $1 ORDER BY seq",
+    )
+    .bind(key)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    r
+}
+
+fn ids(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Available public ids of `set` on node `i`.
+async fn available(c: &Cluster, i: usize, key: &str, set: &[String]) -> BTreeSet<Vec<u8>> {
+    rows(c, i, key)
+        .await
+        .into_iter()
+        .filter(|r| r.signer_set == set && r.state == "available")
+        .map(|r| r.public_id)
+        .collect()
+}
+
+/// Index of node `id` (`node-<k>` is index k-1).
+fn index_of(c: &Cluster, id: &str) -> usize {
+    (0..N).find(|i| c.node(*i).id == id).unwrap()
+}
+
+/// Waits until both members of `set` hold the same available presignatures, at
+/// least `min` of them; returns them.
+async fn agreed_pool(
+    c: &Cluster,
+    key: &str,
+    set: &[String],
+    min: usize,
+    within: u64,
+) -> BTreeSet<Vec<u8>> {
+    c.eventually(
+        &format!("pool of {set:?} agreed on both members with >= {min}"),
+        Duration::from_secs(within),
+        || async {
+            let mut seen: Option<BTreeSet<Vec<u8>>> = None;
+            for m in set {
+                let a = available(c, index_of(c, m), key, set).await;
+                if a.len() < min || seen.as_ref().is_some_and(|s| *s != a) {
+                    return None;
+                }
+                seen = Some(a);
+            }
+            seen
+        },
+    )
+    .await
+}
+
+/// Rows of `key` consumed for transaction `tx` on node `i`: (public id, input).
+async fn consumed_for(c: &Cluster, i: usize, key: &str, tx: &str) -> Vec<(Vec<u8>, i32)> {
+    let tx: uuid::Uuid = tx.parse().unwrap();
+    rows(c, i, key)
+        .await
+        .into_iter()
+        .filter(|r| r.state == "consumed" && r.consumed_by == Some(tx))
+        .map(|r| (r.public_id, r.consumed_input.unwrap()))
+        .collect()
+}
+
+/// No presignature used twice: every node holds a public id at most once, and across
+/// all nodes a public id is reserved or consumed for one (transaction, input) only.
+async fn none_used_twice(c: &Cluster, nodes: &[usize], key: &str) {
+    let mut uses: BTreeMap<Vec<u8>, (Option<uuid::Uuid>, Option<i32>)> = BTreeMap::new();
+    for &i in nodes {
+        let all = rows(c, i, key).await;
+        let distinct: BTreeSet<_> = all.iter().map(|r| r.public_id.clone()).collect();
+        assert_eq!(
+            distinct.len(),
+            all.len(),
+            "node {i} holds a presignature twice"
+        );
+        for r in all {
+            if r.state != "consumed" && r.state != "reserved" {
+                continue;
+            }
+            let u = (r.consumed_by, r.consumed_input);
+            let prev = uses.entry(r.public_id.clone()).or_insert(u);
+            assert_eq!(
+                *prev,
+                u,
+                "presignature {} used for two inputs",
+                hex::encode(&r.public_id)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
+    // Every node process (also restarted ones) inherits these overrides.
+    for (k, v) in [
+        ("SIGNER__PRESIGN__ENABLED", "true"),
+        ("SIGNER__PRESIGN__TARGET", "3"),
+        ("SIGNER__PRESIGN__LOW_WATERMARK", "2"),
+        ("SIGNER__PRESIGN__BATCH", "8"),
+        ("SIGNER__PRESIGN__MAX_PATHS", "1"),
+        ("SIGNER__PRESIGN__PARTIAL_TIMEOUT_SECS", "20"),
+        ("SIGNER__PRESIGN__CHECK_INTERVAL_SECS", "1"),
+    ] {
+        std::env::set_var(k, v);
+    }
+    let c = Cluster::start(3, 2);
+    c.wait_ready(N).await;
+    let key = dkg(&c, N, "cggmp24", 2).await;
+    aux_info(&c, N).await;
+    for i in 0..N {
+        write_policy(&c, i, &[&key]);
+    }
+    let addr = first_address(&c, &key).await;
+    let sets = [
+        ids(&["node-1", "node-2"]),
+        ids(&["node-1", "node-3"]),
+        ids(&["node-2", "node-3"]),
+    ];
+
+    // 1. Every pool fills to the target on both of its members, with the same
+    //    presignatures (compared by public id); status and metrics report it.
+    for set in &sets {
+        let pool = agreed_pool(&c, &key, set, TARGET as usize, 600).await;
+        assert_eq!(
+            pool.len() as i64,
+            TARGET,
+            "{set:?} fills to the target exactly"
+        );
+    }
+    for i in 0..N {
+        let st = c.get_ok(i, "/api/v1/presignatures/status").await.unwrap();
+        let pools = st["pools"].as_array().unwrap();
+        assert_eq!(pools.len(), 2, "node {i} is in two signer sets: {st}");
+        for p in pools {
+            assert!(p["available"].as_i64().unwrap() >= TARGET, "{p}");
+        }
+        let m = c
+            .client()
+            .get(c.url(i, "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(m.contains("signer_presignatures{key_id="), "{m}");
+    }
+    // Bad generate requests: 4xx with a code.
+    for (body, want, code) in [
+        (json!({ "count": 0 }), 400, "count_out_of_range"),
+        (json!({ "count": 100000 }), 400, "count_out_of_range"),
+        (json!({ "key_id": "nope", "count": 1 }), 400, "unknown_key"),
+        (
+            json!({ "signer_set": ["node-9"], "count": 1 }),
+            400,
+            "invalid_signer_set",
+        ),
+        (json!({ "count": 1, "x": 1 }), 422, "invalid_request"),
+    ] {
+        let (status, v) = c
+            .post_json(0, "/api/v1/presignatures/generate", &body)
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (want, Some(code)),
+            "{body}: {v}"
+        );
+    }
+
+    // 2. A two-input payment: exactly one presignature per input on each signer.
+    let fund_a = funding(&addr, &[20_000, 20_000], 1);
+    import(&c, &fund_a).await;
+    let tx_a = submit_payment(&c, &key, 30_000, 1).await;
+    let signed = signed_everywhere(&c, &[0, 1, 2], &tx_a, 300).await;
+    assert_eq!(signed.input.len(), 2);
+    verify_consensus(&signed, &[&fund_a]);
+    let mut signer_nodes = Vec::new();
+    let mut used: Option<BTreeSet<(Vec<u8>, i32)>> = None;
+    for i in 0..N {
+        let u: BTreeSet<_> = consumed_for(&c, i, &key, &tx_a).await.into_iter().collect();
+        if u.is_empty() {
+            continue;
+        }
+        signer_nodes.push(i);
+        assert_eq!(u.len(), 2, "node {i}: one presignature per input");
+        assert_eq!(
+            u.iter().map(|(_, inp)| *inp).collect::<BTreeSet<_>>(),
+            BTreeSet::from([0, 1])
+        );
+        assert_eq!(
+            used.get_or_insert(u.clone()),
+            &u,
+            "signers consumed the same ones"
+        );
+    }
+    assert_eq!(
+        signer_nodes,
+        vec![0, 1],
+        "node-1 (leader) and node-2 signed"
+    );
+
+    // 3. 50 inputs signed concurrently: 50 distinct presignatures on each signer.
+    let pair = &sets[0];
+    let t0 = Instant::now();
+    let (status, v) = c
+        .post_json(
+            0,
+            "/api/v1/presignatures/generate",
+            &json!({ "key_id": key, "signer_set": pair, "count": 50 }),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    agreed_pool(&c, &key, pair, 50, 1800).await;
+    println!(
+        "generating 50 presignatures for {pair:?} took {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let fund_b = funding(&addr, &[10_000; 50], 2);
+    import(&c, &fund_b).await;
+    let tx_b = submit_payment(&c, &key, 494_000, 1).await;
+    let signed = signed_everywhere(&c, &[0, 1, 2], &tx_b, 600).await;
+    assert_eq!(signed.input.len(), 50, "all 50 UTXOs spent");
+    verify_consensus(&signed, &[&fund_b]);
+    let mut per_node = Vec::new();
+    for i in [0, 1] {
+        let u = consumed_for(&c, i, &key, &tx_b).await;
+        let distinct: BTreeSet<_> = u.iter().map(|(id, _)| id.clone()).collect();
+        let inputs: BTreeSet<_> = u.iter().map(|(_, inp)| *inp).collect();
+        assert_eq!(
+            (u.len(), distinct.len(), inputs.len()),
+            (50, 50, 50),
+            "node {i}"
+        );
+        per_node.push(distinct);
+    }
+    assert_eq!(per_node[0], per_node[1], "both signers used the same 50");
+    assert!(consumed_for(&c, 2, &key, &tx_b).await.is_empty());
+    none_used_twice(&c, &[0, 1, 2], &key).await;
+
+    // 4. The partner of the leader exits right after consuming a presignature (fault
+    //    injection, armed on node-2 and node-3 with one marker file: only the first
+    //    to consume exits, whichever set the leader picks). That presignature stays
+    //    consumed and the input is signed by the other node.
+    let marker = c.dir.join("presig-fault-marker");
+    let marker_s = marker.display().to_string();
+    for i in [1, 2] {
+        c.kill_node(i);
+        c.restart_node_with_env(i, &[("SIGNER_FAULT_EXIT_AFTER_PRESIG_CONSUME", &marker_s)]);
+    }
+    c.wait_ready(N).await;
+    agreed_pool(&c, &key, pair, 1, 600).await;
+    agreed_pool(&c, &key, &sets[1], 1, 600).await;
+    let fund_c = funding(&addr, &[50_000], 3);
+    import(&c, &fund_c).await;
+    let tx_c = submit_payment(&c, &key, 20_000, 1).await;
+    let dead_id = c
+        .eventually(
+            "a signer exited after consuming",
+            Duration::from_secs(120),
+            || async {
+                std::fs::read_to_string(&marker)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            },
+        )
+        .await;
+    let dead = index_of(&c, &dead_id);
+    let alive = if dead == 1 { 2 } else { 1 };
+    let signed = signed_everywhere(&c, &[0, alive], &tx_c, 300).await;
+    verify_consensus(&signed, &[&fund_c]);
+    let pid = nix::unistd::Pid::from_raw(c.node_pid(dead).unwrap() as i32);
+    c.eventually(
+        "the faulty node exited",
+        Duration::from_secs(30),
+        || async {
+            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            nix::sys::signal::kill(pid, None).is_err().then_some(())
+        },
+    )
+    .await;
+    // Back without the fault (the variable is not in this process's environment).
+    for i in [1, 2] {
+        if i == alive {
+            c.kill_node(i);
+        }
+        c.restart_node(i);
+    }
+    c.wait_ready(N).await;
+    let burnt = consumed_for(&c, dead, &key, &tx_c).await;
+    assert_eq!(
+        burnt.len(),
+        1,
+        "{dead_id} consumed one presignature before exiting"
+    );
+    let burnt_id = burnt[0].0.clone();
+    let other = consumed_for(&c, alive, &key, &tx_c).await;
+    assert!(
+        other.iter().all(|(id, _)| *id != burnt_id),
+        "the retry did not reuse the burnt presignature"
+    );
+    for i in 0..N {
+        for r in rows(&c, i, &key).await {
+            if r.public_id == burnt_id {
+                assert_ne!(
+                    r.state, "available",
+                    "node {i}: burnt presignature is available"
+                );
+            }
+        }
+    }
+    none_used_twice(&c, &[0, 1, 2], &key).await;
+
+    // 5. Restore: node-3's database goes back to a backup; presignatures from before
+    //    the backup are never used by node-3 again. node-2 rejects by policy, so the
+    //    leader node-1 must sign with node-3 (set node-1/node-3).
+    write_policy(&c, 1, &[]);
+    let pool13 = &sets[1];
+    agreed_pool(&c, &key, pool13, 2, 600).await;
+    let su = c.db_superuser(2).await;
+    for q in [
+        "CREATE TABLE backup_presignatures AS SELECT * FROM presignatures",
+        "CREATE TABLE backup_presign_watermark AS SELECT * FROM presign_watermark",
+    ] {
+        sqlx::query(q).execute(&su).await.unwrap();
+    }
+    let backup_ids: BTreeSet<Vec<u8>> = rows(&c, 2, &key)
+        .await
+        .into_iter()
+        .filter(|r| r.state == "available")
+        .map(|r| r.public_id)
+        .collect();
+    let fund_d = funding(&addr, &[50_000, 50_000], 4);
+    import(&c, &fund_d).await;
+    let tx_d = submit_payment(&c, &key, 20_000, 1).await;
+    let signed = signed_everywhere(&c, &[0, 2], &tx_d, 300).await;
+    verify_consensus(&signed, &[&fund_d]);
+    let after_backup = consumed_for(&c, 2, &key, &tx_d).await;
+    assert_eq!(
+        after_backup.len(),
+        1,
+        "node-3 used a presignature after the backup"
+    );
+    assert!(backup_ids.contains(&after_backup[0].0));
+    c.kill_node(2);
+    for q in [
+        "DELETE FROM presignatures",
+        "INSERT INTO presignatures OVERRIDING SYSTEM VALUE SELECT * FROM backup_presignatures",
+        "UPDATE presign_watermark SET counter = (SELECT counter FROM backup_presign_watermark)",
+        "DROP TABLE backup_presignatures",
+        "DROP TABLE backup_presign_watermark",
+    ] {
+        sqlx::query(q).execute(&su).await.unwrap();
+    }
+    su.close().await;
+    c.restart_node(2);
+    c.wait_ready(N).await;
+    c.eventually(
+        "restore detected on node-3",
+        Duration::from_secs(60),
+        || async {
+            c.get_ok(2, "/api/v1/presignatures/status")
+                .await
+                .filter(|v| v["restore_checked"] == true)
+        },
+    )
+    .await;
+    for r in rows(&c, 2, &key).await {
+        if backup_ids.contains(&r.public_id) {
+            assert_eq!(
+                r.state, "discarded",
+                "pre-backup presignature on node-3: {r:?}"
+            );
+        }
+    }
+    let tx_e = submit_payment(&c, &key, 20_000, 1).await;
+    let signed = signed_everywhere(&c, &[0, 2], &tx_e, 300).await;
+    verify_consensus(&signed, &[&fund_d]);
+    for r in rows(&c, 2, &key).await {
+        if backup_ids.contains(&r.public_id) {
+            assert_eq!(
+                r.state, "discarded",
+                "node-3 used a pre-backup presignature: {r:?}"
+            );
+        }
+    }
+    none_used_twice(&c, &[0, 2], &key).await;
+}
