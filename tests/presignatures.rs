@@ -10,10 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use cluster_tests::wallet::{
-    aux_info, dkg, first_address, funding, import, signed_everywhere, submit_payment,
-    verify_consensus, write_policy,
+    aux_info, first_address, import, signed_everywhere, submit_payment, verify_consensus,
 };
-use cluster_tests::Cluster;
+use cluster_tests::{funding, Cluster};
 use serde_json::json;
 
 const N: usize = 3;
@@ -144,10 +143,10 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     }
     let c = Cluster::start(3, 2);
     c.wait_ready(N).await;
-    let key = dkg(&c, N, "cggmp24", 2).await;
+    let key = c.dkg(N, "cggmp24", 2).await;
     aux_info(&c, N).await;
     for i in 0..N {
-        write_policy(&c, i, &[&key]);
+        c.write_node_policy(i, &[&key], 1_000_000, "");
     }
     let addr = first_address(&c, &key).await;
     let sets = [
@@ -207,7 +206,7 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     }
 
     // 2. A two-input payment: exactly one presignature per input on each signer.
-    let fund_a = funding(&addr, &[20_000, 20_000], 1);
+    let fund_a = funding(&addr, &[20_000, 20_000]);
     import(&c, &fund_a).await;
     let tx_a = submit_payment(&c, &key, 30_000, 1).await;
     let signed = signed_everywhere(&c, &[0, 1, 2], &tx_a, 300).await;
@@ -254,7 +253,7 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
         "generating 50 presignatures for {pair:?} took {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    let fund_b = funding(&addr, &[10_000; 50], 2);
+    let fund_b = funding(&addr, &[10_000; 50]);
     import(&c, &fund_b).await;
     let tx_b = submit_payment(&c, &key, 494_000, 1).await;
     let signed = signed_everywhere(&c, &[0, 1, 2], &tx_b, 600).await;
@@ -289,7 +288,7 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     c.wait_ready(N).await;
     agreed_pool(&c, &key, pair, 1, 600).await;
     agreed_pool(&c, &key, &sets[1], 1, 600).await;
-    let fund_c = funding(&addr, &[50_000], 3);
+    let fund_c = funding(&addr, &[50_000]);
     import(&c, &fund_c).await;
     let tx_c = submit_payment(&c, &key, 20_000, 1).await;
     let dead_id = c
@@ -352,7 +351,7 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     // 5. Restore: node-3's database goes back to a backup; presignatures from before
     //    the backup are never used by node-3 again. node-2 rejects by policy, so the
     //    leader node-1 must sign with node-3 (set node-1/node-3).
-    write_policy(&c, 1, &[]);
+    c.write_node_policy(1, &[], 1_000_000, "");
     let pool13 = &sets[1];
     agreed_pool(&c, &key, pool13, 2, 600).await;
     let su = c.db_superuser(2).await;
@@ -368,7 +367,7 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
         .filter(|r| r.state == "available")
         .map(|r| r.public_id)
         .collect();
-    let fund_d = funding(&addr, &[50_000, 50_000], 4);
+    let fund_d = funding(&addr, &[50_000, 50_000]);
     import(&c, &fund_d).await;
     let tx_d = submit_payment(&c, &key, 20_000, 1).await;
     let signed = signed_everywhere(&c, &[0, 2], &tx_d, 300).await;

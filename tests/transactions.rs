@@ -13,151 +13,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bitcoin::consensus::encode;
-use bitcoin::{Address, Amount, Transaction, TxOut};
+use bitcoin::{Address, Amount, Transaction};
+use cluster_tests::wallet::{
+    ended, ends_as, fund, pay, signed_everywhere, submit, verify_consensus,
+};
 use cluster_tests::{funding, other_address, Cluster};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const N: usize = 3;
-
-async fn ended(c: &Cluster, i: usize, path: &str, done: &[&str], within: u64) -> Value {
-    c.eventually(
-        &format!("{path} on node {i}"),
-        Duration::from_secs(within),
-        || async {
-            c.get_ok(i, path)
-                .await
-                .filter(|v| done.iter().any(|d| v["state"] == *d))
-        },
-    )
-    .await
-}
-
-/// Funds the first address of `key_id` with one output per value and imports the
-/// funding transaction on node 0.
-async fn fund(c: &Cluster, key_id: &str, values: &[u64]) -> Transaction {
-    let entry = c.key_entry(0, key_id).await;
-    let addr = Address::from_str(entry["first_address"].as_str().unwrap())
-        .unwrap()
-        .require_network(bitcoin::Network::Regtest)
-        .unwrap();
-    let fund = funding(&addr, values);
-    let (status, v) = c
-        .post_json(
-            0,
-            "/api/v1/utxos",
-            &json!({ "raw_tx": encode::serialize_hex(&fund) }),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["imported"].as_array().unwrap().len(), values.len(), "{v}");
-    fund
-}
-
-/// Submits a transaction on node `leader`; returns its id.
-async fn submit(c: &Cluster, leader: usize, body: &Value) -> String {
-    let (status, v) = c.post_json(leader, "/api/v1/transactions", body).await;
-    assert_eq!(status, 202, "{v}");
-    v["id"].as_str().unwrap().to_owned()
-}
-
-fn pay(key_id: &str, amount: u64) -> Value {
-    json!({ "key_id": key_id, "recipient": other_address().to_string(), "amount_sats": amount, "fee_rate_sat_vb": 2 })
-}
-
-/// Waits for transaction `id` to end on each of `nodes`; asserts it ended as `state`
-/// everywhere and returns node `nodes[0]`'s answer.
-async fn ends_as(c: &Cluster, nodes: &[usize], id: &str, state: &str) -> Value {
-    let mut first = None;
-    let path = format!("/api/v1/transactions/{id}");
-    for &i in nodes {
-        let start = std::time::Instant::now();
-        let v = loop {
-            if let Some(v) = c.get_ok(i, &path).await.filter(|v| {
-                ["signed", "failed", "rejected", "expired"]
-                    .iter()
-                    .any(|d| v["state"] == *d)
-            }) {
-                break v;
-            }
-            if start.elapsed() > Duration::from_secs(240) {
-                dump_history(c, id).await;
-                panic!("transaction {id} did not end on node {i} within 240 s");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
-        if v["state"] != state {
-            dump_history(c, id).await;
-        }
-        assert_eq!(v["state"], state, "node {i}: {v}");
-        first.get_or_insert(v);
-    }
-    first.unwrap()
-}
-
-/// Prints every node's audit trail and log lines for transaction `id` (on failure).
-async fn dump_history(c: &Cluster, id: &str) {
-    for i in 0..N {
-        if let Ok(db) = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&c.node(i).database_url)
-            .await
-        {
-            let rows: Vec<(String, String, Value)> = sqlx::query_as(
-                "SELECT node_id, action, details FROM audit_log WHERE subject = $1 ORDER BY seq",
-            )
-            .bind(id)
-            .fetch_all(&db)
-            .await
-            .unwrap_or_default();
-            for r in rows {
-                eprintln!("audit node {i}: {r:?}");
-            }
-        }
-        let log = std::fs::read_to_string(&c.node(i).log).unwrap_or_default();
-        for line in log.lines().filter(|l| l.contains(id)) {
-            eprintln!("log node {i}: {line}");
-        }
-    }
-}
-
-/// Verifies every input of `tx` with libbitcoinconsensus (Taproot included: every
-/// spent output is given).
-fn verify_consensus(tx: &Transaction, spent: &[TxOut]) {
-    let bytes = encode::serialize(tx);
-    let utxos: Vec<bitcoinconsensus::Utxo> = spent
-        .iter()
-        .map(|o| bitcoinconsensus::Utxo {
-            script_pubkey: o.script_pubkey.as_bytes().as_ptr(),
-            script_pubkey_len: o.script_pubkey.len() as u32,
-            value: o.value.to_sat() as i64,
-        })
-        .collect();
-    for (i, o) in spent.iter().enumerate() {
-        bitcoinconsensus::verify_with_flags(
-            o.script_pubkey.as_bytes(),
-            o.value.to_sat(),
-            &bytes,
-            Some(&utxos),
-            i,
-            bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT,
-        )
-        .unwrap_or_else(|e| panic!("input {i} fails consensus: {e:?}"));
-    }
-}
-
-/// The outputs `tx` spends, looked up in `funds`.
-fn spent_outputs(tx: &Transaction, funds: &[&Transaction]) -> Vec<TxOut> {
-    tx.input
-        .iter()
-        .map(|i| {
-            let f = funds
-                .iter()
-                .find(|f| f.compute_txid() == i.previous_output.txid)
-                .expect("input spends a funding transaction");
-            f.output[i.previous_output.vout as usize].clone()
-        })
-        .collect()
-}
 
 fn write_policy(c: &Cluster, keys: &[&str]) {
     c.write_policy(N, keys, 1_000_000);
@@ -186,24 +49,14 @@ async fn pay_and_verify_on(
     let to = body["recipient"].as_str().unwrap().to_owned();
     let to = Address::from_str(&to).unwrap().assume_checked();
     let id = submit(c, 0, &body).await;
-    let mut final_hex = None;
-    for &i in nodes {
-        let v = ends_as(c, &[i], &id, "signed").await;
-        let hex = v["signed_tx"].as_str().unwrap().to_owned();
-        assert_eq!(
-            final_hex.get_or_insert(hex.clone()),
-            &hex,
-            "nodes agree on the transaction"
-        );
-    }
-    let tx: Transaction = encode::deserialize_hex(&final_hex.unwrap()).unwrap();
+    let tx = signed_everywhere(c, nodes, &id, 240).await;
     // Recipient paid, change back to the wallet, every input verified by consensus.
     assert!(tx
         .output
         .iter()
         .any(|o| o.script_pubkey == to.script_pubkey() && o.value.to_sat() == amount));
     assert_eq!(tx.output.len(), 2, "recipient and change");
-    verify_consensus(&tx, &spent_outputs(&tx, &[fund]));
+    verify_consensus(&tx, &[fund]);
     // Every node stored every node's signed vote for the round.
     for &i in nodes {
         let db = c.db(i).await;
@@ -433,7 +286,7 @@ async fn human_approval_holds_every_vote_until_an_approver_approves(
     );
     let v = ends_as(c, &[0, 1, 2], &id, "signed").await;
     let tx: Transaction = encode::deserialize_hex(v["signed_tx"].as_str().unwrap()).unwrap();
-    verify_consensus(&tx, &spent_outputs(&tx, &[&fund]));
+    verify_consensus(&tx, &[&fund]);
     // Every node recorded the approval relayed by node 1.
     for i in 0..N {
         let v = c
@@ -517,7 +370,7 @@ async fn bdk_built_psbt_is_signed_and_finalized_by_bdk(
         "same final transaction"
     );
     let fund_refs: Vec<&Transaction> = funds.iter().collect();
-    verify_consensus(&tx, &spent_outputs(&tx, &fund_refs));
+    verify_consensus(&tx, &fund_refs);
 }
 
 async fn violations(c: &Cluster, i: usize, node: &str, kind: &str) -> i64 {

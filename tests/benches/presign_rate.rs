@@ -23,10 +23,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_tests::wallet::{
-    aux_info, dkg, first_address, funding, import, submit_payment, write_policy,
-};
-use cluster_tests::Cluster;
+use cluster_tests::wallet::{aux_info, first_address, import, submit_payment};
+use cluster_tests::{funding, Cluster};
 use serde_json::json;
 use signer_protocol::ecdsa::{
     self, EcdsaAuxMsg, EcdsaKeyShare, EcdsaKeygenMsg, EcdsaSignMsg, PrimeSet,
@@ -242,10 +240,10 @@ async fn bench(count: usize, payments: usize) -> anyhow::Result<()> {
     }
     let c = Cluster::start(3, 2);
     c.wait_ready(3).await;
-    let key = dkg(&c, 3, "cggmp24", 2).await;
+    let key = c.dkg(3, "cggmp24", 2).await;
     aux_info(&c, 3).await;
     for i in 0..3 {
-        write_policy(&c, i, &[&key]);
+        c.write_node_policy(i, &[&key], 1_000_000, "");
     }
     let set = ["node-1", "node-2"];
     // Warm-up: the first session opens the key material (multiexp tables) on both
@@ -302,11 +300,11 @@ async fn bench(count: usize, payments: usize) -> anyhow::Result<()> {
         .parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()?
         .require_network(bitcoin::Network::Regtest)?;
     let big: Vec<u64> = (0..payments as u64).map(|k| 900_000 + k * 1000).collect();
-    import(&c, &funding(&other, &big, 2)).await;
+    import(&c, &funding(&other, &big)).await;
     let addr = first_address(&c, &key).await;
     let total = usize::try_from(want).unwrap_or(count);
     let values: Vec<u64> = (0..total as u64).map(|k| 100_000 + k * 1000).collect();
-    import(&c, &funding(&addr, &values, 1)).await;
+    import(&c, &funding(&addr, &values)).await;
     // A payment counts as "with" when it consumed a presignature on the leader (the
     // leader only picks among nodes whose approval it has when the round closes).
     let (mut with, mut without) = (Vec::new(), Vec::new());

@@ -272,15 +272,25 @@ impl Cluster {
         max_per_tx_sats: u64,
         extra: &str,
     ) {
+        for i in 0..nodes {
+            self.write_node_policy(i, keys, max_per_tx_sats, extra);
+        }
+    }
+
+    /// Writes node `i`'s policy: one regtest scope per key (at most `max_per_tx_sats`
+    /// per transaction, `extra` appended to every scope); with no key at all, a
+    /// policy under which that node rejects every transaction.
+    pub fn write_node_policy(&self, i: usize, keys: &[&str], max_per_tx_sats: u64, extra: &str) {
         let mut text = String::from("version = 1\nname = \"tests\"\n");
         for k in keys {
             text.push_str(&format!(
                 "\n[[scope]]\nkey_id = \"{k}\"\nnetwork = \"regtest\"\n[scope.limits]\nmax_per_tx_sats = {max_per_tx_sats}\n{extra}"
             ));
         }
-        for i in 0..nodes {
-            std::fs::write(self.node(i).dir.join("policy.toml"), &text).unwrap();
+        if keys.is_empty() {
+            text.push_str("\n[[scope]]\nkey_id = \"no-such-key\"\nnetwork = \"regtest\"\n");
         }
+        std::fs::write(self.node(i).dir.join("policy.toml"), &text).unwrap();
     }
 
     /// The admin token.

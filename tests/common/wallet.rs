@@ -6,10 +6,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bitcoin::consensus::encode;
-use bitcoin::{Address, Amount, OutPoint, Transaction, TxIn, TxOut};
+use bitcoin::{Address, Transaction, TxOut};
 use serde_json::{json, Value};
 
-use crate::Cluster;
+use crate::{funding, other_address, Cluster};
 
 /// Polls `path` on node `i` until its `state` is one of `done`.
 pub async fn ended(c: &Cluster, i: usize, path: &str, done: &[&str], within: u64) -> Value {
@@ -40,42 +40,12 @@ pub async fn ceremony_completed(c: &Cluster, n: usize, id: &str, within: u64) {
     }
 }
 
-/// Runs a key ceremony of `protocol` with threshold `t` on `n` nodes; the key id.
-pub async fn dkg(c: &Cluster, n: usize, protocol: &str, t: u16) -> String {
-    let (status, v) = c
-        .post_json(
-            0,
-            "/api/v1/dkg/start",
-            &json!({ "protocol": protocol, "threshold": t }),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["ceremony_id"].as_str().unwrap().to_owned();
-    ceremony_completed(c, n, &id, 120).await;
-    id
-}
-
 /// Runs the aux-info ceremony of every node.
 pub async fn aux_info(c: &Cluster, n: usize) {
     let (status, v) = c.post_json(0, "/api/v1/aux-info/start", &json!({})).await;
     assert_eq!(status, 202, "{v}");
     let id = v["ceremony_id"].as_str().unwrap().to_owned();
     ceremony_completed(c, n, &id, 300).await;
-}
-
-/// Writes a policy allowing up to 1 000 000 sats per transaction for `keys` on
-/// node `i` (no scope at all with an empty list: that node rejects everything).
-pub fn write_policy(c: &Cluster, i: usize, keys: &[&str]) {
-    let mut text = String::from("version = 1\nname = \"tests\"\n");
-    for k in keys {
-        text.push_str(&format!(
-            "\n[[scope]]\nkey_id = \"{k}\"\nnetwork = \"regtest\"\n[scope.limits]\nmax_per_tx_sats = 1_000_000\n"
-        ));
-    }
-    if keys.is_empty() {
-        text.push_str("\n[[scope]]\nkey_id = \"no-such-key\"\nnetwork = \"regtest\"\n");
-    }
-    std::fs::write(c.node(i).dir.join("policy.toml"), &text).unwrap();
 }
 
 /// The first receive address of `key_id` (from node 0).
@@ -85,30 +55,6 @@ pub async fn first_address(c: &Cluster, key_id: &str) -> Address {
         .unwrap()
         .require_network(bitcoin::Network::Regtest)
         .unwrap()
-}
-
-/// A transaction paying `values` to `addr` (its input is made up: only the outputs
-/// matter to the node, which signs spends of them); a distinct `salt` gives a
-/// distinct txid.
-pub fn funding(addr: &Address, values: &[u64], salt: u32) -> Transaction {
-    Transaction {
-        version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::new(
-                bitcoin::Txid::from_str(&"11".repeat(32)).unwrap(),
-                salt,
-            ),
-            ..TxIn::default()
-        }],
-        output: values
-            .iter()
-            .map(|v| TxOut {
-                value: Amount::from_sat(*v),
-                script_pubkey: addr.script_pubkey(),
-            })
-            .collect(),
-    }
 }
 
 /// Imports the outputs of `fund` on node 0.
@@ -124,24 +70,92 @@ pub async fn import(c: &Cluster, fund: &Transaction) {
     assert_eq!(v["imported"].as_array().unwrap().len(), fund.output.len());
 }
 
-/// A fresh regtest P2WPKH address nobody in the cluster owns.
-pub fn other_address() -> Address {
-    let secp = bitcoin::secp256k1::Secp256k1::new();
-    let (_, pk) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
-    Address::p2wpkh(&bitcoin::CompressedPublicKey(pk), bitcoin::Network::Regtest)
+/// Funds the first address of `key_id` with one output per value and imports the
+/// funding transaction on node 0.
+pub async fn fund(c: &Cluster, key_id: &str, values: &[u64]) -> Transaction {
+    let fund = funding(&first_address(c, key_id).await, values);
+    import(c, &fund).await;
+    fund
+}
+
+/// Submits a transaction on node `leader`; returns its id.
+pub async fn submit(c: &Cluster, leader: usize, body: &Value) -> String {
+    let (status, v) = c.post_json(leader, "/api/v1/transactions", body).await;
+    assert_eq!(status, 202, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// A recipient + amount request paying `amount` sats from `key_id` to a fresh
+/// address, at `fee_rate` sat/vB.
+pub fn pay_at(key_id: &str, amount: u64, fee_rate: u64) -> Value {
+    json!({ "key_id": key_id, "recipient": other_address().to_string(), "amount_sats": amount, "fee_rate_sat_vb": fee_rate })
+}
+
+/// [`pay_at`] at 2 sat/vB.
+pub fn pay(key_id: &str, amount: u64) -> Value {
+    pay_at(key_id, amount, 2)
 }
 
 /// Submits a payment of `amount` sats from `key_id` on node 0; its id.
 pub async fn submit_payment(c: &Cluster, key_id: &str, amount: u64, fee_rate: u64) -> String {
-    let (status, v) = c
-        .post_json(
-            0,
-            "/api/v1/transactions",
-            &json!({ "key_id": key_id, "recipient": other_address().to_string(), "amount_sats": amount, "fee_rate_sat_vb": fee_rate }),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    v["id"].as_str().unwrap().to_owned()
+    submit(c, 0, &pay_at(key_id, amount, fee_rate)).await
+}
+
+/// Waits for transaction `id` to end on each of `nodes`; asserts it ended as `state`
+/// everywhere and returns node `nodes[0]`'s answer. On failure, prints every node's
+/// history of the transaction.
+pub async fn ends_as(c: &Cluster, nodes: &[usize], id: &str, state: &str) -> Value {
+    let mut first = None;
+    let path = format!("/api/v1/transactions/{id}");
+    for &i in nodes {
+        let start = std::time::Instant::now();
+        let v = loop {
+            if let Some(v) = c.get_ok(i, &path).await.filter(|v| {
+                ["signed", "failed", "rejected", "expired"]
+                    .iter()
+                    .any(|d| v["state"] == *d)
+            }) {
+                break v;
+            }
+            if start.elapsed() > Duration::from_secs(240) {
+                dump_history(c, id).await;
+                panic!("transaction {id} did not end on node {i} within 240 s");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        if v["state"] != state {
+            dump_history(c, id).await;
+        }
+        assert_eq!(v["state"], state, "node {i}: {v}");
+        first.get_or_insert(v);
+    }
+    first.unwrap()
+}
+
+/// Prints every node's audit trail and log lines for transaction `id` (on failure).
+pub async fn dump_history(c: &Cluster, id: &str) {
+    for i in 0..c.file.nodes.len() {
+        if let Ok(db) = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&c.node(i).database_url)
+            .await
+        {
+            let rows: Vec<(String, String, Value)> = sqlx::query_as(
+                "SELECT node_id, action, details FROM audit_log WHERE subject = $1 ORDER BY seq",
+            )
+            .bind(id)
+            .fetch_all(&db)
+            .await
+            .unwrap_or_default();
+            for r in rows {
+                eprintln!("audit node {i}: {r:?}");
+            }
+        }
+        let log = std::fs::read_to_string(&c.node(i).log).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains(id)) {
+            eprintln!("log node {i}: {line}");
+        }
+    }
 }
 
 /// Waits until transaction `id` ended on each node of `nodes`, asserts `signed`

@@ -345,7 +345,8 @@ pub async fn announce_vote_key(node: Arc<NodeCtx>) {
             return;
         }
     };
-    loop {
+    // Every second at first (peers connect one by one after a start), then every 3 s.
+    for round in 0u32.. {
         for peer in node.net.p2p.connected_peers() {
             let f = crate::p2p::Frame::new(
                 Uuid::nil(),
@@ -356,6 +357,7 @@ pub async fn announce_vote_key(node: Arc<NodeCtx>) {
                 tracing::debug!(%peer, error = %e, "vote key announcement not delivered");
             }
         }
-        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let pause = if round < 20 { 1 } else { 3 };
+        tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
     }
 }

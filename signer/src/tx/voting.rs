@@ -16,7 +16,7 @@ use crate::store::transactions::NewTransaction;
 use crate::store::StoreError;
 use crate::vote::{
     evaluate_round, RoundOutcome, SignedVote, VoteBody, VoteDecision, VoteIntake, VoteKeyBook,
-    VoteMessage, VoteSubject,
+    VoteMessage, VoteReject, VoteSubject,
 };
 
 /// Seconds since the Unix epoch.
@@ -432,23 +432,41 @@ async fn accept_vote(node: &Arc<NodeCtx>, id: Uuid, from: &str, vote: &SignedVot
     let Some(p) = node.tx.get(id) else {
         return;
     };
-    let book = match key_book(node, &p.participants).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(tx = %id, error = %e, "cannot read the vote keys");
-            return;
-        }
-    };
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
-    if let Err(e) = intake
-        .accept(&book, p.round_id, vote, from, &p.subject)
-        .await
-    {
-        tracing::warn!(tx = %id, peer = %from, error = %e, "vote refused");
-        return;
+    // A vote can overtake its voter's key announcement (a node that just started):
+    // it is checked again once the key is pinned, until the round's deadline.
+    let give_up = tokio::time::Instant::now() + UNPINNED_VOTE_WAIT;
+    loop {
+        let book = match key_book(node, &p.participants).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(tx = %id, error = %e, "cannot read the vote keys");
+                return;
+            }
+        };
+        match intake
+            .accept(&book, p.round_id, vote, from, &p.subject)
+            .await
+        {
+            Ok(_) => break,
+            Err(VoteReject::UnknownVoter { voter })
+                if tokio::time::Instant::now() < give_up && now_unix() <= p.deadline_unix =>
+            {
+                tracing::debug!(tx = %id, %voter, "vote waits for its voter's key announcement");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                tracing::warn!(tx = %id, peer = %from, error = %e, "vote refused");
+                return;
+            }
+        }
     }
     check_round(node, id, &p).await;
 }
+
+/// How long a vote whose voter has no pinned key yet waits for the announcement
+/// (announcements are repeated every few seconds).
+const UNPINNED_VOTE_WAIT: Duration = Duration::from_secs(15);
 
 async fn check_round(node: &Arc<NodeCtx>, id: Uuid, p: &Arc<Pending>) {
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
