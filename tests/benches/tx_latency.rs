@@ -40,6 +40,7 @@ struct Args {
     t: u16,
     concurrent: usize,
     ecdsa_runs: usize,
+    logs: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +50,7 @@ fn parse_args() -> anyhow::Result<Args> {
         t: 3,
         concurrent: 100,
         ecdsa_runs: 3,
+        logs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,9 +66,17 @@ fn parse_args() -> anyhow::Result<Args> {
             "--t" => a.t = u16::try_from(num()?)?,
             "--concurrent" => a.concurrent = num()?.max(1),
             "--ecdsa-runs" => a.ecdsa_runs = num()?,
+            "--logs" => {
+                a.logs = Some(
+                    it.next()
+                        .ok_or_else(|| anyhow::anyhow!("--logs needs a directory"))?
+                        .into(),
+                )
+            }
             "--help" | "-h" => {
                 println!(
-                    "tx-latency [--runs N] [--nodes N] [--t T] [--concurrent N] [--ecdsa-runs N]"
+                    "tx-latency [--runs N] [--nodes N] [--t T] [--concurrent N] [--ecdsa-runs N] \
+                     [--logs DIR (copy the node logs there; set RUST_LOG for more)]"
                 );
                 std::process::exit(0);
             }
@@ -85,7 +95,9 @@ fn parse_args() -> anyhow::Result<Args> {
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     cluster_tests::bench::use_signer_next_to_this_binary()?;
-    std::env::set_var("RUST_LOG", "warn");
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -173,6 +185,33 @@ async fn fund(c: &Cluster, key_id: &str, count: usize, value: u64) -> anyhow::Re
     .await?;
     anyhow::ensure!(s == 200, "utxo import: {s} {v}");
     Ok(())
+}
+
+/// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on Linux).
+const CLK_TCK: f64 = 100.0;
+
+/// Busy CPU ticks of the whole host (`/proc/stat`) and of the node processes.
+fn cpu_ticks(c: &Cluster, n: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+    let busy = cpu.iter().sum::<u64>() - cpu.get(3)? - cpu.get(4)?;
+    let mut nodes = 0;
+    for i in 0..n {
+        let pid = c.node_pid(i)?;
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name: utime is the 12th, stime the 13th.
+        let rest = s.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        nodes += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    }
+    Some((busy, nodes))
 }
 
 fn rand_u32() -> u32 {
@@ -367,12 +406,14 @@ async fn bench(a: Args) -> anyhow::Result<()> {
     }
 
     fund(&c, &frost_key, a.concurrent, 10_000).await?;
+    let cpu_before = cpu_ticks(&c, n);
     let start = Instant::now();
     let ids =
         futures::future::try_join_all((0..a.concurrent).map(|_| submit(&c, &frost_key))).await?;
     let intake = start.elapsed();
     signed(&db, &ids).await?;
     let all = start.elapsed();
+    let cpu_after = cpu_ticks(&c, n);
     println!();
     println!(
         "concurrent: {} taproot payments: intake {:.1} tx/s ({:.0} ms to the last 202), \
@@ -384,6 +425,26 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         ms(all)
     );
 
+    if let (Some(b), Some(e)) = (cpu_before, cpu_after) {
+        let per_tx = |ticks: u64| ticks as f64 * 1000.0 / CLK_TCK / a.concurrent as f64;
+        println!(
+            "cpu per transaction (whole host, all {} nodes): {:.1} ms busy, of which signer \
+             processes {:.1} ms, the rest (PostgreSQL, etcd, this client) {:.1} ms",
+            a.nodes,
+            per_tx(e.0.saturating_sub(b.0)),
+            per_tx(e.1.saturating_sub(b.1)),
+            per_tx(
+                e.0.saturating_sub(b.0)
+                    .saturating_sub(e.1.saturating_sub(b.1))
+            )
+        );
+    }
+    if let Some(dir) = &a.logs {
+        std::fs::create_dir_all(dir)?;
+        for i in 0..n {
+            std::fs::copy(&c.node(i).log, dir.join(format!("node-{}.log", i + 1)))?;
+        }
+    }
     let (f50, f99) = library_frost(a.nodes, a.t, a.runs.max(20)).await?;
     println!(
         "library: FROST sign {}-of-{} in process: p50 {f50:.2} ms, p99 {f99:.2} ms",

@@ -129,6 +129,7 @@ pub async fn sign_input(
         input,
         signers: in_key_order(p, signers),
         presignature: None,
+        votes: Vec::new(),
     };
     crate::tx::signing::sign_one_input(node, req, timeout).await
 }
@@ -167,6 +168,7 @@ async fn try_presignature(
         input,
         signers: set.to_vec(),
         presignature: Some(hex::encode(&reserved.public_id)),
+        votes: Vec::new(),
     };
     tracing::debug!(%tx, input, signers = ?set, presignature = %hex::encode(&reserved.public_id), "signing with a presignature");
     let (reply_tx, mut rx) = mpsc::channel(set.len() + 1);

@@ -33,6 +33,7 @@ pub async fn lead(node: Arc<NodeCtx>, id: Uuid) {
             tx_hex: Some(tx_hex),
             psbt: Some(psbt),
             error: None,
+            votes: Vec::new(),
         },
         Err(e) => {
             let reason = e.to_string();
@@ -49,10 +50,15 @@ pub async fn lead(node: Arc<NodeCtx>, id: Uuid) {
                 tx_hex: None,
                 psbt: None,
                 error: Some(reason),
+                votes: Vec::new(),
             }
         }
     };
     if let Some(p) = node.tx.get(id) {
+        let done = Done {
+            votes: super::voting::votes_to_relay(&node, &p).await,
+            ..done
+        };
         match wire::encode(&done) {
             Ok(b) => broadcast(&node, &p.participants, Frame::new(id, TX_DONE, b)).await,
             Err(e) => tracing::error!(tx = %id, error = %e, "cannot encode the result"),
@@ -187,6 +193,13 @@ pub(crate) async fn send_sign_request(
 ) -> Result<(), TxError> {
     let me = node.cfg.node_id.clone();
     node.tx.expect_replies(req.session, tx.clone());
+    let mut req = req.clone();
+    if req.votes.is_empty() {
+        if let Some(p) = node.tx.get(req.tx) {
+            req.votes = super::voting::votes_to_relay(node, &p).await;
+        }
+    }
+    let req = &req;
     let payload = wire::encode(req).map_err(|e| TxError::Internal(e.to_string()))?;
     let frame = Frame::new(req.session, TX_SIGN, payload);
     for s in req.signers.iter().filter(|s| **s != me) {
@@ -295,6 +308,9 @@ async fn serve(node: &Arc<NodeCtx>, from: &str, req: &SignRequest) -> Result<Vec
             code: "not_the_leader",
             message: format!("{from} is not the leader of transaction {}", req.tx),
         });
+    }
+    if from != me {
+        super::voting::accept_relayed_votes(node, req.tx, &p, from, &req.votes).await;
     }
     let position = req
         .signers
@@ -497,6 +513,7 @@ pub async fn on_done(node: Arc<NodeCtx>, from: String, done: Done) {
         return;
     }
     let id = done.id;
+    super::voting::accept_relayed_votes(&node, id, &p, &from, &done.votes).await;
     let psbt = done.psbt.as_deref().and_then(|b| signed_psbt_of(&p, b));
     let outcome = match done.tx_hex {
         Some(h) => verify_result(&p, &h),

@@ -464,6 +464,81 @@ async fn accept_vote(node: &Arc<NodeCtx>, id: Uuid, from: &str, vote: &SignedVot
     check_round(node, id, &p).await;
 }
 
+/// Most votes a relayed list may carry (far above any cluster size; each is also
+/// checked against the round's participants).
+const MAX_RELAYED_VOTES: usize = 64;
+
+/// The round's stored signed votes, hex-encoded, for relaying with a sign request
+/// or the result (empty if they cannot be read: the receiver then waits for the
+/// votes themselves).
+pub async fn votes_to_relay(node: &Arc<NodeCtx>, p: &Pending) -> Vec<String> {
+    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
+    match intake.round_votes(p.round_id).await {
+        Ok(votes) => votes.iter().map(|v| hex::encode(v.encode())).collect(),
+        Err(e) => {
+            tracing::warn!(round = %p.round_id, error = %e, "cannot read the votes to relay");
+            Vec::new()
+        }
+    }
+}
+
+/// Takes in the signed votes `relayer` forwarded for transaction `id` (each is
+/// checked under its own voter's pinned key and stored like a direct vote), then
+/// closes this node's tally if they settle it. (Boxed: closing the tally can start
+/// the signing that relays votes, a cycle of async calls.)
+pub fn accept_relayed_votes<'a>(
+    node: &'a Arc<NodeCtx>,
+    id: Uuid,
+    p: &'a Arc<Pending>,
+    relayer: &'a str,
+    votes: &'a [String],
+) -> futures::future::BoxFuture<'a, ()> {
+    Box::pin(accept_relayed_votes_inner(node, id, p, relayer, votes))
+}
+
+async fn accept_relayed_votes_inner(
+    node: &Arc<NodeCtx>,
+    id: Uuid,
+    p: &Arc<Pending>,
+    relayer: &str,
+    votes: &[String],
+) {
+    if votes.is_empty() {
+        return;
+    }
+    if votes.len() > MAX_RELAYED_VOTES.min(p.participants.len()) {
+        tracing::warn!(tx = %id, peer = %relayer, count = votes.len(), "too many relayed votes; ignored");
+        return;
+    }
+    let book = match key_book(node, &p.participants).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(tx = %id, error = %e, "cannot read the vote keys");
+            return;
+        }
+    };
+    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
+    for v in votes {
+        let vote = match hex::decode(v)
+            .ok()
+            .and_then(|b| SignedVote::decode(&b).ok())
+        {
+            Some(v) => v,
+            None => {
+                tracing::warn!(tx = %id, peer = %relayer, "malformed relayed vote; ignored");
+                continue;
+            }
+        };
+        if let Err(e) = intake
+            .accept_relayed(&book, p.round_id, &vote, relayer, &p.subject)
+            .await
+        {
+            tracing::info!(tx = %id, peer = %relayer, error = %e, "relayed vote not accepted");
+        }
+    }
+    check_round(node, id, p).await;
+}
+
 /// How long a vote whose voter has no pinned key yet waits for the announcement
 /// (announcements are repeated every few seconds).
 const UNPINNED_VOTE_WAIT: Duration = Duration::from_secs(15);

@@ -55,6 +55,10 @@ pub struct SignRequest {
     /// signer's 34-byte partial signature instead of a signature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presignature: Option<String>,
+    /// The round's signed votes as the leader holds them (hex of each encoded
+    /// vote), so a signer need not wait for them to arrive on their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub votes: Vec<String>,
 }
 
 /// [`TX_SIGNATURE`].
@@ -84,6 +88,10 @@ pub struct Done {
     pub psbt: Option<String>,
     /// Failure reason.
     pub error: Option<String>,
+    /// The round's signed votes as the leader holds them (hex), so every node can
+    /// close its own tally with the result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub votes: Vec<String>,
 }
 
 /// [`TX_APPROVAL`].
@@ -139,6 +147,7 @@ mod tests {
             input: 3,
             signers: vec!["node-1".into(), "node-2".into()],
             presignature: None,
+            votes: vec!["00".into()],
         };
         let b = encode(&r).expect("encodes");
         let back: SignRequest = decode(&b).expect("decodes");

@@ -52,8 +52,50 @@ impl VoteIntake {
         sender: &str,
         expected: &VoteSubject,
     ) -> Result<Accepted, VoteReject> {
+        self.store_checked(
+            check_vote(signed, sender, expected, keys),
+            round_id,
+            signed,
+            sender,
+            expected,
+        )
+        .await
+    }
+
+    /// Accepts `signed`, relayed by `relayer` (the signing leader forwards the
+    /// quorum's votes with its sign request and result). The vote's own signature
+    /// under its voter's pinned key is what counts: the relayer cannot make one up.
+    /// A relayed vote with a bad signature or for another subject is recorded
+    /// against the relayer; a valid vote that conflicts with the voter's stored one
+    /// is a double vote of the voter.
+    pub async fn accept_relayed(
+        &self,
+        keys: &VoteKeyBook,
+        round_id: Uuid,
+        signed: &SignedVote,
+        relayer: &str,
+        expected: &VoteSubject,
+    ) -> Result<Accepted, VoteReject> {
+        self.store_checked(
+            check_vote(signed, signed.voter(), expected, keys),
+            round_id,
+            signed,
+            relayer,
+            expected,
+        )
+        .await
+    }
+
+    async fn store_checked(
+        &self,
+        checked: Result<(), VoteReject>,
+        round_id: Uuid,
+        signed: &SignedVote,
+        sender: &str,
+        expected: &VoteSubject,
+    ) -> Result<Accepted, VoteReject> {
         let session = round_session(expected);
-        if let Err(rej) = check_vote(signed, sender, expected, keys) {
+        if let Err(rej) = checked {
             if let Some(code) = rej.violation_code() {
                 let evidence = serde_json::json!({
                     "transaction_id": expected.transaction_id.to_string(),

@@ -346,3 +346,116 @@ async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() 
     drop(store);
     drop(pg);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_votes_count_only_under_the_voters_key() {
+    let pg = TempPg::start().await;
+    let store = Store::connect(&pg.url, 4)
+        .await
+        .expect("connect and migrate");
+    let tx = Uuid::new_v4();
+    store
+        .insert_transaction(&NewTransaction {
+            id: tx,
+            key_id: Some("hot".into()),
+            recipient: None,
+            amount_sats: None,
+            fee_sats: None,
+            psbt: None,
+            initiator: "test".into(),
+        })
+        .await
+        .expect("transaction");
+    let round = Uuid::new_v4();
+    let deadline = chrono::Utc::now() + chrono::Duration::seconds(60);
+    store
+        .create_round(round, tx, 1, 2, 3, deadline)
+        .await
+        .expect("round");
+    for n in 1u8..=3 {
+        let id = format!("node-{n}");
+        store
+            .pin_vote_key("node-1", &id, &key(n).vote_public_key())
+            .await
+            .expect("pin");
+    }
+    let keys = VoteKeyBook::from_pinned(store.vote_keys().await.expect("keys"));
+    let intake = VoteIntake::new(store.clone(), "node-1");
+    let s = subject(tx);
+
+    // node-2 (the leader) relays node-3's vote: it counts as node-3's.
+    let v3 = signed(tx, 3, 3, VoteDecision::Approve);
+    assert_eq!(
+        intake
+            .accept_relayed(&keys, round, &v3, "node-2", &s)
+            .await
+            .expect("relayed vote under node-3's key"),
+        Accepted::New
+    );
+    // The same vote relayed again, or arriving directly, changes nothing.
+    assert_eq!(
+        intake
+            .accept(&keys, round, &v3, "node-3", &s)
+            .await
+            .expect("direct copy"),
+        Accepted::Duplicate
+    );
+    // A "vote of node-3" the relayer signed itself: refused, blamed on the relayer.
+    let forged = signed(tx, 3, 2, VoteDecision::Reject);
+    assert!(matches!(
+        intake
+            .accept_relayed(&keys, round, &forged, "node-2", &s)
+            .await,
+        Err(VoteReject::BadSignature { .. })
+    ));
+    assert_eq!(
+        violations(&store, "node-2", VIOLATION_BAD_SIGNATURE)
+            .await
+            .len(),
+        1
+    );
+    assert!(violations(&store, "node-3", VIOLATION_BAD_SIGNATURE)
+        .await
+        .is_empty());
+    // A vote of another transaction's subject relayed here: blamed on the relayer.
+    let elsewhere = signed(Uuid::new_v4(), 1, 1, VoteDecision::Approve);
+    assert!(matches!(
+        intake
+            .accept_relayed(&keys, round, &elsewhere, "node-2", &s)
+            .await,
+        Err(VoteReject::WrongSubject { .. })
+    ));
+    assert_eq!(
+        violations(&store, "node-2", VIOLATION_SUBJECT_MISMATCH)
+            .await
+            .len(),
+        1
+    );
+    // A second, different vote really signed by node-3: node-3's double vote.
+    let v3b = signed(tx, 3, 3, VoteDecision::Reject);
+    assert!(matches!(
+        intake
+            .accept_relayed(&keys, round, &v3b, "node-2", &s)
+            .await,
+        Err(VoteReject::DoubleVote { .. })
+    ));
+    assert_eq!(
+        violations(&store, "node-3", VIOLATION_DOUBLE_VOTE)
+            .await
+            .len(),
+        1
+    );
+    // A voter without a pinned key: refused without blame.
+    let unknown = signed(tx, 7, 7, VoteDecision::Approve);
+    assert!(matches!(
+        intake
+            .accept_relayed(&keys, round, &unknown, "node-2", &s)
+            .await,
+        Err(VoteReject::UnknownVoter { .. })
+    ));
+    assert_eq!(
+        intake.round_votes(round).await.expect("votes"),
+        vec![v3],
+        "only the genuine vote is stored"
+    );
+}
