@@ -23,6 +23,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cluster_tests::bench::{presignatures_available, presignatures_consumed};
 use cluster_tests::wallet::{aux_info, first_address, import, submit_payment};
 use cluster_tests::{funding, Cluster};
 use serde_json::json;
@@ -177,32 +178,6 @@ async fn library(count: usize) -> anyhow::Result<Library> {
     })
 }
 
-async fn available(c: &Cluster, i: usize, key: &str, set: &[&str]) -> anyhow::Result<i64> {
-    let db = c.db(i).await;
-    let set: Vec<String> = set.iter().map(|s| (*s).to_owned()).collect();
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM presignatures WHERE key_id = $1 AND signer_set = $2 AND state = 'available'",
-    )
-    .bind(key)
-    .bind(&set)
-    .fetch_one(&db)
-    .await?;
-    db.close().await;
-    Ok(n)
-}
-
-async fn consumed(c: &Cluster, key: &str) -> anyhow::Result<i64> {
-    let db = c.db(0).await;
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM presignatures WHERE key_id = $1 AND state = 'consumed'",
-    )
-    .bind(key)
-    .fetch_one(&db)
-    .await?;
-    db.close().await;
-    Ok(n)
-}
-
 async fn pay_latency(c: &Cluster, key: &str) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let id = submit_payment(c, key, 20_000, 1).await;
@@ -256,10 +231,12 @@ async fn bench(count: usize, payments: usize) -> anyhow::Result<()> {
         )
         .await;
     anyhow::ensure!(status == 202, "generate refused: {v}");
-    while available(&c, 0, &key, &set).await? < 1 || available(&c, 1, &key, &set).await? < 1 {
+    while presignatures_available(&c, 0, &key, &set).await? < 1
+        || presignatures_available(&c, 1, &key, &set).await? < 1
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let warm = available(&c, 0, &key, &set).await?;
+    let warm = presignatures_available(&c, 0, &key, &set).await?;
     let want = warm + count as i64;
     let start = Instant::now();
     let (status, v) = c
@@ -271,8 +248,8 @@ async fn bench(count: usize, payments: usize) -> anyhow::Result<()> {
         .await;
     anyhow::ensure!(status == 202, "generate refused: {v}");
     loop {
-        if available(&c, 0, &key, &set).await? >= want
-            && available(&c, 1, &key, &set).await? >= want
+        if presignatures_available(&c, 0, &key, &set).await? >= want
+            && presignatures_available(&c, 1, &key, &set).await? >= want
         {
             break;
         }
@@ -309,9 +286,9 @@ async fn bench(count: usize, payments: usize) -> anyhow::Result<()> {
     // leader only picks among nodes whose approval it has when the round closes).
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for _ in 0..(payments + total) {
-        let before = consumed(&c, &key).await?;
+        let before = presignatures_consumed(&c, 0, &key).await?;
         let d = pay_latency(&c, &key).await?;
-        if consumed(&c, &key).await? > before {
+        if presignatures_consumed(&c, 0, &key).await? > before {
             with.push(d);
         } else {
             without.push(d);

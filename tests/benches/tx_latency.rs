@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::consensus::encode;
 use bitcoin::{Address, Amount, OutPoint, Transaction, TxIn, TxOut};
-use cluster_tests::bench::{ms, pct};
+use cluster_tests::bench::{ms, pct, presignatures_available, presignatures_consumed};
 use cluster_tests::Cluster;
 use serde_json::{json, Value};
 use signer_protocol::ecdsa::{self, EcdsaAuxMsg, EcdsaKeygenMsg, EcdsaSignMsg, PrimeSet};
@@ -332,6 +332,17 @@ async fn library_ecdsa(n: u16, t: u16, runs: usize) -> anyhow::Result<f64> {
 
 async fn bench(a: Args) -> anyhow::Result<()> {
     let n = usize::from(a.nodes);
+    // The presignature pool is on but generates only on request (target 0), so the
+    // Taproot and full-signing figures are not disturbed by background generation.
+    for (k, v) in [
+        ("SIGNER__PRESIGN__ENABLED", "true"),
+        ("SIGNER__PRESIGN__TARGET", "0"),
+        ("SIGNER__PRESIGN__BATCH", "8"),
+        ("SIGNER__PRESIGN__MAX_PATHS", "1"),
+        ("SIGNER__PRESIGN__CHECK_INTERVAL_SECS", "1"),
+    ] {
+        std::env::set_var(k, v);
+    }
     let c = Cluster::start(a.nodes, a.t);
     until("cluster ready", Duration::from_secs(120), || async {
         for i in 0..n {
@@ -376,16 +387,53 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         a.t,
         std::thread::available_parallelism().map_or(0, |p| p.get())
     );
-    println!("| key | runs | p50 ms | p99 ms | min ms | max ms |");
-    println!("|---|---|---|---|---|---|");
-    for (label, key, runs) in [
-        ("taproot (FROST)", &frost_key, a.runs),
-        ("ecdsa (CGGMP24, full signing)", &ecdsa_key, a.ecdsa_runs),
+    println!(
+        "| key | runs | p50 ms | p99 ms | min ms | max ms | presignatures used (incl. warm-up) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let set: Vec<String> = (1..=a.t).map(|i| format!("node-{i}")).collect();
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    for (label, key, runs, presign) in [
+        ("taproot (FROST)", &frost_key, a.runs, false),
+        (
+            "ecdsa (CGGMP24, full signing)",
+            &ecdsa_key,
+            a.ecdsa_runs,
+            false,
+        ),
+        ("ecdsa (CGGMP24, presignature)", &ecdsa_key, a.runs, true),
     ] {
         if runs == 0 {
             continue;
         }
         fund(&c, key, runs + 1, 100_000).await?;
+        if presign {
+            // Presignatures for the leader's first choice of signer set, one per run
+            // and one for the warm-up, ready on every member before timing.
+            let want = i64::try_from(runs + 1)?;
+            let (s, v) = post(
+                &c,
+                0,
+                "/api/v1/presignatures/generate",
+                &json!({ "key_id": key, "signer_set": set, "count": want }),
+            )
+            .await?;
+            anyhow::ensure!(s == 202, "generate: {s} {v}");
+            until(
+                "presignatures generated",
+                Duration::from_secs(1800),
+                || async {
+                    for i in 0..set.len() {
+                        if presignatures_available(&c, i, key, &set).await.ok()? < want {
+                            return None;
+                        }
+                    }
+                    Some(())
+                },
+            )
+            .await?;
+        }
+        let consumed_before = presignatures_consumed(&c, 0, key).await?;
         // One warm-up transaction (first use loads the share and precomputations).
         let id = submit(&c, key).await?;
         signed(&db, &[id]).await?;
@@ -396,10 +444,11 @@ async fn bench(a: Args) -> anyhow::Result<()> {
             signed(&db, &[id]).await?;
             times.push(ms(start.elapsed()));
         }
+        let used = presignatures_consumed(&c, 0, key).await? - consumed_before;
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
         let max = times.iter().copied().fold(0.0, f64::max);
         println!(
-            "| {label} | {runs} | {:.1} | {:.1} | {min:.1} | {max:.1} |",
+            "| {label} | {runs} | {:.1} | {:.1} | {min:.1} | {max:.1} | {used} |",
             pct(&times, 0.5),
             pct(&times, 0.99)
         );

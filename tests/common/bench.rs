@@ -38,3 +38,40 @@ pub fn use_signer_next_to_this_binary() -> anyhow::Result<()> {
     std::env::set_var("SIGNER_BIN", bin);
     Ok(())
 }
+
+/// Presignatures of `key` for `set` available on node `i`.
+pub async fn presignatures_available(
+    c: &crate::Cluster,
+    i: usize,
+    key: &str,
+    set: &[&str],
+) -> anyhow::Result<i64> {
+    let db = c.db(i).await;
+    let set: Vec<String> = set.iter().map(|s| (*s).to_owned()).collect();
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM presignatures WHERE key_id = $1 AND signer_set = $2 AND state = 'available'",
+    )
+    .bind(key)
+    .bind(&set)
+    .fetch_one(&db)
+    .await?;
+    db.close().await;
+    Ok(n)
+}
+
+/// Presignatures of `key` consumed on node `i` (any signer set).
+pub async fn presignatures_consumed(
+    c: &crate::Cluster,
+    i: usize,
+    key: &str,
+) -> anyhow::Result<i64> {
+    let db = c.db(i).await;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM presignatures WHERE key_id = $1 AND state = 'consumed'",
+    )
+    .bind(key)
+    .fetch_one(&db)
+    .await?;
+    db.close().await;
+    Ok(n)
+}

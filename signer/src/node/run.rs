@@ -38,6 +38,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     tokio::spawn(crate::tx::announce_vote_key(node.clone()));
     tokio::spawn(crate::chain::run(node.clone()));
     tokio::spawn(crate::presign::pool::run(node.clone()));
+    tokio::spawn(crate::tx::material::warm(node.clone()));
     crate::fault::warn_if_armed();
     write_pid_file(&node.cfg)?;
     let started_at = chrono::Utc::now();

@@ -36,6 +36,10 @@ use crate::wallet::{InputSigning, KeyKind};
 /// Most signer sets tried with a presignature for one input.
 pub const MAX_SET_ATTEMPTS: usize = 4;
 
+/// How long the leader waits for the votes of a signer set with presignatures in
+/// stock that arrive after the round closed.
+const LATE_VOTE_WAIT: Duration = Duration::from_secs(1);
+
 enum Attempt {
     Signed(Vec<u8>),
     Empty,
@@ -65,23 +69,63 @@ pub async fn sign_input(
     let mut excluded: Vec<String> = Vec::new();
     let mut tried: Vec<Vec<String>> = Vec::new();
     let mut refreshed = false;
+    let mut stocked: Vec<Vec<String>> = Vec::new();
     let usable =
         inp.kind == KeyKind::Ecdsa && node.cfg.presign.enabled && node.presign.restore_checked();
-    while usable && tried.len() < MAX_SET_ATTEMPTS {
-        let next = combinations(&approvers, t)
+    if usable {
+        stocked = node
+            .store
+            .presignature_sets_in_stock(&p.validated.key_id, &inp.path)
+            .await?
             .into_iter()
             .map(|s| in_key_order(p, s))
-            .find(|s| {
+            .collect();
+    }
+    while usable && tried.len() < MAX_SET_ATTEMPTS {
+        let mut candidates: Vec<Vec<String>> = combinations(&approvers, t)
+            .into_iter()
+            .map(|s| in_key_order(p, s))
+            .filter(|s| {
                 s.contains(&me) && !tried.contains(s) && !s.iter().any(|n| excluded.contains(n))
-            });
+            })
+            .collect();
+        // Sets known to hold presignatures first (stable: preference order otherwise).
+        candidates.sort_by_key(|s| !stocked.contains(s));
+        let next = candidates.into_iter().next();
         let Some(set) = next else {
-            // Votes that arrived after the round closed widen the choice once.
+            // Votes that arrive after the round closed widen the choice. When a set
+            // with presignatures in stock waits only for such votes, wait for them a
+            // little: a presignature signs in milliseconds, the full protocol in
+            // seconds.
             if refreshed {
                 break;
             }
             refreshed = true;
-            if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
-                approvers = a;
+            stocked = node
+                .store
+                .presignature_sets_in_stock(&p.validated.key_id, &inp.path)
+                .await?
+                .into_iter()
+                .map(|s| in_key_order(p, s))
+                .filter(|s| {
+                    s.len() == t
+                        && s.contains(&me)
+                        && !tried.contains(s)
+                        && !s.iter().any(|n| excluded.contains(n))
+                })
+                .collect();
+            let until = tokio::time::Instant::now() + LATE_VOTE_WAIT;
+            loop {
+                if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
+                    approvers = a;
+                }
+                let ready = stocked
+                    .iter()
+                    .any(|s| s.iter().all(|n| approvers.contains(n)));
+                if ready || stocked.is_empty() || tokio::time::Instant::now() >= until {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             continue;
         };

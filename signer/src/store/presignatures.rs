@@ -144,6 +144,23 @@ impl Store {
         Ok(n)
     }
 
+    /// The signer sets holding at least one available presignature of `(key, path)`.
+    pub async fn presignature_sets_in_stock(
+        &self,
+        key_id: &str,
+        path: &[u32],
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        let rows: Vec<(Vec<String>,)> = sqlx::query_as(
+            "SELECT DISTINCT signer_set FROM presignatures WHERE key_id = $1 \
+             AND derivation_path = $2 AND state = 'available'",
+        )
+        .bind(key_id)
+        .bind(path_i32(path))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|(s,)| s).collect())
+    }
+
     /// Signing leader: reserves the oldest available presignature of `(key, signer
     /// set, path)` for one use, in one transaction; it is never available again.
     pub async fn reserve_presignature(

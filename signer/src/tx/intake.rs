@@ -141,8 +141,14 @@ pub async fn submit(
     };
     let payload = wire::encode(&prop).map_err(|e| TxError::Internal(e.to_string()))?;
     let frame = Frame::new(id, TX_PROPOSE, payload);
-    super::voting::broadcast(node, &key.participants, frame).await;
-    if let Err(e) = super::voting::on_proposal(node, &node.cfg.node_id.clone(), prop).await {
+    // The peers' delivery acknowledgements are not waited for before this node
+    // validates and votes itself.
+    let me = node.cfg.node_id.clone();
+    let (_, own) = tokio::join!(
+        super::voting::broadcast(node, &key.participants, frame),
+        super::voting::on_proposal(node, &me, prop)
+    );
+    if let Err(e) = own {
         let _ = node
             .store
             .transaction_failed(&node.cfg.node_id, id, &e.to_string())

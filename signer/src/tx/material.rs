@@ -27,6 +27,9 @@ pub enum Material {
 #[derive(Debug, Default)]
 pub struct MaterialCache {
     inner: Mutex<HashMap<String, Material>>,
+    /// Held while a share is being opened, so a signing request and the warm-up
+    /// never open (and precompute) the same share twice at once.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl MaterialCache {
@@ -37,6 +40,10 @@ impl MaterialCache {
 
 /// The signing material of `key_id`, opened (and cached) if needed.
 pub async fn load(node: &Arc<NodeCtx>, key_id: &str) -> Result<Material, TxError> {
+    if let Some(m) = node.tx_material.lock().get(key_id).cloned() {
+        return Ok(m);
+    }
+    let _opening = node.tx_material.opening.lock().await;
     if let Some(m) = node.tx_material.lock().get(key_id).cloned() {
         return Ok(m);
     }
@@ -104,4 +111,44 @@ pub async fn load(node: &Arc<NodeCtx>, key_id: &str) -> Result<Material, TxError
         .lock()
         .insert(key_id.to_owned(), material.clone());
     Ok(material)
+}
+
+/// Background task: opens every CGGMP24 share of this node that has aux info ahead
+/// of its first use (the library's precomputed tables take seconds of CPU), so the
+/// first payment or presignature session of a key does not pay for it. Checked
+/// again periodically for keys and aux info that appear later.
+pub async fn warm(node: Arc<NodeCtx>) {
+    loop {
+        if node.unsealed().is_some() {
+            let me = node.cfg.node_id.clone();
+            let keys: Vec<String> = match node.store.usable_shares(&me).await {
+                Ok(rows) => rows
+                    .into_iter()
+                    .filter(|r| DkgProtocol::parse(&r.protocol) == Some(DkgProtocol::Cggmp24))
+                    .map(|r| r.key_id)
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list shares to warm up");
+                    Vec::new()
+                }
+            };
+            for key in keys {
+                if node.tx_material.lock().contains_key(&key) {
+                    continue;
+                }
+                let start = std::time::Instant::now();
+                match load(&node, &key).await {
+                    Ok(_) => tracing::info!(
+                        key = %key,
+                        elapsed_ms = start.elapsed().as_millis() as u64,
+                        "signing material opened ahead of use"
+                    ),
+                    Err(e) => {
+                        tracing::debug!(key = %key, error = %e, "signing material not opened yet")
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    }
 }

@@ -124,9 +124,35 @@ pub struct Registry {
     frozen: Mutex<std::collections::BTreeSet<String>>,
     /// Held while a recipient + amount request selects and reserves its UTXOs.
     pub intake_lock: tokio::sync::Mutex<()>,
+    /// Wallet keys by key id, kept so their script lookup tables (thousands of
+    /// derivations) are built once per key, not per request.
+    wallet_keys: Mutex<HashMap<String, WalletKey>>,
 }
 
 impl Registry {
+    /// The wallet key of `key_id` (cached while its xpub, kind and network stay).
+    fn wallet_key(
+        &self,
+        key_id: &str,
+        kind: crate::wallet::KeyKind,
+        xpub: &str,
+        network: bitcoin::Network,
+    ) -> Result<WalletKey, TxError> {
+        let mut cache = self
+            .wallet_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(k) = cache.get(key_id) {
+            if k.kind() == kind && k.network() == network && k.xpub().to_string() == xpub {
+                return Ok(k.clone());
+            }
+        }
+        let k = WalletKey::from_xpub_str(key_id.to_owned(), kind, xpub, network)
+            .map_err(|e| TxError::Internal(e.to_string()))?;
+        cache.insert(key_id.to_owned(), k.clone());
+        Ok(k)
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<Pending>>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -258,8 +284,7 @@ pub async fn usable_keys(node: &NodeCtx) -> Result<Vec<UsableKey>, TxError> {
         let Some(xpub) = node.dkg.loaded(&r.key_id).and_then(|l| l.xpub) else {
             continue;
         };
-        let wallet = WalletKey::from_xpub_str(r.key_id.clone(), kind, &xpub, network(node))
-            .map_err(|e| TxError::Internal(e.to_string()))?;
+        let wallet = node.tx.wallet_key(&r.key_id, kind, &xpub, network(node))?;
         out.push(UsableKey {
             wallet,
             participants: r.participants,
