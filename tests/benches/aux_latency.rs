@@ -21,14 +21,6 @@ use signer_protocol::ecdsa::{self, EcdsaAuxMsg, PrimeSet};
 use signer_protocol::local::local_network;
 use signer_protocol::{channel_party, run_on_thread, ExecutionId, ProtocolKind};
 
-fn fixture(i: u16) -> anyhow::Result<PrimeSet> {
-    let path = format!(
-        "{}/../protocol/fixtures/test-primes/primes-{i}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    Ok(PrimeSet::from_json(&std::fs::read_to_string(path)?)?)
-}
-
 fn main() -> anyhow::Result<()> {
     let mut nodes: u16 = 5;
     let mut args = std::env::args().skip(1);
@@ -123,7 +115,9 @@ async fn library_run(n: u16) -> anyhow::Result<Duration> {
         b"aux-bench",
     );
     let eps = local_network(n, None);
-    let primes: Vec<PrimeSet> = (0..n).map(fixture).collect::<Result<_, _>>()?;
+    let primes: Vec<PrimeSet> = (0..n)
+        .map(cluster_tests::bench::fixture_primes)
+        .collect::<Result<_, _>>()?;
     let start = Instant::now();
     let mut hs = Vec::new();
     for ((i, ep), p) in (0..n).zip(eps).zip(primes) {

@@ -35,14 +35,6 @@ use signer_protocol::{
     channel_party, run_on_thread, ExecutionId, ProtocolError, ProtocolKind, SighashMessage,
 };
 
-fn fixture(i: u16) -> anyhow::Result<PrimeSet> {
-    let path = format!(
-        "{}/../protocol/fixtures/test-primes/primes-{i}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    Ok(PrimeSet::from_json(&std::fs::read_to_string(path)?)?)
-}
-
 fn main() -> anyhow::Result<()> {
     let (mut count, mut payments) = (8usize, 3usize);
     let mut args = std::env::args().skip(1);
@@ -113,7 +105,9 @@ async fn library(count: usize) -> anyhow::Result<Library> {
             ecdsa::keygen(p, &e, i, n, t, None).await
         })
         .await?;
-    let primes: Vec<PrimeSet> = (0..n).map(fixture).collect::<Result<_, _>>()?;
+    let primes: Vec<PrimeSet> = (0..n)
+        .map(cluster_tests::bench::fixture_primes)
+        .collect::<Result<_, _>>()?;
     let primes = Arc::new(std::sync::Mutex::new(
         primes.into_iter().map(Some).collect::<Vec<_>>(),
     ));

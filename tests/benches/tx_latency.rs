@@ -294,18 +294,15 @@ async fn library_ecdsa(n: u16, t: u16, runs: usize) -> anyhow::Result<f64> {
         }))
         .await?;
     let ea = eid(ProtocolKind::EcdsaAuxInfo, n, n, "lib-aux");
-    let aux = futures::future::try_join_all((0..n).zip(local_network(n, None)).map(|(i, ep)| {
-        let p = channel_party::<EcdsaAuxMsg>(ep.config, ep.incoming, ep.outgoing);
-        async move {
-            let path = format!(
-                "{}/../protocol/fixtures/test-primes/primes-{i}.json",
-                env!("CARGO_MANIFEST_DIR")
-            );
-            let json = std::fs::read_to_string(path)
-                .map_err(|e| signer_protocol::ProtocolError::InvalidArgument(e.to_string()))?;
-            ecdsa::aux_info(p, &ea, i, n, PrimeSet::from_json(&json)?, None).await
-        }
-    }))
+    let primes: Vec<PrimeSet> = (0..n)
+        .map(cluster_tests::bench::fixture_primes)
+        .collect::<Result<_, _>>()?;
+    let aux = futures::future::try_join_all((0..n).zip(local_network(n, None)).zip(primes).map(
+        |((i, ep), primes)| {
+            let p = channel_party::<EcdsaAuxMsg>(ep.config, ep.incoming, ep.outgoing);
+            async move { ecdsa::aux_info(p, &ea, i, n, primes, None).await }
+        },
+    ))
     .await?;
     let shares: Vec<_> = incomplete
         .iter()

@@ -75,3 +75,14 @@ pub async fn presignatures_consumed(
     db.close().await;
     Ok(n)
 }
+
+/// The TEST-ONLY fixture Paillier primes of party `i` (`protocol/fixtures/test-primes`).
+pub fn fixture_primes(i: u16) -> anyhow::Result<signer_protocol::ecdsa::PrimeSet> {
+    let path = format!(
+        "{}/../protocol/fixtures/test-primes/primes-{i}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Ok(signer_protocol::ecdsa::PrimeSet::from_json(
+        &std::fs::read_to_string(path)?,
+    )?)
+}

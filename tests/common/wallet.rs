@@ -101,28 +101,35 @@ pub async fn submit_payment(c: &Cluster, key_id: &str, amount: u64, fee_rate: u6
     submit(c, 0, &pay_at(key_id, amount, fee_rate)).await
 }
 
+/// Waits up to `within` seconds for transaction `id` to end on node `i` and returns
+/// its answer; on timeout prints every node's history of it and panics.
+pub async fn ended_tx(c: &Cluster, i: usize, id: &str, within: u64) -> Value {
+    let path = format!("/api/v1/transactions/{id}");
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = c.get_ok(i, &path).await.filter(|v| {
+            ["signed", "failed", "rejected", "expired"]
+                .iter()
+                .any(|d| v["state"] == *d)
+        }) {
+            return v;
+        }
+        if start.elapsed() > Duration::from_secs(within) {
+            let state = c.get_ok(i, &path).await.unwrap_or_default();
+            dump_history(c, id).await;
+            panic!("transaction {id} did not end on node {i} within {within} s: {state}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Waits for transaction `id` to end on each of `nodes`; asserts it ended as `state`
 /// everywhere and returns node `nodes[0]`'s answer. On failure, prints every node's
 /// history of the transaction.
 pub async fn ends_as(c: &Cluster, nodes: &[usize], id: &str, state: &str) -> Value {
     let mut first = None;
-    let path = format!("/api/v1/transactions/{id}");
     for &i in nodes {
-        let start = std::time::Instant::now();
-        let v = loop {
-            if let Some(v) = c.get_ok(i, &path).await.filter(|v| {
-                ["signed", "failed", "rejected", "expired"]
-                    .iter()
-                    .any(|d| v["state"] == *d)
-            }) {
-                break v;
-            }
-            if start.elapsed() > Duration::from_secs(240) {
-                dump_history(c, id).await;
-                panic!("transaction {id} did not end on node {i} within 240 s");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let v = ended_tx(c, i, id, 240).await;
         if v["state"] != state {
             dump_history(c, id).await;
         }
@@ -163,14 +170,10 @@ pub async fn dump_history(c: &Cluster, id: &str) {
 pub async fn signed_everywhere(c: &Cluster, nodes: &[usize], id: &str, within: u64) -> Transaction {
     let mut final_hex: Option<String> = None;
     for &i in nodes {
-        let v = ended(
-            c,
-            i,
-            &format!("/api/v1/transactions/{id}"),
-            &["signed", "failed", "rejected", "expired"],
-            within,
-        )
-        .await;
+        let v = ended_tx(c, i, id, within).await;
+        if v["state"] != "signed" {
+            dump_history(c, id).await;
+        }
         assert_eq!(v["state"], "signed", "node {i}: {v}");
         let hex = v["signed_tx"].as_str().unwrap().to_owned();
         assert_eq!(final_hex.get_or_insert(hex.clone()), &hex, "nodes agree");

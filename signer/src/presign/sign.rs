@@ -46,6 +46,21 @@ enum Attempt {
     Failed { nodes: Vec<String>, reason: String },
 }
 
+/// The signer sets (in key order) holding presignatures for `inp`'s key and path.
+async fn stocked_sets(
+    node: &NodeCtx,
+    p: &Pending,
+    inp: &InputSigning,
+) -> Result<Vec<Vec<String>>, TxError> {
+    Ok(node
+        .store
+        .presignature_sets_in_stock(&p.validated.key_id, &inp.path)
+        .await?
+        .into_iter()
+        .map(|s| in_key_order(p, s))
+        .collect())
+}
+
 fn in_key_order(p: &Pending, mut set: Vec<String>) -> Vec<String> {
     set.sort_by_key(|n| p.participants.iter().position(|x| x == n));
     set
@@ -73,13 +88,7 @@ pub async fn sign_input(
     let usable =
         inp.kind == KeyKind::Ecdsa && node.cfg.presign.enabled && node.presign.restore_checked();
     if usable {
-        stocked = node
-            .store
-            .presignature_sets_in_stock(&p.validated.key_id, &inp.path)
-            .await?
-            .into_iter()
-            .map(|s| in_key_order(p, s))
-            .collect();
+        stocked = stocked_sets(node, p, inp).await?;
     }
     while usable && tried.len() < MAX_SET_ATTEMPTS {
         let mut candidates: Vec<Vec<String>> = combinations(&approvers, t)
@@ -101,12 +110,9 @@ pub async fn sign_input(
                 break;
             }
             refreshed = true;
-            stocked = node
-                .store
-                .presignature_sets_in_stock(&p.validated.key_id, &inp.path)
+            stocked = stocked_sets(node, p, inp)
                 .await?
                 .into_iter()
-                .map(|s| in_key_order(p, s))
                 .filter(|s| {
                     s.len() == t
                         && s.contains(&me)

@@ -113,13 +113,23 @@ pub async fn load(node: &Arc<NodeCtx>, key_id: &str) -> Result<Material, TxError
     Ok(material)
 }
 
-/// Background task: opens every CGGMP24 share of this node that has aux info ahead
+/// Background task: builds the wallet keys' script lookup tables and opens every
+/// CGGMP24 share of this node that has aux info ahead
 /// of its first use (the library's precomputed tables take seconds of CPU), so the
 /// first payment or presignature session of a key does not pay for it. Checked
 /// again periodically for keys and aux info that appear later.
 pub async fn warm(node: Arc<NodeCtx>) {
     loop {
         if node.unsealed().is_some() {
+            // Wallet keys: their script lookup tables (thousands of derivations).
+            if let Ok(keys) = super::usable_keys(&node).await {
+                let _ = tokio::task::spawn_blocking(move || {
+                    for k in keys {
+                        k.wallet.warm_lookup();
+                    }
+                })
+                .await;
+            }
             let me = node.cfg.node_id.clone();
             let keys: Vec<String> = match node.store.usable_shares(&me).await {
                 Ok(rows) => rows

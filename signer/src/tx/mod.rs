@@ -115,11 +115,15 @@ pub struct Pending {
 /// Votes kept for transactions whose proposal has not arrived yet, at most.
 pub const MAX_EARLY_VOTES: usize = 4096;
 
+/// Signing results kept for transactions whose proposal has not arrived yet, at most.
+pub const MAX_EARLY_RESULTS: usize = 1024;
+
 /// In-memory registry of transactions being voted on or signed.
 #[derive(Debug, Default)]
 pub struct Registry {
     pending: Mutex<HashMap<Uuid, Arc<Pending>>>,
     early_votes: Mutex<Vec<(Uuid, String, crate::vote::SignedVote)>>,
+    early_results: Mutex<std::collections::VecDeque<(Uuid, String, wire::Done)>>,
     replies: Mutex<HashMap<Uuid, tokio::sync::mpsc::Sender<(String, wire::SignatureReply)>>>,
     frozen: Mutex<std::collections::BTreeSet<String>>,
     /// Held while a recipient + amount request selects and reserves its UTXOs.
@@ -185,6 +189,32 @@ impl Registry {
             return;
         }
         g.push((id, from, v));
+    }
+
+    /// Keeps a signing result that arrived before its proposal (a slow delivery of
+    /// the proposal to this node); the oldest is dropped when full.
+    pub fn keep_early_result(&self, from: String, done: wire::Done) {
+        let mut g = self
+            .early_results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if g.len() >= MAX_EARLY_RESULTS {
+            g.pop_front();
+        }
+        g.push_back((done.id, from, done));
+    }
+
+    /// Takes the early results of `id`.
+    pub fn take_early_results(&self, id: Uuid) -> Vec<(String, wire::Done)> {
+        let mut g = self
+            .early_results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *g)
+            .into_iter()
+            .partition(|(t, ..)| *t == id);
+        *g = rest.into();
+        mine.into_iter().map(|(_, f, d)| (f, d)).collect()
     }
 
     /// Takes the early votes of `id`.

@@ -507,6 +507,10 @@ async fn run_protocol(
 /// Participant: records the leader's result after verifying it itself.
 pub async fn on_done(node: Arc<NodeCtx>, from: String, done: Done) {
     let Some(p) = node.tx.get(done.id) else {
+        // The proposal may still be on its way here: keep the result for it.
+        if from != node.cfg.node_id {
+            node.tx.keep_early_result(from, done);
+        }
         return;
     };
     if p.leader != from || from == node.cfg.node_id {

@@ -309,6 +309,10 @@ pub async fn on_proposal(node: &Arc<NodeCtx>, from: &str, prop: Proposal) -> Res
     for (sender, vote) in node.tx.take_early_votes(prop.id) {
         accept_vote(node, prop.id, &sender, &vote).await;
     }
+    // A result that overtook the proposal (the leader finished with the others).
+    for (sender, done) in node.tx.take_early_results(prop.id) {
+        tokio::spawn(super::signing::on_done(node.clone(), sender, done));
+    }
     let expire_node = node.clone();
     let wait = prop.deadline_unix.saturating_sub(now_unix()) + 1;
     tokio::spawn(async move {
@@ -419,7 +423,19 @@ pub async fn on_vote_frame(node: &Arc<NodeCtx>, from: &str, payload: &[u8]) {
         VoteMessage::Vote(v) => {
             let id = v.body().transaction_id;
             if node.tx.get(id).is_none() {
-                node.tx.keep_early_vote(id, from.to_owned(), v);
+                // Not tracked here (yet, or any more): forgery is recorded now; a
+                // genuine vote waits for its proposal.
+                let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
+                let book =
+                    VoteKeyBook::from_pinned(node.store.vote_keys().await.unwrap_or_default());
+                match intake.precheck(&book, &v, from).await {
+                    Ok(()) | Err(VoteReject::UnknownVoter { .. }) => {
+                        node.tx.keep_early_vote(id, from.to_owned(), v)
+                    }
+                    Err(e) => {
+                        tracing::warn!(tx = %id, peer = %from, error = %e, "vote refused")
+                    }
+                }
                 return;
             }
             accept_vote(node, id, from, &v).await;

@@ -86,6 +86,48 @@ impl VoteIntake {
         .await
     }
 
+    /// The checks that need no round, for a vote of a transaction this node does
+    /// not track (yet, or any more): the voter is the authenticated sender and the
+    /// signature verifies under the voter's pinned key. A forgery is recorded
+    /// whenever it arrives, even after the round ended here.
+    pub async fn precheck(
+        &self,
+        keys: &VoteKeyBook,
+        signed: &SignedVote,
+        sender: &str,
+    ) -> Result<(), VoteReject> {
+        let body = signed.body();
+        let voter = signed.voter();
+        let rej = if voter != sender {
+            VoteReject::SenderMismatch {
+                sender: sender.to_owned(),
+                voter: voter.to_owned(),
+            }
+        } else {
+            let key = keys.get(voter).ok_or_else(|| VoteReject::UnknownVoter {
+                voter: voter.to_owned(),
+            })?;
+            if signed.verify(key).is_ok() {
+                return Ok(());
+            }
+            VoteReject::BadSignature {
+                voter: voter.to_owned(),
+            }
+        };
+        if let Some(code) = rej.violation_code() {
+            let session = format!("{}/{}", body.transaction_id, body.round_no);
+            let evidence = serde_json::json!({
+                "transaction_id": body.transaction_id.to_string(),
+                "round_no": body.round_no,
+                "error": rej.to_string(),
+                "vote": hex::encode(signed.encode()),
+            });
+            self.violation(sender, code, &session, &evidence, &rej.to_string())
+                .await;
+        }
+        Err(rej)
+    }
+
     async fn store_checked(
         &self,
         checked: Result<(), VoteReject>,

@@ -140,19 +140,8 @@ fn signed(tx: Uuid, voter: u8, signer: u8, decision: VoteDecision) -> SignedVote
     SignedVote::sign(body, &key(signer)).expect("valid body")
 }
 
-async fn violations(store: &Store, culprit: &str, code: &str) -> Vec<serde_json::Value> {
-    store
-        .list_violations(1000)
-        .await
-        .expect("list violations")
-        .into_iter()
-        .filter(|v| v.node_id == culprit && v.violation_type == code)
-        .map(|v| v.evidence)
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() {
+/// A fresh database with one transaction and its open 2-of-3 voting round.
+async fn store_with_round() -> (TempPg, Store, Uuid, Uuid) {
     let pg = TempPg::start().await;
     let store = Store::connect(&pg.url, 4)
         .await
@@ -176,6 +165,23 @@ async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() 
         .create_round(round, tx, 1, 2, 3, deadline)
         .await
         .expect("round");
+    (pg, store, tx, round)
+}
+
+async fn violations(store: &Store, culprit: &str, code: &str) -> Vec<serde_json::Value> {
+    store
+        .list_violations(1000)
+        .await
+        .expect("list violations")
+        .into_iter()
+        .filter(|v| v.node_id == culprit && v.violation_type == code)
+        .map(|v| v.evidence)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() {
+    let (pg, store, tx, round) = store_with_round().await;
     let intake = VoteIntake::new(store.clone(), "node-1");
     let mut keys = VoteKeyBook::from_pinned(store.vote_keys().await.expect("keys"));
     assert!(keys.is_empty());
@@ -349,29 +355,7 @@ async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_votes_count_only_under_the_voters_key() {
-    let pg = TempPg::start().await;
-    let store = Store::connect(&pg.url, 4)
-        .await
-        .expect("connect and migrate");
-    let tx = Uuid::new_v4();
-    store
-        .insert_transaction(&NewTransaction {
-            id: tx,
-            key_id: Some("hot".into()),
-            recipient: None,
-            amount_sats: None,
-            fee_sats: None,
-            psbt: None,
-            initiator: "test".into(),
-        })
-        .await
-        .expect("transaction");
-    let round = Uuid::new_v4();
-    let deadline = chrono::Utc::now() + chrono::Duration::seconds(60);
-    store
-        .create_round(round, tx, 1, 2, 3, deadline)
-        .await
-        .expect("round");
+    let (_pg, store, tx, round) = store_with_round().await;
     for n in 1u8..=3 {
         let id = format!("node-{n}");
         store
@@ -453,6 +437,38 @@ async fn relayed_votes_count_only_under_the_voters_key() {
             .await,
         Err(VoteReject::UnknownVoter { .. })
     ));
+    // Votes of a transaction this node does not track: forgery is still recorded.
+    let other_tx = Uuid::new_v4();
+    let in_my_name = signed(other_tx, 1, 2, VoteDecision::Reject);
+    assert!(matches!(
+        intake.precheck(&keys, &in_my_name, "node-2").await,
+        Err(VoteReject::SenderMismatch { .. })
+    ));
+    assert_eq!(
+        violations(&store, "node-2", VIOLATION_SENDER_MISMATCH)
+            .await
+            .len(),
+        1
+    );
+    let bad_sig = signed(other_tx, 2, 9, VoteDecision::Approve);
+    assert!(matches!(
+        intake.precheck(&keys, &bad_sig, "node-2").await,
+        Err(VoteReject::BadSignature { .. })
+    ));
+    assert_eq!(
+        violations(&store, "node-2", VIOLATION_BAD_SIGNATURE)
+            .await
+            .len(),
+        2
+    );
+    intake
+        .precheck(
+            &keys,
+            &signed(other_tx, 2, 2, VoteDecision::Approve),
+            "node-2",
+        )
+        .await
+        .expect("a genuine vote passes");
     assert_eq!(
         intake.round_votes(round).await.expect("votes"),
         vec![v3],

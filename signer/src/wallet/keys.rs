@@ -291,6 +291,11 @@ impl WalletKey {
             .map(|&(chain, index)| ScriptPath { chain, index })
     }
 
+    /// Builds the lookup table of [`Self::find_path`] now (it is shared by clones).
+    pub fn warm_lookup(&self) {
+        let _ = self.table();
+    }
+
     /// Checks that `script` is this key's script at `path` (any index, also beyond
     /// the lookahead): how key origins carried by a PSBT are confirmed.
     pub fn owns_at(&self, script: &Script, path: ScriptPath) -> bool {
