@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use hsm::Aad;
 use signer_protocol::ecdsa::{self, EcdsaKeyShare};
 use signer_protocol::{channel_party, run_on_thread, DeliveryConfig, ExecutionId, ProtocolKind};
@@ -25,6 +27,9 @@ use crate::tx::material::{self, Material};
 pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound of one presigning run (protocol and confirmations).
 pub const ITEM_TIMEOUT: Duration = Duration::from_secs(120);
+/// Items of a session in flight at once on a member (two: one in the protocol,
+/// one being sealed, confirmed and stored).
+pub const PIPELINE_DEPTH: usize = 2;
 
 /// The execution id of one item, derived the same way by every member.
 pub fn execution_id(spec: &PresignSpec, item: &Uuid) -> ExecutionId {
@@ -167,15 +172,21 @@ async fn run_items(
         )
         .await
         .map_err(|e| PresignError::Coord(e.to_string()))?;
-    let mut stored = 0;
     let set: SetKey = (spec.key_id.clone(), spec.signers.clone());
-    for (item, q) in queues {
-        let r = tokio::time::timeout(
+    // Items are pipelined: the next item's protocol runs while the previous one is
+    // sealed, confirmed and stored (every member runs the same items in the same
+    // order, each on its own session id and queues).
+    let runs = queues.into_iter().map(|(item, q)| async move {
+        tokio::time::timeout(
             ITEM_TIMEOUT,
             run_item(node, spec, item, q, indices, position, share),
         )
         .await
-        .unwrap_or_else(|_| Err(PresignError::Protocol("presigning timed out".into())));
+        .unwrap_or_else(|_| Err(PresignError::Protocol("presigning timed out".into())))
+    });
+    let mut results = futures::stream::iter(runs).buffered(PIPELINE_DEPTH);
+    let mut stored = 0;
+    while let Some(r) = results.next().await {
         r?;
         node.presign.generated(&set, 1);
         stored += 1;

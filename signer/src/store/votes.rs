@@ -128,16 +128,60 @@ impl Store {
         Ok(Tally { approve, reject })
     }
 
-    /// Closes an open round with its outcome.
-    pub async fn close_round(&self, round_id: Uuid, outcome: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+    /// Closes an open round with its outcome and moves its transaction to the same
+    /// state in one database transaction, with the audit row `tx.<outcome>` (and,
+    /// unless approved, the transaction's reserved UTXOs released): a crash never
+    /// leaves a closed round beside a transaction still `voting`. Returns `false`
+    /// (and changes nothing) when the round was already closed.
+    pub async fn close_round_and_transaction(
+        &self,
+        local_node: &str,
+        round_id: Uuid,
+        transaction_id: Uuid,
+        outcome: &str,
+        failure_reason: Option<&str>,
+        votes: usize,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let closed = sqlx::query(
             "UPDATE voting_rounds SET state = $2, closed_at = now() WHERE id = $1 AND state = 'open'",
         )
         .bind(round_id)
         .bind(outcome)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if closed.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let moved = sqlx::query(
+            "UPDATE transactions SET state = $2, failure_reason = COALESCE($3, failure_reason) \
+             WHERE id = $1",
+        )
+        .bind(transaction_id)
+        .bind(outcome)
+        .bind(failure_reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::classify(e, "transaction"))?;
+        if moved.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "transaction",
+                id: transaction_id.to_string(),
+            });
+        }
+        if outcome != "approved" {
+            super::utxos::release_reserved(&mut *tx, transaction_id).await?;
+        }
+        append_audit(
+            &mut tx,
+            local_node,
+            AuditEntry::new("node", format!("tx.{outcome}"))
+                .subject(transaction_id.to_string())
+                .details(serde_json::json!({ "votes": votes })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -220,6 +264,31 @@ impl Store {
                 id: vote.round_id.to_string(),
             }),
         }
+    }
+
+    /// The signed form of `voter`'s stored vote in round `round_no` of
+    /// `transaction_id`, if this node has one (`Some(None)`: a row without a signed
+    /// form).
+    pub async fn stored_vote_of(
+        &self,
+        transaction_id: Uuid,
+        round_no: u32,
+        voter: &str,
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        let round_no = i32::try_from(round_no).map_err(|_| StoreError::NotFound {
+            what: "voting round",
+            id: format!("{transaction_id}/{round_no}"),
+        })?;
+        let row: Option<(Option<Vec<u8>>,)> = sqlx::query_as(
+            "SELECT v.signed_vote FROM votes v JOIN voting_rounds r ON r.id = v.round_id \
+             WHERE r.transaction_id = $1 AND r.round_no = $2 AND v.node_id = $3",
+        )
+        .bind(transaction_id)
+        .bind(round_no)
+        .bind(voter)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|(v,)| v))
     }
 
     /// Every vote of a round, ordered by voter.

@@ -19,6 +19,7 @@
 //!   which verify it again before recording `signed`.
 
 pub mod approvals;
+pub mod early;
 pub mod intake;
 pub mod material;
 pub mod signing;
@@ -32,6 +33,7 @@ use uuid::Uuid;
 
 use crate::node::NodeCtx;
 use crate::wallet::{IntakeLimits, ValidatedPsbt, WalletKey};
+use early::EarlyBuffer;
 
 /// Errors of the transaction pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,9 @@ pub struct Pending {
     /// Whether this node has cast its vote (it votes once; a policy needing human
     /// approvals holds the vote until they arrive).
     pub voted: std::sync::atomic::AtomicBool,
+    /// The round's signed votes (hex) as the leader read them when it chose the
+    /// signers: relayed with every sign request and the result.
+    pub relayed_votes: std::sync::OnceLock<Vec<String>>,
 }
 
 /// Votes kept for transactions whose proposal has not arrived yet, at most.
@@ -119,11 +124,11 @@ pub const MAX_EARLY_VOTES: usize = 4096;
 pub const MAX_EARLY_RESULTS: usize = 1024;
 
 /// In-memory registry of transactions being voted on or signed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     pending: Mutex<HashMap<Uuid, Arc<Pending>>>,
-    early_votes: Mutex<Vec<(Uuid, String, crate::vote::SignedVote)>>,
-    early_results: Mutex<std::collections::VecDeque<(Uuid, String, wire::Done)>>,
+    early_votes: EarlyBuffer<crate::vote::SignedVote>,
+    early_results: EarlyBuffer<wire::Done>,
     replies: Mutex<HashMap<Uuid, tokio::sync::mpsc::Sender<(String, wire::SignatureReply)>>>,
     frozen: Mutex<std::collections::BTreeSet<String>>,
     /// Held while a recipient + amount request selects and reserves its UTXOs.
@@ -131,6 +136,20 @@ pub struct Registry {
     /// Wallet keys by key id, kept so their script lookup tables (thousands of
     /// derivations) are built once per key, not per request.
     wallet_keys: Mutex<HashMap<String, WalletKey>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            pending: Mutex::default(),
+            early_votes: EarlyBuffer::new(MAX_EARLY_VOTES),
+            early_results: EarlyBuffer::new(MAX_EARLY_RESULTS),
+            replies: Mutex::default(),
+            frozen: Mutex::default(),
+            intake_lock: tokio::sync::Mutex::default(),
+            wallet_keys: Mutex::default(),
+        }
+    }
 }
 
 impl Registry {
@@ -178,56 +197,30 @@ impl Registry {
             .contains(key_id)
     }
 
-    /// Keeps a vote that arrived before its proposal (bounded).
+    /// Keeps a vote that arrived before its proposal (bounded, see [`EarlyBuffer`]).
     pub fn keep_early_vote(&self, id: Uuid, from: String, v: crate::vote::SignedVote) {
-        let mut g = self
-            .early_votes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if g.len() >= MAX_EARLY_VOTES {
-            tracing::warn!(tx = %id, peer = %from, "early vote buffer full; vote dropped");
-            return;
+        if self.early_votes.keep(id, from, v) {
+            tracing::warn!(tx = %id, "early vote buffer full; its oldest vote dropped");
         }
-        g.push((id, from, v));
     }
 
     /// Keeps a signing result that arrived before its proposal (a slow delivery of
-    /// the proposal to this node); the oldest is dropped when full.
+    /// the proposal to this node; bounded, see [`EarlyBuffer`]).
     pub fn keep_early_result(&self, from: String, done: wire::Done) {
-        let mut g = self
-            .early_results
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if g.len() >= MAX_EARLY_RESULTS {
-            g.pop_front();
+        let id = done.id;
+        if self.early_results.keep(id, from, done) {
+            tracing::warn!(tx = %id, "early result buffer full; its oldest result dropped");
         }
-        g.push_back((done.id, from, done));
     }
 
     /// Takes the early results of `id`.
     pub fn take_early_results(&self, id: Uuid) -> Vec<(String, wire::Done)> {
-        let mut g = self
-            .early_results
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *g)
-            .into_iter()
-            .partition(|(t, ..)| *t == id);
-        *g = rest.into();
-        mine.into_iter().map(|(_, f, d)| (f, d)).collect()
+        self.early_results.take(id)
     }
 
     /// Takes the early votes of `id`.
     pub fn take_early_votes(&self, id: Uuid) -> Vec<(String, crate::vote::SignedVote)> {
-        let mut g = self
-            .early_votes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *g)
-            .into_iter()
-            .partition(|(t, ..)| *t == id);
-        *g = rest;
-        mine.into_iter().map(|(_, f, v)| (f, v)).collect()
+        self.early_votes.take(id)
     }
 
     /// Routes signature replies of signing session `session` to `tx`.

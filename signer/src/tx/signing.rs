@@ -155,13 +155,18 @@ async fn record_signed(
 }
 
 /// The nodes that voted approve and are reachable, at least `t`, in preference order
-/// (this node first if it approved, then the key's participant order).
+/// (this node first if it approved, then the key's participant order). The votes
+/// read are kept in [`Pending::relayed_votes`].
 pub(crate) async fn choose_signers(
     node: &Arc<NodeCtx>,
     p: &Pending,
 ) -> Result<Vec<String>, TxError> {
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
     let votes = intake.round_votes(p.round_id).await?;
+    // These votes settled the round: every sign request and the result relay them.
+    let _ = p
+        .relayed_votes
+        .set(votes.iter().map(|v| hex::encode(v.encode())).collect());
     let me = &node.cfg.node_id;
     let connected = node.net.p2p.connected_peers();
     let mut approvers: Vec<String> = votes

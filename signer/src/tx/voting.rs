@@ -15,8 +15,8 @@ use crate::p2p::{Frame, MessageKind};
 use crate::store::transactions::NewTransaction;
 use crate::store::StoreError;
 use crate::vote::{
-    evaluate_round, RoundOutcome, SignedVote, VoteBody, VoteDecision, VoteIntake, VoteKeyBook,
-    VoteMessage, VoteReject, VoteSubject,
+    evaluate_round, Prechecked, RoundOutcome, SignedVote, VoteBody, VoteDecision, VoteIntake,
+    VoteKeyBook, VoteMessage, VoteReject, VoteSubject,
 };
 
 /// Seconds since the Unix epoch.
@@ -271,6 +271,7 @@ pub async fn on_proposal(node: &Arc<NodeCtx>, from: &str, prop: Proposal) -> Res
         initiator: prop.initiator.clone(),
         deadline_unix: prop.deadline_unix,
         voted: AtomicBool::new(false),
+        relayed_votes: std::sync::OnceLock::new(),
     });
     node.tx.insert(prop.id, pending.clone());
     let mut verdict = decide(node, &loaded, prop.id, &pending, prop.deadline_unix).await;
@@ -429,8 +430,11 @@ pub async fn on_vote_frame(node: &Arc<NodeCtx>, from: &str, payload: &[u8]) {
                 let book =
                     VoteKeyBook::from_pinned(node.store.vote_keys().await.unwrap_or_default());
                 match intake.precheck(&book, &v, from).await {
-                    Ok(()) | Err(VoteReject::UnknownVoter { .. }) => {
+                    Ok(Prechecked::Unseen) | Err(VoteReject::UnknownVoter { .. }) => {
                         node.tx.keep_early_vote(id, from.to_owned(), v)
+                    }
+                    Ok(Prechecked::AlreadyStored) => {
+                        tracing::debug!(tx = %id, peer = %from, "vote already stored; re-delivery dropped")
                     }
                     Err(e) => {
                         tracing::warn!(tx = %id, peer = %from, error = %e, "vote refused")
@@ -488,6 +492,9 @@ const MAX_RELAYED_VOTES: usize = 64;
 /// or the result (empty if they cannot be read: the receiver then waits for the
 /// votes themselves).
 pub async fn votes_to_relay(node: &Arc<NodeCtx>, p: &Pending) -> Vec<String> {
+    if let Some(votes) = p.relayed_votes.get() {
+        return votes.clone();
+    }
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
     match intake.round_votes(p.round_id).await {
         Ok(votes) => votes.iter().map(|v| hex::encode(v.encode())).collect(),
@@ -580,32 +587,20 @@ async fn check_round(node: &Arc<NodeCtx>, id: Uuid, p: &Arc<Pending>) {
         RoundOutcome::Approved => "approved",
         RoundOutcome::Rejected => "rejected",
     };
-    match node.store.close_round(p.round_id, to).await {
+    match node
+        .store
+        .close_round_and_transaction(&node.cfg.node_id, p.round_id, id, to, None, votes.len())
+        .await
+    {
         Ok(true) => {}
         Ok(false) => return, // already closed
         Err(e) => {
-            tracing::error!(tx = %id, error = %e, "cannot close the round");
+            tracing::error!(tx = %id, error = %e, to, "cannot record the vote outcome");
             return;
         }
     }
-    if let Err(e) = node.store.transition_transaction(id, to, None).await {
-        tracing::error!(tx = %id, error = %e, to, "cannot record the vote outcome");
-        return;
-    }
-    let _ = node
-        .store
-        .audit(
-            &node.cfg.node_id,
-            AuditEntry::new("node", format!("tx.{to}"))
-                .subject(id.to_string())
-                .details(serde_json::json!({ "votes": votes.len() })),
-        )
-        .await;
     tracing::info!(tx = %id, outcome = to, votes = votes.len(), "voting round closed");
     if to == "rejected" {
-        if let Err(e) = node.store.release_utxos(id).await {
-            tracing::error!(tx = %id, error = %e, "cannot release the reserved utxos");
-        }
         node.tx.remove(id);
     } else if p.leader == node.cfg.node_id {
         tokio::spawn(super::signing::lead(node.clone(), id));
@@ -616,18 +611,23 @@ async fn expire_if_open(node: &Arc<NodeCtx>, id: Uuid) {
     let Some(p) = node.tx.get(id) else {
         return;
     };
-    if let Ok(true) = node.store.close_round(p.round_id, "expired").await {
-        if node
-            .store
-            .transition_transaction(id, "expired", Some("voting deadline passed"))
-            .await
-            .is_ok()
-        {
+    match node
+        .store
+        .close_round_and_transaction(
+            &node.cfg.node_id,
+            p.round_id,
+            id,
+            "expired",
+            Some("voting deadline passed"),
+            0,
+        )
+        .await
+    {
+        Ok(true) => {
             tracing::info!(tx = %id, "voting round expired");
-            if let Err(e) = node.store.release_utxos(id).await {
-                tracing::error!(tx = %id, error = %e, "cannot release the reserved utxos");
-            }
             node.tx.remove(id);
         }
+        Ok(false) => {}
+        Err(e) => tracing::error!(tx = %id, error = %e, "cannot record the expiry"),
     }
 }

@@ -20,6 +20,16 @@ pub enum Accepted {
     Duplicate,
 }
 
+/// What [`VoteIntake::precheck`] found out about a genuine vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prechecked {
+    /// No vote of the voter is stored for that round (yet): keep it for the
+    /// round.
+    Unseen,
+    /// The voter's vote in that round is already stored and this is the same one.
+    AlreadyStored,
+}
+
 /// Accepts votes and key announcements into this node's database.
 #[derive(Debug, Clone)]
 pub struct VoteIntake {
@@ -86,18 +96,21 @@ impl VoteIntake {
         .await
     }
 
-    /// The checks that need no round, for a vote of a transaction this node does
-    /// not track (yet, or any more): the voter is the authenticated sender and the
-    /// signature verifies under the voter's pinned key. A forgery is recorded
-    /// whenever it arrives, even after the round ended here.
+    /// The checks that need no live round, for a vote of a transaction this node
+    /// does not track (yet, or any more): the voter is the authenticated sender,
+    /// the signature verifies under the voter's pinned key and, when this node
+    /// already stored a vote of the voter in that round (the round ended here
+    /// before the vote arrived), it is the same vote. A forgery or a double vote is
+    /// recorded whenever it arrives, even after the round ended here.
     pub async fn precheck(
         &self,
         keys: &VoteKeyBook,
         signed: &SignedVote,
         sender: &str,
-    ) -> Result<(), VoteReject> {
+    ) -> Result<Prechecked, VoteReject> {
         let body = signed.body();
         let voter = signed.voter();
+        let session = format!("{}/{}", body.transaction_id, body.round_no);
         let rej = if voter != sender {
             VoteReject::SenderMismatch {
                 sender: sender.to_owned(),
@@ -108,14 +121,31 @@ impl VoteIntake {
                 voter: voter.to_owned(),
             })?;
             if signed.verify(key).is_ok() {
-                return Ok(());
+                let stored = self
+                    .store
+                    .stored_vote_of(body.transaction_id, body.round_no, voter)
+                    .await?;
+                return match stored {
+                    None => Ok(Prechecked::Unseen),
+                    Some(None) => Ok(Prechecked::AlreadyStored),
+                    Some(Some(existing)) => {
+                        self.compare_with_stored(
+                            &existing,
+                            signed,
+                            &session,
+                            body.transaction_id,
+                            body.round_no,
+                        )
+                        .await?;
+                        Ok(Prechecked::AlreadyStored)
+                    }
+                };
             }
             VoteReject::BadSignature {
                 voter: voter.to_owned(),
             }
         };
         if let Some(code) = rej.violation_code() {
-            let session = format!("{}/{}", body.transaction_id, body.round_no);
             let evidence = serde_json::json!({
                 "transaction_id": body.transaction_id.to_string(),
                 "round_no": body.round_no,
@@ -174,29 +204,49 @@ impl VoteIntake {
                 ))
             })?,
         };
-        let stored = SignedVote::decode(&existing).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "stored vote of {} in round {session}: {e}",
-                body.voter
-            ))
+        self.compare_with_stored(
+            &existing,
+            signed,
+            &session,
+            expected.transaction_id,
+            expected.round_no,
+        )
+        .await?;
+        Ok(Accepted::Duplicate)
+    }
+
+    /// Compares `signed` with the voter's stored vote (wire form `existing`) of the
+    /// same round: the same vote again is fine; a different one is refused and
+    /// recorded as the voter's double vote.
+    async fn compare_with_stored(
+        &self,
+        existing: &[u8],
+        signed: &SignedVote,
+        session: &str,
+        transaction_id: Uuid,
+        round_no: u32,
+    ) -> Result<(), VoteReject> {
+        let voter = signed.voter();
+        let stored = SignedVote::decode(existing).map_err(|e| {
+            StoreError::Corrupt(format!("stored vote of {voter} in round {session}: {e}"))
         })?;
         match compare_redelivery(&stored, signed) {
-            Redelivery::Duplicate => Ok(Accepted::Duplicate),
+            Redelivery::Duplicate => Ok(()),
             Redelivery::Conflict => {
                 let rej = VoteReject::DoubleVote {
-                    voter: body.voter.clone(),
-                    round_no: body.round_no,
+                    voter: voter.to_owned(),
+                    round_no,
                 };
                 let evidence = serde_json::json!({
-                    "transaction_id": expected.transaction_id.to_string(),
-                    "round_no": expected.round_no,
-                    "first": hex::encode(&existing),
+                    "transaction_id": transaction_id.to_string(),
+                    "round_no": round_no,
+                    "first": hex::encode(existing),
                     "second": hex::encode(signed.encode()),
                 });
                 self.violation(
-                    &body.voter,
+                    voter,
                     super::VIOLATION_DOUBLE_VOTE,
-                    &session,
+                    session,
                     &evidence,
                     &rej.to_string(),
                 )

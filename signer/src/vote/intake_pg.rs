@@ -469,6 +469,26 @@ async fn relayed_votes_count_only_under_the_voters_key() {
         )
         .await
         .expect("a genuine vote passes");
+    // A vote that arrives after the round ended here (its transaction no longer
+    // tracked) is still compared with the voter's stored vote of that round.
+    assert_eq!(
+        intake
+            .precheck(&keys, &v3, "node-3")
+            .await
+            .expect("same vote"),
+        Prechecked::AlreadyStored
+    );
+    assert!(matches!(
+        intake.precheck(&keys, &v3b, "node-3").await,
+        Err(VoteReject::DoubleVote { .. })
+    ));
+    assert_eq!(
+        violations(&store, "node-3", VIOLATION_DOUBLE_VOTE)
+            .await
+            .len(),
+        2,
+        "a late double vote is recorded"
+    );
     assert_eq!(
         intake.round_votes(round).await.expect("votes"),
         vec![v3],

@@ -34,7 +34,7 @@ mod tests;
 pub use error::{
     BadSignature, KeyAnnounceError, PermitError, QcError, TallyError, VoteCodecError, VoteReject,
 };
-pub use intake::{Accepted, VoteIntake};
+pub use intake::{Accepted, Prechecked, VoteIntake};
 pub use keys::{
     vote_key_fingerprint, PinOutcome, VoteKeyAnnouncement, VoteKeyBook, KEY_ANNOUNCE_DOMAIN,
     KEY_ANNOUNCE_VERSION, MAX_KEY_ANNOUNCE_BYTES,
