@@ -48,6 +48,13 @@ pub fn warn_if_armed() {
             );
         }
     }
+    #[cfg(feature = "fault-injection")]
+    if std::env::var_os(EXIT_AFTER_PRESIG_CONSUME_ENV).is_some() {
+        tracing::error!(
+            fault = EXIT_AFTER_PRESIG_CONSUME_ENV,
+            "FAULT INJECTION ARMED: this node exits after consuming a presignature"
+        );
+    }
 }
 
 /// Environment variable: this node, after casting its honest vote, signs and sends a
