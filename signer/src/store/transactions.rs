@@ -149,23 +149,7 @@ impl Store {
         to: &str,
         failure_reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE transactions SET state = $2, failure_reason = COALESCE($3, failure_reason) \
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(to)
-        .bind(failure_reason)
-        .execute(self.pool())
-        .await
-        .map_err(|e| StoreError::classify(e, "transaction"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "transaction",
-                id: id.to_string(),
-            });
-        }
-        Ok(())
+        set_transaction_state(self.pool(), id, to, failure_reason).await
     }
 
     /// Count of transactions (all states).
@@ -352,4 +336,31 @@ impl Store {
             psbt.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
         ))
     }
+}
+
+/// Moves transaction `id` to state `to` (keeping an earlier failure reason unless
+/// `failure_reason` is given), in a pool or inside a database transaction.
+pub(super) async fn set_transaction_state<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    id: Uuid,
+    to: &str,
+    failure_reason: Option<&str>,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE transactions SET state = $2, failure_reason = COALESCE($3, failure_reason) \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(to)
+    .bind(failure_reason)
+    .execute(ex)
+    .await
+    .map_err(|e| StoreError::classify(e, "transaction"))?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound {
+            what: "transaction",
+            id: id.to_string(),
+        });
+    }
+    Ok(())
 }

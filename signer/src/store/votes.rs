@@ -153,22 +153,13 @@ impl Store {
         if closed.rows_affected() != 1 {
             return Ok(false);
         }
-        let moved = sqlx::query(
-            "UPDATE transactions SET state = $2, failure_reason = COALESCE($3, failure_reason) \
-             WHERE id = $1",
+        super::transactions::set_transaction_state(
+            &mut *tx,
+            transaction_id,
+            outcome,
+            failure_reason,
         )
-        .bind(transaction_id)
-        .bind(outcome)
-        .bind(failure_reason)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::classify(e, "transaction"))?;
-        if moved.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "transaction",
-                id: transaction_id.to_string(),
-            });
-        }
+        .await?;
         if outcome != "approved" {
             super::utxos::release_reserved(&mut *tx, transaction_id).await?;
         }

@@ -468,6 +468,7 @@ async fn relayed_votes_count_only_under_the_voters_key() {
             "node-2",
         )
         .await
+        .map(|seen| assert_eq!(seen, Prechecked::Unseen, "no stored vote of that round"))
         .expect("a genuine vote passes");
     // A vote that arrives after the round ended here (its transaction no longer
     // tracked) is still compared with the voter's stored vote of that round.
@@ -493,5 +494,62 @@ async fn relayed_votes_count_only_under_the_voters_key() {
         intake.round_votes(round).await.expect("votes"),
         vec![v3],
         "only the genuine vote is stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_close_moves_transaction_releases_utxos_and_audits_at_once() {
+    let (_pg, store, tx, round) = store_with_round().await;
+    let utxo = crate::wallet::OwnedUtxo {
+        key_id: "hot".into(),
+        outpoint: bitcoin::OutPoint::new(Txid::all_zeros(), 0),
+        value_sats: 50_000,
+        script_pubkey: bitcoin::ScriptBuf::from_bytes(vec![0x51]),
+        chain: 0,
+        index: 0,
+    };
+    store.add_utxos(&[utxo]).await.expect("utxo");
+    store
+        .reserve_utxos(tx, &[bitcoin::OutPoint::new(Txid::all_zeros(), 0)])
+        .await
+        .expect("reserve");
+    assert!(store.available_utxos("hot").await.expect("list").is_empty());
+    assert!(store
+        .close_round_and_transaction("node-1", round, tx, "rejected", None, 2)
+        .await
+        .expect("close"));
+    assert_eq!(
+        store.get_round(round).await.expect("round").state,
+        "rejected"
+    );
+    assert_eq!(
+        store.get_transaction(tx).await.expect("tx").state,
+        "rejected"
+    );
+    assert_eq!(
+        store.available_utxos("hot").await.expect("list").len(),
+        1,
+        "a rejected transaction's inputs are available again"
+    );
+    let audited = store.audit_rows(0, 1000).await.expect("audit");
+    assert_eq!(
+        audited
+            .iter()
+            .filter(|r| r.action == "tx.rejected" && r.subject.as_deref() == Some(&*tx.to_string()))
+            .count(),
+        1
+    );
+    // A second close (another vote, or the deadline) changes nothing.
+    assert!(!store
+        .close_round_and_transaction("node-1", round, tx, "expired", Some("late"), 0)
+        .await
+        .expect("second close"));
+    assert_eq!(
+        store.get_transaction(tx).await.expect("tx").state,
+        "rejected"
+    );
+    assert_eq!(
+        store.audit_rows(0, 1000).await.expect("audit").len(),
+        audited.len()
     );
 }
