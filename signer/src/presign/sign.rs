@@ -61,6 +61,12 @@ async fn stocked_sets(
         .collect())
 }
 
+/// Whether signer set `set` may still be tried: it includes this node (`me`), was
+/// not tried yet and has no excluded node.
+fn still_eligible(set: &[String], me: &String, tried: &[Vec<String>], excluded: &[String]) -> bool {
+    set.contains(me) && !tried.iter().any(|t| t == set) && !set.iter().any(|n| excluded.contains(n))
+}
+
 fn in_key_order(p: &Pending, mut set: Vec<String>) -> Vec<String> {
     set.sort_by_key(|n| p.participants.iter().position(|x| x == n));
     set
@@ -94,9 +100,7 @@ pub async fn sign_input(
         let mut candidates: Vec<Vec<String>> = combinations(&approvers, t)
             .into_iter()
             .map(|s| in_key_order(p, s))
-            .filter(|s| {
-                s.contains(&me) && !tried.contains(s) && !s.iter().any(|n| excluded.contains(n))
-            })
+            .filter(|s| still_eligible(s, &me, &tried, &excluded))
             .collect();
         // Sets known to hold presignatures first (stable: preference order otherwise).
         candidates.sort_by_key(|s| !stocked.contains(s));
@@ -113,12 +117,7 @@ pub async fn sign_input(
             stocked = stocked_sets(node, p, inp)
                 .await?
                 .into_iter()
-                .filter(|s| {
-                    s.len() == t
-                        && s.contains(&me)
-                        && !tried.contains(s)
-                        && !s.iter().any(|n| excluded.contains(n))
-                })
+                .filter(|s| s.len() == t && still_eligible(s, &me, &tried, &excluded))
                 .collect();
             let until = tokio::time::Instant::now() + LATE_VOTE_WAIT;
             loop {

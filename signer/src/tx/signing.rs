@@ -164,9 +164,7 @@ pub(crate) async fn choose_signers(
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
     let votes = intake.round_votes(p.round_id).await?;
     // These votes settled the round: every sign request and the result relay them.
-    let _ = p
-        .relayed_votes
-        .set(votes.iter().map(|v| hex::encode(v.encode())).collect());
+    let _ = p.relayed_votes.set(super::voting::relay_form(&votes));
     let me = &node.cfg.node_id;
     let connected = node.net.p2p.connected_peers();
     let mut approvers: Vec<String> = votes

@@ -414,8 +414,7 @@ pub async fn on_vote_frame(node: &Arc<NodeCtx>, from: &str, payload: &[u8]) {
     };
     match msg {
         VoteMessage::KeyAnnouncement(a) => {
-            let mut book =
-                VoteKeyBook::from_pinned(node.store.vote_keys().await.unwrap_or_default());
+            let mut book = pinned_key_book(node).await;
             let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
             if let Err(e) = intake.accept_key_announcement(&mut book, &a, from).await {
                 tracing::warn!(peer = %from, error = %e, "vote key announcement refused");
@@ -427,8 +426,7 @@ pub async fn on_vote_frame(node: &Arc<NodeCtx>, from: &str, payload: &[u8]) {
                 // Not tracked here (yet, or any more): forgery is recorded now; a
                 // genuine vote waits for its proposal.
                 let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
-                let book =
-                    VoteKeyBook::from_pinned(node.store.vote_keys().await.unwrap_or_default());
+                let book = pinned_key_book(node).await;
                 match intake.precheck(&book, &v, from).await {
                     Ok(Prechecked::Unseen) | Err(VoteReject::UnknownVoter { .. }) => {
                         node.tx.keep_early_vote(id, from.to_owned(), v)
@@ -445,6 +443,12 @@ pub async fn on_vote_frame(node: &Arc<NodeCtx>, from: &str, payload: &[u8]) {
             accept_vote(node, id, from, &v).await;
         }
     }
+}
+
+/// Every vote key this node has pinned (empty if they cannot be read: votes are
+/// then refused as of unknown voters, without blame).
+async fn pinned_key_book(node: &NodeCtx) -> VoteKeyBook {
+    VoteKeyBook::from_pinned(node.store.vote_keys().await.unwrap_or_default())
 }
 
 /// Stores a vote (checked against the round) and closes the round if settled.
@@ -497,12 +501,17 @@ pub async fn votes_to_relay(node: &Arc<NodeCtx>, p: &Pending) -> Vec<String> {
     }
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
     match intake.round_votes(p.round_id).await {
-        Ok(votes) => votes.iter().map(|v| hex::encode(v.encode())).collect(),
+        Ok(votes) => relay_form(&votes),
         Err(e) => {
             tracing::warn!(round = %p.round_id, error = %e, "cannot read the votes to relay");
             Vec::new()
         }
     }
+}
+
+/// Signed votes in the form they are relayed in (hex of the wire form).
+pub fn relay_form(votes: &[SignedVote]) -> Vec<String> {
+    votes.iter().map(|v| hex::encode(v.encode())).collect()
 }
 
 /// Takes in the signed votes `relayer` forwarded for transaction `id` (each is

@@ -110,7 +110,6 @@ impl VoteIntake {
     ) -> Result<Prechecked, VoteReject> {
         let body = signed.body();
         let voter = signed.voter();
-        let session = format!("{}/{}", body.transaction_id, body.round_no);
         let rej = if voter != sender {
             VoteReject::SenderMismatch {
                 sender: sender.to_owned(),
@@ -132,7 +131,6 @@ impl VoteIntake {
                         self.compare_with_stored(
                             &existing,
                             signed,
-                            &session,
                             body.transaction_id,
                             body.round_no,
                         )
@@ -145,16 +143,8 @@ impl VoteIntake {
                 voter: voter.to_owned(),
             }
         };
-        if let Some(code) = rej.violation_code() {
-            let evidence = serde_json::json!({
-                "transaction_id": body.transaction_id.to_string(),
-                "round_no": body.round_no,
-                "error": rej.to_string(),
-                "vote": hex::encode(signed.encode()),
-            });
-            self.violation(sender, code, &session, &evidence, &rej.to_string())
-                .await;
-        }
+        self.record_refusal(sender, &rej, body.transaction_id, body.round_no, signed)
+            .await;
         Err(rej)
     }
 
@@ -166,18 +156,18 @@ impl VoteIntake {
         sender: &str,
         expected: &VoteSubject,
     ) -> Result<Accepted, VoteReject> {
-        let session = round_session(expected);
+        let session = round_session(expected.transaction_id, expected.round_no);
         if let Err(rej) = checked {
-            if let Some(code) = rej.violation_code() {
-                let evidence = serde_json::json!({
-                    "transaction_id": expected.transaction_id.to_string(),
-                    "round_no": expected.round_no,
-                    "error": rej.to_string(),
-                    "vote": hex::encode(signed.encode()),
-                });
-                self.violation(sender, code, &session, &evidence, &rej.to_string())
-                    .await;
-            } else {
+            let recorded = self
+                .record_refusal(
+                    sender,
+                    &rej,
+                    expected.transaction_id,
+                    expected.round_no,
+                    signed,
+                )
+                .await;
+            if !recorded {
                 tracing::info!(%sender, round = %session, error = %rej, "vote not accepted");
             }
             return Err(rej);
@@ -207,12 +197,37 @@ impl VoteIntake {
         self.compare_with_stored(
             &existing,
             signed,
-            &session,
             expected.transaction_id,
             expected.round_no,
         )
         .await?;
         Ok(Accepted::Duplicate)
+    }
+
+    /// Records refusal `rej` of `signed` (round `round_no` of `transaction_id`) as a
+    /// violation of `culprit`, with the vote as evidence, when it is a peer's fault;
+    /// returns whether it was.
+    async fn record_refusal(
+        &self,
+        culprit: &str,
+        rej: &VoteReject,
+        transaction_id: Uuid,
+        round_no: u32,
+        signed: &SignedVote,
+    ) -> bool {
+        let Some(code) = rej.violation_code() else {
+            return false;
+        };
+        let evidence = serde_json::json!({
+            "transaction_id": transaction_id.to_string(),
+            "round_no": round_no,
+            "error": rej.to_string(),
+            "vote": hex::encode(signed.encode()),
+        });
+        let session = round_session(transaction_id, round_no);
+        self.violation(culprit, code, &session, &evidence, &rej.to_string())
+            .await;
+        true
     }
 
     /// Compares `signed` with the voter's stored vote (wire form `existing`) of the
@@ -222,11 +237,11 @@ impl VoteIntake {
         &self,
         existing: &[u8],
         signed: &SignedVote,
-        session: &str,
         transaction_id: Uuid,
         round_no: u32,
     ) -> Result<(), VoteReject> {
         let voter = signed.voter();
+        let session = round_session(transaction_id, round_no);
         let stored = SignedVote::decode(existing).map_err(|e| {
             StoreError::Corrupt(format!("stored vote of {voter} in round {session}: {e}"))
         })?;
@@ -246,7 +261,7 @@ impl VoteIntake {
                 self.violation(
                     voter,
                     super::VIOLATION_DOUBLE_VOTE,
-                    session,
+                    &session,
                     &evidence,
                     &rej.to_string(),
                 )
@@ -365,6 +380,6 @@ impl VoteIntake {
 }
 
 /// `byzantine_violations.session_id` of a round: `<transaction id>/<round>`.
-fn round_session(subject: &VoteSubject) -> String {
-    format!("{}/{}", subject.transaction_id, subject.round_no)
+fn round_session(transaction_id: Uuid, round_no: u32) -> String {
+    format!("{transaction_id}/{round_no}")
 }
