@@ -16,15 +16,17 @@ build: deps
 SIGNER := ./target/debug/signer
 CLUSTER_FILE := $(CLUSTER_DIR)/cluster.json
 
-## Start a 5-node, threshold-3 regtest dev cluster in $(CLUSTER_DIR) (detached), run a
-## 3-of-5 DKG for both key types (ecdsa/CGGMP24 and taproot/FROST), print the keys'
-## descriptors and first addresses, then sign one sample payment per key through the
-## whole pipeline (policy, signed votes, threshold signing) and print the
-## libbitcoinconsensus verification. The demo's aux info uses the published TEST-ONLY
-## primes (protocol/fixtures/test-primes) so it needs no prime generation: insecure,
-## regtest demo only. The cluster keeps running: `signer cluster down --dir $(CLUSTER_DIR)`.
+## Start a 5-node, threshold-3 regtest dev cluster in $(CLUSTER_DIR) (detached; a
+## cluster already running there is reused), run a 3-of-5 DKG for both key types
+## (ecdsa/CGGMP24 and taproot/FROST), print the keys' descriptors and first
+## addresses, then sign one sample payment with the newest key of each type through
+## the whole pipeline (aux info when ECDSA needs it, policy, signed votes, threshold
+## signing) and print the signed txids and the libbitcoinconsensus verification.
+## Re-runnable. The demo's aux info uses the published TEST-ONLY primes
+## (protocol/fixtures/test-primes) so it needs no prime generation: insecure, regtest
+## demo only. The cluster keeps running: `signer cluster down --dir $(CLUSTER_DIR)`.
 demo: build
-	$(SIGNER) cluster up --nodes 5 --threshold 3 --dir $(CLUSTER_DIR) --detach --prime-pool-target 0 --insecure-test-primes protocol/fixtures/test-primes
+	$(SIGNER) cluster up --nodes 5 --threshold 3 --dir $(CLUSTER_DIR) --detach --reuse --prime-pool-target 0 --insecure-test-primes protocol/fixtures/test-primes
 	$(SIGNER) dkg start --cluster $(CLUSTER_FILE) --protocol ecdsa --threshold 3 --wait --retry-secs 60
 	$(SIGNER) dkg start --cluster $(CLUSTER_FILE) --protocol taproot --threshold 3 --wait --retry-secs 60
 	$(SIGNER) keys list --cluster $(CLUSTER_FILE)
@@ -32,7 +34,7 @@ demo: build
 	$(SIGNER) cluster demo-sign --cluster $(CLUSTER_FILE)
 	@echo
 	@echo "cluster running in $(CLUSTER_DIR); more: $(SIGNER) keys addresses KEY_ID --cluster $(CLUSTER_FILE)"
-	@echo "stop it with: $(SIGNER) cluster down --dir $(CLUSTER_DIR)"
+	@echo "stop it with: $(SIGNER) cluster down --dir $(CLUSTER_DIR)  (or: make clean-cluster)"
 
 ## Lint, then every test (unit, real SoftHSM/swtpm/etcd/PostgreSQL, cluster acceptance).
 # `cargo test --workspace` also builds the `signer` binary the cluster tests run

@@ -2,6 +2,7 @@
 //! own file.
 
 mod admin;
+pub mod aux;
 pub mod client;
 pub mod dkg;
 pub mod keys;
@@ -63,6 +64,10 @@ pub enum Command {
     /// Key ceremonies (DKG) through a node's API.
     #[command(subcommand)]
     Dkg(dkg::DkgCmd),
+    /// CGGMP24 aux info (needed once per node set for ECDSA signing), through a
+    /// node's API.
+    #[command(subcommand, name = "aux-info")]
+    AuxInfo(aux::AuxCmd),
     /// Completed keys: descriptors and addresses, through a node's API.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
@@ -85,9 +90,15 @@ pub enum ClusterCmd {
         /// Signing threshold t.
         #[arg(long, default_value_t = 3)]
         threshold: u16,
-        /// Directory for all cluster state (wiped if it holds a stopped cluster).
+        /// Directory for all cluster state (wiped if it holds a stopped cluster; a
+        /// running one is refused, or kept with --reuse). Any directory the invoking
+        /// user can write, whatever the modes of its parents.
         #[arg(long, default_value = ".cluster")]
         dir: PathBuf,
+        /// If every node of a cluster already running in --dir answers, keep it and
+        /// exit 0 instead of refusing (re-runnable `make demo`).
+        #[arg(long)]
+        reuse: bool,
         /// Return once the cluster is up; stop it with `signer cluster down`.
         #[arg(long)]
         detach: bool,
@@ -286,6 +297,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             lease_ttl_secs,
             prime_pool_target,
             insecure_test_primes,
+            reuse,
         }) => {
             init_logging(LogFormat::Text, Some("warn"));
             crate::tls::install_crypto_provider();
@@ -298,6 +310,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 lease_ttl_secs,
                 prime_pool_target,
                 insecure_test_primes,
+                reuse,
             }))
         }
         Command::Cluster(ClusterCmd::Down { dir }) => crate::cluster::down(&dir),
@@ -336,6 +349,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dkg(cmd) => {
             init_logging(LogFormat::Text, Some("warn"));
             runtime()?.block_on(dkg::run(cmd))
+        }
+        Command::AuxInfo(cmd) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            runtime()?.block_on(aux::run(cmd))
         }
         Command::Keys(cmd) => {
             init_logging(LogFormat::Text, Some("warn"));

@@ -75,19 +75,88 @@ pub fn random_password() -> String {
     hex::encode(b)
 }
 
-/// initdb + start in `dir`.
+/// Where PostgreSQL's own files of the cluster in `dir` live. Normally
+/// `dir/data`; when the invoking user is root, PostgreSQL runs as `postgres`,
+/// which must be able to enter every parent of its data directory. A cluster
+/// directory under a parent only its owner can enter (a clone in root's home,
+/// mode 0700 on Debian) gets its data directory under [`EXTERNAL_DATA_ROOT`]
+/// instead, named after the cluster directory; `dir/external-data` records it so
+/// that `cluster down`/`up` remove it with the cluster.
+const EXTERNAL_DATA_ROOT: &str = "/var/tmp";
+/// File in the PostgreSQL directory naming an external data directory.
+const EXTERNAL_MARKER: &str = "external-data";
+
+/// Whether the `postgres` user can enter `dir` (search permission on it and on
+/// every parent).
+fn postgres_can_enter(dir: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// PostgreSQL's home for the cluster whose PostgreSQL directory is `dir` (already
+/// created): `dir` itself when PostgreSQL can reach it, else a fresh directory
+/// under [`EXTERNAL_DATA_ROOT`] recorded in `dir/external-data`.
+fn data_home(dir: &Path) -> anyhow::Result<PathBuf> {
+    if !is_root() || postgres_can_enter(dir) {
+        return Ok(dir.to_owned());
+    }
+    let mut name = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut name);
+    let home = Path::new(EXTERNAL_DATA_ROOT).join(format!("signer-pg-{}", hex::encode(name)));
+    // A new random name (create fails if it exists: nothing planted in the shared
+    // /var/tmp is used), readable only by its owner.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&home)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} cannot be entered by the postgres user and {} cannot be created: {e}",
+                dir.display(),
+                home.display()
+            )
+        })?;
+    std::fs::write(dir.join(EXTERNAL_MARKER), home.display().to_string())?;
+    Ok(home)
+}
+
+/// Removes the external data directory of the PostgreSQL directory `dir`, if it
+/// has one (after PostgreSQL stopped). Only paths under [`EXTERNAL_DATA_ROOT`]
+/// named by this module are removed.
+pub fn remove_external_data(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join(EXTERNAL_MARKER)) else {
+        return;
+    };
+    let home = PathBuf::from(text.trim());
+    let ours = home.parent() == Some(Path::new(EXTERNAL_DATA_ROOT))
+        && home
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("signer-pg-"));
+    if ours {
+        if let Err(e) = std::fs::remove_dir_all(&home) {
+            tracing::warn!(dir = %home.display(), error = %e, "cannot remove PostgreSQL data");
+        }
+    }
+    let _ = std::fs::remove_file(dir.join(EXTERNAL_MARKER));
+}
+
+/// initdb + start in `dir` (or in an external data directory, see [`data_home`]).
 pub async fn start(dir: &Path) -> anyhow::Result<Postgres> {
     let bindir = bindir()?;
-    let data = dir.join("data");
     std::fs::create_dir_all(dir)?;
+    let home = data_home(dir)?;
+    let data = home.join("data");
     let password = random_password();
-    let pwfile = dir.join("superuser.pw");
+    let pwfile = home.join("superuser.pw");
     super::write_private(&pwfile, password.as_bytes())?;
     if is_root() {
         let pg = nix::unistd::User::from_name("postgres")?.ok_or_else(|| {
             anyhow::anyhow!("running as root but there is no 'postgres' user to run PostgreSQL as")
         })?;
-        nix::unistd::chown(dir, Some(pg.uid), Some(pg.gid))?;
+        nix::unistd::chown(&home, Some(pg.uid), Some(pg.gid))?;
         nix::unistd::chown(&pwfile, Some(pg.uid), Some(pg.gid))?;
     }
     let out = pg_command(&bindir.join("initdb"))

@@ -30,6 +30,9 @@ pub struct UpOptions {
     pub prime_pool_target: usize,
     /// TESTS ONLY: directory of published prime sets to import (`primes-<i>.json`).
     pub insecure_test_primes: Option<PathBuf>,
+    /// When `dir` holds a running cluster (every node answers `/health`), keep it
+    /// and succeed instead of refusing.
+    pub reuse: bool,
 }
 
 /// Starts a dev cluster. In the foreground it waits for Ctrl-C/SIGTERM (or the
@@ -52,8 +55,25 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    match running_cluster(&dir).await {
+        Running::All(file) if opts.reuse => {
+            println!(
+                "cluster {} already running in {} ({} nodes, threshold {}): reused",
+                file.cluster_id,
+                dir.display(),
+                file.nodes.len(),
+                file.threshold
+            );
+            return Ok(());
+        }
+        Running::All(_) | Running::Some => anyhow::bail!(
+            "a cluster is already running in {d}; stop it first: `signer cluster down --dir {d}` (or `make clean-cluster`)",
+            d = dir.display()
+        ),
+        Running::None => {}
+    }
     if dir.exists() {
-        // A stale directory from an earlier run: stop leftovers and start fresh.
+        // A stopped cluster from an earlier run: stop leftovers and start fresh.
         stop_all(&dir);
         std::fs::remove_dir_all(&dir)?;
     }
@@ -78,6 +98,55 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     stop_all(&dir);
     let _ = std::fs::remove_file(dir.join("supervisor.pid"));
     Ok(())
+}
+
+/// What runs of the cluster in a directory.
+enum Running {
+    /// Nothing: no node process alive.
+    None,
+    /// Some processes alive, but not every node answers.
+    Some,
+    /// Every node of its cluster file answers `/health`.
+    All(ClusterFile),
+}
+
+/// Whether `pid` is a live `signer node run` (not a reused pid of a stale file).
+fn is_node_process(pid: u32) -> bool {
+    alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.windows(9).any(|w| w == b"node\0run\0"))
+}
+
+/// Looks at the cluster in `dir`: its node processes and their `/health`.
+async fn running_cluster(dir: &Path) -> Running {
+    let any_alive = std::fs::read_dir(dir.join("nodes"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| read_pid(&e.path().join("node.pid")))
+                .any(is_node_process)
+        })
+        .unwrap_or(false);
+    if !any_alive {
+        return Running::None;
+    }
+    let Ok(file) = ClusterFile::load(&dir.join("cluster.json")) else {
+        return Running::Some;
+    };
+    let Ok(client) = crate::tls::api_client(&file.ca_cert) else {
+        return Running::Some;
+    };
+    for n in &file.nodes {
+        let ok = client
+            .get(format!("{}/health", n.api_url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if !ok {
+            return Running::Some;
+        }
+    }
+    Running::All(file)
 }
 
 /// Stops the cluster in `dir` (its supervisor if one runs, else each process).
@@ -148,6 +217,7 @@ fn stop_all(dir: &Path) {
         }
         stop(pid, Duration::from_secs(20));
     }
+    postgres::remove_external_data(&dir.join("postgres"));
 }
 
 async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<ClusterFile> {
