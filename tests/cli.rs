@@ -30,6 +30,8 @@ fn every_subcommand_has_help() {
         vec!["hsm", "check", "--help"],
         vec!["dkg", "start", "--help"],
         vec!["dkg", "status", "--help"],
+        vec!["aux-info", "start", "--help"],
+        vec!["aux-info", "status", "--help"],
         vec!["keys", "list", "--help"],
         vec!["keys", "addresses", "--help"],
         vec!["tx", "submit", "--help"],
