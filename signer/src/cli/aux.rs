@@ -121,15 +121,7 @@ pub async fn start(
         .ok_or_else(|| anyhow::anyhow!("{} answered without a ceremony_id: {v}", client.label()))?
         .to_owned();
     let reused = v["reused"] == true;
-    let set = v["participants"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+    let set = participants_of(&v);
     if reused {
         if progress {
             println!("aux info for node set {set} exists (ceremony {id}): reused");
@@ -230,6 +222,19 @@ async fn pool_progress(client: &ApiClient) -> String {
     }
 }
 
+/// The `participants` list of an answer, comma-separated.
+fn participants_of(v: &Value) -> String {
+    v["participants"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 fn print_status(v: &Value) {
     let pool = &v["prime_pool"];
     println!(
@@ -260,15 +265,7 @@ fn print_status(v: &Value) {
     for c in &list {
         let s = |k: &str| c[k].as_str().unwrap_or("-").to_owned();
         let short = |t: String| t.get(..19).map_or(t.clone(), str::to_owned);
-        let set = c["participants"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
+        let set = participants_of(c);
         println!(
             "{:<36}  {:<9}  {:<25}  {:<25}  {}",
             s("id"),
