@@ -275,7 +275,7 @@ async fn concurrent_audit_appends_form_one_unbroken_chain() {
     }))
     .await;
     assert!(results.iter().all(Result::is_ok));
-    let (verified, _, err) = signer::audit::verify_store(&s).await.unwrap();
+    let (verified, _, err) = s.verify_audit_chain().await.unwrap();
     assert!(err.is_none(), "{err:?}");
     assert!(verified >= 50);
 }

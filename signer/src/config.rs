@@ -740,14 +740,7 @@ impl NodeConfig {
     }
 }
 
-/// Whether `id` is a valid node id (`[a-z0-9-]{1,32}`).
-pub fn valid_node_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
+pub use vote::valid_node_id;
 
 fn apply_env_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), String> {
     for (key, raw) in env {

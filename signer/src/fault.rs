@@ -65,16 +65,17 @@ pub const DOUBLE_VOTE_ENV: &str = "SIGNER_FAULT_DOUBLE_VOTE";
 /// key that is not its pinned vote key.
 pub const FORGE_VOTE_ENV: &str = "SIGNER_FAULT_FORGE_VOTES";
 
-/// Byzantine voting behaviour after this node's honest vote on `id`, when armed
-/// (feature `fault-injection` only).
+/// The Byzantine votes this node sends after its honest vote, when armed (feature
+/// `fault-injection` only): a double vote signed with `vote_key`, and forgeries (in
+/// another participant's name; in its own name with a stranger's key).
 #[cfg(feature = "fault-injection")]
-pub async fn after_vote(
-    node: &std::sync::Arc<crate::node::NodeCtx>,
-    id: uuid::Uuid,
-    pending: &crate::tx::Pending,
-    honest: &crate::vote::SignedVote,
-) {
-    use crate::vote::{SignedVote, VoteDecision, VoteMessage};
+pub fn byzantine_votes(
+    me: &str,
+    participants: &[String],
+    honest: &vote::SignedVote,
+    vote_key: Option<&crate::custody::VoteKey>,
+) -> Vec<vote::SignedVote> {
+    use vote::{SignedVote, VoteDecision};
     let mut bad = Vec::new();
     if std::env::var_os(DOUBLE_VOTE_ENV).is_some() {
         let mut body = honest.body().clone();
@@ -82,16 +83,15 @@ pub async fn after_vote(
             VoteDecision::Approve => VoteDecision::Reject,
             VoteDecision::Reject => VoteDecision::Approve,
         };
-        if let Some(u) = node.unsealed() {
-            if let Ok(v) = SignedVote::sign(body, &u.vote_key) {
+        if let Some(key) = vote_key {
+            if let Ok(v) = SignedVote::sign(body, key) {
                 bad.push(v);
             }
         }
     }
     if std::env::var_os(FORGE_VOTE_ENV).is_some() {
-        let me = &node.cfg.node_id;
         let stranger = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7; 32]);
-        let other = pending.participants.iter().find(|p| *p != me);
+        let other = participants.iter().find(|p| *p != me);
         if let (Ok(stranger), Some(other)) = (stranger, other) {
             let mut in_other_name = honest.body().clone();
             in_other_name.voter = other.clone();
@@ -105,25 +105,18 @@ pub async fn after_vote(
             }
         }
     }
-    for v in bad {
-        tracing::error!(tx = %id, "FAULT INJECTION: sending a Byzantine vote");
-        let frame = crate::p2p::Frame::new(
-            id,
-            crate::p2p::MessageKind::VOTE,
-            VoteMessage::Vote(v).encode(),
-        );
-        crate::tx::voting::broadcast(node, &pending.participants, frame).await;
-    }
+    bad
 }
 
-/// No Byzantine voting (built without `fault-injection`).
+/// No Byzantine votes (built without `fault-injection`).
 #[cfg(not(feature = "fault-injection"))]
-pub async fn after_vote(
-    _node: &std::sync::Arc<crate::node::NodeCtx>,
-    _id: uuid::Uuid,
-    _pending: &crate::tx::Pending,
-    _honest: &crate::vote::SignedVote,
-) {
+pub fn byzantine_votes(
+    _me: &str,
+    _participants: &[String],
+    _honest: &vote::SignedVote,
+    _vote_key: Option<&crate::custody::VoteKey>,
+) -> Vec<vote::SignedVote> {
+    Vec::new()
 }
 
 /// Environment variable: with `1`, the node exits right after it committed the

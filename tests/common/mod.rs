@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use signer::cluster::{ClusterFile, ClusterNode};
+pub use signer::cli::cluster::{ClusterFile, ClusterNode};
 
 /// A running dev cluster.
 pub struct Cluster {

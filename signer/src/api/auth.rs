@@ -252,7 +252,7 @@ async fn authorize(
     ip: IpAddr,
     header: Option<Option<String>>,
 ) -> Result<Principal, ApiError> {
-    let auth = &state.node.auth;
+    let auth = &state.auth;
     let fail = |e: ApiError| -> ApiError {
         match auth.check_unauthenticated(ip) {
             Ok(()) => e,
@@ -303,7 +303,7 @@ async fn authorize(
 }
 
 async fn verify(state: &AppState, id: &str, secret: &str) -> Result<Option<Principal>, ApiError> {
-    let auth = &state.node.auth;
+    let auth = &state.auth;
     let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
     {
         let cache = auth.cache.lock().map_err(ApiError::internal)?;

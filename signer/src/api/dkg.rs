@@ -62,8 +62,13 @@ pub async fn start(
             "aux info has its own endpoint: POST /api/v1/aux-info/start",
         ));
     }
-    let started =
-        crate::dkg::start::start(&s.node, body.protocol, body.threshold, body.participants).await?;
+    let started = crate::dkg::start::start(
+        s.node.dkg_ctx(),
+        body.protocol,
+        body.threshold,
+        body.participants,
+    )
+    .await?;
     let spec = &started.spec;
     s.node
         .store
@@ -172,7 +177,7 @@ pub async fn start_aux(
     ApiJson(body): ApiJson<StartAux>,
 ) -> Result<Response, ApiError> {
     p.require(&[Role::Operator])?;
-    let out = crate::dkg::start::start_aux(&s.node, body.participants, body.force).await?;
+    let out = crate::dkg::start::start_aux(s.node.dkg_ctx(), body.participants, body.force).await?;
     let (status, answer, details) = match out {
         crate::dkg::start::AuxStart::Reused {
             ceremony,

@@ -28,7 +28,7 @@ pub async fn ready(State(s): State<AppState>) -> Response {
     let db_ok = s.node.store.ping().await.is_ok();
     let snap = s.node.cluster_snapshot();
     let custody = s.node.custody_state();
-    let unsealed = matches!(custody, crate::node::CustodyState::Unsealed { .. });
+    let unsealed = matches!(custody, crate::infra::CustodyState::Unsealed { .. });
     let hardening = hsm::memory::process_hardening_status().ok();
     let ready = db_ok && snap.etcd_ok && unsealed;
     let body = json!({
@@ -85,7 +85,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
 pub async fn cluster_status(
     State(s): State<AppState>,
     Extension(_p): Extension<Principal>,
-) -> Json<crate::node::ClusterStatus> {
+) -> Json<crate::infra::ClusterStatus> {
     Json(s.node.cluster_status())
 }
 
@@ -203,7 +203,7 @@ pub async fn revoke_token(
             "token {id} not found or already revoked"
         )));
     }
-    s.node.auth.forget(&id);
+    s.auth.forget(&id);
     s.node
         .store
         .audit(
@@ -248,7 +248,7 @@ pub async fn audit_verify(
     Extension(p): Extension<Principal>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     p.require(&[Role::Auditor])?;
-    let (verified, head, error) = crate::audit::verify_store(&s.node.store).await?;
+    let (verified, head, error) = s.node.store.verify_audit_chain().await?;
     Ok(Json(json!({
         "valid": error.is_none(),
         "verified_records": verified,

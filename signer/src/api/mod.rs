@@ -23,15 +23,19 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use self::auth::AuthState;
 use self::auth::ClientAddr;
 use self::error::ApiError;
-use crate::node::NodeCtx;
+use crate::tx::TxCtx;
 
 /// Shared state of all handlers.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The node.
-    pub node: Arc<NodeCtx>,
+    /// The services' context (the transaction service's, which reaches every
+    /// service below it and the infrastructure).
+    pub node: Arc<TxCtx>,
+    /// Tokens and rate limits.
+    pub auth: Arc<AuthState>,
 }
 
 /// Builds the router.

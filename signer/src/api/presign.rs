@@ -11,9 +11,9 @@ use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::audit::AuditEntry;
-use crate::node::NodeCtx;
 use crate::p2p::Frame;
 use crate::presign::wire::{self, GenerateRequest, MAX_GENERATE, PRESIGN_GENERATE};
+use crate::tx::TxCtx;
 
 /// Body of `POST /api/v1/presignatures/generate`.
 #[derive(Debug, Deserialize)]
@@ -41,7 +41,7 @@ pub struct PoolStatus {
 }
 
 /// Pool lines of this node (also used by the metrics endpoint).
-pub async fn pool_status(node: &NodeCtx) -> Result<Vec<PoolStatus>, crate::store::StoreError> {
+pub async fn pool_status(node: &TxCtx) -> Result<Vec<PoolStatus>, crate::store::StoreError> {
     let mut generating = node.presign.generating();
     let mut out: Vec<PoolStatus> = node
         .store
@@ -188,7 +188,7 @@ pub async fn generate(
 }
 
 /// Prometheus lines of the pools (appended to `GET /metrics`).
-pub async fn metrics_text(node: &NodeCtx) -> String {
+pub async fn metrics_text(node: &TxCtx) -> String {
     let Ok(pools) = pool_status(node).await else {
         return String::new();
     };

@@ -63,13 +63,13 @@ fn submission(b: SubmitTx) -> Result<Submission, ApiError> {
         (None, Some(key_id), Some(recipient), Some(amount)) => {
             let amount_sats = u64::try_from(amount)
                 .ok()
-                .filter(|a| *a > 0 && *a <= crate::wallet::MAX_MONEY_SATS)
+                .filter(|a| *a > 0 && *a <= wallet::MAX_MONEY_SATS)
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "amount_out_of_range",
                         format!(
                             "amount_sats must be between 1 and {}",
-                            crate::wallet::MAX_MONEY_SATS
+                            wallet::MAX_MONEY_SATS
                         ),
                     )
                 })?;

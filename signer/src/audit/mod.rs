@@ -217,26 +217,6 @@ pub fn verify_chain(records: &[AuditRecord]) -> Result<i64, ChainError> {
     Ok(v.verified())
 }
 
-/// Verifies the chain stored in a node's database, page by page. Returns the
-/// number of records verified, the head hash, and the first error found.
-pub async fn verify_store(
-    store: &crate::store::Store,
-) -> Result<(i64, [u8; 32], Option<ChainError>), crate::store::StoreError> {
-    let mut v = ChainVerifier::default();
-    let mut after = 0;
-    loop {
-        let rows = store.audit_rows(after, 1000).await?;
-        let Some(last) = rows.last() else { break };
-        after = last.seq;
-        for r in &rows {
-            if let Err(e) = v.push(r) {
-                return Ok((v.verified(), v.head(), Some(e)));
-            }
-        }
-    }
-    Ok((v.verified(), v.head(), None))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

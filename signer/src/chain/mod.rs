@@ -27,9 +27,9 @@ use bitcoin::consensus::encode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::node::NodeCtx;
-use crate::wallet::{OwnedUtxo, WalletKey, DEFAULT_GAP};
+use crate::tx::TxCtx;
 pub use rpc::{RpcAuth, RpcClient, RpcError};
+use wallet::{OwnedUtxo, WalletKey, DEFAULT_GAP};
 
 /// Transactions handled per state and round.
 const BATCH: i64 = 100;
@@ -71,7 +71,7 @@ pub struct Round {
 }
 
 /// Runs the backend until the process ends (returns at once when it is off).
-pub async fn run(node: Arc<NodeCtx>) {
+pub async fn run(node: Arc<TxCtx>) {
     let cfg = node.cfg.chain.clone();
     let rpc = match RpcClient::from_config(&cfg) {
         Ok(Some(r)) => r,
@@ -122,7 +122,7 @@ pub async fn check_network(rpc: &RpcClient, wallet: bitcoin::Network) -> Result<
 }
 
 /// One round: scan, broadcast, confirm, as configured.
-pub async fn round(node: &Arc<NodeCtx>, rpc: &RpcClient) -> Result<Round, ChainError> {
+pub async fn round(node: &Arc<TxCtx>, rpc: &RpcClient) -> Result<Round, ChainError> {
     let mut r = Round::default();
     if node.cfg.chain.scan {
         r.imported = scan(node, rpc).await?;
@@ -171,7 +171,7 @@ pub struct ScanResult {
 /// is exact); `None` if not positive or above the supply.
 pub fn btc_to_sats(btc: f64) -> Option<u64> {
     let sats = (btc * 100_000_000.0).round();
-    if !sats.is_finite() || sats < 1.0 || sats > crate::wallet::MAX_MONEY_SATS as f64 {
+    if !sats.is_finite() || sats < 1.0 || sats > wallet::MAX_MONEY_SATS as f64 {
         return None;
     }
     // in range and whole: the conversion is exact
@@ -228,7 +228,7 @@ pub fn owned_unspents(scan: &ScanResult, keys: &[WalletKey]) -> Vec<OwnedUtxo> {
 }
 
 /// Imports the spendable outputs paying the loaded keys; returns how many were new.
-pub async fn scan(node: &Arc<NodeCtx>, rpc: &RpcClient) -> Result<u64, ChainError> {
+pub async fn scan(node: &Arc<TxCtx>, rpc: &RpcClient) -> Result<u64, ChainError> {
     let keys: Vec<WalletKey> = crate::tx::usable_keys(node)
         .await
         .map_err(|e| ChainError::Keys(e.to_string()))?
@@ -263,7 +263,7 @@ pub fn already_known(e: &RpcError) -> bool {
 }
 
 /// Sends every `signed` transaction and moves it to `broadcast`.
-pub async fn broadcast_signed(node: &Arc<NodeCtx>, rpc: &RpcClient) -> Result<usize, ChainError> {
+pub async fn broadcast_signed(node: &Arc<TxCtx>, rpc: &RpcClient) -> Result<usize, ChainError> {
     let mut moved = 0;
     for (id, txid, raw) in node.store.signed_in_state("signed", BATCH).await? {
         let sent: Result<String, RpcError> = rpc
@@ -324,7 +324,7 @@ async fn confirmations(rpc: &RpcClient, txid: &str, raw: &[u8]) -> Result<u64, C
 }
 
 /// Moves every `broadcast` transaction with one confirmation or more to `confirmed`.
-pub async fn confirm_broadcast(node: &Arc<NodeCtx>, rpc: &RpcClient) -> Result<usize, ChainError> {
+pub async fn confirm_broadcast(node: &Arc<TxCtx>, rpc: &RpcClient) -> Result<usize, ChainError> {
     let mut moved = 0;
     for (id, txid, raw) in node.store.signed_in_state("broadcast", BATCH).await? {
         let n = confirmations(rpc, &txid, &raw).await?;

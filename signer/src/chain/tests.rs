@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::wallet::KeyKind;
+use wallet::KeyKind;
 
 /// One request as the server saw it.
 #[derive(Debug)]
@@ -324,10 +324,7 @@ fn btc_amounts_convert_exactly_and_out_of_range_ones_are_refused() {
     assert_eq!(btc_to_sats(0.00000001), Some(1));
     assert_eq!(btc_to_sats(0.1), Some(10_000_000));
     assert_eq!(btc_to_sats(20_999_999.976_9), Some(2_099_999_997_690_000));
-    assert_eq!(
-        btc_to_sats(21_000_000.0),
-        Some(crate::wallet::MAX_MONEY_SATS)
-    );
+    assert_eq!(btc_to_sats(21_000_000.0), Some(wallet::MAX_MONEY_SATS));
     assert_eq!(btc_to_sats(21_000_000.00000001), None);
     assert_eq!(btc_to_sats(0.0), None);
     assert_eq!(btc_to_sats(-1.0), None);

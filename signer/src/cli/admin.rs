@@ -89,7 +89,7 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
     match cmd {
         AuditCmd::Verify { config } => {
             let (_, store) = open(&config).await?;
-            let (n, head, err) = crate::audit::verify_store(&store).await?;
+            let (n, head, err) = store.verify_audit_chain().await?;
             match err {
                 None => {
                     println!("audit chain valid: {n} records, head {}", hex::encode(head));

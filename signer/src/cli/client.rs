@@ -14,7 +14,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::cluster::ClusterFile;
+use crate::cli::cluster::ClusterFile;
 
 /// Largest API answer read by the CLI.
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;

@@ -4,6 +4,7 @@
 mod admin;
 pub mod aux;
 pub mod client;
+pub mod cluster;
 pub mod dkg;
 pub mod keys;
 mod policy;
@@ -272,7 +273,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node(NodeCmd::Start { config, log }) => {
             NodeConfig::load(&config)?;
-            let pid = crate::cluster::start_node(&config, &log)?;
+            let pid = crate::cli::cluster::start_node(&config, &log)?;
             println!("{pid}");
             Ok(())
         }
@@ -301,7 +302,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             init_logging(LogFormat::Text, Some("warn"));
             crate::tls::install_crypto_provider();
-            runtime()?.block_on(crate::cluster::up(crate::cluster::UpOptions {
+            runtime()?.block_on(crate::cli::cluster::up(crate::cli::cluster::UpOptions {
                 dir,
                 nodes,
                 threshold,
@@ -313,12 +314,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 reuse,
             }))
         }
-        Command::Cluster(ClusterCmd::Down { dir }) => crate::cluster::down(&dir),
+        Command::Cluster(ClusterCmd::Down { dir }) => crate::cli::cluster::down(&dir),
         Command::Cluster(ClusterCmd::DemoSign { api }) => {
             init_logging(LogFormat::Text, Some("warn"));
             runtime()?.block_on(async {
                 let c = api.connect().await?;
-                crate::cluster::demo_sign(&c).await
+                crate::cli::cluster::demo_sign(&c).await
             })
         }
         Command::Policy(PolicyCmd::Check { file, json }) => policy::check(&file, json),

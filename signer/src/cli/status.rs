@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::cluster::ClusterFile;
+use crate::cli::cluster::ClusterFile;
 
 /// Prints the cluster status as seen by each node.
 pub async fn run(cluster: &Path, json: bool) -> anyhow::Result<()> {

@@ -11,10 +11,10 @@ use hsm::Aad;
 use serde::Serialize;
 use signer_protocol::{ecdsa::EcdsaIncompleteShare, frost::FrostKeyShare};
 
+use super::DkgCtx;
 use super::{DkgProtocol, LoadedKey};
-use crate::node::NodeCtx;
 use crate::store::dkg::ShareRow;
-use crate::wallet::WalletKey;
+use wallet::WalletKey;
 
 /// One key in `GET /api/v1/keys`.
 #[derive(Debug, Clone, Serialize)]
@@ -70,7 +70,7 @@ pub enum ReloadError {
 
 /// Opens and validates every usable share of this node; returns how many loaded.
 /// Failures are logged per key and leave that key unloaded.
-pub async fn reload_shares(node: &Arc<NodeCtx>) -> usize {
+pub async fn reload_shares(node: &Arc<DkgCtx>) -> usize {
     let Some(unsealed) = node.unsealed() else {
         return 0;
     };
@@ -352,7 +352,7 @@ pub struct KeyAddresses {
 
 /// Derives addresses of this node's key `key_id`.
 pub async fn key_addresses(
-    node: &NodeCtx,
+    node: &DkgCtx,
     key_id: &str,
     chain: Chain,
     from: u32,
@@ -385,7 +385,7 @@ pub async fn key_addresses(
 }
 
 /// The completed keys of this node, newest first.
-pub async fn list_keys(node: &NodeCtx) -> Result<Vec<KeyInfo>, crate::store::StoreError> {
+pub async fn list_keys(node: &DkgCtx) -> Result<Vec<KeyInfo>, crate::store::StoreError> {
     let rows = node.store.usable_shares(&node.cfg.node_id).await?;
     let network = node.cfg.wallet.network;
     let mut out: Vec<KeyInfo> = rows
@@ -502,6 +502,23 @@ mod tests {
             wallet_key("k", DkgProtocol::AuxInfo, BIP86_XPUB, Network::Regtest),
             Err(DeriveError::NotAKey(_))
         ));
+    }
+
+    #[test]
+    fn listed_descriptor_and_first_address_are_the_wallet_keys_own() {
+        for (protocol, kind) in [
+            (DkgProtocol::Cggmp24, wallet::KeyKind::Ecdsa),
+            (DkgProtocol::Frost, wallet::KeyKind::Taproot),
+        ] {
+            assert_eq!(protocol.key_kind(), Some(kind));
+            let k = key(protocol, Network::Regtest);
+            let (desc, first) = descriptors_and_first_address(&k).expect("derivable");
+            assert_eq!(
+                Some(k.descriptor().as_str()),
+                desc.descriptor.split('#').next()
+            );
+            assert_eq!(k.receive_address(0).expect("index 0").to_string(), first);
+        }
     }
 
     #[test]

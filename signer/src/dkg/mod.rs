@@ -23,6 +23,7 @@
 //!    the watch-only descriptors come from the loaded shares.
 
 pub mod keys;
+pub mod material;
 pub mod primes;
 pub mod session;
 pub mod start;
@@ -33,10 +34,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::p2p::{Inbound, MessageKind};
+use crate::infra::Infra;
+use crate::p2p::MessageKind;
+use crate::router::ServiceRx;
 
 /// Overall bound of one ceremony on a participant (barrier, keygen, confirmations).
 pub const CEREMONY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,10 +89,10 @@ impl DkgProtocol {
     }
 
     /// How the wallet spends a key of this protocol (`None` for aux info).
-    pub fn key_kind(self) -> Option<crate::wallet::KeyKind> {
+    pub fn key_kind(self) -> Option<wallet::KeyKind> {
         match self {
-            DkgProtocol::Cggmp24 => Some(crate::wallet::KeyKind::Ecdsa),
-            DkgProtocol::Frost => Some(crate::wallet::KeyKind::Taproot),
+            DkgProtocol::Cggmp24 => Some(wallet::KeyKind::Ecdsa),
+            DkgProtocol::Frost => Some(wallet::KeyKind::Taproot),
             DkgProtocol::AuxInfo => None,
         }
     }
@@ -314,27 +316,60 @@ impl Dkg {
     }
 }
 
-/// Handles ceremony frames forwarded by the network dispatcher until the channel ends.
-pub async fn serve(node: Arc<crate::node::NodeCtx>, mut rx: mpsc::Receiver<Inbound>) {
+/// What the key-ceremony service works with: the shared infrastructure, the keys
+/// loaded on this node and their opened signing material. Services above it get it
+/// through their own context.
+#[derive(Debug)]
+pub struct DkgCtx {
+    infra: Arc<Infra>,
+    /// Keys loaded in memory and the prime pool.
+    pub dkg: Dkg,
+    /// Opened signing material (key shares with aux info).
+    pub signing_material: material::MaterialCache,
+}
+
+impl DkgCtx {
+    /// The service's context over `infra`.
+    pub fn new(infra: Arc<Infra>) -> Self {
+        DkgCtx {
+            infra,
+            dkg: Dkg::default(),
+            signing_material: material::MaterialCache::default(),
+        }
+    }
+
+    /// The shared infrastructure.
+    pub fn infra(&self) -> &Arc<Infra> {
+        &self.infra
+    }
+}
+
+impl std::ops::Deref for DkgCtx {
+    type Target = Infra;
+
+    fn deref(&self) -> &Infra {
+        &self.infra
+    }
+}
+
+/// The kinds this service owns: ceremony announcements.
+pub const KINDS: &[MessageKind] = &[MessageKind::CEREMONY_ANNOUNCE];
+
+/// Handles ceremony announcements routed to this service until the router stops.
+pub async fn serve(node: Arc<DkgCtx>, mut rx: ServiceRx) {
     while let Some(inbound) = rx.recv().await {
-        if inbound.frame.kind == wire::CEREMONY_ANNOUNCE {
-            match wire::decode_announce(&inbound.frame.payload) {
-                Ok(spec) if spec.coordinator == inbound.from => {
-                    tokio::spawn(session::participate(node.clone(), spec));
-                }
-                Ok(spec) => tracing::warn!(
-                    peer = %inbound.from,
-                    claimed = %spec.coordinator,
-                    "ceremony announce whose coordinator is not its sender; dropped"
-                ),
-                Err(e) => {
-                    tracing::warn!(peer = %inbound.from, error = %e, "malformed ceremony announce; dropped");
-                }
+        match wire::decode_announce(&inbound.frame.payload) {
+            Ok(spec) if spec.coordinator == inbound.from => {
+                tokio::spawn(session::participate(node.clone(), spec));
             }
-        } else if !crate::tx::dispatch(&node, &inbound)
-            && !crate::presign::dispatch(&node, &inbound)
-        {
-            node.sessions.deliver(inbound);
+            Ok(spec) => tracing::warn!(
+                peer = %inbound.from,
+                claimed = %spec.coordinator,
+                "ceremony announce whose coordinator is not its sender; dropped"
+            ),
+            Err(e) => {
+                tracing::warn!(peer = %inbound.from, error = %e, "malformed ceremony announce; dropped");
+            }
         }
     }
 }

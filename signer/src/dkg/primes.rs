@@ -24,8 +24,8 @@ use signer_protocol::{run_blocking_on_thread, ProgressEvent, ProgressFn};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::DkgCtx;
 use super::DkgError;
-use crate::node::NodeCtx;
 
 /// Largest accepted test-fixture file.
 const MAX_FIXTURE_BYTES: u64 = 64 * 1024;
@@ -88,7 +88,7 @@ impl PrimePool {
     }
 
     /// Pool status for the API.
-    pub async fn status(&self, node: &NodeCtx) -> Result<PoolStatus, crate::store::StoreError> {
+    pub async fn status(&self, node: &DkgCtx) -> Result<PoolStatus, crate::store::StoreError> {
         let counts = node.store.prime_pool_counts(&node.cfg.node_id).await?;
         let g = self.lock();
         Ok(PoolStatus {
@@ -113,7 +113,7 @@ impl PrimePool {
 
 /// Background task: imports test fixtures once custody is unsealed, then keeps the
 /// pool at its target.
-pub async fn run(node: Arc<NodeCtx>) {
+pub async fn run(node: Arc<DkgCtx>) {
     let unsealed = loop {
         if let Some(u) = node.unsealed() {
             break u;
@@ -154,7 +154,7 @@ pub async fn run(node: Arc<NodeCtx>) {
     }
 }
 
-async fn generate_and_store(node: &Arc<NodeCtx>, custody: &hsm::Custody) -> Result<(), DkgError> {
+async fn generate_and_store(node: &Arc<DkgCtx>, custody: &hsm::Custody) -> Result<(), DkgError> {
     let started = Instant::now();
     let set = generate(node).await?;
     let elapsed = started.elapsed();
@@ -180,7 +180,7 @@ async fn generate_and_store(node: &Arc<NodeCtx>, custody: &hsm::Custody) -> Resu
 }
 
 /// Generates a set on a dedicated thread, with progress in the logs and the status.
-async fn generate(node: &Arc<NodeCtx>) -> Result<PrimeSet, DkgError> {
+async fn generate(node: &Arc<DkgCtx>) -> Result<PrimeSet, DkgError> {
     let pool = &node.dkg.primes;
     pool.primes_ready.store(0, Ordering::Relaxed);
     pool.lock().generating_since = Some(Instant::now());
@@ -197,7 +197,7 @@ async fn generate(node: &Arc<NodeCtx>) -> Result<PrimeSet, DkgError> {
 }
 
 async fn seal(
-    node: &NodeCtx,
+    node: &DkgCtx,
     custody: &hsm::Custody,
     id: Uuid,
     set: &PrimeSet,
@@ -219,7 +219,7 @@ async fn seal(
 }
 
 async fn import_fixture(
-    node: &NodeCtx,
+    node: &DkgCtx,
     custody: &hsm::Custody,
     path: &std::path::Path,
 ) -> Result<(), DkgError> {
@@ -255,7 +255,7 @@ async fn import_fixture(
 
 /// Takes a prime set for `ceremony`: from the pool when it has one (marked taken
 /// before it is opened), otherwise generated now (slow; the pool is woken to refill).
-pub async fn take(node: &Arc<NodeCtx>, ceremony: Uuid) -> Result<PrimeSet, DkgError> {
+pub async fn take(node: &Arc<DkgCtx>, ceremony: Uuid) -> Result<PrimeSet, DkgError> {
     let me = &node.cfg.node_id;
     let unsealed = node.unsealed().ok_or(DkgError::Sealed)?;
     let taken = node.store.take_prime_set(me, ceremony).await?;

@@ -11,16 +11,16 @@ use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use super::wire::CEREMONY_CONFIRM;
+use super::DkgCtx;
 use super::{CeremonySpec, DkgError, DkgProtocol, LoadedKey};
 use crate::audit::AuditEntry;
-use crate::node::NodeCtx;
 use crate::p2p::Frame;
 use crate::session::SessionQueues;
 use crate::store::dkg::NewCeremony;
 use crate::store::StoreError;
 
 /// Node ids of the cluster (this node and its configured peers).
-pub fn known_nodes(node: &NodeCtx) -> Vec<String> {
+pub fn known_nodes(node: &DkgCtx) -> Vec<String> {
     let mut v = vec![node.cfg.node_id.clone()];
     v.extend(node.cfg.p2p.peers.iter().map(|p| p.id.clone()));
     v
@@ -28,7 +28,7 @@ pub fn known_nodes(node: &NodeCtx) -> Vec<String> {
 
 /// Joins the ceremony `spec` (announced by its coordinator) and runs it to
 /// `completed` or `failed`. Never panics on peer input; every outcome is recorded.
-pub async fn participate(node: Arc<NodeCtx>, spec: CeremonySpec) {
+pub async fn participate(node: Arc<DkgCtx>, spec: CeremonySpec) {
     let me = node.cfg.node_id.clone();
     if let Err(e) = spec.validate(&known_nodes(&node)) {
         tracing::warn!(ceremony = %spec.id, coordinator = %spec.coordinator, error = %e, "invalid ceremony announce; ignored");
@@ -81,7 +81,7 @@ pub async fn participate(node: Arc<NodeCtx>, spec: CeremonySpec) {
     }
 }
 
-async fn fail(node: &NodeCtx, spec: &CeremonySpec, e: &DkgError) {
+async fn fail(node: &DkgCtx, spec: &CeremonySpec, e: &DkgError) {
     let me = &node.cfg.node_id;
     let reason = e.to_string();
     tracing::warn!(ceremony = %spec.id, error = %reason, "key ceremony failed");
@@ -95,7 +95,7 @@ async fn fail(node: &NodeCtx, spec: &CeremonySpec, e: &DkgError) {
     }
 }
 
-async fn record_culprit(node: &NodeCtx, spec: &CeremonySpec, culprit: &str, reason: &str) {
+async fn record_culprit(node: &DkgCtx, spec: &CeremonySpec, culprit: &str, reason: &str) {
     let me = &node.cfg.node_id;
     let evidence = serde_json::json!({
         "protocol": spec.protocol.as_str(),
@@ -122,7 +122,7 @@ async fn record_culprit(node: &NodeCtx, spec: &CeremonySpec, culprit: &str, reas
 
 /// The ceremony proper; returns the confirmed public key.
 async fn run(
-    node: &Arc<NodeCtx>,
+    node: &Arc<DkgCtx>,
     spec: &CeremonySpec,
     index: usize,
     queues: SessionQueues,
@@ -155,7 +155,7 @@ async fn run(
         .map_err(|_| DkgError::InvalidParticipants("index out of range".to_owned()))?;
     let (out_tx, out_rx) = mpsc::channel::<RawOutgoing>(1024);
     let pump = tokio::spawn(crate::session::pump_outgoing(
-        node.clone(),
+        node.net.clone(),
         spec.id,
         spec.participants.clone(),
         spec.protocol.message_kind(),

@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use super::session::{known_nodes, participate};
 use super::wire::{self, CEREMONY_ANNOUNCE};
+use super::DkgCtx;
 use super::{validate_params, CeremonySpec, DkgError, DkgProtocol};
-use crate::node::NodeCtx;
 use crate::p2p::Frame;
 
 /// Name of the etcd lock serializing ceremony starts.
@@ -46,7 +46,7 @@ pub enum AuxStart {
 /// Starts an aux-info ceremony for `participants` (default: every node), unless this
 /// node already holds completed aux info for that node set and `force` is false.
 pub async fn start_aux(
-    node: &Arc<NodeCtx>,
+    node: &Arc<DkgCtx>,
     participants: Option<Vec<String>>,
     force: bool,
 ) -> Result<AuxStart, DkgError> {
@@ -69,7 +69,7 @@ pub async fn start_aux(
 /// Validates the request, checks that all participants are live and connected,
 /// takes the start lock and announces the ceremony.
 pub async fn start(
-    node: &Arc<NodeCtx>,
+    node: &Arc<DkgCtx>,
     protocol: DkgProtocol,
     threshold: i64,
     participants: Option<Vec<String>>,

@@ -13,7 +13,7 @@ use super::CeremonySpec;
 use crate::p2p::MessageKind;
 
 /// Announcement of a ceremony by its coordinator.
-pub const CEREMONY_ANNOUNCE: MessageKind = MessageKind(0x0120);
+pub const CEREMONY_ANNOUNCE: MessageKind = MessageKind::CEREMONY_ANNOUNCE;
 /// Confirmation of the shared public key by a participant.
 pub const CEREMONY_CONFIRM: MessageKind = crate::session::CONFIRM;
 /// Upper bound of an encoded announcement.

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{ClusterSnapshot, LiveNode, NodeCtx};
 use crate::audit::AuditEntry;
 use crate::coord::{Coord, CoordConfig, NodeRecord};
+use crate::infra::{ClusterSnapshot, Infra, LiveNode};
 
 /// Name of the election whose leader coordinates ceremonies.
 pub const COORDINATOR_ELECTION: &str = "coordinator";
 
 /// The coordination settings of a node config.
-pub fn coord_config(node: &NodeCtx) -> CoordConfig {
+pub fn coord_config(node: &Infra) -> CoordConfig {
     CoordConfig {
         endpoints: node.cfg.etcd.endpoints.clone(),
         prefix: node.cfg.etcd.prefix.clone(),
@@ -26,7 +26,7 @@ pub fn coord_config(node: &NodeCtx) -> CoordConfig {
 /// Keeps the node registered, campaigning for coordinator, and the cluster view
 /// fresh; reconnects to etcd when it is lost.
 pub async fn maintain(
-    node: Arc<NodeCtx>,
+    node: Arc<Infra>,
     started_at: chrono::DateTime<chrono::Utc>,
     shutdown: CancellationToken,
 ) {
@@ -53,7 +53,7 @@ pub async fn maintain(
     }
 }
 
-fn mark_etcd_down(node: &NodeCtx) {
+fn mark_etcd_down(node: &Infra) {
     node.set_coord(None);
     let mut snap = node.cluster_snapshot();
     snap.etcd_ok = false;
@@ -65,7 +65,7 @@ fn mark_etcd_down(node: &NodeCtx) {
 }
 
 async fn session(
-    node: &Arc<NodeCtx>,
+    node: &Arc<Infra>,
     coord: Coord,
     started_at: chrono::DateTime<chrono::Utc>,
     shutdown: &CancellationToken,
@@ -138,7 +138,7 @@ async fn session(
     }
 }
 
-async fn refresh(node: &NodeCtx, coord: &Coord) -> Result<(), crate::coord::CoordError> {
+async fn refresh(node: &Infra, coord: &Coord) -> Result<(), crate::coord::CoordError> {
     let nodes = coord.list_nodes().await?;
     let leader = coord.leader(COORDINATOR_ELECTION).await?;
     let snap = ClusterSnapshot {
@@ -169,7 +169,7 @@ async fn refresh(node: &NodeCtx, coord: &Coord) -> Result<(), crate::coord::Coor
 
 /// Writes `node_health` and an audit entry when a node's liveness changes (not on
 /// every refresh), so the trail shows when each peer went away and came back.
-async fn record_health_changes(node: &NodeCtx, before: &ClusterSnapshot, after: &ClusterSnapshot) {
+async fn record_health_changes(node: &Infra, before: &ClusterSnapshot, after: &ClusterSnapshot) {
     let first = before.updated_at.is_none() || !before.etcd_ok;
     let ids = std::iter::once(node.cfg.node_id.as_str())
         .chain(node.cfg.p2p.peers.iter().map(|p| p.id.as_str()));

@@ -7,14 +7,21 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::net::Net;
-use super::{custody, liveness, NodeCtx};
+use super::{liveness, unseal};
+use crate::api::auth::AuthState;
 use crate::api::{self, AppState};
 use crate::audit::AuditEntry;
 use crate::config::NodeConfig;
+use crate::dkg::DkgCtx;
+use crate::infra::Infra;
+use crate::net::Net;
+use crate::p2p::MessageKind;
 use crate::p2p::{P2p, P2pConfig, PeerConfig};
+use crate::presign::PresignCtx;
+use crate::router::{Router, RouterBuilder, RouterError};
 use crate::store::Store;
 use crate::tls;
+use crate::tx::TxCtx;
 
 /// Runs the node until SIGTERM or SIGINT.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
@@ -30,32 +37,58 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .context("starting the QUIC endpoint")?;
     let net = Net::new(p2p);
-    let node = Arc::new(NodeCtx::new(cfg, store, net.clone()));
-    let (ceremony_tx, ceremony_rx) = tokio::sync::mpsc::channel(4096);
-    net.set_ceremony_handler(ceremony_tx);
-    tokio::spawn(crate::dkg::serve(node.clone(), ceremony_rx));
-    tokio::spawn(crate::dkg::primes::run(node.clone()));
+    let infra = Arc::new(Infra::new(cfg, store, net.clone()));
+    let dkg = Arc::new(DkgCtx::new(infra.clone()));
+    let presign = Arc::new(PresignCtx::new(dkg.clone()));
+    let node = Arc::new(TxCtx::new(presign.clone()));
+    let auth = Arc::new(AuthState::new(
+        infra.cfg.api.unauthenticated_rate_limit_per_min,
+    ));
+
+    let peers = infra.cfg.p2p.peers.len();
+    let (router, queues) = build_router(peers).context("building the message router")?;
+    let Queues {
+        net: net_rx,
+        sessions: sessions_rx,
+        dkg: dkg_rx,
+        presign: presign_rx,
+        tx: tx_rx,
+    } = queues;
+    tokio::spawn(net.clone().serve(net_rx));
+    {
+        let infra = infra.clone();
+        tokio::spawn(async move { crate::session::serve(&infra.sessions, sessions_rx).await });
+    }
+    tokio::spawn(crate::dkg::serve(dkg.clone(), dkg_rx));
+    tokio::spawn(crate::presign::serve(presign.clone(), presign_rx));
+    tokio::spawn(crate::tx::serve(node.clone(), tx_rx));
+
+    tokio::spawn(crate::dkg::primes::run(dkg.clone()));
     tokio::spawn(crate::tx::announce_vote_key(node.clone()));
     tokio::spawn(crate::chain::run(node.clone()));
-    tokio::spawn(crate::presign::pool::run(node.clone()));
-    tokio::spawn(crate::tx::material::warm(node.clone()));
+    tokio::spawn(crate::presign::pool::run(presign.clone()));
+    tokio::spawn(crate::dkg::material::warm(dkg.clone()));
+    tokio::spawn(crate::tx::warm_wallets(node.clone()));
     crate::fault::warn_if_armed();
     write_pid_file(&node.cfg)?;
     let started_at = chrono::Utc::now();
 
-    let app = api::router(AppState { node: node.clone() });
+    let app = api::router(AppState {
+        node: node.clone(),
+        auth,
+    });
     let api_task = tokio::spawn(api::serve(listener, api_tls, app, shutdown.clone()));
-    let dispatcher = tokio::spawn(net.clone().dispatch(inbound, shutdown.clone()));
+    let dispatcher = tokio::spawn(router.run(inbound, shutdown.clone()));
     let keeper = tokio::spawn(
         net.clone()
             .keep_connected(Duration::from_secs(2), shutdown.clone()),
     );
     let liveness = tokio::spawn(liveness::maintain(
-        node.clone(),
+        infra.clone(),
         started_at,
         shutdown.clone(),
     ));
-    tokio::spawn(custody::unseal(node.clone(), shutdown.clone()));
+    tokio::spawn(unseal::unseal(dkg.clone(), shutdown.clone()));
 
     node.store
         .audit(
@@ -85,6 +118,51 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     net.p2p.shutdown().await;
     remove_pid_file(&node.cfg);
     Ok(())
+}
+
+/// Inbound queue of each service.
+struct Queues {
+    net: crate::router::ServiceRx,
+    sessions: crate::router::ServiceRx,
+    dkg: crate::router::ServiceRx,
+    presign: crate::router::ServiceRx,
+    tx: crate::router::ServiceRx,
+}
+
+/// Queue capacity of the protocol sessions (every protocol message of every running
+/// ceremony, presigning and signing session).
+const SESSION_QUEUE: usize = 4096;
+/// Queue capacity of each other service.
+const SERVICE_QUEUE: usize = 1024;
+
+/// The routing table: each service and the kinds it owns. Each queue's per-peer
+/// quota is its capacity shared among the peers.
+fn build_router(peers: usize) -> Result<(Router, Queues), RouterError> {
+    let quota = |capacity: usize| (capacity / peers.max(1)).max(16);
+    let mut b = RouterBuilder::new();
+    let queues = Queues {
+        net: b.service("net", Net::KINDS, SERVICE_QUEUE, quota(SERVICE_QUEUE)),
+        sessions: b.service(
+            "sessions",
+            crate::session::KINDS,
+            SESSION_QUEUE,
+            quota(SESSION_QUEUE),
+        ),
+        dkg: b.service(
+            "dkg",
+            crate::dkg::KINDS,
+            SERVICE_QUEUE,
+            quota(SERVICE_QUEUE),
+        ),
+        presign: b.service(
+            "presign",
+            crate::presign::KINDS,
+            SERVICE_QUEUE,
+            quota(SERVICE_QUEUE),
+        ),
+        tx: b.service("tx", crate::tx::KINDS, SERVICE_QUEUE, quota(SERVICE_QUEUE)),
+    };
+    Ok((b.build(MessageKind::ALL)?, queues))
 }
 
 async fn connect_store_with_retry(url: &str, max: u32) -> anyhow::Result<Store> {
@@ -169,5 +247,17 @@ fn notify_systemd(state: &str) {
     };
     if let Err(e) = sock.send_to(state.as_bytes(), &path) {
         tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_routing_table_gives_every_kind_one_owner() {
+        for peers in [0, 1, 4, 9] {
+            assert!(build_router(peers).is_ok());
+        }
     }
 }

@@ -52,8 +52,50 @@ impl MessageKind {
     pub const FROST_KEYGEN: MessageKind = MessageKind(0x0110);
     /// FROST (givre) signing.
     pub const FROST_SIGN: MessageKind = MessageKind(0x0111);
-    /// Votes and approvals.
+    /// A key ceremony announced by its coordinator.
+    pub const CEREMONY_ANNOUNCE: MessageKind = MessageKind(0x0120);
+    /// Confirmation of a protocol session's result (a public key or digest).
+    pub const SESSION_CONFIRM: MessageKind = MessageKind(0x0121);
+    /// A transaction proposed by its leader to every participant of the key.
+    pub const TX_PROPOSE: MessageKind = MessageKind(0x0140);
+    /// The leader asks a signer to sign one input.
+    pub const TX_SIGN: MessageKind = MessageKind(0x0141);
+    /// A signer returns the signature of one input to the leader.
+    pub const TX_SIGNATURE: MessageKind = MessageKind(0x0142);
+    /// The leader sends the finalized, verified transaction to every participant.
+    pub const TX_DONE: MessageKind = MessageKind(0x0143);
+    /// A node relays a human approval it authenticated to every participant.
+    pub const TX_APPROVAL: MessageKind = MessageKind(0x0144);
+    /// The leader of a signer set announces a presignature generation session.
+    pub const PRESIGN_ANNOUNCE: MessageKind = MessageKind(0x0150);
+    /// A node relays an operator's presignature generate request to its peers.
+    pub const PRESIGN_GENERATE: MessageKind = MessageKind(0x0151);
+    /// Votes and vote-key announcements.
     pub const VOTE: MessageKind = MessageKind(0x0200);
+
+    /// Every kind this version speaks. The node's router refuses to start unless
+    /// each has exactly one owning service; a frame of any other kind (sent by a
+    /// newer peer) is dropped.
+    pub const ALL: &'static [MessageKind] = &[
+        MessageKind::PING,
+        MessageKind::PONG,
+        MessageKind::KEYGEN,
+        MessageKind::AUX_INFO,
+        MessageKind::PRESIGN,
+        MessageKind::SIGN,
+        MessageKind::FROST_KEYGEN,
+        MessageKind::FROST_SIGN,
+        MessageKind::CEREMONY_ANNOUNCE,
+        MessageKind::SESSION_CONFIRM,
+        MessageKind::TX_PROPOSE,
+        MessageKind::TX_SIGN,
+        MessageKind::TX_SIGNATURE,
+        MessageKind::TX_DONE,
+        MessageKind::TX_APPROVAL,
+        MessageKind::PRESIGN_ANNOUNCE,
+        MessageKind::PRESIGN_GENERATE,
+        MessageKind::VOTE,
+    ];
 }
 
 impl std::fmt::Display for MessageKind {
@@ -399,5 +441,35 @@ mod tests {
             let bytes = f.encode(DEFAULT_MAX_FRAME_BYTES).unwrap();
             prop_assert_eq!(Frame::decode(&bytes, DEFAULT_MAX_FRAME_BYTES).unwrap(), f);
         }
+    }
+
+    /// The numbers are the wire format: a rolling upgrade keeps every one of them.
+    #[test]
+    fn message_kind_numbers_are_pinned() {
+        let pinned: Vec<(u16, MessageKind)> = vec![
+            (0x0001, MessageKind::PING),
+            (0x0002, MessageKind::PONG),
+            (0x0100, MessageKind::KEYGEN),
+            (0x0101, MessageKind::AUX_INFO),
+            (0x0102, MessageKind::PRESIGN),
+            (0x0103, MessageKind::SIGN),
+            (0x0110, MessageKind::FROST_KEYGEN),
+            (0x0111, MessageKind::FROST_SIGN),
+            (0x0120, MessageKind::CEREMONY_ANNOUNCE),
+            (0x0121, MessageKind::SESSION_CONFIRM),
+            (0x0140, MessageKind::TX_PROPOSE),
+            (0x0141, MessageKind::TX_SIGN),
+            (0x0142, MessageKind::TX_SIGNATURE),
+            (0x0143, MessageKind::TX_DONE),
+            (0x0144, MessageKind::TX_APPROVAL),
+            (0x0150, MessageKind::PRESIGN_ANNOUNCE),
+            (0x0151, MessageKind::PRESIGN_GENERATE),
+            (0x0200, MessageKind::VOTE),
+        ];
+        for (n, k) in &pinned {
+            assert_eq!(*n, k.0, "{k}");
+        }
+        let all: Vec<MessageKind> = pinned.iter().map(|(_, k)| *k).collect();
+        assert_eq!(MessageKind::ALL, all.as_slice());
     }
 }

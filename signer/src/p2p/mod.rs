@@ -21,6 +21,7 @@
 
 mod config;
 mod frame;
+pub mod json;
 mod tls;
 
 pub use config::{

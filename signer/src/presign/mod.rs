@@ -8,14 +8,15 @@
 //! * [`session`]: one generation session: announce over QUIC ([`wire::PRESIGN_ANNOUNCE`]),
 //!   etcd barrier, `ecdsa::presign` per item over the session router, seal, confirm the
 //!   public id with every member, store.
-//! * [`sign`]: use in signing: the leader reserves one from its own pool and names it
-//!   in [`crate::tx::wire::SignRequest::presignature`]; each signer consumes it in one
-//!   database transaction before its partial signature leaves the node.
+//! * use in signing (the transaction service's `tx::presigned`, above this one): the
+//!   leader reserves one from its own pool and names it in the sign request; each
+//!   signer consumes it in one database transaction before its partial signature
+//!   leaves the node.
 //! * [`watermark`]: restore detection (a counter mirrored outside the database).
 
 pub mod pool;
 pub mod session;
-pub mod sign;
+
 pub mod watermark;
 pub mod wire;
 
@@ -25,8 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
-use crate::node::NodeCtx;
-use crate::p2p::Inbound;
+use crate::p2p::{Inbound, MessageKind};
+use crate::router::ServiceRx;
 
 /// Errors of the presignature pool.
 #[derive(Debug, thiserror::Error)]
@@ -176,23 +177,61 @@ impl Presign {
     }
 }
 
-/// Handles presign frames (announce, generate relay); false if `inbound` is not one.
-pub fn dispatch(node: &Arc<NodeCtx>, inbound: &Inbound) -> bool {
-    match inbound.frame.kind {
-        wire::PRESIGN_ANNOUNCE => {
-            match wire::decode::<wire::PresignSpec>(&inbound.frame.payload) {
-                Ok(spec) if spec.leader == inbound.from => {
-                    tokio::spawn(session::participate_logged(node.clone(), spec));
-                }
-                Ok(_) => {
-                    tracing::warn!(peer = %inbound.from, "presign announce whose leader is not its sender; dropped")
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %inbound.from, error = %e, "malformed presign announce; dropped")
-                }
-            }
-            true
+/// What the presignature service works with: the key-ceremony context below it and
+/// the pool state.
+#[derive(Debug)]
+pub struct PresignCtx {
+    lower: Arc<crate::dkg::DkgCtx>,
+    /// Presignature pool state.
+    pub presign: Presign,
+}
+
+impl PresignCtx {
+    /// The service's context over the key-ceremony service.
+    pub fn new(lower: Arc<crate::dkg::DkgCtx>) -> Self {
+        PresignCtx {
+            lower,
+            presign: Presign::default(),
         }
+    }
+
+    /// The key-ceremony context below.
+    pub fn dkg_ctx(&self) -> &Arc<crate::dkg::DkgCtx> {
+        &self.lower
+    }
+}
+
+impl std::ops::Deref for PresignCtx {
+    type Target = crate::dkg::DkgCtx;
+
+    fn deref(&self) -> &crate::dkg::DkgCtx {
+        &self.lower
+    }
+}
+
+/// The kinds this service owns.
+pub const KINDS: &[MessageKind] = &[wire::PRESIGN_ANNOUNCE, wire::PRESIGN_GENERATE];
+
+/// Handles the pool's frames routed to this service until the router stops.
+pub async fn serve(node: Arc<PresignCtx>, mut rx: ServiceRx) {
+    while let Some(inbound) = rx.recv().await {
+        handle(&node, &inbound);
+    }
+}
+
+fn handle(node: &Arc<PresignCtx>, inbound: &Inbound) {
+    match inbound.frame.kind {
+        wire::PRESIGN_ANNOUNCE => match wire::decode::<wire::PresignSpec>(&inbound.frame.payload) {
+            Ok(spec) if spec.leader == inbound.from => {
+                tokio::spawn(session::participate_logged(node.clone(), spec));
+            }
+            Ok(_) => {
+                tracing::warn!(peer = %inbound.from, "presign announce whose leader is not its sender; dropped")
+            }
+            Err(e) => {
+                tracing::warn!(peer = %inbound.from, error = %e, "malformed presign announce; dropped")
+            }
+        },
         wire::PRESIGN_GENERATE => {
             match wire::decode::<wire::GenerateRequest>(&inbound.frame.payload) {
                 Ok(r) if r.count <= wire::MAX_GENERATE => {
@@ -206,9 +245,10 @@ pub fn dispatch(node: &Arc<NodeCtx>, inbound: &Inbound) -> bool {
                     tracing::warn!(peer = %inbound.from, error = %e, "malformed presign generate request; dropped")
                 }
             }
-            true
         }
-        _ => false,
+        other => {
+            tracing::error!(peer = %inbound.from, kind = %other, "router delivered a kind this service does not own");
+        }
     }
 }
 

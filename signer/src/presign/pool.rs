@@ -7,8 +7,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::wire::{self, PresignSpec, MAX_BATCH, PRESIGN_ANNOUNCE};
+use super::PresignCtx;
 use super::{watermark, PresignError, SetKey};
-use crate::node::NodeCtx;
 use crate::p2p::Frame;
 
 /// Bound of the delivery of an announce to one member.
@@ -17,7 +17,7 @@ pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(3);
 const SLOT_TTL: Duration = Duration::from_secs(10);
 
 /// Runs the pool of this node until the process ends.
-pub async fn run(node: Arc<NodeCtx>) {
+pub async fn run(node: Arc<PresignCtx>) {
     loop {
         match watermark::check_at_start(&node).await {
             Ok(()) => break,
@@ -82,7 +82,7 @@ pub fn combinations(items: &[String], t: usize) -> Vec<Vec<String>> {
 /// Paths the pool of `key_id` serves: those of the key's unspent known UTXOs (in
 /// this node's `utxos` table, largest first), then the first receive address
 /// `[0, 0]`, at most `[presign] max_paths`.
-pub async fn plan_paths(node: &NodeCtx, key_id: &str) -> Result<Vec<Vec<u32>>, PresignError> {
+pub async fn plan_paths(node: &PresignCtx, key_id: &str) -> Result<Vec<Vec<u32>>, PresignError> {
     let max = node.cfg.presign.max_paths.max(1);
     let mut paths: Vec<Vec<u32>> = Vec::new();
     for u in node.store.available_utxos(key_id).await? {
@@ -100,7 +100,7 @@ pub async fn plan_paths(node: &NodeCtx, key_id: &str) -> Result<Vec<Vec<u32>>, P
 }
 
 /// One pass over every pool this node leads; true if it generated any.
-async fn refill_once(node: &Arc<NodeCtx>) -> Result<bool, PresignError> {
+async fn refill_once(node: &Arc<PresignCtx>) -> Result<bool, PresignError> {
     let mut generated = false;
     let me = node.cfg.node_id.clone();
     let cfg = &node.cfg.presign;
@@ -163,7 +163,7 @@ async fn refill_once(node: &Arc<NodeCtx>) -> Result<bool, PresignError> {
 /// (etcd lock), announces to the other members, runs this node's side. Returns the
 /// number stored here (0 when no slot was free).
 pub async fn lead_session(
-    node: &Arc<NodeCtx>,
+    node: &Arc<PresignCtx>,
     key_id: &str,
     set: &[String],
     path: &[u32],

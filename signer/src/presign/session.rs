@@ -16,12 +16,12 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::wire::{PresignSpec, MAX_BATCH};
+use super::PresignCtx;
 use super::{PresignError, SetKey};
-use crate::node::NodeCtx;
+use crate::dkg::material::{self, Material};
 use crate::p2p::{Frame, MessageKind};
 use crate::session::{SessionQueues, CONFIRM};
 use crate::store::presignatures::NewPresignature;
-use crate::tx::material::{self, Material};
 
 /// Bound of the wait at the barrier.
 pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -52,7 +52,7 @@ pub fn execution_id(spec: &PresignSpec, item: &Uuid) -> ExecutionId {
 /// include the set, the set has t members in keygen order, the path is a wallet path,
 /// the batch is bounded with distinct item ids. Returns the run indexes (keygen
 /// indexes) of the set and this node's position.
-async fn validate(node: &NodeCtx, spec: &PresignSpec) -> Result<(Vec<u16>, u16), PresignError> {
+async fn validate(node: &PresignCtx, spec: &PresignSpec) -> Result<(Vec<u16>, u16), PresignError> {
     let bad = |m: &str| PresignError::Invalid(m.to_owned());
     if spec.items.is_empty() || spec.items.len() > MAX_BATCH {
         return Err(bad("batch size out of range"));
@@ -104,7 +104,7 @@ async fn validate(node: &NodeCtx, spec: &PresignSpec) -> Result<(Vec<u16>, u16),
 }
 
 /// Runs a session and logs its outcome.
-pub async fn participate_logged(node: Arc<NodeCtx>, spec: PresignSpec) {
+pub async fn participate_logged(node: Arc<PresignCtx>, spec: PresignSpec) {
     match participate(&node, &spec).await {
         Ok(n) => {
             tracing::info!(session = %spec.id, key = %spec.key_id, signers = ?spec.signers, stored = n, "presign session done")
@@ -116,7 +116,10 @@ pub async fn participate_logged(node: Arc<NodeCtx>, spec: PresignSpec) {
 }
 
 /// This node's side of a session; returns how many presignatures it stored.
-pub async fn participate(node: &Arc<NodeCtx>, spec: &PresignSpec) -> Result<usize, PresignError> {
+pub async fn participate(
+    node: &Arc<PresignCtx>,
+    spec: &PresignSpec,
+) -> Result<usize, PresignError> {
     if !node.cfg.presign.enabled {
         return Err(PresignError::Invalid(
             "presignatures are disabled on this node".into(),
@@ -154,7 +157,7 @@ pub async fn participate(node: &Arc<NodeCtx>, spec: &PresignSpec) -> Result<usiz
 }
 
 async fn run_items(
-    node: &Arc<NodeCtx>,
+    node: &Arc<PresignCtx>,
     spec: &PresignSpec,
     indices: &[u16],
     position: u16,
@@ -195,7 +198,7 @@ async fn run_items(
 }
 
 async fn run_item(
-    node: &Arc<NodeCtx>,
+    node: &Arc<PresignCtx>,
     spec: &PresignSpec,
     item: Uuid,
     queues: SessionQueues,
@@ -209,7 +212,7 @@ async fn run_item(
     let eid = execution_id(spec, &item);
     let (out_tx, out_rx) = mpsc::channel(1024);
     let pump = tokio::spawn(crate::session::pump_outgoing(
-        node.clone(),
+        node.net.clone(),
         item,
         spec.signers.clone(),
         MessageKind::PRESIGN,

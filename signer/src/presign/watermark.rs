@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use crate::node::NodeCtx;
+use super::PresignCtx;
 
 /// File name in the data directory.
 pub const FILE: &str = "presign-watermark";
@@ -71,7 +71,7 @@ impl Watermark {
 }
 
 /// The hook the store runs inside consuming transactions.
-pub fn hook(node: &NodeCtx) -> impl Fn(i64) -> Result<(), String> + Send + Sync + '_ {
+pub fn hook(node: &PresignCtx) -> impl Fn(i64) -> Result<(), String> + Send + Sync + '_ {
     move |c| {
         node.presign
             .watermark
@@ -81,7 +81,7 @@ pub fn hook(node: &NodeCtx) -> impl Fn(i64) -> Result<(), String> + Send + Sync 
 
 /// The start-up check (see the module doc). Presignatures are not used before it
 /// succeeded.
-pub async fn check_at_start(node: &NodeCtx) -> Result<(), super::PresignError> {
+pub async fn check_at_start(node: &PresignCtx) -> Result<(), super::PresignError> {
     let db = node.store.presign_counter().await?;
     let Some(dir) = node.cfg.data_dir.as_deref() else {
         tracing::warn!("no data_dir configured: presignature restore detection is off");

@@ -10,11 +10,11 @@ use uuid::Uuid;
 use crate::p2p::MessageKind;
 
 /// The leader of a signer set announces a generation session to the set's members.
-pub const PRESIGN_ANNOUNCE: MessageKind = MessageKind(0x0150);
+pub const PRESIGN_ANNOUNCE: MessageKind = MessageKind::PRESIGN_ANNOUNCE;
 /// A node relays an operator's generate request to its peers.
-pub const PRESIGN_GENERATE: MessageKind = MessageKind(0x0151);
+pub const PRESIGN_GENERATE: MessageKind = MessageKind::PRESIGN_GENERATE;
 
-pub use crate::tx::wire::{decode, encode, WireError, MAX_TX_FRAME_BYTES};
+pub use crate::p2p::json::{decode, encode, WireError, MAX_JSON_PAYLOAD as MAX_TX_FRAME_BYTES};
 /// Most presignatures in one session.
 pub const MAX_BATCH: usize = 32;
 /// Most presignatures one generate request may ask for per key and signer set.

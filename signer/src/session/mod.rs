@@ -17,11 +17,11 @@ use signer_protocol::{MsgType, RawIncoming, RawOutgoing};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::node::NodeCtx;
+use crate::net::Net;
 use crate::p2p::{Frame, Inbound, MessageKind};
 
 /// Confirmation of a session's result by a participant.
-pub const CONFIRM: MessageKind = MessageKind(0x0121);
+pub const CONFIRM: MessageKind = MessageKind::SESSION_CONFIRM;
 /// Longest confirmation value (a compressed public key).
 pub const MAX_CONFIRM_LEN: usize = 33;
 /// Frames kept for sessions not (yet) known locally, over all sessions.
@@ -30,6 +30,24 @@ pub const MAX_EARLY_FRAMES: usize = 1024;
 pub const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
 /// Capacity of a session's inbound protocol queue.
 const SESSION_QUEUE: usize = 1024;
+
+/// The kinds this module routes: every protocol's messages and the confirmations.
+pub const KINDS: &[MessageKind] = &[
+    MessageKind::KEYGEN,
+    MessageKind::AUX_INFO,
+    MessageKind::PRESIGN,
+    MessageKind::SIGN,
+    MessageKind::FROST_KEYGEN,
+    MessageKind::FROST_SIGN,
+    CONFIRM,
+];
+
+/// Delivers the router's protocol frames to the running sessions until it stops.
+pub async fn serve(router: &Router, mut rx: crate::router::ServiceRx) {
+    while let Some(inbound) = rx.recv().await {
+        router.deliver(inbound);
+    }
+}
 
 /// What is routed to a running session.
 #[derive(Debug)]
@@ -193,14 +211,14 @@ pub fn decode_protocol(b: &Bytes) -> Option<(MsgType, Bytes)> {
 /// ~25 ms); the protocols do not depend on the arrival order across rounds. The pump
 /// returns once every send finished.
 pub async fn pump_outgoing(
-    node: Arc<NodeCtx>,
+    net: Arc<Net>,
     id: Uuid,
     participants: Vec<String>,
     kind: MessageKind,
     label: &'static str,
     mut out_rx: mpsc::Receiver<RawOutgoing>,
 ) {
-    let me = node.cfg.node_id.clone();
+    let me = net.node_id().to_owned();
     let mut sends = tokio::task::JoinSet::new();
     while let Some(out) = out_rx.recv().await {
         let (targets, msg_type): (Vec<String>, _) = match out.recipient {
@@ -220,9 +238,9 @@ pub async fn pump_outgoing(
         let frame = Frame::new(id, kind, encode_protocol(msg_type, &payload));
         for peer in targets {
             let f = frame.clone();
-            let node = node.clone();
+            let net = net.clone();
             sends.spawn(async move {
-                if let Err(e) = node.net.p2p.send(&peer, f).await {
+                if let Err(e) = net.p2p.send(&peer, f).await {
                     tracing::warn!(session = %id, %peer, error = %e, "sending a protocol message failed");
                 }
             });

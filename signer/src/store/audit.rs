@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::{Store, StoreError};
-use crate::audit::{AuditEntry, AuditRecord, GENESIS_HASH};
+use crate::audit::{AuditEntry, AuditRecord, ChainError, ChainVerifier, GENESIS_HASH};
 
 /// Serializes appenders so the chain never forks.
 const AUDIT_LOCK_KEY: i64 = 0x5349_474e_4155_4449; // "SIGNAUDI"
@@ -26,6 +26,26 @@ impl Store {
         let rec = append_audit(&mut tx, node_id, entry).await?;
         tx.commit().await?;
         Ok(rec)
+    }
+
+    /// Verifies the chain stored in this database, page by page. Returns the number
+    /// of records verified, the head hash, and the first error found.
+    pub async fn verify_audit_chain(
+        &self,
+    ) -> Result<(i64, [u8; 32], Option<ChainError>), StoreError> {
+        let mut v = ChainVerifier::default();
+        let mut after = 0;
+        loop {
+            let rows = self.audit_rows(after, 1000).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.seq;
+            for r in &rows {
+                if let Err(e) = v.push(r) {
+                    return Ok((v.verified(), v.head(), Some(e)));
+                }
+            }
+        }
+        Ok((v.verified(), v.head(), None))
     }
 
     /// Rows in order, from `after_seq` (exclusive), at most `limit`.

@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::wallet::OwnedUtxo;
+use wallet::OwnedUtxo;
 
 impl Store {
     /// Adds imported UTXOs (already known ones are kept as they are); returns how many

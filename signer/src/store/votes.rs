@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::audit::append_audit;
 use super::{Store, StoreError};
 use crate::audit::AuditEntry;
-use crate::vote::{vote_key_fingerprint, PinOutcome, VIOLATION_KEY_CHANGED};
+use vote::{vote_key_fingerprint, PinOutcome, VIOLATION_KEY_CHANGED};
 
 /// A voting round.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -176,7 +176,7 @@ impl Store {
     }
 }
 
-/// A signed vote to store (see [`crate::vote::VoteIntake`]).
+/// A signed vote to store (see the transaction service's vote intake).
 #[derive(Debug, Clone)]
 pub struct NewSignedVote {
     /// Round.

@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use super::voting::{broadcast, reconsider};
 use super::wire::{self, ApprovalNotice, TX_APPROVAL};
+use super::TxCtx;
 use super::TxError;
 use crate::audit::AuditEntry;
-use crate::node::NodeCtx;
 use crate::p2p::Frame;
 use crate::store::approvals::ApprovalRow;
 
@@ -28,7 +28,7 @@ pub const MAX_ROLE_LEN: usize = 32;
 /// to the other participants and lets this node vote if its policy is now satisfied.
 /// Returns every approval this node has for the transaction.
 pub async fn approve(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     id: Uuid,
     approver: &str,
     role: &str,
@@ -92,7 +92,7 @@ fn already_approved(approver: &str, id: Uuid) -> TxError {
 }
 
 /// Handles an approval relayed by participant `from`.
-pub async fn on_notice(node: &Arc<NodeCtx>, from: &str, a: ApprovalNotice) {
+pub async fn on_notice(node: &Arc<TxCtx>, from: &str, a: ApprovalNotice) {
     if a.approver.is_empty()
         || a.approver.len() > MAX_APPROVER_LEN
         || a.role.is_empty()

@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use super::voting::now_unix;
 use super::wire::{self, Proposal, TX_PROPOSE};
+use super::TxCtx;
 use super::TxError;
 use crate::audit::AuditEntry;
-use crate::node::NodeCtx;
 use crate::p2p::Frame;
 use crate::store::transactions::NewTransaction;
 
@@ -33,11 +33,7 @@ pub enum Submission {
 
 /// Validates, stores and proposes a transaction; returns its id once this node's own
 /// vote is cast. Nothing is stored when validation fails.
-pub async fn submit(
-    node: &Arc<NodeCtx>,
-    sub: Submission,
-    initiator: &str,
-) -> Result<Uuid, TxError> {
+pub async fn submit(node: &Arc<TxCtx>, sub: Submission, initiator: &str) -> Result<Uuid, TxError> {
     if node.unsealed().is_none() {
         return Err(TxError::Sealed);
     }
@@ -49,7 +45,7 @@ pub async fn submit(
         Submission::Psbt(raw) => {
             let wallet_keys: Vec<_> = keys.iter().map(|k| k.wallet.clone()).collect();
             (
-                crate::wallet::intake_psbt(&raw, &wallet_keys, &limits)?,
+                wallet::intake_psbt(&raw, &wallet_keys, &limits)?,
                 None,
                 None,
             )
@@ -69,7 +65,7 @@ pub async fn submit(
             intake_guard = Some(node.tx.intake_lock.lock().await);
             let utxos = node.store.available_utxos(&key_id).await?;
             let change = node.store.next_change_index(&key_id).await?;
-            let v = crate::wallet::build_psbt(
+            let v = wallet::build_psbt(
                 &key.wallet,
                 &utxos,
                 &recipient,
@@ -160,21 +156,21 @@ pub async fn submit(
 
 /// Imports the outputs of a funding transaction that pay this node's keys.
 pub async fn import_utxos(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     raw: &[u8],
-) -> Result<Vec<crate::wallet::OwnedUtxo>, TxError> {
+) -> Result<Vec<wallet::OwnedUtxo>, TxError> {
     let keys: Vec<_> = super::usable_keys(node)
         .await?
         .into_iter()
         .map(|k| k.wallet)
         .collect();
-    let found = crate::wallet::scan_funding_tx(raw, &keys, &super::limits(node))?;
+    let found = wallet::scan_funding_tx(raw, &keys, &super::limits(node))?;
     node.store.add_utxos(&found).await?;
     Ok(found)
 }
 
 /// Handles a proposal frame from a peer.
-pub async fn on_propose_frame(node: Arc<NodeCtx>, from: String, payload: bytes::Bytes) {
+pub async fn on_propose_frame(node: Arc<TxCtx>, from: String, payload: bytes::Bytes) {
     match wire::decode::<Proposal>(&payload) {
         Ok(p) => {
             let id = p.id;

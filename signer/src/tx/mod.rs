@@ -3,15 +3,15 @@
 //! threshold signing by `t` approving nodes, and the verified, finalized transaction.
 //!
 //! * [`intake`]: the node that receives `POST /api/v1/transactions` (the *leader* of
-//!   that transaction) validates the PSBT with [`crate::wallet`], stores it and sends
+//!   that transaction) validates the PSBT with [`wallet`], stores it and sends
 //!   a [`wire::TX_PROPOSE`] frame to every participant of the key.
 //! * [`voting`]: every participant (the leader too) validates the PSBT itself,
 //!   recomputes every sighash, evaluates its own policy and broadcasts a vote signed
-//!   with its vote key ([`crate::vote`]); every node stores every vote and closes the
+//!   with its vote key (the [`vote`] crate); every node stores every vote and closes the
 //!   round on quorum approve, impossible quorum (rejected) or deadline (expired).
 //! * [`signing`]: the leader picks `t` approving, connected nodes and asks them to
 //!   sign each input ([`wire::TX_SIGN`]); each signer first builds a
-//!   [`crate::vote::SigningPermit`] from its own policy approval and a quorum
+//!   [`vote::SigningPermit`] from its own policy approval and a quorum
 //!   certificate over exactly these sighashes, then runs CGGMP24 (ECDSA) or FROST
 //!   (Taproot, BIP-86 tweak) over QUIC. The leader fills the PSBT (each signature is
 //!   verified first), finalizes it, verifies every input with Bitcoin Core's
@@ -21,19 +21,20 @@
 pub mod approvals;
 pub mod early;
 pub mod intake;
-pub mod material;
+pub mod presigned;
 pub mod signing;
+pub mod vote_intake;
+#[cfg(test)]
+mod vote_intake_pg;
 pub mod voting;
 pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use uuid::Uuid;
-
-use crate::node::NodeCtx;
-use crate::wallet::{IntakeLimits, ValidatedPsbt, WalletKey};
 use early::EarlyBuffer;
+use uuid::Uuid;
+use wallet::{IntakeLimits, ValidatedPsbt, WalletKey};
 
 /// Errors of the transaction pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +78,8 @@ pub enum TxError {
     Internal(String),
 }
 
-impl From<crate::wallet::WalletError> for TxError {
-    fn from(e: crate::wallet::WalletError) -> Self {
+impl From<wallet::WalletError> for TxError {
+    fn from(e: wallet::WalletError) -> Self {
         if e.is_client_error() {
             TxError::Invalid {
                 code: e.code(),
@@ -86,6 +87,22 @@ impl From<crate::wallet::WalletError> for TxError {
             }
         } else {
             TxError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<crate::dkg::material::MaterialError> for TxError {
+    fn from(e: crate::dkg::material::MaterialError) -> Self {
+        use crate::dkg::material::MaterialError as M;
+        match e {
+            M::Sealed => TxError::Sealed,
+            M::UnknownKey(k) => TxError::UnknownKey(k),
+            e @ M::AuxInfoMissing(_) => TxError::Invalid {
+                code: "aux_info_missing",
+                message: e.to_string(),
+            },
+            M::Store(e) => TxError::Store(e),
+            e => TxError::Internal(e.to_string()),
         }
     }
 }
@@ -104,7 +121,7 @@ pub struct Pending {
     /// Voting round id.
     pub round_id: Uuid,
     /// What the votes must be about.
-    pub subject: crate::vote::VoteSubject,
+    pub subject: vote::VoteSubject,
     /// Who submitted it (token id at the leader).
     pub initiator: String,
     /// End of the voting round (Unix seconds).
@@ -127,7 +144,7 @@ pub const MAX_EARLY_RESULTS: usize = 1024;
 #[derive(Debug)]
 pub struct Registry {
     pending: Mutex<HashMap<Uuid, Arc<Pending>>>,
-    early_votes: EarlyBuffer<crate::vote::SignedVote>,
+    early_votes: EarlyBuffer<vote::SignedVote>,
     early_results: EarlyBuffer<wire::Done>,
     replies: Mutex<HashMap<Uuid, tokio::sync::mpsc::Sender<(String, wire::SignatureReply)>>>,
     frozen: Mutex<std::collections::BTreeSet<String>>,
@@ -157,7 +174,7 @@ impl Registry {
     fn wallet_key(
         &self,
         key_id: &str,
-        kind: crate::wallet::KeyKind,
+        kind: wallet::KeyKind,
         xpub: &str,
         network: bitcoin::Network,
     ) -> Result<WalletKey, TxError> {
@@ -198,7 +215,7 @@ impl Registry {
     }
 
     /// Keeps a vote that arrived before its proposal (bounded, see [`EarlyBuffer`]).
-    pub fn keep_early_vote(&self, id: Uuid, from: String, v: crate::vote::SignedVote) {
+    pub fn keep_early_vote(&self, id: Uuid, from: String, v: vote::SignedVote) {
         if self.early_votes.keep(id, from, v) {
             tracing::warn!(tx = %id, "early vote buffer full; its oldest vote dropped");
         }
@@ -219,7 +236,7 @@ impl Registry {
     }
 
     /// Takes the early votes of `id`.
-    pub fn take_early_votes(&self, id: Uuid) -> Vec<(String, crate::vote::SignedVote)> {
+    pub fn take_early_votes(&self, id: Uuid) -> Vec<(String, vote::SignedVote)> {
         self.early_votes.take(id)
     }
 
@@ -268,12 +285,12 @@ impl Registry {
 }
 
 /// The wallet network of this cluster.
-pub fn network(node: &NodeCtx) -> bitcoin::Network {
+pub fn network(node: &TxCtx) -> bitcoin::Network {
     node.cfg.wallet.network
 }
 
 /// Intake limits from the configuration.
-pub fn limits(node: &NodeCtx) -> IntakeLimits {
+pub fn limits(node: &TxCtx) -> IntakeLimits {
     IntakeLimits {
         require_non_witness_utxo: node.cfg.wallet.require_non_witness_utxo,
         max_fee_rate_sat_vb: node.cfg.wallet.max_fee_rate_sat_vb,
@@ -294,7 +311,7 @@ pub struct UsableKey {
 }
 
 /// The keys of this node that have a loaded share, as wallet keys.
-pub async fn usable_keys(node: &NodeCtx) -> Result<Vec<UsableKey>, TxError> {
+pub async fn usable_keys(node: &TxCtx) -> Result<Vec<UsableKey>, TxError> {
     let rows = node.store.usable_shares(&node.cfg.node_id).await?;
     let mut out = Vec::new();
     for r in rows {
@@ -317,8 +334,57 @@ pub async fn usable_keys(node: &NodeCtx) -> Result<Vec<UsableKey>, TxError> {
     Ok(out)
 }
 
-/// Handles the transaction pipeline's frames; false if `inbound` is not one of them.
-pub fn dispatch(node: &Arc<NodeCtx>, inbound: &crate::p2p::Inbound) -> bool {
+/// What the transaction service works with: the presignature context below it (and
+/// through it the key-ceremony context and the infrastructure) and the transactions
+/// in flight.
+#[derive(Debug)]
+pub struct TxCtx {
+    lower: Arc<crate::presign::PresignCtx>,
+    /// Transactions being voted on or signed.
+    pub tx: Registry,
+}
+
+impl TxCtx {
+    /// The service's context over the presignature service.
+    pub fn new(lower: Arc<crate::presign::PresignCtx>) -> Self {
+        TxCtx {
+            lower,
+            tx: Registry::default(),
+        }
+    }
+
+    /// The presignature context below.
+    pub fn presign_ctx(&self) -> &Arc<crate::presign::PresignCtx> {
+        &self.lower
+    }
+}
+
+impl std::ops::Deref for TxCtx {
+    type Target = crate::presign::PresignCtx;
+
+    fn deref(&self) -> &crate::presign::PresignCtx {
+        &self.lower
+    }
+}
+
+/// The kinds this service owns: votes and the transaction pipeline's frames.
+pub const KINDS: &[crate::p2p::MessageKind] = &[
+    crate::p2p::MessageKind::VOTE,
+    wire::TX_PROPOSE,
+    wire::TX_SIGN,
+    wire::TX_SIGNATURE,
+    wire::TX_DONE,
+    wire::TX_APPROVAL,
+];
+
+/// Handles the frames routed to this service until the router stops.
+pub async fn serve(node: Arc<TxCtx>, mut rx: crate::router::ServiceRx) {
+    while let Some(inbound) = rx.recv().await {
+        dispatch(&node, &inbound);
+    }
+}
+
+fn dispatch(node: &Arc<TxCtx>, inbound: &crate::p2p::Inbound) {
     let from = inbound.from.clone();
     let payload = inbound.frame.payload.clone();
     let node = node.clone();
@@ -353,15 +419,34 @@ pub fn dispatch(node: &Arc<NodeCtx>, inbound: &crate::p2p::Inbound) -> bool {
             }
             Err(e) => tracing::warn!(peer = %from, error = %e, "malformed result; dropped"),
         },
-        _ => return false,
+        other => {
+            tracing::error!(peer = %from, kind = %other, "router delivered a kind this service does not own");
+        }
     }
-    true
+}
+
+/// Background task: builds the wallet keys' script lookup tables (thousands of
+/// derivations) ahead of the first payment, and again for keys that appear later.
+pub async fn warm_wallets(node: Arc<TxCtx>) {
+    loop {
+        if node.unsealed().is_some() {
+            if let Ok(keys) = usable_keys(&node).await {
+                let _ = tokio::task::spawn_blocking(move || {
+                    for k in keys {
+                        k.wallet.warm_lookup();
+                    }
+                })
+                .await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    }
 }
 
 /// Restores frozen keys, pins this node's own vote key once custody is unsealed, then
 /// announces it to every
 /// connected peer every few seconds (peers pin it on first sight; repeats are no-ops).
-pub async fn announce_vote_key(node: Arc<NodeCtx>) {
+pub async fn announce_vote_key(node: Arc<TxCtx>) {
     let unsealed = loop {
         if let Some(u) = node.unsealed() {
             break u;
@@ -378,7 +463,7 @@ pub async fn announce_vote_key(node: Arc<NodeCtx>) {
         Err(e) => tracing::error!(error = %e, "cannot read frozen keys"),
     }
     let me = node.cfg.node_id.clone();
-    use crate::vote::VoteSigner as _;
+    use vote::VoteSigner as _;
     if let Err(e) = node
         .store
         .pin_vote_key(&me, &me, &unsealed.vote_key.vote_public_key())
@@ -386,8 +471,8 @@ pub async fn announce_vote_key(node: Arc<NodeCtx>) {
     {
         tracing::error!(error = %e, "cannot pin this node's own vote key");
     }
-    let announcement = match crate::vote::VoteKeyAnnouncement::new(&me, &unsealed.vote_key) {
-        Ok(a) => crate::vote::VoteMessage::KeyAnnouncement(a).encode(),
+    let announcement = match vote::VoteKeyAnnouncement::new(&me, &unsealed.vote_key) {
+        Ok(a) => vote::VoteMessage::KeyAnnouncement(a).encode(),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the vote key announcement");
             return;

@@ -10,22 +10,23 @@ use signer_protocol::{channel_party, ecdsa, frost, run_on_thread, DeliveryConfig
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::material::{self, Material};
 use super::voting::{broadcast, key_book, now_unix};
 use super::wire::{self, Done, SignRequest, SignatureReply, TX_DONE, TX_SIGN, TX_SIGNATURE};
+use super::TxCtx;
 use super::{Pending, TxError};
 use crate::audit::AuditEntry;
-use crate::node::NodeCtx;
+use crate::dkg::material::{self, Material};
 use crate::p2p::{Frame, MessageKind};
-use crate::vote::{QuorumCertificate, SigningPermit, VoteDecision, VoteIntake};
-use crate::wallet::KeyKind;
+use crate::tx::vote_intake::VoteIntake;
+use vote::{QuorumCertificate, SigningPermit, VoteDecision};
+use wallet::KeyKind;
 
 /// How long a signer waits for the quorum's votes to reach it after a sign request.
 const QUORUM_WAIT: Duration = Duration::from_secs(10);
 
 /// Leader: signs every input with `t` approving nodes, finalizes, verifies and
 /// distributes the result. Every outcome is recorded.
-pub async fn lead(node: Arc<NodeCtx>, id: Uuid) {
+pub async fn lead(node: Arc<TxCtx>, id: Uuid) {
     let outcome = lead_inner(&node, id).await;
     let done = match outcome {
         Ok((tx_hex, psbt)) => Done {
@@ -68,7 +69,7 @@ pub async fn lead(node: Arc<NodeCtx>, id: Uuid) {
 }
 
 /// The final transaction (hex) and the signed, unfinalized PSBT (base64).
-async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<(String, String), TxError> {
+async fn lead_inner(node: &Arc<TxCtx>, id: Uuid) -> Result<(String, String), TxError> {
     let p = node
         .tx
         .get(id)
@@ -80,12 +81,12 @@ async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<(String, String), T
     tracing::info!(tx = %id, ?approvers, inputs = p.validated.inputs.len(), "signing");
     let timeout = Duration::from_secs(node.cfg.wallet.sign_timeout_secs.max(5));
     // Per input: a presignature of a signer set among the approvers when the pool has
-    // one, else the full protocol (see crate::presign::sign).
+    // one, else the full protocol (see super::presigned).
     let runs = p
         .validated
         .inputs
         .iter()
-        .map(|inp| crate::presign::sign::sign_input(node, &p, id, inp, &approvers, timeout));
+        .map(|inp| super::presigned::sign_input(node, &p, id, inp, &approvers, timeout));
     let sigs = futures::future::join_all(runs).await;
     let mut psbt = p.validated.psbt.clone();
     for (inp, sig) in p.validated.inputs.iter().zip(sigs) {
@@ -94,17 +95,17 @@ async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<(String, String), T
             KeyKind::Ecdsa => {
                 let s = bitcoin::secp256k1::ecdsa::Signature::from_compact(&sig)
                     .map_err(|e| TxError::Internal(format!("input {}: {e}", inp.input)))?;
-                crate::wallet::fill_ecdsa_signature(&mut psbt, inp.input, inp.pubkey, s)?;
+                wallet::fill_ecdsa_signature(&mut psbt, inp.input, inp.pubkey, s)?;
             }
             KeyKind::Taproot => {
                 let s = bitcoin::secp256k1::schnorr::Signature::from_slice(&sig)
                     .map_err(|e| TxError::Internal(format!("input {}: {e}", inp.input)))?;
-                crate::wallet::fill_taproot_signature(&mut psbt, inp.input, s)?;
+                wallet::fill_taproot_signature(&mut psbt, inp.input, s)?;
             }
         }
     }
     let signed_psbt = psbt.serialize();
-    let tx = match crate::wallet::finalize_and_verify(psbt) {
+    let tx = match wallet::finalize_and_verify(psbt) {
         Ok(tx) => tx,
         Err(e) => {
             freeze_key(node, &p.validated.key_id, id, &e.to_string()).await;
@@ -121,7 +122,7 @@ async fn lead_inner(node: &Arc<NodeCtx>, id: Uuid) -> Result<(String, String), T
 
 /// A failed final verification means a signer or this node is faulty: the key is
 /// frozen (no new transactions) and an alert is logged and audited.
-async fn freeze_key(node: &Arc<NodeCtx>, key_id: &str, tx: Uuid, reason: &str) {
+async fn freeze_key(node: &Arc<TxCtx>, key_id: &str, tx: Uuid, reason: &str) {
     tracing::error!(key = %key_id, %tx, %reason, "ALERT: final consensus verification failed; key frozen");
     node.tx.freeze(key_id);
     let _ = node
@@ -136,7 +137,7 @@ async fn freeze_key(node: &Arc<NodeCtx>, key_id: &str, tx: Uuid, reason: &str) {
 }
 
 async fn record_signed(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     id: Uuid,
     tx: &bitcoin::Transaction,
     signed_psbt: Option<&[u8]>,
@@ -157,10 +158,7 @@ async fn record_signed(
 /// The nodes that voted approve and are reachable, at least `t`, in preference order
 /// (this node first if it approved, then the key's participant order). The votes
 /// read are kept in [`Pending::relayed_votes`].
-pub(crate) async fn choose_signers(
-    node: &Arc<NodeCtx>,
-    p: &Pending,
-) -> Result<Vec<String>, TxError> {
+pub(crate) async fn choose_signers(node: &Arc<TxCtx>, p: &Pending) -> Result<Vec<String>, TxError> {
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
     let votes = intake.round_votes(p.round_id).await?;
     // These votes settled the round: every sign request and the result relay them.
@@ -190,7 +188,7 @@ pub(crate) async fn choose_signers(
 /// Routes the replies of `req` to `tx`, sends `req` to the other signers and serves
 /// it locally when this node is a signer (the reply goes to `tx` as well).
 pub(crate) async fn send_sign_request(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     req: &SignRequest,
     tx: mpsc::Sender<(String, SignatureReply)>,
 ) -> Result<(), TxError> {
@@ -223,7 +221,7 @@ pub(crate) async fn send_sign_request(
 
 /// Asks the signers of `req` to sign and returns the first verified signature bytes.
 pub(crate) async fn sign_one_input(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     req: SignRequest,
     timeout: Duration,
 ) -> Result<Vec<u8>, TxError> {
@@ -262,7 +260,7 @@ pub(crate) async fn sign_one_input(
     })
 }
 
-fn reply_for(node: &NodeCtx, req: &SignRequest, r: Result<Vec<u8>, TxError>) -> SignatureReply {
+fn reply_for(node: &TxCtx, req: &SignRequest, r: Result<Vec<u8>, TxError>) -> SignatureReply {
     match r {
         Ok(sig) => SignatureReply {
             session: req.session,
@@ -281,7 +279,7 @@ fn reply_for(node: &NodeCtx, req: &SignRequest, r: Result<Vec<u8>, TxError>) -> 
 }
 
 /// Signer: handles a sign request from the transaction's leader.
-pub async fn on_sign_request(node: Arc<NodeCtx>, from: String, req: SignRequest) {
+pub async fn on_sign_request(node: Arc<TxCtx>, from: String, req: SignRequest) {
     let r = serve(&node, &from, &req).await;
     let reply = reply_for(&node, &req, r);
     match wire::encode(&reply) {
@@ -300,7 +298,7 @@ pub async fn on_sign_request(node: Arc<NodeCtx>, from: String, req: SignRequest)
 }
 
 /// Checks the permit for the requested input and runs the signing protocol.
-async fn serve(node: &Arc<NodeCtx>, from: &str, req: &SignRequest) -> Result<Vec<u8>, TxError> {
+async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u8>, TxError> {
     let me = node.cfg.node_id.clone();
     let p = node.tx.get(req.tx).ok_or_else(|| TxError::Invalid {
         code: "unknown_transaction",
@@ -419,19 +417,18 @@ async fn serve(node: &Arc<NodeCtx>, from: &str, req: &SignRequest) -> Result<Vec
         )
         .await?;
     if req.presignature.is_some() {
-        return crate::presign::sign::issue_partial(node, req, &p, &indices, position, &input)
-            .await;
+        return super::presigned::issue_partial(node, req, &p, &indices, position, &input).await;
     }
     run_protocol(node, req, &p, position, &indices, &input, &permit).await
 }
 
 async fn run_protocol(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     req: &SignRequest,
     p: &Pending,
     position: usize,
     indices: &[u16],
-    input: &crate::wallet::InputSigning,
+    input: &wallet::InputSigning,
     _permit: &SigningPermit,
 ) -> Result<Vec<u8>, TxError> {
     let material = material::load(node, &p.validated.key_id).await?;
@@ -455,7 +452,7 @@ async fn run_protocol(
     let queues = node.sessions.register(req.session, &req.signers, kind);
     let (out_tx, out_rx) = mpsc::channel(1024);
     let pump = tokio::spawn(crate::session::pump_outgoing(
-        node.clone(),
+        node.net.clone(),
         req.session,
         req.signers.clone(),
         kind,
@@ -508,7 +505,7 @@ async fn run_protocol(
 }
 
 /// Participant: records the leader's result after verifying it itself.
-pub async fn on_done(node: Arc<NodeCtx>, from: String, done: Done) {
+pub async fn on_done(node: Arc<TxCtx>, from: String, done: Done) {
     let Some(p) = node.tx.get(done.id) else {
         // The proposal may still be on its way here: keep the result for it.
         if from != node.cfg.node_id {
@@ -576,7 +573,7 @@ fn verify_result(p: &Pending, tx_hex: &str) -> Result<bitcoin::Transaction, Stri
     if tx.compute_txid() != p.validated.txid {
         return Err("signed transaction is not the approved one".into());
     }
-    crate::wallet::verify_consensus(&tx, &p.validated.spent_outputs())
+    wallet::verify_consensus(&tx, &p.validated.spent_outputs())
         .map_err(|e| format!("signed transaction fails verification: {e}"))?;
     Ok(tx)
 }

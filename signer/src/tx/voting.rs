@@ -8,15 +8,16 @@ use base64::Engine as _;
 use uuid::Uuid;
 
 use super::wire::Proposal;
+use super::TxCtx;
 use super::{Pending, TxError};
 use crate::audit::AuditEntry;
-use crate::node::NodeCtx;
 use crate::p2p::{Frame, MessageKind};
 use crate::store::transactions::NewTransaction;
 use crate::store::StoreError;
-use crate::vote::{
-    evaluate_round, Prechecked, RoundOutcome, SignedVote, VoteBody, VoteDecision, VoteIntake,
-    VoteKeyBook, VoteMessage, VoteReject, VoteSubject,
+use crate::tx::vote_intake::{Prechecked, VoteIntake};
+use vote::{
+    evaluate_round, RoundOutcome, SignedVote, VoteBody, VoteDecision, VoteKeyBook, VoteMessage,
+    VoteReject, VoteSubject,
 };
 
 /// Seconds since the Unix epoch.
@@ -28,7 +29,7 @@ pub fn now_unix() -> u64 {
 }
 
 /// The pinned vote keys of `participants` only (a quorum counts only share holders).
-pub async fn key_book(node: &NodeCtx, participants: &[String]) -> Result<VoteKeyBook, TxError> {
+pub async fn key_book(node: &TxCtx, participants: &[String]) -> Result<VoteKeyBook, TxError> {
     let pins = node.store.vote_keys().await?;
     Ok(VoteKeyBook::from_pinned(
         pins.into_iter().filter(|(n, _)| participants.contains(n)),
@@ -59,7 +60,7 @@ impl Verdict {
 /// This node's policy decision on `pending`, as a vote body and (when it approves)
 /// the policy's approval proof.
 async fn decide(
-    node: &NodeCtx,
+    node: &TxCtx,
     loaded: &Result<Option<policy::Policy>, String>,
     id: Uuid,
     p: &Pending,
@@ -101,7 +102,7 @@ async fn decide(
     body.reasons = decision
         .violations()
         .iter()
-        .take(crate::vote::MAX_REASONS)
+        .take(vote::MAX_REASONS)
         .map(|x| x.code().as_str().to_owned())
         .collect();
     let awaiting_approval = matches!(decision, policy::Decision::NeedsApproval { .. });
@@ -121,13 +122,13 @@ async fn decide(
 
 /// Evaluates the policy again for a signing request (the approval proof is not kept
 /// between the vote and the signing; it is recomputed from the same inputs).
-pub async fn decide_again(node: &NodeCtx, id: Uuid, p: &Pending) -> Option<policy::Approval> {
+pub async fn decide_again(node: &TxCtx, id: Uuid, p: &Pending) -> Option<policy::Approval> {
     let loaded = load_policy(node).await;
     decide(node, &loaded, id, p, now_unix() + 60).await.approval
 }
 
 /// The configured policy, if any (read at each evaluation).
-pub async fn load_policy(node: &NodeCtx) -> Result<Option<policy::Policy>, String> {
+pub async fn load_policy(node: &TxCtx) -> Result<Option<policy::Policy>, String> {
     let Some(path) = node.cfg.policy.file.clone() else {
         return Ok(None);
     };
@@ -155,7 +156,7 @@ fn policy_hash(loaded: &Result<Option<policy::Policy>, String>) -> [u8; 32] {
 }
 
 async fn context(
-    node: &NodeCtx,
+    node: &TxCtx,
     pol: &policy::Policy,
     id: Uuid,
     p: &Pending,
@@ -189,7 +190,7 @@ async fn context(
 /// Handles a proposal (from its leader, or this node's own): validates the PSBT
 /// independently, records the transaction and its round, votes and broadcasts the
 /// vote. Returns once this node's vote is stored and sent.
-pub async fn on_proposal(node: &Arc<NodeCtx>, from: &str, prop: Proposal) -> Result<(), TxError> {
+pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Result<(), TxError> {
     let me = node.cfg.node_id.clone();
     let keys = super::usable_keys(node).await?;
     let key = keys
@@ -211,7 +212,7 @@ pub async fn on_proposal(node: &Arc<NodeCtx>, from: &str, prop: Proposal) -> Res
             code: "psbt_malformed",
             message: format!("proposal psbt is not base64: {e}"),
         })?;
-    let validated = crate::wallet::intake_psbt(
+    let validated = wallet::intake_psbt(
         &raw,
         std::slice::from_ref(&key.wallet),
         &super::limits(node),
@@ -326,7 +327,7 @@ pub async fn on_proposal(node: &Arc<NodeCtx>, from: &str, prop: Proposal) -> Res
 /// Signs, records and broadcasts this node's one vote on `id` (at most once: a
 /// second call is a no-op, so this node never double-votes).
 async fn cast_vote(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     id: Uuid,
     pending: &Arc<Pending>,
     verdict: Verdict,
@@ -364,13 +365,24 @@ async fn cast_vote(
         Frame::new(id, MessageKind::VOTE, payload),
     )
     .await;
-    crate::fault::after_vote(node, id, pending, &signed).await;
+    let vote_key = node.unsealed();
+    let bad = crate::fault::byzantine_votes(
+        &me,
+        &pending.participants,
+        &signed,
+        vote_key.as_ref().map(|u| &u.vote_key),
+    );
+    for v in bad {
+        tracing::error!(tx = %id, "FAULT INJECTION: sending a Byzantine vote");
+        let frame = Frame::new(id, MessageKind::VOTE, VoteMessage::Vote(v).encode());
+        broadcast(node, &pending.participants, frame).await;
+    }
     Ok(())
 }
 
 /// Re-evaluates a transaction this node has not voted on yet because human approvals
 /// were missing; votes once the policy decides.
-pub async fn reconsider(node: &Arc<NodeCtx>, id: Uuid) {
+pub async fn reconsider(node: &Arc<TxCtx>, id: Uuid) {
     let Some(p) = node.tx.get(id) else {
         return;
     };
@@ -389,7 +401,7 @@ pub async fn reconsider(node: &Arc<NodeCtx>, id: Uuid) {
 }
 
 /// Sends `frame` to every other participant (failures are logged).
-pub async fn broadcast(node: &Arc<NodeCtx>, participants: &[String], frame: Frame) {
+pub async fn broadcast(node: &Arc<TxCtx>, participants: &[String], frame: Frame) {
     let me = &node.cfg.node_id;
     let sends = futures::future::join_all(participants.iter().filter(|p| *p != me).map(|p| {
         let f = frame.clone();
@@ -404,7 +416,7 @@ pub async fn broadcast(node: &Arc<NodeCtx>, participants: &[String], frame: Fram
 }
 
 /// Handles a vote frame payload from `from` (vote or key announcement).
-pub async fn on_vote_frame(node: &Arc<NodeCtx>, from: &str, payload: &[u8]) {
+pub async fn on_vote_frame(node: &Arc<TxCtx>, from: &str, payload: &[u8]) {
     let msg = match VoteMessage::decode(payload) {
         Ok(m) => m,
         Err(e) => {
@@ -447,12 +459,12 @@ pub async fn on_vote_frame(node: &Arc<NodeCtx>, from: &str, payload: &[u8]) {
 
 /// Every vote key this node has pinned (empty if they cannot be read: votes are
 /// then refused as of unknown voters, without blame).
-async fn pinned_key_book(node: &NodeCtx) -> VoteKeyBook {
+async fn pinned_key_book(node: &TxCtx) -> VoteKeyBook {
     VoteKeyBook::from_pinned(node.store.vote_keys().await.unwrap_or_default())
 }
 
 /// Stores a vote (checked against the round) and closes the round if settled.
-async fn accept_vote(node: &Arc<NodeCtx>, id: Uuid, from: &str, vote: &SignedVote) {
+async fn accept_vote(node: &Arc<TxCtx>, id: Uuid, from: &str, vote: &SignedVote) {
     let Some(p) = node.tx.get(id) else {
         return;
     };
@@ -495,7 +507,7 @@ const MAX_RELAYED_VOTES: usize = 64;
 /// The round's stored signed votes, hex-encoded, for relaying with a sign request
 /// or the result (empty if they cannot be read: the receiver then waits for the
 /// votes themselves).
-pub async fn votes_to_relay(node: &Arc<NodeCtx>, p: &Pending) -> Vec<String> {
+pub async fn votes_to_relay(node: &Arc<TxCtx>, p: &Pending) -> Vec<String> {
     if let Some(votes) = p.relayed_votes.get() {
         return votes.clone();
     }
@@ -519,7 +531,7 @@ pub fn relay_form(votes: &[SignedVote]) -> Vec<String> {
 /// closes this node's tally if they settle it. (Boxed: closing the tally can start
 /// the signing that relays votes, a cycle of async calls.)
 pub fn accept_relayed_votes<'a>(
-    node: &'a Arc<NodeCtx>,
+    node: &'a Arc<TxCtx>,
     id: Uuid,
     p: &'a Arc<Pending>,
     relayer: &'a str,
@@ -529,7 +541,7 @@ pub fn accept_relayed_votes<'a>(
 }
 
 async fn accept_relayed_votes_inner(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     id: Uuid,
     p: &Arc<Pending>,
     relayer: &str,
@@ -575,7 +587,7 @@ async fn accept_relayed_votes_inner(
 /// (announcements are repeated every few seconds).
 const UNPINNED_VOTE_WAIT: Duration = Duration::from_secs(15);
 
-async fn check_round(node: &Arc<NodeCtx>, id: Uuid, p: &Arc<Pending>) {
+async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
     let votes = match intake.round_votes(p.round_id).await {
         Ok(v) => v,
@@ -616,7 +628,7 @@ async fn check_round(node: &Arc<NodeCtx>, id: Uuid, p: &Arc<Pending>) {
     }
 }
 
-async fn expire_if_open(node: &Arc<NodeCtx>, id: Uuid) {
+async fn expire_if_open(node: &Arc<TxCtx>, id: Uuid) {
     let Some(p) = node.tx.get(id) else {
         return;
     };

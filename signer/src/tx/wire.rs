@@ -3,25 +3,25 @@
 //! the transaction id ([`TX_PROPOSE`], [`TX_DONE`]) or the signing session id
 //! ([`TX_SIGN`], [`TX_SIGNATURE`]).
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::p2p::MessageKind;
 
 /// A transaction proposed by its leader to every participant of the key.
-pub const TX_PROPOSE: MessageKind = MessageKind(0x0140);
+pub const TX_PROPOSE: MessageKind = MessageKind::TX_PROPOSE;
 /// The leader asks a signer to sign one input.
-pub const TX_SIGN: MessageKind = MessageKind(0x0141);
+pub const TX_SIGN: MessageKind = MessageKind::TX_SIGN;
 /// A signer returns the signature of one input to the leader.
-pub const TX_SIGNATURE: MessageKind = MessageKind(0x0142);
+pub const TX_SIGNATURE: MessageKind = MessageKind::TX_SIGNATURE;
 /// The leader sends the finalized, verified transaction to every participant.
-pub const TX_DONE: MessageKind = MessageKind(0x0143);
+pub const TX_DONE: MessageKind = MessageKind::TX_DONE;
 /// A node relays a human approval it authenticated to every participant of the key.
-pub const TX_APPROVAL: MessageKind = MessageKind(0x0144);
+pub const TX_APPROVAL: MessageKind = MessageKind::TX_APPROVAL;
 
 /// Largest accepted frame payload of this module (a PSBT of up to 1 MiB in base64).
-pub const MAX_TX_FRAME_BYTES: usize = 1536 * 1024;
+pub use crate::p2p::json::MAX_JSON_PAYLOAD as MAX_TX_FRAME_BYTES;
+pub use crate::p2p::json::{decode, encode, WireError};
 
 /// [`TX_PROPOSE`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,35 +104,6 @@ pub struct ApprovalNotice {
     pub approver: String,
     /// Role of the approver's token.
     pub role: String,
-}
-
-/// Why a frame was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum WireError {
-    /// Over [`MAX_TX_FRAME_BYTES`].
-    #[error("frame of {0} bytes exceeds the limit of {MAX_TX_FRAME_BYTES}")]
-    TooLarge(usize),
-    /// Not valid JSON of the expected shape.
-    #[error("frame does not decode: {0}")]
-    Malformed(String),
-}
-
-/// Encodes a message.
-pub fn encode<T: Serialize>(m: &T) -> Result<Vec<u8>, WireError> {
-    let v = serde_json::to_vec(m).map_err(|e| WireError::Malformed(e.to_string()))?;
-    if v.len() > MAX_TX_FRAME_BYTES {
-        return Err(WireError::TooLarge(v.len()));
-    }
-    Ok(v)
-}
-
-/// Decodes a message (size-bounded).
-pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
-    if b.len() > MAX_TX_FRAME_BYTES {
-        return Err(WireError::TooLarge(b.len()));
-    }
-    serde_json::from_slice(b).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,25 +1,25 @@
 //! Transaction votes: signed decisions of each node's policy, pinned vote keys,
 //! round tallies and the quorum certificate that signing requires.
 //!
-//! Everything here except [`VoteIntake`] is pure. The message formats, what is
+//! Pure: no I/O, no database, no clock (the node's vote intake, which stores votes,
+//! lives in the signer's transaction service). The message formats, what is
 //! signed, the trust model and the violation codes are documented in
 //! `docs/VOTING.md`.
 //!
 //! Flow on a node:
-//! 1. At start, load pins with [`crate::store::Store::vote_keys`] into a
+//! 1. At start, load the pinned keys from the node's database into a
 //!    [`VoteKeyBook`], pin the node's own key, and send a [`VoteKeyAnnouncement`]
 //!    to every peer after each (re)connection.
 //! 2. Per round: evaluate the policy, [`SignedVote::sign`] a [`VoteBody`], store
-//!    it through [`VoteIntake::accept`] (as its own sender) and broadcast it as a
+//!    it through the node's vote intake (as its own sender) and broadcast it as a
 //!    [`VoteMessage::Vote`].
-//! 3. On every received vote: [`VoteIntake::accept`], then [`evaluate_round`] over
-//!    [`VoteIntake::round_votes`].
+//! 3. On every received vote: the intake checks and stores it, then
+//!    [`evaluate_round`] over the round's stored votes.
 //! 4. Before signing: [`QuorumCertificate::verify`] over the stored votes, then
 //!    [`SigningPermit::new`] with the node's own `policy::Approval`.
 
 mod codec;
 mod error;
-mod intake;
 mod keys;
 mod message;
 mod quorum;
@@ -27,14 +27,11 @@ mod subject;
 mod tally;
 
 #[cfg(test)]
-mod intake_pg;
-#[cfg(test)]
 mod tests;
 
 pub use error::{
     BadSignature, KeyAnnounceError, PermitError, QcError, TallyError, VoteCodecError, VoteReject,
 };
-pub use intake::{Accepted, Prechecked, VoteIntake};
 pub use keys::{
     vote_key_fingerprint, PinOutcome, VoteKeyAnnouncement, VoteKeyBook, KEY_ANNOUNCE_DOMAIN,
     KEY_ANNOUNCE_VERSION, MAX_KEY_ANNOUNCE_BYTES,
@@ -47,6 +44,16 @@ pub use message::{
 pub use quorum::{QuorumCertificate, SigningPermit};
 pub use subject::{check_vote, compare_redelivery, Redelivery, VoteSubject};
 pub use tally::{evaluate_round, RoundOutcome, Tally};
+
+/// Whether `id` is a valid node id (`[a-z0-9-]{1,32}`): the names votes and vote
+/// keys carry, and the node ids of the cluster's configuration.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
 
 /// Violation recorded when a node's vote has a bad signature.
 pub const VIOLATION_BAD_SIGNATURE: &str = "bad_vote_signature";
@@ -69,7 +76,7 @@ pub const MAX_VOTE_MESSAGE_BYTES: usize = 1 + MAX_SIGNED_VOTE_BYTES;
 const TAG_VOTE: u8 = 1;
 const TAG_KEY_ANNOUNCEMENT: u8 = 2;
 
-/// Payload of a [`crate::p2p::MessageKind::VOTE`] frame: one tag byte (1 vote,
+/// Payload of a `VOTE` frame: one tag byte (1 vote,
 /// 2 key announcement) and the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VoteMessage {

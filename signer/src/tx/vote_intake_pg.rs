@@ -11,9 +11,10 @@ use bitcoin::Txid;
 use ring::signature::Ed25519KeyPair;
 use uuid::Uuid;
 
-use super::*;
+use super::vote_intake::*;
 use crate::store::transactions::NewTransaction;
 use crate::store::Store;
+use vote::*;
 
 /// A PostgreSQL server in a temporary directory, stopped on drop.
 struct TempPg {
@@ -500,7 +501,7 @@ async fn relayed_votes_count_only_under_the_voters_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_close_moves_transaction_releases_utxos_and_audits_at_once() {
     let (_pg, store, tx, round) = store_with_round().await;
-    let utxo = crate::wallet::OwnedUtxo {
+    let utxo = wallet::OwnedUtxo {
         key_id: "hot".into(),
         outpoint: bitcoin::OutPoint::new(Txid::all_zeros(), 0),
         value_sats: 50_000,

@@ -156,7 +156,7 @@ impl VoteBody {
                 return Err(VoteCodecError::BadText { field: "reason" });
             }
         }
-        if !crate::config::valid_node_id(&self.voter) {
+        if !crate::valid_node_id(&self.voter) {
             return Err(VoteCodecError::BadText { field: "voter" });
         }
         Ok(())
@@ -268,7 +268,7 @@ fn domain_message(body: &[u8]) -> Vec<u8> {
 }
 
 /// Something that can sign votes with an Ed25519 key: ring's key pair, or the
-/// node's unsealed [`crate::node::custody::VoteKey`].
+/// node's unsealed vote key (implemented where that key lives).
 pub trait VoteSigner {
     /// The 32-byte Ed25519 public key.
     fn vote_public_key(&self) -> [u8; 32];
@@ -286,20 +286,6 @@ impl VoteSigner for Ed25519KeyPair {
     fn sign_vote_message(&self, msg: &[u8]) -> [u8; SIGNATURE_LEN] {
         let mut s = [0u8; SIGNATURE_LEN];
         s.copy_from_slice(self.sign(msg).as_ref());
-        s
-    }
-}
-
-impl VoteSigner for crate::node::custody::VoteKey {
-    fn vote_public_key(&self) -> [u8; 32] {
-        let mut k = [0u8; 32];
-        k.copy_from_slice(self.public_key());
-        k
-    }
-
-    fn sign_vote_message(&self, msg: &[u8]) -> [u8; SIGNATURE_LEN] {
-        let mut s = [0u8; SIGNATURE_LEN];
-        s.copy_from_slice(&self.sign(msg));
         s
     }
 }

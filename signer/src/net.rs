@@ -1,15 +1,18 @@
-//! The node's use of the QUIC layer: dispatch of inbound frames and peer pings.
+//! The node's network handle: the QUIC endpoint, peer pings (liveness over p2p)
+//! and the keeper that redials lost peers. Inbound frames reach their service
+//! through [`crate::router`]; this module owns `PING` and `PONG`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::p2p::{Frame, Inbound, MessageKind, P2p};
+use crate::p2p::{Frame, MessageKind, P2p};
+use crate::router::ServiceRx;
 
 /// Result of pinging one peer.
 #[derive(Debug, Clone, Serialize)]
@@ -30,7 +33,6 @@ pub struct Net {
     /// The QUIC endpoint.
     pub p2p: P2p,
     pending: Mutex<HashMap<Uuid, (String, oneshot::Sender<()>)>>,
-    ceremonies: Mutex<Option<mpsc::Sender<Inbound>>>,
 }
 
 impl Net {
@@ -39,33 +41,16 @@ impl Net {
         Arc::new(Net {
             p2p,
             pending: Mutex::new(HashMap::new()),
-            ceremonies: Mutex::new(None),
         })
     }
 
-    /// Where key-ceremony frames (announce, confirm, keygen messages) go.
-    pub fn set_ceremony_handler(&self, tx: mpsc::Sender<Inbound>) {
-        *self
-            .ceremonies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+    /// This node's id (its certificate's).
+    pub fn node_id(&self) -> &str {
+        self.p2p.node_id()
     }
 
-    fn forward_ceremony(&self, inbound: Inbound) {
-        let tx = self
-            .ceremonies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        match tx {
-            Some(tx) => {
-                if let Err(e) = tx.try_send(inbound) {
-                    tracing::warn!(error = %e, "ceremony handler busy or gone; frame dropped");
-                }
-            }
-            None => tracing::debug!(peer = %inbound.from, "no ceremony handler yet; frame dropped"),
-        }
-    }
+    /// The message kinds this module serves.
+    pub const KINDS: &'static [MessageKind] = &[MessageKind::PING, MessageKind::PONG];
 
     /// Pings every peer concurrently and waits up to `timeout` for each pong.
     pub async fn ping_all(&self, timeout: Duration) -> Vec<PingResult> {
@@ -132,17 +117,9 @@ impl Net {
         }
     }
 
-    /// Handles inbound frames until shutdown.
-    pub async fn dispatch(
-        self: Arc<Self>,
-        mut rx: mpsc::Receiver<Inbound>,
-        shutdown: CancellationToken,
-    ) {
-        loop {
-            let inbound = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                m = rx.recv() => match m { Some(m) => m, None => return },
-            };
+    /// Answers pings and completes pongs until the router closes the queue.
+    pub async fn serve(self: Arc<Self>, mut rx: ServiceRx) {
+        while let Some(inbound) = rx.recv().await {
             match inbound.frame.kind {
                 MessageKind::PING => {
                     let reply = Frame::new(inbound.frame.session, MessageKind::PONG, Vec::new());
@@ -162,24 +139,8 @@ impl Net {
                         }
                     }
                 }
-                MessageKind::KEYGEN
-                | MessageKind::FROST_KEYGEN
-                | MessageKind::AUX_INFO
-                | MessageKind::SIGN
-                | MessageKind::PRESIGN
-                | crate::presign::wire::PRESIGN_ANNOUNCE
-                | crate::presign::wire::PRESIGN_GENERATE
-                | MessageKind::FROST_SIGN
-                | MessageKind::VOTE
-                | crate::tx::wire::TX_PROPOSE
-                | crate::tx::wire::TX_SIGN
-                | crate::tx::wire::TX_SIGNATURE
-                | crate::tx::wire::TX_DONE
-                | crate::tx::wire::TX_APPROVAL
-                | crate::dkg::wire::CEREMONY_ANNOUNCE
-                | crate::dkg::wire::CEREMONY_CONFIRM => self.forward_ceremony(inbound),
                 other => {
-                    tracing::debug!(peer = %inbound.from, kind = ?other, "no handler for message kind; dropped");
+                    tracing::error!(peer = %inbound.from, kind = %other, "router delivered a kind this service does not own");
                 }
             }
         }

@@ -1,15 +1,29 @@
-//! Receiving votes and vote-key announcements: the checks of [`check_vote`], then
-//! the node's database (one vote per node and round, violations, pins).
+//! Receiving votes and vote-key announcements: the pure checks of the [`vote`] crate
+//! ([`check_vote`]), then the node's database (one vote per node and round,
+//! violations, pins).
 
 use uuid::Uuid;
 
-use super::error::{KeyAnnounceError, VoteReject};
-use super::keys::{vote_key_fingerprint, PinOutcome, VoteKeyAnnouncement, VoteKeyBook};
-use super::message::SignedVote;
-use super::subject::{check_vote, compare_redelivery, Redelivery, VoteSubject};
-use super::VIOLATION_BAD_KEY_ANNOUNCEMENT;
 use crate::store::votes::{NewSignedVote, VoteSlot};
 use crate::store::{Store, StoreError};
+use vote::{
+    check_vote, compare_redelivery, vote_key_fingerprint, KeyAnnounceError, PinOutcome, Redelivery,
+    SignedVote, VoteKeyAnnouncement, VoteKeyBook, VoteReject, VoteSubject,
+    VIOLATION_BAD_KEY_ANNOUNCEMENT,
+};
+
+/// Storage failures inside the vote crate's errors.
+impl From<StoreError> for VoteReject {
+    fn from(e: StoreError) -> Self {
+        VoteReject::Store(Box::new(e))
+    }
+}
+
+impl From<StoreError> for KeyAnnounceError {
+    fn from(e: StoreError) -> Self {
+        KeyAnnounceError::Store(Box::new(e))
+    }
+}
 
 /// A vote that passed every check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,7 +274,7 @@ impl VoteIntake {
                 });
                 self.violation(
                     voter,
-                    super::VIOLATION_DOUBLE_VOTE,
+                    vote::VIOLATION_DOUBLE_VOTE,
                     &session,
                     &evidence,
                     &rej.to_string(),

@@ -25,13 +25,13 @@ use signer_protocol::ecdsa::{
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::pool::combinations;
-use super::watermark;
-use crate::node::NodeCtx;
+use super::TxCtx;
+use crate::presign::pool::combinations;
+use crate::presign::watermark;
 use crate::store::presignatures::PresignatureUse;
 use crate::tx::wire::SignRequest;
 use crate::tx::{Pending, TxError};
-use crate::wallet::{InputSigning, KeyKind};
+use wallet::{InputSigning, KeyKind};
 
 /// Most signer sets tried with a presignature for one input.
 pub const MAX_SET_ATTEMPTS: usize = 4;
@@ -48,7 +48,7 @@ enum Attempt {
 
 /// The signer sets (in key order) holding presignatures for `inp`'s key and path.
 async fn stocked_sets(
-    node: &NodeCtx,
+    node: &TxCtx,
     p: &Pending,
     inp: &InputSigning,
 ) -> Result<Vec<Vec<String>>, TxError> {
@@ -76,7 +76,7 @@ fn in_key_order(p: &Pending, mut set: Vec<String>) -> Vec<String> {
 /// preference order (this node first when it approved). After a failed attempt the
 /// approvers are read again: votes that arrived after the round closed count too.
 pub async fn sign_input(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     p: &Pending,
     tx: Uuid,
     inp: &InputSigning,
@@ -184,7 +184,7 @@ pub async fn sign_input(
 }
 
 async fn try_presignature(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     p: &Pending,
     tx: Uuid,
     inp: &InputSigning,
@@ -283,7 +283,7 @@ async fn try_presignature(
 /// signature (34 bytes) for `input`. Nothing leaves the node unless the consumption
 /// committed.
 pub async fn issue_partial(
-    node: &Arc<NodeCtx>,
+    node: &Arc<TxCtx>,
     req: &SignRequest,
     p: &Pending,
     indices: &[u16],

@@ -1,7 +1,5 @@
 //! Error types of the vote module.
 
-use crate::store::StoreError;
-
 /// Why bytes are not a valid vote message, or a vote cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -120,7 +118,7 @@ pub enum VoteReject {
     },
     /// The database failed.
     #[error("storing the vote failed: {0}")]
-    Store(#[from] StoreError),
+    Store(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl VoteReject {
@@ -168,7 +166,7 @@ pub enum KeyAnnounceError {
     },
     /// The database failed.
     #[error("pinning the vote key failed: {0}")]
-    Store(#[from] StoreError),
+    Store(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 /// Why a set of votes is not a quorum certificate.

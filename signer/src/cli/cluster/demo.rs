@@ -213,7 +213,7 @@ async fn sign_one(api: &ApiClient, key: ApiKey) -> anyhow::Result<Paid> {
     let tx: Transaction = encode::deserialize_hex(t["signed_tx"].as_str().unwrap_or_default())
         .context("the node's signed transaction does not decode")?;
     let spent = spent_outputs(&t, &tx, &fund)?;
-    crate::wallet::verify_consensus(&tx, &spent)
+    wallet::verify_consensus(&tx, &spent)
         .map_err(|e| anyhow::anyhow!("transaction {id} fails consensus verification: {e}"))?;
     Ok(Paid {
         key,

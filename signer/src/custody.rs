@@ -1,17 +1,13 @@
-//! Sealed start: the node serves key operations only once its HSM/TPM is
-//! reachable and authenticated. Until then `/ready` reports `sealed` with the
-//! reason code, and nothing secret is read or written.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! The node's custody handle once unsealed: the HSM/TPM and the vote-signing key it
+//! wraps. The sealed start (retrying until the backend opens) is the node's
+//! `node::unseal` task; this module only holds what exists once it succeeded.
 
 use hsm::{Aad, Custody, RecordKind};
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use tokio_util::sync::CancellationToken;
 
-use super::{CustodyState, NodeCtx};
 use crate::audit::AuditEntry;
 use crate::store::node_keys::NodeKeyRow;
+use crate::store::Store;
 
 /// Purpose name of the vote-signing key.
 pub const VOTE_KEY: &str = "vote_signing";
@@ -42,77 +38,32 @@ impl VoteKey {
     }
 }
 
-/// Opens the custody backend, retrying transient failures, then loads (or on
-/// first start creates) the vote-signing key. Runs until unsealed or shutdown.
-pub async fn unseal(node: Arc<NodeCtx>, shutdown: CancellationToken) {
-    let Some(cfg) = node.cfg.custody.clone() else {
-        tracing::warn!("no [custody] configured: key ceremonies and signing are refused");
-        return;
-    };
-    let hsm_cfg = match cfg.to_hsm() {
-        Ok(c) => c,
-        Err(e) => {
-            node.set_custody_state(CustodyState::Sealed {
-                code: "config".to_owned(),
-                reason: e,
-            });
-            return;
-        }
-    };
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let c = hsm_cfg.clone();
-        let opened = tokio::task::spawn_blocking(move || Custody::open(&c)).await;
-        let err = match opened {
-            Ok(Ok(custody)) => match load_or_create_vote_key(&node, &custody).await {
-                Ok(key) => {
-                    tracing::info!(kek = custody.kek_id(), vote_key = %hex::encode(key.public_key()), "custody unsealed");
-                    node.set_unsealed(custody, key);
-                    crate::dkg::keys::reload_shares(&node).await;
-                    return;
-                }
-                Err(e) => e,
-            },
-            Ok(Err(e)) => {
-                let transient = e.is_transient();
-                node.set_custody_state(CustodyState::Sealed {
-                    code: e.code().to_owned(),
-                    reason: e.to_string(),
-                });
-                tracing::error!(code = e.code(), error = %e, transient, "custody backend unavailable; node stays sealed");
-                if !transient {
-                    // Wrong PIN and friends: retrying could lock the device. Wait
-                    // for an operator to fix the configuration and restart.
-                    return;
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                continue;
-            }
-            Err(e) => format!("custody task failed: {e}"),
-        };
-        node.set_custody_state(CustodyState::Sealed {
-            code: "node_key".to_owned(),
-            reason: err.clone(),
-        });
-        tracing::error!(error = %err, "cannot load the node's keys; node stays sealed");
-        return;
+/// The unsealed vote key signs votes.
+impl vote::VoteSigner for VoteKey {
+    fn vote_public_key(&self) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(self.public_key());
+        k
+    }
+
+    fn sign_vote_message(&self, msg: &[u8]) -> [u8; vote::SIGNATURE_LEN] {
+        let mut s = [0u8; vote::SIGNATURE_LEN];
+        s.copy_from_slice(&self.sign(msg));
+        s
     }
 }
 
-async fn load_or_create_vote_key(node: &NodeCtx, custody: &Custody) -> Result<VoteKey, String> {
-    let node_id = node.cfg.node_id.clone();
+/// Loads this node's vote key from its envelope, or on first start creates it, seals
+/// it in custody and records it (audit `node_key.create`).
+pub async fn load_or_create_vote_key(
+    store: &Store,
+    node_id: &str,
+    custody: &Custody,
+) -> Result<VoteKey, String> {
+    let node_id = node_id.to_owned();
     let aad =
         Aad::new(&node_id, VOTE_KEY, RecordKind::NodeIdentityKey).map_err(|e| e.to_string())?;
-    if let Some(row) = node
-        .store
-        .node_key(VOTE_KEY)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    if let Some(row) = store.node_key(VOTE_KEY).await.map_err(|e| e.to_string())? {
         let custody = custody.clone();
         return tokio::task::spawn_blocking(move || {
             let secret = custody
@@ -149,12 +100,11 @@ async fn load_or_create_vote_key(node: &NodeCtx, custody: &Custody) -> Result<Vo
         envelope,
         kek_id: custody.kek_id().to_owned(),
     };
-    node.store
+    store
         .insert_node_key(&row)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = node
-        .store
+    let _ = store
         .audit(
             &node_id,
             AuditEntry::new("node", "node_key.create")

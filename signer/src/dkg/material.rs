@@ -10,9 +10,28 @@ use hsm::Aad;
 use signer_protocol::ecdsa::{EcdsaAuxInfo, EcdsaIncompleteShare, EcdsaKeyShare};
 use signer_protocol::frost::FrostKeyShare;
 
-use super::TxError;
-use crate::dkg::DkgProtocol;
-use crate::node::NodeCtx;
+use super::{DkgCtx, DkgProtocol};
+
+/// Why a share cannot be opened for signing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MaterialError {
+    /// Custody is sealed.
+    #[error("custody is sealed: transactions are refused")]
+    Sealed,
+    /// No usable share of that key on this node.
+    #[error("key {0} not found or not loaded on this node")]
+    UnknownKey(String),
+    /// The ECDSA key's node set has no aux info yet.
+    #[error("no aux info for the node set of key {0}; run POST /api/v1/aux-info/start")]
+    AuxInfoMissing(String),
+    /// Database failure.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Anything else that is this node's problem.
+    #[error("{0}")]
+    Internal(String),
+}
 
 /// An opened share.
 #[derive(Debug, Clone)]
@@ -39,15 +58,15 @@ impl MaterialCache {
 }
 
 /// The signing material of `key_id`, opened (and cached) if needed.
-pub async fn load(node: &Arc<NodeCtx>, key_id: &str) -> Result<Material, TxError> {
-    if let Some(m) = node.tx_material.lock().get(key_id).cloned() {
+pub async fn load(node: &DkgCtx, key_id: &str) -> Result<Material, MaterialError> {
+    if let Some(m) = node.signing_material.lock().get(key_id).cloned() {
         return Ok(m);
     }
-    let _opening = node.tx_material.opening.lock().await;
-    if let Some(m) = node.tx_material.lock().get(key_id).cloned() {
+    let _opening = node.signing_material.opening.lock().await;
+    if let Some(m) = node.signing_material.lock().get(key_id).cloned() {
         return Ok(m);
     }
-    let unsealed = node.unsealed().ok_or(TxError::Sealed)?;
+    let unsealed = node.unsealed().ok_or(MaterialError::Sealed)?;
     let me = node.cfg.node_id.clone();
     let row = node
         .store
@@ -55,81 +74,67 @@ pub async fn load(node: &Arc<NodeCtx>, key_id: &str) -> Result<Material, TxError
         .await?
         .into_iter()
         .find(|r| r.key_id == key_id)
-        .ok_or_else(|| TxError::UnknownKey(key_id.to_owned()))?;
+        .ok_or_else(|| MaterialError::UnknownKey(key_id.to_owned()))?;
     let protocol = DkgProtocol::parse(&row.protocol)
-        .ok_or_else(|| TxError::Internal(format!("unknown protocol {}", row.protocol)))?;
+        .ok_or_else(|| MaterialError::Internal(format!("unknown protocol {}", row.protocol)))?;
     let aux = match protocol {
         DkgProtocol::Cggmp24 => Some(
             node.store
                 .latest_aux(&me, &row.participants)
                 .await?
-                .ok_or_else(|| TxError::Invalid {
-                    code: "aux_info_missing",
-                    message: format!(
-                        "no aux info for the node set of key {key_id}; run POST /api/v1/aux-info/start"
-                    ),
-                })?,
+                .ok_or_else(|| MaterialError::AuxInfoMissing(key_id.to_owned()))?,
         ),
         _ => None,
     };
     let custody = unsealed.custody.clone();
     let key = key_id.to_owned();
-    let material = tokio::task::spawn_blocking(move || -> Result<Material, TxError> {
+    let material = tokio::task::spawn_blocking(move || -> Result<Material, MaterialError> {
         let open = |kind, key_id: String, blob: &[u8]| {
-            let aad =
-                Aad::new(me.clone(), key_id, kind).map_err(|e| TxError::Internal(e.to_string()))?;
+            let aad = Aad::new(me.clone(), key_id, kind)
+                .map_err(|e| MaterialError::Internal(e.to_string()))?;
             custody
                 .open_record(&aad, blob)
-                .map_err(|e| TxError::Internal(format!("opening {kind:?}: {e}")))
+                .map_err(|e| MaterialError::Internal(format!("opening {kind:?}: {e}")))
         };
         match protocol {
             DkgProtocol::Cggmp24 => {
                 let share = open(protocol.record_kind(), key.clone(), &row.envelope)?;
                 let share = EcdsaIncompleteShare::from_bytes(share.expose_secret())
-                    .map_err(|e| TxError::Internal(e.to_string()))?;
-                let (aux_id, aux_env) = aux.ok_or_else(|| TxError::Internal("aux info".into()))?;
+                    .map_err(|e| MaterialError::Internal(e.to_string()))?;
+                let (aux_id, aux_env) =
+                    aux.ok_or_else(|| MaterialError::Internal("aux info".into()))?;
                 let aux = open(hsm::RecordKind::AuxInfo, aux_id.to_string(), &aux_env)?;
                 let aux = EcdsaAuxInfo::from_bytes(aux.expose_secret())
-                    .map_err(|e| TxError::Internal(e.to_string()))?;
+                    .map_err(|e| MaterialError::Internal(e.to_string()))?;
                 let full = EcdsaKeyShare::from_parts(&share, &aux)
                     .and_then(EcdsaKeyShare::with_precomputation)
-                    .map_err(|e| TxError::Internal(e.to_string()))?;
+                    .map_err(|e| MaterialError::Internal(e.to_string()))?;
                 Ok(Material::Ecdsa(Arc::new(full)))
             }
             DkgProtocol::Frost => {
                 let share = open(protocol.record_kind(), key.clone(), &row.envelope)?;
                 let share = FrostKeyShare::from_bytes(share.expose_secret())
-                    .map_err(|e| TxError::Internal(e.to_string()))?;
+                    .map_err(|e| MaterialError::Internal(e.to_string()))?;
                 Ok(Material::Frost(Arc::new(share)))
             }
-            DkgProtocol::AuxInfo => Err(TxError::UnknownKey(key)),
+            DkgProtocol::AuxInfo => Err(MaterialError::UnknownKey(key)),
         }
     })
     .await
-    .map_err(|e| TxError::Internal(format!("open task: {e}")))??;
-    node.tx_material
+    .map_err(|e| MaterialError::Internal(format!("open task: {e}")))??;
+    node.signing_material
         .lock()
         .insert(key_id.to_owned(), material.clone());
     Ok(material)
 }
 
-/// Background task: builds the wallet keys' script lookup tables and opens every
-/// CGGMP24 share of this node that has aux info ahead
+/// Background task: opens every CGGMP24 share of this node that has aux info ahead
 /// of its first use (the library's precomputed tables take seconds of CPU), so the
 /// first payment or presignature session of a key does not pay for it. Checked
 /// again periodically for keys and aux info that appear later.
-pub async fn warm(node: Arc<NodeCtx>) {
+pub async fn warm(node: Arc<DkgCtx>) {
     loop {
         if node.unsealed().is_some() {
-            // Wallet keys: their script lookup tables (thousands of derivations).
-            if let Ok(keys) = super::usable_keys(&node).await {
-                let _ = tokio::task::spawn_blocking(move || {
-                    for k in keys {
-                        k.wallet.warm_lookup();
-                    }
-                })
-                .await;
-            }
             let me = node.cfg.node_id.clone();
             let keys: Vec<String> = match node.store.usable_shares(&me).await {
                 Ok(rows) => rows
@@ -143,7 +148,7 @@ pub async fn warm(node: Arc<NodeCtx>) {
                 }
             };
             for key in keys {
-                if node.tx_material.lock().contains_key(&key) {
+                if node.signing_material.lock().contains_key(&key) {
                     continue;
                 }
                 let start = std::time::Instant::now();

@@ -62,7 +62,7 @@ fn proof_message(node_id: &str, public_key: &[u8; 32]) -> Vec<u8> {
 impl VoteKeyAnnouncement {
     /// The announcement of `key` by `node_id` (which must be a valid node id).
     pub fn new(node_id: &str, key: &impl VoteSigner) -> Result<Self, VoteCodecError> {
-        if !crate::config::valid_node_id(node_id) {
+        if !crate::valid_node_id(node_id) {
             return Err(VoteCodecError::BadText { field: "node id" });
         }
         let public_key = key.vote_public_key();
@@ -123,7 +123,7 @@ impl VoteKeyAnnouncement {
             });
         }
         let node_id = r.short_str("node id")?;
-        if !crate::config::valid_node_id(node_id) {
+        if !crate::valid_node_id(node_id) {
             return Err(VoteCodecError::BadText { field: "node id" });
         }
         let node_id = node_id.to_owned();
@@ -153,7 +153,7 @@ pub enum PinOutcome {
 }
 
 /// Pinned vote keys by node id. The persistent copy is the `peer_vote_keys` table
-/// (see [`crate::store::Store::pin_vote_key`]); this is the in-memory view built
+/// (pinned in the node's database); this is the in-memory view built
 /// from it with [`VoteKeyBook::from_pinned`] and updated as pins happen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VoteKeyBook {
@@ -166,7 +166,7 @@ impl VoteKeyBook {
         Self::default()
     }
 
-    /// A book holding already pinned keys (e.g. [`crate::store::Store::vote_keys`]).
+    /// A book holding already pinned keys (e.g. as loaded from the node's database).
     /// A node listed twice keeps its first key.
     pub fn from_pinned(pins: impl IntoIterator<Item = (String, [u8; 32])>) -> Self {
         let mut book = Self::new();

@@ -1,0 +1,263 @@
+//! The shared infrastructure handle of a node ([`Infra`]) and the cluster and
+//! custody state it tracks. Below every service: it knows no service.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::NodeConfig;
+use crate::coord::Coord;
+use crate::net::Net;
+use crate::store::Store;
+
+/// What this node currently knows about the cluster (refreshed in the background).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSnapshot {
+    /// Whether the last etcd read succeeded.
+    pub etcd_ok: bool,
+    /// Nodes with a live registration in etcd, by id.
+    pub live: BTreeMap<String, LiveNode>,
+    /// Peers with an open QUIC connection.
+    pub connected_peers: Vec<String>,
+    /// Current coordinator (leader of the etcd election), if known.
+    pub leader: Option<String>,
+    /// When this snapshot was taken.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A registered node as seen in etcd.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveNode {
+    /// API URL it announced.
+    pub api_url: String,
+    /// QUIC address it announced.
+    pub quic_addr: String,
+    /// Software version.
+    pub version: String,
+    /// When it started.
+    pub started_at: String,
+}
+
+/// `GET /api/v1/cluster/status` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// Nodes configured.
+    pub total_nodes: usize,
+    /// Nodes alive.
+    pub healthy_nodes: usize,
+    /// Signing threshold.
+    pub threshold: u16,
+    /// `healthy` (all up), `degraded` (at least t up) or `unavailable`.
+    pub status: &'static str,
+    /// Where liveness came from: `etcd`, or `p2p` when etcd is unreachable.
+    pub source: &'static str,
+    /// The node answering.
+    pub reporting_node: String,
+    /// Current coordinator (etcd election leader), if known.
+    pub leader: Option<String>,
+    /// Per node detail.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node in [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node_id: String,
+    /// Alive or not.
+    pub healthy: bool,
+    /// Connected to the reporting node over QUIC.
+    pub p2p_connected: bool,
+    /// Registration detail when alive.
+    pub registration: Option<LiveNode>,
+}
+
+/// Custody (HSM/TPM) state as reported by `/ready`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum CustodyState {
+    /// No backend configured: key operations are refused.
+    Unconfigured,
+    /// Backend configured but not usable (yet): key operations are refused.
+    Sealed {
+        /// Stable reason code (e.g. `wrong_pin`, `module_not_found`).
+        code: String,
+        /// Human-readable reason (never contains the PIN).
+        reason: String,
+    },
+    /// Backend reachable and authenticated, node keys loaded.
+    Unsealed {
+        /// Identifier of the key-encryption key in use.
+        kek_id: String,
+    },
+}
+
+/// What exists only once custody is unsealed.
+#[derive(Debug)]
+pub struct Unsealed {
+    /// The HSM/TPM handle.
+    pub custody: hsm::Custody,
+    /// The vote-signing key.
+    pub vote_key: crate::custody::VoteKey,
+}
+
+/// The infrastructure every service shares: configuration, database, network,
+/// protocol-session routing, etcd handle, cluster view and custody. Services get
+/// this (and the services below them), never the node's wiring.
+#[derive(Debug)]
+pub struct Infra {
+    /// Configuration.
+    pub cfg: NodeConfig,
+    /// This node's database.
+    pub store: Store,
+    /// QUIC peer-to-peer network.
+    pub net: Arc<Net>,
+    /// Protocol sessions running on this node (frame routing).
+    pub sessions: crate::session::Router,
+    coord: RwLock<Option<Coord>>,
+    cluster: RwLock<ClusterSnapshot>,
+    custody: RwLock<CustodyState>,
+    unsealed: RwLock<Option<Arc<Unsealed>>>,
+}
+
+impl Infra {
+    /// New handle; custody starts sealed (or unconfigured).
+    pub fn new(cfg: NodeConfig, store: Store, net: Arc<Net>) -> Self {
+        let custody = if cfg.custody.is_some() {
+            CustodyState::Sealed {
+                code: "opening".to_owned(),
+                reason: "custody backend not opened yet".to_owned(),
+            }
+        } else {
+            CustodyState::Unconfigured
+        };
+        Infra {
+            cfg,
+            store,
+            net,
+            sessions: crate::session::Router::default(),
+            coord: RwLock::new(None),
+            cluster: RwLock::new(ClusterSnapshot::default()),
+            custody: RwLock::new(custody),
+            unsealed: RwLock::new(None),
+        }
+    }
+
+    /// Current cluster snapshot.
+    pub fn cluster_snapshot(&self) -> ClusterSnapshot {
+        match self.cluster.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the cluster snapshot.
+    pub fn set_cluster_snapshot(&self, snap: ClusterSnapshot) {
+        match self.cluster.write() {
+            Ok(mut g) => *g = snap,
+            Err(p) => *p.into_inner() = snap,
+        }
+    }
+
+    /// The current etcd handle, while connected.
+    pub fn coord(&self) -> Option<Coord> {
+        match self.coord.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Sets (or clears) the shared etcd handle.
+    pub fn set_coord(&self, coord: Option<Coord>) {
+        match self.coord.write() {
+            Ok(mut g) => *g = coord,
+            Err(p) => *p.into_inner() = coord,
+        }
+    }
+
+    /// Current custody state.
+    pub fn custody_state(&self) -> CustodyState {
+        match self.custody.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Sets the custody state.
+    pub fn set_custody_state(&self, state: CustodyState) {
+        match self.custody.write() {
+            Ok(mut g) => *g = state,
+            Err(p) => *p.into_inner() = state,
+        }
+    }
+
+    /// Records a successful unseal.
+    pub fn set_unsealed(&self, custody: hsm::Custody, vote_key: crate::custody::VoteKey) {
+        let kek_id = custody.kek_id().to_owned();
+        let u = Arc::new(Unsealed { custody, vote_key });
+        match self.unsealed.write() {
+            Ok(mut g) => *g = Some(u),
+            Err(p) => *p.into_inner() = Some(u),
+        }
+        self.set_custody_state(CustodyState::Unsealed { kek_id });
+    }
+
+    /// The unsealed custody, or `None` while sealed.
+    pub fn unsealed(&self) -> Option<Arc<Unsealed>> {
+        match self.unsealed.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Cluster status computed from the snapshot.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        compute_status(&self.cfg, &self.cluster_snapshot())
+    }
+}
+
+/// Computes the status table; pure, so it is tested without I/O.
+pub fn compute_status(cfg: &NodeConfig, snap: &ClusterSnapshot) -> ClusterStatus {
+    let mut ids: Vec<&str> = vec![cfg.node_id.as_str()];
+    ids.extend(cfg.p2p.peers.iter().map(|p| p.id.as_str()));
+    ids.sort_unstable();
+    let nodes: Vec<NodeStatus> = ids
+        .iter()
+        .map(|id| {
+            let p2p_connected = *id == cfg.node_id || snap.connected_peers.iter().any(|c| c == id);
+            let registration = snap.live.get(*id).cloned();
+            let healthy = if snap.etcd_ok {
+                registration.is_some()
+            } else {
+                p2p_connected
+            };
+            NodeStatus {
+                node_id: (*id).to_owned(),
+                healthy,
+                p2p_connected,
+                registration,
+            }
+        })
+        .collect();
+    let total = nodes.len();
+    let healthy = nodes.iter().filter(|n| n.healthy).count();
+    let status = if healthy == total {
+        "healthy"
+    } else if healthy >= usize::from(cfg.threshold) {
+        "degraded"
+    } else {
+        "unavailable"
+    };
+    ClusterStatus {
+        total_nodes: total,
+        healthy_nodes: healthy,
+        threshold: cfg.threshold,
+        status,
+        source: if snap.etcd_ok { "etcd" } else { "p2p" },
+        reporting_node: cfg.node_id.clone(),
+        leader: snap.leader.clone(),
+        nodes,
+    }
+}
