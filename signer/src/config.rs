@@ -188,9 +188,14 @@ pub struct WalletConfig {
     /// Seconds a voting round stays open.
     #[serde(default = "default_vote_secs")]
     pub vote_timeout_secs: u64,
-    /// Seconds the signing of one transaction may take.
+    /// Seconds the signing of one transaction may take (on a follower: after its
+    /// vote deadline, it serves no sign request for the transaction any more).
     #[serde(default = "default_sign_secs")]
     pub sign_timeout_secs: u64,
+    /// Latest voting deadline this node accepts, in seconds from when it receives a
+    /// proposal: a leader's later deadline is cut down to it.
+    #[serde(default = "default_max_vote_deadline_secs")]
+    pub max_vote_deadline_secs: u64,
 }
 
 impl Default for WalletConfig {
@@ -202,6 +207,7 @@ impl Default for WalletConfig {
             max_fee_sats: default_max_fee(),
             vote_timeout_secs: default_vote_secs(),
             sign_timeout_secs: default_sign_secs(),
+            max_vote_deadline_secs: default_max_vote_deadline_secs(),
         }
     }
 }
@@ -220,6 +226,9 @@ fn default_vote_secs() -> u64 {
 }
 fn default_sign_secs() -> u64 {
     120
+}
+fn default_max_vote_deadline_secs() -> u64 {
+    300
 }
 
 /// Policy settings.

@@ -49,6 +49,20 @@ pub fn warn_if_armed() {
         }
     }
     #[cfg(feature = "fault-injection")]
+    for var in [
+        SIGN_WITH_ENV,
+        SKIP_INTAKE_CHECKS_ENV,
+        PROPOSAL_DEADLINE_ENV,
+        REPLAY_PROPOSAL_ENV,
+    ] {
+        if std::env::var_os(var).is_some() {
+            tracing::error!(
+                fault = var,
+                "FAULT INJECTION ARMED: this node is a malicious transaction leader"
+            );
+        }
+    }
+    #[cfg(feature = "fault-injection")]
     if std::env::var_os(EXIT_AFTER_PRESIG_CONSUME_ENV).is_some() {
         tracing::error!(
             fault = EXIT_AFTER_PRESIG_CONSUME_ENV,
@@ -145,4 +159,78 @@ pub fn exit_after_presig_consume(node_id: &str) {
     }
     #[cfg(not(feature = "fault-injection"))]
     let _ = node_id;
+}
+
+/// Environment variable: as a transaction's leader, this node adds the named node
+/// (e.g. one that voted reject) to every signer set it picks, right after itself.
+pub const SIGN_WITH_ENV: &str = "SIGNER_FAULT_SIGN_WITH";
+/// Environment variable: as a leader, this node skips its intake proof of input
+/// amounts and its one-approval-per-txid check (the other nodes must catch it).
+pub const SKIP_INTAKE_CHECKS_ENV: &str = "SIGNER_FAULT_SKIP_INTAKE_CHECKS";
+/// Environment variable: as a leader, this node proposes a voting deadline this
+/// many seconds ahead instead of its configured one.
+pub const PROPOSAL_DEADLINE_ENV: &str = "SIGNER_FAULT_PROPOSAL_DEADLINE_SECS";
+/// Environment variable: as a leader, this node sends each proposal a second time
+/// (same transaction id, a deadline a day later) after its own vote.
+pub const REPLAY_PROPOSAL_ENV: &str = "SIGNER_FAULT_REPLAY_PROPOSAL";
+
+#[cfg(feature = "fault-injection")]
+fn armed(var: &str) -> bool {
+    std::env::var_os(var).is_some()
+}
+
+/// The signer set a leader uses: `approvers` unchanged, or with the node named by
+/// [`SIGN_WITH_ENV`] placed second (feature `fault-injection` only).
+pub fn sign_with(approvers: Vec<String>, me: &str) -> Vec<String> {
+    #[cfg(feature = "fault-injection")]
+    if let Ok(extra) = std::env::var(SIGN_WITH_ENV) {
+        tracing::error!(node = %extra, "FAULT INJECTION: naming a signer regardless of its vote");
+        let mut out: Vec<String> = approvers.into_iter().filter(|n| *n != extra).collect();
+        let at = usize::from(out.first().is_some_and(|n| n == me)).min(out.len());
+        out.insert(at, extra);
+        return out;
+    }
+    let _ = me;
+    approvers
+}
+
+/// Whether the leader's intake proof checks are skipped (feature `fault-injection`
+/// with [`SKIP_INTAKE_CHECKS_ENV`] only).
+pub fn skip_intake_checks() -> bool {
+    #[cfg(feature = "fault-injection")]
+    if armed(SKIP_INTAKE_CHECKS_ENV) {
+        tracing::error!("FAULT INJECTION: skipping the intake proof of input amounts");
+        return true;
+    }
+    false
+}
+
+/// The voting deadline a leader proposes: `honest`, or now + the seconds of
+/// [`PROPOSAL_DEADLINE_ENV`] (feature `fault-injection` only).
+pub fn proposal_deadline(honest: u64) -> u64 {
+    #[cfg(feature = "fault-injection")]
+    if let Some(secs) = std::env::var(PROPOSAL_DEADLINE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::error!(secs, "FAULT INJECTION: proposing a far voting deadline");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        return now.saturating_add(secs);
+    }
+    honest
+}
+
+/// The deadline of a replayed copy of a proposal whose deadline is `deadline` (a
+/// day later), when [`REPLAY_PROPOSAL_ENV`] is armed (feature `fault-injection`
+/// only); the leader then sends that copy to the participants again.
+pub fn replayed_deadline(deadline: u64) -> Option<u64> {
+    #[cfg(feature = "fault-injection")]
+    if armed(REPLAY_PROPOSAL_ENV) {
+        tracing::error!("FAULT INJECTION: replaying a proposal");
+        return Some(deadline.saturating_add(86_400));
+    }
+    let _ = deadline;
+    None
 }

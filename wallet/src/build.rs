@@ -46,34 +46,7 @@ pub fn scan_funding_tx(
     keys: &[WalletKey],
     limits: &IntakeLimits,
 ) -> Result<Vec<OwnedUtxo>, WalletError> {
-    let max = limits.max_tx_bytes;
-    let text = raw.trim_ascii();
-    let decoded: Vec<u8>;
-    let bytes: &[u8] = if !text.is_empty() && text.iter().all(u8::is_ascii_hexdigit) {
-        if text.len() > max.saturating_mul(2) {
-            return Err(WalletError::TxTooLarge {
-                size: text.len() / 2,
-                limit: max,
-            });
-        }
-        decoded = hex::decode(text).map_err(|e| WalletError::TxMalformed(format!("hex: {e}")))?;
-        &decoded
-    } else {
-        if raw.len() > max {
-            return Err(WalletError::TxTooLarge {
-                size: raw.len(),
-                limit: max,
-            });
-        }
-        raw
-    };
-    let tx: Transaction = bitcoin::consensus::deserialize(bytes)
-        .map_err(|e| WalletError::TxMalformed(e.to_string()))?;
-    if tx.input.is_empty() || tx.output.is_empty() {
-        return Err(WalletError::TxMalformed(
-            "a transaction needs inputs and outputs".into(),
-        ));
-    }
+    let tx = decode_funding_tx(raw, limits)?;
     let txid = tx.compute_txid();
     let mut found = Vec::new();
     for (vout, out) in tx.output.iter().enumerate() {
@@ -102,6 +75,40 @@ pub fn scan_funding_tx(
     }
     tracing::debug!(%txid, found = found.len(), "funding transaction scanned");
     Ok(found)
+}
+
+/// Decodes a raw funding transaction (binary, or hex text with surrounding
+/// whitespace) with a size bound of `limits.max_tx_bytes`.
+pub fn decode_funding_tx(raw: &[u8], limits: &IntakeLimits) -> Result<Transaction, WalletError> {
+    let max = limits.max_tx_bytes;
+    let text = raw.trim_ascii();
+    let decoded: Vec<u8>;
+    let bytes: &[u8] = if !text.is_empty() && text.iter().all(u8::is_ascii_hexdigit) {
+        if text.len() > max.saturating_mul(2) {
+            return Err(WalletError::TxTooLarge {
+                size: text.len() / 2,
+                limit: max,
+            });
+        }
+        decoded = hex::decode(text).map_err(|e| WalletError::TxMalformed(format!("hex: {e}")))?;
+        &decoded
+    } else {
+        if raw.len() > max {
+            return Err(WalletError::TxTooLarge {
+                size: raw.len(),
+                limit: max,
+            });
+        }
+        raw
+    };
+    let tx: Transaction = bitcoin::consensus::deserialize(bytes)
+        .map_err(|e| WalletError::TxMalformed(e.to_string()))?;
+    if tx.input.is_empty() || tx.output.is_empty() {
+        return Err(WalletError::TxMalformed(
+            "a transaction needs inputs and outputs".into(),
+        ));
+    }
+    Ok(tx)
 }
 
 /// Parses `text` as an address for `network`.

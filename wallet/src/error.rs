@@ -54,6 +54,29 @@ pub enum WalletError {
         /// Why.
         reason: String,
     },
+    /// An input's amount and script are not proven: the PSBT carries no
+    /// `non_witness_utxo` and this node has not imported the output itself.
+    #[error("input {input} spends {outpoint}: its amount is not proven (give non_witness_utxo, the full previous transaction, or import the funding transaction on this node)")]
+    UnprovenInputAmount {
+        /// Input index.
+        input: usize,
+        /// The spent output.
+        outpoint: String,
+    },
+    /// An input's `witness_utxo` differs from the output this node imported.
+    #[error("input {input} spends {outpoint}: witness_utxo ({claimed_sats} sats) differs from the output this node imported ({known_sats} sats){script_note}")]
+    InputAmountMismatch {
+        /// Input index.
+        input: usize,
+        /// The spent output.
+        outpoint: String,
+        /// Amount the PSBT claims.
+        claimed_sats: u64,
+        /// Amount of the imported output.
+        known_sats: u64,
+        /// `", and its script differs"` when the script differs too, else empty.
+        script_note: &'static str,
+    },
     /// Key origin data (`bip32_derivation`, `tap_key_origins`, `tap_internal_key`)
     /// disagrees with the key that owns the script.
     #[error("{location}: key origin does not match the wallet: {reason}")]
@@ -223,6 +246,8 @@ impl WalletError {
             WalletError::InputNotOurs { .. } => "input_not_ours",
             WalletError::MissingUtxo { .. } => "missing_utxo",
             WalletError::UtxoMismatch { .. } => "utxo_mismatch",
+            WalletError::UnprovenInputAmount { .. } => "unproven_input_amount",
+            WalletError::InputAmountMismatch { .. } => "input_amount_mismatch",
             WalletError::DerivationMismatch { .. } => "derivation_mismatch",
             WalletError::MixedKeys { .. } => "mixed_keys",
             WalletError::UnsupportedSighash { .. } => "unsupported_sighash",

@@ -149,6 +149,111 @@ impl ValidatedPsbt {
     }
 }
 
+/// Outputs this node imported itself (its `utxos` table), by outpoint: the amount
+/// and script an input's `witness_utxo` must equal when the PSBT does not prove them
+/// with the full previous transaction.
+pub type KnownOutputs = std::collections::HashMap<OutPoint, TxOut>;
+
+impl ValidatedPsbt {
+    /// Every input's amount and script must be proven (the BIP-143 fee attack: a
+    /// P2WPKH signature commits only to its own input's amount, so amounts taken from
+    /// the submitter let two PSBTs of one transaction understate different inputs):
+    /// either the PSBT carries `non_witness_utxo` (already checked by
+    /// [`validate_psbt`] to be the transaction the input spends, with the output
+    /// equal to `witness_utxo`), or `known` holds the output and it equals
+    /// `witness_utxo`. An imported output that differs is refused even when a full
+    /// previous transaction is given. Taproot inputs are held to the same rule so
+    /// the policy sees proven amounts.
+    pub fn check_input_proofs(&self, known: &KnownOutputs) -> Result<(), WalletError> {
+        for (i, (inp, signing)) in self.psbt.inputs.iter().zip(&self.inputs).enumerate() {
+            let claimed = inp.witness_utxo.as_ref().ok_or(WalletError::MissingUtxo {
+                input: i,
+                what: "witness_utxo",
+            })?;
+            match known.get(&signing.outpoint) {
+                Some(k) if k == claimed => {}
+                Some(k) => {
+                    return Err(WalletError::InputAmountMismatch {
+                        input: i,
+                        outpoint: signing.outpoint.to_string(),
+                        claimed_sats: claimed.value.to_sat(),
+                        known_sats: k.value.to_sat(),
+                        script_note: if k.script_pubkey == claimed.script_pubkey {
+                            ""
+                        } else {
+                            ", and its script differs"
+                        },
+                    })
+                }
+                None if inp.non_witness_utxo.is_some() => {}
+                None => {
+                    return Err(WalletError::UnprovenInputAmount {
+                        input: i,
+                        outpoint: signing.outpoint.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the full previous transaction (`non_witness_utxo`) on every input that
+    /// lacks it and whose funding transaction is in `funding` (and really holds the
+    /// spent output, equal to `witness_utxo`), so that every other node can prove
+    /// the amounts itself. Returns how many inputs got one.
+    pub fn attach_previous_transactions(
+        &mut self,
+        funding: &std::collections::HashMap<Txid, Transaction>,
+    ) -> usize {
+        let mut attached = 0;
+        for (inp, signing) in self.psbt.inputs.iter_mut().zip(&self.inputs) {
+            if inp.non_witness_utxo.is_some() {
+                continue;
+            }
+            let Some(prev) = funding.get(&signing.outpoint.txid) else {
+                continue;
+            };
+            let out = usize::try_from(signing.outpoint.vout)
+                .ok()
+                .and_then(|v| prev.output.get(v));
+            if prev.compute_txid() == signing.outpoint.txid
+                && out.is_some()
+                && out == inp.witness_utxo.as_ref()
+            {
+                inp.non_witness_utxo = Some(prev.clone());
+                attached += 1;
+            }
+        }
+        attached
+    }
+
+    /// What an approval of this unsigned transaction is an approval of: SHA-256
+    /// over a domain string and, per input, the spent amount, the spent script and
+    /// the sighash. Two PSBTs of one txid with different amounts (or sighash types)
+    /// have different hashes.
+    pub fn approval_data_hash(&self) -> [u8; 32] {
+        use bitcoin::hashes::{sha256, Hash, HashEngine};
+        let mut e = sha256::Hash::engine();
+        e.input(b"signer/txid-approval-data/v1\0");
+        for (inp, signing) in self.psbt.inputs.iter().zip(&self.inputs) {
+            let (value, script) = inp
+                .witness_utxo
+                .as_ref()
+                .map(|o| (o.value.to_sat(), o.script_pubkey.as_bytes()))
+                .unwrap_or((0, &[]));
+            e.input(&value.to_be_bytes());
+            e.input(
+                &u64::try_from(script.len())
+                    .unwrap_or(u64::MAX)
+                    .to_be_bytes(),
+            );
+            e.input(script);
+            e.input(&signing.digest());
+        }
+        sha256::Hash::from_engine(e).to_byte_array()
+    }
+}
+
 const PSBT_MAGIC: &[u8] = b"psbt\xff";
 
 /// Decodes a PSBT given as binary (starting with `psbt\xff`) or as base64 text

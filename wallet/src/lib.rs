@@ -21,11 +21,14 @@ mod sign;
 #[cfg(test)]
 mod tests;
 
-pub use build::{build_psbt, parse_address, scan_funding_tx, OwnedUtxo, MAX_ADDRESS_LEN};
+pub use build::{
+    build_psbt, decode_funding_tx, parse_address, scan_funding_tx, OwnedUtxo, MAX_ADDRESS_LEN,
+};
 pub use error::WalletError;
 pub use intake::{
     decode_psbt, dust_threshold, estimate_vsize, intake_psbt, validate_psbt, InputSigning,
-    IntakeLimits, ValidatedPsbt, MAX_MONEY_SATS, P2TR_WITNESS_BYTES, P2WPKH_WITNESS_BYTES,
+    IntakeLimits, KnownOutputs, ValidatedPsbt, MAX_MONEY_SATS, P2TR_WITNESS_BYTES,
+    P2WPKH_WITNESS_BYTES,
 };
 pub use keys::{KeyKind, ScriptPath, WalletKey, CHANGE_CHAIN, DEFAULT_GAP, MAX_GAP, RECEIVE_CHAIN};
 pub use sighash::{recompute_sighashes, InputSighash};

@@ -29,6 +29,18 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let url = cfg.database_url()?;
     let store = connect_store_with_retry(&url, cfg.database.max_connections).await?;
+    // Round state and signing sessions are in memory: whatever was in flight when
+    // this node stopped is expired before it takes part in anything.
+    let expired = store
+        .expire_in_flight(&cfg.node_id)
+        .await
+        .context("expiring transactions left in flight")?;
+    if expired > 0 {
+        tracing::warn!(
+            count = expired,
+            "transactions left in flight at the last stop expired"
+        );
+    }
     let api_tls = tls::api_server_config(&cfg.tls).context("api tls configuration")?;
     let listener = TcpListener::bind(cfg.api.listen)
         .await

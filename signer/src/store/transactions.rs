@@ -196,6 +196,91 @@ impl Store {
         Ok(u64::try_from(sum.unwrap_or(0)).unwrap_or(0))
     }
 
+    /// Records that this node approves the unsigned transaction `txid` under
+    /// `data_hash` (see [`wallet::ValidatedPsbt::approval_data_hash`]) for
+    /// transaction `id`. When this node already approved that txid under other
+    /// data, records nothing and returns the transaction of that first approval.
+    /// Atomic: of two concurrent claims with different data, one loses.
+    pub async fn claim_txid_approval(
+        &self,
+        txid: &str,
+        data_hash: &[u8; 32],
+        id: Uuid,
+    ) -> Result<Option<Uuid>, StoreError> {
+        sqlx::query(
+            "INSERT INTO approved_txids (txid, data_hash, transaction_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (txid) DO NOTHING",
+        )
+        .bind(txid)
+        .bind(data_hash.as_slice())
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .map_err(|e| StoreError::classify(e, "txid approval"))?;
+        self.txid_approved_with_other_data(txid, data_hash).await
+    }
+
+    /// The transaction under which this node approved `txid` with data other than
+    /// `data_hash`, if it did (read only; see [`Store::claim_txid_approval`]).
+    pub async fn txid_approved_with_other_data(
+        &self,
+        txid: &str,
+        data_hash: &[u8; 32],
+    ) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(Vec<u8>, Uuid)> =
+            sqlx::query_as("SELECT data_hash, transaction_id FROM approved_txids WHERE txid = $1")
+                .bind(txid)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.and_then(|(h, first)| (h.as_slice() != data_hash.as_slice()).then_some(first)))
+    }
+
+    /// At start: every transaction left in flight (`pending`, `voting`, `approved`,
+    /// `signing`) is expired, its open rounds closed as expired and each audited
+    /// (`tx.expired`, reason `node_restart`), in one database transaction. Inputs of
+    /// transactions that had not reached `signing` are released; those of a
+    /// transaction in `signing` stay reserved (a partial signature may have left
+    /// this node, so the inputs may still be spent by it). Returns how many.
+    pub async fn expire_in_flight(&self, node_id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, state FROM transactions \
+             WHERE state IN ('pending', 'voting', 'approved', 'signing') ORDER BY created_at \
+             FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, state) in &rows {
+            set_transaction_state(
+                &mut *tx,
+                *id,
+                "expired",
+                Some("node restarted with the transaction in flight"),
+            )
+            .await?;
+            sqlx::query(
+                "UPDATE voting_rounds SET state = 'expired', closed_at = now() \
+                 WHERE transaction_id = $1 AND state = 'open'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if state != "signing" {
+                super::utxos::release_reserved(&mut *tx, *id).await?;
+            }
+            super::audit::append_audit(
+                &mut tx,
+                node_id,
+                crate::audit::AuditEntry::new("node", "tx.expired")
+                    .subject(id.to_string())
+                    .details(serde_json::json!({ "reason": "node_restart", "from": state })),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(u64::try_from(rows.len()).unwrap_or(u64::MAX))
+    }
+
     /// Marks a transaction signed with its final form, audited, in one transaction;
     /// the UTXOs it spends are marked spent.
     pub async fn transaction_signed(

@@ -6,15 +6,19 @@ use super::{Store, StoreError};
 use wallet::OwnedUtxo;
 
 impl Store {
-    /// Adds imported UTXOs (already known ones are kept as they are); returns how many
-    /// were new.
+    /// Adds imported UTXOs (already known ones are kept as they are; one learned
+    /// from a proposal with the same amount and script becomes an imported one);
+    /// returns how many were new (or newly imported).
     pub async fn add_utxos(&self, utxos: &[OwnedUtxo]) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
         let mut added = 0;
         for u in utxos {
             added += sqlx::query(
                 "INSERT INTO utxos (txid, vout, key_id, value_sats, script_pubkey, chain, idx) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (txid, vout) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (txid, vout) DO UPDATE \
+                 SET origin = 'import' WHERE utxos.origin = 'proposal' \
+                 AND utxos.value_sats = EXCLUDED.value_sats \
+                 AND utxos.script_pubkey = EXCLUDED.script_pubkey",
             )
             .bind(u.outpoint.txid.to_string())
             .bind(i64::from(u.outpoint.vout))
@@ -36,7 +40,7 @@ impl Store {
     pub async fn available_utxos(&self, key_id: &str) -> Result<Vec<OwnedUtxo>, StoreError> {
         let rows: Vec<(String, i32, i64, Vec<u8>, i32, i32)> = sqlx::query_as(
             "SELECT txid, vout, value_sats, script_pubkey, chain, idx FROM utxos \
-             WHERE key_id = $1 AND state = 'available' ORDER BY value_sats DESC, txid, vout",
+             WHERE key_id = $1 AND state = 'available' AND origin = 'import' ORDER BY value_sats DESC, txid, vout",
         )
         .bind(key_id)
         .fetch_all(self.pool())
@@ -95,16 +99,35 @@ impl Store {
         Ok(())
     }
 
-    /// Reserves, for transaction `id`, those of `outpoints` this node knows (a
-    /// proposal's inputs). Returns the first known input that is spent or reserved by
-    /// another transaction, reserving nothing in that case; unknown inputs are ignored.
-    pub async fn reserve_known_utxos(
+    /// Reserves every input of a proposal for transaction `id`. Inputs this node
+    /// does not know yet are recorded (origin `proposal`, with the amount and script
+    /// the caller proved) and reserved at once. Returns the first input that is
+    /// spent or reserved by another transaction, reserving nothing in that case.
+    pub async fn reserve_inputs(
         &self,
         id: Uuid,
-        outpoints: &[bitcoin::OutPoint],
+        inputs: &[OwnedUtxo],
     ) -> Result<Option<bitcoin::OutPoint>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        for o in outpoints {
+        for u in inputs {
+            let o = &u.outpoint;
+            sqlx::query(
+                "INSERT INTO utxos (txid, vout, key_id, value_sats, script_pubkey, chain, idx, \
+                 state, reserved_by, origin) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'reserved', $8, 'proposal') \
+                 ON CONFLICT (txid, vout) DO NOTHING",
+            )
+            .bind(o.txid.to_string())
+            .bind(i64::from(o.vout))
+            .bind(&u.key_id)
+            .bind(i64::try_from(u.value_sats).unwrap_or(i64::MAX))
+            .bind(u.script_pubkey.as_bytes())
+            .bind(i64::from(u.chain))
+            .bind(i64::from(u.index))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::classify(e, "utxo"))?;
             let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
                 "SELECT state, reserved_by FROM utxos WHERE txid = $1 AND vout = $2 FOR UPDATE",
             )
@@ -113,7 +136,6 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             match row {
-                None => {}
                 Some((state, _)) if state == "available" => {
                     sqlx::query(
                         "UPDATE utxos SET state = 'reserved', reserved_by = $3 \
@@ -126,7 +148,7 @@ impl Store {
                     .await?;
                 }
                 Some((state, by)) if state == "reserved" && by == Some(id) => {}
-                Some(_) => {
+                _ => {
                     tx.rollback().await?;
                     return Ok(Some(*o));
                 }
@@ -134,6 +156,98 @@ impl Store {
         }
         tx.commit().await?;
         Ok(None)
+    }
+
+    /// Whether every one of `outpoints` is reserved by transaction `id` in this
+    /// node's database (what a signer checks before a partial signature leaves it).
+    pub async fn inputs_reserved_by(
+        &self,
+        id: Uuid,
+        outpoints: &[bitcoin::OutPoint],
+    ) -> Result<bool, StoreError> {
+        let (txids, vouts) = outpoint_columns(outpoints);
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM utxos u \
+             JOIN unnest($1::text[], $2::int[]) AS o(txid, vout) \
+               ON u.txid = o.txid AND u.vout = o.vout \
+             WHERE u.state = 'reserved' AND u.reserved_by = $3",
+        )
+        .bind(&txids)
+        .bind(&vouts)
+        .bind(id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(usize::try_from(n).is_ok_and(|n| n == outpoints.len()))
+    }
+
+    /// The amount and script of those of `outpoints` this node has a UTXO row for.
+    pub async fn known_outputs(
+        &self,
+        outpoints: &[bitcoin::OutPoint],
+    ) -> Result<wallet::KnownOutputs, StoreError> {
+        let (txids, vouts) = outpoint_columns(outpoints);
+        let rows: Vec<(String, i32, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT u.txid, u.vout, u.value_sats, u.script_pubkey FROM utxos u \
+             JOIN unnest($1::text[], $2::int[]) AS o(txid, vout) \
+               ON u.txid = o.txid AND u.vout = o.vout",
+        )
+        .bind(&txids)
+        .bind(&vouts)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = wallet::KnownOutputs::new();
+        for (txid, vout, value, script) in rows {
+            let (Ok(txid), Ok(vout), Ok(value)) =
+                (txid.parse(), u32::try_from(vout), u64::try_from(value))
+            else {
+                return Err(StoreError::Corrupt(format!("utxo row {txid}:{vout}")));
+            };
+            out.insert(
+                bitcoin::OutPoint { txid, vout },
+                bitcoin::TxOut {
+                    value: bitcoin::Amount::from_sat(value),
+                    script_pubkey: bitcoin::ScriptBuf::from_bytes(script),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stores a funding transaction (once; its outputs are imported separately).
+    pub async fn add_funding_transaction(
+        &self,
+        tx: &bitcoin::Transaction,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO funding_transactions (txid, raw) VALUES ($1, $2) \
+             ON CONFLICT (txid) DO NOTHING",
+        )
+        .bind(tx.compute_txid().to_string())
+        .bind(bitcoin::consensus::serialize(tx))
+        .execute(self.pool())
+        .await
+        .map_err(|e| StoreError::classify(e, "funding transaction"))?;
+        Ok(())
+    }
+
+    /// The stored funding transactions among `txids`.
+    pub async fn funding_transactions(
+        &self,
+        txids: &[bitcoin::Txid],
+    ) -> Result<std::collections::HashMap<bitcoin::Txid, bitcoin::Transaction>, StoreError> {
+        let ids: Vec<String> = txids.iter().map(ToString::to_string).collect();
+        let rows: Vec<(Vec<u8>,)> =
+            sqlx::query_as("SELECT raw FROM funding_transactions WHERE txid = ANY($1)")
+                .bind(&ids)
+                .fetch_all(self.pool())
+                .await?;
+        let mut out = std::collections::HashMap::new();
+        for (raw,) in rows {
+            let tx: bitcoin::Transaction = bitcoin::consensus::deserialize(&raw)
+                .map_err(|e| StoreError::Corrupt(format!("funding transaction: {e}")))?;
+            out.insert(tx.compute_txid(), tx);
+        }
+        Ok(out)
     }
 
     /// Highest change index used so far by a key (for the next change output).
@@ -167,4 +281,17 @@ pub(super) async fn release_reserved<'e, E: sqlx::PgExecutor<'e>>(
     .execute(ex)
     .await?
     .rows_affected())
+}
+
+/// Outpoints as two parallel columns for `unnest`.
+fn outpoint_columns(outpoints: &[bitcoin::OutPoint]) -> (Vec<String>, Vec<i32>) {
+    outpoints
+        .iter()
+        .map(|o| {
+            (
+                o.txid.to_string(),
+                i32::try_from(o.vout).unwrap_or(i32::MAX),
+            )
+        })
+        .unzip()
 }

@@ -41,7 +41,7 @@ pub async fn submit(node: &Arc<TxCtx>, sub: Submission, initiator: &str) -> Resu
     let limits = super::limits(node);
     let id = Uuid::new_v4();
     let mut intake_guard = None;
-    let (validated, recipient, amount) = match sub {
+    let (mut validated, recipient, amount) = match sub {
         Submission::Psbt(raw) => {
             let wallet_keys: Vec<_> = keys.iter().map(|k| k.wallet.clone()).collect();
             (
@@ -90,6 +90,7 @@ pub async fn submit(node: &Arc<TxCtx>, sub: Submission, initiator: &str) -> Resu
         .iter()
         .find(|k| k.wallet.key_id() == validated.key_id)
         .ok_or_else(|| TxError::UnknownKey(validated.key_id.clone()))?;
+    prove_inputs(node, &mut validated, &limits).await?;
     let psbt_bytes = validated.psbt.serialize();
     let new = NewTransaction {
         id,
@@ -133,7 +134,9 @@ pub async fn submit(node: &Arc<TxCtx>, sub: Submission, initiator: &str) -> Resu
         key_id: validated.key_id.clone(),
         psbt: base64::engine::general_purpose::STANDARD.encode(&psbt_bytes),
         initiator: initiator.to_owned(),
-        deadline_unix: now_unix() + node.cfg.wallet.vote_timeout_secs.max(5),
+        deadline_unix: crate::fault::proposal_deadline(
+            now_unix() + node.cfg.wallet.vote_timeout_secs.max(5),
+        ),
     };
     let payload = wire::encode(&prop).map_err(|e| TxError::Internal(e.to_string()))?;
     let frame = Frame::new(id, TX_PROPOSE, payload);
@@ -142,8 +145,18 @@ pub async fn submit(node: &Arc<TxCtx>, sub: Submission, initiator: &str) -> Resu
     let me = node.cfg.node_id.clone();
     let (_, own) = tokio::join!(
         super::voting::broadcast(node, &key.participants, frame),
-        super::voting::on_proposal(node, &me, prop)
+        super::voting::on_proposal(node, &me, prop.clone())
     );
+    if let Some(deadline_unix) = crate::fault::replayed_deadline(prop.deadline_unix) {
+        let again = Proposal {
+            deadline_unix,
+            ..prop.clone()
+        };
+        if let Ok(payload) = wire::encode(&again) {
+            let frame = Frame::new(id, TX_PROPOSE, payload);
+            super::voting::broadcast(node, &key.participants, frame).await;
+        }
+    }
     if let Err(e) = own {
         let _ = node
             .store
@@ -165,8 +178,69 @@ pub async fn import_utxos(
         .map(|k| k.wallet)
         .collect();
     let found = wallet::scan_funding_tx(raw, &keys, &super::limits(node))?;
+    if let Some(u) = found.first() {
+        // Kept whole so this node's proposals can prove the amounts to the others.
+        let tx = wallet::decode_funding_tx(raw, &super::limits(node))?;
+        if tx.compute_txid() == u.outpoint.txid {
+            node.store.add_funding_transaction(&tx).await?;
+        }
+    }
     node.store.add_utxos(&found).await?;
     Ok(found)
+}
+
+/// The leader's checks before anything is stored: every input's amount and script
+/// is proven (the PSBT's full previous transaction, or an output this node
+/// imported; `400 unproven_input_amount` / `input_amount_mismatch`), and the
+/// unsigned transaction was not approved here under other data (`409
+/// txid_approved_with_other_data`). Then the full previous transactions this node
+/// holds are put on the inputs that lack them, so every other node can prove the
+/// amounts itself.
+async fn prove_inputs(
+    node: &Arc<TxCtx>,
+    validated: &mut wallet::ValidatedPsbt,
+    limits: &wallet::IntakeLimits,
+) -> Result<(), TxError> {
+    let outpoints: Vec<_> = validated.inputs.iter().map(|i| i.outpoint).collect();
+    if !crate::fault::skip_intake_checks() {
+        let known = node.store.known_outputs(&outpoints).await?;
+        validated.check_input_proofs(&known)?;
+        if let Some(first) = node
+            .store
+            .txid_approved_with_other_data(
+                &validated.txid.to_string(),
+                &validated.approval_data_hash(),
+            )
+            .await?
+        {
+            return Err(TxError::Conflict {
+                code: super::voting::REASON_TXID_OTHER_DATA,
+                message: format!(
+                    "unsigned transaction {} was approved on this node under other data \
+                     (transaction {first}); it is not approved again",
+                    validated.txid
+                ),
+            });
+        }
+    }
+    let mut txids: Vec<_> = outpoints.iter().map(|o| o.txid).collect();
+    txids.sort();
+    txids.dedup();
+    let funding = node.store.funding_transactions(&txids).await?;
+    if validated.attach_previous_transactions(&funding) > 0 {
+        let size = validated.psbt.serialize().len();
+        if size > limits.max_psbt_bytes {
+            return Err(TxError::Invalid {
+                code: "psbt_too_large",
+                message: format!(
+                    "with the previous transactions that prove its amounts the psbt is \
+                     {size} bytes, more than the limit of {}",
+                    limits.max_psbt_bytes
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Handles a proposal frame from a peer.

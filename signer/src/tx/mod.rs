@@ -124,8 +124,12 @@ pub struct Pending {
     pub subject: vote::VoteSubject,
     /// Who submitted it (token id at the leader).
     pub initiator: String,
-    /// End of the voting round (Unix seconds).
+    /// End of the voting round (Unix seconds): the leader's proposal, clamped to
+    /// this node's `[wallet] max_vote_deadline_secs`.
     pub deadline_unix: u64,
+    /// After this (Unix seconds) this node serves no sign request for the
+    /// transaction: its vote deadline plus its own `[wallet] sign_timeout_secs`.
+    pub sign_deadline_unix: u64,
     /// Whether this node has cast its vote (it votes once; a policy needing human
     /// approvals holds the vote until they arrive).
     pub voted: std::sync::atomic::AtomicBool,

@@ -172,6 +172,7 @@ pub(crate) async fn choose_signers(node: &Arc<TxCtx>, p: &Pending) -> Result<Vec
         .filter(|n| n == me || connected.contains(n))
         .collect();
     approvers.sort_by_key(|n| (n != me, p.participants.iter().position(|x| x == n)));
+    let approvers = crate::fault::sign_with(approvers, me);
     let t = usize::from(p.threshold);
     if approvers.len() < t {
         return Err(TxError::Invalid {
@@ -313,6 +314,10 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
     if from != me {
         super::voting::accept_relayed_votes(node, req.tx, &p, from, &req.votes).await;
     }
+    if let Err(refusal) = own_approval_stands(node, req, &p).await {
+        record_refusal(node, from, req, &p, &refusal).await;
+        return Err(refusal.into_error());
+    }
     let position = req
         .signers
         .iter()
@@ -421,6 +426,148 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
     }
     run_protocol(node, req, &p, position, &indices, &input, &permit).await
 }
+
+/// Why this node refuses a sign request before any protocol step.
+#[derive(Debug)]
+struct Refusal {
+    code: &'static str,
+    message: String,
+    /// The leader asked although this node never approved: recorded against it.
+    leader_at_fault: bool,
+}
+
+impl Refusal {
+    fn into_error(self) -> TxError {
+        TxError::Invalid {
+            code: self.code,
+            message: self.message,
+        }
+    }
+}
+
+/// A partial signature leaves this node only if its own durable vote (in its own
+/// database) on exactly this subject — transaction, round, txid, sighashes, policy
+/// — is approve, every input is reserved by this transaction in its own database,
+/// and its own signing deadline has not passed.
+async fn own_approval_stands(
+    node: &Arc<TxCtx>,
+    req: &SignRequest,
+    p: &Pending,
+) -> Result<(), Refusal> {
+    let me = node.cfg.node_id.as_str();
+    let internal = |e: crate::store::StoreError| Refusal {
+        code: "store_unavailable",
+        message: format!("cannot read this node's own vote or reservations: {e}"),
+        leader_at_fault: false,
+    };
+    let stored = node
+        .store
+        .stored_vote_of(req.tx, p.subject.round_no, me)
+        .await
+        .map_err(internal)?;
+    let own = stored
+        .flatten()
+        .and_then(|b| vote::SignedVote::decode(&b).ok());
+    let approved = own.as_ref().is_some_and(|v| {
+        v.voter() == me
+            && v.body().decision == VoteDecision::Approve
+            && p.subject.mismatch(v.body()).is_none()
+    });
+    if !approved {
+        let what = match &own {
+            None => "has no vote of its own",
+            Some(v) if v.body().decision == VoteDecision::Reject => "voted reject",
+            Some(_) => "voted on another subject",
+        };
+        return Err(Refusal {
+            code: "own_vote_not_approve",
+            message: format!(
+                "this node {what} on transaction {} round {}; it signs only what it approved",
+                req.tx, p.subject.round_no
+            ),
+            leader_at_fault: true,
+        });
+    }
+    let outpoints: Vec<_> = p.validated.inputs.iter().map(|i| i.outpoint).collect();
+    if !node
+        .store
+        .inputs_reserved_by(req.tx, &outpoints)
+        .await
+        .map_err(internal)?
+    {
+        return Err(Refusal {
+            code: "inputs_not_reserved",
+            message: format!(
+                "the inputs of transaction {} are not all reserved for it on this node",
+                req.tx
+            ),
+            leader_at_fault: false,
+        });
+    }
+    if now_unix() > p.sign_deadline_unix {
+        return Err(Refusal {
+            code: "signing_deadline_passed",
+            message: format!(
+                "this node's signing deadline for transaction {} has passed",
+                req.tx
+            ),
+            leader_at_fault: false,
+        });
+    }
+    Ok(())
+}
+
+/// Audits a refused sign request (`tx.sign_refused`) and, when the leader asked a
+/// node that did not approve, records it as `sign_request_without_approval`.
+async fn record_refusal(
+    node: &Arc<TxCtx>,
+    leader: &str,
+    req: &SignRequest,
+    p: &Pending,
+    refusal: &Refusal,
+) {
+    let me = node.cfg.node_id.clone();
+    tracing::warn!(tx = %req.tx, input = req.input, %leader, code = refusal.code, "sign request refused");
+    let details = serde_json::json!({
+        "input": req.input,
+        "session": req.session,
+        "signers": req.signers,
+        "leader": leader,
+        "code": refusal.code,
+    });
+    if let Err(e) = node
+        .store
+        .audit(
+            &me,
+            AuditEntry::new("node", "tx.sign_refused")
+                .subject(req.tx.to_string())
+                .details(details.clone()),
+        )
+        .await
+    {
+        tracing::error!(tx = %req.tx, error = %e, "cannot audit the refusal");
+    }
+    if refusal.leader_at_fault && leader != me {
+        let session = format!("{}/{}", req.tx, p.subject.round_no);
+        if let Err(e) = node
+            .store
+            .record_violation(
+                leader,
+                VIOLATION_SIGN_WITHOUT_APPROVAL,
+                Some(&session),
+                &details,
+                &me,
+            )
+            .await
+        {
+            tracing::error!(tx = %req.tx, error = %e, "cannot record the violation");
+        }
+    }
+}
+
+/// Violation code: a leader asked this node to sign a transaction it did not
+/// approve.
+pub const VIOLATION_SIGN_WITHOUT_APPROVAL: &str = "sign_request_without_approval";
 
 async fn run_protocol(
     node: &Arc<TxCtx>,

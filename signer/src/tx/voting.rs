@@ -48,6 +48,17 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Turns this verdict into a final reject with `reason` added.
+    fn reject(&mut self, reason: &str) {
+        self.body.decision = VoteDecision::Reject;
+        self.body.reasons.retain(|r| r != "needs_approval");
+        if self.body.reasons.len() < vote::MAX_REASONS {
+            self.body.reasons.push(reason.to_owned());
+        }
+        self.approval = None;
+        self.awaiting_approval = false;
+    }
+
     fn final_reject(body: VoteBody) -> Self {
         Verdict {
             body,
@@ -187,6 +198,10 @@ async fn context(
     })
 }
 
+/// Vote reason and API code: this node already approved the same unsigned
+/// transaction (txid) under other data (amounts, scripts or sighashes).
+pub const REASON_TXID_OTHER_DATA: &str = "txid_approved_with_other_data";
+
 /// Handles a proposal (from its leader, or this node's own): validates the PSBT
 /// independently, records the transaction and its round, votes and broadcasts the
 /// vote. Returns once this node's vote is stored and sent.
@@ -228,13 +243,18 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
             initiator: prop.initiator.clone(),
         };
         match node.store.insert_transaction(&new).await {
-            Ok(()) | Err(StoreError::Duplicate { .. }) => {}
+            Ok(()) => {}
+            Err(StoreError::Duplicate { .. }) => {
+                return Err(replayed_proposal(node, from, &prop).await)
+            }
             Err(e) => return Err(e.into()),
         }
     }
-    let deadline =
-        chrono::DateTime::from_timestamp(i64::try_from(prop.deadline_unix).unwrap_or(0), 0)
-            .unwrap_or_else(chrono::Utc::now);
+    // The leader proposes the deadline; this node never lets its vote live longer
+    // than its own maximum.
+    let deadline_unix = clamp_deadline(node, prop.deadline_unix);
+    let deadline = chrono::DateTime::from_timestamp(i64::try_from(deadline_unix).unwrap_or(0), 0)
+        .unwrap_or_else(chrono::Utc::now);
     node.store
         .set_transaction_leader(prop.id, from, deadline)
         .await?;
@@ -270,26 +290,35 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
         round_id,
         subject,
         initiator: prop.initiator.clone(),
-        deadline_unix: prop.deadline_unix,
+        deadline_unix,
+        sign_deadline_unix: deadline_unix.saturating_add(node.cfg.wallet.sign_timeout_secs.max(5)),
         voted: AtomicBool::new(false),
         relayed_votes: std::sync::OnceLock::new(),
     });
     node.tx.insert(prop.id, pending.clone());
-    let mut verdict = decide(node, &loaded, prop.id, &pending, prop.deadline_unix).await;
-    // An input this node knows as spent, or reserved by another transaction (e.g. a
-    // concurrent proposal from another leader), is never signed twice.
+    let mut verdict = decide(node, &loaded, prop.id, &pending, deadline_unix).await;
+    // Every input's amount and script must be proven to this node itself (the full
+    // previous transaction, or an output it imported): the leader's word is not
+    // enough (BIP-143 fee attack).
     let outpoints: Vec<_> = pending
         .validated
         .inputs
         .iter()
         .map(|i| i.outpoint)
         .collect();
-    if let Some(o) = node.store.reserve_known_utxos(prop.id, &outpoints).await? {
+    let known = node.store.known_outputs(&outpoints).await?;
+    if let Err(e) = pending.validated.check_input_proofs(&known) {
+        tracing::warn!(tx = %prop.id, leader = %from, error = %e, "input amounts not proven; voting reject");
+        verdict.reject(e.code());
+    } else if let Some(o) = node
+        .store
+        .reserve_inputs(prop.id, &proven_inputs(&pending.validated))
+        .await?
+    {
+        // An input this node knows as spent, or reserved by another transaction
+        // (e.g. a concurrent proposal from another leader), is never signed twice.
         tracing::warn!(tx = %prop.id, input = %o, "input already spent or reserved; voting reject");
-        verdict.body.decision = VoteDecision::Reject;
-        verdict.body.reasons.push("input_unavailable".to_owned());
-        verdict.approval = None;
-        verdict.awaiting_approval = false;
+        verdict.reject("input_unavailable");
     }
     if verdict.awaiting_approval {
         node.store
@@ -316,13 +345,89 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
         tokio::spawn(super::signing::on_done(node.clone(), sender, done));
     }
     let expire_node = node.clone();
-    let wait = prop.deadline_unix.saturating_sub(now_unix()) + 1;
+    let wait = deadline_unix.saturating_sub(now_unix()) + 1;
+    let sign_wait = pending.sign_deadline_unix.saturating_sub(now_unix()) + 1;
+    let leads = from == me;
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(wait)).await;
         expire_if_open(&expire_node, prop.id).await;
+        if !leads {
+            // A follower's own signing deadline: an approved transaction that has
+            // not been signed by then is not signed by this node any more.
+            tokio::time::sleep(Duration::from_secs(sign_wait.saturating_sub(wait))).await;
+            expire_unsigned(&expire_node, prop.id).await;
+        }
     });
     Ok(())
 }
+
+/// The deadline this node accepts for a proposal: the leader's, but never later
+/// than `[wallet] max_vote_deadline_secs` from now.
+pub fn clamp_deadline(node: &TxCtx, proposed_unix: u64) -> u64 {
+    proposed_unix.min(now_unix().saturating_add(node.cfg.wallet.max_vote_deadline_secs))
+}
+
+/// The inputs of a validated PSBT as UTXO rows (amount and script as proven by
+/// [`wallet::ValidatedPsbt::check_input_proofs`]).
+fn proven_inputs(v: &wallet::ValidatedPsbt) -> Vec<wallet::OwnedUtxo> {
+    v.inputs
+        .iter()
+        .zip(v.psbt.inputs.iter())
+        .filter_map(|(i, p)| {
+            let out = p.witness_utxo.as_ref()?;
+            Some(wallet::OwnedUtxo {
+                key_id: v.key_id.clone(),
+                outpoint: i.outpoint,
+                value_sats: out.value.to_sat(),
+                script_pubkey: out.script_pubkey.clone(),
+                chain: i.chain,
+                index: i.index,
+            })
+        })
+        .collect()
+}
+
+/// A proposal for a transaction id this node already has: nothing is changed (not
+/// the stored leader, deadline or round); the sender is recorded as
+/// `replayed_proposal`.
+async fn replayed_proposal(node: &TxCtx, from: &str, prop: &Proposal) -> TxError {
+    let stored_leader = node
+        .store
+        .get_transaction(prop.id)
+        .await
+        .ok()
+        .and_then(|r| r.leader);
+    tracing::warn!(tx = %prop.id, peer = %from, "replayed proposal for an existing transaction; ignored and recorded");
+    let evidence = serde_json::json!({
+        "transaction": prop.id,
+        "key_id": prop.key_id,
+        "proposed_deadline_unix": prop.deadline_unix,
+        "stored_leader": stored_leader,
+    });
+    if let Err(e) = node
+        .store
+        .record_violation(
+            from,
+            VIOLATION_REPLAYED_PROPOSAL,
+            Some(&prop.id.to_string()),
+            &evidence,
+            &node.cfg.node_id,
+        )
+        .await
+    {
+        tracing::error!(tx = %prop.id, error = %e, "cannot record the replayed proposal");
+    }
+    TxError::Conflict {
+        code: VIOLATION_REPLAYED_PROPOSAL,
+        message: format!(
+            "transaction {} already exists here; proposal ignored",
+            prop.id
+        ),
+    }
+}
+
+/// Violation code of a proposal for a transaction id that already exists.
+pub const VIOLATION_REPLAYED_PROPOSAL: &str = "replayed_proposal";
 
 /// Signs, records and broadcasts this node's one vote on `id` (at most once: a
 /// second call is a no-op, so this node never double-votes).
@@ -336,6 +441,19 @@ async fn cast_vote(
         return Ok(());
     }
     let me = node.cfg.node_id.clone();
+    let mut verdict = verdict;
+    if verdict.body.decision == VoteDecision::Approve {
+        // One unsigned transaction is approved under one set of data only.
+        let v = &pending.validated;
+        if let Some(first) = node
+            .store
+            .claim_txid_approval(&v.txid.to_string(), &v.approval_data_hash(), id)
+            .await?
+        {
+            tracing::warn!(tx = %id, txid = %v.txid, first = %first, "txid already approved under other data; voting reject");
+            verdict.reject(REASON_TXID_OTHER_DATA);
+        }
+    }
     let Verdict { body, approval, .. } = verdict;
     let decision = body.decision;
     let reasons = body.reasons.clone();
@@ -651,4 +769,42 @@ async fn expire_if_open(node: &Arc<TxCtx>, id: Uuid) {
         Ok(false) => {}
         Err(e) => tracing::error!(tx = %id, error = %e, "cannot record the expiry"),
     }
+}
+
+/// A follower's signing deadline passed: if the transaction is still `approved`
+/// here (this node never served a sign request for it), it expires and its inputs
+/// are released; if it is `signing` (a partial may have left), it expires with its
+/// inputs kept reserved. Either way this node signs nothing more for it.
+async fn expire_unsigned(node: &Arc<TxCtx>, id: Uuid) {
+    if node.tx.get(id).is_none() {
+        return;
+    }
+    let reason = "signing deadline passed";
+    for (from, release) in [("approved", true), ("signing", false)] {
+        match node
+            .store
+            .advance_transaction(
+                &node.cfg.node_id,
+                id,
+                from,
+                "expired",
+                "tx.expired",
+                serde_json::json!({ "reason": "signing_deadline", "from": from }),
+            )
+            .await
+        {
+            Ok(true) => {
+                tracing::warn!(tx = %id, from, "{reason}; this node signs nothing more for it");
+                if release {
+                    if let Err(e) = node.store.release_utxos(id).await {
+                        tracing::error!(tx = %id, error = %e, "cannot release the inputs");
+                    }
+                }
+                break;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(tx = %id, error = %e, "cannot record the signing expiry"),
+        }
+    }
+    node.tx.remove(id);
 }
