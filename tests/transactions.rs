@@ -344,6 +344,12 @@ async fn bdk_built_psbt_is_signed_and_finalized_by_bdk(
         );
         funds.push(tx);
     }
+    // The node proves every input's amount from an output it imported (BDK gives
+    // the full previous transaction of P2WPKH inputs only; SECURITY.md, "Input
+    // amounts").
+    for tx in &funds {
+        cluster_tests::wallet::import(c, tx).await;
+    }
     let mut b = w.build_tx();
     b.add_recipient(other_address().script_pubkey(), Amount::from_sat(amount))
         .fee_rate(bitcoin::FeeRate::from_sat_per_vb_u32(2));

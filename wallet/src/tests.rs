@@ -1230,3 +1230,116 @@ fn lookahead_bounds_scanning_but_key_origins_reach_beyond_it() {
         "input_not_ours"
     );
 }
+
+// ---------------------------------------------------------------- proven amounts
+
+/// The outputs a PSBT's inputs spend, as a node that imported them knows them.
+fn known_of(v: &ValidatedPsbt) -> KnownOutputs {
+    v.inputs
+        .iter()
+        .zip(&v.psbt.inputs)
+        .map(|(i, p)| (i.outpoint, p.witness_utxo.clone().unwrap()))
+        .collect()
+}
+
+#[test]
+fn input_amounts_must_be_proven_by_the_previous_transaction_or_an_imported_output() {
+    for kind in [KeyKind::Ecdsa, KeyKind::Taproot] {
+        let (_, v) = validated(kind, &[30_000, 40_000], 60_000);
+        let known = known_of(&v);
+        // Imported outputs equal to witness_utxo prove the amounts.
+        v.check_input_proofs(&known).unwrap();
+        // Without them, only the full previous transaction does (BDK gives it for
+        // P2WPKH inputs, not for taproot ones).
+        let mut bare = v.clone();
+        for inp in &mut bare.psbt.inputs {
+            inp.non_witness_utxo = None;
+        }
+        assert_eq!(
+            code(bare.check_input_proofs(&KnownOutputs::new())),
+            "unproven_input_amount"
+        );
+        bare.check_input_proofs(&known).unwrap();
+        // An imported output that differs is refused, previous transaction or not.
+        let mut lower = known.clone();
+        let first = v.inputs[0].outpoint;
+        lower.get_mut(&first).unwrap().value = Amount::from_sat(1_000);
+        assert_eq!(code(v.check_input_proofs(&lower)), "input_amount_mismatch");
+        // The previous transactions can be put back from what the node imported.
+        let funding: std::collections::HashMap<Txid, Transaction> = v
+            .psbt
+            .inputs
+            .iter()
+            .filter_map(|i| i.non_witness_utxo.clone())
+            .map(|t| (t.compute_txid(), t))
+            .collect();
+        let expected = funding.len();
+        if kind == KeyKind::Ecdsa {
+            assert_eq!(
+                expected, 2,
+                "bdk gives p2wpkh inputs their previous transaction"
+            );
+        }
+        let mut again = bare.clone();
+        assert_eq!(again.attach_previous_transactions(&funding), expected);
+        if expected == 2 {
+            again.check_input_proofs(&KnownOutputs::new()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_lying_witness_utxo_gets_no_previous_transaction_attached() {
+    let (_, v) = validated(KeyKind::Ecdsa, &[30_000, 40_000], 60_000);
+    let funding: std::collections::HashMap<Txid, Transaction> = v
+        .psbt
+        .inputs
+        .iter()
+        .filter_map(|i| i.non_witness_utxo.clone())
+        .map(|t| (t.compute_txid(), t))
+        .collect();
+    let mut lie = v.clone();
+    lie.psbt.inputs[0].non_witness_utxo = None;
+    lie.psbt.inputs[0].witness_utxo.as_mut().unwrap().value = Amount::from_sat(20_000);
+    assert_eq!(lie.attach_previous_transactions(&funding), 0);
+    assert_eq!(
+        code(lie.check_input_proofs(&KnownOutputs::new())),
+        "unproven_input_amount"
+    );
+}
+
+#[test]
+fn approval_data_differs_for_other_amounts_or_sighash_types_of_one_txid() {
+    let (tk, v) = validated(KeyKind::Ecdsa, &[30_000, 40_000], 60_000);
+    let same = validate_psbt(
+        v.psbt.clone(),
+        std::slice::from_ref(&tk.key),
+        &IntakeLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(v.approval_data_hash(), same.approval_data_hash());
+    // The same unsigned transaction claiming another amount for one input.
+    let mut psbt = v.psbt.clone();
+    psbt.inputs[1].non_witness_utxo = None;
+    psbt.inputs[1].witness_utxo.as_mut().unwrap().value = Amount::from_sat(41_000);
+    let other = validate_psbt(
+        psbt,
+        std::slice::from_ref(&tk.key),
+        &IntakeLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(other.txid, v.txid);
+    assert_ne!(other.approval_data_hash(), v.approval_data_hash());
+
+    let (tk, t) = validated(KeyKind::Taproot, &[30_000], 20_000);
+    let mut psbt = t.psbt.clone();
+    psbt.inputs[0].sighash_type = Some(bitcoin::TapSighashType::All.into());
+    let all = validate_psbt(
+        psbt,
+        std::slice::from_ref(&tk.key),
+        &IntakeLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(all.txid, t.txid);
+    assert_ne!(all.approval_data_hash(), t.approval_data_hash());
+}

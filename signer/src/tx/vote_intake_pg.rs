@@ -554,3 +554,171 @@ async fn round_close_moves_transaction_releases_utxos_and_audits_at_once() {
         audited.len()
     );
 }
+
+fn utxo(n: u8, value: u64) -> crate::wallet::OwnedUtxo {
+    crate::wallet::OwnedUtxo {
+        key_id: "hot".into(),
+        outpoint: bitcoin::OutPoint::new(Txid::from_byte_array([n; 32]), 0),
+        value_sats: value,
+        script_pubkey: bitcoin::ScriptBuf::from_bytes(vec![0x51]),
+        chain: 0,
+        index: 0,
+    }
+}
+
+async fn new_tx(store: &Store) -> Uuid {
+    let id = Uuid::new_v4();
+    store
+        .insert_transaction(&NewTransaction {
+            id,
+            key_id: Some("hot".into()),
+            recipient: None,
+            amount_sats: None,
+            fee_sats: None,
+            psbt: None,
+            initiator: "test".into(),
+        })
+        .await
+        .expect("transaction");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposal_inputs_are_learned_reserved_once_and_never_offered_to_coin_selection() {
+    let (_pg, store, tx, _round) = store_with_round().await;
+    let other = new_tx(&store).await;
+    let (a, b) = (utxo(1, 10_000), utxo(2, 20_000));
+    let outs = [a.outpoint, b.outpoint];
+    // Unknown inputs of a proposal are recorded with their proven amounts and
+    // reserved for it at once; another transaction cannot take them.
+    assert_eq!(
+        store
+            .reserve_inputs(tx, &[a.clone(), b.clone()])
+            .await
+            .expect("reserve"),
+        None
+    );
+    assert!(store.inputs_reserved_by(tx, &outs).await.expect("check"));
+    assert!(!store.inputs_reserved_by(other, &outs).await.expect("check"));
+    assert_eq!(
+        store
+            .reserve_inputs(other, &[b.clone()])
+            .await
+            .expect("reserve"),
+        Some(b.outpoint)
+    );
+    let known = store.known_outputs(&outs).await.expect("known");
+    assert_eq!(known[&a.outpoint].value.to_sat(), 10_000);
+    // Released, a learned output is still not chosen by coin selection until an
+    // operator imports it.
+    store.release_utxos(tx).await.expect("release");
+    assert!(!store.inputs_reserved_by(tx, &outs).await.expect("check"));
+    assert!(store.available_utxos("hot").await.expect("list").is_empty());
+    assert_eq!(store.add_utxos(&[a.clone()]).await.expect("import"), 1);
+    assert_eq!(store.available_utxos("hot").await.expect("list").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txid_is_approved_under_one_data_hash_only() {
+    let (_pg, store, tx, _round) = store_with_round().await;
+    let other = new_tx(&store).await;
+    let txid = "ab".repeat(32);
+    assert_eq!(
+        store
+            .claim_txid_approval(&txid, &[1; 32], tx)
+            .await
+            .expect("claim"),
+        None
+    );
+    // The same data again (e.g. another round of the same transaction) is fine.
+    assert_eq!(
+        store
+            .claim_txid_approval(&txid, &[1; 32], other)
+            .await
+            .expect("claim"),
+        None
+    );
+    // Other data for the same txid: refused, naming the first approval.
+    assert_eq!(
+        store
+            .claim_txid_approval(&txid, &[2; 32], other)
+            .await
+            .expect("claim"),
+        Some(tx)
+    );
+    assert_eq!(
+        store
+            .txid_approved_with_other_data(&txid, &[2; 32])
+            .await
+            .expect("read"),
+        Some(tx)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_in_flight_expire_at_start_and_signing_ones_keep_their_inputs() {
+    let (_pg, store, voting, round) = store_with_round().await;
+    store
+        .transition_transaction(voting, "voting", None)
+        .await
+        .expect("voting");
+    let signing = new_tx(&store).await;
+    for to in ["voting", "approved", "signing"] {
+        store
+            .transition_transaction(signing, to, None)
+            .await
+            .expect("to signing");
+    }
+    let done = new_tx(&store).await;
+    store
+        .transition_transaction(done, "rejected", None)
+        .await
+        .expect("rejected");
+    assert_eq!(
+        store
+            .reserve_inputs(voting, &[utxo(1, 10_000)])
+            .await
+            .expect("r"),
+        None
+    );
+    assert_eq!(
+        store
+            .reserve_inputs(signing, &[utxo(2, 10_000)])
+            .await
+            .expect("r"),
+        None
+    );
+
+    assert_eq!(store.expire_in_flight("node-1").await.expect("expire"), 2);
+    for id in [voting, signing] {
+        assert_eq!(
+            store.get_transaction(id).await.expect("tx").state,
+            "expired"
+        );
+    }
+    assert_eq!(
+        store.get_transaction(done).await.expect("tx").state,
+        "rejected"
+    );
+    assert_eq!(
+        store.get_round(round).await.expect("round").state,
+        "expired"
+    );
+    assert!(!store
+        .inputs_reserved_by(voting, &[utxo(1, 1).outpoint])
+        .await
+        .expect("check"));
+    assert!(
+        store
+            .inputs_reserved_by(signing, &[utxo(2, 1).outpoint])
+            .await
+            .expect("check"),
+        "a partial may have left: the input stays reserved"
+    );
+    let audited = store.audit_rows(0, 1000).await.expect("audit");
+    assert_eq!(
+        audited.iter().filter(|r| r.action == "tx.expired").count(),
+        2
+    );
+    assert_eq!(store.expire_in_flight("node-1").await.expect("again"), 0);
+}
