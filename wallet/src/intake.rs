@@ -40,7 +40,8 @@ pub struct IntakeLimits {
     pub max_outputs: usize,
     /// P2WPKH inputs must carry `non_witness_utxo` (the full previous transaction),
     /// the BIP-174 recommendation against fee-overpayment by lying about amounts.
-    /// Default false: the node checks amounts against the UTXOs it imported.
+    /// Default false: the node then proves amounts against the UTXOs it imported
+    /// ([`ValidatedPsbt::check_input_proofs`]).
     pub require_non_witness_utxo: bool,
     /// Every input must carry a key origin (`bip32_derivation` for P2WPKH,
     /// `tap_key_origins` for P2TR) with the wallet's fingerprint. Default true.
