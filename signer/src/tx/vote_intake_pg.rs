@@ -602,7 +602,7 @@ async fn proposal_inputs_are_learned_reserved_once_and_never_offered_to_coin_sel
     assert!(!store.inputs_reserved_by(other, &outs).await.expect("check"));
     assert_eq!(
         store
-            .reserve_inputs(other, &[b.clone()])
+            .reserve_inputs(other, std::slice::from_ref(&b))
             .await
             .expect("reserve"),
         Some(b.outpoint)
@@ -614,7 +614,13 @@ async fn proposal_inputs_are_learned_reserved_once_and_never_offered_to_coin_sel
     store.release_utxos(tx).await.expect("release");
     assert!(!store.inputs_reserved_by(tx, &outs).await.expect("check"));
     assert!(store.available_utxos("hot").await.expect("list").is_empty());
-    assert_eq!(store.add_utxos(&[a.clone()]).await.expect("import"), 1);
+    assert_eq!(
+        store
+            .add_utxos(std::slice::from_ref(&a))
+            .await
+            .expect("import"),
+        1
+    );
     assert_eq!(store.available_utxos("hot").await.expect("list").len(), 1);
 }
 
