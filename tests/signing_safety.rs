@@ -307,7 +307,7 @@ async fn signing_safety_under_a_malicious_submitter_and_leader() {
             .fetch_one(&db)
             .await
             .unwrap();
-            let vote = signer::vote::SignedVote::decode(&raw).unwrap();
+            let vote = vote::SignedVote::decode(&raw).unwrap();
             let ahead = i64::try_from(vote.body().deadline_unix).unwrap() - created;
             assert!(
                 ahead <= MAX_VOTE_DEADLINE_SECS + 2,

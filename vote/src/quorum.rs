@@ -134,7 +134,7 @@ impl QuorumCertificate {
 /// constructible elsewhere:
 ///
 /// ```compile_fail
-/// fn copy(p: &signer::vote::SigningPermit) -> signer::vote::SigningPermit {
+/// fn copy(p: &vote::SigningPermit) -> vote::SigningPermit {
 ///     p.clone()
 /// }
 /// ```

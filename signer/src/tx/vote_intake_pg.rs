@@ -555,8 +555,8 @@ async fn round_close_moves_transaction_releases_utxos_and_audits_at_once() {
     );
 }
 
-fn utxo(n: u8, value: u64) -> crate::wallet::OwnedUtxo {
-    crate::wallet::OwnedUtxo {
+fn utxo(n: u8, value: u64) -> wallet::OwnedUtxo {
+    wallet::OwnedUtxo {
         key_id: "hot".into(),
         outpoint: bitcoin::OutPoint::new(Txid::from_byte_array([n; 32]), 0),
         value_sats: value,
