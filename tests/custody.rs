@@ -30,7 +30,9 @@ async fn wait_custody(c: &Cluster, state: &str) -> (u16, Value) {
 
 async fn node_key_rows(c: &Cluster) -> Vec<(Vec<u8>, Vec<u8>)> {
     let db = c.db(0).await;
-    let rows = sqlx::query_as("SELECT public_key, envelope FROM node_keys")
+    let rows = sqlx::query_as(
+        "SELECT public_key, envelope FROM node_keys WHERE purpose = 'vote_signing'",
+    )
         .fetch_all(&db)
         .await
         .unwrap();

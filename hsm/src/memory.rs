@@ -383,6 +383,36 @@ fn lock_all_memory() -> MlockStatus {
 }
 
 /// `CAP_IPC_LOCK` (bit 14) in the effective set, read from /proc/self/status.
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() }
+}
+
+/// Checks that a secret file (PIN, private key) is a regular file of mode 0600 or
+/// stricter (no group or other access) owned by this process's effective user.
+/// The error names the problem, never the file's content.
+pub fn check_private_file(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:03o} gives other users access; chmod 600 it"
+        ));
+    }
+    let euid = effective_uid();
+    if meta.uid() != euid {
+        return Err(format!(
+            "owned by uid {}, not by the service user (uid {euid})",
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
 fn has_cap_ipc_lock() -> bool {
     const CAP_IPC_LOCK: u32 = 14;
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {

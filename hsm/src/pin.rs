@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use secrecy::SecretString;
@@ -18,8 +17,8 @@ pub const MAX_PIN_LEN: usize = 256;
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PinSource {
-    /// A file holding the PIN (one trailing newline is stripped). Must not be
-    /// readable by other users (mode `o-rwx`).
+    /// A file holding the PIN (one trailing newline is stripped). Must be mode 0600
+    /// (or stricter) and owned by the user the process runs as.
     File(PathBuf),
     /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>` (set up with
     /// `LoadCredential=` or `LoadCredentialEncrypted=` in the unit).
@@ -65,15 +64,7 @@ impl PinSource {
         };
         let mut file = std::fs::File::open(&path).map_err(|e| err(e.to_string()))?;
         let meta = file.metadata().map_err(|e| err(e.to_string()))?;
-        if !meta.is_file() {
-            return Err(err("not a regular file".into()));
-        }
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o007 != 0 {
-            return Err(err(format!(
-                "readable or writable by other users (mode {mode:03o}); chmod o-rwx it"
-            )));
-        }
+        crate::memory::check_private_file(&meta).map_err(err)?;
         if meta.len() > MAX_PIN_LEN as u64 {
             return Err(err(format!("longer than {MAX_PIN_LEN} bytes")));
         }
@@ -120,6 +111,7 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
 
     fn pin_file(content: &[u8], mode: u32) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().expect("temp file");
@@ -145,6 +137,36 @@ mod tests {
             .expect_err("mode 644 must fail");
         let msg = e.to_string();
         assert!(msg.contains("other users"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+    }
+
+    #[test]
+    fn group_readable_pin_file_is_rejected() {
+        let f = pin_file(b"s3cr3t-pin\n", 0o640);
+        let msg = PinSource::File(f.path().into())
+            .load()
+            .expect_err("mode 640 must fail")
+            .to_string();
+        assert!(msg.contains("mode 640") && msg.contains("chmod 600"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        let f = pin_file(b"1234\n", 0o400);
+        assert!(PinSource::File(f.path().into()).load().is_ok());
+    }
+
+    #[test]
+    fn pin_file_of_another_user_is_rejected() {
+        let f = pin_file(b"s3cr3t-pin\n", 0o600);
+        if crate::memory::effective_uid() != 0 {
+            // Only root can give a file away; as another user, check our own file passes.
+            assert!(PinSource::File(f.path().into()).load().is_ok());
+            return;
+        }
+        std::os::unix::fs::chown(f.path(), Some(65534), Some(65534)).expect("chown");
+        let msg = PinSource::File(f.path().into())
+            .load()
+            .expect_err("foreign owner must fail")
+            .to_string();
+        assert!(msg.contains("owned by uid 65534"), "{msg}");
         assert!(!msg.contains("s3cr3t"), "{msg}");
     }
 

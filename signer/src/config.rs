@@ -96,6 +96,22 @@ pub struct NodeConfig {
     /// Presignature pool (CGGMP24 ECDSA keys).
     #[serde(default)]
     pub presign: PresignConfig,
+    /// Process hardening (locked memory, no core dumps).
+    #[serde(default)]
+    pub hardening: HardeningConfig,
+}
+
+/// Process hardening: what the node requires before it unseals custody.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardeningConfig {
+    /// DEVELOPMENT ONLY: unseal even when the process memory could not be locked
+    /// (`mlockall`) or core dumps / ptrace could not be disabled. Off by default: the
+    /// node then stays sealed (`/ready`: `custody.code = "unhardened_process"`).
+    /// When used, the node logs a warning and writes `custody.unhardened_override`
+    /// to the audit log. `signer cluster up` sets it for dev clusters.
+    #[serde(default)]
+    pub allow_unhardened_memory: bool,
 }
 
 /// The background presignature pool (see docs/PRESIGNATURES.md).
@@ -357,7 +373,8 @@ pub struct AuxConfig {
     /// TESTS ONLY: files with published prime sets (`PrimeSet` JSON, e.g.
     /// `protocol/fixtures/test-primes/primes-0.json`) imported into the pool at start.
     /// Anyone can read those primes: aux info built from them protects nothing. The
-    /// node logs a warning and marks such sets `test_fixture`.
+    /// node logs a warning and marks such sets `test_fixture`. Refused (the node does
+    /// not start) unless `[wallet] network = "regtest"`.
     #[serde(default)]
     pub insecure_test_primes: Vec<PathBuf>,
 }
@@ -717,6 +734,15 @@ impl NodeConfig {
             ));
         }
         self.chain.check().map_err(invalid)?;
+        if !self.aux.insecure_test_primes.is_empty()
+            && self.wallet.network != bitcoin::Network::Regtest
+        {
+            return Err(invalid(format!(
+                "aux.insecure_test_primes is allowed only on regtest (wallet.network is {}): \
+                 published Paillier primes let co-signers extract key shares",
+                self.wallet.network
+            )));
+        }
         if self.api.default_rate_limit_per_min == 0
             || self.api.unauthenticated_rate_limit_per_min == 0
         {
@@ -822,6 +848,32 @@ prefix = "/signer/test"
         assert_eq!(cfg.total_nodes(), 2);
         assert_eq!(cfg.api.max_body_bytes, 1024 * 1024);
         assert_eq!(cfg.etcd.lease_ttl_secs, 5);
+    }
+
+    #[test]
+    fn insecure_test_primes_are_refused_off_regtest_also_from_the_environment() {
+        let primes = "[aux]\ninsecure_test_primes = [\"/p/primes-0.json\"]\n";
+        let regtest = format!("{SAMPLE}{primes}[wallet]\nnetwork = \"regtest\"\n");
+        NodeConfig::parse(&regtest, Path::new("t.toml"), &[]).expect("regtest allows them");
+        for net in ["testnet", "signet", "bitcoin"] {
+            let text = format!("{SAMPLE}{primes}[wallet]\nnetwork = \"{net}\"\n");
+            let e = NodeConfig::parse(&text, Path::new("t.toml"), &[])
+                .expect_err(net)
+                .to_string();
+            assert!(e.contains("insecure_test_primes is allowed only on regtest"), "{e}");
+            // The same through the environment override.
+            let env = [
+                (
+                    "SIGNER__AUX__INSECURE_TEST_PRIMES".to_owned(),
+                    "[\"/p/primes-0.json\"]".to_owned(),
+                ),
+                ("SIGNER__WALLET__NETWORK".to_owned(), net.to_owned()),
+            ];
+            let e = NodeConfig::parse(SAMPLE, Path::new("t.toml"), &env)
+                .expect_err(net)
+                .to_string();
+            assert!(e.contains("only on regtest"), "{e}");
+        }
     }
 
     #[test]

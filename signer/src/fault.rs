@@ -1,12 +1,19 @@
 //! Fault injection for the Byzantine tests, compiled only with the cargo feature
-//! `fault-injection` (the cluster test crate enables it for its debug builds; a
-//! release build of the node, `cargo build --release -p signer`, does not contain it).
+//! `fault-injection`, and obeyed only by a process that called [`arm`].
 //!
-//! With the feature, the environment variable `SIGNER_FAULT_CORRUPT_OUTGOING=<protocol>`
-//! (e.g. `frost`, `cggmp24`, `aux_info`) makes this node replace every protocol
-//! message it sends in ceremonies of that protocol with bytes that do not decode, so
-//! the tests can check that honest nodes abort and blame this node. The node logs an
-//! error at start when a fault is armed.
+//! Two locks (issue 16, finding 10): `make build` (`cargo build -p signer --bins`)
+//! and release builds compile `signer` without the feature, so its binary does not
+//! contain this code; and even a `signer` binary compiled with it (the workspace
+//! build of `cargo test --workspace` unifies the test crate's features into it)
+//! never calls [`arm`], so it ignores every `SIGNER_FAULT_*` variable and logs that
+//! it did. Only the test crate's own binary `signer-faulty` (tests/bin/signer_faulty.rs)
+//! arms it; the cluster tests run that binary.
+//!
+//! With the feature and armed, the environment variable
+//! `SIGNER_FAULT_CORRUPT_OUTGOING=<protocol>` (e.g. `frost`, `cggmp24`, `aux_info`)
+//! makes this node replace every protocol message it sends in ceremonies of that
+//! protocol with bytes that do not decode, so the tests can check that honest nodes
+//! abort and blame this node. The node logs an error at start when a fault is armed.
 //!
 //! [`DOUBLE_VOTE_ENV`] and [`FORGE_VOTE_ENV`] make this node misbehave in transaction
 //! votes (a second, opposite vote; votes forged in another node's name or signed with
@@ -17,12 +24,47 @@ use bytes::Bytes;
 /// Environment variable arming the fault.
 pub const CORRUPT_ENV: &str = "SIGNER_FAULT_CORRUPT_OUTGOING";
 
+/// Prefix of every fault variable.
+pub const FAULT_ENV_PREFIX: &str = "SIGNER_FAULT_";
+
+#[cfg(feature = "fault-injection")]
+static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets this process obey `SIGNER_FAULT_*` variables. Called only by the test
+/// binary `signer-faulty`; the `signer` binary never calls it.
+#[cfg(feature = "fault-injection")]
+pub fn arm() {
+    ARMED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether this process obeys fault variables.
+pub fn is_armed() -> bool {
+    #[cfg(feature = "fault-injection")]
+    {
+        ARMED.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        false
+    }
+}
+
+/// The value of fault variable `name`, only in an armed process.
+#[cfg(feature = "fault-injection")]
+fn fault_var(name: &str) -> Option<String> {
+    if is_armed() {
+        std::env::var(name).ok()
+    } else {
+        None
+    }
+}
+
 /// The payload to send for `protocol`: unchanged unless a corruption fault is armed
 /// for it (feature `fault-injection` only).
 #[cfg(feature = "fault-injection")]
 pub fn corrupt_outgoing(protocol: &str, payload: Bytes) -> Bytes {
-    match std::env::var(CORRUPT_ENV) {
-        Ok(p) if p == protocol => Bytes::from_static(b"\x01corrupted by fault injection"),
+    match fault_var(CORRUPT_ENV) {
+        Some(p) if p == protocol => Bytes::from_static(b"\x01corrupted by fault injection"),
         _ => payload,
     }
 }
@@ -33,15 +75,29 @@ pub fn corrupt_outgoing(_protocol: &str, payload: Bytes) -> Bytes {
     payload
 }
 
-/// Logs loudly when a fault is armed (feature `fault-injection` only).
+/// Logs loudly when a fault is armed (feature `fault-injection` only), and says so
+/// when `SIGNER_FAULT_*` variables are set in a process that ignores them.
 pub fn warn_if_armed() {
+    if !is_armed() {
+        let ignored: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with(FAULT_ENV_PREFIX))
+            .collect();
+        if !ignored.is_empty() {
+            tracing::warn!(
+                variables = ?ignored,
+                "fault injection variables ignored: this binary does not obey fault injection"
+            );
+        }
+        return;
+    }
     #[cfg(feature = "fault-injection")]
-    if let Ok(p) = std::env::var(CORRUPT_ENV) {
+    if let Some(p) = fault_var(CORRUPT_ENV) {
         tracing::error!(protocol = %p, "FAULT INJECTION ARMED: this node corrupts its outgoing protocol messages");
     }
     #[cfg(feature = "fault-injection")]
     for var in [DOUBLE_VOTE_ENV, FORGE_VOTE_ENV] {
-        if std::env::var_os(var).is_some() {
+        if fault_var(var).is_some() {
             tracing::error!(
                 fault = var,
                 "FAULT INJECTION ARMED: this node sends Byzantine votes"
@@ -55,7 +111,7 @@ pub fn warn_if_armed() {
         PROPOSAL_DEADLINE_ENV,
         REPLAY_PROPOSAL_ENV,
     ] {
-        if std::env::var_os(var).is_some() {
+        if fault_var(var).is_some() {
             tracing::error!(
                 fault = var,
                 "FAULT INJECTION ARMED: this node is a malicious transaction leader"
@@ -63,7 +119,7 @@ pub fn warn_if_armed() {
         }
     }
     #[cfg(feature = "fault-injection")]
-    if std::env::var_os(EXIT_AFTER_PRESIG_CONSUME_ENV).is_some() {
+    if fault_var(EXIT_AFTER_PRESIG_CONSUME_ENV).is_some() {
         tracing::error!(
             fault = EXIT_AFTER_PRESIG_CONSUME_ENV,
             "FAULT INJECTION ARMED: this node exits after consuming a presignature"
@@ -91,7 +147,7 @@ pub fn byzantine_votes(
 ) -> Vec<vote::SignedVote> {
     use vote::{SignedVote, VoteDecision};
     let mut bad = Vec::new();
-    if std::env::var_os(DOUBLE_VOTE_ENV).is_some() {
+    if fault_var(DOUBLE_VOTE_ENV).is_some() {
         let mut body = honest.body().clone();
         body.decision = match body.decision {
             VoteDecision::Approve => VoteDecision::Reject,
@@ -103,7 +159,7 @@ pub fn byzantine_votes(
             }
         }
     }
-    if std::env::var_os(FORGE_VOTE_ENV).is_some() {
+    if fault_var(FORGE_VOTE_ENV).is_some() {
         let stranger = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7; 32]);
         let other = participants.iter().find(|p| *p != me);
         if let (Ok(stranger), Some(other)) = (stranger, other) {
@@ -143,7 +199,7 @@ pub const EXIT_AFTER_PRESIG_CONSUME_ENV: &str = "SIGNER_FAULT_EXIT_AFTER_PRESIG_
 /// `fault-injection` only; a no-op otherwise).
 pub fn exit_after_presig_consume(node_id: &str) {
     #[cfg(feature = "fault-injection")]
-    if let Ok(v) = std::env::var(EXIT_AFTER_PRESIG_CONSUME_ENV) {
+    if let Some(v) = fault_var(EXIT_AFTER_PRESIG_CONSUME_ENV) {
         use std::io::Write;
         let first = v == "1"
             || std::fs::OpenOptions::new()
@@ -176,14 +232,14 @@ pub const REPLAY_PROPOSAL_ENV: &str = "SIGNER_FAULT_REPLAY_PROPOSAL";
 
 #[cfg(feature = "fault-injection")]
 fn armed(var: &str) -> bool {
-    std::env::var_os(var).is_some()
+    fault_var(var).is_some()
 }
 
 /// The signer set a leader uses: `approvers` unchanged, or with the node named by
 /// [`SIGN_WITH_ENV`] placed second (feature `fault-injection` only).
 pub fn sign_with(approvers: Vec<String>, me: &str) -> Vec<String> {
     #[cfg(feature = "fault-injection")]
-    if let Ok(extra) = std::env::var(SIGN_WITH_ENV) {
+    if let Some(extra) = fault_var(SIGN_WITH_ENV) {
         tracing::error!(node = %extra, "FAULT INJECTION: naming a signer regardless of its vote");
         let mut out: Vec<String> = approvers.into_iter().filter(|n| *n != extra).collect();
         let at = usize::from(out.first().is_some_and(|n| n == me)).min(out.len());
@@ -209,9 +265,7 @@ pub fn skip_intake_checks() -> bool {
 /// [`PROPOSAL_DEADLINE_ENV`] (feature `fault-injection` only).
 pub fn proposal_deadline(honest: u64) -> u64 {
     #[cfg(feature = "fault-injection")]
-    if let Some(secs) = std::env::var(PROPOSAL_DEADLINE_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
+    if let Some(secs) = fault_var(PROPOSAL_DEADLINE_ENV).and_then(|v| v.parse::<u64>().ok())
     {
         tracing::error!(secs, "FAULT INJECTION: proposing a far voting deadline");
         let now = std::time::SystemTime::now()

@@ -120,11 +120,18 @@ pub struct Infra {
     cluster: RwLock<ClusterSnapshot>,
     custody: RwLock<CustodyState>,
     unsealed: RwLock<Option<Arc<Unsealed>>>,
+    hardening: hsm::memory::HardeningReport,
 }
 
 impl Infra {
-    /// New handle; custody starts sealed (or unconfigured).
-    pub fn new(cfg: NodeConfig, store: Store, net: Arc<Net>) -> Self {
+    /// New handle; custody starts sealed (or unconfigured). `hardening` is what
+    /// [`hsm::memory::harden_process`] achieved.
+    pub fn new(
+        cfg: NodeConfig,
+        store: Store,
+        net: Arc<Net>,
+        hardening: hsm::memory::HardeningReport,
+    ) -> Self {
         let custody = if cfg.custody.is_some() {
             CustodyState::Sealed {
                 code: "opening".to_owned(),
@@ -142,6 +149,7 @@ impl Infra {
             cluster: RwLock::new(ClusterSnapshot::default()),
             custody: RwLock::new(custody),
             unsealed: RwLock::new(None),
+            hardening,
         }
     }
 
@@ -209,6 +217,24 @@ impl Infra {
         match self.unsealed.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// What process hardening achieved at start.
+    pub fn hardening(&self) -> &hsm::memory::HardeningReport {
+        &self.hardening
+    }
+
+    /// `/ready`'s view of process hardening: `hardened`; `overridden` (not
+    /// hardened, unsealed anyway under `[hardening] allow_unhardened_memory`); or
+    /// `refused` (not hardened, custody stays sealed).
+    pub fn hardening_state(&self) -> &'static str {
+        if self.hardening.is_fully_hardened() {
+            "hardened"
+        } else if self.cfg.hardening.allow_unhardened_memory {
+            "overridden"
+        } else {
+            "refused"
         }
     }
 

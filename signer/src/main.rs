@@ -1,17 +1,7 @@
-//! `signer`: the node daemon and operator CLI.
+//! `signer`: the node daemon and operator CLI. This binary never arms fault
+//! injection (see `signer::fault`).
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
-
-use clap::Parser;
-
-fn main() -> ExitCode {
-    let cli = signer::cli::Cli::parse();
-    match signer::cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    signer::cli::main()
 }

@@ -27,6 +27,14 @@ pub enum TlsError {
         /// What is missing.
         what: &'static str,
     },
+    /// A private key file is readable by others or owned by another user.
+    #[error("refusing private key file {path}: {reason}")]
+    InsecureKeyFile {
+        /// File.
+        path: String,
+        /// What is wrong with its mode or owner.
+        reason: String,
+    },
     /// rustls refused the configuration.
     #[error("tls configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -55,9 +63,18 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// Loads the private key of a PEM file.
+/// Loads the private key of a PEM file, which must be mode 0600 (or stricter) and
+/// owned by the user the process runs as. The file buffer is zeroized.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data = read_bounded(path)?;
+    let meta = std::fs::metadata(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    hsm::memory::check_private_file(&meta).map_err(|reason| TlsError::InsecureKeyFile {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    let data = zeroize::Zeroizing::new(read_bounded(path)?);
     rustls_pemfile::private_key(&mut data.as_slice())
         .map_err(|source| TlsError::Read {
             path: path.display().to_string(),
@@ -109,4 +126,35 @@ pub fn api_client(ca_cert: &Path) -> anyhow::Result<reqwest::Client> {
         .add_root_certificate(cert)
         .timeout(std::time::Duration::from_secs(30))
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn key_file(mode: u32) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), b"-----BEGIN PRIVATE KEY-----\nnot a key\n").expect("write");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).expect("chmod");
+        f
+    }
+
+    #[test]
+    fn tls_key_file_must_be_0600_and_owned_by_the_service_user() {
+        for mode in [0o640, 0o644, 0o604, 0o660] {
+            let f = key_file(mode);
+            let e = load_key(f.path()).expect_err("group/other access must fail");
+            assert!(matches!(e, TlsError::InsecureKeyFile { .. }), "{mode:o}: {e}");
+            assert!(!e.to_string().contains("not a key"), "{e}");
+        }
+        // 0600: the mode passes; this file then fails as a key, not as a mode.
+        let f = key_file(0o600);
+        assert!(matches!(load_key(f.path()), Err(TlsError::Pem { .. })));
+        if hsm::memory::effective_uid() == 0 {
+            std::os::unix::fs::chown(f.path(), Some(65534), None).expect("chown");
+            let e = load_key(f.path()).expect_err("foreign owner must fail");
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! hand, never by `make test`.
 //!
 //! ```text
-//! cargo build -p signer --features fault-injection && \
+//! cargo build -p signer --bins && \
 //!   cargo run -p cluster-tests --bin presign-rate -- [--count 8] [--payments 3]
 //! ```
 //!

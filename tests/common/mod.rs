@@ -29,18 +29,30 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Path of the `signer` binary (built by `make test` before the tests run).
+/// Path of the node binary the cluster tests run: `signer-faulty`, the `signer` CLI
+/// with fault injection armed (a binary of this test crate, so `cargo test` builds
+/// it with the tests). `SIGNER_BIN` overrides it.
 pub fn signer_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SIGNER_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test-binary> -> target/<profile>/signer
+    profile_bin("signer-faulty", "cargo test -p cluster-tests builds it")
+}
+
+/// Path of the operators' `signer` binary (`make build`: `cargo build -p signer
+/// --bins`), which must ignore fault injection.
+pub fn plain_signer_bin() -> PathBuf {
+    profile_bin("signer", "run `cargo build -p signer --bins` (make build) first")
+}
+
+fn profile_bin(name: &str, hint: &str) -> PathBuf {
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir.join("signer");
+    let bin = profile_dir.join(name);
     assert!(
         bin.is_file(),
-        "signer binary not found at {}; run `cargo build -p signer` first (make test does)",
+        "{name} binary not found at {}; {hint}",
         bin.display()
     );
     bin
@@ -298,6 +310,17 @@ impl Cluster {
         &self.file.admin_token
     }
 
+    /// Resident memory (VmRSS, KiB) of node `i`'s process.
+    pub fn node_rss_kib(&self, i: usize) -> u64 {
+        let pid = self.node_pid(i).expect("node pid file");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
     /// Pid of node `i`, from its pid file.
     pub fn node_pid(&self, i: usize) -> Option<u32> {
         std::fs::read_to_string(self.node(i).dir.join("node.pid"))
@@ -327,8 +350,21 @@ impl Cluster {
     /// Starts node `i` again with extra environment (config overrides such as
     /// `SIGNER__CUSTODY__PIN_FILE`).
     pub fn restart_node_with_env(&self, i: usize, env: &[(&str, &str)]) {
+        self.restart_node_with(i, &[signer_bin().into_os_string()], env);
+    }
+
+    /// Starts node `i` again through `launcher` (a program and its arguments,
+    /// ending with the node binary, e.g. `prlimit --memlock=0:0 <signer>`), which is
+    /// run with `node start --config … --log …` appended.
+    pub fn restart_node_with(
+        &self,
+        i: usize,
+        launcher: &[std::ffi::OsString],
+        env: &[(&str, &str)],
+    ) {
         let n = self.node(i);
-        let status = Command::new(signer_bin())
+        let status = Command::new(&launcher[0])
+            .args(&launcher[1..])
             .envs(env.iter().copied())
             .args(["node", "start", "--config"])
             .arg(&n.config)

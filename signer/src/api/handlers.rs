@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::auth::{generate_token, Principal, Role};
+use super::auth::{generate_token, generate_token_with, Principal, Role};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::audit::AuditEntry;
@@ -44,6 +44,12 @@ pub async fn ready(State(s): State<AppState>) -> Response {
             "dumpable": h.dumpable != 0,
             "core_limit": h.core_limit,
         })),
+        "hardening": {
+            "state": s.node.hardening_state(),
+            "memory_locked": s.node.hardening().mlock == hsm::memory::MlockStatus::Locked,
+            "core_dumps_disabled": s.node.hardening().core_dumps_disabled,
+            "not_dumpable": s.node.hardening().not_dumpable,
+        },
     });
     let status = if ready {
         StatusCode::OK
@@ -138,7 +144,11 @@ pub async fn create_token(
         ));
     }
     let rate_i32 = i32::try_from(rate).map_err(ApiError::internal)?;
-    let t = generate_token()?;
+    // Keyed once unsealed; before that the enrolment form (rewritten at first use).
+    let t = match s.auth.token_key() {
+        Some(key) => generate_token_with(&key),
+        None => generate_token()?,
+    };
     let mut tx = s
         .node
         .store

@@ -127,8 +127,17 @@ pub(crate) fn read_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>
     parse_cert_chain_pem(&pem, path)
 }
 
-/// Reads a private key PEM file (bounded); the file buffer is zeroized.
+/// Reads a private key PEM file (bounded); the file buffer is zeroized. The file
+/// must be mode 0600 (or stricter) and owned by the user the process runs as.
 pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, CaError> {
+    let meta = std::fs::metadata(path).map_err(|source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    hsm::memory::check_private_file(&meta).map_err(|reason| CaError::InsecureKeyFile {
+        path: path.to_path_buf(),
+        reason,
+    })?;
     let pem = Zeroizing::new(read_bounded(path, super::MAX_PEM_BYTES)?);
     rustls_pemfile::private_key(&mut &pem[..])
         .ok()

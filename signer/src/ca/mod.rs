@@ -80,6 +80,14 @@ pub enum CaError {
         /// The limit.
         max: u64,
     },
+    /// A private key file is readable by others or owned by another user.
+    #[error("refusing private key file {path}: {reason}")]
+    InsecureKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its mode or owner.
+        reason: String,
+    },
     /// A PEM file holds no usable certificate or key.
     #[error("{path} does not contain a valid {what}")]
     BadPem {

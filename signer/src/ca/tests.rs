@@ -305,3 +305,22 @@ fn ca_cli_init_and_issue_produce_the_files() {
     assert_eq!(node_identity_from_cert(&der).unwrap(), "n9");
     assert_eq!(mode(&dir.path().join("ca")), 0o700);
 }
+
+#[test]
+fn node_identity_key_is_refused_unless_0600_and_owned_by_the_service_user() {
+    let dir = tempfile::tempdir().unwrap();
+    init_ca(dir.path()).unwrap();
+    let node = issue_node_cert(dir.path(), "node-4", 30).unwrap();
+    assert!(files::read_private_key(&node.key).is_ok());
+    for m in [0o640, 0o644, 0o660] {
+        std::fs::set_permissions(&node.key, std::fs::Permissions::from_mode(m)).unwrap();
+        let e = files::read_private_key(&node.key).unwrap_err();
+        assert!(matches!(e, CaError::InsecureKeyFile { .. }), "{m:o}: {e}");
+    }
+    std::fs::set_permissions(&node.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if hsm::memory::effective_uid() == 0 {
+        std::os::unix::fs::chown(&node.key, Some(65534), None).unwrap();
+        let e = files::read_private_key(&node.key).unwrap_err();
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+    }
+}

@@ -255,6 +255,20 @@ pub enum DbCmd {
     },
 }
 
+/// The whole program: parses the command line, runs it, prints an error. Shared by
+/// the `signer` binary and the test crate's `signer-faulty`.
+pub fn main() -> std::process::ExitCode {
+    use clap::Parser;
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -265,11 +279,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(cfg.log.format, cfg.log.filter.as_deref());
             if hardening.is_fully_hardened() {
                 tracing::info!(%hardening, "process hardened");
+            } else if cfg.hardening.allow_unhardened_memory {
+                tracing::warn!(%hardening, warnings = ?hardening.warnings, "process only partly hardened; [hardening] allow_unhardened_memory is set, so custody will unseal anyway (development only)");
             } else {
-                tracing::warn!(%hardening, warnings = ?hardening.warnings, "process only partly hardened");
+                tracing::error!(%hardening, warnings = ?hardening.warnings, "process only partly hardened: custody stays sealed (set [hardening] allow_unhardened_memory = true only in development)");
             }
             export_softhsm_conf(&cfg);
-            runtime()?.block_on(crate::node::run(cfg))
+            runtime()?.block_on(crate::node::run(cfg, hardening))
         }
         Command::Node(NodeCmd::Start { config, log }) => {
             NodeConfig::load(&config)?;

@@ -258,7 +258,12 @@ async fn import_fixture(
 pub async fn take(node: &Arc<DkgCtx>, ceremony: Uuid) -> Result<PrimeSet, DkgError> {
     let me = &node.cfg.node_id;
     let unsealed = node.unsealed().ok_or(DkgError::Sealed)?;
-    let taken = node.store.take_prime_set(me, ceremony).await?;
+    // Published fixtures only ever feed regtest nodes (issue 16, finding 2).
+    let allow_fixtures = node.cfg.wallet.network == bitcoin::Network::Regtest;
+    let taken = node
+        .store
+        .take_prime_set(me, ceremony, allow_fixtures)
+        .await?;
     node.dkg.primes.wake();
     let Some(row) = taken else {
         tracing::warn!(%ceremony, "prime pool empty; generating a set inline (tens of seconds)");

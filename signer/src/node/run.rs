@@ -23,8 +23,9 @@ use crate::store::Store;
 use crate::tls;
 use crate::tx::TxCtx;
 
-/// Runs the node until SIGTERM or SIGINT.
-pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+/// Runs the node until SIGTERM or SIGINT; `hardening` is what
+/// [`hsm::memory::harden_process`] achieved (custody stays sealed without it).
+pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> anyhow::Result<()> {
     crate::tls::install_crypto_provider();
     let shutdown = CancellationToken::new();
     let url = cfg.database_url()?;
@@ -49,7 +50,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .context("starting the QUIC endpoint")?;
     let net = Net::new(p2p);
-    let infra = Arc::new(Infra::new(cfg, store, net.clone()));
+    let infra = Arc::new(Infra::new(cfg, store, net.clone(), hardening));
     let dkg = Arc::new(DkgCtx::new(infra.clone()));
     let presign = Arc::new(PresignCtx::new(dkg.clone()));
     let node = Arc::new(TxCtx::new(presign.clone()));
@@ -87,7 +88,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 
     let app = api::router(AppState {
         node: node.clone(),
-        auth,
+        auth: auth.clone(),
     });
     let api_task = tokio::spawn(api::serve(listener, api_tls, app, shutdown.clone()));
     let dispatcher = tokio::spawn(router.run(inbound, shutdown.clone()));
@@ -100,7 +101,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         started_at,
         shutdown.clone(),
     ));
-    tokio::spawn(unseal::unseal(dkg.clone(), shutdown.clone()));
+    tokio::spawn(unseal::unseal(dkg.clone(), auth, shutdown.clone()));
 
     node.store
         .audit(

@@ -75,20 +75,24 @@ impl Store {
 
     /// Takes the oldest available set for `ceremony`, in one transaction: the row is
     /// marked taken before the set is ever opened, so it cannot be handed out twice.
+    /// Published test fixtures are taken only when `allow_fixtures` (regtest).
     pub async fn take_prime_set(
         &self,
         node_id: &str,
         ceremony: Uuid,
+        allow_fixtures: bool,
     ) -> Result<Option<TakenPrimes>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let row = sqlx::query_as::<_, TakenPrimes>(
             "UPDATE prime_pool SET state = 'taken', taken_by = $2, taken_at = now() \
              WHERE id = (SELECT id FROM prime_pool WHERE node_id = $1 AND state = 'available' \
+                         AND (source <> 'test_fixture' OR $3) \
                          ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, envelope, source",
         )
         .bind(node_id)
         .bind(ceremony)
+        .bind(allow_fixtures)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(r) = &row {

@@ -1,4 +1,5 @@
-//! `api_tokens`: only an argon2 hash of each token secret is stored.
+//! `api_tokens`: only a hash of each token secret is stored (keyed HMAC-SHA-256,
+//! or the enrolment / legacy argon2 forms until first use; see `api::auth`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -14,7 +15,7 @@ pub struct TokenRow {
     pub name: String,
     /// Role.
     pub role: String,
-    /// argon2 PHC string of the secret.
+    /// Stored hash of the secret (`hmac-sha256$v1$…`, `sha256$v1$…` or argon2id).
     #[serde(skip)]
     pub secret_hash: String,
     /// Per-token rate limit.
@@ -73,6 +74,20 @@ impl Store {
         )
         .fetch_all(self.pool())
         .await?)
+    }
+
+    /// Replaces a token's stored hash (`old` to the keyed form `new`), only if it
+    /// is still `old`; true when replaced.
+    pub async fn rehash_token(&self, id: &str, old: &str, new: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET secret_hash = $3 WHERE id = $1 AND secret_hash = $2",
+        )
+        .bind(id)
+        .bind(old)
+        .bind(new)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Revokes a token; returns false if it was unknown or already revoked.

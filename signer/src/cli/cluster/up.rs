@@ -312,6 +312,7 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
              # CPU per presignature); SIGNER__PRESIGN__ENABLED=true turns it on.\n\
              [presign]\nenabled = false\n\n\
              [policy]\nfile = \"{pf}\"\n\n\
+             [hardening]\nallow_unhardened_memory = true # dev only: unseal even without mlock\n\n\
              [log]\nformat = \"json\"\n",
             t = opts.threshold,
             nd = node_dir.display(),
