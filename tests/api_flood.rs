@@ -80,7 +80,9 @@ async fn wrong_secret_flood_gets_401_or_429_and_a_valid_token_keeps_working() {
     // A token created through the API is keyed from the start.
     let operator = c.create_token(0, "flood-operator", "operator").await;
     let op_id = operator.split('_').nth(1).unwrap().to_owned();
-    assert!(stored_hash(&db, &op_id).await.starts_with("hmac-sha256$v1$"));
+    assert!(stored_hash(&db, &op_id)
+        .await
+        .starts_with("hmac-sha256$v1$"));
     // Tokens of earlier versions (argon2id) still work, once, and are rewritten.
     let legacy_secret = "ab".repeat(32);
     for id in [LEGACY_ID, LEGACY_UNUSED_ID] {
@@ -98,7 +100,10 @@ async fn wrong_secret_flood_gets_401_or_429_and_a_valid_token_keeps_working() {
     let (status, _) = timed_whoami(&c, &client, &legacy).await;
     assert_eq!(status, StatusCode::OK);
     let h = stored_hash(&db, LEGACY_ID).await;
-    assert!(h.starts_with("hmac-sha256$v1$"), "legacy hash not rewritten: {h}");
+    assert!(
+        h.starts_with("hmac-sha256$v1$"),
+        "legacy hash not rewritten: {h}"
+    );
     assert!(!h.contains(&legacy_secret));
     // A form the node does not know is refused by the schema.
     let bad = sqlx::query(
@@ -148,7 +153,11 @@ async fn wrong_secret_flood_gets_401_or_429_and_a_valid_token_keeps_working() {
         // At least 60 requests, and for as long as the flood lasts.
         while lat.len() < 60 || flood_started.elapsed() < Duration::from_millis(200) {
             let (status, ms) = timed_whoami(&c, &client, &operator).await;
-            assert_eq!(status, StatusCode::OK, "valid token refused during the flood");
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "valid token refused during the flood"
+            );
             lat.push(ms);
             if lat.len() >= 2000 {
                 break;

@@ -30,12 +30,11 @@ async fn wait_custody(c: &Cluster, state: &str) -> (u16, Value) {
 
 async fn node_key_rows(c: &Cluster) -> Vec<(Vec<u8>, Vec<u8>)> {
     let db = c.db(0).await;
-    let rows = sqlx::query_as(
-        "SELECT public_key, envelope FROM node_keys WHERE purpose = 'vote_signing'",
-    )
-        .fetch_all(&db)
-        .await
-        .unwrap();
+    let rows =
+        sqlx::query_as("SELECT public_key, envelope FROM node_keys WHERE purpose = 'vote_signing'")
+            .fetch_all(&db)
+            .await
+            .unwrap();
     db.close().await;
     rows
 }
@@ -178,8 +177,10 @@ async fn custody_sealed_start_hardening_and_no_plaintext_at_rest() {
         assert_eq!(status, 503, "{v}");
         assert_eq!(v["custody"]["state"], "sealed");
         assert_eq!(v["ready"], false);
-        let reason = v["custody"]["reason"].as_str().unwrap();
-        assert!(!reason.contains("not-the-pin"), "{reason}");
+        // Only the code: the unauthenticated /ready shows no error text (paths,
+        // module names); the log has it.
+        assert!(v["custody"].get("reason").is_none(), "{v}");
+        assert!(!v.to_string().contains("not-the-pin"), "{v}");
         assert_eq!(
             node_key_rows(&c).await,
             rows,

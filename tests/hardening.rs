@@ -56,7 +56,10 @@ async fn test_primes_are_refused_off_regtest_and_fixtures_feed_only_regtest() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert!(fixtures > 0, "the dev node should have imported fixture sets");
+    assert!(
+        fixtures > 0,
+        "the dev node should have imported fixture sets"
+    );
     let store = signer::store::Store::connect(&c.node(0).database_url, 2)
         .await
         .unwrap();
@@ -66,7 +69,10 @@ async fn test_primes_are_refused_off_regtest_and_fixtures_feed_only_regtest() {
         .await
         .unwrap();
     assert!(taken.is_none(), "a fixture set was taken off regtest");
-    let taken = store.take_prime_set("node-1", ceremony, true).await.unwrap();
+    let taken = store
+        .take_prime_set("node-1", ceremony, true)
+        .await
+        .unwrap();
     assert_eq!(taken.unwrap().source, "test_fixture");
 }
 
@@ -126,18 +132,25 @@ async fn an_unhardened_node_stays_sealed_unless_the_dev_override_is_set() {
     c.kill_node(0);
     c.restart_node_with(0, &unhardened_launcher(), &[]);
     let (status, v) = c
-        .eventually("unsealed with the override", Duration::from_secs(60), || async {
-            ready(&c, 0)
-                .await
-                .filter(|(_, v)| v["custody"]["state"] == "unsealed")
-        })
+        .eventually(
+            "unsealed with the override",
+            Duration::from_secs(60),
+            || async {
+                ready(&c, 0)
+                    .await
+                    .filter(|(_, v)| v["custody"]["state"] == "unsealed")
+            },
+        )
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["hardening"]["state"], "overridden", "{v}");
     assert_eq!(v["memory"]["locked_kib"], 0, "{v}");
     assert_eq!(audit_count(&c, 0, "custody.unhardened_override").await, 1);
     let log = std::fs::read_to_string(&c.node(0).log).unwrap();
-    assert!(log.contains("allow_unhardened_memory is set"), "no warning logged");
+    assert!(
+        log.contains("allow_unhardened_memory is set"),
+        "no warning logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

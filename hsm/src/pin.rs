@@ -147,7 +147,10 @@ mod tests {
             .load()
             .expect_err("mode 640 must fail")
             .to_string();
-        assert!(msg.contains("mode 640") && msg.contains("chmod 600"), "{msg}");
+        assert!(
+            msg.contains("mode 640") && msg.contains("chmod 600"),
+            "{msg}"
+        );
         assert!(!msg.contains("s3cr3t"), "{msg}");
         let f = pin_file(b"1234\n", 0o400);
         assert!(PinSource::File(f.path().into()).load().is_ok());

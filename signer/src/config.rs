@@ -860,7 +860,10 @@ prefix = "/signer/test"
             let e = NodeConfig::parse(&text, Path::new("t.toml"), &[])
                 .expect_err(net)
                 .to_string();
-            assert!(e.contains("insecure_test_primes is allowed only on regtest"), "{e}");
+            assert!(
+                e.contains("insecure_test_primes is allowed only on regtest"),
+                "{e}"
+            );
             // The same through the environment override.
             let env = [
                 (

@@ -84,7 +84,9 @@ pub enum CustodyState {
     Sealed {
         /// Stable reason code (e.g. `wrong_pin`, `module_not_found`).
         code: String,
-        /// Human-readable reason (never contains the PIN).
+        /// Human-readable reason (never contains the PIN). Logged, and not shown by
+        /// the unauthenticated `/ready` (it can name paths and modules).
+        #[serde(skip)]
         reason: String,
     },
     /// Backend reachable and authenticated, node keys loaded.

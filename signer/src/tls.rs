@@ -145,7 +145,10 @@ mod tests {
         for mode in [0o640, 0o644, 0o604, 0o660] {
             let f = key_file(mode);
             let e = load_key(f.path()).expect_err("group/other access must fail");
-            assert!(matches!(e, TlsError::InsecureKeyFile { .. }), "{mode:o}: {e}");
+            assert!(
+                matches!(e, TlsError::InsecureKeyFile { .. }),
+                "{mode:o}: {e}"
+            );
             assert!(!e.to_string().contains("not a key"), "{e}");
         }
         // 0600: the mode passes; this file then fails as a key, not as a mode.

@@ -42,7 +42,10 @@ pub fn signer_bin() -> PathBuf {
 /// Path of the operators' `signer` binary (`make build`: `cargo build -p signer
 /// --bins`), which must ignore fault injection.
 pub fn plain_signer_bin() -> PathBuf {
-    profile_bin("signer", "run `cargo build -p signer --bins` (make build) first")
+    profile_bin(
+        "signer",
+        "run `cargo build -p signer --bins` (make build) first",
+    )
 }
 
 fn profile_bin(name: &str, hint: &str) -> PathBuf {

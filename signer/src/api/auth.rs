@@ -605,10 +605,7 @@ async fn check_secret(
     secret: &str,
 ) -> Result<Option<bool>, ApiError> {
     Ok(match parse_stored(&row.secret_hash) {
-        Stored::Keyed(tag) => match key {
-            Some(k) => Some(k.verify(&row.id, secret, &tag)),
-            None => None,
-        },
+        Stored::Keyed(tag) => key.map(|k| k.verify(&row.id, secret, &tag)),
         Stored::Enrol(d) => Some(bool::from(enrol_digest(&row.id, secret).ct_eq(&d))),
         Stored::Argon2 => {
             // Tokens of earlier versions: one argon2 run at a time, node-wide.
@@ -657,13 +654,11 @@ async fn verify(
     match check_secret(auth, key.as_deref(), &row, secret).await? {
         Some(true) => {}
         Some(false) => return Ok(None),
-        None => {
-            return Err(ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "custody_sealed",
-                "custody is sealed: API tokens are verified with a key the HSM/TPM holds; see /ready",
-            ))
-        }
+        None => return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "custody_sealed",
+            "custody is sealed: API tokens are verified with a key the HSM/TPM holds; see /ready",
+        )),
     }
     if let Some(key) = key.as_deref() {
         if !row.secret_hash.starts_with(KEYED_PREFIX) {
@@ -674,9 +669,13 @@ async fn verify(
                 .rehash_token(id, &row.secret_hash, &keyed)
                 .await
             {
-                Ok(true) => tracing::info!(token_id = %id, "token hash rewritten to the keyed form"),
+                Ok(true) => {
+                    tracing::info!(token_id = %id, "token hash rewritten to the keyed form")
+                }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(token_id = %id, error = %e, "cannot rewrite the token hash"),
+                Err(e) => {
+                    tracing::warn!(token_id = %id, error = %e, "cannot rewrite the token hash")
+                }
             }
         }
     }
@@ -756,7 +755,10 @@ mod tests {
 
     #[test]
     fn stored_hash_forms_are_recognised() {
-        assert!(matches!(parse_stored("$argon2id$v=19$m=19456,t=2,p=1$x$y"), Stored::Argon2));
+        assert!(matches!(
+            parse_stored("$argon2id$v=19$m=19456,t=2,p=1$x$y"),
+            Stored::Argon2
+        ));
         assert!(matches!(parse_stored("hmac-sha256$v1$zz"), Stored::Unknown));
         assert!(matches!(parse_stored("sha256$v1$00"), Stored::Unknown));
         assert!(matches!(parse_stored("plain"), Stored::Unknown));
