@@ -403,6 +403,26 @@ impl ClientLimiter {
     }
 }
 
+/// One legacy argon2 verification for the worker thread.
+struct Argon2Job {
+    hash: String,
+    secret: zeroize::Zeroizing<String>,
+    reply: tokio::sync::oneshot::Sender<bool>,
+}
+
+fn argon2_worker(jobs: std::sync::mpsc::Receiver<Argon2Job>) {
+    while let Ok(job) = jobs.recv() {
+        let ok = PasswordHash::new(&job.hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(job.secret.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        let _ = job.reply.send(ok);
+    }
+}
+
 /// Token cache, token key and rate limiters.
 pub struct AuthState {
     cache: Mutex<HashMap<String, Cached>>,
@@ -411,6 +431,7 @@ pub struct AuthState {
     key: RwLock<Option<Arc<TokenKey>>>,
     verify_permits: Semaphore,
     argon2_permits: Semaphore,
+    argon2_jobs: Mutex<Option<std::sync::mpsc::Sender<Argon2Job>>>,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -433,6 +454,7 @@ impl AuthState {
             key: RwLock::new(None),
             verify_permits: Semaphore::new(VERIFY_PERMITS),
             argon2_permits: Semaphore::new(1),
+            argon2_jobs: Mutex::new(None),
         }
     }
 
@@ -473,6 +495,21 @@ impl AuthState {
         map.entry(token_id.to_owned())
             .or_insert_with(|| Arc::new(RateLimiter::direct(per_minute(per_min))))
             .clone()
+    }
+
+    /// The legacy argon2 worker thread, started at its first use.
+    fn argon2_worker(&self) -> Result<std::sync::mpsc::Sender<Argon2Job>, ApiError> {
+        let mut g = self.argon2_jobs.lock().map_err(ApiError::internal)?;
+        if let Some(tx) = g.as_ref() {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("argon2-legacy".to_owned())
+            .spawn(move || argon2_worker(rx))
+            .map_err(ApiError::internal)?;
+        *g = Some(tx.clone());
+        Ok(tx)
     }
 
     fn take_client_unit(&self, ip: IpAddr) -> Result<(), ApiError> {
@@ -608,25 +645,23 @@ async fn check_secret(
         Stored::Keyed(tag) => key.map(|k| k.verify(&row.id, secret, &tag)),
         Stored::Enrol(d) => Some(bool::from(enrol_digest(&row.id, secret).ct_eq(&d))),
         Stored::Argon2 => {
-            // Tokens of earlier versions: one argon2 run at a time, node-wide.
+            // Tokens of earlier versions: one argon2 run at a time, node-wide, always
+            // on the same thread (so its 19 MiB buffer is reused by one allocator
+            // arena instead of being kept by every blocking thread that ran one).
             let _permit = tokio::time::timeout(VERIFY_WAIT, auth.argon2_permits.acquire())
                 .await
                 .map_err(|_| ApiError::unavailable("too many token verifications; retry"))?
                 .map_err(ApiError::internal)?;
-            let secret_owned = zeroize::Zeroizing::new(secret.to_owned());
-            let hash = row.secret_hash.clone();
-            let ok = tokio::task::spawn_blocking(move || {
-                PasswordHash::new(&hash)
-                    .map(|h| {
-                        Argon2::default()
-                            .verify_password(secret_owned.as_bytes(), &h)
-                            .is_ok()
-                    })
-                    .unwrap_or(false)
-            })
-            .await
-            .map_err(ApiError::internal)?;
-            Some(ok)
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let job = Argon2Job {
+                hash: row.secret_hash.clone(),
+                secret: zeroize::Zeroizing::new(secret.to_owned()),
+                reply: tx,
+            };
+            auth.argon2_worker()?
+                .send(job)
+                .map_err(|_| ApiError::internal("argon2 worker gone"))?;
+            Some(rx.await.map_err(ApiError::internal)?)
         }
         Stored::Unknown => Some(false),
     })
