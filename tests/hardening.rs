@@ -49,17 +49,18 @@ async fn test_primes_are_refused_off_regtest_and_fixtures_feed_only_regtest() {
         );
     }
     // Fixture sets already in a pool are never handed to a node of another network.
+    // (The node imports them in the background once unsealed.)
     let pool = c.db(0).await;
-    let fixtures: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM prime_pool WHERE source = 'test_fixture' AND state = 'available'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert!(
-        fixtures > 0,
-        "the dev node should have imported fixture sets"
-    );
+    c.eventually("fixture sets imported", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM prime_pool WHERE source = 'test_fixture' AND state = 'available'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n > 0).then_some(())
+    })
+    .await;
     let store = signer::store::Store::connect(&c.node(0).database_url, 2)
         .await
         .unwrap();
