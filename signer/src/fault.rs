@@ -96,7 +96,7 @@ pub fn warn_if_armed() {
         tracing::error!(protocol = %p, "FAULT INJECTION ARMED: this node corrupts its outgoing protocol messages");
     }
     #[cfg(feature = "fault-injection")]
-    for var in [DOUBLE_VOTE_ENV, FORGE_VOTE_ENV] {
+    for var in [DOUBLE_VOTE_ENV, FORGE_VOTE_ENV, FLOOD_PEERS_ENV] {
         if fault_var(var).is_some() {
             tracing::error!(
                 fault = var,
@@ -265,8 +265,7 @@ pub fn skip_intake_checks() -> bool {
 /// [`PROPOSAL_DEADLINE_ENV`] (feature `fault-injection` only).
 pub fn proposal_deadline(honest: u64) -> u64 {
     #[cfg(feature = "fault-injection")]
-    if let Some(secs) = fault_var(PROPOSAL_DEADLINE_ENV).and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Some(secs) = fault_var(PROPOSAL_DEADLINE_ENV).and_then(|v| v.parse::<u64>().ok()) {
         tracing::error!(secs, "FAULT INJECTION: proposing a far voting deadline");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -287,4 +286,58 @@ pub fn replayed_deadline(deadline: u64) -> Option<u64> {
     }
     let _ = deadline;
     None
+}
+
+/// Environment variable: this node floods every peer with frames of every kind
+/// (early protocol frames of unknown sessions, junk ceremony and presignature
+/// announcements, generate requests, sign requests and votes), in bursts larger
+/// than a peer's queue quota, so the tests can check that the others keep signing
+/// with bounded memory.
+pub const FLOOD_PEERS_ENV: &str = "SIGNER_FAULT_FLOOD_PEERS";
+
+/// Floods every peer while [`FLOOD_PEERS_ENV`] is armed (feature `fault-injection`
+/// only; returns at once otherwise).
+pub async fn flood_peers(net: std::sync::Arc<crate::net::Net>) {
+    #[cfg(feature = "fault-injection")]
+    if fault_var(FLOOD_PEERS_ENV).is_some() {
+        use crate::p2p::{Frame, MessageKind};
+        tracing::error!("FAULT INJECTION: flooding every peer");
+        let junk = Bytes::from_static(b"\x00junk frame from a flooding peer");
+        let generate = Bytes::from_static(
+            br#"{"key_id":"flood","signer_set":["node-1","node-2"],"count":1000}"#,
+        );
+        let kinds = [
+            MessageKind::KEYGEN,
+            MessageKind::SIGN,
+            MessageKind::PRESIGN,
+            MessageKind::FROST_SIGN,
+            MessageKind::SESSION_CONFIRM,
+            MessageKind::CEREMONY_ANNOUNCE,
+            MessageKind::PRESIGN_ANNOUNCE,
+            MessageKind::PRESIGN_GENERATE,
+            MessageKind::TX_SIGN,
+            MessageKind::TX_PROPOSE,
+            MessageKind::VOTE,
+        ];
+        loop {
+            for peer in net.p2p.peer_ids() {
+                for kind in kinds {
+                    let payload = if kind == MessageKind::PRESIGN_GENERATE {
+                        generate.clone()
+                    } else {
+                        junk.clone()
+                    };
+                    for _ in 0..600 {
+                        let f = Frame::new(uuid::Uuid::new_v4(), kind, payload.clone());
+                        if net.p2p.send(&peer, f).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = net;
 }

@@ -123,6 +123,46 @@ pub struct Infra {
     custody: RwLock<CustodyState>,
     unsealed: RwLock<Option<Arc<Unsealed>>>,
     hardening: hsm::memory::HardeningReport,
+    protocol_slots: ProtocolSlots,
+}
+
+/// Protocol runs (key ceremonies, presigning, signing) that may hold an OS thread at
+/// once on this node; more wait for a slot, so no peer can make the node spawn
+/// threads without bound.
+pub const MAX_PROTOCOL_THREADS: usize = 32;
+
+/// A bounded number of protocol threads: a run waits for a free slot.
+#[derive(Debug)]
+pub struct ProtocolSlots(tokio::sync::Semaphore);
+
+impl ProtocolSlots {
+    /// `n` slots.
+    pub fn new(n: usize) -> Self {
+        ProtocolSlots(tokio::sync::Semaphore::new(n))
+    }
+
+    /// Runs one protocol execution on its own thread once a slot is free (see
+    /// [`signer_protocol::run_on_thread`]); the slot is held until it ends.
+    pub async fn run<T, F, Fut>(
+        &self,
+        protocol: signer_protocol::ProtocolKind,
+        make: F,
+    ) -> Result<T, signer_protocol::ProtocolError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, signer_protocol::ProtocolError>> + 'static,
+    {
+        let _slot =
+            self.0
+                .acquire()
+                .await
+                .map_err(|_| signer_protocol::ProtocolError::ThreadFailed {
+                    protocol,
+                    reason: "node shutting down".to_owned(),
+                })?;
+        signer_protocol::run_on_thread(protocol, make).await
+    }
 }
 
 impl Infra {
@@ -152,7 +192,23 @@ impl Infra {
             custody: RwLock::new(custody),
             unsealed: RwLock::new(None),
             hardening,
+            protocol_slots: ProtocolSlots::new(MAX_PROTOCOL_THREADS),
         }
+    }
+
+    /// Runs one protocol execution on its own thread once one of the
+    /// [`MAX_PROTOCOL_THREADS`] slots is free.
+    pub async fn run_protocol<T, F, Fut>(
+        &self,
+        protocol: signer_protocol::ProtocolKind,
+        make: F,
+    ) -> Result<T, signer_protocol::ProtocolError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, signer_protocol::ProtocolError>> + 'static,
+    {
+        self.protocol_slots.run(protocol, make).await
     }
 
     /// Current cluster snapshot.
@@ -204,14 +260,29 @@ impl Infra {
     }
 
     /// Records a successful unseal.
+    /// The custody handle is usable from now on (key shares can be opened), but the
+    /// node reports itself unsealed (and `/ready`) only after [`Infra::finish_unseal`],
+    /// once its key shares are loaded: a node that says it is ready votes on every
+    /// proposal for its keys.
     pub fn set_unsealed(&self, custody: hsm::Custody, vote_key: crate::custody::VoteKey) {
-        let kek_id = custody.kek_id().to_owned();
         let u = Arc::new(Unsealed { custody, vote_key });
         match self.unsealed.write() {
             Ok(mut g) => *g = Some(u),
             Err(p) => *p.into_inner() = Some(u),
         }
-        self.set_custody_state(CustodyState::Unsealed { kek_id });
+        self.set_custody_state(CustodyState::Sealed {
+            code: "loading_keys".to_owned(),
+            reason: "custody opened; loading the key shares".to_owned(),
+        });
+    }
+
+    /// Reports custody unsealed (after the key shares were loaded).
+    pub fn finish_unseal(&self) {
+        if let Some(u) = self.unsealed() {
+            self.set_custody_state(CustodyState::Unsealed {
+                kek_id: u.custody.kek_id().to_owned(),
+            });
+        }
     }
 
     /// The unsealed custody, or `None` while sealed.
@@ -287,5 +358,57 @@ pub fn compute_status(cfg: &NodeConfig, snap: &ClusterSnapshot) -> ClusterStatus
         reporting_node: cfg.node_id.clone(),
         leader: snap.leader.clone(),
         nodes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use signer_protocol::ProtocolKind;
+
+    use super::ProtocolSlots;
+
+    #[tokio::test]
+    async fn a_protocol_run_waits_for_a_free_slot() {
+        let slots = Arc::new(ProtocolSlots::new(2));
+        let mut release = Vec::new();
+        let mut running = Vec::new();
+        for _ in 0..3 {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            release.push(tx);
+            let slots = slots.clone();
+            running.push(tokio::spawn(async move {
+                slots
+                    .run(ProtocolKind::FrostSign, move || async move {
+                        let _ = rx.await;
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(slots.0.available_permits(), 0);
+        // The third run has no slot: releasing it first does not let it finish.
+        let third = release.pop().expect("three runs");
+        let _ = third.send(());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !running[2].is_finished(),
+            "a third run got a thread with two slots"
+        );
+        let first = release.remove(0);
+        let _ = first.send(());
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !running[2].is_finished() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the third run takes the freed slot");
+        for tx in release {
+            let _ = tx.send(());
+        }
     }
 }

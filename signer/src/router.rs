@@ -119,6 +119,29 @@ struct Slot {
     tx: mpsc::Sender<Inbound>,
     quota: Arc<PeerQuota>,
     per_peer: usize,
+    dropped: LogThrottle,
+}
+
+/// Counts repeated events (dropped or malformed frames) and says which to log: the
+/// 1st, 2nd, 4th, 8th, ... and then every 1024th, so a flooding peer cannot flood
+/// the log as well.
+#[derive(Debug, Default)]
+pub struct LogThrottle(std::sync::atomic::AtomicU64);
+
+impl LogThrottle {
+    /// A counter at zero.
+    pub const fn new() -> Self {
+        LogThrottle(std::sync::atomic::AtomicU64::new(0))
+    }
+
+    /// Counts one event; `Some(total)` when this one should be logged.
+    pub fn hit(&self) -> Option<u64> {
+        let n = self
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(1);
+        (n.is_power_of_two() || n.is_multiple_of(1024)).then_some(n)
+    }
 }
 
 /// Collects the services and the kinds they own.
@@ -167,6 +190,7 @@ impl RouterBuilder {
             tx,
             quota: quota.clone(),
             per_peer,
+            dropped: LogThrottle::new(),
         });
         ServiceRx { name, rx, quota }
     }
@@ -256,20 +280,19 @@ impl Router {
             };
             let peer = inbound.from.clone();
             let kind = inbound.frame.kind;
-            match self.route(inbound) {
-                Routed::Queued(_) => {}
+            let routed = self.route(inbound);
+            let (service, why) = match routed {
+                Routed::Queued(_) => continue,
                 Routed::UnknownKind => {
                     tracing::debug!(%peer, %kind, "no service owns this message kind; dropped");
+                    continue;
                 }
-                Routed::OverQuota(service) => {
-                    tracing::warn!(%peer, %kind, service, "peer over its queue quota; frame dropped");
-                }
-                Routed::QueueFull(service) => {
-                    tracing::warn!(%peer, %kind, service, "service queue full; frame dropped");
-                }
-                Routed::Closed(service) => {
-                    tracing::debug!(%peer, %kind, service, "service stopped; frame dropped");
-                }
+                Routed::OverQuota(service) => (service, "peer over its queue quota"),
+                Routed::QueueFull(service) => (service, "service queue full"),
+                Routed::Closed(service) => (service, "service stopped"),
+            };
+            if let Some(dropped) = self.table.get(&kind).and_then(|s| s.dropped.hit()) {
+                tracing::warn!(%peer, %kind, service, dropped, "{why}; frame dropped");
             }
         }
     }
@@ -291,6 +314,16 @@ mod tests {
 
     const A: MessageKind = MessageKind::PING;
     const B: MessageKind = MessageKind::PONG;
+
+    #[test]
+    fn the_log_throttle_logs_the_first_powers_of_two_then_every_1024th() {
+        let t = LogThrottle::new();
+        let logged: Vec<u64> = (0..3000).filter_map(|_| t.hit()).collect();
+        assert_eq!(
+            logged,
+            vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+        );
+    }
 
     #[test]
     fn a_kind_claimed_by_two_services_is_refused_at_start() {

@@ -40,6 +40,9 @@ use crate::infra::Infra;
 use crate::p2p::MessageKind;
 use crate::router::ServiceRx;
 
+/// Dropped frames of peers (logged throttled).
+static DROPPED: crate::router::LogThrottle = crate::router::LogThrottle::new();
+
 /// Overall bound of one ceremony on a participant (barrier, keygen, confirmations).
 pub const CEREMONY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of the wait at the start barrier.
@@ -362,13 +365,19 @@ pub async fn serve(node: Arc<DkgCtx>, mut rx: ServiceRx) {
             Ok(spec) if spec.coordinator == inbound.from => {
                 tokio::spawn(session::participate(node.clone(), spec));
             }
-            Ok(spec) => tracing::warn!(
-                peer = %inbound.from,
-                claimed = %spec.coordinator,
-                "ceremony announce whose coordinator is not its sender; dropped"
-            ),
+            Ok(spec) => {
+                if let Some(dropped) = DROPPED.hit() {
+                    tracing::warn!(dropped,
+                        peer = %inbound.from,
+                        claimed = %spec.coordinator,
+                        "ceremony announce whose coordinator is not its sender; dropped"
+                    )
+                }
+            }
             Err(e) => {
-                tracing::warn!(peer = %inbound.from, error = %e, "malformed ceremony announce; dropped");
+                if let Some(dropped) = DROPPED.hit() {
+                    tracing::warn!(dropped, peer = %inbound.from, error = %e, "malformed ceremony announce; dropped")
+                };
             }
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hsm::Aad;
-use signer_protocol::{channel_party, ecdsa, frost, run_on_thread, DeliveryConfig, RawOutgoing};
+use signer_protocol::{channel_party, ecdsa, frost, DeliveryConfig, RawOutgoing};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
@@ -166,7 +166,7 @@ async fn run(
         protocol_rx,
         mut confirm_rx,
     } = queues;
-    let produced = keygen(spec, i, n, primes, protocol_rx, out_tx).await;
+    let produced = keygen(node, spec, i, n, primes, protocol_rx, out_tx).await;
     // The pump ends once the protocol dropped its sender; let it flush the last
     // round (the others may still need it).
     if let Err(e) = pump.await {
@@ -258,6 +258,7 @@ struct Produced {
 }
 
 async fn keygen(
+    node: &DkgCtx,
     spec: &CeremonySpec,
     i: u16,
     n: u16,
@@ -270,7 +271,7 @@ async fn keygen(
     let kind = spec.protocol.protocol_kind();
     let res = match spec.protocol {
         DkgProtocol::Cggmp24 => {
-            run_on_thread(kind, move || {
+            node.run_protocol(kind, move || {
                 let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
                 async move {
                     let share = ecdsa::keygen(party, &eid, i, n, t, None).await?;
@@ -286,7 +287,7 @@ async fn keygen(
             .await
         }
         DkgProtocol::Frost => {
-            run_on_thread(kind, move || {
+            node.run_protocol(kind, move || {
                 let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
                 async move {
                     let share = frost::keygen(party, &eid, i, n, t).await?;
@@ -305,7 +306,7 @@ async fn keygen(
             let primes = primes.ok_or_else(|| {
                 DkgError::Aborted("aux info started without a prime set".to_owned())
             })?;
-            run_on_thread(kind, move || {
+            node.run_protocol(kind, move || {
                 let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
                 async move {
                     let aux = ecdsa::aux_info(party, &eid, i, n, primes, None).await?;

@@ -48,6 +48,7 @@ pub async fn unseal(node: Arc<DkgCtx>, auth: Arc<AuthState>, shutdown: Cancellat
                     tracing::info!(kek = custody.kek_id(), vote_key = %hex::encode(key.public_key()), "custody unsealed");
                     node.set_unsealed(custody, key);
                     crate::dkg::keys::reload_shares(&node).await;
+                    node.finish_unseal();
                     return;
                 }
                 Err(e) => e,
@@ -143,10 +144,7 @@ async fn load_keys(node: &Infra, auth: &AuthState, custody: &Custody) -> Result<
 /// Opens (or on first start creates and seals) the API token key: 32 random bytes,
 /// stored only as an envelope (`node_keys`, purpose `api_token_mac`); the row's
 /// `public_key` is the key's check value.
-async fn load_or_create_token_key(
-    node: &Infra,
-    custody: &Custody,
-) -> Result<TokenKey, String> {
+async fn load_or_create_token_key(node: &Infra, custody: &Custody) -> Result<TokenKey, String> {
     let node_id = node.cfg.node_id.clone();
     let aad = Aad::new(&node_id, TOKEN_KEY_PURPOSE, RecordKind::NodeIdentityKey)
         .map_err(|e| e.to_string())?;
@@ -202,4 +200,3 @@ async fn load_or_create_token_key(
         .await;
     Ok(key)
 }
-

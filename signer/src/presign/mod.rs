@@ -29,6 +29,9 @@ use tokio::sync::Notify;
 use crate::p2p::{Inbound, MessageKind};
 use crate::router::ServiceRx;
 
+/// Dropped frames of peers (logged throttled).
+static DROPPED: crate::router::LogThrottle = crate::router::LogThrottle::new();
+
 /// Errors of the presignature pool.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -226,23 +229,33 @@ fn handle(node: &Arc<PresignCtx>, inbound: &Inbound) {
                 tokio::spawn(session::participate_logged(node.clone(), spec));
             }
             Ok(_) => {
-                tracing::warn!(peer = %inbound.from, "presign announce whose leader is not its sender; dropped")
+                if let Some(dropped) = DROPPED.hit() {
+                    tracing::warn!(dropped, peer = %inbound.from, "presign announce whose leader is not its sender; dropped")
+                }
             }
             Err(e) => {
-                tracing::warn!(peer = %inbound.from, error = %e, "malformed presign announce; dropped")
+                if let Some(dropped) = DROPPED.hit() {
+                    tracing::warn!(dropped, peer = %inbound.from, error = %e, "malformed presign announce; dropped")
+                }
             }
         },
         wire::PRESIGN_GENERATE => {
             match wire::decode::<wire::GenerateRequest>(&inbound.frame.payload) {
                 Ok(r) if r.count <= wire::MAX_GENERATE => {
-                    tracing::info!(peer = %inbound.from, count = r.count, "presignature generation requested by a peer");
+                    if let Some(dropped) = DROPPED.hit() {
+                        tracing::info!(dropped, peer = %inbound.from, count = r.count, "presignature generation requested by a peer")
+                    };
                     node.presign.request(r.key_id, r.signer_set, r.count);
                 }
                 Ok(_) => {
-                    tracing::warn!(peer = %inbound.from, "presign generate count out of range; dropped")
+                    if let Some(dropped) = DROPPED.hit() {
+                        tracing::warn!(dropped, peer = %inbound.from, "presign generate count out of range; dropped")
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(peer = %inbound.from, error = %e, "malformed presign generate request; dropped")
+                    if let Some(dropped) = DROPPED.hit() {
+                        tracing::warn!(dropped, peer = %inbound.from, error = %e, "malformed presign generate request; dropped")
+                    }
                 }
             }
         }

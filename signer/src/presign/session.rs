@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use hsm::Aad;
 use signer_protocol::ecdsa::{self, EcdsaKeyShare};
-use signer_protocol::{channel_party, run_on_thread, DeliveryConfig, ExecutionId, ProtocolKind};
+use signer_protocol::{channel_party, DeliveryConfig, ExecutionId, ProtocolKind};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -224,15 +224,17 @@ async fn run_item(
         mut confirm_rx,
     } = queues;
     let (share, indices, path, eid2) = (share.clone(), indices.to_vec(), spec.path.clone(), eid);
-    let produced = run_on_thread(ProtocolKind::EcdsaPresign, move || {
-        let party = channel_party(DeliveryConfig::new(position, t), protocol_rx, out_tx);
-        async move {
-            let p = ecdsa::presign(party, &eid2, position, &indices, &share, &path, None).await?;
-            let public = p.public().to_bytes()?;
-            Ok((p.public().id(), public, p.to_bytes()?))
-        }
-    })
-    .await;
+    let produced = node
+        .run_protocol(ProtocolKind::EcdsaPresign, move || {
+            let party = channel_party(DeliveryConfig::new(position, t), protocol_rx, out_tx);
+            async move {
+                let p =
+                    ecdsa::presign(party, &eid2, position, &indices, &share, &path, None).await?;
+                let public = p.public().to_bytes()?;
+                Ok((p.public().id(), public, p.to_bytes()?))
+            }
+        })
+        .await;
     let _ = pump.await;
     let (public_id, public_data, secret) =
         produced.map_err(|e| PresignError::Protocol(e.to_string()))?;

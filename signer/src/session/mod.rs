@@ -20,12 +20,18 @@ use uuid::Uuid;
 use crate::net::Net;
 use crate::p2p::{Frame, Inbound, MessageKind};
 
+/// Dropped frames of peers (logged throttled).
+static DROPPED: crate::router::LogThrottle = crate::router::LogThrottle::new();
+
 /// Confirmation of a session's result by a participant.
 pub const CONFIRM: MessageKind = MessageKind::SESSION_CONFIRM;
 /// Longest confirmation value (a compressed public key).
 pub const MAX_CONFIRM_LEN: usize = 33;
 /// Frames kept for sessions not (yet) known locally, over all sessions.
 pub const MAX_EARLY_FRAMES: usize = 1024;
+/// Early frames kept from one peer: one flooding peer fills at most this share of
+/// the buffer, so the others' early frames still fit.
+pub const MAX_EARLY_FRAMES_PER_PEER: usize = 256;
 /// How long an early frame is kept.
 pub const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
 /// Capacity of a session's inbound protocol queue.
@@ -132,7 +138,20 @@ impl Router {
             g.early.pop_front();
         }
         if g.early.len() >= MAX_EARLY_FRAMES {
-            tracing::warn!(peer = %inbound.from, session = %id, "early ceremony frame buffer full; frame dropped");
+            if let Some(dropped) = DROPPED.hit() {
+                tracing::warn!(dropped, peer = %inbound.from, session = %id, "early ceremony frame buffer full; frame dropped")
+            };
+            return;
+        }
+        let from_peer = g
+            .early
+            .iter()
+            .filter(|(_, f)| f.from == inbound.from)
+            .count();
+        if from_peer >= MAX_EARLY_FRAMES_PER_PEER {
+            if let Some(dropped) = DROPPED.hit() {
+                tracing::warn!(dropped, peer = %inbound.from, session = %id, "peer over its early frame quota; frame dropped")
+            };
             return;
         }
         g.early.push_back((now, inbound));
@@ -299,10 +318,11 @@ mod tests {
     #[test]
     fn early_frame_buffer_is_bounded() {
         let router = Router::default();
-        for _ in 0..MAX_EARLY_FRAMES + 10 {
+        // Many peers together (one alone stops at its own quota, see below).
+        for i in 0..MAX_EARLY_FRAMES + 10 {
             router.deliver(frame(
                 Uuid::new_v4(),
-                "node-2",
+                &format!("node-{}", i % 8),
                 MessageKind::KEYGEN,
                 vec![0],
             ));
@@ -318,5 +338,28 @@ mod tests {
         assert_eq!(&m[..], b"abc");
         assert!(decode_protocol(&Bytes::from_static(&[7, 1])).is_none());
         assert!(decode_protocol(&Bytes::new()).is_none());
+    }
+
+    #[test]
+    fn one_peer_fills_at_most_its_quota_of_the_early_buffer() {
+        let router = Router::default();
+        for _ in 0..MAX_EARLY_FRAMES_PER_PEER + 50 {
+            router.deliver(frame(
+                Uuid::new_v4(),
+                "node-9",
+                MessageKind::KEYGEN,
+                vec![0, 1],
+            ));
+        }
+        assert_eq!(router.lock().early.len(), MAX_EARLY_FRAMES_PER_PEER);
+        let id = Uuid::new_v4();
+        router.deliver(frame(id, "node-2", MessageKind::KEYGEN, vec![0, 7]));
+        let participants = ids(&["node-1", "node-2", "node-3"]);
+        let mut q = router.register(id, &participants, MessageKind::KEYGEN);
+        let m = q
+            .protocol_rx
+            .try_recv()
+            .expect("the other peer's early frame kept");
+        assert_eq!(m.sender, 1);
     }
 }

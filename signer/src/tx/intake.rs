@@ -252,6 +252,10 @@ pub async fn on_propose_frame(node: Arc<TxCtx>, from: String, payload: bytes::By
                 tracing::warn!(tx = %id, leader = %from, error = %e, "proposal refused");
             }
         }
-        Err(e) => tracing::warn!(peer = %from, error = %e, "malformed proposal; dropped"),
+        Err(e) => {
+            if let Some(dropped) = crate::tx::DROPPED.hit() {
+                tracing::warn!(dropped, peer = %from, error = %e, "malformed proposal; dropped")
+            }
+        }
     }
 }

@@ -36,6 +36,9 @@ use early::EarlyBuffer;
 use uuid::Uuid;
 use wallet::{IntakeLimits, ValidatedPsbt, WalletKey};
 
+/// Dropped frames of peers (logged throttled).
+pub(crate) static DROPPED: crate::router::LogThrottle = crate::router::LogThrottle::new();
+
 /// Errors of the transaction pipeline.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -403,25 +406,39 @@ fn dispatch(node: &Arc<TxCtx>, inbound: &crate::p2p::Inbound) {
             Ok(r) => {
                 tokio::spawn(signing::on_sign_request(node, from, r));
             }
-            Err(e) => tracing::warn!(peer = %from, error = %e, "malformed sign request; dropped"),
+            Err(e) => {
+                if let Some(dropped) = DROPPED.hit() {
+                    tracing::warn!(dropped, peer = %from, error = %e, "malformed sign request; dropped")
+                }
+            }
         },
         wire::TX_SIGNATURE => match wire::decode::<wire::SignatureReply>(&payload) {
             Ok(r) => node.tx.deliver_reply(from, r),
             Err(e) => {
-                tracing::warn!(peer = %from, error = %e, "malformed signature reply; dropped")
+                if let Some(dropped) = DROPPED.hit() {
+                    tracing::warn!(dropped, peer = %from, error = %e, "malformed signature reply; dropped")
+                }
             }
         },
         wire::TX_APPROVAL => match wire::decode::<wire::ApprovalNotice>(&payload) {
             Ok(a) => {
                 tokio::spawn(async move { approvals::on_notice(&node, &from, a).await });
             }
-            Err(e) => tracing::warn!(peer = %from, error = %e, "malformed approval; dropped"),
+            Err(e) => {
+                if let Some(dropped) = DROPPED.hit() {
+                    tracing::warn!(dropped, peer = %from, error = %e, "malformed approval; dropped")
+                }
+            }
         },
         wire::TX_DONE => match wire::decode::<wire::Done>(&payload) {
             Ok(d) => {
                 tokio::spawn(signing::on_done(node, from, d));
             }
-            Err(e) => tracing::warn!(peer = %from, error = %e, "malformed result; dropped"),
+            Err(e) => {
+                if let Some(dropped) = DROPPED.hit() {
+                    tracing::warn!(dropped, peer = %from, error = %e, "malformed result; dropped")
+                }
+            }
         },
         other => {
             tracing::error!(peer = %from, kind = %other, "router delivered a kind this service does not own");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bitcoin::consensus::encode;
-use signer_protocol::{channel_party, ecdsa, frost, run_on_thread, DeliveryConfig, ExecutionId};
+use signer_protocol::{channel_party, ecdsa, frost, DeliveryConfig, ExecutionId};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -614,7 +614,7 @@ async fn run_protocol(
             let msg = input
                 .ecdsa_message()
                 .ok_or_else(|| TxError::Internal("not an ecdsa input".into()))?;
-            run_on_thread(protocol, move || {
+            node.run_protocol(protocol, move || {
                 let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
                 async move {
                     ecdsa::sign(party, &eid, pos, &indices, &share, &path, &msg, None)
@@ -626,7 +626,7 @@ async fn run_protocol(
         }
         Material::Frost(share) => {
             let digest = input.sighash.digest();
-            run_on_thread(protocol, move || {
+            node.run_protocol(protocol, move || {
                 let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
                 async move {
                     frost::sign(party, pos, &indices, &share, &path, &digest)

@@ -538,7 +538,9 @@ pub async fn on_vote_frame(node: &Arc<TxCtx>, from: &str, payload: &[u8]) {
     let msg = match VoteMessage::decode(payload) {
         Ok(m) => m,
         Err(e) => {
-            tracing::warn!(peer = %from, error = %e, "malformed vote message; dropped");
+            if let Some(dropped) = crate::tx::DROPPED.hit() {
+                tracing::warn!(dropped, peer = %from, error = %e, "malformed vote message; dropped")
+            };
             return;
         }
     };
