@@ -9,8 +9,12 @@
 
 use std::time::Duration;
 
-use cluster_tests::wallet::{fund, pay, signed_everywhere, submit, verify_consensus};
-use cluster_tests::Cluster;
+use bitcoin::consensus::encode;
+use cluster_tests::wallet::{
+    first_address, fund, pay, signed_everywhere, submit, verify_consensus,
+};
+use cluster_tests::{funding, Cluster};
+use serde_json::json;
 
 const N: usize = 3;
 /// How much a flooded node's resident memory may grow (KiB) over the test.
@@ -23,8 +27,18 @@ async fn a_flooding_peer_does_not_stop_the_others_from_signing_and_memory_stays_
     let frost = c.dkg(N, "frost", 2).await;
     c.write_policy(N, &[&frost], 1_000_000);
     let fund1 = fund(&c, &frost, &[60_000]).await;
-    let fund2 = fund(&c, &frost, &[70_000]).await;
+    // The second payment is led by node 1: its funding is imported there (only).
+    let fund2 = funding(&first_address(&c, &frost).await, &[70_000]);
+    let (status, v) = c
+        .post_json(
+            1,
+            "/api/v1/utxos",
+            &json!({ "raw_tx": encode::serialize_hex(&fund2) }),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
 
+    c.kill_node(2);
     c.restart_node_with_env(2, &[("SIGNER_FAULT_FLOOD_PEERS", "1")]);
     c.wait_ready(N).await;
     // Let the flood run before the payments.
@@ -39,6 +53,11 @@ async fn a_flooding_peer_does_not_stop_the_others_from_signing_and_memory_stays_
     }
 
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let flooder_log = std::fs::read_to_string(&c.node(2).log).unwrap();
+    assert!(
+        flooder_log.contains("FAULT INJECTION: flooding every peer"),
+        "node 2 did not flood"
+    );
     for (i, before) in rss_before.iter().enumerate() {
         let after = c.node_rss_kib(i);
         assert!(
@@ -48,16 +67,12 @@ async fn a_flooding_peer_does_not_stop_the_others_from_signing_and_memory_stays_
         let log = std::fs::read_to_string(&c.node(i).log).unwrap();
         assert!(
             log.contains("peer over its queue quota") || log.contains("early frame quota"),
-            "node {i} never held the flooding peer to a quota (was the flood armed?)"
+            "node {i} never held the flooding peer to a quota; its log ends:\n{}",
+            log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
         );
         assert!(
             log.lines().count() < 200_000,
             "node {i}'s log grew without bound under the flood"
         );
     }
-    let flooder_log = std::fs::read_to_string(&c.node(2).log).unwrap();
-    assert!(
-        flooder_log.contains("FAULT INJECTION: flooding every peer"),
-        "node 2 did not flood"
-    );
 }

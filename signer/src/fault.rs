@@ -327,12 +327,12 @@ pub async fn flood_peers(net: std::sync::Arc<crate::net::Net>) {
                     } else {
                         junk.clone()
                     };
-                    for _ in 0..600 {
+                    // One burst, all sends in flight at once, so they arrive together.
+                    let burst = (0..600).map(|_| {
                         let f = Frame::new(uuid::Uuid::new_v4(), kind, payload.clone());
-                        if net.p2p.send(&peer, f).await.is_err() {
-                            break;
-                        }
-                    }
+                        net.p2p.send(&peer, f)
+                    });
+                    let _ = futures::future::join_all(burst).await;
                 }
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
