@@ -123,7 +123,8 @@ pub struct Infra {
     custody: RwLock<CustodyState>,
     unsealed: RwLock<Option<Arc<Unsealed>>>,
     hardening: hsm::memory::HardeningReport,
-    protocol_slots: ProtocolSlots,
+    /// Protocol runs hold one of [`MAX_PROTOCOL_THREADS`] slots while on their thread.
+    pub protocol_slots: ProtocolSlots,
 }
 
 /// Protocol runs (key ceremonies, presigning, signing) that may hold an OS thread at
@@ -196,67 +197,34 @@ impl Infra {
         }
     }
 
-    /// Runs one protocol execution on its own thread once one of the
-    /// [`MAX_PROTOCOL_THREADS`] slots is free.
-    pub async fn run_protocol<T, F, Fut>(
-        &self,
-        protocol: signer_protocol::ProtocolKind,
-        make: F,
-    ) -> Result<T, signer_protocol::ProtocolError>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<T, signer_protocol::ProtocolError>> + 'static,
-    {
-        self.protocol_slots.run(protocol, make).await
-    }
-
     /// Current cluster snapshot.
     pub fn cluster_snapshot(&self) -> ClusterSnapshot {
-        match self.cluster.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        read_cloned(&self.cluster)
     }
 
     /// Replaces the cluster snapshot.
     pub fn set_cluster_snapshot(&self, snap: ClusterSnapshot) {
-        match self.cluster.write() {
-            Ok(mut g) => *g = snap,
-            Err(p) => *p.into_inner() = snap,
-        }
+        replace(&self.cluster, snap);
     }
 
     /// The current etcd handle, while connected.
     pub fn coord(&self) -> Option<Coord> {
-        match self.coord.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        read_cloned(&self.coord)
     }
 
     /// Sets (or clears) the shared etcd handle.
     pub fn set_coord(&self, coord: Option<Coord>) {
-        match self.coord.write() {
-            Ok(mut g) => *g = coord,
-            Err(p) => *p.into_inner() = coord,
-        }
+        replace(&self.coord, coord);
     }
 
     /// Current custody state.
     pub fn custody_state(&self) -> CustodyState {
-        match self.custody.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        read_cloned(&self.custody)
     }
 
     /// Sets the custody state.
     pub fn set_custody_state(&self, state: CustodyState) {
-        match self.custody.write() {
-            Ok(mut g) => *g = state,
-            Err(p) => *p.into_inner() = state,
-        }
+        replace(&self.custody, state);
     }
 
     /// Records a successful unseal.
@@ -265,11 +233,10 @@ impl Infra {
     /// once its key shares are loaded: a node that says it is ready votes on every
     /// proposal for its keys.
     pub fn set_unsealed(&self, custody: hsm::Custody, vote_key: crate::custody::VoteKey) {
-        let u = Arc::new(Unsealed { custody, vote_key });
-        match self.unsealed.write() {
-            Ok(mut g) => *g = Some(u),
-            Err(p) => *p.into_inner() = Some(u),
-        }
+        replace(
+            &self.unsealed,
+            Some(Arc::new(Unsealed { custody, vote_key })),
+        );
         self.set_custody_state(CustodyState::Sealed {
             code: "loading_keys".to_owned(),
             reason: "custody opened; loading the key shares".to_owned(),
@@ -287,10 +254,7 @@ impl Infra {
 
     /// The unsealed custody, or `None` while sealed.
     pub fn unsealed(&self) -> Option<Arc<Unsealed>> {
-        match self.unsealed.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        read_cloned(&self.unsealed)
     }
 
     /// What process hardening achieved at start.
@@ -314,6 +278,23 @@ impl Infra {
     /// Cluster status computed from the snapshot.
     pub fn cluster_status(&self) -> ClusterStatus {
         compute_status(&self.cfg, &self.cluster_snapshot())
+    }
+}
+
+/// A copy of the value behind `lock`; a poisoned lock still holds the last value
+/// written (every write replaces it whole), so it is read anyway.
+fn read_cloned<T: Clone>(lock: &RwLock<T>) -> T {
+    match lock.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
+}
+
+/// Replaces the value behind `lock` (poisoned or not, see [`read_cloned`]).
+fn replace<T>(lock: &RwLock<T>, value: T) {
+    match lock.write() {
+        Ok(mut g) => *g = value,
+        Err(p) => *p.into_inner() = value,
     }
 }
 

@@ -271,53 +271,56 @@ async fn keygen(
     let kind = spec.protocol.protocol_kind();
     let res = match spec.protocol {
         DkgProtocol::Cggmp24 => {
-            node.run_protocol(kind, move || {
-                let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
-                async move {
-                    let share = ecdsa::keygen(party, &eid, i, n, t, None).await?;
-                    Ok(Produced {
-                        public_key: share.public_key().serialize().to_vec(),
-                        xpub: share
-                            .xpub(bitcoin::NetworkKind::Test)
-                            .map(|x| x.to_string()),
-                        secret: share.to_bytes()?,
-                    })
-                }
-            })
-            .await
+            node.protocol_slots
+                .run(kind, move || {
+                    let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
+                    async move {
+                        let share = ecdsa::keygen(party, &eid, i, n, t, None).await?;
+                        Ok(Produced {
+                            public_key: share.public_key().serialize().to_vec(),
+                            xpub: share
+                                .xpub(bitcoin::NetworkKind::Test)
+                                .map(|x| x.to_string()),
+                            secret: share.to_bytes()?,
+                        })
+                    }
+                })
+                .await
         }
         DkgProtocol::Frost => {
-            node.run_protocol(kind, move || {
-                let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
-                async move {
-                    let share = frost::keygen(party, &eid, i, n, t).await?;
-                    Ok(Produced {
-                        public_key: share.public_key().serialize().to_vec(),
-                        xpub: share
-                            .xpub(bitcoin::NetworkKind::Test)
-                            .map(|x| x.to_string()),
-                        secret: share.to_bytes()?,
-                    })
-                }
-            })
-            .await
+            node.protocol_slots
+                .run(kind, move || {
+                    let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
+                    async move {
+                        let share = frost::keygen(party, &eid, i, n, t).await?;
+                        Ok(Produced {
+                            public_key: share.public_key().serialize().to_vec(),
+                            xpub: share
+                                .xpub(bitcoin::NetworkKind::Test)
+                                .map(|x| x.to_string()),
+                            secret: share.to_bytes()?,
+                        })
+                    }
+                })
+                .await
         }
         DkgProtocol::AuxInfo => {
             let primes = primes.ok_or_else(|| {
                 DkgError::Aborted("aux info started without a prime set".to_owned())
             })?;
-            node.run_protocol(kind, move || {
-                let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
-                async move {
-                    let aux = ecdsa::aux_info(party, &eid, i, n, primes, None).await?;
-                    Ok(Produced {
-                        public_key: aux.public_digest().to_vec(),
-                        xpub: None,
-                        secret: aux.to_bytes()?,
-                    })
-                }
-            })
-            .await
+            node.protocol_slots
+                .run(kind, move || {
+                    let party = channel_party(DeliveryConfig::new(i, n), protocol_rx, out_tx);
+                    async move {
+                        let aux = ecdsa::aux_info(party, &eid, i, n, primes, None).await?;
+                        Ok(Produced {
+                            public_key: aux.public_digest().to_vec(),
+                            xpub: None,
+                            secret: aux.to_bytes()?,
+                        })
+                    }
+                })
+                .await
         }
     };
     res.map_err(|e| DkgError::Protocol {

@@ -225,7 +225,8 @@ async fn run_item(
     } = queues;
     let (share, indices, path, eid2) = (share.clone(), indices.to_vec(), spec.path.clone(), eid);
     let produced = node
-        .run_protocol(ProtocolKind::EcdsaPresign, move || {
+        .protocol_slots
+        .run(ProtocolKind::EcdsaPresign, move || {
             let party = channel_party(DeliveryConfig::new(position, t), protocol_rx, out_tx);
             async move {
                 let p =

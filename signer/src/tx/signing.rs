@@ -614,27 +614,29 @@ async fn run_protocol(
             let msg = input
                 .ecdsa_message()
                 .ok_or_else(|| TxError::Internal("not an ecdsa input".into()))?;
-            node.run_protocol(protocol, move || {
-                let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
-                async move {
-                    ecdsa::sign(party, &eid, pos, &indices, &share, &path, &msg, None)
-                        .await
-                        .map(|s| s.serialize_compact().to_vec())
-                }
-            })
-            .await
+            node.protocol_slots
+                .run(protocol, move || {
+                    let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
+                    async move {
+                        ecdsa::sign(party, &eid, pos, &indices, &share, &path, &msg, None)
+                            .await
+                            .map(|s| s.serialize_compact().to_vec())
+                    }
+                })
+                .await
         }
         Material::Frost(share) => {
             let digest = input.sighash.digest();
-            node.run_protocol(protocol, move || {
-                let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
-                async move {
-                    frost::sign(party, pos, &indices, &share, &path, &digest)
-                        .await
-                        .map(|s| s.serialize().to_vec())
-                }
-            })
-            .await
+            node.protocol_slots
+                .run(protocol, move || {
+                    let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
+                    async move {
+                        frost::sign(party, pos, &indices, &share, &path, &digest)
+                            .await
+                            .map(|s| s.serialize().to_vec())
+                    }
+                })
+                .await
         }
     };
     let _ = pump.await;
