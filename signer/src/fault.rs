@@ -89,13 +89,21 @@ pub fn warn_if_armed() {
                 "fault injection variables ignored: this binary does not obey fault injection"
             );
         }
-        return;
+    } else {
+        log_armed();
     }
-    #[cfg(feature = "fault-injection")]
+}
+
+/// Logs each armed fault.
+#[cfg(not(feature = "fault-injection"))]
+fn log_armed() {}
+
+/// Logs each armed fault.
+#[cfg(feature = "fault-injection")]
+fn log_armed() {
     if let Some(p) = fault_var(CORRUPT_ENV) {
         tracing::error!(protocol = %p, "FAULT INJECTION ARMED: this node corrupts its outgoing protocol messages");
     }
-    #[cfg(feature = "fault-injection")]
     for var in [DOUBLE_VOTE_ENV, FORGE_VOTE_ENV, FLOOD_PEERS_ENV] {
         if fault_var(var).is_some() {
             tracing::error!(
@@ -104,7 +112,6 @@ pub fn warn_if_armed() {
             );
         }
     }
-    #[cfg(feature = "fault-injection")]
     for var in [
         SIGN_WITH_ENV,
         SKIP_INTAKE_CHECKS_ENV,
@@ -118,7 +125,6 @@ pub fn warn_if_armed() {
             );
         }
     }
-    #[cfg(feature = "fault-injection")]
     if fault_var(EXIT_AFTER_PRESIG_CONSUME_ENV).is_some() {
         tracing::error!(
             fault = EXIT_AFTER_PRESIG_CONSUME_ENV,

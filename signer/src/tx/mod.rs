@@ -147,10 +147,31 @@ pub const MAX_EARLY_VOTES: usize = 4096;
 /// Signing results kept for transactions whose proposal has not arrived yet, at most.
 pub const MAX_EARLY_RESULTS: usize = 1024;
 
+/// Ended rounds remembered for late votes, at most (oldest forgotten first).
+pub const MAX_ENDED_ROUNDS: usize = 1024;
+
+/// How long an ended round is remembered for late votes.
+pub const ENDED_ROUND_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What a late vote is checked against once this node has finished a transaction:
+/// its round and subject.
+#[derive(Debug, Clone)]
+pub struct EndedRound {
+    /// Voting round id.
+    pub round_id: Uuid,
+    /// What the votes had to be about.
+    pub subject: vote::VoteSubject,
+    /// Participants of the key.
+    pub participants: Vec<String>,
+}
+
 /// In-memory registry of transactions being voted on or signed.
 #[derive(Debug)]
 pub struct Registry {
     pending: Mutex<HashMap<Uuid, Arc<Pending>>>,
+    /// Rounds of transactions finished here, for votes that arrive after the end
+    /// (stored for the record; a conflicting one is a double vote).
+    ended: Mutex<std::collections::VecDeque<(std::time::Instant, Uuid, EndedRound)>>,
     early_votes: EarlyBuffer<vote::SignedVote>,
     early_results: EarlyBuffer<wire::Done>,
     replies: Mutex<HashMap<Uuid, tokio::sync::mpsc::Sender<(String, wire::SignatureReply)>>>,
@@ -166,6 +187,7 @@ impl Default for Registry {
     fn default() -> Self {
         Registry {
             pending: Mutex::default(),
+            ended: Mutex::default(),
             early_votes: EarlyBuffer::new(MAX_EARLY_VOTES),
             early_results: EarlyBuffer::new(MAX_EARLY_RESULTS),
             replies: Mutex::default(),
@@ -285,9 +307,42 @@ impl Registry {
         self.lock().get(&id).cloned()
     }
 
-    /// Forgets a finished transaction.
+    /// Forgets a finished transaction; its round is remembered for late votes
+    /// (bounded by [`MAX_ENDED_ROUNDS`] and [`ENDED_ROUND_MEMORY`]).
     pub fn remove(&self, id: Uuid) {
-        self.lock().remove(&id);
+        let Some(p) = self.lock().remove(&id) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        while ended
+            .front()
+            .is_some_and(|(at, ..)| now.duration_since(*at) > ENDED_ROUND_MEMORY)
+            || ended.len() >= MAX_ENDED_ROUNDS
+        {
+            ended.pop_front();
+        }
+        ended.push_back((
+            now,
+            id,
+            EndedRound {
+                round_id: p.round_id,
+                subject: p.subject.clone(),
+                participants: p.participants.clone(),
+            },
+        ));
+    }
+
+    /// The round of `id` if this node finished it recently.
+    pub fn ended_round(&self, id: Uuid) -> Option<EndedRound> {
+        let now = std::time::Instant::now();
+        self.ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .rev()
+            .find(|(at, tx, _)| *tx == id && now.duration_since(*at) <= ENDED_ROUND_MEMORY)
+            .map(|(_, _, r)| r.clone())
     }
 }
 

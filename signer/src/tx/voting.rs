@@ -554,26 +554,65 @@ pub async fn on_vote_frame(node: &Arc<TxCtx>, from: &str, payload: &[u8]) {
         }
         VoteMessage::Vote(v) => {
             let id = v.body().transaction_id;
-            if node.tx.get(id).is_none() {
-                // Not tracked here (yet, or any more): forgery is recorded now; a
-                // genuine vote waits for its proposal.
-                let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
-                let book = pinned_key_book(node).await;
-                match intake.precheck(&book, &v, from).await {
-                    Ok(Prechecked::Unseen) | Err(VoteReject::UnknownVoter { .. }) => {
-                        node.tx.keep_early_vote(id, from.to_owned(), v)
-                    }
-                    Ok(Prechecked::AlreadyStored) => {
-                        tracing::debug!(tx = %id, peer = %from, "vote already stored; re-delivery dropped")
-                    }
-                    Err(e) => {
-                        tracing::warn!(tx = %id, peer = %from, error = %e, "vote refused")
-                    }
-                }
+            if node.tx.get(id).is_some() {
+                accept_vote(node, id, from, &v).await;
                 return;
             }
-            accept_vote(node, id, from, &v).await;
+            if let Some(ended) = node.tx.ended_round(id) {
+                accept_late_vote(node, id, from, &v, &ended).await;
+                return;
+            }
+            // Not tracked here (yet, or for long): forgery is recorded now; a
+            // genuine vote waits for its proposal.
+            let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
+            let book = pinned_key_book(node).await;
+            match intake.precheck(&book, &v, from).await {
+                Ok(Prechecked::Unseen) | Err(VoteReject::UnknownVoter { .. }) => {
+                    node.tx.keep_early_vote(id, from.to_owned(), v);
+                    // The proposal may have been taken in (and its early votes
+                    // drained) while this vote was being checked: drain again.
+                    if node.tx.get(id).is_some() {
+                        for (sender, vote) in node.tx.take_early_votes(id) {
+                            accept_vote(node, id, &sender, &vote).await;
+                        }
+                    }
+                }
+                Ok(Prechecked::AlreadyStored) => {
+                    tracing::debug!(tx = %id, peer = %from, "vote already stored; re-delivery dropped")
+                }
+                Err(e) => {
+                    tracing::warn!(tx = %id, peer = %from, error = %e, "vote refused")
+                }
+            }
         }
+    }
+}
+
+/// Stores a vote that arrived after this node finished its transaction, checked
+/// against the ended round like any other (the record stays complete; a second,
+/// different vote of the same voter is its double vote). It counts for nothing:
+/// the round is closed.
+async fn accept_late_vote(
+    node: &Arc<TxCtx>,
+    id: Uuid,
+    from: &str,
+    vote: &SignedVote,
+    ended: &super::EndedRound,
+) {
+    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
+    let book = match key_book(node, &ended.participants).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(tx = %id, error = %e, "cannot read the vote keys");
+            return;
+        }
+    };
+    match intake
+        .accept(&book, ended.round_id, vote, from, &ended.subject)
+        .await
+    {
+        Ok(_) => tracing::debug!(tx = %id, peer = %from, "late vote stored for the ended round"),
+        Err(e) => tracing::warn!(tx = %id, peer = %from, error = %e, "late vote refused"),
     }
 }
 
