@@ -48,6 +48,7 @@ async fn migrations_are_idempotent_and_create_every_table() {
     let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
     for t in [
         "transactions",
+        "outflows",
         "voting_rounds",
         "votes",
         "audit_log",
@@ -290,4 +291,96 @@ async fn no_other_role_can_connect_to_a_node_database() {
             .await
             .unwrap();
     assert!(!public_connect);
+}
+
+/// Velocity counting (issue 15, finding 1): an approval counts at once and keeps
+/// counting once the transaction was `approved` here; it is released only when the
+/// transaction ends straight from `voting` (no partial can exist); a release is
+/// final, amounts are never rewritten, and no partial may start after the end.
+#[tokio::test]
+async fn outflows_count_from_the_approval_and_are_released_only_before_approved() {
+    use signer::store::transactions::OutflowReason;
+    let s = store().await;
+    let key = format!("velocity-{}", Uuid::new_v4());
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let t = NewTransaction {
+            key_id: Some(key.clone()),
+            ..new_tx()
+        };
+        s.insert_transaction(&t).await.unwrap();
+        s.transition_transaction(t.id, "voting", None)
+            .await
+            .unwrap();
+        ids.push(t.id);
+    }
+    let (expired_voting, approved_then_expired, signing) = (ids[0], ids[1], ids[2]);
+    for (id, sats) in [(expired_voting, 1_000), (approved_then_expired, 20_000)] {
+        s.count_outflow(id, &key, sats, OutflowReason::OwnApprove)
+            .await
+            .unwrap();
+    }
+    s.count_outflow(signing, &key, 300_000, OutflowReason::QuorumApproved)
+        .await
+        .unwrap();
+    // Counted once: a second count (another reason, another amount) changes nothing.
+    s.count_outflow(signing, &key, 5, OutflowReason::OwnApprove)
+        .await
+        .unwrap();
+    let other = Uuid::new_v4();
+    assert_eq!(s.spent_in_window(&key, 3600, other).await.unwrap(), 321_000);
+    assert_eq!(
+        s.spent_in_window(&key, 3600, signing).await.unwrap(),
+        21_000,
+        "the transaction under evaluation is left out"
+    );
+
+    s.transition_transaction(expired_voting, "expired", None)
+        .await
+        .unwrap();
+    for id in [approved_then_expired, signing] {
+        s.transition_transaction(id, "approved", None)
+            .await
+            .unwrap();
+    }
+    assert!(s.enter_signing(signing).await.unwrap());
+    assert!(s.enter_signing(signing).await.unwrap(), "already signing");
+    s.transition_transaction(approved_then_expired, "expired", None)
+        .await
+        .unwrap();
+    assert!(
+        !s.enter_signing(approved_then_expired).await.unwrap(),
+        "no partial after the end"
+    );
+    s.transition_transaction(signing, "failed", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.spent_in_window(&key, 3600, other).await.unwrap(),
+        320_000,
+        "only the transaction that never left voting is released"
+    );
+
+    // A database administrator cannot quietly shrink or un-release a count.
+    for sql in [
+        "UPDATE outflows SET outflow_sats = 0 WHERE transaction_id = $1",
+        "UPDATE outflows SET counted_at = now() - interval '2 days' WHERE transaction_id = $1",
+        "DELETE FROM outflows WHERE transaction_id = $1",
+    ] {
+        let err = sqlx::query(sql)
+            .bind(signing)
+            .execute(s.pool())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("outflows"), "{sql}: {err}");
+    }
+    let err = sqlx::query(
+        "UPDATE outflows SET released_at = NULL, released_why = NULL WHERE transaction_id = $1",
+    )
+    .bind(expired_voting)
+    .execute(s.pool())
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("outflows"), "{err}");
+    assert_eq!(s.spent_in_window(&key, 3600, other).await.unwrap(), 320_000);
 }

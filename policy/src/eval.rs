@@ -141,6 +141,27 @@ impl Policy {
 }
 
 /// Checks that hold under every policy (network, consistency, arithmetic).
+/// Value sent (outputs not kept) and that plus the fee; `None` on overflow.
+fn sent_and_outflow(view: &TxView) -> (Option<u64>, Option<u64>) {
+    let sent = checked_sum(
+        view.outputs
+            .iter()
+            .filter(|o| !o.is_kept())
+            .map(|o| o.amount_sats),
+    );
+    (sent, sent.and_then(|s| s.checked_add(view.fee_sats)))
+}
+
+impl TxView {
+    /// What this transaction takes out of the wallet in satoshis: every output not
+    /// kept ([`crate::TxOutput::is_kept`]) plus the fee; the amount the per-transaction and
+    /// velocity limits count. `None` if it overflows (such a view is always
+    /// rejected).
+    pub fn outflow_sats(&self) -> Option<u64> {
+        sent_and_outflow(self).1
+    }
+}
+
 fn check_structure(view: &TxView, v: &mut Vec<Violation>) -> Totals {
     if view.inputs.is_empty() {
         v.push(Violation::new(
@@ -277,13 +298,7 @@ fn check_structure(view: &TxView, v: &mut Vec<Violation>) -> Totals {
         }
     }
 
-    let sent = checked_sum(
-        view.outputs
-            .iter()
-            .filter(|o| !o.is_kept())
-            .map(|o| o.amount_sats),
-    );
-    let outflow = sent.and_then(|s| s.checked_add(view.fee_sats));
+    let (sent, outflow) = sent_and_outflow(view);
     if sent.is_some() && outflow.is_none() {
         v.push(Violation::new(
             Code::AmountOverflow,

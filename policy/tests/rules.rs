@@ -36,6 +36,23 @@ fn change_not_owned_by_the_wallet_counts_as_sent() {
     assert_eq!(codes(&d), ["amount_over_limit"]);
 }
 
+#[test]
+fn outflow_is_what_the_limits_count_outputs_not_kept_plus_fee() {
+    assert_eq!(
+        view(vec![out(1, 99_000), change(5_000_000)], FEE).outflow_sats(),
+        Some(100_000)
+    );
+    let mut foreign_change = change(5_000);
+    foreign_change.belongs_to_wallet = false;
+    assert_eq!(
+        view(vec![out(1, 99_000), foreign_change], FEE).outflow_sats(),
+        Some(105_000)
+    );
+    let mut huge = view(vec![out(1, 1)], FEE);
+    huge.outputs[0].amount_sats = u64::MAX;
+    assert_eq!(huge.outflow_sats(), None, "overflow is None, not a wrap");
+}
+
 // --- rolling-window velocity --------------------------------------------------------
 
 #[test]

@@ -115,6 +115,7 @@ fn log_armed() {
     for var in [
         SIGN_WITH_ENV,
         SKIP_INTAKE_CHECKS_ENV,
+        LIE_DONE_ENV,
         PROPOSAL_DEADLINE_ENV,
         REPLAY_PROPOSAL_ENV,
     ] {
@@ -292,6 +293,23 @@ pub fn replayed_deadline(deadline: u64) -> Option<u64> {
     }
     let _ = deadline;
     None
+}
+
+/// Environment variable: as a leader, this node tells the participants that signing
+/// failed when it succeeded (its own record says `signed`): the lie that must not
+/// make followers forget an outflow they signed for.
+pub const LIE_DONE_ENV: &str = "SIGNER_FAULT_LIE_DONE";
+
+/// Whether a leader reports its signed transaction `id` as failed
+/// ([`LIE_DONE_ENV`] armed; feature `fault-injection` only).
+pub fn lie_about_result(id: uuid::Uuid) -> bool {
+    #[cfg(feature = "fault-injection")]
+    if armed(LIE_DONE_ENV) {
+        tracing::error!(tx = %id, "FAULT INJECTION: reporting a signed transaction as failed");
+        return true;
+    }
+    let _ = id;
+    false
 }
 
 /// Environment variable: this node floods every peer with frames of every kind

@@ -176,24 +176,76 @@ impl Store {
         Ok(())
     }
 
-    /// Satoshis the key sent (fees included) in transactions signed within the last
-    /// `window_seconds`.
+    /// Satoshis counted against key `key_id` within the last `window_seconds`: the
+    /// outflow of every transaction this node voted approve on or saw a quorum
+    /// approve, unless it ended here before `approved` (see migration
+    /// `0010_outflows.sql`), whatever the leader reported later. `except` (the
+    /// transaction being evaluated) is left out.
     pub async fn spent_in_window(
         &self,
         key_id: &str,
         window_seconds: u64,
+        except: Uuid,
     ) -> Result<u64, StoreError> {
         let secs = i64::try_from(window_seconds).unwrap_or(i64::MAX);
         let (sum,): (Option<i64>,) = sqlx::query_as(
-            "SELECT sum(COALESCE(amount_sats, 0) + COALESCE(fee_sats, 0))::bigint FROM transactions \
-             WHERE key_id = $1 AND state IN ('signed', 'broadcast', 'confirmed') \
-             AND updated_at > now() - make_interval(secs => $2::double precision)",
+            "SELECT sum(outflow_sats)::bigint FROM outflows \
+             WHERE key_id = $1 AND released_at IS NULL AND transaction_id <> $3 \
+             AND counted_at > now() - make_interval(secs => $2::double precision)",
         )
         .bind(key_id)
         .bind(secs)
+        .bind(except)
         .fetch_one(self.pool())
         .await?;
         Ok(u64::try_from(sum.unwrap_or(0)).unwrap_or(0))
+    }
+
+    /// Starts counting `outflow_sats` of transaction `id` against `key_id`
+    /// (`counted_for`: `own_approve` or `quorum_approved`). A transaction is counted
+    /// once: a second call changes nothing.
+    pub async fn count_outflow(
+        &self,
+        id: Uuid,
+        key_id: &str,
+        outflow_sats: u64,
+        counted_for: OutflowReason,
+    ) -> Result<(), StoreError> {
+        let amount = i64::try_from(outflow_sats)
+            .map_err(|_| StoreError::Corrupt(format!("outflow of {id} does not fit a BIGINT")))?;
+        sqlx::query(
+            "INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (transaction_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(key_id)
+        .bind(amount)
+        .bind(counted_for.as_str())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Moves transaction `id` from `approved` to `signing` (the step before any
+    /// partial signature of this node); true if it is in `signing` now. False when
+    /// it ended here first (expired, failed, ...): no partial may leave then.
+    pub async fn enter_signing(&self, id: Uuid) -> Result<bool, StoreError> {
+        let moved = sqlx::query(
+            "UPDATE transactions SET state = 'signing' WHERE id = $1 AND state = 'approved'",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if moved == 1 {
+            return Ok(true);
+        }
+        let state: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM transactions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(state.is_some_and(|(s,)| s == "signing"))
     }
 
     /// Records that this node approves the unsigned transaction `txid` under
@@ -448,4 +500,24 @@ pub(super) async fn set_transaction_state<'e, E: sqlx::PgExecutor<'e>>(
         });
     }
     Ok(())
+}
+
+/// Why a transaction's outflow counts against its key's velocity windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutflowReason {
+    /// This node voted approve.
+    OwnApprove,
+    /// This node saw a quorum of approvals (whatever it voted itself).
+    QuorumApproved,
+}
+
+impl OutflowReason {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutflowReason::OwnApprove => "own_approve",
+            OutflowReason::QuorumApproved => "quorum_approved",
+        }
+    }
 }

@@ -178,6 +178,9 @@ pub struct Registry {
     frozen: Mutex<std::collections::BTreeSet<String>>,
     /// Held while a recipient + amount request selects and reserves its UTXOs.
     pub intake_lock: tokio::sync::Mutex<()>,
+    /// Per key: held from reading a velocity window to counting this node's
+    /// approval in it, so concurrent proposals cannot each see the same room.
+    velocity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Wallet keys by key id, kept so their script lookup tables (thousands of
     /// derivations) are built once per key, not per request.
     wallet_keys: Mutex<HashMap<String, WalletKey>>,
@@ -193,6 +196,7 @@ impl Default for Registry {
             replies: Mutex::default(),
             frozen: Mutex::default(),
             intake_lock: tokio::sync::Mutex::default(),
+            velocity_locks: Mutex::default(),
             wallet_keys: Mutex::default(),
         }
     }
@@ -220,6 +224,20 @@ impl Registry {
             .map_err(|e| TxError::Internal(e.to_string()))?;
         cache.insert(key_id.to_owned(), k.clone());
         Ok(k)
+    }
+
+    /// Waits for key `key_id`'s velocity lock: hold it from the policy decision
+    /// (which reads the windows) until the approval is counted (or the vote is not
+    /// an approval).
+    pub async fn velocity_lock(&self, key_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .velocity_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key_id.to_owned())
+            .or_default()
+            .clone();
+        m.lock_owned().await
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<Pending>>> {

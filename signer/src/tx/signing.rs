@@ -60,6 +60,16 @@ pub async fn lead(node: Arc<TxCtx>, id: Uuid) {
             votes: super::voting::votes_to_relay(&node, &p).await,
             ..done
         };
+        let done = if done.tx_hex.is_some() && crate::fault::lie_about_result(id) {
+            Done {
+                tx_hex: None,
+                psbt: None,
+                error: Some("signing failed".into()),
+                ..done
+            }
+        } else {
+            done
+        };
         match wire::encode(&done) {
             Ok(b) => broadcast(&node, &p.participants, Frame::new(id, TX_DONE, b)).await,
             Err(e) => tracing::error!(tx = %id, error = %e, "cannot encode the result"),
@@ -400,12 +410,13 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
             message: "the permit does not cover this input's sighash".into(),
         });
     }
-    if me != p.leader {
-        // Record the signing state once (later inputs find it already set).
-        let _ = node
-            .store
-            .transition_transaction(req.tx, "signing", None)
-            .await;
+    // The step no release of the velocity count can follow (later inputs find it
+    // taken); refused once the transaction ended here (e.g. its signing deadline).
+    if !node.store.enter_signing(req.tx).await? {
+        return Err(TxError::Invalid {
+            code: "signing_closed",
+            message: format!("transaction {} is no longer signable here", req.tx),
+        });
     }
     // Audited before any share of a signature leaves this node.
     node.store

@@ -12,7 +12,7 @@ use super::TxCtx;
 use super::{Pending, TxError};
 use crate::audit::AuditEntry;
 use crate::p2p::{Frame, MessageKind};
-use crate::store::transactions::NewTransaction;
+use crate::store::transactions::{NewTransaction, OutflowReason};
 use crate::store::StoreError;
 use crate::tx::vote_intake::{Prechecked, VoteIntake};
 use vote::{
@@ -175,7 +175,7 @@ async fn context(
     let key_id = &p.validated.key_id;
     let mut window_spent = Vec::new();
     for w in pol.velocity_windows(key_id, p.validated.view.network) {
-        let spent = node.store.spent_in_window(key_id, w).await?;
+        let spent = node.store.spent_in_window(key_id, w, id).await?;
         window_spent.push(policy::WindowSpent {
             window_seconds: w,
             spent_sats: spent,
@@ -197,6 +197,10 @@ async fn context(
         initiator: p.initiator.clone(),
     })
 }
+
+/// Vote reason: this node could not count its approval against the key's velocity
+/// windows (its database refused), so it does not approve.
+pub const REASON_OUTFLOW_NOT_COUNTED: &str = "outflow_not_counted";
 
 /// Vote reason and API code: this node already approved the same unsigned
 /// transaction (txid) under other data (amounts, scripts or sighashes).
@@ -296,6 +300,7 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
         relayed_votes: std::sync::OnceLock::new(),
     });
     node.tx.insert(prop.id, pending.clone());
+    let budget = node.tx.velocity_lock(&prop.key_id).await;
     let mut verdict = decide(node, &loaded, prop.id, &pending, deadline_unix).await;
     // Every input's amount and script must be proven to this node itself (the full
     // previous transaction, or an output it imported): the leader's word is not
@@ -321,6 +326,7 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
         verdict.reject("input_unavailable");
     }
     if verdict.awaiting_approval {
+        drop(budget);
         node.store
             .audit(
                 &me,
@@ -334,7 +340,7 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
             .await?;
         tracing::info!(tx = %prop.id, "policy needs human approvals; vote held until they arrive");
     } else {
-        cast_vote(node, prop.id, &pending, verdict).await?;
+        cast_vote(node, prop.id, &pending, verdict, budget).await?;
     }
     // Votes that arrived before the proposal.
     for (sender, vote) in node.tx.take_early_votes(prop.id) {
@@ -430,12 +436,15 @@ async fn replayed_proposal(node: &TxCtx, from: &str, prop: &Proposal) -> TxError
 pub const VIOLATION_REPLAYED_PROPOSAL: &str = "replayed_proposal";
 
 /// Signs, records and broadcasts this node's one vote on `id` (at most once: a
-/// second call is a no-op, so this node never double-votes).
+/// second call is a no-op, so this node never double-votes). An approval is counted
+/// against the key's velocity windows before the vote leaves; `budget` (the key's
+/// velocity lock, taken before the policy read the windows) is released then.
 async fn cast_vote(
     node: &Arc<TxCtx>,
     id: Uuid,
     pending: &Arc<Pending>,
     verdict: Verdict,
+    budget: tokio::sync::OwnedMutexGuard<()>,
 ) -> Result<(), TxError> {
     if pending.voted.swap(true, Ordering::SeqCst) {
         return Ok(());
@@ -454,6 +463,23 @@ async fn cast_vote(
             verdict.reject(REASON_TXID_OTHER_DATA);
         }
     }
+    if verdict.body.decision == VoteDecision::Approve {
+        // Counted from now on, whatever the leader reports later.
+        let v = &pending.validated;
+        let counted = match v.view.outflow_sats() {
+            Some(sats) => node
+                .store
+                .count_outflow(id, &v.key_id, sats, OutflowReason::OwnApprove)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("outflow overflows".to_owned()),
+        };
+        if let Err(e) = counted {
+            tracing::error!(tx = %id, error = %e, "cannot count the approval against the velocity limits; voting reject");
+            verdict.reject(REASON_OUTFLOW_NOT_COUNTED);
+        }
+    }
+    drop(budget);
     let Verdict { body, approval, .. } = verdict;
     let decision = body.decision;
     let reasons = body.reasons.clone();
@@ -508,12 +534,13 @@ pub async fn reconsider(node: &Arc<TxCtx>, id: Uuid) {
         return;
     }
     let loaded = load_policy(node).await;
+    let budget = node.tx.velocity_lock(&p.validated.key_id).await;
     let verdict = decide(node, &loaded, id, &p, p.deadline_unix).await;
     if verdict.awaiting_approval {
         tracing::info!(tx = %id, "approval recorded; more approvals still needed");
         return;
     }
-    if let Err(e) = cast_vote(node, id, &p, verdict).await {
+    if let Err(e) = cast_vote(node, id, &p, verdict, budget).await {
         tracing::error!(tx = %id, error = %e, "cannot cast the vote after approvals");
     }
 }
@@ -780,6 +807,19 @@ async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
         }
     }
     tracing::info!(tx = %id, outcome = to, votes = votes.len(), "voting round closed");
+    if to == "approved" {
+        // Others may sign it whatever this node voted: it counts here too.
+        let v = &p.validated;
+        if let Some(sats) = v.view.outflow_sats() {
+            if let Err(e) = node
+                .store
+                .count_outflow(id, &v.key_id, sats, OutflowReason::QuorumApproved)
+                .await
+            {
+                tracing::error!(tx = %id, error = %e, "cannot count the approved transaction against the velocity limits");
+            }
+        }
+    }
     if to == "rejected" {
         node.tx.remove(id);
     } else if p.leader == node.cfg.node_id {

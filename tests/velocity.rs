@@ -1,0 +1,151 @@
+//! Velocity limits under a burst and a lying leader (issue 15, finding 1), on a real
+//! 5-node 3-of-5 cluster with a FROST key.
+//!
+//! Every node's policy allows `CAP` sats per day. Node 0, the leader, is armed to
+//! report every signed transaction to the others as failed
+//! (`SIGNER_FAULT_LIE_DONE`). Twenty payments whose outflows add up to about twice
+//! the cap are submitted at once. Every node counts an approval the moment it votes
+//! (and a transaction it saw a quorum approve), under a per-key lock, whatever the
+//! leader reports later, so:
+//! * no node sends partial signatures for more than `CAP` sats in the window;
+//! * each node still counts everything it signed for, although the leader told it
+//!   those transactions failed;
+//! * the cap did bind: some payments were refused for `velocity_over_limit`.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cluster_tests::wallet::{ended_tx, fund, pay};
+use cluster_tests::Cluster;
+use futures::future::join_all;
+
+const N: usize = 5;
+const T: u16 = 3;
+const PAYMENTS: usize = 20;
+const AMOUNT: u64 = 10_000;
+/// About ten payments of `AMOUNT` plus their fees (2 sat/vB).
+const CAP: u64 = 103_000;
+
+/// Sum of the outflows node `i` counts for the transactions it sent a partial
+/// signature for.
+async fn signed_for(c: &Cluster, i: usize, key: &str) -> i64 {
+    let db = c.db(i).await;
+    let (n,): (Option<i64>,) = sqlx::query_as(
+        "SELECT sum(outflow_sats)::bigint FROM outflows WHERE key_id = $1 AND transaction_id IN \
+         (SELECT DISTINCT subject::uuid FROM audit_log WHERE action = 'tx.sign_input')",
+    )
+    .bind(key)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    n.unwrap_or(0)
+}
+
+/// What node `i` counts against `key` now (unreleased outflows).
+async fn counted(c: &Cluster, i: usize, key: &str) -> i64 {
+    let db = c.db(i).await;
+    let (n,): (Option<i64>,) = sqlx::query_as(
+        "SELECT sum(outflow_sats)::bigint FROM outflows WHERE key_id = $1 AND released_at IS NULL",
+    )
+    .bind(key)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    n.unwrap_or(0)
+}
+
+/// Votes of node `i` that refused for the velocity limit.
+async fn velocity_refusals(c: &Cluster, i: usize) -> i64 {
+    let db = c.db(i).await;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM votes WHERE node_id = $1 AND reasons ? 'velocity_over_limit'",
+    )
+    .bind(&c.node(i).id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_payments_never_signs_more_than_the_cap_on_any_node_even_when_the_leader_lies() {
+    let c = Cluster::start(N as u16, T);
+    c.wait_ready(N).await;
+    let key = c.dkg(N, "frost", T).await;
+    c.write_policy_with(
+        N,
+        &[&key],
+        1_000_000,
+        &format!("[[scope.velocity]]\nwindow_seconds = 86400\nmax_sats = {CAP}\n"),
+    );
+    c.kill_node(0);
+    c.restart_node_with_env(0, &[("SIGNER_FAULT_LIE_DONE", "1")]);
+    c.wait_ready(N).await;
+    fund(&c, &key, &[30_000; PAYMENTS]).await;
+
+    let submitted = join_all((0..PAYMENTS).map(|_| {
+        let body = pay(&key, AMOUNT);
+        let c = &c;
+        async move {
+            c.post_json(0, "/api/v1/transactions", &body)
+                .await
+                .1
+                .get("id")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        }
+    }))
+    .await;
+    let ids: Vec<String> = submitted.into_iter().flatten().collect();
+    assert_eq!(ids.len(), PAYMENTS, "every payment was taken in");
+
+    // Every payment ends on the leader; the followers believe the leader's lie.
+    let mut signed = 0;
+    for id in &ids {
+        let v = ended_tx(&c, 0, id, 300).await;
+        if v["state"] == "signed" {
+            signed += 1;
+            for i in 1..N {
+                let f = c
+                    .eventually(
+                        &format!("node {i} ends {id}"),
+                        Duration::from_secs(120),
+                        || async {
+                            c.get_ok(i, &format!("/api/v1/transactions/{id}"))
+                                .await
+                                .filter(|v| {
+                                    ["failed", "expired", "rejected", "signed"]
+                                        .iter()
+                                        .any(|s| v["state"] == *s)
+                                })
+                        },
+                    )
+                    .await;
+                assert_ne!(f["state"], "signed", "node {i} was told {id} failed: {f}");
+            }
+        }
+    }
+    assert!(
+        signed >= 3,
+        "the cap leaves room for payments: {signed} signed"
+    );
+    assert!(signed < PAYMENTS, "not every payment fits: {signed} signed");
+
+    let cap = i64::try_from(CAP).unwrap();
+    let mut refusals = 0;
+    for i in 0..N {
+        let signed_i = signed_for(&c, i, &key).await;
+        let counted_i = counted(&c, i, &key).await;
+        eprintln!("node {i}: partials for {signed_i} sats, counting {counted_i} sats");
+        assert!(
+            signed_i <= cap,
+            "node {i} signed for {signed_i} sats, above the {cap} sats cap"
+        );
+        assert!(
+            counted_i >= signed_i,
+            "node {i} forgot outflows it signed for: counts {counted_i}, signed for {signed_i}"
+        );
+        refusals += velocity_refusals(&c, i).await;
+    }
+    assert!(refusals > 0, "the cap never bound");
+}
