@@ -371,7 +371,13 @@ async fn bench(a: Args) {
         let mut partials = Vec::new();
         let mut public = None;
         for p in set {
-            let (partial, pubdata) = p.issue_partial_signature(&msg, &[]).expect("issue");
+            let (partial, pubdata) = p
+                .issue_partial_signature(
+                    &msg,
+                    &[],
+                    &vote::InputPermit::for_tests_only(0, msg.sighash()),
+                )
+                .expect("issue");
             partials.push(partial);
             public = Some(pubdata);
         }
@@ -390,7 +396,18 @@ async fn bench(a: Args) {
         let e = eid(ProtocolKind::EcdsaSign, r as u64);
         let (sh, sg, m) = (&shares, &signers, &msg);
         let (d, _) = sim_run::<EcdsaSignMsg, _, _>(t, |i, p| async move {
-            ecdsa::sign(p, &e, i, sg, &sh[usize::from(i)], &[], m, None).await
+            ecdsa::sign(
+                p,
+                &e,
+                i,
+                sg,
+                &sh[usize::from(i)],
+                &[],
+                m,
+                &vote::InputPermit::for_tests_only(0, m.sighash()),
+                None,
+            )
+            .await
         });
         times.push(d);
     }
@@ -404,17 +421,25 @@ async fn bench(a: Args) {
     for r in 0..a.runs {
         let e = eid(ProtocolKind::EcdsaSign, 100 + r as u64);
         let (sh, sg) = (shares.clone(), signers.clone());
-        let (d, _, s) = over_channels::<EcdsaSignMsg, _, _, _>(
-            ProtocolKind::EcdsaSign,
-            t,
-            move |i, p| {
+        let (d, _, s) =
+            over_channels::<EcdsaSignMsg, _, _, _>(ProtocolKind::EcdsaSign, t, move |i, p| {
                 let (sh, sg) = (sh.clone(), sg.clone());
                 async move {
-                    ecdsa::sign(p, &e, i, &sg, &sh[usize::from(i)], &[], &msg, None).await
+                    ecdsa::sign(
+                        p,
+                        &e,
+                        i,
+                        &sg,
+                        &sh[usize::from(i)],
+                        &[],
+                        &msg,
+                        &vote::InputPermit::for_tests_only(0, msg.sighash()),
+                        None,
+                    )
+                    .await
                 }
-            },
-        )
-        .await;
+            })
+            .await;
         times.push(d);
         sizes.push(("cggmp24 full sign".into(), s));
     }
@@ -473,7 +498,16 @@ async fn bench(a: Args) {
     for _ in 0..a.runs.max(5) {
         let (fs, sg) = (&fshares, &signers);
         let (d, _) = sim_run::<FrostSignMsg, _, _>(t, |i, p| async move {
-            frost::sign(p, i, sg, &fs[usize::from(i)], &[], &sighash).await
+            frost::sign(
+                p,
+                i,
+                sg,
+                &fs[usize::from(i)],
+                &[],
+                &sighash,
+                &vote::InputPermit::for_tests_only(0, sighash),
+            )
+            .await
         });
         times.push(d);
     }
@@ -489,7 +523,18 @@ async fn bench(a: Args) {
         let (d, _, s) =
             over_channels::<FrostSignMsg, _, _, _>(ProtocolKind::FrostSign, t, move |i, p| {
                 let (fs, sg) = (fs.clone(), sg.clone());
-                async move { frost::sign(p, i, &sg, &fs[usize::from(i)], &[], &sighash).await }
+                async move {
+                    frost::sign(
+                        p,
+                        i,
+                        &sg,
+                        &fs[usize::from(i)],
+                        &[],
+                        &sighash,
+                        &vote::InputPermit::for_tests_only(0, sighash),
+                    )
+                    .await
+                }
             })
             .await;
         times.push(d);

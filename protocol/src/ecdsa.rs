@@ -34,6 +34,7 @@ use rand::rngs::OsRng;
 use round_based::Mpc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use vote::InputPermit;
 use zeroize::Zeroizing;
 
 use crate::btc::{self, SighashMessage};
@@ -532,9 +533,9 @@ struct PresigRepr {
 /// and [`Self::issue_partial_signature`] consumes it, so a second use does not compile:
 ///
 /// ```compile_fail,E0382
-/// # fn f(p: signer_protocol::ecdsa::EcdsaPresignature, m: signer_protocol::SighashMessage) {
-/// let _first = p.issue_partial_signature(&m, &[]);
-/// let _second = p.issue_partial_signature(&m, &[]); // error[E0382]: use of moved value
+/// # fn f(p: signer_protocol::ecdsa::EcdsaPresignature, m: signer_protocol::SighashMessage, ok: &vote::InputPermit) {
+/// let _first = p.issue_partial_signature(&m, &[], ok);
+/// let _second = p.issue_partial_signature(&m, &[], ok); // error[E0382]: use of moved value
 /// # }
 /// ```
 /// The node must also make sure a
@@ -573,11 +574,20 @@ impl EcdsaPresignature {
     ///
     /// `derivation_path` must equal the path the presignature was generated for
     /// (RUSTSEC-2025-0127: the path cannot be chosen after presigning).
+    ///
+    /// `permit` must allow exactly `msg`'s sighash ([`ProtocolError::NotPermitted`]
+    /// otherwise, and the presignature is not used).
     pub fn issue_partial_signature(
         self,
         msg: &SighashMessage,
         derivation_path: &[u32],
+        permit: &InputPermit,
     ) -> Result<(EcdsaPartialSignature, PresignaturePublic), ProtocolError> {
+        if !permit.permits(&msg.sighash()) {
+            return Err(ProtocolError::NotPermitted {
+                protocol: ProtocolKind::EcdsaSign,
+            });
+        }
         if derivation_path != self.public.path.as_slice() {
             return Err(ProtocolError::InvalidArgument(
                 "presignature was generated for another derivation path".into(),
@@ -912,6 +922,9 @@ where
 
 /// Interactive signing without presignature (any derivation path). The signature is
 /// verified with libsecp256k1 against the child key before it is returned.
+///
+/// `permit` must allow exactly `msg`'s sighash: [`ProtocolError::NotPermitted`]
+/// before any message is sent otherwise.
 #[allow(clippy::too_many_arguments)]
 pub async fn sign<M>(
     party: M,
@@ -921,12 +934,16 @@ pub async fn sign<M>(
     share: &EcdsaKeyShare,
     derivation_path: &[u32],
     msg: &SighashMessage,
+    permit: &InputPermit,
     progress: Option<ProgressFn>,
 ) -> Result<secp256k1::ecdsa::Signature, ProtocolError>
 where
     M: Mpc<ProtocolMessage = EcdsaSignMsg>,
 {
     const KIND: ProtocolKind = ProtocolKind::EcdsaSign;
+    if !permit.permits(&msg.sighash()) {
+        return Err(ProtocolError::NotPermitted { protocol: KIND });
+    }
     check_signers(share, position, signers)?;
     let public_key = share.derive_public_key(derivation_path)?;
     let mut tracer = ProgressTracer::new(KIND, progress);

@@ -142,6 +142,12 @@ pub enum ProtocolError {
     /// Caller supplied inconsistent parameters.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The signing permit presented is for another message: nothing was signed.
+    #[error("{protocol}: the signing permit does not cover this message")]
+    NotPermitted {
+        /// Protocol refused.
+        protocol: ProtocolKind,
+    },
     /// Encoding or decoding of a stored secret or public value failed.
     #[error("invalid {what}: {reason}")]
     InvalidEncoding {

@@ -16,6 +16,7 @@ use cggmp24::generic_ec::curves::Secp256k1 as Curve;
 use rand::rngs::OsRng;
 use round_based::Mpc;
 use sha2::Sha256;
+use vote::InputPermit;
 use zeroize::Zeroizing;
 
 use crate::btc;
@@ -142,7 +143,8 @@ where
 /// `derivation_path` (empty: master), with the BIP-86 tweak.
 ///
 /// Returns the 64-byte BIP-340 signature, verified with libsecp256k1 against
-/// [`FrostKeyShare::output_key`].
+/// [`FrostKeyShare::output_key`]. `permit` must allow exactly `sighash`
+/// ([`ProtocolError::NotPermitted`] before any message is sent otherwise).
 pub async fn sign<M>(
     party: M,
     position: u16,
@@ -150,11 +152,15 @@ pub async fn sign<M>(
     share: &FrostKeyShare,
     derivation_path: &[u32],
     sighash: &[u8; 32],
+    permit: &InputPermit,
 ) -> Result<secp256k1::schnorr::Signature, ProtocolError>
 where
     M: Mpc<ProtocolMessage = FrostSignMsg>,
 {
     const KIND: ProtocolKind = ProtocolKind::FrostSign;
+    if !permit.permits(sighash) {
+        return Err(ProtocolError::NotPermitted { protocol: KIND });
+    }
     if signers.len() != usize::from(share.threshold()) {
         return Err(ProtocolError::InvalidArgument(format!(
             "signer set has {} members, threshold is {}",

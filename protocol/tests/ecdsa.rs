@@ -236,7 +236,11 @@ async fn presignature_over_channels_signs_p2wpkh_sighash_of_hd_child() {
         drop(p);
         let restored = EcdsaPresignature::from_bytes(&sealed).expect("decode presignature");
         let (partial, pubdata) = restored
-            .issue_partial_signature(&msg, &path)
+            .issue_partial_signature(
+                &msg,
+                &path,
+                &vote::InputPermit::for_tests_only(0, msg.sighash()),
+            )
             .expect("issue partial");
         let wire = partial.to_bytes();
         partials.push(EcdsaPartialSignature::from_bytes(&wire).expect("partial wire form"));
@@ -259,9 +263,46 @@ async fn presignature_refuses_another_derivation_path() {
     let (msg, _) = p2wpkh_message(keys().shares[0].public_key());
     for p in presigs {
         let err = p
-            .issue_partial_signature(&msg, &[4])
+            .issue_partial_signature(
+                &msg,
+                &[4],
+                &vote::InputPermit::for_tests_only(0, msg.sighash()),
+            )
             .expect_err("path chosen after presigning must be refused");
         assert!(matches!(err, ProtocolError::InvalidArgument(_)), "{err}");
+    }
+}
+
+/// The protocol entry points sign only the message their permit allows: a permit
+/// for another sighash is refused before any message is sent or the presignature
+/// is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_refuses_a_permit_for_another_message() {
+    let k = keys();
+    let (msg, _) = p2wpkh_message(k.shares[0].public_key());
+    let other = vote::InputPermit::for_tests_only(0, [7; 32]);
+    let presigs = presign_over_channels(vec![0, 1], vec![], "permit").await;
+    for p in presigs {
+        let err = p
+            .issue_partial_signature(&msg, &[], &other)
+            .expect_err("a permit for another sighash must be refused");
+        assert!(matches!(err, ProtocolError::NotPermitted { .. }), "{err}");
+    }
+    let signers = [0u16, 1];
+    let eid_s = eid("permit", ProtocolKind::EcdsaSign, 2, 3);
+    let results =
+        signer_protocol::round_based::sim::run::<EcdsaSignMsg, _>(2, |pos, party| {
+            let share = &k.shares[usize::from(signers[usize::from(pos)])];
+            let other = vote::InputPermit::for_tests_only(0, [7; 32]);
+            async move {
+                ecdsa::sign(party, &eid_s, pos, &signers, share, &[], &msg, &other, None).await
+            }
+        })
+        .expect("simulation")
+        .into_vec();
+    for r in results {
+        let err = r.expect_err("interactive signing without leave must be refused");
+        assert!(matches!(err, ProtocolError::NotPermitted { .. }), "{err}");
     }
 }
 
@@ -275,7 +316,10 @@ fn full_signing_without_presignature_in_simulation() {
     let eid_s = eid("full", ProtocolKind::EcdsaSign, 2, 3);
     let sigs = signer_protocol::round_based::sim::run::<EcdsaSignMsg, _>(2, |pos, party| {
         let share = &k.shares[usize::from(signers[usize::from(pos)])];
-        async move { ecdsa::sign(party, &eid_s, pos, &signers, share, &path, &msg, None).await }
+        async move {
+            let ok = vote::InputPermit::for_tests_only(0, msg.sighash());
+            ecdsa::sign(party, &eid_s, pos, &signers, share, &path, &msg, &ok, None).await
+        }
     })
     .expect("simulation")
     .into_vec();
@@ -302,7 +346,11 @@ fn invalid_partial_signature_is_blamed_on_its_issuer() {
     for p in presigs {
         let (partial, pubdata) = p
             .expect("presign")
-            .issue_partial_signature(&msg, &[])
+            .issue_partial_signature(
+                &msg,
+                &[],
+                &vote::InputPermit::for_tests_only(0, msg.sighash()),
+            )
             .expect("issue");
         partials.push(partial);
         public = Some(pubdata);
@@ -569,7 +617,13 @@ async fn precomputed_share_presigns_with_a_plain_one_and_is_stored_without_table
     let mut public = None;
     for p in presigs {
         assert_eq!(p.public().signers(), signers.as_slice());
-        let (partial, pubdata) = p.issue_partial_signature(&msg, &[]).expect("issue");
+        let (partial, pubdata) = p
+            .issue_partial_signature(
+                &msg,
+                &[],
+                &vote::InputPermit::for_tests_only(0, msg.sighash()),
+            )
+            .expect("issue");
         partials.push(partial);
         public = Some(pubdata);
     }

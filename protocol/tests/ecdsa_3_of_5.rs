@@ -89,7 +89,13 @@ async fn ecdsa_3_of_5_keygen_aux_presign_sign_over_channels() {
     let mut partials = Vec::new();
     let mut public = None;
     for p in presigs {
-        let (partial, pubdata) = p.issue_partial_signature(&msg, &path).expect("issue");
+        let (partial, pubdata) = p
+            .issue_partial_signature(
+                &msg,
+                &path,
+                &vote::InputPermit::for_tests_only(0, msg.sighash()),
+            )
+            .expect("issue");
         partials.push(partial);
         public = Some(pubdata);
     }

@@ -5,6 +5,7 @@ mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
+use vote::InputPermit;
 
 use bitcoin::bip32::{ChildNumber, DerivationPath};
 use bitcoin::key::TapTweak;
@@ -82,13 +83,35 @@ fn sign_sim(
     let t = u16::try_from(signers.len()).expect("small");
     signer_protocol::round_based::sim::run::<FrostSignMsg, _>(t, |pos, party| {
         let share = &shares[usize::from(signers[usize::from(pos)])];
-        async move { frost::sign(party, pos, signers, share, path, sighash).await }
+        async move {
+            let ok = InputPermit::for_tests_only(0, *sighash);
+            frost::sign(party, pos, signers, share, path, sighash, &ok).await
+        }
     })
     .expect("simulation")
     .into_vec()
     .into_iter()
     .map(|r| r.expect("signing"))
     .collect()
+}
+
+/// FROST signs only the sighash its permit allows; nothing is sent otherwise.
+#[test]
+fn signing_refuses_a_permit_for_another_sighash() {
+    let shares = keygen_sim(3, 2);
+    let signers = [0u16, 1];
+    let sighash = [5u8; 32];
+    let results = signer_protocol::round_based::sim::run::<FrostSignMsg, _>(2, |pos, party| {
+        let share = &shares[usize::from(signers[usize::from(pos)])];
+        let other = InputPermit::for_tests_only(0, [6; 32]);
+        async move { frost::sign(party, pos, &signers, share, &[], &sighash, &other).await }
+    })
+    .expect("simulation")
+    .into_vec();
+    for r in results {
+        let err = r.expect_err("signing without leave must be refused");
+        assert!(matches!(err, ProtocolError::NotPermitted { .. }), "{err}");
+    }
 }
 
 fn verify(
@@ -146,7 +169,16 @@ async fn frost_2_of_3_keygen_and_signing_over_channels() {
                 let path = path.clone();
                 async move {
                     let share = &shares[usize::from(signers[usize::from(pos)])];
-                    frost::sign(party, pos, &signers, share, &path, &sighash).await
+                    frost::sign(
+                        party,
+                        pos,
+                        &signers,
+                        share,
+                        &path,
+                        &sighash,
+                        &InputPermit::for_tests_only(0, sighash),
+                    )
+                    .await
                 }
             },
         )
@@ -201,7 +233,16 @@ async fn corrupted_frost_signing_message_is_blamed_on_its_sender() {
             let signers = signers.clone();
             async move {
                 let share = &shares[usize::from(signers[usize::from(pos)])];
-                frost::sign(party, pos, &signers, share, &[], &sighash).await
+                frost::sign(
+                    party,
+                    pos,
+                    &signers,
+                    share,
+                    &[],
+                    &sighash,
+                    &InputPermit::for_tests_only(0, sighash),
+                )
+                .await
             }
         },
     )

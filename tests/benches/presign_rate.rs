@@ -150,7 +150,8 @@ async fn library(count: usize) -> anyhow::Result<Library> {
     let mut partials = Vec::new();
     let mut public = None;
     for p in last {
-        let (partial, pubd) = p.issue_partial_signature(&msg, &path)?;
+        let ok = vote::InputPermit::for_tests_only(0, msg.sighash());
+        let (partial, pubd) = p.issue_partial_signature(&msg, &path, &ok)?;
         partials.push(partial);
         public = Some(pubd);
     }
@@ -162,7 +163,10 @@ async fn library(count: usize) -> anyhow::Result<Library> {
     let (sh, sg, pa) = (full.clone(), signers.clone(), path.clone());
     channels::<EcdsaSignMsg, _, _, _>(ProtocolKind::EcdsaSign, t, move |i, p| {
         let (e, sh, sg, pa) = (e, sh.clone(), sg.clone(), pa.clone());
-        async move { ecdsa::sign(p, &e, i, &sg, &sh[usize::from(i)], &pa, &msg, None).await }
+        async move {
+            let ok = vote::InputPermit::for_tests_only(0, msg.sighash());
+            ecdsa::sign(p, &e, i, &sg, &sh[usize::from(i)], &pa, &msg, &ok, None).await
+        }
     })
     .await?;
     Ok(Library {

@@ -276,7 +276,10 @@ async fn library_frost(n: u16, t: u16, runs: usize) -> anyhow::Result<(f64, f64)
             let p = channel_party::<FrostSignMsg>(ep.config, ep.incoming, ep.outgoing);
             let share = &shares[usize::from(pos)];
             let signers = &signers;
-            async move { frost::sign(p, pos, signers, share, &[0, 0], &sighash).await }
+            async move {
+                let ok = vote::InputPermit::for_tests_only(0, sighash);
+                frost::sign(p, pos, signers, share, &[0, 0], &sighash, &ok).await
+            }
         }))
         .await?;
         times.push(ms(start.elapsed()));
@@ -319,7 +322,10 @@ async fn library_ecdsa(n: u16, t: u16, runs: usize) -> anyhow::Result<f64> {
             let p = channel_party::<EcdsaSignMsg>(ep.config, ep.incoming, ep.outgoing);
             let share = &shares[usize::from(pos)];
             let (signers, msg) = (&signers, &msg);
-            async move { ecdsa::sign(p, &es, pos, signers, share, &[0, 0], msg, None).await }
+            async move {
+                let ok = vote::InputPermit::for_tests_only(0, msg.sighash());
+                ecdsa::sign(p, &es, pos, signers, share, &[0, 0], msg, &ok, None).await
+            }
         }))
         .await?;
         times.push(ms(start.elapsed()));

@@ -235,6 +235,12 @@ pub enum PermitError {
     /// The sighashes to sign are not exactly the ones the quorum approved.
     #[error("the sighashes to sign differ from the ones the quorum approved")]
     SighashMismatch,
+    /// The input is not in the permit or has another sighash.
+    #[error("input {index} with this sighash is not covered by the permit")]
+    InputNotPermitted {
+        /// The input asked for.
+        index: usize,
+    },
     /// The earliest approval deadline has passed.
     #[error("quorum approval expired at {not_after_unix} (now {now_unix})")]
     Expired {

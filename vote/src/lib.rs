@@ -41,7 +41,7 @@ pub use message::{
     MAX_SIGNED_VOTE_BYTES, MAX_VOTER_BYTES, MAX_VOTE_BODY_BYTES, SIGNATURE_LEN, VOTE_BODY_VERSION,
     VOTE_DOMAIN,
 };
-pub use quorum::{QuorumCertificate, SigningPermit};
+pub use quorum::{InputPermit, QuorumCertificate, SigningPermit};
 pub use subject::{check_vote, compare_redelivery, Redelivery, VoteSubject};
 pub use tally::{evaluate_round, RoundOutcome, Tally};
 

@@ -209,4 +209,57 @@ impl SigningPermit {
     pub fn allows(&self, index: usize, sighash: &[u8; 32]) -> bool {
         self.qc.sighashes().get(index) == Some(sighash)
     }
+
+    /// Leave to sign input `index` whose sighash is `sighash`, if this permit covers
+    /// exactly that: what the signing entry points of the protocol layer require.
+    pub fn authorize(&self, index: usize, sighash: &[u8; 32]) -> Result<InputPermit, PermitError> {
+        if !self.allows(index, sighash) {
+            return Err(PermitError::InputNotPermitted { index });
+        }
+        Ok(InputPermit {
+            index,
+            sighash: *sighash,
+        })
+    }
+}
+
+/// Leave to produce a signature share over one input's sighash, issued by a
+/// [`SigningPermit`] ([`SigningPermit::authorize`]): the protocol layer's signing
+/// entry points (interactive ECDSA and FROST signing, a presignature's partial
+/// signature) take one and refuse any other message. No other constructor exists
+/// outside the `test-permits` feature (tests of the protocol layer only):
+///
+/// ```compile_fail
+/// let _p = vote::InputPermit { index: 0, sighash: [0; 32] };
+/// ```
+#[derive(Debug)]
+pub struct InputPermit {
+    index: usize,
+    sighash: [u8; 32],
+}
+
+impl InputPermit {
+    /// The input index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The sighash that may be signed.
+    pub fn sighash(&self) -> &[u8; 32] {
+        &self.sighash
+    }
+
+    /// Whether `sighash` is the one this permit allows.
+    pub fn permits(&self, sighash: &[u8; 32]) -> bool {
+        &self.sighash == sighash
+    }
+}
+
+#[cfg(feature = "test-permits")]
+impl InputPermit {
+    /// A permit without any policy approval or quorum: for tests of the protocol
+    /// layer only (feature `test-permits`, never enabled by the node).
+    pub fn for_tests_only(index: usize, sighash: [u8; 32]) -> Self {
+        InputPermit { index, sighash }
+    }
 }

@@ -707,6 +707,23 @@ fn a_signing_permit_needs_an_agreeing_approval_and_quorum() {
 }
 
 #[test]
+fn a_permit_gives_leave_for_exactly_one_covered_input_and_sighash() {
+    let (a, ph) = approval();
+    let qc = qc_for(ph, subject().txid);
+    let permit =
+        SigningPermit::new(a, qc, &subject().sighashes, 1_700_000_100).expect("they agree");
+    let ok = permit.authorize(1, &[0x22; 32]).expect("covered");
+    assert_eq!((ok.index(), *ok.sighash()), (1, [0x22; 32]));
+    assert!(ok.permits(&[0x22; 32]) && !ok.permits(&[0x11; 32]));
+    for (index, sighash) in [(0, [0x22; 32]), (2, [0x11; 32])] {
+        assert_eq!(
+            permit.authorize(index, &sighash).map(|_| ()),
+            Err(PermitError::InputNotPermitted { index })
+        );
+    }
+}
+
+#[test]
 fn a_signing_permit_refuses_an_approval_of_another_txid() {
     let (a, ph) = approval();
     let qc = qc_for(ph, Txid::from_byte_array([5; 32]));

@@ -289,7 +289,10 @@ pub async fn issue_partial(
     indices: &[u16],
     position: usize,
     input: &InputSigning,
+    permit: &vote::SigningPermit,
 ) -> Result<Vec<u8>, TxError> {
+    // Checked before the presignature is consumed.
+    let ok = super::signing::authorize_input(permit, input)?;
     let unavailable = |m: String| TxError::Invalid {
         code: "presignature_unavailable",
         message: m,
@@ -357,7 +360,7 @@ pub async fn issue_partial(
             ));
         }
         let (partial, _) = presig
-            .issue_partial_signature(&msg, &path)
+            .issue_partial_signature(&msg, &path, &ok)
             .map_err(|e| TxError::Internal(e.to_string()))?;
         Ok(partial.to_bytes().to_vec())
     })

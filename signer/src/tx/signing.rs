@@ -433,9 +433,24 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
         )
         .await?;
     if req.presignature.is_some() {
-        return super::presigned::issue_partial(node, req, &p, &indices, position, &input).await;
+        return super::presigned::issue_partial(node, req, &p, &indices, position, &input, &permit)
+            .await;
     }
     run_protocol(node, req, &p, position, &indices, &input, &permit).await
+}
+
+/// The permit's leave to sign `input` (its index and the sighash this node computed):
+/// what the protocol entry points require.
+pub(crate) fn authorize_input(
+    permit: &SigningPermit,
+    input: &wallet::InputSigning,
+) -> Result<vote::InputPermit, TxError> {
+    permit
+        .authorize(input.input, &input.digest())
+        .map_err(|e| TxError::Invalid {
+            code: "no_permit",
+            message: e.to_string(),
+        })
 }
 
 /// Why this node refuses a sign request before any protocol step.
@@ -587,8 +602,9 @@ async fn run_protocol(
     position: usize,
     indices: &[u16],
     input: &wallet::InputSigning,
-    _permit: &SigningPermit,
+    permit: &SigningPermit,
 ) -> Result<Vec<u8>, TxError> {
+    let ok = authorize_input(permit, input)?;
     let material = material::load(node, &p.validated.key_id).await?;
     let t = u16::try_from(req.signers.len()).unwrap_or(u16::MAX);
     let pos = u16::try_from(position).unwrap_or(u16::MAX);
@@ -629,7 +645,7 @@ async fn run_protocol(
                 .run(protocol, move || {
                     let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
                     async move {
-                        ecdsa::sign(party, &eid, pos, &indices, &share, &path, &msg, None)
+                        ecdsa::sign(party, &eid, pos, &indices, &share, &path, &msg, &ok, None)
                             .await
                             .map(|s| s.serialize_compact().to_vec())
                     }
@@ -642,7 +658,7 @@ async fn run_protocol(
                 .run(protocol, move || {
                     let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
                     async move {
-                        frost::sign(party, pos, &indices, &share, &path, &digest)
+                        frost::sign(party, pos, &indices, &share, &path, &digest, &ok)
                             .await
                             .map(|s| s.serialize().to_vec())
                     }
