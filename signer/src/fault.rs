@@ -65,6 +65,9 @@ fn fault_var(name: &str) -> Option<String> {
 pub fn corrupt_outgoing(protocol: &str, payload: Bytes) -> Bytes {
     match fault_var(CORRUPT_ENV) {
         Some(p) if p == protocol => Bytes::from_static(b"\x01corrupted by fault injection"),
+        _ if armed(BAD_PARTIAL_ENV) && matches!(protocol, "ecdsa_sign" | "frost_sign") => {
+            Bytes::from_static(b"\x01corrupted by fault injection")
+        }
         _ => payload,
     }
 }
@@ -116,6 +119,7 @@ fn log_armed() {
         SIGN_WITH_ENV,
         SKIP_INTAKE_CHECKS_ENV,
         LIE_DONE_ENV,
+        BAD_PARTIAL_ENV,
         PROPOSAL_DEADLINE_ENV,
         REPLAY_PROPOSAL_ENV,
     ] {
@@ -310,6 +314,26 @@ pub fn lie_about_result(id: uuid::Uuid) -> bool {
     }
     let _ = id;
     false
+}
+
+/// Environment variable: as a signer, this node sends a wrong partial signature
+/// (presignature path: its 34-byte partial with the scalar changed) and garbage
+/// messages in interactive ECDSA and FROST signing runs.
+pub const BAD_PARTIAL_ENV: &str = "SIGNER_FAULT_BAD_PARTIAL";
+
+/// The partial signature (34 bytes) this node sends: `partial`, or with its last
+/// byte changed when [`BAD_PARTIAL_ENV`] is armed (feature `fault-injection` only).
+pub fn tamper_partial(partial: Vec<u8>) -> Vec<u8> {
+    #[cfg(feature = "fault-injection")]
+    if armed(BAD_PARTIAL_ENV) {
+        tracing::error!("FAULT INJECTION: sending a wrong partial signature");
+        let mut p = partial;
+        if let Some(last) = p.last_mut() {
+            *last ^= 0x01;
+        }
+        return p;
+    }
+    partial
 }
 
 /// Environment variable: this node floods every peer with frames of every kind

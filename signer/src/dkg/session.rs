@@ -61,9 +61,15 @@ pub async fn participate(node: Arc<DkgCtx>, spec: CeremonySpec) {
     }
     tracing::info!(ceremony = %spec.id, protocol = spec.protocol.as_str(), t = spec.threshold,
         n = spec.participants.len(), index, coordinator = %spec.coordinator, "joining key ceremony");
-    let queues = node
+    let Some(queues) = node
         .sessions
-        .register(spec.id, &spec.participants, spec.protocol.message_kind());
+        .register(spec.id, &spec.participants, spec.protocol.message_kind())
+    else {
+        // Another run owns this id (the ceremony row was just created, so it is not
+        // this ceremony's): leave it alone.
+        tracing::error!(ceremony = %spec.id, "ceremony id already has a live session; not joining");
+        return;
+    };
     let (_, total) = spec.protocol.timeouts(&node.cfg.aux);
     let outcome = match tokio::time::timeout(total, run(&node, &spec, index, queues)).await {
         Ok(r) => r,

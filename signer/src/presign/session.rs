@@ -134,17 +134,21 @@ pub async fn participate(
         Material::Frost(_) => return Err(PresignError::Invalid("not an ECDSA key".into())),
     };
     // Register every item first: frames of later items that arrive early are kept.
-    let queues: Vec<(Uuid, SessionQueues)> = spec
-        .items
-        .iter()
-        .map(|id| {
-            (
-                *id,
-                node.sessions
-                    .register(*id, &spec.signers, MessageKind::PRESIGN),
-            )
-        })
-        .collect();
+    let mut queues: Vec<(Uuid, SessionQueues)> = Vec::with_capacity(spec.items.len());
+    for id in &spec.items {
+        match node.sessions.register(*id, &spec.signers, MessageKind::PRESIGN) {
+            Some(q) => queues.push((*id, q)),
+            None => {
+                // Another run owns that id: undo only what this run registered.
+                for (mine, _) in &queues {
+                    node.sessions.unregister(*mine);
+                }
+                return Err(PresignError::Invalid(format!(
+                    "session id {id} is already live on this node"
+                )));
+            }
+        }
+    }
     let set: SetKey = (spec.key_id.clone(), spec.signers.clone());
     let n = isize::try_from(queues.len()).unwrap_or(0);
     node.presign.add_generating(&set, n);

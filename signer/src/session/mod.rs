@@ -91,7 +91,14 @@ impl Router {
     }
 
     /// Registers a session and replays frames that arrived before it existed.
-    pub fn register(&self, id: Uuid, participants: &[String], kind: MessageKind) -> SessionQueues {
+    /// A session id that is live is refused (`None`): a second run never takes over
+    /// the queues of the first.
+    pub fn register(
+        &self,
+        id: Uuid,
+        participants: &[String],
+        kind: MessageKind,
+    ) -> Option<SessionQueues> {
         let (protocol_tx, protocol_rx) = mpsc::channel(SESSION_QUEUE);
         let (confirm_tx, confirm_rx) = mpsc::channel(participants.len().max(1) * 2);
         let entry = SessionEntry {
@@ -101,6 +108,10 @@ impl Router {
             confirm_tx,
         };
         let mut g = self.lock();
+        if g.sessions.contains_key(&id) {
+            tracing::warn!(session = %id, "session id already live; second registration refused");
+            return None;
+        }
         let early = std::mem::take(&mut g.early);
         let (mine, rest): (Vec<_>, Vec<_>) =
             early.into_iter().partition(|(_, f)| f.frame.session == id);
@@ -109,10 +120,10 @@ impl Router {
             route(&entry, id, inbound);
         }
         g.sessions.insert(id, entry);
-        SessionQueues {
+        Some(SessionQueues {
             protocol_rx,
             confirm_rx,
-        }
+        })
     }
 
     /// Forgets a session; later frames of it are dropped after expiry.
@@ -292,7 +303,9 @@ mod tests {
         let participants = ids(&["node-1", "node-2", "node-3"]);
         // Arrives before the session exists: kept, then replayed with index 2.
         router.deliver(frame(id, "node-3", MessageKind::KEYGEN, vec![0, 9, 9]));
-        let mut q = router.register(id, &participants, MessageKind::KEYGEN);
+        let mut q = router
+            .register(id, &participants, MessageKind::KEYGEN)
+            .expect("a new session id");
         let m = q.protocol_rx.try_recv().expect("replayed");
         assert_eq!(
             (m.sender, m.msg_type, &m.payload[..]),
@@ -313,6 +326,28 @@ mod tests {
         let (from, pk) = q.confirm_rx.try_recv().expect("confirmation");
         assert_eq!((from.as_str(), pk.len()), ("node-3", 33));
         assert!(q.confirm_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_live_session_id_cannot_be_registered_again() {
+        let router = Router::default();
+        let id = Uuid::new_v4();
+        let participants = ids(&["node-1", "node-2", "node-3"]);
+        let mut first = router
+            .register(id, &participants, MessageKind::SIGN)
+            .expect("a new session id");
+        assert!(
+            router
+                .register(id, &ids(&["node-1", "node-9"]), MessageKind::SIGN)
+                .is_none(),
+            "a second registration would take over the first run's queues"
+        );
+        router.deliver(frame(id, "node-2", MessageKind::SIGN, vec![0, 1]));
+        assert!(first.protocol_rx.try_recv().is_ok(), "frames still reach the first run");
+        router.unregister(id);
+        assert!(router
+            .register(id, &participants, MessageKind::SIGN)
+            .is_some());
     }
 
     #[test]
@@ -355,7 +390,9 @@ mod tests {
         let id = Uuid::new_v4();
         router.deliver(frame(id, "node-2", MessageKind::KEYGEN, vec![0, 7]));
         let participants = ids(&["node-1", "node-2", "node-3"]);
-        let mut q = router.register(id, &participants, MessageKind::KEYGEN);
+        let mut q = router
+            .register(id, &participants, MessageKind::KEYGEN)
+            .expect("a new session id");
         let m = q
             .protocol_rx
             .try_recv()

@@ -226,6 +226,36 @@ impl Store {
         Ok(())
     }
 
+    /// Records that this node serves signing session `session` (transaction `tx`,
+    /// input `input`, signer set `signers`, asked by `leader`); false if the id was
+    /// used before (by anything), in which case nothing is written.
+    pub async fn claim_signing_session(
+        &self,
+        session: Uuid,
+        tx: Uuid,
+        input: u32,
+        signers: &[String],
+        leader: &str,
+    ) -> Result<bool, StoreError> {
+        let input = i32::try_from(input).map_err(|_| StoreError::NotFound {
+            what: "input",
+            id: input.to_string(),
+        })?;
+        let n = sqlx::query(
+            "INSERT INTO signing_sessions (session_id, transaction_id, input_index, signers, leader) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id) DO NOTHING",
+        )
+        .bind(session)
+        .bind(tx)
+        .bind(input)
+        .bind(signers)
+        .bind(leader)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     /// Moves transaction `id` from `approved` to `signing` (the step before any
     /// partial signature of this node); true if it is in `signing` now. False when
     /// it ended here first (expired, failed, ...): no partial may leave then.

@@ -19,6 +19,7 @@
 //!   which verify it again before recording `signed`.
 
 pub mod approvals;
+pub mod blame;
 pub mod early;
 pub mod intake;
 pub mod presigned;
@@ -79,6 +80,14 @@ pub enum TxError {
     /// Anything else that is this node's problem.
     #[error("{0}")]
     Internal(String),
+    /// A signing attempt failed through the fault of these signers (node ids).
+    #[error("{message}")]
+    Misbehaviour {
+        /// The culprits.
+        culprits: Vec<String>,
+        /// Explanation.
+        message: String,
+    },
 }
 
 impl From<wallet::WalletError> for TxError {
@@ -139,6 +148,26 @@ pub struct Pending {
     /// The round's signed votes (hex) as the leader read them when it chose the
     /// signers: relayed with every sign request and the result.
     pub relayed_votes: std::sync::OnceLock<Vec<String>>,
+    /// Leader: signers found misbehaving while signing, relayed with the result.
+    pub blame: Mutex<Vec<wire::Blame>>,
+}
+
+impl Pending {
+    /// Leader: keeps `b` for the result (at most [`wire::MAX_BLAMES`]).
+    pub fn add_blame(&self, b: wire::Blame) {
+        let mut g = self.blame.lock().unwrap_or_else(PoisonError::into_inner);
+        if g.len() < wire::MAX_BLAMES && !g.contains(&b) {
+            g.push(b);
+        }
+    }
+
+    /// Leader: the blames kept so far.
+    pub fn blames(&self) -> Vec<wire::Blame> {
+        self.blame
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Votes kept for transactions whose proposal has not arrived yet, at most.
@@ -146,6 +175,17 @@ pub const MAX_EARLY_VOTES: usize = 4096;
 
 /// Signing results kept for transactions whose proposal has not arrived yet, at most.
 pub const MAX_EARLY_RESULTS: usize = 1024;
+
+/// What became of a signature reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Handed to the session's leader task.
+    Routed,
+    /// No live session of this node has that id (late, or never asked).
+    NoSession,
+    /// The sender is not a signer of that session: recorded against it.
+    NotASigner,
+}
 
 /// Ended rounds remembered for late votes, at most (oldest forgotten first).
 pub const MAX_ENDED_ROUNDS: usize = 1024;
@@ -174,7 +214,17 @@ pub struct Registry {
     ended: Mutex<std::collections::VecDeque<(std::time::Instant, Uuid, EndedRound)>>,
     early_votes: EarlyBuffer<vote::SignedVote>,
     early_results: EarlyBuffer<wire::Done>,
-    replies: Mutex<HashMap<Uuid, tokio::sync::mpsc::Sender<(String, wire::SignatureReply)>>>,
+    /// Signing sessions this node leads: their signers and where replies go.
+    #[allow(clippy::type_complexity)]
+    replies: Mutex<
+        HashMap<
+            Uuid,
+            (
+                Vec<String>,
+                tokio::sync::mpsc::Sender<(String, wire::SignatureReply)>,
+            ),
+        >,
+    >,
     frozen: Mutex<std::collections::BTreeSet<String>>,
     /// Held while a recipient + amount request selects and reserves its UTXOs.
     pub intake_lock: tokio::sync::Mutex<()>,
@@ -291,12 +341,13 @@ impl Registry {
     pub fn expect_replies(
         &self,
         session: Uuid,
+        signers: Vec<String>,
         tx: tokio::sync::mpsc::Sender<(String, wire::SignatureReply)>,
     ) {
         self.replies
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(session, tx);
+            .insert(session, (signers, tx));
     }
 
     /// Stops routing replies of `session`.
@@ -308,11 +359,16 @@ impl Registry {
     }
 
     /// Delivers a signature reply to its waiting leader, if any.
-    pub fn deliver_reply(&self, from: String, reply: wire::SignatureReply) {
+    pub fn deliver_reply(&self, from: String, reply: wire::SignatureReply) -> Delivered {
         let g = self.replies.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tx) = g.get(&reply.session) {
-            let _ = tx.try_send((from, reply));
+        let Some((signers, tx)) = g.get(&reply.session) else {
+            return Delivered::NoSession;
+        };
+        if !signers.contains(&from) {
+            return Delivered::NotASigner;
         }
+        let _ = tx.try_send((from, reply));
+        Delivered::Routed
     }
 
     /// Records a transaction this node validated.
@@ -486,7 +542,22 @@ fn dispatch(node: &Arc<TxCtx>, inbound: &crate::p2p::Inbound) {
             }
         },
         wire::TX_SIGNATURE => match wire::decode::<wire::SignatureReply>(&payload) {
-            Ok(r) => node.tx.deliver_reply(from, r),
+            Ok(r) => {
+                let session = r.session;
+                if node.tx.deliver_reply(from.clone(), r) == Delivered::NotASigner {
+                    tokio::spawn(async move {
+                        blame::record(
+                            &node,
+                            &from,
+                            blame::VIOLATION_REPLY_FROM_NON_SIGNER,
+                            &session.to_string(),
+                            serde_json::json!({ "session": session }),
+                            &node.cfg.node_id.clone(),
+                        )
+                        .await;
+                    });
+                }
+            }
             Err(e) => {
                 if let Some(dropped) = DROPPED.hit() {
                     tracing::warn!(dropped, peer = %from, error = %e, "malformed signature reply; dropped")
@@ -586,5 +657,49 @@ pub async fn announce_vote_key(node: Arc<TxCtx>) {
         }
         let pause = if round < 20 { 1 } else { 3 };
         tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(session: Uuid) -> wire::SignatureReply {
+        wire::SignatureReply {
+            session,
+            signature: None,
+            error: Some("x".into()),
+            blamed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn signature_replies_are_routed_only_from_the_sessions_signers() {
+        let r = Registry::default();
+        let session = Uuid::new_v4();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        r.expect_replies(session, vec!["node-1".into(), "node-2".into()], tx);
+        assert_eq!(
+            r.deliver_reply("node-3".into(), reply(session)),
+            Delivered::NotASigner
+        );
+        assert_eq!(
+            r.deliver_reply("node-2".into(), reply(session)),
+            Delivered::Routed
+        );
+        assert_eq!(
+            r.deliver_reply("node-2".into(), reply(Uuid::new_v4())),
+            Delivered::NoSession
+        );
+        assert_eq!(
+            rx.try_recv().map(|(from, _)| from).ok(),
+            Some("node-2".to_owned())
+        );
+        assert!(rx.try_recv().is_err(), "only the signer's reply was routed");
+        r.forget_replies(session);
+        assert_eq!(
+            r.deliver_reply("node-2".into(), reply(session)),
+            Delivered::NoSession
+        );
     }
 }

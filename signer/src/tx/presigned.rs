@@ -29,7 +29,8 @@ use super::TxCtx;
 use crate::presign::pool::combinations;
 use crate::presign::watermark;
 use crate::store::presignatures::PresignatureUse;
-use crate::tx::wire::SignRequest;
+use crate::tx::blame;
+use crate::tx::wire::{Blame, SignRequest};
 use crate::tx::{Pending, TxError};
 use wallet::{InputSigning, KeyKind};
 
@@ -148,39 +149,133 @@ pub async fn sign_input(
             }
         }
     }
-    let mut signers: Vec<String> = approvers
-        .iter()
-        .filter(|n| !excluded.contains(n))
-        .cloned()
-        .collect();
-    // A member was excluded and too few others approved so far: votes may still be
-    // arriving after the round closed; wait for them (bounded) before using it anyway.
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_secs(node.cfg.presign.partial_timeout_secs.max(1));
-    while signers.len() < t && !excluded.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
-            signers = a
+    // Signers that misbehaved (an invalid partial, or named by a protocol run) are
+    // never asked again for this input; members that only failed to answer may be.
+    let mut culprits: Vec<String> = excluded_culprits(p);
+    for attempt in 1..=MAX_FULL_ATTEMPTS {
+        let mut signers: Vec<String> = approvers
+            .iter()
+            .filter(|n| !excluded.contains(n) && !culprits.contains(n))
+            .cloned()
+            .collect();
+        // A member was excluded and too few others approved so far: votes may still
+        // be arriving after the round closed; wait for them (bounded) before using
+        // it anyway.
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(node.cfg.presign.partial_timeout_secs.max(1));
+        while signers.len() < t
+            && !(excluded.is_empty() && culprits.is_empty())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
+                signers = a
+                    .iter()
+                    .filter(|n| !excluded.contains(n) && !culprits.contains(n))
+                    .cloned()
+                    .collect();
+                approvers = a;
+            }
+        }
+        if signers.len() < t {
+            signers = approvers
                 .iter()
-                .filter(|n| !excluded.contains(n))
+                .filter(|n| !culprits.contains(n))
                 .cloned()
                 .collect();
-            approvers = a;
+        }
+        if signers.len() < t {
+            return Err(TxError::Invalid {
+                code: "not_enough_signers",
+                message: format!(
+                    "input {input}: {} approving signers left after excluding misbehaving {culprits:?}, {t} needed; nothing was signed",
+                    signers.len()
+                ),
+            });
+        }
+        signers.truncate(t);
+        let req = SignRequest {
+            session: Uuid::new_v4(),
+            tx,
+            input,
+            signers: in_key_order(p, signers),
+            presignature: None,
+            votes: Vec::new(),
+        };
+        match crate::tx::signing::sign_one_input(node, req, timeout).await {
+            Err(TxError::Misbehaviour {
+                culprits: c,
+                message,
+            }) if attempt < MAX_FULL_ATTEMPTS => {
+                tracing::warn!(%tx, input, culprits = ?c, %message,
+                    "signing failed through misbehaving signers; retrying without them");
+                culprits.extend(c.into_iter().filter(|n| *n != me));
+                if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
+                    approvers = a;
+                }
+            }
+            r => return r,
         }
     }
-    if signers.len() < t {
-        signers = approvers.clone();
+    Err(TxError::Internal(format!(
+        "input {input}: no signature after {MAX_FULL_ATTEMPTS} attempts"
+    )))
+}
+
+/// Full-protocol attempts per input at most (each without the culprits of the
+/// previous ones).
+const MAX_FULL_ATTEMPTS: usize = 3;
+
+/// The culprits the leader already found in this transaction.
+fn excluded_culprits(p: &Pending) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for b in p.blames() {
+        if !out.contains(&b.culprit) {
+            out.push(b.culprit);
+        }
     }
-    signers.truncate(t);
-    let req = SignRequest {
-        session: Uuid::new_v4(),
-        tx,
-        input,
-        signers: in_key_order(p, signers),
-        presignature: None,
-        votes: Vec::new(),
-    };
-    crate::tx::signing::sign_one_input(node, req, timeout).await
+    out
+}
+
+/// Records each signer whose partial does not verify and keeps the evidence (the
+/// presignature's public data and every partial) for the result, so each
+/// participant can check it itself.
+async fn blame_invalid_partials(
+    node: &Arc<TxCtx>,
+    p: &Pending,
+    session: &Uuid,
+    input: u32,
+    public_data: &[u8],
+    partials: &[EcdsaPartialSignature],
+    culprits: &[String],
+) {
+    let me = node.cfg.node_id.clone();
+    let public = hex::encode(public_data);
+    let partials: Vec<String> = partials
+        .iter()
+        .map(|ps| hex::encode(ps.to_bytes()))
+        .collect();
+    for c in culprits.iter().filter(|c| **c != me) {
+        let b = Blame {
+            culprit: c.clone(),
+            kind: blame::VIOLATION_INVALID_PARTIAL.into(),
+            session: *session,
+            input,
+            detected_by: me.clone(),
+            presignature_public: Some(public.clone()),
+            partials: partials.clone(),
+        };
+        blame::record(
+            node,
+            c,
+            blame::VIOLATION_INVALID_PARTIAL,
+            &session.to_string(),
+            serde_json::json!({ "input": input, "presignature_public": public, "partials": partials }),
+            &me,
+        )
+        .await;
+        p.add_blame(b);
+    }
 }
 
 async fn try_presignature(
@@ -238,9 +333,12 @@ async fn try_presignature(
                     .ok_or_else(|| "malformed partial signature".to_owned()),
                 (None, e) => Err(e.unwrap_or_default()),
             };
+            // One answer per signer counts.
+            if partials.iter().any(|(f, _)| *f == from) || failed.iter().any(|(f, _)| *f == from) {
+                continue;
+            }
             match parsed {
-                Ok(ps) if !partials.iter().any(|(f, _)| *f == from) => partials.push((from, ps)),
-                Ok(_) => {}
+                Ok(ps) => partials.push((from, ps)),
                 Err(e) => failed.push((from, e)),
             }
         }
@@ -251,14 +349,27 @@ async fn try_presignature(
         let ps: Vec<EcdsaPartialSignature> = partials.iter().map(|(_, ps)| *ps).collect();
         return match combine_partial_signatures(&public, &ps, &msg) {
             Ok(sig) => Ok(Attempt::Signed(sig.serialize_compact().to_vec())),
-            Err(e) => Ok(Attempt::Failed {
-                nodes: e
+            Err(e) => {
+                let nodes: Vec<String> = e
                     .culprits()
                     .into_iter()
                     .filter_map(|c| set.get(usize::from(c)).cloned())
-                    .collect(),
-                reason: format!("combining partial signatures: {e}"),
-            }),
+                    .collect();
+                blame_invalid_partials(
+                    node,
+                    p,
+                    &session,
+                    input,
+                    &reserved.public_data,
+                    &ps,
+                    &nodes,
+                )
+                .await;
+                Ok(Attempt::Failed {
+                    nodes,
+                    reason: format!("combining partial signatures: {e}"),
+                })
+            }
         };
     }
     // Refusing or failing members, and members that did not answer at all.
@@ -362,7 +473,7 @@ pub async fn issue_partial(
         let (partial, _) = presig
             .issue_partial_signature(&msg, &path, &ok)
             .map_err(|e| TxError::Internal(e.to_string()))?;
-        Ok(partial.to_bytes().to_vec())
+        Ok(crate::fault::tamper_partial(partial.to_bytes().to_vec()))
     })
     .await
     .map_err(|e| TxError::Internal(format!("partial signature task: {e}")))?

@@ -10,7 +10,9 @@ use signer_protocol::{channel_party, ecdsa, frost, DeliveryConfig, ExecutionId};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::blame;
 use super::voting::{broadcast, key_book, now_unix};
+use super::wire::Blame;
 use super::wire::{self, Done, SignRequest, SignatureReply, TX_DONE, TX_SIGN, TX_SIGNATURE};
 use super::TxCtx;
 use super::{Pending, TxError};
@@ -35,6 +37,7 @@ pub async fn lead(node: Arc<TxCtx>, id: Uuid) {
             psbt: Some(psbt),
             error: None,
             votes: Vec::new(),
+            blame: Vec::new(),
         },
         Err(e) => {
             let reason = e.to_string();
@@ -52,12 +55,14 @@ pub async fn lead(node: Arc<TxCtx>, id: Uuid) {
                 psbt: None,
                 error: Some(reason),
                 votes: Vec::new(),
+                blame: Vec::new(),
             }
         }
     };
     if let Some(p) = node.tx.get(id) {
         let done = Done {
             votes: super::voting::votes_to_relay(&node, &p).await,
+            blame: p.blames(),
             ..done
         };
         let done = if done.tx_hex.is_some() && crate::fault::lie_about_result(id) {
@@ -204,7 +209,8 @@ pub(crate) async fn send_sign_request(
     tx: mpsc::Sender<(String, SignatureReply)>,
 ) -> Result<(), TxError> {
     let me = node.cfg.node_id.clone();
-    node.tx.expect_replies(req.session, tx.clone());
+    node.tx
+        .expect_replies(req.session, req.signers.clone(), tx.clone());
     let mut req = req.clone();
     if req.votes.is_empty() {
         if let Some(p) = node.tx.get(req.tx) {
@@ -238,27 +244,76 @@ pub(crate) async fn sign_one_input(
 ) -> Result<Vec<u8>, TxError> {
     let (tx, mut rx) = mpsc::channel(req.signers.len() + 1);
     send_sign_request(node, &req, tx).await?;
+    let p = node.tx.get(req.tx);
+    let me = node.cfg.node_id.clone();
     let result = tokio::time::timeout(timeout, async {
         let mut errors = Vec::new();
+        let mut answered: Vec<String> = Vec::new();
+        let mut culprits: Vec<String> = Vec::new();
         while let Some((from, reply)) = rx.recv().await {
+            // One answer per signer counts (replies come from the set's signers only).
+            if answered.contains(&from) {
+                continue;
+            }
+            answered.push(from.clone());
             match (reply.signature, reply.error) {
                 (Some(hex_sig), _) => match hex::decode(&hex_sig) {
                     Ok(b) if b.len() == 64 => return Ok(b),
                     _ => errors.push(format!("{from}: malformed signature")),
                 },
-                // Every signer of the set is needed: one refusal ends the attempt
-                // (instead of waiting for the timeout).
                 (None, e) => {
                     errors.push(format!("{from}: {}", e.unwrap_or_default()));
-                    break;
+                    let blamed: Vec<String> = reply
+                        .blamed
+                        .into_iter()
+                        .filter(|c| req.signers.contains(c) && *c != from)
+                        .collect();
+                    for c in &blamed {
+                        if from != me {
+                            blame::record(
+                                node,
+                                c,
+                                blame::VIOLATION_SIGNING_MISBEHAVIOUR,
+                                &req.session.to_string(),
+                                serde_json::json!({ "input": req.input, "reported_by": from }),
+                                &from,
+                            )
+                            .await;
+                        }
+                        if let Some(p) = &p {
+                            p.add_blame(Blame {
+                                culprit: c.clone(),
+                                kind: blame::VIOLATION_SIGNING_MISBEHAVIOUR.into(),
+                                session: req.session,
+                                input: req.input,
+                                detected_by: from.clone(),
+                                presignature_public: None,
+                                partials: Vec::new(),
+                            });
+                        }
+                        if !culprits.contains(c) {
+                            culprits.push(c.clone());
+                        }
+                    }
+                    // Every signer of the set is needed: a refusal ends the attempt
+                    // (instead of waiting for the timeout), unless it names culprits
+                    // and other honest signers may still name them too.
+                    let waiting = req
+                        .signers
+                        .iter()
+                        .any(|s| !answered.contains(s) && !culprits.contains(s));
+                    if blamed.is_empty() || !waiting {
+                        break;
+                    }
                 }
             }
         }
-        Err(TxError::Internal(format!(
-            "input {}: no signature ({})",
-            req.input,
-            errors.join("; ")
-        )))
+        let message = format!("input {}: no signature ({})", req.input, errors.join("; "));
+        if culprits.is_empty() {
+            Err(TxError::Internal(message))
+        } else {
+            Err(TxError::Misbehaviour { culprits, message })
+        }
     })
     .await;
     node.tx.forget_replies(req.session);
@@ -277,13 +332,19 @@ fn reply_for(node: &TxCtx, req: &SignRequest, r: Result<Vec<u8>, TxError>) -> Si
             session: req.session,
             signature: Some(hex::encode(sig)),
             error: None,
+            blamed: Vec::new(),
         },
         Err(e) => {
             tracing::warn!(node = %node.cfg.node_id, tx = %req.tx, input = req.input, error = %e, "not signing");
+            let blamed = match &e {
+                TxError::Misbehaviour { culprits, .. } => culprits.clone(),
+                _ => Vec::new(),
+            };
             SignatureReply {
                 session: req.session,
                 signature: None,
                 error: Some(e.to_string()),
+                blamed,
             }
         }
     }
@@ -319,6 +380,26 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
         return Err(TxError::Invalid {
             code: "not_the_leader",
             message: format!("{from} is not the leader of transaction {}", req.tx),
+        });
+    }
+    // A session id is used once, bound to this transaction, input and signer set.
+    if !node
+        .store
+        .claim_signing_session(req.session, req.tx, req.input, &req.signers, from)
+        .await?
+    {
+        blame::record(
+            node,
+            from,
+            blame::VIOLATION_SESSION_REUSE,
+            &req.session.to_string(),
+            serde_json::json!({ "transaction": req.tx, "input": req.input, "signers": req.signers }),
+            &me,
+        )
+        .await;
+        return Err(TxError::Invalid {
+            code: "session_reused",
+            message: format!("signing session id {} was used before", req.session),
         });
     }
     if from != me {
@@ -623,7 +704,13 @@ async fn run_protocol(
     let mut extra = req.tx.as_bytes().to_vec();
     extra.extend_from_slice(&req.input.to_be_bytes());
     let eid = ExecutionId::derive(req.session.as_bytes(), protocol, t, &req.signers, &extra);
-    let queues = node.sessions.register(req.session, &req.signers, kind);
+    let queues = node
+        .sessions
+        .register(req.session, &req.signers, kind)
+        .ok_or_else(|| TxError::Invalid {
+            code: "session_live",
+            message: format!("signing session {} is already running here", req.session),
+        })?;
     let (out_tx, out_rx) = mpsc::channel(1024);
     let pump = tokio::spawn(crate::session::pump_outgoing(
         node.net.clone(),
@@ -668,16 +755,33 @@ async fn run_protocol(
     };
     let _ = pump.await;
     node.sessions.unregister(req.session);
-    result.map_err(|e| {
-        let culprits: Vec<String> = e
-            .culprits()
-            .into_iter()
-            .filter_map(|c| req.signers.get(usize::from(c)).cloned())
-            .collect();
-        TxError::Internal(format!(
-            "signing protocol failed: {e} (blamed: {culprits:?})"
-        ))
-    })
+    let e = match result {
+        Ok(sig) => return Ok(sig),
+        Err(e) => e,
+    };
+    let me = node.cfg.node_id.clone();
+    let culprits: Vec<String> = e
+        .culprits()
+        .into_iter()
+        .filter_map(|c| req.signers.get(usize::from(c)).cloned())
+        .filter(|c| *c != me)
+        .collect();
+    let message = format!("signing protocol failed: {e} (blamed: {culprits:?})");
+    if culprits.is_empty() {
+        return Err(TxError::Internal(message));
+    }
+    for c in &culprits {
+        blame::record(
+            node,
+            c,
+            blame::VIOLATION_SIGNING_MISBEHAVIOUR,
+            &req.session.to_string(),
+            serde_json::json!({ "input": req.input, "error": e.to_string(), "signers": req.signers }),
+            &me,
+        )
+        .await;
+    }
+    Err(TxError::Misbehaviour { culprits, message })
 }
 
 /// Participant: records the leader's result after verifying it itself.
@@ -689,18 +793,47 @@ pub async fn on_done(node: Arc<TxCtx>, from: String, done: Done) {
         }
         return;
     };
-    if p.leader != from || from == node.cfg.node_id {
+    if from == node.cfg.node_id {
         return;
     }
     let id = done.id;
+    if p.leader != from {
+        blame::record(
+            &node,
+            &from,
+            blame::VIOLATION_BAD_RESULT,
+            &id.to_string(),
+            serde_json::json!({ "reason": "result from a node that does not lead this transaction", "leader": p.leader }),
+            &node.cfg.node_id.clone(),
+        )
+        .await;
+        return;
+    }
     super::voting::accept_relayed_votes(&node, id, &p, &from, &done.votes).await;
+    blame::take_reported(&node, &from, id, &p, &done.blame).await;
     let psbt = done.psbt.as_deref().and_then(|b| signed_psbt_of(&p, b));
+    let claims_signed = done.tx_hex.is_some();
     let outcome = match done.tx_hex {
-        Some(h) => verify_result(&p, &h),
+        Some(h) => verify_result(&p, &h).inspect_err(|e| {
+            tracing::warn!(tx = %id, leader = %from, error = %e, "the leader's result does not verify");
+        }),
         None => Err(done
             .error
             .unwrap_or_else(|| "leader reported a failure".into())),
     };
+    if claims_signed {
+        if let Err(reason) = &outcome {
+            blame::record(
+                &node,
+                &from,
+                blame::VIOLATION_BAD_RESULT,
+                &id.to_string(),
+                serde_json::json!({ "reason": reason }),
+                &node.cfg.node_id.clone(),
+            )
+            .await;
+        }
+    }
     // The votes that closed the round at the leader may still be on their way here:
     // wait a little for this node's own tally to leave `voting`.
     let wait_until = tokio::time::Instant::now() + QUORUM_WAIT;

@@ -298,6 +298,7 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
         sign_deadline_unix: deadline_unix.saturating_add(node.cfg.wallet.sign_timeout_secs.max(5)),
         voted: AtomicBool::new(false),
         relayed_votes: std::sync::OnceLock::new(),
+        blame: std::sync::Mutex::default(),
     });
     node.tx.insert(prop.id, pending.clone());
     let budget = node.tx.velocity_lock(&prop.key_id).await;

@@ -73,6 +73,35 @@ pub struct SignatureReply {
     pub signature: Option<String>,
     /// Why it refused or failed.
     pub error: Option<String>,
+    /// Signers this signer's protocol run named as culprits (node ids), if the run
+    /// failed through their fault.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blamed: Vec<String>,
+}
+
+/// Misbehaviour of a signer in a signing session, as the leader relays it to every
+/// participant with the result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blame {
+    /// The culprit (node id).
+    pub culprit: String,
+    /// Violation code: `invalid_partial` (verifiable from the evidence below) or
+    /// `signing_misbehaviour` (named by `detected_by`'s protocol run).
+    pub kind: String,
+    /// Signing session.
+    pub session: Uuid,
+    /// Input index.
+    pub input: u32,
+    /// The node whose own check found it.
+    pub detected_by: String,
+    /// `invalid_partial`: the presignature's public data (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presignature_public: Option<String>,
+    /// `invalid_partial`: every partial signature of the set (hex), culprit's
+    /// included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partials: Vec<String>,
 }
 
 /// [`TX_DONE`].
@@ -92,7 +121,15 @@ pub struct Done {
     /// close its own tally with the result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub votes: Vec<String>,
+    /// Signers found misbehaving while this transaction was signed (at most
+    /// [`MAX_BLAMES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blame: Vec<Blame>,
 }
+
+/// Most blames a result carries (more are dropped by the leader and ignored by
+/// the receiver).
+pub const MAX_BLAMES: usize = 32;
 
 /// [`TX_APPROVAL`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,5 +169,88 @@ mod tests {
         ));
         let big = vec![b' '; MAX_TX_FRAME_BYTES + 1];
         assert!(matches!(decode::<Done>(&big), Err(WireError::TooLarge(_))));
+    }
+
+    /// The JSON of every transaction frame, pinned: a change here breaks peers of
+    /// the previous release during a rolling upgrade. Optional fields added later
+    /// are left out when empty, so old frames keep their exact form.
+    #[test]
+    fn wire_format_of_transaction_frames_is_pinned() {
+        let id = Uuid::from_u128(1);
+        let session = Uuid::from_u128(2);
+        let json = |v: &dyn erased::Encode| String::from_utf8(v.bytes()).expect("utf8");
+        assert_eq!(
+            json(&Proposal {
+                id,
+                key_id: "k".into(),
+                psbt: "cHNidP8=".into(),
+                initiator: "tok".into(),
+                deadline_unix: 7,
+            }),
+            r#"{"id":"00000000-0000-0000-0000-000000000001","key_id":"k","psbt":"cHNidP8=","initiator":"tok","deadline_unix":7}"#
+        );
+        assert_eq!(
+            json(&SignRequest {
+                session,
+                tx: id,
+                input: 0,
+                signers: vec!["node-1".into(), "node-2".into()],
+                presignature: None,
+                votes: Vec::new(),
+            }),
+            r#"{"session":"00000000-0000-0000-0000-000000000002","tx":"00000000-0000-0000-0000-000000000001","input":0,"signers":["node-1","node-2"]}"#
+        );
+        assert_eq!(
+            json(&SignatureReply {
+                session,
+                signature: Some("ab".into()),
+                error: None,
+                blamed: Vec::new(),
+            }),
+            r#"{"session":"00000000-0000-0000-0000-000000000002","signature":"ab","error":null}"#
+        );
+        assert_eq!(
+            json(&SignatureReply {
+                session,
+                signature: None,
+                error: Some("e".into()),
+                blamed: vec!["node-3".into()],
+            }),
+            r#"{"session":"00000000-0000-0000-0000-000000000002","signature":null,"error":"e","blamed":["node-3"]}"#
+        );
+        assert_eq!(
+            json(&Done {
+                id,
+                tx_hex: None,
+                psbt: None,
+                error: Some("e".into()),
+                votes: Vec::new(),
+                blame: Vec::new(),
+            }),
+            r#"{"id":"00000000-0000-0000-0000-000000000001","tx_hex":null,"psbt":null,"error":"e"}"#
+        );
+        assert_eq!(
+            json(&Blame {
+                culprit: "node-3".into(),
+                kind: "invalid_partial".into(),
+                session,
+                input: 1,
+                detected_by: "node-1".into(),
+                presignature_public: Some("00".into()),
+                partials: vec!["01".into()],
+            }),
+            r#"{"culprit":"node-3","kind":"invalid_partial","session":"00000000-0000-0000-0000-000000000002","input":1,"detected_by":"node-1","presignature_public":"00","partials":["01"]}"#
+        );
+    }
+
+    mod erased {
+        pub trait Encode {
+            fn bytes(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Encode for T {
+            fn bytes(&self) -> Vec<u8> {
+                serde_json::to_vec(self).expect("encodes")
+            }
+        }
     }
 }
