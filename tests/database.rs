@@ -49,6 +49,7 @@ async fn migrations_are_idempotent_and_create_every_table() {
     for t in [
         "transactions",
         "outflows",
+        "signing_sessions",
         "voting_rounds",
         "votes",
         "audit_log",
@@ -383,4 +384,38 @@ async fn outflows_count_from_the_approval_and_are_released_only_before_approved(
     .unwrap_err();
     assert!(err.to_string().contains("outflows"), "{err}");
     assert_eq!(s.spent_in_window(&key, 3600, other).await.unwrap(), 320_000);
+}
+
+/// A signing session id is claimed once, whatever the second claim carries, and
+/// the claims cannot be rewritten or removed.
+#[tokio::test]
+async fn a_signing_session_id_is_claimed_once() {
+    let s = store().await;
+    let (session, tx) = (Uuid::new_v4(), Uuid::new_v4());
+    let set = vec!["node-1".to_owned(), "node-2".to_owned()];
+    assert!(s
+        .claim_signing_session(session, tx, 0, &set, "node-1")
+        .await
+        .unwrap());
+    assert!(!s
+        .claim_signing_session(session, tx, 0, &set, "node-1")
+        .await
+        .unwrap());
+    assert!(
+        !s.claim_signing_session(session, Uuid::new_v4(), 1, &set[..1], "node-2")
+            .await
+            .unwrap(),
+        "another transaction, input or set under a used id is refused too"
+    );
+    for sql in [
+        "UPDATE signing_sessions SET input_index = 5 WHERE session_id = $1",
+        "DELETE FROM signing_sessions WHERE session_id = $1",
+    ] {
+        let err = sqlx::query(sql)
+            .bind(session)
+            .execute(s.pool())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("immutable"), "{sql}: {err}");
+    }
 }

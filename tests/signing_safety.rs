@@ -19,6 +19,9 @@
 //!    * Node 2 votes reject (it knows the input as spent); the leader names it as a
 //!      signer anyway: node 2 refuses, audits the refusal, records the leader, and
 //!      the transaction is not signed.
+//!    * Every sign request is replayed with its session id
+//!      (`SIGNER_FAULT_REPLAY_SIGN_REQUEST`): no node serves a session twice, and
+//!      the replays are recorded as `session_reuse`.
 //! 3. A node restarted while a transaction is voting expires it at start.
 #![allow(clippy::unwrap_used)]
 
@@ -235,6 +238,7 @@ async fn signing_safety_under_a_malicious_submitter_and_leader() {
             ("SIGNER_FAULT_PROPOSAL_DEADLINE_SECS", "31536000"),
             ("SIGNER_FAULT_REPLAY_PROPOSAL", "1"),
             ("SIGNER_FAULT_SIGN_WITH", &target),
+            ("SIGNER_FAULT_REPLAY_SIGN_REQUEST", "1"),
         ],
     );
     c.wait_ready(N).await;
@@ -314,6 +318,16 @@ async fn signing_safety_under_a_malicious_submitter_and_leader() {
                 "node {i}'s vote expires {ahead} s after its round opened"
             );
         }
+        // Replayed sign requests: a session id is served once; the replay is
+        // refused and recorded against the leader.
+        let (served, sessions): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT details->>'session') FROM audit_log \
+             WHERE action = 'tx.sign_input'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(served, sessions, "node {i} served a session id twice");
         // Replayed proposals: recorded against the leader; the stored leader stays.
         c.eventually(
             &format!("node {i} records the replayed proposals"),
@@ -372,6 +386,15 @@ async fn signing_safety_under_a_malicious_submitter_and_leader() {
         .await;
         assert_eq!(n, 0, "node {i} holds a signature for {id}");
     }
+
+    // Every sign request was replayed with its session id: the signer it reached
+    // refused the replay and recorded the leader.
+    c.eventually(
+        "node 2 records the reused session ids",
+        Duration::from_secs(30),
+        || async { (violations(&c, 2, &bad, "session_reuse").await >= 1).then_some(()) },
+    )
+    .await;
 
     // 3. A transaction in flight when its node restarts is expired there at start.
     c.write_policy_with(

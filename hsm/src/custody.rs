@@ -274,14 +274,28 @@ fn check_pkcs11(c: &Pkcs11Config, r: &mut CheckReport) {
         ) => return r.fail("login", &e),
         Err(e) => return r.fail("kek", &e),
     };
+    // `Pkcs11Wrapper::open` already refused a KEK that violates the policy; this step
+    // reads the attributes again and shows them.
     match w.kek_attributes() {
-        Ok(a) => r.pass(
-            "kek attributes",
-            format!(
-                "sensitive={} extractable={} always_sensitive={} never_extractable={} local={} token={} private={} value_len={} value_readable={}",
-                a.sensitive, a.extractable, a.always_sensitive, a.never_extractable, a.local, a.token, a.private, a.value_len, a.value_readable
-            ),
-        ),
+        Ok(a) => {
+            let violations = a.policy_violations();
+            if !violations.is_empty() {
+                return r.fail(
+                    "kek attributes",
+                    &HsmError::KekPolicy {
+                        label: c.kek_label.clone(),
+                        detail: violations.join(", "),
+                    },
+                );
+            }
+            r.pass(
+                "kek attributes",
+                format!(
+                    "sensitive={} extractable={} always_sensitive={} never_extractable={} local={} token={} private={} modifiable={} copyable={} derive={} wrap={} unwrap={} sign={} verify={} value_len={} value_readable={}",
+                    a.sensitive, a.extractable, a.always_sensitive, a.never_extractable, a.local, a.token, a.private, a.modifiable, a.copyable, a.derive, a.wrap, a.unwrap, a.sign, a.verify, a.value_len, a.value_readable
+                ),
+            )
+        }
         Err(e) => return r.fail("kek attributes", &e),
     }
     match w.probe_export_refused() {

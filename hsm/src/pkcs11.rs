@@ -2,7 +2,10 @@
 //!
 //! The KEK is an AES-256 secret key generated inside the token (`CKA_TOKEN`,
 //! `CKA_PRIVATE`, `CKA_SENSITIVE`, not `CKA_EXTRACTABLE`, not modifiable or
-//! copyable), found by label. A data key is wrapped by AES-GCM encryption inside the
+//! copyable, and none of `CKA_DERIVE`, `CKA_WRAP`, `CKA_UNWRAP`, `CKA_SIGN`,
+//! `CKA_VERIFY`), found by label. Opening refuses a KEK that does not meet this
+//! ([`KekAttributes::policy_violations`]), including one whose token does not report
+//! one of these attributes. A data key is wrapped by AES-GCM encryption inside the
 //! token with a random 96-bit IV and the caller's associated data:
 //!
 //! ```text
@@ -288,6 +291,10 @@ fn generate_kek(session: &Session, label: &str) -> Result<ObjectHandle, HsmError
 }
 
 /// Security-relevant attributes of the KEK as read back from the token.
+///
+/// A policy attribute the token does not report a value for is listed in
+/// [`KekAttributes::unreported`] and its field holds the failing value; either way
+/// [`KekAttributes::policy_violations`] refuses the key (fail closed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KekAttributes {
     /// `CKA_SENSITIVE`.
@@ -304,100 +311,216 @@ pub struct KekAttributes {
     pub token: bool,
     /// `CKA_PRIVATE` (needs login).
     pub private: bool,
+    /// `CKA_MODIFIABLE` (must be false: attributes cannot be changed later).
+    pub modifiable: bool,
+    /// `CKA_COPYABLE` (must be false: `C_CopyObject` could make a laxer copy).
+    pub copyable: bool,
+    /// `CKA_DERIVE` (must be false: no keys derived from the KEK).
+    pub derive: bool,
+    /// `CKA_WRAP` (must be false: the KEK only encrypts data keys with AES-GCM).
+    pub wrap: bool,
+    /// `CKA_UNWRAP` (must be false: nothing is imported under the KEK).
+    pub unwrap: bool,
+    /// `CKA_SIGN` (must be false).
+    pub sign: bool,
+    /// `CKA_VERIFY` (must be false).
+    pub verify: bool,
     /// `CKA_VALUE_LEN` in bytes.
     pub value_len: u64,
     /// `CKA_ID`.
     pub id: Vec<u8>,
     /// Whether `CKA_VALUE` is readable (must be false).
     pub value_readable: bool,
+    /// Policy attributes the token did not report a value for.
+    pub unreported: Vec<UnreportedAttribute>,
 }
+
+/// A KEK policy attribute for which the token returned no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreportedAttribute {
+    /// PKCS#11 name, e.g. `CKA_DERIVE`.
+    pub attribute: &'static str,
+    /// What the token answered instead of a value.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for UnreportedAttribute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} is not reported by the token ({})",
+            self.attribute, self.reason
+        )
+    }
+}
+
+/// The attributes the custody policy is checked on, with their PKCS#11 names.
+/// `CKA_ID` is read too but is not part of the policy.
+const POLICY_ATTRIBUTES: [(AttributeType, &str); 15] = [
+    (AttributeType::Sensitive, "CKA_SENSITIVE"),
+    (AttributeType::Extractable, "CKA_EXTRACTABLE"),
+    (AttributeType::AlwaysSensitive, "CKA_ALWAYS_SENSITIVE"),
+    (AttributeType::NeverExtractable, "CKA_NEVER_EXTRACTABLE"),
+    (AttributeType::Local, "CKA_LOCAL"),
+    (AttributeType::Token, "CKA_TOKEN"),
+    (AttributeType::Private, "CKA_PRIVATE"),
+    (AttributeType::ValueLen, "CKA_VALUE_LEN"),
+    (AttributeType::Modifiable, "CKA_MODIFIABLE"),
+    (AttributeType::Copyable, "CKA_COPYABLE"),
+    (AttributeType::Derive, "CKA_DERIVE"),
+    (AttributeType::Wrap, "CKA_WRAP"),
+    (AttributeType::Unwrap, "CKA_UNWRAP"),
+    (AttributeType::Sign, "CKA_SIGN"),
+    (AttributeType::Verify, "CKA_VERIFY"),
+];
 
 impl KekAttributes {
     /// The custody policy: sensitive, never extractable, generated in the token,
-    /// persistent, private, 256 bits, value unreadable.
-    pub fn policy_violations(&self) -> Vec<&'static str> {
+    /// persistent, private, 256 bits, value unreadable, not modifiable, not copyable,
+    /// and usable for nothing but encryption (no derive, wrap, unwrap, sign, verify).
+    /// A policy attribute the token does not report is a violation too.
+    pub fn policy_violations(&self) -> Vec<String> {
         let mut v = Vec::new();
-        if !self.sensitive {
-            v.push("CKA_SENSITIVE is false");
-        }
-        if self.extractable {
-            v.push("CKA_EXTRACTABLE is true");
-        }
-        if !self.always_sensitive {
-            v.push("CKA_ALWAYS_SENSITIVE is false");
-        }
-        if !self.never_extractable {
-            v.push("CKA_NEVER_EXTRACTABLE is false");
-        }
-        if !self.local {
-            v.push("CKA_LOCAL is false (key was imported, not generated in the token)");
-        }
-        if !self.token {
-            v.push("CKA_TOKEN is false");
-        }
-        if !self.private {
-            v.push("CKA_PRIVATE is false");
-        }
-        if self.value_len != 32 {
-            v.push("CKA_VALUE_LEN is not 32");
-        }
+        // `ok` is whether the reported value meets the policy; `text` names the failure.
+        let mut check = |attribute: &'static str, ok: bool, text: &'static str| {
+            if let Some(u) = self.unreported.iter().find(|u| u.attribute == attribute) {
+                v.push(u.to_string());
+            } else if !ok {
+                v.push(text.to_string());
+            }
+        };
+        check("CKA_SENSITIVE", self.sensitive, "CKA_SENSITIVE is false");
+        check(
+            "CKA_EXTRACTABLE",
+            !self.extractable,
+            "CKA_EXTRACTABLE is true",
+        );
+        check(
+            "CKA_ALWAYS_SENSITIVE",
+            self.always_sensitive,
+            "CKA_ALWAYS_SENSITIVE is false",
+        );
+        check(
+            "CKA_NEVER_EXTRACTABLE",
+            self.never_extractable,
+            "CKA_NEVER_EXTRACTABLE is false",
+        );
+        check(
+            "CKA_LOCAL",
+            self.local,
+            "CKA_LOCAL is false (key was imported, not generated in the token)",
+        );
+        check("CKA_TOKEN", self.token, "CKA_TOKEN is false");
+        check("CKA_PRIVATE", self.private, "CKA_PRIVATE is false");
+        check(
+            "CKA_VALUE_LEN",
+            self.value_len == 32,
+            "CKA_VALUE_LEN is not 32",
+        );
+        check("CKA_MODIFIABLE", !self.modifiable, "CKA_MODIFIABLE is true");
+        check("CKA_COPYABLE", !self.copyable, "CKA_COPYABLE is true");
+        check("CKA_DERIVE", !self.derive, "CKA_DERIVE is true");
+        check("CKA_WRAP", !self.wrap, "CKA_WRAP is true");
+        check("CKA_UNWRAP", !self.unwrap, "CKA_UNWRAP is true");
+        check("CKA_SIGN", !self.sign, "CKA_SIGN is true");
+        check("CKA_VERIFY", !self.verify, "CKA_VERIFY is true");
         if self.value_readable {
-            v.push("CKA_VALUE is readable");
+            v.push("CKA_VALUE is readable".to_string());
         }
         v
+    }
+
+    /// Builds the attributes from what the token answered: `infos` is the
+    /// `C_GetAttributeValue` size query for each requested type, `values` the values it
+    /// returned (unavailable ones are left out), `value_info` the query for
+    /// `CKA_VALUE`. Every field starts at the value that fails the policy; a policy
+    /// attribute without a returned value is recorded in `unreported`.
+    fn from_token(
+        infos: &[(AttributeType, AttributeInfo)],
+        values: Vec<Attribute>,
+        value_info: &[AttributeInfo],
+    ) -> Self {
+        let mut a = KekAttributes {
+            sensitive: false,
+            extractable: true,
+            always_sensitive: false,
+            never_extractable: false,
+            local: false,
+            token: false,
+            private: false,
+            modifiable: true,
+            copyable: true,
+            derive: true,
+            wrap: true,
+            unwrap: true,
+            sign: true,
+            verify: true,
+            value_len: 0,
+            id: Vec::new(),
+            value_readable: true,
+            unreported: Vec::new(),
+        };
+        let mut returned = Vec::with_capacity(values.len());
+        for attr in values {
+            returned.push(attr.attribute_type());
+            match attr {
+                Attribute::Sensitive(b) => a.sensitive = b,
+                Attribute::Extractable(b) => a.extractable = b,
+                Attribute::AlwaysSensitive(b) => a.always_sensitive = b,
+                Attribute::NeverExtractable(b) => a.never_extractable = b,
+                Attribute::Local(b) => a.local = b,
+                Attribute::Token(b) => a.token = b,
+                Attribute::Private(b) => a.private = b,
+                Attribute::Modifiable(b) => a.modifiable = b,
+                Attribute::Copyable(b) => a.copyable = b,
+                Attribute::Derive(b) => a.derive = b,
+                Attribute::Wrap(b) => a.wrap = b,
+                Attribute::Unwrap(b) => a.unwrap = b,
+                Attribute::Sign(b) => a.sign = b,
+                Attribute::Verify(b) => a.verify = b,
+                Attribute::ValueLen(l) => a.value_len = u64::from(l),
+                Attribute::Id(id) => a.id = id,
+                _ => {}
+            }
+        }
+        for (ty, attribute) in POLICY_ATTRIBUTES {
+            if returned.contains(&ty) {
+                continue;
+            }
+            let reason = match infos.iter().find(|(t, _)| *t == ty).map(|(_, i)| i) {
+                Some(AttributeInfo::TypeInvalid) => "attribute type invalid",
+                Some(AttributeInfo::Unavailable) => "information unavailable",
+                Some(AttributeInfo::Sensitive) => "attribute sensitive",
+                Some(AttributeInfo::Available(_)) => "no value returned",
+                None => "not queried",
+            };
+            a.unreported.push(UnreportedAttribute { attribute, reason });
+        }
+        a.value_readable = !matches!(
+            value_info,
+            [AttributeInfo::Sensitive] | [AttributeInfo::Unavailable]
+        );
+        a
     }
 }
 
 fn read_kek_attributes(session: &Session, kek: ObjectHandle) -> Result<KekAttributes, HsmError> {
-    use AttributeType as T;
-    let types = [
-        T::Sensitive,
-        T::Extractable,
-        T::AlwaysSensitive,
-        T::NeverExtractable,
-        T::Local,
-        T::Token,
-        T::Private,
-        T::ValueLen,
-        T::Id,
-    ];
-    let attrs = session
+    let types: Vec<AttributeType> = POLICY_ATTRIBUTES
+        .iter()
+        .map(|(t, _)| *t)
+        .chain([AttributeType::Id])
+        .collect();
+    let infos = session
+        .get_attribute_info(kek, &types)
+        .map_err(ck("C_GetAttributeValue"))?;
+    let infos: Vec<_> = types.iter().copied().zip(infos).collect();
+    let values = session
         .get_attributes(kek, &types)
         .map_err(ck("C_GetAttributeValue"))?;
-    let mut a = KekAttributes {
-        sensitive: false,
-        extractable: true,
-        always_sensitive: false,
-        never_extractable: false,
-        local: false,
-        token: false,
-        private: false,
-        value_len: 0,
-        id: Vec::new(),
-        value_readable: true,
-    };
-    for attr in attrs {
-        match attr {
-            Attribute::Sensitive(b) => a.sensitive = b,
-            Attribute::Extractable(b) => a.extractable = b,
-            Attribute::AlwaysSensitive(b) => a.always_sensitive = b,
-            Attribute::NeverExtractable(b) => a.never_extractable = b,
-            Attribute::Local(b) => a.local = b,
-            Attribute::Token(b) => a.token = b,
-            Attribute::Private(b) => a.private = b,
-            Attribute::ValueLen(l) => a.value_len = u64::from(l),
-            Attribute::Id(id) => a.id = id,
-            _ => {}
-        }
-    }
-    let info = session
-        .get_attribute_info(kek, &[T::Value])
+    let value_info = session
+        .get_attribute_info(kek, &[AttributeType::Value])
         .map_err(ck("C_GetAttributeValue"))?;
-    a.value_readable = !matches!(
-        info.as_slice(),
-        [AttributeInfo::Sensitive] | [AttributeInfo::Unavailable]
-    );
-    Ok(a)
+    Ok(KekAttributes::from_token(&infos, values, &value_info))
 }
 
 /// A data-key wrapper backed by an AES-256 KEK inside a PKCS#11 token.
@@ -649,5 +772,150 @@ impl KeyWrapper for Pkcs11Wrapper {
             }
         })?;
         DataKey::from_slice(&pt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What SoftHSM answers for a KEK made by [`generate_kek`].
+    fn good_values() -> Vec<Attribute> {
+        vec![
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::AlwaysSensitive(true),
+            Attribute::NeverExtractable(true),
+            Attribute::Local(true),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::ValueLen(32.into()),
+            Attribute::Modifiable(false),
+            Attribute::Copyable(false),
+            Attribute::Derive(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Sign(false),
+            Attribute::Verify(false),
+            Attribute::Id(vec![1, 2, 3]),
+        ]
+    }
+
+    /// The size query answer for `values`: each returned value is available, any
+    /// other queried type gets `missing`.
+    fn infos(
+        values: &[Attribute],
+        missing: &[(AttributeType, AttributeInfo)],
+    ) -> Vec<(AttributeType, AttributeInfo)> {
+        let mut infos: Vec<_> = values
+            .iter()
+            .map(|a| (a.attribute_type(), AttributeInfo::Available(1)))
+            .collect();
+        infos.extend_from_slice(missing);
+        infos
+    }
+
+    fn without(types: &[AttributeType]) -> Vec<Attribute> {
+        good_values()
+            .into_iter()
+            .filter(|a| !types.contains(&a.attribute_type()))
+            .collect()
+    }
+
+    #[test]
+    fn a_kek_reported_as_generated_meets_the_policy() {
+        let values = good_values();
+        let a =
+            KekAttributes::from_token(&infos(&values, &[]), values, &[AttributeInfo::Sensitive]);
+        assert!(a.unreported.is_empty(), "{:?}", a.unreported);
+        assert_eq!(a.policy_violations(), Vec::<String>::new());
+        assert_eq!(a.id, [1, 2, 3]);
+    }
+
+    #[test]
+    fn each_forbidden_capability_is_its_own_violation() {
+        let cases = [
+            (Attribute::Modifiable(true), "CKA_MODIFIABLE is true"),
+            (Attribute::Copyable(true), "CKA_COPYABLE is true"),
+            (Attribute::Derive(true), "CKA_DERIVE is true"),
+            (Attribute::Wrap(true), "CKA_WRAP is true"),
+            (Attribute::Unwrap(true), "CKA_UNWRAP is true"),
+            (Attribute::Sign(true), "CKA_SIGN is true"),
+            (Attribute::Verify(true), "CKA_VERIFY is true"),
+            (Attribute::Extractable(true), "CKA_EXTRACTABLE is true"),
+        ];
+        for (flipped, text) in cases {
+            let ty = flipped.attribute_type();
+            let mut values = without(&[ty]);
+            values.push(flipped.clone());
+            let a = KekAttributes::from_token(
+                &infos(&values, &[]),
+                values,
+                &[AttributeInfo::Sensitive],
+            );
+            assert_eq!(a.policy_violations(), [text], "{flipped:?}");
+        }
+    }
+
+    #[test]
+    fn a_policy_attribute_the_token_does_not_report_fails_closed() {
+        // Type invalid and unavailable information: no value comes back.
+        let gone = [
+            AttributeType::Derive,
+            AttributeType::Modifiable,
+            AttributeType::Wrap,
+        ];
+        let values = without(&gone);
+        let infos = infos(
+            &values,
+            &[
+                (AttributeType::Derive, AttributeInfo::TypeInvalid),
+                (AttributeType::Modifiable, AttributeInfo::Unavailable),
+                // Announced, but then not returned.
+                (AttributeType::Wrap, AttributeInfo::Available(1)),
+            ],
+        );
+        let a = KekAttributes::from_token(&infos, values, &[AttributeInfo::Sensitive]);
+        // The fields hold the failing value, and the violation says why.
+        assert!(a.derive && a.modifiable && a.wrap);
+        assert_eq!(
+            a.policy_violations(),
+            [
+                "CKA_MODIFIABLE is not reported by the token (information unavailable)",
+                "CKA_DERIVE is not reported by the token (attribute type invalid)",
+                "CKA_WRAP is not reported by the token (no value returned)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_token_that_reports_nothing_violates_every_rule() {
+        let infos: Vec<_> = POLICY_ATTRIBUTES
+            .iter()
+            .map(|(t, _)| (*t, AttributeInfo::TypeInvalid))
+            .collect();
+        let a = KekAttributes::from_token(&infos, Vec::new(), &[AttributeInfo::TypeInvalid]);
+        let v = a.policy_violations();
+        // Every policy attribute, then the readable CKA_VALUE.
+        assert_eq!(v.len(), POLICY_ATTRIBUTES.len() + 1, "{v:?}");
+        for (_, name) in POLICY_ATTRIBUTES {
+            assert!(
+                v.contains(&format!(
+                    "{name} is not reported by the token (attribute type invalid)"
+                )),
+                "{name}: {v:?}"
+            );
+        }
+        assert!(v.contains(&"CKA_VALUE is readable".to_string()));
+        // An attribute missing from the query altogether also fails.
+        let a = KekAttributes::from_token(
+            &[],
+            without(&[AttributeType::Sign]),
+            &[AttributeInfo::Sensitive],
+        );
+        assert_eq!(
+            a.policy_violations(),
+            ["CKA_SIGN is not reported by the token (not queried)"]
+        );
     }
 }

@@ -33,6 +33,101 @@ fn object_count(token: &SoftHsmToken) -> usize {
     s.find_objects(&[]).expect("find objects").len()
 }
 
+/// The KEK attributes the custody policy asks for, written out here independently of
+/// the crate's own generation template.
+fn policy_kek_template(label: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Token(true),
+        Attribute::Id(vec![0x5a; 8]),
+        Attribute::ValueLen(32.into()),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Copyable(false),
+        Attribute::Destroyable(true),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+    ]
+}
+
+/// A fresh token holding an AES-256 key labelled "kek" (the label the configs below
+/// look up), generated in the token with [`policy_kek_template`] except for `flipped`,
+/// which replaces the template's attribute of the same type. Panics if SoftHSM refuses
+/// the template or stores something other than `flipped`, so a case SoftHSM cannot
+/// express fails loudly instead of passing.
+fn token_with_kek_flipped(prefix: &str, flipped: &Attribute) -> SoftHsmToken {
+    let token = SoftHsmToken::create(prefix).expect("softhsm token");
+    let ty = flipped.attribute_type();
+    let mut template = policy_kek_template("kek");
+    let at = template
+        .iter()
+        .position(|a| a.attribute_type() == ty)
+        .expect("flipped attribute is in the policy template");
+    template[at] = flipped.clone();
+    let ctx = pkcs11::shared_context(&softhsm_module()).expect("module");
+    let slot = pkcs11::find_token(&ctx, &token.label).expect("token");
+    let s = ctx.open_rw_session(slot).expect("session");
+    s.login(UserType::User, Some(&SecretString::from(SoftHsmToken::PIN)))
+        .expect("login");
+    let kek = s
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .unwrap_or_else(|e| panic!("softhsm refused to generate a kek with {flipped:?}: {e}"));
+    let stored = s.get_attributes(kek, &[ty]).expect("read back");
+    assert_eq!(
+        stored.as_slice(),
+        std::slice::from_ref(flipped),
+        "softhsm did not store {flipped:?}"
+    );
+    // Log out and close the session: the wrapper must log in by itself.
+    s.logout().expect("logout");
+    drop(s);
+    token
+}
+
+/// Opening (sealed start), `init` and `check` all refuse the KEK of `token` with a
+/// `kek_policy` error whose detail is exactly `detail`, and write nothing.
+fn assert_kek_refused(token: &SoftHsmToken, case: &str, detail: &str) {
+    assert_eq!(object_count(token), 1, "{case}: only the kek before");
+    let cfg = CustodyConfig::Pkcs11(token.config("kek"));
+    let refused = |res: Result<(), HsmError>, what: &str| match res {
+        Err(HsmError::KekPolicy { label, detail: got }) => {
+            assert_eq!(label, "kek", "{case} {what}");
+            assert_eq!(got, detail, "{case} {what}");
+        }
+        other => panic!("{case}: {what} gave {other:?}, expected kek_policy {detail:?}"),
+    };
+    refused(Custody::open(&cfg).map(drop), "sealed start");
+    refused(
+        Pkcs11Wrapper::open(&token.config("kek"), false).map(drop),
+        "open",
+    );
+    // `init` finds the existing, bad kek: it neither accepts it nor makes another one.
+    refused(custody::init(&cfg).map(drop), "init");
+    let report = custody::check(&cfg);
+    assert!(!report.is_ok(), "{case}: check passed:\n{report}");
+    let failure = report.failure().expect("a failed step");
+    assert_eq!(
+        (failure.name, failure.code),
+        ("kek", Some("kek_policy")),
+        "{case}:\n{report}"
+    );
+    assert!(failure.detail.contains(detail), "{case}:\n{report}");
+    assert_eq!(
+        object_count(token),
+        1,
+        "{case}: a refused kek must not lead to objects being written"
+    );
+}
+
 #[test]
 fn data_key_wrap_unwrap_round_trip() {
     let (_t, w) = token_with_kek("rt");
@@ -149,6 +244,12 @@ fn kek_is_sensitive_and_non_extractable_and_cannot_be_exported() {
     assert!(!attrs.extractable && attrs.never_extractable);
     assert!(attrs.local && attrs.token && attrs.private);
     assert_eq!(attrs.value_len, 32);
+    assert!(!attrs.modifiable && !attrs.copyable, "{attrs:?}");
+    assert!(
+        !attrs.derive && !attrs.wrap && !attrs.unwrap && !attrs.sign && !attrs.verify,
+        "{attrs:?}"
+    );
+    assert!(attrs.unreported.is_empty(), "{attrs:?}");
     assert!(attrs.policy_violations().is_empty());
 
     // Independently of the crate's own probe: our own session, our own attempts.
@@ -332,7 +433,18 @@ fn check_reports_every_step_and_stops_at_a_wrong_pin() {
         ]
     );
     let text = good.to_string();
-    assert!(text.contains("extractable=false"), "{text}");
+    for shown in [
+        "extractable=false",
+        "modifiable=false",
+        "copyable=false",
+        "derive=false",
+        "wrap=false",
+        "unwrap=false",
+        "sign=false",
+        "verify=false",
+    ] {
+        assert!(text.contains(shown), "{shown}: {text}");
+    }
     assert!(!text.contains(SoftHsmToken::PIN), "{text}");
 
     let mut cfg = t.config("kek");
@@ -383,4 +495,52 @@ fn debug_of_the_wrapper_and_custody_shows_no_secrets() {
     assert!(!d.contains(SoftHsmToken::PIN), "{d}");
     let cfg = format!("{:?}", t.config("kek"));
     assert!(!cfg.contains(SoftHsmToken::PIN), "{cfg}");
+}
+
+#[test]
+fn a_kek_with_derive_wrap_modifiable_copyable_or_extractable_is_refused() {
+    let cases = [
+        ("derive", Attribute::Derive(true), "CKA_DERIVE is true"),
+        ("wrap", Attribute::Wrap(true), "CKA_WRAP is true"),
+        ("unwrap", Attribute::Unwrap(true), "CKA_UNWRAP is true"),
+        (
+            "modif",
+            Attribute::Modifiable(true),
+            "CKA_MODIFIABLE is true",
+        ),
+        ("copy", Attribute::Copyable(true), "CKA_COPYABLE is true"),
+        // A key generated extractable was never non-extractable either.
+        (
+            "extract",
+            Attribute::Extractable(true),
+            "CKA_EXTRACTABLE is true, CKA_NEVER_EXTRACTABLE is false",
+        ),
+    ];
+    for (prefix, flipped, detail) in cases {
+        let token = token_with_kek_flipped(prefix, &flipped);
+        assert_kek_refused(&token, prefix, detail);
+    }
+}
+
+#[test]
+fn a_kek_usable_for_sign_or_verify_is_refused() {
+    for (prefix, flipped, detail) in [
+        ("sign", Attribute::Sign(true), "CKA_SIGN is true"),
+        ("verify", Attribute::Verify(true), "CKA_VERIFY is true"),
+    ] {
+        let token = token_with_kek_flipped(prefix, &flipped);
+        assert_kek_refused(&token, prefix, detail);
+    }
+}
+
+#[test]
+fn a_kek_made_with_the_policy_template_is_accepted() {
+    // The control for the two tests above: the same template, nothing flipped.
+    let token = token_with_kek_flipped("ctrl", &Attribute::Derive(false));
+    let cfg = CustodyConfig::Pkcs11(token.config("kek"));
+    let c = Custody::open(&cfg).expect("a kek that meets the policy opens");
+    assert_eq!(c.kek_id(), format!("kek#{}", "5a".repeat(8)));
+    let report = custody::check(&cfg);
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(object_count(&token), 1);
 }

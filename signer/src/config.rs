@@ -743,6 +743,14 @@ impl NodeConfig {
                 self.wallet.network
             )));
         }
+        if self.presign.enabled && self.data_dir.is_none() {
+            return Err(invalid(
+                "presign.enabled needs data_dir: the presignature watermark file there is what \
+                 detects a database restored from an older backup (set data_dir, or \
+                 [presign] enabled = false)"
+                    .to_owned(),
+            ));
+        }
         if self.api.default_rate_limit_per_min == 0
             || self.api.unauthenticated_rate_limit_per_min == 0
         {
@@ -824,6 +832,7 @@ mod tests {
     const SAMPLE: &str = r#"
 node_id = "node-1"
 threshold = 2
+data_dir = "/var/lib/signer"
 [api]
 listen = "127.0.0.1:8443"
 [p2p]
@@ -848,6 +857,17 @@ prefix = "/signer/test"
         assert_eq!(cfg.total_nodes(), 2);
         assert_eq!(cfg.api.max_body_bytes, 1024 * 1024);
         assert_eq!(cfg.etcd.lease_ttl_secs, 5);
+    }
+
+    #[test]
+    fn the_presignature_pool_needs_a_data_dir_for_restore_detection() {
+        let without = SAMPLE.replace("data_dir = \"/var/lib/signer\"\n", "");
+        let e = NodeConfig::parse(&without, Path::new("t.toml"), &[])
+            .expect_err("pool on by default, no data_dir")
+            .to_string();
+        assert!(e.contains("presign.enabled needs data_dir"), "{e}");
+        let off = format!("{without}[presign]\nenabled = false\n");
+        NodeConfig::parse(&off, Path::new("t.toml"), &[]).expect("pool off: no data_dir needed");
     }
 
     #[test]

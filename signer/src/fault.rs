@@ -120,6 +120,7 @@ fn log_armed() {
         SKIP_INTAKE_CHECKS_ENV,
         LIE_DONE_ENV,
         BAD_PARTIAL_ENV,
+        REPLAY_SIGN_REQUEST_ENV,
         PROPOSAL_DEADLINE_ENV,
         REPLAY_PROPOSAL_ENV,
     ] {
@@ -334,6 +335,21 @@ pub fn tamper_partial(partial: Vec<u8>) -> Vec<u8> {
         return p;
     }
     partial
+}
+
+/// Environment variable: as a leader, this node sends every sign request of the
+/// full protocol a second time, with the same session id, a few seconds after the
+/// session ended.
+pub const REPLAY_SIGN_REQUEST_ENV: &str = "SIGNER_FAULT_REPLAY_SIGN_REQUEST";
+
+/// How long after a sign request a malicious leader replays it
+/// ([`REPLAY_SIGN_REQUEST_ENV`] armed; feature `fault-injection` only).
+pub fn replay_sign_request_after() -> Option<std::time::Duration> {
+    #[cfg(feature = "fault-injection")]
+    if armed(REPLAY_SIGN_REQUEST_ENV) {
+        return Some(std::time::Duration::from_secs(3));
+    }
+    None
 }
 
 /// Environment variable: this node floods every peer with frames of every kind

@@ -61,9 +61,9 @@ pub async fn participate(node: Arc<DkgCtx>, spec: CeremonySpec) {
     }
     tracing::info!(ceremony = %spec.id, protocol = spec.protocol.as_str(), t = spec.threshold,
         n = spec.participants.len(), index, coordinator = %spec.coordinator, "joining key ceremony");
-    let Some(queues) = node
-        .sessions
-        .register(spec.id, &spec.participants, spec.protocol.message_kind())
+    let Some(queues) =
+        node.sessions
+            .register(spec.id, &spec.participants, spec.protocol.message_kind())
     else {
         // Another run owns this id (the ceremony row was just created, so it is not
         // this ceremony's): leave it alone.

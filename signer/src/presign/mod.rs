@@ -114,6 +114,13 @@ impl Presign {
         self.restore_checked.store(true, Ordering::Release);
     }
 
+    /// A rollback of the database was seen while running: no presignature is used
+    /// until the restore check ran again (the pool loop runs it at once).
+    pub fn flag_rollback(&self) {
+        self.restore_checked.store(false, Ordering::Release);
+        self.wake.notify_one();
+    }
+
     /// Presignatures being generated per key and signer set.
     pub fn generating(&self) -> HashMap<SetKey, usize> {
         self.lock().generating.clone()

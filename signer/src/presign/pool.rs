@@ -34,6 +34,14 @@ pub async fn run(node: Arc<PresignCtx>) {
     }
     let interval = Duration::from_secs(cfg.check_interval_secs.max(1));
     loop {
+        if !node.presign.restore_checked() {
+            // A rollback was seen while running: reconcile (discard) first.
+            if let Err(e) = watermark::check_at_start(&node).await {
+                tracing::warn!(error = %e, "presignature restore check failed; retrying (no presignature is used meanwhile)");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        }
         let mut busy = false;
         if node.unsealed().is_some() && node.coord().is_some() {
             match refill_once(&node).await {

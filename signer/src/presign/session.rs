@@ -136,7 +136,10 @@ pub async fn participate(
     // Register every item first: frames of later items that arrive early are kept.
     let mut queues: Vec<(Uuid, SessionQueues)> = Vec::with_capacity(spec.items.len());
     for id in &spec.items {
-        match node.sessions.register(*id, &spec.signers, MessageKind::PRESIGN) {
+        match node
+            .sessions
+            .register(*id, &spec.signers, MessageKind::PRESIGN)
+        {
             Some(q) => queues.push((*id, q)),
             None => {
                 // Another run owns that id: undo only what this run registered.

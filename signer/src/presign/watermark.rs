@@ -56,10 +56,35 @@ fn write_file(dir: &Path, value: i64) -> Result<(), String> {
 }
 
 impl Watermark {
-    /// Raises the file to `value` (never lowers it). Without a data directory there is
-    /// no file and restore detection is off (logged at start).
-    pub fn advance(&self, dir: Option<&Path>, value: i64) -> Result<(), String> {
+    /// Moves the file to `value`, the database counter just incremented inside a
+    /// consuming transaction (the row lock orders these calls). A value that is not
+    /// above the last one written means the database went back under the running
+    /// node (restored, or a committed transaction lost): refused, so that
+    /// transaction aborts and nothing is consumed. Without a data directory there is
+    /// no file (the configuration refuses that while the pool is on).
+    pub fn advance(&self, dir: Option<&Path>, value: i64) -> Result<(), Rollback> {
         let Some(dir) = dir else { return Ok(()) };
+        let mut w = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        if value <= *w {
+            return Err(Rollback {
+                database: value,
+                file: *w,
+            });
+        }
+        write_file(dir, value).map_err(|e| {
+            tracing::error!(error = %e, "cannot write the watermark file");
+            Rollback {
+                database: value,
+                file: -1,
+            }
+        })?;
+        *w = value;
+        Ok(())
+    }
+
+    /// Raises the file to at least `value` (never lowers it); used by the restore
+    /// check, which has just reconciled the database with the file.
+    pub fn align(&self, dir: &Path, value: i64) -> Result<(), String> {
         let mut w = self.written.lock().unwrap_or_else(PoisonError::into_inner);
         if value <= *w {
             return Ok(());
@@ -70,12 +95,47 @@ impl Watermark {
     }
 }
 
-/// The hook the store runs inside consuming transactions.
+/// The database counter was not above the watermark: the database went back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollback {
+    /// Counter the database gave.
+    pub database: i64,
+    /// Last value written to the file (-1: the file could not be written).
+    pub file: i64,
+}
+
+impl std::fmt::Display for Rollback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.file < 0 {
+            write!(
+                f,
+                "the watermark file could not be written (counter {})",
+                self.database
+            )
+        } else {
+            write!(
+                f,
+                "database counter {} is not above the watermark {}: the database went back under the running node",
+                self.database, self.file
+            )
+        }
+    }
+}
+
+/// The hook the store runs inside consuming transactions. A rollback stops every
+/// use of presignatures until the restore check has discarded the pool.
 pub fn hook(node: &PresignCtx) -> impl Fn(i64) -> Result<(), String> + Send + Sync + '_ {
     move |c| {
         node.presign
             .watermark
             .advance(node.cfg.data_dir.as_deref(), c)
+            .map_err(|r| {
+                if r.file >= 0 {
+                    tracing::error!(error = %r, "ALERT: database rollback detected; presignatures stopped until the pool is discarded");
+                    node.presign.flag_rollback();
+                }
+                r.to_string()
+            })
     }
 }
 
@@ -108,7 +168,7 @@ pub async fn check_at_start(node: &PresignCtx) -> Result<(), super::PresignError
     }
     node.presign
         .watermark
-        .advance(Some(dir), target)
+        .align(dir, target)
         .map_err(super::PresignError::Custody)?;
     node.presign.set_restore_checked();
     Ok(())
@@ -124,7 +184,24 @@ mod tests {
         assert_eq!(read(dir.path()).expect("read"), None);
         let w = Watermark::default();
         w.advance(Some(dir.path()), 5).expect("write");
-        w.advance(Some(dir.path()), 3).expect("no-op");
+        assert_eq!(
+            w.advance(Some(dir.path()), 3),
+            Err(Rollback {
+                database: 3,
+                file: 5
+            }),
+            "a counter behind the file is a rollback"
+        );
+        assert_eq!(
+            w.advance(Some(dir.path()), 5),
+            Err(Rollback {
+                database: 5,
+                file: 5
+            }),
+            "so is the same counter again"
+        );
+        assert_eq!(read(dir.path()).expect("read"), Some(5));
+        w.align(dir.path(), 4).expect("never lowers");
         assert_eq!(read(dir.path()).expect("read"), Some(5));
         w.advance(Some(dir.path()), 9).expect("write");
         assert_eq!(read(dir.path()).expect("read"), Some(9));

@@ -343,7 +343,10 @@ mod tests {
             "a second registration would take over the first run's queues"
         );
         router.deliver(frame(id, "node-2", MessageKind::SIGN, vec![0, 1]));
-        assert!(first.protocol_rx.try_recv().is_ok(), "frames still reach the first run");
+        assert!(
+            first.protocol_rx.try_recv().is_ok(),
+            "frames still reach the first run"
+        );
         router.unregister(id);
         assert!(router
             .register(id, &participants, MessageKind::SIGN)

@@ -256,6 +256,16 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Whether signing session id `session` was claimed here before.
+    pub async fn signing_session_used(&self, session: Uuid) -> Result<bool, StoreError> {
+        let (used,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM signing_sessions WHERE session_id = $1)")
+                .bind(session)
+                .fetch_one(self.pool())
+                .await?;
+        Ok(used)
+    }
+
     /// Moves transaction `id` from `approved` to `signing` (the step before any
     /// partial signature of this node); true if it is in `signing` now. False when
     /// it ended here first (expired, failed, ...): no partial may leave then.

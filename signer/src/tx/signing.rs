@@ -225,6 +225,7 @@ pub(crate) async fn send_sign_request(
             tracing::warn!(signer = %s, error = %e, "sign request not delivered");
         }
     }
+
     if req.signers.contains(&me) {
         let n = node.clone();
         let r = req.clone();
@@ -317,6 +318,20 @@ pub(crate) async fn sign_one_input(
     })
     .await;
     node.tx.forget_replies(req.session);
+    if let Some(after) = crate::fault::replay_sign_request_after() {
+        // Once the session is over here: the replays' answers reach no one.
+        let (n, req) = (node.clone(), req.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::error!(session = %req.session, "FAULT INJECTION: replaying a sign request");
+            if let Ok(payload) = wire::encode(&req) {
+                let f = Frame::new(req.session, TX_SIGN, payload);
+                for s in req.signers.iter().filter(|s| **s != n.cfg.node_id) {
+                    let _ = n.net.p2p.send(s, f.clone()).await;
+                }
+            }
+        });
+    }
     result.unwrap_or_else(|_| {
         Err(TxError::Internal(format!(
             "input {}: signing timed out after {} s",
@@ -372,6 +387,11 @@ pub async fn on_sign_request(node: Arc<TxCtx>, from: String, req: SignRequest) {
 /// Checks the permit for the requested input and runs the signing protocol.
 async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u8>, TxError> {
     let me = node.cfg.node_id.clone();
+    // A used session id is refused before anything else, also once the
+    // transaction is over here (a replay of an old request).
+    if node.store.signing_session_used(req.session).await? {
+        return Err(session_reused(node, from, req).await);
+    }
     let p = node.tx.get(req.tx).ok_or_else(|| TxError::Invalid {
         code: "unknown_transaction",
         message: format!("transaction {} is not awaiting signatures here", req.tx),
@@ -388,19 +408,7 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
         .claim_signing_session(req.session, req.tx, req.input, &req.signers, from)
         .await?
     {
-        blame::record(
-            node,
-            from,
-            blame::VIOLATION_SESSION_REUSE,
-            &req.session.to_string(),
-            serde_json::json!({ "transaction": req.tx, "input": req.input, "signers": req.signers }),
-            &me,
-        )
-        .await;
-        return Err(TxError::Invalid {
-            code: "session_reused",
-            message: format!("signing session id {} was used before", req.session),
-        });
+        return Err(session_reused(node, from, req).await);
     }
     if from != me {
         super::voting::accept_relayed_votes(node, req.tx, &p, from, &req.votes).await;
@@ -518,6 +526,24 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
             .await;
     }
     run_protocol(node, req, &p, position, &indices, &input, &permit).await
+}
+
+/// Records a reused signing session id against `from` (whoever sends it) and
+/// returns the refusal.
+async fn session_reused(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> TxError {
+    blame::record(
+        node,
+        from,
+        blame::VIOLATION_SESSION_REUSE,
+        &req.session.to_string(),
+        serde_json::json!({ "transaction": req.tx, "input": req.input, "signers": req.signers }),
+        &node.cfg.node_id.clone(),
+    )
+    .await;
+    TxError::Invalid {
+        code: "session_reused",
+        message: format!("signing session id {} was used before", req.session),
+    }
 }
 
 /// The permit's leave to sign `input` (its index and the sighash this node computed):
