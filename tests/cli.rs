@@ -215,7 +215,18 @@ fn tx_and_utxos_commands_refuse_bad_arguments_before_any_request() {
             vec!["tx", "status", "nope"],
             "transaction id \"nope\" is not a uuid",
         ),
-        (vec!["tx", "approve", "../keys"], "is not a uuid"),
+        (
+            vec![
+                "tx",
+                "approve",
+                "../keys",
+                "--approver",
+                "a",
+                "--key-file",
+                "k",
+            ],
+            "is not a uuid",
+        ),
         (
             vec!["tx", "status", "--state", "signed&limit=9"],
             "--state \"signed&limit=9\" is not valid",

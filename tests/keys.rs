@@ -709,9 +709,36 @@ async fn tx_cli_pays_and_lists_pages_and_transaction_listing_refuses_bad_queries
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 
-    // Approving a signed transaction as its initiator is refused by the node (4xx,
-    // printed with the node's code), whatever the approval endpoint's state.
-    let out = signer(c, &["tx", "approve", &signed_id, "--node", &node0]);
+    // An approval submitted with the admin token (the CLI's) is refused by the node
+    // (4xx, printed with the node's code): an admin is not an approver.
+    let key_file = c.dir.join("cli-approver.key");
+    let out = Command::new(signer_bin())
+        .args(["tx", "approver-keygen", "--out", key_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim().len(),
+        64,
+        "public key hex"
+    );
+    let txid = "00".repeat(32);
+    let out = signer(
+        c,
+        &[
+            "tx",
+            "approve",
+            &signed_id,
+            "--approver",
+            "alice",
+            "--key-file",
+            key_file.to_str().unwrap(),
+            "--txid",
+            &txid,
+            "--node",
+            &node0,
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{node0} answered 4")), "{err}");

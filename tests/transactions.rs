@@ -207,13 +207,36 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
     double_and_forged_votes_are_recorded_and_ignored(&c, &frost).await;
 }
 
-/// `[[scope.approvals]]`: no node votes until an approver approves; the initiator
-/// cannot approve; the approval reaches every node, which then votes and signs.
+/// `[[scope.approvals]]` with approver identities: an approver (name, role, Ed25519
+/// key) is active only once the admins of `t` nodes endorsed it; no node votes until
+/// it approves; an approval is its signature over (transaction id, txid), verified
+/// by every node; an admin is not an approver, an operator cannot approve, a
+/// signature over another transaction is refused; a node relaying forged approvals
+/// (`SIGNER_FAULT_FORGE_APPROVAL`) is recorded by every other node and the forgeries
+/// count for nothing.
 async fn human_approval_holds_every_vote_until_an_approver_approves(
     c: &Cluster,
     frost: &str,
     ecdsa: &str,
 ) {
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
+    let relay = c.node(2).id.clone();
+    c.kill_node(2);
+    c.restart_node_with_env(2, &[("SIGNER_FAULT_FORGE_APPROVAL", "1")]);
+    c.wait_ready(N).await;
+    let alice = Ed25519KeyPair::from_seed_unchecked(&[42; 32]).unwrap();
+    let register = json!({
+        "name": "alice",
+        "role": "approver",
+        "public_key": hex::encode(alice.public_key().as_ref()),
+    });
+    let (status, v) = c.post_json(0, "/api/v1/approvers", &register).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        v["approver"]["active"], false,
+        "one node's admin is not a quorum: {v}"
+    );
+
     c.write_policy_with(
         N,
         &[frost, ecdsa],
@@ -254,31 +277,73 @@ async fn human_approval_holds_every_vote_until_an_approver_approves(
         .await
         .unwrap();
         assert_eq!(votes, 0, "node {i} voted before the approval");
-        assert_eq!(
-            c.get_ok(i, &format!("/api/v1/transactions/{id}"))
-                .await
-                .unwrap()["state"],
-            "voting"
-        );
     }
-    let path = format!("/api/v1/transactions/{id}/approvals");
-    // The initiator (the admin token that submitted) cannot approve.
-    let (status, v) = c.post_json(0, &path, &json!({})).await;
+    let tx_path = format!("/api/v1/transactions/{id}");
+    let txid: bitcoin::Txid = c.get_ok(0, &tx_path).await.unwrap()["unsigned_txid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let sign = |tx: uuid::Uuid| hex::encode(alice.sign(&vote::approval_message(tx, txid)).as_ref());
+    let approval = json!({ "approver": "alice", "signature": sign(uuid) });
+    let path = format!("{tx_path}/approvals");
+
+    // Not yet endorsed by a quorum of nodes: refused.
+    let approver1 = c.create_token(1, "tx-approver", "approver").await;
+    let (status, v) = c.post_json_as(1, &path, &approval, &approver1).await;
     assert_eq!(
         (status, v["code"].as_str()),
-        (403, Some("self_approval")),
+        (403, Some("unknown_approver")),
         "{v}"
     );
-    // An operator may not approve at all.
+    // The second node's admin endorses the same identity: active on every node.
+    let (status, v) = c.post_json(1, "/api/v1/approvers", &register).await;
+    assert_eq!(
+        (status, &v["approver"]["active"]),
+        (201, &json!(true)),
+        "{v}"
+    );
+    for i in 0..N {
+        c.eventually(
+            &format!("node {i} knows alice as active"),
+            Duration::from_secs(30),
+            || async {
+                let v = c.get_ok(i, "/api/v1/approvers").await?;
+                v["approvers"]
+                    .as_array()?
+                    .iter()
+                    .any(|a| a["approver"] == "alice" && a["active"] == true)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    // An admin is not an approver; an operator may not approve at all.
+    let (status, v) = c.post_json(0, &path, &approval).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("approver_role_required")),
+        "{v}"
+    );
     let operator = c.create_token(1, "tx-operator", "operator").await;
-    let (status, v) = c.post_json_as(1, &path, &json!({}), &operator).await;
+    let (status, v) = c.post_json_as(1, &path, &approval, &operator).await;
     assert_eq!(status, 403, "{v}");
-    // An approver on another node approves once; a second approval is refused.
-    let approver = c.create_token(1, "tx-approver", "approver").await;
-    let (status, v) = c.post_json_as(1, &path, &json!({}), &approver).await;
+    // A signature over another transaction is not an approval of this one.
+    let other = json!({ "approver": "alice", "signature": sign(uuid::Uuid::new_v4()) });
+    let (status, v) = c.post_json_as(1, &path, &other, &approver1).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("bad_approval_signature")),
+        "{v}"
+    );
+
+    // Alice approves through node 2, which also relays two forgeries.
+    let approver2 = c.create_token(2, "tx-approver", "approver").await;
+    let (status, v) = c.post_json_as(2, &path, &approval, &approver2).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["approvals"].as_array().unwrap().len(), 1, "{v}");
-    let (status, v) = c.post_json_as(1, &path, &json!({}), &approver).await;
+    let (status, v) = c.post_json_as(2, &path, &approval, &approver2).await;
     assert_eq!(
         (status, v["code"].as_str()),
         (409, Some("already_approved")),
@@ -287,16 +352,67 @@ async fn human_approval_holds_every_vote_until_an_approver_approves(
     let v = ends_as(c, &[0, 1, 2], &id, "signed").await;
     let tx: Transaction = encode::deserialize_hex(v["signed_tx"].as_str().unwrap()).unwrap();
     verify_consensus(&tx, &[&fund]);
-    // Every node recorded the approval relayed by node 1.
+    // Every node holds alice's approval, with the signature it verified, and nothing
+    // else; the others recorded node 2's forgeries.
     for i in 0..N {
-        let v = c
-            .get_ok(i, &format!("/api/v1/transactions/{id}"))
-            .await
-            .unwrap();
+        let v = c.get_ok(i, &tx_path).await.unwrap();
         let a = v["approvals"].as_array().unwrap();
         assert_eq!(a.len(), 1, "node {i}: {v}");
-        assert_eq!(a[0]["via_node"], c.node(1).id.as_str(), "node {i}: {v}");
-        assert_eq!(a[0]["role"], "approver", "node {i}: {v}");
+        assert_eq!(
+            (&a[0]["approver"], &a[0]["role"], &a[0]["via_node"]),
+            (&json!("alice"), &json!("approver"), &json!(relay)),
+            "node {i}: {v}"
+        );
+    }
+    // One person with two credentials: an operator token named alice submits; the
+    // approver alice cannot approve that payment (the initiator's identity travels
+    // with the proposal, so every node's policy would ignore it too).
+    let alice_operator = c.create_token(0, "alice", "operator").await;
+    let _fund2 = cluster_tests::wallet::fund(c, frost, &[50_000]).await;
+    let (status, v) = c
+        .post_json_as(
+            0,
+            "/api/v1/transactions",
+            &pay(frost, 10_000),
+            &alice_operator,
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id2 = v["id"].as_str().unwrap().to_owned();
+    let tx2_path = format!("/api/v1/transactions/{id2}");
+    let txid2: bitcoin::Txid = c
+        .eventually(
+            "node 1 votes on the second payment",
+            Duration::from_secs(60),
+            || async {
+                c.get_ok(1, &tx2_path).await?["unsigned_txid"]
+                    .as_str()?
+                    .parse()
+                    .ok()
+            },
+        )
+        .await;
+    let uuid2 = uuid::Uuid::parse_str(&id2).unwrap();
+    let own = json!({
+        "approver": "alice",
+        "signature": hex::encode(alice.sign(&vote::approval_message(uuid2, txid2)).as_ref()),
+    });
+    let (status, v) = c
+        .post_json_as(1, &format!("{tx2_path}/approvals"), &own, &approver1)
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("self_approval")),
+        "{v}"
+    );
+
+    for i in 0..2 {
+        c.eventually(
+            &format!("node {i} records the forged approvals"),
+            Duration::from_secs(30),
+            || async { (violations(c, i, &relay, "forged_approval").await >= 2).then_some(()) },
+        )
+        .await;
     }
     write_policy(c, &[frost, ecdsa]);
 }

@@ -121,6 +121,7 @@ fn log_armed() {
         LIE_DONE_ENV,
         BAD_PARTIAL_ENV,
         REPLAY_SIGN_REQUEST_ENV,
+        FORGE_APPROVAL_ENV,
         PROPOSAL_DEADLINE_ENV,
         REPLAY_PROPOSAL_ENV,
     ] {
@@ -350,6 +351,30 @@ pub fn replay_sign_request_after() -> Option<std::time::Duration> {
         return Some(std::time::Duration::from_secs(3));
     }
     None
+}
+
+/// Environment variable: after relaying a genuine approval, this node relays two
+/// forged ones: the same approver with a changed signature, and an unregistered
+/// approver.
+pub const FORGE_APPROVAL_ENV: &str = "SIGNER_FAULT_FORGE_APPROVAL";
+
+/// The forged (approver, signature hex) pairs to relay after a genuine approval by
+/// `approver` with `signature` ([`FORGE_APPROVAL_ENV`] armed; feature
+/// `fault-injection` only).
+pub fn forged_approvals(approver: &str, signature: &str) -> Vec<(String, String)> {
+    #[cfg(feature = "fault-injection")]
+    if armed(FORGE_APPROVAL_ENV) {
+        let mut flipped = hex::decode(signature).unwrap_or_default();
+        if let Some(b) = flipped.first_mut() {
+            *b ^= 0x01;
+        }
+        return vec![
+            (approver.to_owned(), hex::encode(flipped)),
+            ("mallory".to_owned(), hex::encode([0u8; 64])),
+        ];
+    }
+    let _ = (approver, signature);
+    Vec::new()
 }
 
 /// Environment variable: this node floods every peer with frames of every kind

@@ -18,6 +18,7 @@
 //! 4. Before signing: [`QuorumCertificate::verify`] over the stored votes, then
 //!    [`SigningPermit::new`] with the node's own `policy::Approval`.
 
+mod approver;
 mod codec;
 mod error;
 mod keys;
@@ -29,6 +30,11 @@ mod tally;
 #[cfg(test)]
 mod tests;
 
+pub use approver::{
+    approval_message, endorsement_message, valid_approver_name, valid_approver_role,
+    verify_approval, verify_endorsement, Approver, APPROVAL_DOMAIN, ENDORSEMENT_DOMAIN,
+    MAX_APPROVER_ROLE_LEN,
+};
 pub use error::{
     BadSignature, KeyAnnounceError, PermitError, QcError, TallyError, VoteCodecError, VoteReject,
 };

@@ -70,6 +70,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/transactions/{id}/approvals",
             axum::routing::post(tx::approve),
         )
+        .route(
+            "/api/v1/approvers",
+            axum::routing::post(tx::endorse_approver).get(tx::list_approvers),
+        )
         .route("/api/v1/utxos", axum::routing::post(tx::import_utxos))
         .route("/api/v1/keys/{id}/addresses", get(dkg::addresses))
         .route("/api/v1/presignatures/status", get(presign::status))

@@ -111,7 +111,7 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     p.require(&[Role::Operator])?;
     let sub = submission(body)?;
-    let id = crate::tx::intake::submit(&s.node, sub, &p.token_id).await?;
+    let id = crate::tx::intake::submit(&s.node, sub, &p.token_id, &p.name).await?;
     let row = s.node.store.get_transaction(id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!(row))).into_response())
 }
@@ -132,23 +132,106 @@ pub async fn get_one(
     v["signed_tx"] = json!(signed);
     v["signed_psbt"] = json!(signed_psbt);
     v["approvals"] = json!(approvals);
+    // What an approver signs, with the id: the unsigned transaction's txid as this
+    // node validated it.
+    if let Some(p) = s.node.tx.get(id) {
+        v["unsigned_txid"] = json!(p.validated.txid.to_string());
+    }
     Ok(Json(v))
 }
 
-/// `POST /api/v1/transactions/{id}/approvals` (approver): a human approval, for
-/// policies that require them. The transaction's initiator cannot approve it.
+/// Body of `POST /api/v1/transactions/{id}/approvals`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalBody {
+    /// The approver's registered name.
+    approver: String,
+    /// Its Ed25519 signature over `vote::approval_message(id, txid)` (hex).
+    signature: String,
+}
+
+/// `POST /api/v1/transactions/{id}/approvals` (role `approver` only, not admin): a
+/// human approval, signed with the approver's own key, for policies that require
+/// them. The transaction's initiator cannot approve it.
 pub async fn approve(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
+    ApiJson(body): ApiJson<ApprovalBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require(&[Role::Approver])?;
+    if p.role != Role::Approver {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "approver_role_required",
+            "approvals are submitted with a token of role approver (an admin is not an approver)",
+        ));
+    }
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad_request("invalid_id", "transaction id must be a uuid"))?;
+    if !vote::valid_approver_name(&body.approver) || body.signature.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_approval",
+            "approver must be a registered approver name and signature 64 bytes of hex",
+        ));
+    }
     let approvals =
-        crate::tx::approvals::approve(&s.node, id, &p.token_id, p.role.as_str()).await?;
+        crate::tx::approvals::approve(&s.node, id, &body.approver, &body.signature, &p.token_id)
+            .await?;
     Ok(Json(
         json!({ "transaction_id": id, "approvals": approvals }),
+    ))
+}
+
+/// Body of `POST /api/v1/approvers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndorseBody {
+    /// Approver name (`[a-z0-9][a-z0-9._-]{0,63}`).
+    name: String,
+    /// Role it approves in (`[a-z0-9_-]{1,32}`).
+    role: String,
+    /// Its Ed25519 public key (hex, 32 bytes).
+    public_key: String,
+}
+
+/// `POST /api/v1/approvers` (admin): this node endorses an approver identity. It
+/// becomes active once `threshold` distinct nodes endorsed the same name, role and
+/// key (each node's own admin).
+pub async fn endorse_approver(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(body): ApiJson<EndorseBody>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    p.require(&[])?;
+    let pk: [u8; 32] = hex::decode(&body.public_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_public_key", "public_key must be 32 bytes of hex")
+        })?;
+    let a = vote::Approver::new(&body.name, &body.role, pk).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_approver",
+            "name must match [a-z0-9][a-z0-9._-]{0,63} and role [a-z0-9_-]{1,32}",
+        )
+    })?;
+    let r = crate::tx::approvals::endorse(&s.node, &a, &p.token_id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "approver": r, "threshold": s.node.cfg.threshold })),
+    ))
+}
+
+/// `GET /api/v1/approvers` (admin, auditor): every approver identity this node
+/// knows, the nodes that endorsed it and whether it is active.
+pub async fn list_approvers(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(&[Role::Auditor])?;
+    let list = crate::tx::approvals::registry(&s.node).await?;
+    Ok(Json(
+        json!({ "approvers": list, "threshold": s.node.cfg.threshold }),
     ))
 }
 

@@ -85,17 +85,37 @@ pub enum TxCmd {
         #[command(flatten)]
         api: ApiOpts,
     },
-    /// Approve a transaction whose policy needs a human approval (approver token;
-    /// the approver is the token's identity, which must not be the initiator's).
+    /// Approve a transaction whose policy needs a human approval: signs
+    /// (transaction id, txid) with the approver's own Ed25519 key and submits it
+    /// with an approver token. Compare the txid printed with the one you were asked
+    /// to approve.
     Approve {
         /// Transaction id.
         id: String,
+        /// The approver's registered name.
+        #[arg(long)]
+        approver: String,
+        /// The approver's key file (`signer tx approver-keygen`; mode 0600).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The txid of the unsigned transaction to approve (default: the one the
+        /// node reports as `unsigned_txid`).
+        #[arg(long)]
+        txid: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
         /// API connection.
         #[command(flatten)]
         api: ApiOpts,
+    },
+    /// Creates an approver key: writes its secret seed (hex) to FILE with mode 0600
+    /// and prints the public key to register with `POST /api/v1/approvers` on
+    /// `threshold` nodes.
+    ApproverKeygen {
+        /// Where to write the seed (must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -232,10 +252,46 @@ pub async fn run(cmd: TxCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        TxCmd::Approve { id, json, api } => {
+        TxCmd::ApproverKeygen { out } => {
+            let pk = approver_keygen(&out)?;
+            println!("{pk}");
+            Ok(0)
+        }
+        TxCmd::Approve {
+            id,
+            approver,
+            key_file,
+            txid,
+            json,
+            api,
+        } => {
             let path = format!("{}/approvals", tx_path(&id)?);
             let client = api.connect().await?;
-            let v = client.post(&path, &json!({})).await?;
+            let txid = match txid {
+                Some(t) => t,
+                None => client
+                    .get(&tx_path(&id)?)
+                    .await?
+                    .get("unsigned_txid")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("the node does not report the unsigned txid; pass --txid")
+                    })?,
+            };
+            let uuid = uuid::Uuid::parse_str(&id)
+                .map_err(|_| anyhow::anyhow!("transaction id must be a uuid"))?;
+            let txid: bitcoin::Txid = txid
+                .parse()
+                .map_err(|e| anyhow::anyhow!("txid {txid}: {e}"))?;
+            let signature = sign_approval(&key_file, uuid, txid)?;
+            eprintln!("approving transaction {id}, unsigned txid {txid}, as {approver}");
+            let v = client
+                .post(
+                    &path,
+                    &json!({ "approver": approver, "signature": signature }),
+                )
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -501,6 +557,49 @@ fn print_list(client: &ApiClient, v: &Value) {
     }
 }
 
+/// Writes a fresh approver seed (hex) to `out` (created 0600, never overwritten);
+/// returns the public key (hex).
+fn approver_keygen(out: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), seed.as_mut_slice())
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed.as_slice())
+        .map_err(|_| anyhow::anyhow!("cannot derive the key"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    f.write_all(zeroize::Zeroizing::new(hex::encode(seed.as_slice())).as_bytes())?;
+    f.sync_all()?;
+    Ok(hex::encode(vote::VoteSigner::vote_public_key(&pair)))
+}
+
+/// The approver's signature (hex) over (`id`, `txid`) with the seed in `key_file`
+/// (refused unless 0600 and owned by the caller).
+fn sign_approval(
+    key_file: &std::path::Path,
+    id: uuid::Uuid,
+    txid: bitcoin::Txid,
+) -> anyhow::Result<String> {
+    let meta =
+        std::fs::metadata(key_file).map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+    hsm::memory::check_private_file(&meta)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(key_file)?);
+    let seed = zeroize::Zeroizing::new(
+        hex::decode(text.trim())
+            .map_err(|_| anyhow::anyhow!("{}: not a hex seed", key_file.display()))?,
+    );
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+        .map_err(|_| anyhow::anyhow!("{}: not a 32-byte seed", key_file.display()))?;
+    let sig = vote::VoteSigner::sign_vote_message(&pair, &vote::approval_message(id, txid));
+    Ok(hex::encode(sig))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,5 +653,32 @@ mod tests {
             .expect_err("bad psbt")
             .to_string();
         assert!(e.contains("does not parse"), "{e}");
+    }
+
+    #[test]
+    fn an_approver_key_is_written_0600_once_and_signs_verifiable_approvals() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("alice.key");
+        let pk = approver_keygen(&f).expect("keygen");
+        let mode = std::fs::metadata(&f).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(
+            approver_keygen(&f).is_err(),
+            "an existing key is never overwritten"
+        );
+        let (id, txid) = (
+            uuid::Uuid::from_u128(5),
+            "11".repeat(32).parse().expect("txid"),
+        );
+        let sig: [u8; 64] = hex::decode(sign_approval(&f, id, txid).expect("sign"))
+            .expect("hex")
+            .try_into()
+            .expect("64 bytes");
+        let pk: [u8; 32] = hex::decode(pk).expect("hex").try_into().expect("32 bytes");
+        assert!(vote::verify_approval(&pk, id, txid, &sig));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = sign_approval(&f, id, txid).expect_err("a readable key file is refused");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
     }
 }

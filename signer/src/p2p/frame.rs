@@ -66,6 +66,8 @@ impl MessageKind {
     pub const TX_DONE: MessageKind = MessageKind(0x0143);
     /// A node relays a human approval it authenticated to every participant.
     pub const TX_APPROVAL: MessageKind = MessageKind(0x0144);
+    /// A node's signed endorsement of an approver identity (name, role, key).
+    pub const APPROVER_ENDORSE: MessageKind = MessageKind(0x0145);
     /// The leader of a signer set announces a presignature generation session.
     pub const PRESIGN_ANNOUNCE: MessageKind = MessageKind(0x0150);
     /// A node relays an operator's presignature generate request to its peers.
@@ -92,6 +94,7 @@ impl MessageKind {
         MessageKind::TX_SIGNATURE,
         MessageKind::TX_DONE,
         MessageKind::TX_APPROVAL,
+        MessageKind::APPROVER_ENDORSE,
         MessageKind::PRESIGN_ANNOUNCE,
         MessageKind::PRESIGN_GENERATE,
         MessageKind::VOTE,
@@ -462,6 +465,7 @@ mod tests {
             (0x0142, MessageKind::TX_SIGNATURE),
             (0x0143, MessageKind::TX_DONE),
             (0x0144, MessageKind::TX_APPROVAL),
+            (0x0145, MessageKind::APPROVER_ENDORSE),
             (0x0150, MessageKind::PRESIGN_ANNOUNCE),
             (0x0151, MessageKind::PRESIGN_GENERATE),
             (0x0200, MessageKind::VOTE),

@@ -6,12 +6,32 @@ use uuid::Uuid;
 
 use super::{Store, StoreError};
 
+/// Stored form of an [`Endorsement`]: approver, role, key, node, admin, signature.
+type EndorsementRow = (String, String, Vec<u8>, String, String, Vec<u8>);
+
+/// A node's signed endorsement of an approver identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endorsement {
+    /// Approver name.
+    pub approver: String,
+    /// Approver role.
+    pub role: String,
+    /// Approver public key.
+    pub public_key: [u8; 32],
+    /// Endorsing node.
+    pub node_id: String,
+    /// Token id of the admin who endorsed at that node.
+    pub admin: String,
+    /// The node's vote-key signature over `vote::endorsement_message`.
+    pub signature: [u8; 64],
+}
+
 /// One human approval of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ApprovalRow {
-    /// Authenticated identity of the approver (token id at the node that took it).
+    /// The approver's registered name.
     pub approver: String,
-    /// Role of the approver's token.
+    /// The role it is registered for.
     pub role: String,
     /// Node whose API authenticated the approver.
     pub via_node: String,
@@ -20,26 +40,77 @@ pub struct ApprovalRow {
 }
 
 impl Store {
-    /// Records an approval; false if this approver already approved the transaction.
+    /// Records a signed approval (`public_key` the approver key it verifies under,
+    /// `signature` over `vote::approval_message`); false if this approver already
+    /// approved the transaction.
     pub async fn insert_approval(
         &self,
         transaction_id: Uuid,
         approver: &str,
         role: &str,
         via_node: &str,
+        public_key: &[u8; 32],
+        signature: &[u8; 64],
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT INTO tx_approvals (transaction_id, approver, role, via_node) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (transaction_id, approver) DO NOTHING",
+            "INSERT INTO tx_approvals (transaction_id, approver, role, via_node, public_key, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (transaction_id, approver) DO NOTHING",
         )
         .bind(transaction_id)
         .bind(approver)
         .bind(role)
         .bind(via_node)
+        .bind(public_key.as_slice())
+        .bind(signature.as_slice())
         .execute(self.pool())
         .await
         .map_err(|e| StoreError::classify(e, "approval"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Records node `e.node_id`'s endorsement of an approver (checked by the
+    /// caller); false if it was already recorded.
+    pub async fn insert_endorsement(&self, e: &Endorsement) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO approver_endorsements (approver, role, public_key, node_id, admin, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&e.approver)
+        .bind(&e.role)
+        .bind(e.public_key.as_slice())
+        .bind(&e.node_id)
+        .bind(&e.admin)
+        .bind(e.signature.as_slice())
+        .execute(self.pool())
+        .await
+        .map_err(|e| StoreError::classify(e, "approver endorsement"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every endorsement this node holds, by approver, role and key.
+    pub async fn endorsements(&self) -> Result<Vec<Endorsement>, StoreError> {
+        let rows: Vec<EndorsementRow> = sqlx::query_as(
+            "SELECT approver, role, public_key, node_id, admin, signature \
+             FROM approver_endorsements ORDER BY approver, role, public_key, node_id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(approver, role, pk, node_id, admin, sig)| {
+                Ok(Endorsement {
+                    approver,
+                    role,
+                    public_key: pk
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("approver key is not 32 bytes".into()))?,
+                    node_id,
+                    admin,
+                    signature: sig.try_into().map_err(|_| {
+                        StoreError::Corrupt("endorsement signature is not 64 bytes".into())
+                    })?,
+                })
+            })
+            .collect()
     }
 
     /// Every approval of a transaction, oldest first.

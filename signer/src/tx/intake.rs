@@ -33,7 +33,12 @@ pub enum Submission {
 
 /// Validates, stores and proposes a transaction; returns its id once this node's own
 /// vote is cast. Nothing is stored when validation fails.
-pub async fn submit(node: &Arc<TxCtx>, sub: Submission, initiator: &str) -> Result<Uuid, TxError> {
+pub async fn submit(
+    node: &Arc<TxCtx>,
+    sub: Submission,
+    initiator: &str,
+    initiator_name: &str,
+) -> Result<Uuid, TxError> {
     if node.unsealed().is_none() {
         return Err(TxError::Sealed);
     }
@@ -137,6 +142,7 @@ pub async fn submit(node: &Arc<TxCtx>, sub: Submission, initiator: &str) -> Resu
         deadline_unix: crate::fault::proposal_deadline(
             now_unix() + node.cfg.wallet.vote_timeout_secs.max(5),
         ),
+        initiator_name: Some(initiator_name.to_owned()),
     };
     let payload = wire::encode(&prop).map_err(|e| TxError::Internal(e.to_string()))?;
     let frame = Frame::new(id, TX_PROPOSE, payload);

@@ -136,6 +136,9 @@ pub struct Pending {
     pub subject: vote::VoteSubject,
     /// Who submitted it (token id at the leader).
     pub initiator: String,
+    /// The initiator's identity (its token's name at the leader; the token id when
+    /// the leader did not send one): never counted as an approver.
+    pub initiator_identity: String,
     /// End of the voting round (Unix seconds): the leader's proposal, clamped to
     /// this node's `[wallet] max_vote_deadline_secs`.
     pub deadline_unix: u64,
@@ -511,6 +514,7 @@ pub const KINDS: &[crate::p2p::MessageKind] = &[
     wire::TX_SIGNATURE,
     wire::TX_DONE,
     wire::TX_APPROVAL,
+    crate::p2p::MessageKind::APPROVER_ENDORSE,
 ];
 
 /// Handles the frames routed to this service until the router stops.
@@ -574,6 +578,18 @@ fn dispatch(node: &Arc<TxCtx>, inbound: &crate::p2p::Inbound) {
                 }
             }
         },
+        crate::p2p::MessageKind::APPROVER_ENDORSE => {
+            match wire::decode::<wire::ApproverEndorsement>(&payload) {
+                Ok(e) => {
+                    tokio::spawn(async move { approvals::on_endorsement(&node, &from, e).await });
+                }
+                Err(e) => {
+                    if let Some(dropped) = DROPPED.hit() {
+                        tracing::warn!(dropped, peer = %from, error = %e, "malformed approver endorsement; dropped")
+                    }
+                }
+            }
+        }
         wire::TX_DONE => match wire::decode::<wire::Done>(&payload) {
             Ok(d) => {
                 tokio::spawn(signing::on_done(node, from, d));

@@ -194,7 +194,7 @@ async fn context(
                 role: a.role,
             })
             .collect(),
-        initiator: p.initiator.clone(),
+        initiator: p.initiator_identity.clone(),
     })
 }
 
@@ -294,6 +294,11 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
         round_id,
         subject,
         initiator: prop.initiator.clone(),
+        initiator_identity: prop
+            .initiator_name
+            .clone()
+            .filter(|n| !n.is_empty() && n.len() <= 128)
+            .unwrap_or_else(|| prop.initiator.clone()),
         deadline_unix,
         sign_deadline_unix: deadline_unix.saturating_add(node.cfg.wallet.sign_timeout_secs.max(5)),
         voted: AtomicBool::new(false),

@@ -37,6 +37,11 @@ pub struct Proposal {
     pub initiator: String,
     /// End of the voting round (Unix seconds).
     pub deadline_unix: u64,
+    /// The name of the submitting token at the leader: the initiator's identity,
+    /// which can never approve the transaction (approver names are compared with
+    /// it on every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator_name: Option<String>,
 }
 
 /// [`TX_SIGN`].
@@ -137,10 +142,32 @@ pub const MAX_BLAMES: usize = 32;
 pub struct ApprovalNotice {
     /// Transaction id.
     pub id: Uuid,
-    /// Authenticated identity of the approver at the relaying node.
+    /// The approver's registered name.
     pub approver: String,
-    /// Role of the approver's token.
+    /// The role the relaying node found it registered for (each receiver uses its
+    /// own registry, not this).
     pub role: String,
+    /// The approver's Ed25519 signature over `vote::approval_message` (hex); every
+    /// receiver verifies it under the approver's key in its own registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// [`crate::p2p::MessageKind::APPROVER_ENDORSE`]: the sending node's endorsement of
+/// an approver identity, signed with its vote key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverEndorsement {
+    /// Approver name.
+    pub approver: String,
+    /// Approver role.
+    pub role: String,
+    /// Approver public key (hex, 32 bytes).
+    pub public_key: String,
+    /// Token id of the admin who endorsed at the sending node.
+    pub admin: String,
+    /// The sending node's vote-key signature over `vote::endorsement_message` (hex).
+    pub signature: String,
 }
 
 #[cfg(test)]
@@ -186,6 +213,7 @@ mod tests {
                 psbt: "cHNidP8=".into(),
                 initiator: "tok".into(),
                 deadline_unix: 7,
+                initiator_name: None,
             }),
             r#"{"id":"00000000-0000-0000-0000-000000000001","key_id":"k","psbt":"cHNidP8=","initiator":"tok","deadline_unix":7}"#
         );
