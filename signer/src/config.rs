@@ -545,6 +545,11 @@ pub enum CustodyConfig {
         /// loads (development and tests).
         #[serde(default)]
         softhsm2_conf: Option<PathBuf>,
+        /// Acknowledges running a software token (SoftHSM) with `wallet.network =
+        /// "bitcoin"`: its token files and the PIN on one disk mean a disk image
+        /// yields the KEK. Refused without this.
+        #[serde(default)]
+        accept_software_token_on_bitcoin: bool,
     },
     /// A TPM 2.0.
     Tpm {
@@ -560,6 +565,15 @@ pub enum CustodyConfig {
         #[serde(default)]
         owner_auth_file: Option<PathBuf>,
     },
+}
+
+/// Whether `module` is a software PKCS#11 token (SoftHSM), judged by its file
+/// name.
+fn is_software_token(module: &Path) -> bool {
+    module
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.to_ascii_lowercase().contains("softhsm"))
 }
 
 fn default_kek_label() -> String {
@@ -721,6 +735,22 @@ impl NodeConfig {
         }
         if let Some(c) = &self.custody {
             c.to_hsm().map_err(invalid)?;
+            if let CustodyConfig::Pkcs11 {
+                module,
+                accept_software_token_on_bitcoin: false,
+                ..
+            } = c
+            {
+                if self.wallet.network == bitcoin::Network::Bitcoin && is_software_token(module) {
+                    return Err(invalid(format!(
+                        "custody.module {} is a software token (SoftHSM) and wallet.network is \
+                         bitcoin: a disk image holding its token files and the PIN yields the \
+                         KEK. Use a hardware HSM or the TPM, or acknowledge the risk with \
+                         custody.accept_software_token_on_bitcoin = true",
+                        module.display()
+                    )));
+                }
+            }
         }
         if self.etcd.endpoints.is_empty() {
             return Err(invalid("etcd.endpoints must not be empty".to_owned()));
@@ -857,6 +887,27 @@ prefix = "/signer/test"
         assert_eq!(cfg.total_nodes(), 2);
         assert_eq!(cfg.api.max_body_bytes, 1024 * 1024);
         assert_eq!(cfg.etcd.lease_ttl_secs, 5);
+    }
+
+    #[test]
+    fn softhsm_on_the_bitcoin_network_needs_an_acknowledgement() {
+        let custody = "[custody]\nbackend = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+                       token_label = \"t\"\npin_file = \"/p\"\n";
+        for net in ["regtest", "testnet", "signet"] {
+            let text = format!("{SAMPLE}{custody}[wallet]\nnetwork = \"{net}\"\n");
+            NodeConfig::parse(&text, Path::new("t.toml"), &[]).expect(net);
+        }
+        let mainnet = format!("{SAMPLE}{custody}[wallet]\nnetwork = \"bitcoin\"\n");
+        let e = NodeConfig::parse(&mainnet, Path::new("t.toml"), &[])
+            .expect_err("softhsm on bitcoin")
+            .to_string();
+        assert!(e.contains("accept_software_token_on_bitcoin"), "{e}");
+        let acked = format!(
+            "{SAMPLE}{custody}accept_software_token_on_bitcoin = true\n[wallet]\nnetwork = \"bitcoin\"\n"
+        );
+        NodeConfig::parse(&acked, Path::new("t.toml"), &[]).expect("acknowledged");
+        let hardware = mainnet.replace("/usr/lib/softhsm/libsofthsm2.so", "/opt/hsm/libcs_pkcs11.so");
+        NodeConfig::parse(&hardware, Path::new("t.toml"), &[]).expect("hardware module");
     }
 
     #[test]
