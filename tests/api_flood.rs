@@ -276,6 +276,52 @@ async fn wrong_secret_flood_gets_401_or_429_and_a_valid_token_keeps_working() {
     let (status, _) = timed_whoami(&c, &client, &operator).await;
     assert_eq!(status, StatusCode::OK);
 
+    // Idle connections from one address: at most 256 are held (the flood clients'
+    // pooled connections count too); the next is closed at once (long before the
+    // 10 s handshake timeout), and once they go the API serves again.
+    let addr = c
+        .node(0)
+        .api_url
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    drop((client, flood_client));
+    let mut idle = Vec::new();
+    for _ in 0..256 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // The node admits connections in order: give it a moment to count these.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut extra, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the 257th connection is closed by the node: {read:?}"
+    );
+    drop(idle);
+    let fresh = c.client();
+    let status = c
+        .eventually(
+            "the API serves again",
+            std::time::Duration::from_secs(10),
+            || async {
+                let r = fresh
+                    .get(c.url(0, "/api/v1/whoami"))
+                    .bearer_auth(&operator)
+                    .send()
+                    .await
+                    .ok()?;
+                Some(r.status())
+            },
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
     // Wrong secrets are never logged.
     let log = std::fs::read_to_string(&c.node(0).log).unwrap();
     assert!(!log.contains(&format!("{:064x}", 1)));

@@ -891,7 +891,8 @@ prefix = "/signer/test"
 
     #[test]
     fn softhsm_on_the_bitcoin_network_needs_an_acknowledgement() {
-        let custody = "[custody]\nbackend = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+        let custody =
+            "[custody]\nbackend = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
                        token_label = \"t\"\npin_file = \"/p\"\n";
         for net in ["regtest", "testnet", "signet"] {
             let text = format!("{SAMPLE}{custody}[wallet]\nnetwork = \"{net}\"\n");
@@ -906,7 +907,10 @@ prefix = "/signer/test"
             "{SAMPLE}{custody}accept_software_token_on_bitcoin = true\n[wallet]\nnetwork = \"bitcoin\"\n"
         );
         NodeConfig::parse(&acked, Path::new("t.toml"), &[]).expect("acknowledged");
-        let hardware = mainnet.replace("/usr/lib/softhsm/libsofthsm2.so", "/opt/hsm/libcs_pkcs11.so");
+        let hardware = mainnet.replace(
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "/opt/hsm/libcs_pkcs11.so",
+        );
         NodeConfig::parse(&hardware, Path::new("t.toml"), &[]).expect("hardware module");
     }
 

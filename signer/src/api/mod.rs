@@ -144,6 +144,85 @@ async fn refuse_oversized(
     }
 }
 
+/// Connections the API serves at once, in all.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections one client address may hold at once.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+/// Time a client has to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections refused for the limits (logged throttled).
+static REFUSED: crate::router::LogThrottle = crate::router::LogThrottle::new();
+
+/// Counts open API connections, in all and per client address.
+#[derive(Debug)]
+pub struct ConnLimits {
+    total: usize,
+    per_client: usize,
+    open: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// One admitted connection; its slot is given back when dropped.
+#[derive(Debug)]
+pub struct ConnSlot {
+    limits: Arc<ConnLimits>,
+    ip: std::net::IpAddr,
+}
+
+impl ConnLimits {
+    /// At most `total` connections, `per_client` of them from one address.
+    pub fn new(total: usize, per_client: usize) -> Self {
+        ConnLimits {
+            total,
+            per_client,
+            open: std::sync::Mutex::default(),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (usize, std::collections::HashMap<std::net::IpAddr, usize>)>
+    {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for a connection from `ip`, or `None` when a limit is reached.
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ConnSlot> {
+        let mut g = self.lock();
+        let mine = g.1.get(&ip).copied().unwrap_or(0);
+        if g.0 >= self.total || mine >= self.per_client {
+            return None;
+        }
+        g.0 += 1;
+        g.1.insert(ip, mine + 1);
+        Some(ConnSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Open connections: in all, and from `ip`.
+    pub fn open(&self, ip: std::net::IpAddr) -> (usize, usize) {
+        let g = self.lock();
+        (g.0, g.1.get(&ip).copied().unwrap_or(0))
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut g = self.limits.lock();
+        g.0 = g.0.saturating_sub(1);
+        if let Some(n) = g.1.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves the API over TLS until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
@@ -152,6 +231,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let limits = Arc::new(ConnLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT));
     loop {
         let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -164,10 +244,19 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = limits.admit(peer.ip()) else {
+            // Closed at once: one client (or all together) cannot hold more.
+            if let Some(dropped) = REFUSED.hit() {
+                tracing::warn!(dropped, client = %peer, "api connection limit reached; connection closed");
+            }
+            drop(tcp);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -184,7 +273,13 @@ pub async fn serve(
                 req.extensions_mut().insert(ClientAddr(peer));
                 req
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that does not finish its request headers in time is cut off
+            // (slowloris).
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
             tokio::pin!(conn);
             tokio::select! {
@@ -199,5 +294,28 @@ pub async fn serve(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_slots_are_bounded_per_client_and_in_all_and_given_back() {
+        let limits = Arc::new(ConnLimits::new(3, 2));
+        let a: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: std::net::IpAddr = "10.0.0.2".parse().expect("ip");
+        let a1 = limits.admit(a).expect("first");
+        let a2 = limits.admit(a).expect("second");
+        assert!(limits.admit(a).is_none(), "third from one client");
+        let b1 = limits.admit(b).expect("another client");
+        assert!(limits.admit(b).is_none(), "total reached");
+        assert_eq!(limits.open(a), (3, 2));
+        drop(a1);
+        assert_eq!(limits.open(a), (2, 1));
+        let a3 = limits.admit(a).expect("slot given back");
+        drop((a2, a3, b1));
+        assert_eq!(limits.open(a), (0, 0));
     }
 }
