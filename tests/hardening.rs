@@ -48,6 +48,31 @@ async fn test_primes_are_refused_off_regtest_and_fixtures_feed_only_regtest() {
             "{net}: {stderr}"
         );
     }
+    // Without test primes, the same node on bitcoin is refused for its SoftHSM token
+    // unless the risk is acknowledged.
+    let text = std::fs::read_to_string(&c.node(0).config).unwrap();
+    let no_primes: String = text
+        .lines()
+        .filter(|l| !l.starts_with("insecure_test_primes"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mainnet = c.node(0).config.with_file_name("mainnet.toml");
+    std::fs::write(&mainnet, &no_primes).unwrap();
+    let out = Command::new(signer_bin())
+        .args(["node", "run", "--config"])
+        .arg(&mainnet)
+        .env("SIGNER__WALLET__NETWORK", "bitcoin")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "softhsm on bitcoin: the node started"
+    );
+    assert!(
+        stderr.contains("accept_software_token_on_bitcoin"),
+        "softhsm on bitcoin: {stderr}"
+    );
     // Fixture sets already in a pool are never handed to a node of another network.
     // (The node imports them in the background once unsealed.)
     let pool = c.db(0).await;

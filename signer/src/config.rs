@@ -735,22 +735,6 @@ impl NodeConfig {
         }
         if let Some(c) = &self.custody {
             c.to_hsm().map_err(invalid)?;
-            if let CustodyConfig::Pkcs11 {
-                module,
-                accept_software_token_on_bitcoin: false,
-                ..
-            } = c
-            {
-                if self.wallet.network == bitcoin::Network::Bitcoin && is_software_token(module) {
-                    return Err(invalid(format!(
-                        "custody.module {} is a software token (SoftHSM) and wallet.network is \
-                         bitcoin: a disk image holding its token files and the PIN yields the \
-                         KEK. Use a hardware HSM or the TPM, or acknowledge the risk with \
-                         custody.accept_software_token_on_bitcoin = true",
-                        module.display()
-                    )));
-                }
-            }
         }
         if self.etcd.endpoints.is_empty() {
             return Err(invalid("etcd.endpoints must not be empty".to_owned()));
@@ -772,6 +756,22 @@ impl NodeConfig {
                  published Paillier primes let co-signers extract key shares",
                 self.wallet.network
             )));
+        }
+        if let Some(CustodyConfig::Pkcs11 {
+            module,
+            accept_software_token_on_bitcoin: false,
+            ..
+        }) = &self.custody
+        {
+            if self.wallet.network == bitcoin::Network::Bitcoin && is_software_token(module) {
+                return Err(invalid(format!(
+                    "custody.module {} is a software token (SoftHSM) and wallet.network is \
+                     bitcoin: a disk image holding its token files and the PIN yields the \
+                     KEK. Use a hardware HSM or the TPM, or acknowledge the risk with \
+                     custody.accept_software_token_on_bitcoin = true",
+                    module.display()
+                )));
+            }
         }
         if self.presign.enabled && self.data_dir.is_none() {
             return Err(invalid(
