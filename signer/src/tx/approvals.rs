@@ -330,10 +330,6 @@ pub async fn approve(
 }
 
 async fn relay(node: &Arc<TxCtx>, participants: &[String], notice: &ApprovalNotice) {
-    match wire::encode(notice) {
-        Ok(b) => broadcast(node, participants, Frame::new(notice.id, TX_APPROVAL, b)).await,
-        Err(e) => tracing::error!(tx = %notice.id, error = %e, "cannot encode the approval"),
-    }
     let genuine = notice.signature.as_deref().unwrap_or_default();
     for forged in crate::fault::forged_approvals(&notice.approver, genuine) {
         tracing::error!(tx = %notice.id, "FAULT INJECTION: relaying a forged approval");
@@ -346,6 +342,10 @@ async fn relay(node: &Arc<TxCtx>, participants: &[String], notice: &ApprovalNoti
         if let Ok(b) = wire::encode(&forged) {
             broadcast(node, participants, Frame::new(notice.id, TX_APPROVAL, b)).await;
         }
+    }
+    match wire::encode(notice) {
+        Ok(b) => broadcast(node, participants, Frame::new(notice.id, TX_APPROVAL, b)).await,
+        Err(e) => tracing::error!(tx = %notice.id, error = %e, "cannot encode the approval"),
     }
 }
 
@@ -360,18 +360,26 @@ fn already_approved(approver: &str, id: Uuid) -> TxError {
 /// signature verifies under this node's own registry; otherwise recorded against
 /// `from` as `forged_approval`.
 pub async fn on_notice(node: &Arc<TxCtx>, from: &str, a: ApprovalNotice) {
-    let Some(p) = node.tx.get(a.id) else {
-        tracing::warn!(peer = %from, tx = %a.id, "approval for a transaction not in voting here; dropped");
-        return;
+    // A relay can arrive after this node finished the transaction: it is still
+    // checked (and a forgery recorded) against the ended round's txid.
+    let (participants, txid, live) = match node.tx.get(a.id) {
+        Some(p) => (p.participants.clone(), p.validated.txid, true),
+        None => match node.tx.ended_round(a.id) {
+            Some(r) => (r.participants, r.subject.txid, false),
+            None => {
+                tracing::warn!(peer = %from, tx = %a.id, "approval for a transaction not known here; dropped");
+                return;
+            }
+        },
     };
-    if !p.participants.iter().any(|n| n == from) {
+    if !participants.iter().any(|n| n == from) {
         tracing::warn!(peer = %from, tx = %a.id, "approval from a non-participant; dropped");
         return;
     }
     let sig = a.signature.as_deref().and_then(decode_64);
     let verified = match sig {
         Some(sig) if vote::valid_approver_name(&a.approver) => {
-            match verified_approver(node, &a.approver, a.id, p.validated.txid, &sig).await {
+            match verified_approver(node, &a.approver, a.id, txid, &sig).await {
                 Ok(v) => v.map(|(role, pk)| (role, pk, sig)),
                 Err(e) => {
                     tracing::error!(tx = %a.id, error = %e, "cannot read the approver registry");
@@ -416,7 +424,9 @@ pub async fn on_notice(node: &Arc<TxCtx>, from: &str, a: ApprovalNotice) {
                         })),
                 )
                 .await;
-            reconsider(node, a.id).await;
+            if live {
+                reconsider(node, a.id).await;
+            }
         }
         Ok(false) => {}
         Err(e) => tracing::error!(tx = %a.id, error = %e, "cannot record a relayed approval"),
