@@ -83,27 +83,21 @@ pub async fn registry(node: &TxCtx) -> Result<Vec<RegisteredApprover>, TxError> 
         .collect())
 }
 
-/// The active registration of `name` whose key signed `signature` over
-/// (`id`, `txid`), if any: its role and key.
-async fn verified_approver(
-    node: &TxCtx,
+/// The active registration of `name` in `registry` whose key signed `signature`
+/// over (`id`, `txid`), if any: its role and key.
+fn verified_approver(
+    registry: &[RegisteredApprover],
     name: &str,
     id: Uuid,
     txid: bitcoin::Txid,
     signature: &[u8; 64],
-) -> Result<Option<(String, [u8; 32])>, TxError> {
-    for r in registry(node).await? {
-        if r.approver != name || !r.active {
-            continue;
-        }
-        let Some(pk) = decode_32(&r.public_key) else {
-            continue;
-        };
-        if vote::verify_approval(&pk, id, txid, signature) {
-            return Ok(Some((r.role, pk)));
-        }
-    }
-    Ok(None)
+) -> Option<(String, [u8; 32])> {
+    registry
+        .iter()
+        .filter(|r| r.approver == name && r.active)
+        .filter_map(|r| Some((r, decode_32(&r.public_key)?)))
+        .find(|(_, pk)| vote::verify_approval(pk, id, txid, signature))
+        .map(|(r, pk)| (r.role.clone(), pk))
 }
 
 fn decode_32(h: &str) -> Option<[u8; 32]> {
@@ -282,24 +276,22 @@ pub async fn approve(
             message: format!("{name} initiated transaction {id} and cannot approve it"),
         });
     }
-    if !registry(node)
-        .await?
-        .iter()
-        .any(|r| r.approver == name && r.active)
-    {
+    let known = registry(node).await?;
+    if !known.iter().any(|r| r.approver == name && r.active) {
         return Err(TxError::Forbidden {
             code: "unknown_approver",
             message: format!("{name} is not an approver endorsed by a quorum of nodes"),
         });
     }
-    let (role, pk) = verified_approver(node, name, id, p.validated.txid, &sig)
-        .await?
-        .ok_or_else(|| TxError::Invalid {
-            code: "bad_approval_signature",
-            message: format!(
-                "the signature is not {name}'s approval of transaction {id} (txid {})",
-                p.validated.txid
-            ),
+    let (role, pk) =
+        verified_approver(&known, name, id, p.validated.txid, &sig).ok_or_else(|| {
+            TxError::Invalid {
+                code: "bad_approval_signature",
+                message: format!(
+                    "the signature is not {name}'s approval of transaction {id} (txid {})",
+                    p.validated.txid
+                ),
+            }
         })?;
     let me = node.cfg.node_id.clone();
     if !node
@@ -378,15 +370,14 @@ pub async fn on_notice(node: &Arc<TxCtx>, from: &str, a: ApprovalNotice) {
     }
     let sig = a.signature.as_deref().and_then(decode_64);
     let verified = match sig {
-        Some(sig) if vote::valid_approver_name(&a.approver) => {
-            match verified_approver(node, &a.approver, a.id, txid, &sig).await {
-                Ok(v) => v.map(|(role, pk)| (role, pk, sig)),
-                Err(e) => {
-                    tracing::error!(tx = %a.id, error = %e, "cannot read the approver registry");
-                    return;
-                }
+        Some(sig) if vote::valid_approver_name(&a.approver) => match registry(node).await {
+            Ok(known) => verified_approver(&known, &a.approver, a.id, txid, &sig)
+                .map(|(role, pk)| (role, pk, sig)),
+            Err(e) => {
+                tracing::error!(tx = %a.id, error = %e, "cannot read the approver registry");
+                return;
             }
-        }
+        },
         _ => None,
     };
     let Some((role, pk, sig)) = verified else {
