@@ -101,14 +101,37 @@ impl Store {
 
     /// Reserves every input of a proposal for transaction `id`. Inputs this node
     /// does not know yet are recorded (origin `proposal`, with the amount and script
-    /// the caller proved) and reserved at once. Returns the first input that is
-    /// spent or reserved by another transaction, reserving nothing in that case.
+    /// the caller proved) and reserved at once. Reserves nothing when an input is
+    /// spent or reserved by another transaction, or when `id` has already ended
+    /// here (a late reservation would hold the inputs of a dead transaction, which
+    /// nothing releases). The transaction's row is share-locked first, so an end
+    /// that commits concurrently either happens before (seen here) or releases what
+    /// this reserved.
     pub async fn reserve_inputs(
         &self,
         id: Uuid,
         inputs: &[OwnedUtxo],
-    ) -> Result<Option<bitcoin::OutPoint>, StoreError> {
+    ) -> Result<InputReservation, StoreError> {
         let mut tx = self.pool().begin().await?;
+        let state: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM transactions WHERE id = $1 FOR SHARE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match state {
+            Some((s,)) if LIVE_STATES.contains(&s.as_str()) => {}
+            Some((s,)) => {
+                tx.rollback().await?;
+                return Ok(InputReservation::TransactionEnded(s));
+            }
+            None => {
+                tx.rollback().await?;
+                return Err(StoreError::NotFound {
+                    what: "transaction",
+                    id: id.to_string(),
+                });
+            }
+        }
         for u in inputs {
             let o = &u.outpoint;
             sqlx::query(
@@ -150,12 +173,12 @@ impl Store {
                 Some((state, by)) if state == "reserved" && by == Some(id) => {}
                 _ => {
                     tx.rollback().await?;
-                    return Ok(Some(*o));
+                    return Ok(InputReservation::Unavailable(*o));
                 }
             }
         }
         tx.commit().await?;
-        Ok(None)
+        Ok(InputReservation::Reserved)
     }
 
     /// Whether every one of `outpoints` is reserved by transaction `id` in this
@@ -266,6 +289,21 @@ impl Store {
     pub async fn release_utxos(&self, id: Uuid) -> Result<u64, StoreError> {
         release_reserved(self.pool(), id).await
     }
+}
+
+/// Transaction states in which inputs may still be reserved.
+const LIVE_STATES: [&str; 4] = ["pending", "voting", "approved", "signing"];
+
+/// What [`Store::reserve_inputs`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InputReservation {
+    /// Every input is now reserved by the transaction.
+    Reserved,
+    /// Nothing reserved: this input is spent or reserved by another transaction.
+    Unavailable(bitcoin::OutPoint),
+    /// Nothing reserved: the transaction already ended here (in this state).
+    TransactionEnded(String),
 }
 
 /// Releases the UTXOs reserved by transaction `id` (in a pool or a transaction).

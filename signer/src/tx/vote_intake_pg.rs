@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::vote_intake::*;
 use crate::store::transactions::NewTransaction;
+use crate::store::utxos::InputReservation;
 use crate::store::Store;
 use vote::*;
 
@@ -596,7 +597,7 @@ async fn proposal_inputs_are_learned_reserved_once_and_never_offered_to_coin_sel
             .reserve_inputs(tx, &[a.clone(), b.clone()])
             .await
             .expect("reserve"),
-        None
+        InputReservation::Reserved
     );
     assert!(store.inputs_reserved_by(tx, &outs).await.expect("check"));
     assert!(!store.inputs_reserved_by(other, &outs).await.expect("check"));
@@ -605,7 +606,7 @@ async fn proposal_inputs_are_learned_reserved_once_and_never_offered_to_coin_sel
             .reserve_inputs(other, std::slice::from_ref(&b))
             .await
             .expect("reserve"),
-        Some(b.outpoint)
+        InputReservation::Unavailable(b.outpoint)
     );
     let known = store.known_outputs(&outs).await.expect("known");
     assert_eq!(known[&a.outpoint].value.to_sat(), 10_000);
@@ -685,15 +686,28 @@ async fn transactions_in_flight_expire_at_start_and_signing_ones_keep_their_inpu
             .reserve_inputs(voting, &[utxo(1, 10_000)])
             .await
             .expect("r"),
-        None
+        InputReservation::Reserved
     );
     assert_eq!(
         store
             .reserve_inputs(signing, &[utxo(2, 10_000)])
             .await
             .expect("r"),
-        None
+        InputReservation::Reserved
     );
+    // A transaction that already ended reserves nothing (its inputs would never
+    // be released again).
+    assert_eq!(
+        store
+            .reserve_inputs(done, &[utxo(3, 10_000)])
+            .await
+            .expect("r"),
+        InputReservation::TransactionEnded("rejected".into())
+    );
+    assert!(!store
+        .inputs_reserved_by(done, &[utxo(3, 1).outpoint])
+        .await
+        .expect("check"));
 
     assert_eq!(store.expire_in_flight("node-1").await.expect("expire"), 2);
     for id in [voting, signing] {

@@ -13,6 +13,7 @@ use super::{Pending, TxError};
 use crate::audit::AuditEntry;
 use crate::p2p::{Frame, MessageKind};
 use crate::store::transactions::{NewTransaction, OutflowReason};
+use crate::store::utxos::InputReservation;
 use crate::store::StoreError;
 use crate::tx::vote_intake::{Prechecked, VoteIntake};
 use vote::{
@@ -321,15 +322,26 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
     if let Err(e) = pending.validated.check_input_proofs(&known) {
         tracing::warn!(tx = %prop.id, leader = %from, error = %e, "input amounts not proven; voting reject");
         verdict.reject(e.code());
-    } else if let Some(o) = node
-        .store
-        .reserve_inputs(prop.id, &proven_inputs(&pending.validated))
-        .await?
-    {
-        // An input this node knows as spent, or reserved by another transaction
-        // (e.g. a concurrent proposal from another leader), is never signed twice.
-        tracing::warn!(tx = %prop.id, input = %o, "input already spent or reserved; voting reject");
-        verdict.reject("input_unavailable");
+    } else {
+        match node
+            .store
+            .reserve_inputs(prop.id, &proven_inputs(&pending.validated))
+            .await?
+        {
+            InputReservation::Reserved => {}
+            // An input this node knows as spent, or reserved by another transaction
+            // (e.g. a concurrent proposal from another leader), is never signed twice.
+            InputReservation::Unavailable(o) => {
+                tracing::warn!(tx = %prop.id, input = %o, "input already spent or reserved; voting reject");
+                verdict.reject("input_unavailable");
+            }
+            // The others decided before this node's own check finished (e.g. a quorum
+            // of rejections): its inputs stay free for other transactions.
+            InputReservation::TransactionEnded(state) => {
+                tracing::info!(tx = %prop.id, state = %state, "transaction ended before this node reserved its inputs; voting reject");
+                verdict.reject("transaction_ended");
+            }
+        }
     }
     if verdict.awaiting_approval {
         drop(budget);
