@@ -63,8 +63,9 @@ async fn corrupted_dkg_messages_are_blamed_on_their_sender_and_a_retry_succeeds(
             "node {i} blamed an honest node: {rows:?}"
         );
         let (audited,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM audit_log WHERE action = 'dkg.violation' AND subject = 'node-3' \
-             AND details->>'ceremony' = $1",
+            "SELECT count(*) FROM audit_log WHERE action = 'violation.recorded' \
+             AND subject = 'node-3' AND details->>'type' = 'dkg_protocol' \
+             AND details->>'session' = $1",
         )
         .bind(&id)
         .fetch_one(&db)

@@ -260,3 +260,33 @@ async fn corrupted_frost_signing_message_is_blamed_on_its_sender() {
         "{err}"
     );
 }
+
+/// FROST nonces are drawn fresh inside every signing session and kept nowhere: two
+/// sessions over the same share, signer set and sighash produce different nonce
+/// commitments R (a reused nonce would repeat R and reveal the share), and the
+/// share's stored form is unchanged by signing (no nonce state to persist).
+#[test]
+fn frost_signing_draws_fresh_nonces_every_session_and_stores_none() {
+    let shares = keygen_sim(3, 2);
+    let before: Vec<_> = shares
+        .iter()
+        .map(|s| s.to_bytes().expect("encode").to_vec())
+        .collect();
+    let key = bitcoin_output_key(&shares[0], &[]);
+    let sighash = taproot_sighash(key);
+    let first = sign_sim(&shares, &[0, 2], &[], &sighash);
+    let second = sign_sim(&shares, &[0, 2], &[], &sighash);
+    for sig in first.iter().chain(&second) {
+        verify(key, sighash, sig);
+    }
+    assert_ne!(
+        first[0].as_ref()[..32],
+        second[0].as_ref()[..32],
+        "two sessions used the same nonce commitment"
+    );
+    let after: Vec<_> = shares
+        .iter()
+        .map(|s| s.to_bytes().expect("encode").to_vec())
+        .collect();
+    assert_eq!(before, after, "signing changed what is stored of a share");
+}

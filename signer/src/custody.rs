@@ -6,6 +6,7 @@ use hsm::{Aad, Custody, RecordKind};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 use crate::audit::AuditEntry;
+use crate::store::audit::AuditOf;
 use crate::store::node_keys::NodeKeyRow;
 use crate::store::Store;
 
@@ -100,18 +101,16 @@ pub async fn load_or_create_vote_key(
         envelope,
         kek_id: custody.kek_id().to_owned(),
     };
+    let audit = AuditOf::new(
+        &node_id,
+        AuditEntry::new("node", "node_key.create")
+            .subject(VOTE_KEY)
+            .details(serde_json::json!({"algorithm": "ed25519", "public_key": hex::encode(&row.public_key)})),
+    );
     store
-        .insert_node_key(&row)
+        .insert_node_key(&row, audit)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = store
-        .audit(
-            &node_id,
-            AuditEntry::new("node", "node_key.create")
-                .subject(VOTE_KEY)
-                .details(serde_json::json!({"algorithm": "ed25519", "public_key": hex::encode(&row.public_key)})),
-        )
-        .await;
     Ok(VoteKey { pair })
 }
 

@@ -487,6 +487,13 @@ impl AuthState {
         }
     }
 
+    /// Forgets every cached verification (each token is read again at its next use).
+    pub fn forget_all(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
     fn limiter_for(&self, token_id: &str, per_min: u32) -> Arc<DefaultDirectRateLimiter> {
         let mut map = match self.limiters.lock() {
             Ok(m) => m,
@@ -738,6 +745,50 @@ fn principal_of(row: &TokenRow) -> Result<Principal, ApiError> {
         name: row.name.clone(),
         role,
     })
+}
+
+/// Keeps the token cache in step with revocations made anywhere (the CLI on this
+/// host, this node's API): every `token_revoked` notification (sent by
+/// [`crate::store::Store::revoke_token`] in the revoking transaction) drops that
+/// token at once. When the listening connection is lost, notifications may have
+/// been missed, so the whole cache is dropped and every token is read again from
+/// the database at its next use. Runs until the process ends.
+pub async fn follow_revocations(auth: Arc<AuthState>, pool: sqlx::PgPool) {
+    use crate::store::tokens::TOKEN_REVOKED_CHANNEL;
+    loop {
+        let listening = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            l.listen(TOKEN_REVOKED_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        }
+        .await;
+        match listening {
+            Ok(mut listener) => {
+                // Anything revoked while nobody listened.
+                auth.forget_all();
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => {
+                            tracing::info!(token = %n.payload(), "token revoked; dropped from the cache");
+                            auth.forget(n.payload());
+                        }
+                        // Lost and reconnected at the next call: start from nothing.
+                        Ok(None) => auth.forget_all(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "revocation listener failed; cache dropped");
+                            auth.forget_all();
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for token revocations; cache dropped");
+                auth.forget_all();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 #[cfg(test)]

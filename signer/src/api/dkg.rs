@@ -64,26 +64,13 @@ pub async fn start(
     }
     let started = crate::dkg::start::start(
         s.node.dkg_ctx(),
+        &p.token_id,
         body.protocol,
         body.threshold,
         body.participants,
     )
     .await?;
     let spec = &started.spec;
-    s.node
-        .store
-        .audit(
-            &s.node.cfg.node_id,
-            AuditEntry::new(&p.token_id, "dkg.start")
-                .subject(spec.id.to_string())
-                .details(json!({
-                    "protocol": spec.protocol.as_str(),
-                    "threshold": spec.threshold,
-                    "participants": spec.participants,
-                    "fencing_token": spec.fencing_token,
-                })),
-        )
-        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -177,16 +164,27 @@ pub async fn start_aux(
     ApiJson(body): ApiJson<StartAux>,
 ) -> Result<Response, ApiError> {
     p.require(&[Role::Operator])?;
-    let out = crate::dkg::start::start_aux(s.node.dkg_ctx(), body.participants, body.force).await?;
-    let (status, answer, details) = match out {
+    let out =
+        crate::dkg::start::start_aux(s.node.dkg_ctx(), &p.token_id, body.participants, body.force)
+            .await?;
+    let (status, answer) = match out {
         crate::dkg::start::AuxStart::Reused {
             ceremony,
             participants,
         } => {
             let v =
                 json!({ "ceremony_id": ceremony, "participants": participants, "reused": true });
-            (StatusCode::OK, v.clone(), v)
+            // No ceremony runs; the request is still on record.
+            s.node
+                .store
+                .audit(
+                    &s.node.cfg.node_id,
+                    AuditEntry::new(&p.token_id, "aux_info.start").details(v.clone()),
+                )
+                .await?;
+            (StatusCode::OK, v)
         }
+        // Audited by the start itself, before the announcement.
         crate::dkg::start::AuxStart::Started(started) => {
             let spec = &started.spec;
             let v = json!({
@@ -196,16 +194,9 @@ pub async fn start_aux(
                 "reused": false,
                 "announce_failed": started.announce_failed,
             });
-            (StatusCode::ACCEPTED, v.clone(), v)
+            (StatusCode::ACCEPTED, v)
         }
     };
-    s.node
-        .store
-        .audit(
-            &s.node.cfg.node_id,
-            AuditEntry::new(&p.token_id, "aux_info.start").details(details),
-        )
-        .await?;
     Ok((status, Json(answer)).into_response())
 }
 

@@ -12,6 +12,7 @@ use super::auth::{generate_token, generate_token_with, Principal, Role};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::audit::AuditEntry;
+use crate::store::audit::AuditOf;
 
 /// `GET /health`: liveness, no authentication.
 pub async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
@@ -208,19 +209,16 @@ pub async fn revoke_token(
     if id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ApiError::bad_request("invalid_id", "malformed token id"));
     }
-    if !s.node.store.revoke_token(&id).await? {
+    let audit = AuditOf::new(
+        &s.node.cfg.node_id,
+        AuditEntry::new(&p.token_id, "token.revoke").subject(&id),
+    );
+    if !s.node.store.revoke_token(&id, audit).await? {
         return Err(ApiError::not_found(format!(
             "token {id} not found or already revoked"
         )));
     }
     s.auth.forget(&id);
-    s.node
-        .store
-        .audit(
-            &s.node.cfg.node_id,
-            AuditEntry::new(&p.token_id, "token.revoke").subject(&id),
-        )
-        .await?;
     Ok(Json(json!({"revoked": id})))
 }
 

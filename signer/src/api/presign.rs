@@ -163,6 +163,15 @@ pub async fn generate(
         signer_set: set.clone(),
         count,
     };
+    // On record before anything is asked of this node or its peers.
+    node.store
+        .audit(
+            &node.cfg.node_id,
+            AuditEntry::new(&p.token_id, "presign.generate").details(
+                json!({ "key_id": body.key_id, "signer_set": body.signer_set, "count": count }),
+            ),
+        )
+        .await?;
     let payload = wire::encode(&req).map_err(ApiError::internal)?;
     let mut relayed = Vec::new();
     for peer in node.net.p2p.connected_peers() {
@@ -172,14 +181,6 @@ pub async fn generate(
         }
     }
     node.presign.request(body.key_id.clone(), set, count);
-    node.store
-        .audit(
-            &node.cfg.node_id,
-            AuditEntry::new(&p.token_id, "presign.generate").details(
-                json!({ "key_id": body.key_id, "signer_set": body.signer_set, "count": count }),
-            ),
-        )
-        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "requested": count, "key_id": body.key_id, "relayed_to": relayed })),

@@ -6,6 +6,7 @@ use super::{AuditCmd, DbCmd, HsmCmd, TokenCmd};
 use crate::api::auth::{generate_token, Role};
 use crate::audit::AuditEntry;
 use crate::config::NodeConfig;
+use crate::store::audit::AuditOf;
 use crate::store::Store;
 
 async fn open(config: &std::path::Path) -> anyhow::Result<(NodeConfig, Store)> {
@@ -33,15 +34,21 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 .filter(|r| *r > 0)
                 .ok_or_else(|| anyhow::anyhow!("rate limit must be between 1 and 2^31-1"))?;
             let t = generate_token().map_err(|e| anyhow::anyhow!(e.message))?;
+            let audit = AuditOf::new(
+                &cfg.node_id,
+                AuditEntry::new("cli", "token.create")
+                    .subject(&t.id)
+                    .details(serde_json::json!({"name": name, "role": role.as_str()})),
+            );
             store
-                .insert_token(&t.id, &name, role.as_str(), &t.secret_hash, rate, "cli")
-                .await?;
-            store
-                .audit(
-                    &cfg.node_id,
-                    AuditEntry::new("cli", "token.create")
-                        .subject(&t.id)
-                        .details(serde_json::json!({"name": name, "role": role.as_str()})),
+                .insert_token(
+                    &t.id,
+                    &name,
+                    role.as_str(),
+                    &t.secret_hash,
+                    rate,
+                    "cli",
+                    audit,
                 )
                 .await?;
             println!("{}", t.token.expose_secret());
@@ -69,16 +76,14 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::Revoke { config, id } => {
             let (cfg, store) = open(&config).await?;
-            if !store.revoke_token(&id).await? {
+            let audit = AuditOf::new(
+                &cfg.node_id,
+                AuditEntry::new("cli", "token.revoke").subject(&id),
+            );
+            if !store.revoke_token(&id, audit).await? {
                 anyhow::bail!("token {id} not found or already revoked");
             }
-            store
-                .audit(
-                    &cfg.node_id,
-                    AuditEntry::new("cli", "token.revoke").subject(&id),
-                )
-                .await?;
-            println!("revoked {id}");
+            println!("revoked {id} (a running node drops it at once)");
             Ok(())
         }
     }
@@ -116,7 +121,8 @@ pub async fn db(cmd: DbCmd) -> anyhow::Result<()> {
 /// HSM subcommands (no database needed).
 pub fn hsm(cmd: HsmCmd) -> anyhow::Result<()> {
     let (HsmCmd::Init { config } | HsmCmd::Check { config }) = &cmd;
-    let cfg = NodeConfig::load(config)?;
+    // A TPM storage key need not be pinned yet: both commands print its name to pin.
+    let cfg = NodeConfig::load_for_custody_setup(config)?;
     let custody = cfg
         .custody
         .as_ref()

@@ -13,7 +13,6 @@ use zeroize::Zeroizing;
 use super::wire::CEREMONY_CONFIRM;
 use super::DkgCtx;
 use super::{CeremonySpec, DkgError, DkgProtocol, LoadedKey};
-use crate::audit::AuditEntry;
 use crate::p2p::Frame;
 use crate::session::SessionQueues;
 use crate::store::dkg::NewCeremony;
@@ -110,20 +109,11 @@ async fn record_culprit(node: &DkgCtx, spec: &CeremonySpec, culprit: &str, reaso
     let session = spec.id.to_string();
     if let Err(e) = node
         .store
-        .record_violation(culprit, "dkg_protocol", Some(&session), &evidence, me)
+        .record_violation(culprit, "dkg_protocol", Some(&session), &evidence, me, me)
         .await
     {
         tracing::error!(ceremony = %spec.id, %culprit, error = %e, "cannot record the violation");
     }
-    let _ = node
-        .store
-        .audit(
-            me,
-            AuditEntry::new("node", "dkg.violation")
-                .subject(culprit)
-                .details(serde_json::json!({"ceremony": session, "error": reason})),
-        )
-        .await;
 }
 
 /// The ceremony proper; returns the confirmed public key.

@@ -9,6 +9,7 @@ use super::session::{known_nodes, participate};
 use super::wire::{self, CEREMONY_ANNOUNCE};
 use super::DkgCtx;
 use super::{validate_params, CeremonySpec, DkgError, DkgProtocol};
+use crate::audit::AuditEntry;
 use crate::p2p::Frame;
 
 /// Name of the etcd lock serializing ceremony starts.
@@ -47,6 +48,7 @@ pub enum AuxStart {
 /// node already holds completed aux info for that node set and `force` is false.
 pub async fn start_aux(
     node: &Arc<DkgCtx>,
+    actor: &str,
     participants: Option<Vec<String>>,
     force: bool,
 ) -> Result<AuxStart, DkgError> {
@@ -61,15 +63,18 @@ pub async fn start_aux(
         }
     }
     let n = i64::try_from(set.len()).unwrap_or(i64::MAX);
-    start(node, DkgProtocol::AuxInfo, n, Some(set))
+    start(node, actor, DkgProtocol::AuxInfo, n, Some(set))
         .await
         .map(AuxStart::Started)
 }
 
 /// Validates the request, checks that all participants are live and connected,
-/// takes the start lock and announces the ceremony.
+/// takes the start lock, audits the start (`dkg.start` / `aux_info.start`, actor
+/// `actor`; nothing is announced when that audit write fails) and announces the
+/// ceremony.
 pub async fn start(
     node: &Arc<DkgCtx>,
+    actor: &str,
     protocol: DkgProtocol,
     threshold: i64,
     participants: Option<Vec<String>>,
@@ -134,6 +139,24 @@ pub async fn start(
         peer: me.clone(),
         reason: e.to_string(),
     })?;
+    let action = if protocol == DkgProtocol::AuxInfo {
+        "aux_info.start"
+    } else {
+        "dkg.start"
+    };
+    node.store
+        .audit(
+            &me,
+            AuditEntry::new(actor, action)
+                .subject(spec.id.to_string())
+                .details(serde_json::json!({
+                    "protocol": spec.protocol.as_str(),
+                    "threshold": spec.threshold,
+                    "participants": spec.participants,
+                    "fencing_token": spec.fencing_token,
+                })),
+        )
+        .await?;
     // A fenced record of the session in etcd, for operators; participants take the
     // parameters from the mTLS-authenticated announcement, not from etcd.
     coord

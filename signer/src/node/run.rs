@@ -57,6 +57,10 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
     let auth = Arc::new(AuthState::new(
         infra.cfg.api.unauthenticated_rate_limit_per_min,
     ));
+    tokio::spawn(crate::api::auth::follow_revocations(
+        auth.clone(),
+        infra.store.pool().clone(),
+    ));
 
     let peers = infra.cfg.p2p.peers.len();
     let (router, queues) = build_router(peers).context("building the message router")?;

@@ -16,6 +16,7 @@ use crate::audit::AuditEntry;
 use crate::custody::{load_or_create_vote_key, VoteKey};
 use crate::dkg::DkgCtx;
 use crate::infra::{CustodyState, Infra};
+use crate::store::audit::AuditOf;
 use crate::store::node_keys::NodeKeyRow;
 
 /// Opens the custody backend, retrying transient failures, then loads (or on
@@ -185,18 +186,15 @@ async fn load_or_create_token_key(node: &Infra, custody: &Custody) -> Result<Tok
         envelope,
         kek_id: custody.kek_id().to_owned(),
     };
+    let audit = AuditOf::new(
+        &node_id,
+        AuditEntry::new("node", "node_key.create")
+            .subject(TOKEN_KEY_PURPOSE)
+            .details(serde_json::json!({"algorithm": "hmac-sha256", "check_value": hex::encode(&row.public_key)})),
+    );
     node.store
-        .insert_node_key(&row)
+        .insert_node_key(&row, audit)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = node
-        .store
-        .audit(
-            &node_id,
-            AuditEntry::new("node", "node_key.create")
-                .subject(TOKEN_KEY_PURPOSE)
-                .details(serde_json::json!({"algorithm": "hmac-sha256", "check_value": hex::encode(&row.public_key)})),
-        )
-        .await;
     Ok(key)
 }

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::audit::AuditOf;
 use super::{Store, StoreError};
 
 /// Stored form of an [`Endorsement`]: approver, role, key, node, admin, signature.
@@ -42,7 +43,9 @@ pub struct ApprovalRow {
 impl Store {
     /// Records a signed approval (`public_key` the approver key it verifies under,
     /// `signature` over `vote::approval_message`); false if this approver already
-    /// approved the transaction.
+    /// approved the transaction. Recorded with its audit row in one transaction;
+    /// nothing is written when it was already recorded.
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_approval(
         &self,
         transaction_id: Uuid,
@@ -51,7 +54,9 @@ impl Store {
         via_node: &str,
         public_key: &[u8; 32],
         signature: &[u8; 64],
+        audit: AuditOf,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
             "INSERT INTO tx_approvals (transaction_id, approver, role, via_node, public_key, signature) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (transaction_id, approver) DO NOTHING",
@@ -62,15 +67,21 @@ impl Store {
         .bind(via_node)
         .bind(public_key.as_slice())
         .bind(signature.as_slice())
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::classify(e, "approval"))?;
-        Ok(done.rows_affected() == 1)
+        finish_audited(tx, done.rows_affected() == 1, audit).await
     }
 
     /// Records node `e.node_id`'s endorsement of an approver (checked by the
-    /// caller); false if it was already recorded.
-    pub async fn insert_endorsement(&self, e: &Endorsement) -> Result<bool, StoreError> {
+    /// caller); false if it was already recorded. Recorded with its audit row in
+    /// one transaction; nothing is written when it was already recorded.
+    pub async fn insert_endorsement(
+        &self,
+        e: &Endorsement,
+        audit: AuditOf,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
             "INSERT INTO approver_endorsements (approver, role, public_key, node_id, admin, signature) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -81,10 +92,10 @@ impl Store {
         .bind(&e.node_id)
         .bind(&e.admin)
         .bind(e.signature.as_slice())
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::classify(e, "approver endorsement"))?;
-        Ok(done.rows_affected() == 1)
+        finish_audited(tx, done.rows_affected() == 1, audit).await
     }
 
     /// Every endorsement this node holds, by approver, role and key.
@@ -123,4 +134,20 @@ impl Store {
         .fetch_all(self.pool())
         .await?)
     }
+}
+
+/// Commits an insert with its audit row when it wrote something (`inserted`), and
+/// writes nothing otherwise; returns `inserted`.
+async fn finish_audited(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    inserted: bool,
+    audit: AuditOf,
+) -> Result<bool, StoreError> {
+    if inserted {
+        audit.append(&mut tx).await?;
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok(inserted)
 }

@@ -9,6 +9,31 @@ use crate::audit::{AuditEntry, AuditRecord, ChainError, ChainVerifier, GENESIS_H
 /// Serializes appenders so the chain never forks.
 const AUDIT_LOCK_KEY: i64 = 0x5349_474e_4155_4449; // "SIGNAUDI"
 
+/// The audit row of a change, handed to the store method that makes the change: it
+/// is appended in the change's own database transaction, so the change and its
+/// record commit together or not at all (an audit write that fails fails the
+/// change).
+#[derive(Debug, Clone)]
+pub struct AuditOf {
+    node_id: String,
+    entry: AuditEntry,
+}
+
+impl AuditOf {
+    /// Entry `entry` in node `node_id`'s chain.
+    pub fn new(node_id: &str, entry: AuditEntry) -> Self {
+        Self {
+            node_id: node_id.to_owned(),
+            entry,
+        }
+    }
+
+    /// Appends it inside the caller's open transaction.
+    pub(crate) async fn append(self, conn: &mut PgConnection) -> Result<AuditRecord, StoreError> {
+        append_audit(conn, &self.node_id, self.entry).await
+    }
+}
+
 impl Store {
     /// Keys this node froze after a failed final verification (audit `key.frozen`);
     /// the audit log is append-only, so a freeze survives restarts.
@@ -20,7 +45,10 @@ impl Store {
         Ok(rows.into_iter().filter_map(|(s,)| s).collect())
     }
 
-    /// Appends an entry in its own database transaction.
+    /// Appends an entry in its own database transaction: for events that are not a
+    /// change of another row (a start, a refusal, a partial signature leaving).
+    /// A change and its record go through the change's store method with an
+    /// [`AuditOf`].
     pub async fn audit(&self, node_id: &str, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
         let mut tx = self.pool().begin().await?;
         let rec = append_audit(&mut tx, node_id, entry).await?;

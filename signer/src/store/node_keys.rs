@@ -1,5 +1,6 @@
 //! `node_keys`: the node's own long-lived secret keys, stored as envelopes.
 
+use super::audit::AuditOf;
 use super::{Store, StoreError};
 
 /// A stored node key (public part in clear, secret part sealed).
@@ -29,7 +30,12 @@ impl Store {
     }
 
     /// Stores a node key; fails with [`StoreError::Duplicate`] if one exists.
-    pub async fn insert_node_key(&self, row: &NodeKeyRow) -> Result<(), StoreError> {
+    pub async fn insert_node_key(
+        &self,
+        row: &NodeKeyRow,
+        audit: AuditOf,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO node_keys (purpose, algorithm, public_key, envelope, kek_id) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -39,9 +45,11 @@ impl Store {
         .bind(&row.public_key)
         .bind(&row.envelope)
         .bind(&row.kek_id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::classify(e, "node key"))?;
+        audit.append(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -4,7 +4,13 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::audit::AuditOf;
 use super::{Store, StoreError};
+
+/// PostgreSQL notification channel on which a revocation names the token id (sent
+/// in the revoking transaction, so it is delivered only when the revocation
+/// commits).
+pub const TOKEN_REVOKED_CHANNEL: &str = "token_revoked";
 
 /// A stored token (without its secret).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -29,7 +35,8 @@ pub struct TokenRow {
 }
 
 impl Store {
-    /// Stores a new token.
+    /// Stores a new token and its audit row in one transaction.
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_token(
         &self,
         id: &str,
@@ -38,7 +45,9 @@ impl Store {
         secret_hash: &str,
         rate_limit_per_min: i32,
         created_by: &str,
+        audit: AuditOf,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO api_tokens (id, name, role, secret_hash, rate_limit_per_min, created_by) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -49,9 +58,11 @@ impl Store {
         .bind(secret_hash)
         .bind(rate_limit_per_min)
         .bind(created_by)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::classify(e, "token"))?;
+        audit.append(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -90,14 +101,28 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Revokes a token; returns false if it was unknown or already revoked.
-    pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+    /// Revokes a token with its audit row in one transaction; returns false (and
+    /// writes nothing) if it was unknown or already revoked. Running nodes learn it
+    /// at once through the `token_revoked` notification.
+    pub async fn revoke_token(&self, id: &str, audit: AuditOf) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
             "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        audit.append(&mut tx).await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(TOKEN_REVOKED_CHANNEL)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::audit::AuditOf;
 use super::{Store, StoreError};
 
 /// Transaction states; the database enforces the allowed transitions.
@@ -79,20 +80,25 @@ macro_rules! columns {
 impl Store {
     /// Inserts a transaction in state `pending`.
     pub async fn insert_transaction(&self, tx: &NewTransaction) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO transactions (id, key_id, recipient, amount_sats, fee_sats, psbt, initiator) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(tx.id)
-        .bind(&tx.key_id)
-        .bind(&tx.recipient)
-        .bind(tx.amount_sats)
-        .bind(tx.fee_sats)
-        .bind(&tx.psbt)
-        .bind(&tx.initiator)
-        .execute(self.pool())
-        .await
-        .map_err(|e| StoreError::classify(e, "transaction"))?;
+        let mut conn = self.pool().acquire().await?;
+        insert_row(&mut conn, tx).await
+    }
+
+    /// A leader's new transaction, in one database transaction: the row (state
+    /// `pending`), the reservation of `reserve` (the UTXOs its coin selection chose;
+    /// a `Duplicate` error when one is no longer available) and its audit row.
+    /// Nothing is written unless all three are.
+    pub async fn insert_submitted_transaction(
+        &self,
+        new: &NewTransaction,
+        reserve: &[bitcoin::OutPoint],
+        audit: AuditOf,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        insert_row(&mut tx, new).await?;
+        super::utxos::reserve_available(&mut tx, new.id, reserve).await?;
+        audit.append(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -560,4 +566,23 @@ impl OutflowReason {
             OutflowReason::QuorumApproved => "quorum_approved",
         }
     }
+}
+
+/// Inserts a transaction row in state `pending`.
+async fn insert_row(conn: &mut sqlx::PgConnection, tx: &NewTransaction) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO transactions (id, key_id, recipient, amount_sats, fee_sats, psbt, initiator) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(tx.id)
+    .bind(&tx.key_id)
+    .bind(&tx.recipient)
+    .bind(tx.amount_sats)
+    .bind(tx.fee_sats)
+    .bind(&tx.psbt)
+    .bind(&tx.initiator)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| StoreError::classify(e, "transaction"))?;
+    Ok(())
 }

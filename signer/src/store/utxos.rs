@@ -76,25 +76,7 @@ impl Store {
         outpoints: &[bitcoin::OutPoint],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        for o in outpoints {
-            let n = sqlx::query(
-                "UPDATE utxos SET state = 'reserved', reserved_by = $3 \
-                 WHERE txid = $1 AND vout = $2 AND state = 'available'",
-            )
-            .bind(o.txid.to_string())
-            .bind(i64::from(o.vout))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n != 1 {
-                tx.rollback().await?;
-                return Err(StoreError::Duplicate {
-                    what: "utxo reservation",
-                    detail: format!("{o} is not available"),
-                });
-            }
-        }
+        reserve_available(&mut tx, id, outpoints).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -289,6 +271,35 @@ impl Store {
     pub async fn release_utxos(&self, id: Uuid) -> Result<u64, StoreError> {
         release_reserved(self.pool(), id).await
     }
+}
+
+/// Reserves `outpoints` (all `available`) for transaction `id` inside the caller's
+/// transaction; a `Duplicate` error when one is not available (the caller's
+/// transaction must then be rolled back).
+pub(super) async fn reserve_available(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    outpoints: &[bitcoin::OutPoint],
+) -> Result<(), StoreError> {
+    for o in outpoints {
+        let n = sqlx::query(
+            "UPDATE utxos SET state = 'reserved', reserved_by = $3 \
+             WHERE txid = $1 AND vout = $2 AND state = 'available'",
+        )
+        .bind(o.txid.to_string())
+        .bind(i64::from(o.vout))
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Err(StoreError::Duplicate {
+                what: "utxo reservation",
+                detail: format!("{o} is not available"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Transaction states in which inputs may still be reserved.

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Store, StoreError};
+use crate::audit::AuditEntry;
 
 /// A recorded violation.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -25,7 +26,8 @@ pub struct ViolationRow {
 }
 
 impl Store {
-    /// Records a violation by `culprit`.
+    /// Records a violation by `culprit` (found by `detected_by`) with its audit row
+    /// (`violation.recorded`, in `local_node`'s chain) in one transaction.
     pub async fn record_violation(
         &self,
         culprit: &str,
@@ -33,7 +35,9 @@ impl Store {
         session_id: Option<&str>,
         evidence: &serde_json::Value,
         detected_by: &str,
+        local_node: &str,
     ) -> Result<i64, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO byzantine_violations (node_id, violation_type, session_id, evidence, detected_by) \
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -43,8 +47,22 @@ impl Store {
         .bind(session_id)
         .bind(evidence)
         .bind(detected_by)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await?;
+        super::audit::append_audit(
+            &mut tx,
+            local_node,
+            AuditEntry::new("node", "violation.recorded")
+                .subject(culprit)
+                .details(serde_json::json!({
+                    "violation_id": id,
+                    "type": violation_type,
+                    "session": session_id,
+                    "detected_by": detected_by,
+                })),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(id)
     }
 

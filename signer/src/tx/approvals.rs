@@ -32,6 +32,7 @@ use super::TxError;
 use crate::audit::AuditEntry;
 use crate::p2p::{Frame, MessageKind};
 use crate::store::approvals::{ApprovalRow, Endorsement};
+use crate::store::audit::AuditOf;
 
 /// A relayed approval whose signature does not verify under the registry.
 pub const VIOLATION_FORGED_APPROVAL: &str = "forged_approval";
@@ -128,19 +129,17 @@ pub async fn endorse(
         admin: admin.to_owned(),
         signature,
     };
-    node.store.insert_endorsement(&e).await?;
-    node.store
-        .audit(
-            admin,
-            AuditEntry::new("user", "approver.endorse")
-                .subject(&a.name)
-                .details(serde_json::json!({
-                    "role": a.role,
-                    "public_key": hex::encode(a.public_key),
-                    "node": me,
-                })),
-        )
-        .await?;
+    let audit = AuditOf::new(
+        &me,
+        AuditEntry::new(admin, "approver.endorse")
+            .subject(&a.name)
+            .details(serde_json::json!({
+                "role": a.role,
+                "public_key": hex::encode(a.public_key),
+                "node": me,
+            })),
+    );
+    node.store.insert_endorsement(&e, audit).await?;
     let notice = ApproverEndorsement {
         approver: a.name.clone(),
         role: a.role.clone(),
@@ -208,24 +207,19 @@ pub async fn on_endorsement(node: &Arc<TxCtx>, from: &str, n: ApproverEndorsemen
         admin: n.admin.clone(),
         signature,
     };
-    match node.store.insert_endorsement(&e).await {
-        Ok(true) => {
-            let _ = node
-                .store
-                .audit(
-                    &node.cfg.node_id,
-                    AuditEntry::new("node", "approver.endorsement_received")
-                        .subject(&a.name)
-                        .details(serde_json::json!({
-                            "role": a.role,
-                            "public_key": n.public_key,
-                            "node": from,
-                            "admin": n.admin,
-                        })),
-                )
-                .await;
-        }
-        Ok(false) => {}
+    let audit = AuditOf::new(
+        &node.cfg.node_id,
+        AuditEntry::new("node", "approver.endorsement_received")
+            .subject(&a.name)
+            .details(serde_json::json!({
+                "role": a.role,
+                "public_key": n.public_key,
+                "node": from,
+                "admin": n.admin,
+            })),
+    );
+    match node.store.insert_endorsement(&e, audit).await {
+        Ok(true | false) => {}
         Err(e) => tracing::error!(error = %e, "cannot record an approver endorsement"),
     }
 }
@@ -294,21 +288,19 @@ pub async fn approve(
             }
         })?;
     let me = node.cfg.node_id.clone();
+    let audit = AuditOf::new(
+        &me,
+        AuditEntry::new(submitter, "tx.approve")
+            .subject(id.to_string())
+            .details(serde_json::json!({ "approver": name, "role": role, "via_node": me })),
+    );
     if !node
         .store
-        .insert_approval(id, name, &role, &me, &pk, &sig)
+        .insert_approval(id, name, &role, &me, &pk, &sig, audit)
         .await?
     {
         return Err(already_approved(name, id));
     }
-    node.store
-        .audit(
-            submitter,
-            AuditEntry::new("user", "tx.approve")
-                .subject(id.to_string())
-                .details(serde_json::json!({ "approver": name, "role": role, "via_node": me })),
-        )
-        .await?;
     tracing::info!(tx = %id, approver = %name, role, "human approval recorded");
     let notice = ApprovalNotice {
         id,
@@ -396,25 +388,22 @@ pub async fn on_notice(node: &Arc<TxCtx>, from: &str, a: ApprovalNotice) {
         .await;
         return;
     };
+    let audit = AuditOf::new(
+        &node.cfg.node_id,
+        AuditEntry::new("node", "tx.approval_received")
+            .subject(a.id.to_string())
+            .details(serde_json::json!({
+                "approver": a.approver,
+                "role": role,
+                "via_node": from,
+            })),
+    );
     match node
         .store
-        .insert_approval(a.id, &a.approver, &role, from, &pk, &sig)
+        .insert_approval(a.id, &a.approver, &role, from, &pk, &sig, audit)
         .await
     {
         Ok(true) => {
-            let _ = node
-                .store
-                .audit(
-                    &node.cfg.node_id,
-                    AuditEntry::new("node", "tx.approval_received")
-                        .subject(a.id.to_string())
-                        .details(serde_json::json!({
-                            "approver": a.approver,
-                            "role": role,
-                            "via_node": from,
-                        })),
-                )
-                .await;
             if live {
                 reconsider(node, a.id).await;
             }

@@ -24,7 +24,6 @@ use uuid::Uuid;
 
 use super::wire::Blame;
 use super::{Pending, TxCtx};
-use crate::audit::AuditEntry;
 
 /// A partial signature that does not verify against its presignature.
 pub const VIOLATION_INVALID_PARTIAL: &str = "invalid_partial";
@@ -51,31 +50,20 @@ pub async fn record(
     detected_by: &str,
 ) {
     tracing::warn!(%culprit, violation = kind, %session, %detected_by, "signing violation");
-    let id = match node
+    if let Err(e) = node
         .store
-        .record_violation(culprit, kind, Some(session), &evidence, detected_by)
+        .record_violation(
+            culprit,
+            kind,
+            Some(session),
+            &evidence,
+            detected_by,
+            &node.cfg.node_id,
+        )
         .await
     {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::error!(%culprit, violation = kind, error = %e, "cannot record the violation");
-            return;
-        }
-    };
-    let _ = node
-        .store
-        .audit(
-            &node.cfg.node_id,
-            AuditEntry::new("node", "tx.violation")
-                .subject(culprit)
-                .details(serde_json::json!({
-                    "violation_id": id,
-                    "violation_type": kind,
-                    "session": session,
-                    "detected_by": detected_by,
-                })),
-        )
-        .await;
+        tracing::error!(%culprit, violation = kind, error = %e, "cannot record the violation");
+    }
 }
 
 /// The signers whose partials do not verify: presignature public data `public`

@@ -11,7 +11,9 @@ use super::TxCtx;
 use super::TxError;
 use crate::audit::AuditEntry;
 use crate::p2p::Frame;
+use crate::store::audit::AuditOf;
 use crate::store::transactions::NewTransaction;
+use crate::store::StoreError;
 
 /// What an operator submits.
 #[derive(Debug, Clone)]
@@ -106,34 +108,42 @@ pub async fn submit(
         psbt: Some(psbt_bytes.clone()),
         initiator: initiator.to_owned(),
     };
-    node.store.insert_transaction(&new).await?;
-    let outpoints: Vec<_> = validated.inputs.iter().map(|i| i.outpoint).collect();
-    if amount.is_some() {
-        if let Err(e) = node.store.reserve_utxos(id, &outpoints).await {
-            let _ = node
-                .store
-                .transaction_failed(&node.cfg.node_id, id, &e.to_string())
-                .await;
+    // Recipient + amount requests reserve the UTXOs their coin selection chose; a
+    // PSBT's inputs are reserved with the proposal (below).
+    let reserve: Vec<_> = if amount.is_some() {
+        validated.inputs.iter().map(|i| i.outpoint).collect()
+    } else {
+        Vec::new()
+    };
+    let audit = AuditOf::new(
+        &node.cfg.node_id,
+        AuditEntry::new(initiator, "tx.submit")
+            .subject(id.to_string())
+            .details(serde_json::json!({
+                "key_id": validated.key_id,
+                "txid": validated.txid.to_string(),
+                "inputs": validated.inputs.len(),
+                "fee_sats": validated.fee_sats,
+            })),
+    );
+    match node
+        .store
+        .insert_submitted_transaction(&new, &reserve, audit)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Duplicate {
+            what: "utxo reservation",
+            detail,
+        }) => {
             return Err(TxError::Invalid {
                 code: "utxo_unavailable",
-                message: e.to_string(),
-            });
+                message: detail,
+            })
         }
+        Err(e) => return Err(e.into()),
     }
     drop(intake_guard);
-    node.store
-        .audit(
-            &node.cfg.node_id,
-            AuditEntry::new(initiator, "tx.submit")
-                .subject(id.to_string())
-                .details(serde_json::json!({
-                    "key_id": validated.key_id,
-                    "txid": validated.txid.to_string(),
-                    "inputs": validated.inputs.len(),
-                    "fee_sats": validated.fee_sats,
-                })),
-        )
-        .await?;
     let prop = Proposal {
         id,
         key_id: validated.key_id.clone(),

@@ -140,7 +140,8 @@ async fn lead_inner(node: &Arc<TxCtx>, id: Uuid) -> Result<(String, String), TxE
 async fn freeze_key(node: &Arc<TxCtx>, key_id: &str, tx: Uuid, reason: &str) {
     tracing::error!(key = %key_id, %tx, %reason, "ALERT: final consensus verification failed; key frozen");
     node.tx.freeze(key_id);
-    let _ = node
+    // The audit row is what keeps the key frozen across restarts.
+    if let Err(e) = node
         .store
         .audit(
             &node.cfg.node_id,
@@ -148,7 +149,10 @@ async fn freeze_key(node: &Arc<TxCtx>, key_id: &str, tx: Uuid, reason: &str) {
                 .subject(key_id)
                 .details(serde_json::json!({ "transaction": tx, "reason": reason })),
         )
-        .await;
+        .await
+    {
+        tracing::error!(key = %key_id, error = %e, "ALERT: cannot audit the freeze; it lasts until this node restarts");
+    }
 }
 
 async fn record_signed(
@@ -689,6 +693,7 @@ async fn record_refusal(
                 VIOLATION_SIGN_WITHOUT_APPROVAL,
                 Some(&session),
                 &details,
+                &me,
                 &me,
             )
             .await

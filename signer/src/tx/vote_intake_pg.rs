@@ -742,3 +742,213 @@ async fn transactions_in_flight_expire_at_start_and_signing_ones_keep_their_inpu
     );
     assert_eq!(store.expire_in_flight("node-1").await.expect("again"), 0);
 }
+
+/// Makes every audit append fail (as a broken disk or a hostile trigger would),
+/// or lets them through again.
+async fn audit_appends_fail(store: &Store, fail: bool) {
+    let sql = if fail {
+        "CREATE OR REPLACE FUNCTION refuse_audit() RETURNS trigger AS $$ \
+         BEGIN RAISE EXCEPTION 'audit append refused by the test'; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+         FOR EACH ROW EXECUTE FUNCTION refuse_audit();"
+    } else {
+        "DROP TRIGGER refuse_audit ON audit_log;"
+    };
+    sqlx::raw_sql(sql)
+        .execute(store.pool())
+        .await
+        .expect("trigger");
+}
+
+fn audit_of(action: &str) -> crate::store::audit::AuditOf {
+    crate::store::audit::AuditOf::new("node-1", crate::audit::AuditEntry::new("test", action))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_write_that_fails_fails_the_change_and_writes_nothing() {
+    let (_pg, store, tx, _round) = store_with_round().await;
+    store
+        .insert_token(
+            "tok00001",
+            "ops",
+            "operator",
+            &format!("sha256$v1${}", "0".repeat(64)),
+            60,
+            "test",
+            audit_of("token.create"),
+        )
+        .await
+        .expect("token");
+    store.add_utxos(&[utxo(7, 50_000)]).await.expect("import");
+    audit_appends_fail(&store, true).await;
+
+    // Token revocation: refused, the token stays valid and nothing is announced.
+    assert!(store
+        .revoke_token("tok00001", audit_of("token.revoke"))
+        .await
+        .is_err());
+    let t = store
+        .find_token("tok00001")
+        .await
+        .expect("read")
+        .expect("row");
+    assert!(t.revoked_at.is_none(), "revoked without its audit row");
+
+    // A leader's submission: no row, no reservation.
+    let id = Uuid::new_v4();
+    let new = NewTransaction {
+        id,
+        key_id: Some("hot".into()),
+        recipient: None,
+        amount_sats: Some(1_000),
+        fee_sats: Some(200),
+        psbt: None,
+        initiator: "test".into(),
+    };
+    assert!(store
+        .insert_submitted_transaction(&new, &[utxo(7, 1).outpoint], audit_of("tx.submit"))
+        .await
+        .is_err());
+    assert!(
+        store.get_transaction(id).await.is_err(),
+        "transaction row without its audit row"
+    );
+    assert_eq!(store.available_utxos("hot").await.expect("list").len(), 1);
+
+    // A human approval and a violation: not recorded.
+    assert!(store
+        .insert_approval(
+            tx,
+            "alice",
+            "treasury",
+            "node-1",
+            &[1; 32],
+            &[2; 64],
+            audit_of("tx.approve")
+        )
+        .await
+        .is_err());
+    assert!(store.approvals(tx).await.expect("read").is_empty());
+    assert!(store
+        .record_violation(
+            "node-2",
+            "double_vote",
+            None,
+            &serde_json::json!({}),
+            "node-1",
+            "node-1"
+        )
+        .await
+        .is_err());
+    assert!(store.list_violations(10).await.expect("read").is_empty());
+
+    // With the audit log writable again, the same changes go through, each with
+    // its row, and the revocation is announced to running nodes.
+    audit_appends_fail(&store, false).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(store.pool())
+        .await
+        .expect("listener");
+    listener
+        .listen(crate::store::tokens::TOKEN_REVOKED_CHANNEL)
+        .await
+        .expect("listen");
+    assert!(store
+        .revoke_token("tok00001", audit_of("token.revoke"))
+        .await
+        .expect("revoke"));
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("notified in time")
+        .expect("notification");
+    assert_eq!(n.payload(), "tok00001");
+    assert!(!store
+        .revoke_token("tok00001", audit_of("token.revoke"))
+        .await
+        .expect("second revoke"));
+    store
+        .insert_submitted_transaction(&new, &[utxo(7, 1).outpoint], audit_of("tx.submit"))
+        .await
+        .expect("submission");
+    assert!(store.available_utxos("hot").await.expect("list").is_empty());
+    let actions: Vec<String> = store
+        .audit_rows(0, 100)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(
+        actions,
+        ["token.create", "token.revoke", "tx.submit"],
+        "one row per change that happened, none for the refused ones"
+    );
+}
+
+/// An envelope laid out as `hsm::envelope` writes it (kind `kind`, a 3-byte KEK id,
+/// a 1-byte wrapped key, a 16-byte ciphertext).
+fn envelope_shaped(kind: u8) -> Vec<u8> {
+    let mut b = b"CENV".to_vec();
+    b.extend_from_slice(&[1, kind, 1, 0, 3]);
+    b.extend_from_slice(b"kek");
+    b.extend_from_slice(&[0, 1, 0xaa]);
+    b.extend_from_slice(&[0; 12]);
+    b.extend_from_slice(&16u32.to_be_bytes());
+    b.extend_from_slice(&[0x55; 16]);
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_columns_refuse_anything_but_an_envelope_of_their_kind() {
+    let (_pg, store, _tx, _round) = store_with_round().await;
+    let check = |b: Vec<u8>, kinds: Option<Vec<i32>>| {
+        let store = store.clone();
+        async move {
+            let (ok,): (bool,) = sqlx::query_as("SELECT is_custody_envelope($1, $2)")
+                .bind(b)
+                .bind(kinds)
+                .fetch_one(store.pool())
+                .await
+                .expect("query");
+            ok
+        }
+    };
+    assert!(check(envelope_shaped(1), Some(vec![1, 6])).await);
+    assert!(check(envelope_shaped(4), None).await);
+    assert!(
+        !check(envelope_shaped(3), Some(vec![1, 6])).await,
+        "wrong kind"
+    );
+    let mut long = envelope_shaped(1);
+    long.push(0);
+    assert!(!check(long, None).await, "bytes after the ciphertext");
+    let mut short = envelope_shaped(1);
+    short.pop();
+    assert!(!check(short, None).await, "truncated ciphertext");
+    let plaintext = br#"{"share":"0123456789abcdef0123456789abcdef0123456789abcdef"}"#.to_vec();
+    assert!(!check(plaintext.clone(), None).await, "plaintext");
+
+    // The database itself refuses a plaintext secret in a secret column.
+    let insert = |envelope: Vec<u8>| {
+        let store = store.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO node_keys (purpose, algorithm, public_key, envelope, kek_id) \
+                 VALUES ('vote_signing', 'ed25519', $1, $2, 'kek')",
+            )
+            .bind(vec![0u8; 32])
+            .bind(envelope)
+            .execute(store.pool())
+            .await
+        }
+    };
+    let refused = insert(plaintext).await.expect_err("plaintext refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("node_keys_envelope_is_envelope"),
+        "{refused}"
+    );
+    insert(envelope_shaped(4))
+        .await
+        .expect("an envelope is stored");
+}

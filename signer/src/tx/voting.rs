@@ -436,6 +436,7 @@ async fn replayed_proposal(node: &TxCtx, from: &str, prop: &Proposal) -> TxError
             Some(&prop.id.to_string()),
             &evidence,
             &node.cfg.node_id,
+            &node.cfg.node_id,
         )
         .await
     {

@@ -9,6 +9,8 @@ use secrecy::ExposeSecret;
 use super::procs::{alive, free_port, read_pid, spawn_logged, stop, wait_until};
 use super::{etcd, postgres, write_private, ClusterFile, ClusterNode};
 use crate::api::auth::generate_token;
+use crate::audit::AuditEntry;
+use crate::store::audit::AuditOf;
 use crate::store::Store;
 
 /// Options of `cluster up`.
@@ -266,6 +268,12 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
                 &token.secret_hash,
                 100_000,
                 "cluster-up",
+                AuditOf::new(
+                    id,
+                    AuditEntry::new("cluster-up", "token.create")
+                        .subject(&token.id)
+                        .details(serde_json::json!({"name": "dev-admin", "role": "admin"})),
+                ),
             )
             .await?;
         store.pool().close().await;
