@@ -1,7 +1,8 @@
 //! Issue 16: the node fails closed. Published test primes are refused off regtest
 //! (finding 2), custody stays sealed in an unhardened process unless the dev
-//! override is set (finding 3), and the operators' `signer` binary ignores fault
-//! injection (finding 10).
+//! override is set (finding 3), a TPM custody needs a storage-key auth value and a
+//! pinned key name off regtest and refuses a key with another name (finding 5),
+//! and the operators' `signer` binary ignores fault injection (finding 10).
 #![allow(clippy::unwrap_used)]
 
 use std::ffi::OsString;
@@ -212,4 +213,235 @@ async fn the_operators_signer_binary_ignores_fault_injection() {
         .await
         .unwrap();
     assert_eq!(violations, 0);
+}
+
+/// A throwaway swtpm started with `softhsm/start-swtpm.sh`, killed when dropped.
+/// Without swtpm the script fails, and so does the test.
+struct Swtpm {
+    tcti: String,
+    pid: i32,
+    _dir: tempfile::TempDir,
+}
+
+impl Swtpm {
+    fn start() -> Swtpm {
+        let dir = tempfile::tempdir().unwrap();
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../softhsm/start-swtpm.sh");
+        // stdout to a file: the backgrounded swtpm keeps the script's stdout open.
+        let out_path = dir.path().join("start.out");
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(dir.path().join("state"))
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("start.err")).unwrap())
+            .status()
+            .unwrap();
+        let err = std::fs::read_to_string(dir.path().join("start.err")).unwrap_or_default();
+        assert!(
+            status.success(),
+            "softhsm/start-swtpm.sh failed (swtpm installed? apt-get install swtpm): {err}"
+        );
+        let out = std::fs::read_to_string(&out_path).unwrap();
+        let mut lines = out.lines();
+        let tcti = lines.next().unwrap().to_owned();
+        let pid = lines.next().unwrap().trim().parse().unwrap();
+        Swtpm {
+            tcti,
+            pid,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// The node's config with its SoftHSM `[custody]` replaced by `custody` and without
+/// the test primes (refused off regtest).
+fn with_custody(config: &str, custody: &str) -> String {
+    let mut out = String::new();
+    let mut in_custody = false;
+    for line in config.lines() {
+        if line.starts_with('[') {
+            in_custody = line.trim() == "[custody]";
+        }
+        if in_custody || line.starts_with("insecure_test_primes") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(custody);
+    out
+}
+
+fn signer(args: &[&str], config: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(signer_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The name `signer hsm init` / `check` print: `key_name = "<hex>"`.
+fn printed_key_name(output: &str) -> String {
+    let rest = output
+        .split("key_name = \"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no key_name printed:\n{output}"));
+    rest.split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpm_custody_needs_key_auth_and_a_pinned_name_off_regtest_and_refuses_another_key() {
+    const OTHER_NAME: &str = "000b0000000000000000000000000000000000000000000000000000000000000000";
+    let tpm = Swtpm::start();
+    let c = Cluster::start(1, 1);
+    c.wait_ready(1).await;
+    let node_config = c.node(0).config.clone();
+    let dev = with_custody(
+        &std::fs::read_to_string(&node_config).unwrap(),
+        &format!("[custody]\nbackend = \"tpm\"\ntcti = \"{}\"\n", tpm.tcti),
+    );
+    let tpm_config = node_config.with_file_name("tpm.toml");
+    std::fs::write(&tpm_config, &dev).unwrap();
+
+    // Development (regtest): `signer hsm init` creates the storage key without an
+    // auth value and unpinned, and prints the name to pin.
+    let (ok, out) = signer(&["hsm", "init"], &tpm_config, &[]);
+    assert!(ok, "hsm init on regtest: {out}");
+    let name = printed_key_name(&out);
+    assert!(name.starts_with("000b") && name.len() == 68, "{name}");
+
+    // Off regtest the node does not start without a storage-key auth value, nor
+    // with one but without a pinned name.
+    let auth = node_config.with_file_name("tpm-key.auth");
+    std::fs::write(&auth, "tpm key auth value\n").unwrap();
+    std::fs::set_permissions(&auth, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let auth = auth.display().to_string();
+    for net in ["testnet", "signet", "bitcoin"] {
+        let (ok, out) = signer(
+            &["node", "run"],
+            &tpm_config,
+            &[("SIGNER__WALLET__NETWORK", net)],
+        );
+        assert!(!ok, "{net} without key auth: the node started");
+        assert!(
+            out.contains("without a storage key auth value"),
+            "{net}: {out}"
+        );
+        let (ok, out) = signer(
+            &["node", "run"],
+            &tpm_config,
+            &[
+                ("SIGNER__WALLET__NETWORK", net),
+                ("SIGNER__CUSTODY__KEY_AUTH_FILE", &auth),
+            ],
+        );
+        assert!(!ok, "{net} unpinned: the node started");
+        assert!(out.contains("custody.key_name must pin"), "{net}: {out}");
+    }
+    // The production path on bitcoin: `hsm init` with an auth value (a second key)
+    // runs unpinned and prints the name; `hsm check` with that name pinned passes.
+    let prod = [
+        ("SIGNER__WALLET__NETWORK", "bitcoin"),
+        ("SIGNER__CUSTODY__KEY_AUTH_FILE", auth.as_str()),
+        ("SIGNER__CUSTODY__PERSISTENT_HANDLE", "0x81010021"),
+    ];
+    let (ok, out) = signer(&["hsm", "init"], &tpm_config, &prod);
+    assert!(ok, "hsm init on bitcoin with auth: {out}");
+    let prod_name = printed_key_name(&out);
+    assert_ne!(prod_name, name);
+    let (ok, out) = signer(&["hsm", "check"], &tpm_config, &prod);
+    assert!(ok && out.contains("NOT PINNED"), "{out}");
+    let mut pinned = prod.to_vec();
+    pinned.push(("SIGNER__CUSTODY__KEY_NAME", prod_name.as_str()));
+    let (ok, out) = signer(&["hsm", "check"], &tpm_config, &pinned);
+    assert!(ok && out.contains("matches the pinned key_name"), "{out}");
+    pinned.pop();
+    pinned.push(("SIGNER__CUSTODY__KEY_NAME", name.as_str()));
+    let (ok, out) = signer(&["hsm", "check"], &tpm_config, &pinned);
+    assert!(
+        !ok && out.contains("[FAIL] storage key name") && out.contains(&prod_name),
+        "{out}"
+    );
+
+    // Regtest runs the node on the TPM without either, with warnings. (Its keys
+    // were sealed by the SoftHSM KEK: dropped, so that they are made anew.)
+    c.kill_node(0);
+    let db = c.db_superuser(0).await;
+    sqlx::query("DELETE FROM node_keys")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    std::fs::write(&node_config, &dev).unwrap();
+    c.restart_node(0);
+    let (status, v) = c
+        .eventually("unsealed on the tpm", Duration::from_secs(60), || async {
+            ready(&c, 0)
+                .await
+                .filter(|(_, v)| v["custody"]["state"] == "unsealed")
+        })
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let kek = v["custody"]["kek_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(kek, format!("tpm:81010020:{}", &name[4..20]), "{v}");
+    let log = std::fs::read_to_string(&c.node(0).log).unwrap();
+    assert!(
+        log.contains("tpm storage key name not pinned"),
+        "no unpinned warning"
+    );
+    assert!(
+        log.contains("tpm storage key without an auth value"),
+        "no missing-auth warning"
+    );
+
+    // A pinned name that is not the key's: custody refused with its own code.
+    c.kill_node(0);
+    c.restart_node_with_env(0, &[("SIGNER__CUSTODY__KEY_NAME", OTHER_NAME)]);
+    let (status, v) = c
+        .eventually(
+            "sealed for the key name",
+            Duration::from_secs(60),
+            || async {
+                ready(&c, 0)
+                    .await
+                    .filter(|(_, v)| v["custody"]["code"] == "tpm_key_name_mismatch")
+            },
+        )
+        .await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["custody"]["state"], "sealed", "{v}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, v) = ready(&c, 0).await.unwrap();
+    assert_eq!(v["custody"]["code"], "tpm_key_name_mismatch", "{v}");
+
+    // The right name: unsealed again, with the same key.
+    c.kill_node(0);
+    c.restart_node_with_env(0, &[("SIGNER__CUSTODY__KEY_NAME", name.as_str())]);
+    let (_, v) = c
+        .eventually("unsealed pinned", Duration::from_secs(60), || async {
+            ready(&c, 0)
+                .await
+                .filter(|(_, v)| v["custody"]["state"] == "unsealed")
+        })
+        .await;
+    assert_eq!(v["custody"]["kek_id"], kek, "{v}");
 }

@@ -78,6 +78,8 @@ pub struct InitReport {
     pub created: bool,
     /// Human-readable description of the backend.
     pub backend: String,
+    /// TPM only: the storage key's TPM name (hex), to pin as `key_name`.
+    pub tpm_key_name: Option<String>,
 }
 
 impl fmt::Display for InitReport {
@@ -91,36 +93,48 @@ impl fmt::Display for InitReport {
             f,
             "{}: key-encryption key {} {what}",
             self.backend, self.kek_id
-        )
+        )?;
+        if let Some(name) = &self.tpm_key_name {
+            write!(
+                f,
+                "\ntpm storage key name: {name}\npin it in [custody]: key_name = \"{name}\""
+            )?;
+        }
+        Ok(())
     }
 }
 
 /// `signer hsm init`: creates the KEK if it does not exist (idempotent) and verifies
 /// it with a wrap/unwrap round trip.
 pub fn init(config: &CustodyConfig) -> Result<InitReport, HsmError> {
-    let (wrapper, created, backend): (Box<dyn KeyWrapper>, bool, String) = match config {
-        CustodyConfig::Pkcs11(c) => {
-            let (w, created) = Pkcs11Wrapper::open_inner(c, true)?;
-            (
-                Box::new(w),
-                created,
-                format!("pkcs#11 token {:?} ({})", c.token_label, c.module.display()),
-            )
-        }
-        CustodyConfig::Tpm(c) => {
-            let (w, created) = TpmWrapper::open_inner(c, true)?;
-            (
-                Box::new(w),
-                created,
-                format!("tpm {} handle {:#010x}", c.tcti, c.persistent_handle),
-            )
-        }
-    };
+    let (wrapper, created, backend, tpm_key_name): (Box<dyn KeyWrapper>, bool, String, _) =
+        match config {
+            CustodyConfig::Pkcs11(c) => {
+                let (w, created) = Pkcs11Wrapper::open_inner(c, true)?;
+                (
+                    Box::new(w),
+                    created,
+                    format!("pkcs#11 token {:?} ({})", c.token_label, c.module.display()),
+                    None,
+                )
+            }
+            CustodyConfig::Tpm(c) => {
+                let (w, created) = TpmWrapper::open_inner(c, true)?;
+                let name = w.key_name().to_string();
+                (
+                    Box::new(w),
+                    created,
+                    format!("tpm {} handle {:#010x}", c.tcti, c.persistent_handle),
+                    Some(name),
+                )
+            }
+        };
     round_trip(wrapper.as_ref())?;
     Ok(InitReport {
         kek_id: wrapper.kek_id().to_string(),
         created,
         backend,
+        tpm_key_name,
     })
 }
 
@@ -327,11 +341,35 @@ fn check_tpm(c: &TpmConfig, r: &mut CheckReport) {
         Err(e @ HsmError::TpmUnreachable { .. }) | Err(e @ HsmError::Config(_)) => {
             return r.fail("tpm", &e)
         }
+        Err(e @ HsmError::TpmKeyNameMismatch { .. }) => {
+            r.pass("tpm", format!("reachable via {}", c.tcti));
+            r.pass(
+                "storage key",
+                format!("present at {:#010x}", c.persistent_handle),
+            );
+            return r.fail("storage key name", &e);
+        }
         Err(e) => {
             r.pass("tpm", format!("reachable via {}", c.tcti));
             return r.fail("storage key", &e);
         }
     };
+    // `open` compared the name with the pin (and the public area) already.
+    if c.key_name.is_some() {
+        r.pass(
+            "storage key name",
+            format!("{} matches the pinned key_name", w.key_name()),
+        );
+    } else {
+        r.pass(
+            "storage key name",
+            format!(
+                "{} NOT PINNED: set key_name = \"{}\" in [custody] (required outside regtest)",
+                w.key_name(),
+                w.key_name()
+            ),
+        );
+    }
     match w.storage_key_info() {
         Ok(i) => r.pass(
             "storage key attributes",
@@ -341,6 +379,15 @@ fn check_tpm(c: &TpmConfig, r: &mut CheckReport) {
             ),
         ),
         Err(e) => return r.fail("storage key attributes", &e),
+    }
+    if !w.pcrs().is_empty() {
+        r.pass(
+            "pcr policy",
+            format!(
+                "data keys sealed under PolicyPCR(sha256 pcrs {:?}) + PolicyAuthValue",
+                w.pcrs()
+            ),
+        );
     }
     match round_trip(&w) {
         Ok(()) => r.pass("round trip", "seal/unseal ok; other aad rejected"),

@@ -116,6 +116,25 @@ pub enum HsmError {
         /// Persistent handle, when known.
         handle: Option<u32>,
     },
+    /// The persistent storage key's TPM name is not the pinned one: another key sits
+    /// at the handle (replaced, or a different TPM). Nothing is sealed or unsealed.
+    #[error("tpm storage key at persistent handle {handle:#010x} has name {found}, not the pinned {expected} (custody.key_name): refusing custody")]
+    TpmKeyNameMismatch {
+        /// Persistent handle.
+        handle: u32,
+        /// The pinned name (hex).
+        expected: String,
+        /// The name the TPM reported / that the key's public area hashes to (hex).
+        found: String,
+    },
+    /// The TPM refused to unseal a data key sealed under a PCR policy: the PCRs
+    /// it was sealed against (SHA-256 bank) no longer hold the same values, or the
+    /// configured PCR list differs from the one it was sealed with.
+    #[error("tpm pcr policy not satisfied: pcrs {pcrs:?} (sha256) differ from the values the data key was sealed under")]
+    TpmPcrPolicy {
+        /// The PCR indices of the policy.
+        pcrs: Vec<u8>,
+    },
     /// A TPM command failed.
     #[error("tpm {op} failed: {reason}")]
     Tpm {
@@ -202,6 +221,8 @@ impl HsmError {
             HsmError::TpmUnreachable { .. } => "tpm_unreachable",
             HsmError::TpmKeyNotFound { .. } => "tpm_key_not_found",
             HsmError::TpmAuthFailed { .. } => "tpm_auth_failed",
+            HsmError::TpmKeyNameMismatch { .. } => "tpm_key_name_mismatch",
+            HsmError::TpmPcrPolicy { .. } => "tpm_pcr_policy",
             HsmError::Tpm { .. } => "tpm",
             HsmError::Authentication { .. } => "authentication",
             HsmError::Malformed { .. } => "malformed",

@@ -8,6 +8,8 @@
 //!   [`envelope::rewrap`] for KEK rotation.
 //! - [`custody`]: sealed start ([`Custody::open`]) and the operator functions
 //!   [`custody::init`], [`custody::check`], [`custody::destroy_kek`].
+//! - [`tpm_counter`]: a TPM NV monotonic counter ([`tpm_counter::NvCounter`]), for
+//!   rollback detection (not used by the node yet).
 //! - [`memory`]: [`memory::harden_process`] (mlockall, no core dumps, not dumpable),
 //!   [`SecretBytes`], [`memory::LockedRegion`], [`memory::process_hardening_status`].
 //!
@@ -22,6 +24,7 @@ pub mod pkcs11;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod tpm;
+pub mod tpm_counter;
 mod wrapper;
 
 pub use custody::{Custody, CustodyConfig};

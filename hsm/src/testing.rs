@@ -256,6 +256,54 @@ impl Swtpm {
         self.state.path()
     }
 
+    /// Extends SHA-256 PCR `index` with SHA-256(`data`) over a connection of its own
+    /// (what a boot component measuring something new would do). swtpm serves one
+    /// client at a time: close other handles on this TPM first.
+    pub fn extend_pcr(&self, index: u8, data: &[u8]) -> Result<(), HsmError> {
+        use sha2::Digest as _;
+        let mut values = tss_esapi::structures::DigestValues::new();
+        let digest = tss_esapi::structures::Digest::try_from(sha2::Sha256::digest(data).to_vec())
+            .map_err(|e| HsmError::Config(format!("pcr digest: {e}")))?;
+        values.set(
+            tss_esapi::interface_types::algorithm::HashingAlgorithm::Sha256,
+            digest,
+        );
+        self.with_pcr(index, "PCR_Extend", |ctx, pcr| ctx.pcr_extend(pcr, values))
+    }
+
+    /// Resets PCR `index` to zero (allowed for the debug PCR 16 and PCR 23 at
+    /// locality 0), over a connection of its own.
+    pub fn reset_pcr(&self, index: u8) -> Result<(), HsmError> {
+        self.with_pcr(index, "PCR_Reset", |ctx, pcr| ctx.pcr_reset(pcr))
+    }
+
+    fn with_pcr(
+        &self,
+        index: u8,
+        op: &'static str,
+        f: impl FnOnce(&mut tss_esapi::Context, tss_esapi::handles::PcrHandle) -> tss_esapi::Result<()>,
+    ) -> Result<(), HsmError> {
+        use std::str::FromStr as _;
+        let pcr = tss_esapi::handles::PcrHandle::try_from(
+            tss_esapi::tss2_esys::ESYS_TR_PCR0 + u32::from(index),
+        )
+        .map_err(|e| HsmError::Config(format!("pcr {index}: {e}")))?;
+        let conf = tss_esapi::TctiNameConf::from_str(&self.tcti())
+            .map_err(|e| HsmError::Config(e.to_string()))?;
+        let mut ctx = tss_esapi::Context::new(conf).map_err(|e| HsmError::TpmUnreachable {
+            tcti: self.tcti(),
+            reason: e.to_string(),
+        })?;
+        ctx.execute_with_session(
+            Some(tss_esapi::interface_types::session_handles::AuthSession::Password),
+            |ctx| f(ctx, pcr),
+        )
+        .map_err(|e| HsmError::Tpm {
+            op,
+            reason: e.to_string(),
+        })
+    }
+
     /// Kills swtpm (the TPM becomes unreachable; its state directory stays until drop).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

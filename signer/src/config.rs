@@ -558,12 +558,27 @@ pub enum CustodyConfig {
         /// Persistent handle of the storage key.
         #[serde(default = "default_tpm_handle")]
         persistent_handle: u32,
-        /// File holding the storage key's auth value.
+        /// File holding the storage key's auth value (mode 0600).
         #[serde(default)]
         key_auth_file: Option<PathBuf>,
+        /// Name of a systemd credential holding the storage key's auth value
+        /// (`LoadCredentialEncrypted=`; `$CREDENTIALS_DIRECTORY/<name>`), instead of
+        /// `key_auth_file`. One of the two is required unless `wallet.network` is
+        /// regtest.
+        #[serde(default)]
+        key_auth_credential: Option<String>,
         /// File holding the owner hierarchy auth (needed by `signer hsm init`).
         #[serde(default)]
         owner_auth_file: Option<PathBuf>,
+        /// Expected TPM name of the storage key (hex, `000b…`, as printed by `signer
+        /// hsm init` and `signer hsm check`); any other key at the handle is refused.
+        /// Required unless `wallet.network` is regtest.
+        #[serde(default)]
+        key_name: Option<String>,
+        /// PCR indices (SHA-256 bank, 0..=23) whose current values every sealed data
+        /// key is bound to (PolicyPCR); empty: no PCR policy.
+        #[serde(default)]
+        pcrs: Vec<u8>,
     },
 }
 
@@ -615,14 +630,73 @@ impl CustodyConfig {
                 tcti,
                 persistent_handle,
                 key_auth_file,
+                key_auth_credential,
                 owner_auth_file,
-            } => Ok(hsm::CustodyConfig::Tpm(hsm::tpm::TpmConfig {
-                tcti: tcti.clone(),
-                persistent_handle: *persistent_handle,
-                key_auth: key_auth_file.clone().map(hsm::PinSource::File),
-                owner_auth: owner_auth_file.clone().map(hsm::PinSource::File),
-            })),
+                key_name,
+                pcrs,
+            } => {
+                let key_auth = match (key_auth_file, key_auth_credential) {
+                    (Some(f), None) => Some(hsm::PinSource::File(f.clone())),
+                    (None, Some(c)) => Some(hsm::PinSource::Credential(c.clone())),
+                    (None, None) => None,
+                    (Some(_), Some(_)) => {
+                        return Err(
+                            "custody: set at most one of key_auth_file and key_auth_credential"
+                                .to_owned(),
+                        )
+                    }
+                };
+                let tpm = hsm::tpm::TpmConfig {
+                    tcti: tcti.clone(),
+                    persistent_handle: *persistent_handle,
+                    key_auth,
+                    owner_auth: owner_auth_file.clone().map(hsm::PinSource::File),
+                    key_name: key_name.clone(),
+                    pcrs: pcrs.clone(),
+                };
+                tpm.validate().map_err(|e| format!("custody: {e}"))?;
+                Ok(hsm::CustodyConfig::Tpm(tpm))
+            }
         }
+    }
+
+    /// Outside development (any `wallet.network` but regtest) the TPM storage key
+    /// must carry an auth value: without one anyone who can reach this TPM unseals
+    /// stolen envelopes (issue 16, finding 5).
+    fn check_tpm_key_auth(&self, network: bitcoin::Network) -> Result<(), String> {
+        if let CustodyConfig::Tpm {
+            key_auth_file: None,
+            key_auth_credential: None,
+            ..
+        } = self
+        {
+            if network != bitcoin::Network::Regtest {
+                return Err(format!(
+                    "custody.backend = \"tpm\" without a storage key auth value on {network}: \
+                     anyone who can reach this TPM could unseal stolen envelopes. Set \
+                     custody.key_auth_credential (systemd credential) or key_auth_file; \
+                     only regtest (development) may run without"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Outside development the TPM storage key must be pinned by name, so that a
+    /// replaced key or another TPM is refused (issue 16, finding 5). Not applied by
+    /// `signer hsm init`/`check`, which print the name to pin.
+    fn check_tpm_key_pinned(&self, network: bitcoin::Network) -> Result<(), String> {
+        if let CustodyConfig::Tpm { key_name: None, .. } = self {
+            if network != bitcoin::Network::Regtest {
+                return Err(format!(
+                    "custody.key_name must pin the TPM storage key on {network}: run \
+                     `signer hsm init` (or `signer hsm check`) with this file and set \
+                     custody.key_name to the name it prints; only regtest (development) \
+                     may run unpinned"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The SoftHSM2 configuration to export before loading the module, if any.
@@ -664,8 +738,22 @@ impl NodeConfig {
         Self::load_with_env(path, &vars)
     }
 
+    /// Like [`NodeConfig::load`], for `signer hsm init` and `signer hsm check`: every
+    /// rule applies except that a TPM storage key need not be pinned by name yet
+    /// (these commands print the name to pin).
+    pub fn load_for_custody_setup(path: &Path) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let text = Self::read_text(path)?;
+        Self::parse_for_custody_setup(&text, path, &vars)
+    }
+
     /// Like [`NodeConfig::load`] with an explicit environment (for tests).
     pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let text = Self::read_text(path)?;
+        Self::parse(&text, path, env)
+    }
+
+    fn read_text(path: &Path) -> Result<String, ConfigError> {
         let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -675,15 +763,32 @@ impl NodeConfig {
                 path: path.to_owned(),
             });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
-        Self::parse(&text, path, env)
+        })
     }
 
     /// Parses config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let cfg = Self::parse_for_custody_setup(text, path, env)?;
+        if let Some(c) = &cfg.custody {
+            c.check_tpm_key_pinned(cfg.wallet.network)
+                .map_err(|message| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    message,
+                })?;
+        }
+        Ok(cfg)
+    }
+
+    /// [`NodeConfig::parse`] without the rule that a TPM storage key is pinned by
+    /// name (see [`NodeConfig::load_for_custody_setup`]).
+    pub fn parse_for_custody_setup(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
         let parse_err = |message: String| ConfigError::Parse {
             path: path.to_owned(),
             message,
@@ -772,6 +877,9 @@ impl NodeConfig {
                     module.display()
                 )));
             }
+        }
+        if let Some(c) = &self.custody {
+            c.check_tpm_key_auth(self.wallet.network).map_err(invalid)?;
         }
         if self.presign.enabled && self.data_dir.is_none() {
             return Err(invalid(
@@ -912,6 +1020,82 @@ prefix = "/signer/test"
             "/opt/hsm/libcs_pkcs11.so",
         );
         NodeConfig::parse(&hardware, Path::new("t.toml"), &[]).expect("hardware module");
+    }
+
+    #[test]
+    fn tpm_custody_needs_key_auth_and_a_pinned_name_outside_regtest() {
+        const NAME: &str = "000b1111111111111111111111111111111111111111111111111111111111111111";
+        let tpm = "[custody]\nbackend = \"tpm\"\ntcti = \"device:/dev/tpmrm0\"\n";
+        let auth = "key_auth_credential = \"hsm-pin\"\n";
+        let pin = format!("key_name = \"{NAME}\"\n");
+        let parse = |custody: &str, net: &str| {
+            NodeConfig::parse(
+                &format!("{SAMPLE}{custody}[wallet]\nnetwork = \"{net}\"\n"),
+                Path::new("t.toml"),
+                &[],
+            )
+            .map_err(|e| e.to_string())
+        };
+        let setup = |custody: &str, net: &str| {
+            NodeConfig::parse_for_custody_setup(
+                &format!("{SAMPLE}{custody}[wallet]\nnetwork = \"{net}\"\n"),
+                Path::new("t.toml"),
+                &[],
+            )
+            .map_err(|e| e.to_string())
+        };
+        // Development: neither is needed.
+        parse(tpm, "regtest").expect("regtest without auth or pin");
+        for net in ["testnet", "signet", "bitcoin"] {
+            // No auth: refused, also for `signer hsm init` (the key would be created
+            // without one).
+            let e = parse(&format!("{tpm}{pin}"), net).expect_err(net);
+            assert!(e.contains("without a storage key auth value"), "{net}: {e}");
+            let e = setup(tpm, net).expect_err(net);
+            assert!(e.contains("without a storage key auth value"), "{net}: {e}");
+            // Auth but no pinned name: refused at start, allowed for init/check.
+            let e = parse(&format!("{tpm}{auth}"), net).expect_err(net);
+            assert!(e.contains("custody.key_name must pin"), "{net}: {e}");
+            setup(&format!("{tpm}{auth}"), net).expect("hsm init/check may run unpinned");
+            // Both: accepted, and handed to the hsm crate.
+            let cfg = parse(&format!("{tpm}{auth}{pin}pcrs = [16, 7]\n"), net).expect(net);
+            let Ok(hsm::CustodyConfig::Tpm(t)) = cfg.custody.expect("custody").to_hsm() else {
+                panic!("not a tpm config");
+            };
+            assert_eq!(t.key_name.as_deref(), Some(NAME));
+            assert_eq!(t.pcrs, [16, 7]);
+            assert_eq!(
+                t.key_auth,
+                Some(hsm::PinSource::Credential("hsm-pin".into()))
+            );
+            // A key auth file works as well.
+            parse(
+                &format!("{tpm}key_auth_file = \"/etc/signer/tpm.auth\"\n{pin}"),
+                net,
+            )
+            .expect("auth from a file");
+        }
+        // The same through the environment.
+        let env = [
+            ("SIGNER__WALLET__NETWORK".to_owned(), "bitcoin".to_owned()),
+            (
+                "SIGNER__CUSTODY__KEY_AUTH_CREDENTIAL".to_owned(),
+                "hsm-pin".to_owned(),
+            ),
+        ];
+        let e = NodeConfig::parse(&format!("{SAMPLE}{tpm}"), Path::new("t.toml"), &env)
+            .expect_err("unpinned on bitcoin")
+            .to_string();
+        assert!(e.contains("custody.key_name must pin"), "{e}");
+        // Malformed values are config errors on every network.
+        for bad in [
+            format!("{auth}key_name = \"00\"\n"),
+            format!("{auth}pcrs = [24]\n"),
+            format!("{auth}key_auth_file = \"/a\"\n"),
+        ] {
+            let e = parse(&format!("{tpm}{bad}"), "regtest").expect_err(&bad);
+            assert!(e.contains("custody"), "{bad}: {e}");
+        }
     }
 
     #[test]
