@@ -25,7 +25,7 @@ use uuid::Uuid;
 use vote::Approver;
 
 use super::blame;
-use super::voting::{broadcast, reconsider};
+use super::voting::{broadcast_detached, reconsider};
 use super::wire::{self, ApprovalNotice, ApproverEndorsement, TX_APPROVAL};
 use super::TxCtx;
 use super::TxError;
@@ -149,12 +149,11 @@ pub async fn endorse(
     };
     if let Ok(b) = wire::encode(&notice) {
         let peers = node.net.p2p.connected_peers();
-        broadcast(
+        broadcast_detached(
             node,
             &peers,
-            Frame::new(Uuid::new_v4(), MessageKind::APPROVER_ENDORSE, b),
-        )
-        .await;
+            vec![Frame::new(Uuid::new_v4(), MessageKind::APPROVER_ENDORSE, b)],
+        );
     }
     registry(node)
         .await?
@@ -308,13 +307,14 @@ pub async fn approve(
         role,
         signature: Some(signature.to_owned()),
     };
-    relay(node, &p.participants, &notice).await;
+    relay(node, &p.participants, &notice);
     reconsider(node, id).await;
     Ok(node.store.approvals(id).await?)
 }
 
-async fn relay(node: &Arc<TxCtx>, participants: &[String], notice: &ApprovalNotice) {
+fn relay(node: &Arc<TxCtx>, participants: &[String], notice: &ApprovalNotice) {
     let genuine = notice.signature.as_deref().unwrap_or_default();
+    let mut frames = Vec::new();
     for forged in crate::fault::forged_approvals(&notice.approver, genuine) {
         tracing::error!(tx = %notice.id, "FAULT INJECTION: relaying a forged approval");
         let forged = ApprovalNotice {
@@ -324,13 +324,15 @@ async fn relay(node: &Arc<TxCtx>, participants: &[String], notice: &ApprovalNoti
             signature: Some(forged.1),
         };
         if let Ok(b) = wire::encode(&forged) {
-            broadcast(node, participants, Frame::new(notice.id, TX_APPROVAL, b)).await;
+            frames.push(Frame::new(notice.id, TX_APPROVAL, b));
         }
     }
     match wire::encode(notice) {
-        Ok(b) => broadcast(node, participants, Frame::new(notice.id, TX_APPROVAL, b)).await,
+        Ok(b) => frames.push(Frame::new(notice.id, TX_APPROVAL, b)),
         Err(e) => tracing::error!(tx = %notice.id, error = %e, "cannot encode the approval"),
     }
+    // In order (forgeries first), without holding the approver's request.
+    broadcast_detached(node, participants, frames);
 }
 
 fn already_approved(approver: &str, id: Uuid) -> TxError {

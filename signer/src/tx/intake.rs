@@ -155,24 +155,22 @@ pub async fn submit(
         initiator_name: Some(initiator_name.to_owned()),
     };
     let payload = wire::encode(&prop).map_err(|e| TxError::Internal(e.to_string()))?;
-    let frame = Frame::new(id, TX_PROPOSE, payload);
-    // The peers' delivery acknowledgements are not waited for before this node
-    // validates and votes itself.
+    // The proposal goes out from a task of its own: neither this node's vote nor the
+    // API answer waits on the peers' delivery acknowledgements (a frozen peer would
+    // hold the request for the send timeout).
     let me = node.cfg.node_id.clone();
-    let (_, own) = tokio::join!(
-        super::voting::broadcast(node, &key.participants, frame),
-        super::voting::on_proposal(node, &me, prop.clone())
-    );
+    let mut frames = vec![Frame::new(id, TX_PROPOSE, payload)];
     if let Some(deadline_unix) = crate::fault::replayed_deadline(prop.deadline_unix) {
         let again = Proposal {
             deadline_unix,
             ..prop.clone()
         };
         if let Ok(payload) = wire::encode(&again) {
-            let frame = Frame::new(id, TX_PROPOSE, payload);
-            super::voting::broadcast(node, &key.participants, frame).await;
+            frames.push(Frame::new(id, TX_PROPOSE, payload));
         }
     }
+    super::voting::broadcast_detached(node, &key.participants, frames);
+    let own = super::voting::on_proposal(node, &me, prop).await;
     if let Err(e) = own {
         let _ = node
             .store

@@ -522,12 +522,7 @@ async fn cast_vote(
     drop(approval);
     accept_vote(node, id, &me, &signed).await;
     let payload = VoteMessage::Vote(signed.clone()).encode();
-    broadcast(
-        node,
-        &pending.participants,
-        Frame::new(id, MessageKind::VOTE, payload),
-    )
-    .await;
+    let mut frames = vec![Frame::new(id, MessageKind::VOTE, payload)];
     let vote_key = node.unsealed();
     let bad = crate::fault::byzantine_votes(
         &me,
@@ -537,9 +532,13 @@ async fn cast_vote(
     );
     for v in bad {
         tracing::error!(tx = %id, "FAULT INJECTION: sending a Byzantine vote");
-        let frame = Frame::new(id, MessageKind::VOTE, VoteMessage::Vote(v).encode());
-        broadcast(node, &pending.participants, frame).await;
+        frames.push(Frame::new(
+            id,
+            MessageKind::VOTE,
+            VoteMessage::Vote(v).encode(),
+        ));
     }
+    broadcast_detached(node, &pending.participants, frames);
     Ok(())
 }
 
@@ -577,6 +576,22 @@ pub async fn broadcast(node: &Arc<TxCtx>, participants: &[String], frame: Frame)
             tracing::warn!(%peer, error = %e, "sending to a participant failed");
         }
     }
+}
+
+/// Sends `frames` to every participant but this node, in order, from a task of its
+/// own: the caller (an API request, a vote) never waits on peers. A frozen or slow
+/// peer holds only this task, up to the send timeout per frame.
+pub fn broadcast_detached(node: &Arc<TxCtx>, participants: &[String], frames: Vec<Frame>) {
+    if frames.is_empty() {
+        return;
+    }
+    let node = node.clone();
+    let participants = participants.to_vec();
+    tokio::spawn(async move {
+        for f in frames {
+            broadcast(&node, &participants, f).await;
+        }
+    });
 }
 
 /// Handles a vote frame payload from `from` (vote or key announcement).
