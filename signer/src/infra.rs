@@ -59,6 +59,8 @@ pub struct ClusterStatus {
     pub leader: Option<String>,
     /// Per node detail.
     pub nodes: Vec<NodeStatus>,
+    /// Each configured etcd member as this node last probed it.
+    pub etcd_members: Vec<crate::coord::members::MemberHealth>,
 }
 
 /// One node in [`ClusterStatus`].
@@ -120,6 +122,7 @@ pub struct Infra {
     pub sessions: crate::session::Router,
     coord: RwLock<Option<Coord>>,
     cluster: RwLock<ClusterSnapshot>,
+    etcd_members: RwLock<Vec<crate::coord::members::MemberHealth>>,
     custody: RwLock<CustodyState>,
     unsealed: RwLock<Option<Arc<Unsealed>>>,
     hardening: hsm::memory::HardeningReport,
@@ -190,6 +193,7 @@ impl Infra {
             sessions: crate::session::Router::default(),
             coord: RwLock::new(None),
             cluster: RwLock::new(ClusterSnapshot::default()),
+            etcd_members: RwLock::new(Vec::new()),
             custody: RwLock::new(custody),
             unsealed: RwLock::new(None),
             hardening,
@@ -210,6 +214,16 @@ impl Infra {
     /// The current etcd handle, while connected.
     pub fn coord(&self) -> Option<Coord> {
         read_cloned(&self.coord)
+    }
+
+    /// Each etcd member's health as last probed.
+    pub fn etcd_members(&self) -> Vec<crate::coord::members::MemberHealth> {
+        read_cloned(&self.etcd_members)
+    }
+
+    /// Records the last probe of the etcd members.
+    pub fn set_etcd_members(&self, members: Vec<crate::coord::members::MemberHealth>) {
+        replace(&self.etcd_members, members);
     }
 
     /// Sets (or clears) the shared etcd handle.
@@ -277,7 +291,9 @@ impl Infra {
 
     /// Cluster status computed from the snapshot.
     pub fn cluster_status(&self) -> ClusterStatus {
-        compute_status(&self.cfg, &self.cluster_snapshot())
+        let mut status = compute_status(&self.cfg, &self.cluster_snapshot());
+        status.etcd_members = self.etcd_members();
+        status
     }
 }
 
@@ -339,6 +355,7 @@ pub fn compute_status(cfg: &NodeConfig, snap: &ClusterSnapshot) -> ClusterStatus
         reporting_node: cfg.node_id.clone(),
         leader: snap.leader.clone(),
         nodes,
+        etcd_members: Vec::new(),
     }
 }
 

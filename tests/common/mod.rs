@@ -64,6 +64,12 @@ fn profile_bin(name: &str, hint: &str) -> PathBuf {
 impl Cluster {
     /// Starts a cluster of `nodes` with threshold `threshold`.
     pub fn start(nodes: u16, threshold: u16) -> Cluster {
+        Self::start_with(nodes, threshold, &[])
+    }
+
+    /// [`Cluster::start`] with more `signer cluster up` arguments (e.g.
+    /// `--etcd-members 3`).
+    pub fn start_with(nodes: u16, threshold: u16, extra: &[&str]) -> Cluster {
         let tmp = tempfile::Builder::new()
             .prefix("signer-cluster-")
             .tempdir_in("/tmp")
@@ -80,6 +86,7 @@ impl Cluster {
             // No background prime generation in tests (35 s of CPU per set and node);
             // the published TEST-ONLY fixture sets feed the aux-info pools instead.
             .args(["--prime-pool-target", "0"])
+            .args(extra)
             .arg("--insecure-test-primes")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/fixtures/test-primes"))
             .stdin(Stdio::null())

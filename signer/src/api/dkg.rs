@@ -41,9 +41,13 @@ impl From<DkgError> for ApiError {
                 "custody_sealed",
                 e.to_string(),
             ),
-            e @ (DkgError::EtcdUnavailable(_) | DkgError::Coord(_)) => {
-                ApiError::unavailable(e.to_string())
-            }
+            // Ceremonies need the start lock and fencing token: without an etcd
+            // quorum they fail closed.
+            e @ (DkgError::EtcdUnavailable(_) | DkgError::Coord(_)) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "etcd_unavailable",
+                e.to_string(),
+            ),
             other => ApiError::internal(other),
         }
     }

@@ -37,6 +37,7 @@ pub async fn ready(State(s): State<AppState>) -> Response {
         "node_id": s.node.cfg.node_id,
         "database": if db_ok { "ok" } else { "unreachable" },
         "etcd": if snap.etcd_ok { "ok" } else { "unreachable" },
+        "etcd_members": s.node.etcd_members(),
         "peers_connected": snap.connected_peers.len(),
         "peers_total": s.node.cfg.p2p.peers.len(),
         "custody": custody,

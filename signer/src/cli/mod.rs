@@ -109,6 +109,10 @@ pub enum ClusterCmd {
         /// etcd lease TTL of node registrations, in seconds.
         #[arg(long, default_value_t = 5)]
         lease_ttl_secs: i64,
+        /// etcd members to run on loopback: 1 (fastest) or 3 or 5, as in production
+        /// (every node takes all of them as endpoints).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+        etcd_members: u8,
         /// Prime sets each node keeps pregenerated for aux info (0: no background
         /// generation).
         #[arg(long, default_value_t = 1)]
@@ -312,6 +316,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             detach,
             watch_pid,
             lease_ttl_secs,
+            etcd_members,
             prime_pool_target,
             insecure_test_primes,
             reuse,
@@ -328,6 +333,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 prime_pool_target,
                 insecure_test_primes,
                 reuse,
+                etcd_members,
             }))
         }
         Command::Cluster(ClusterCmd::Down { dir }) => crate::cli::cluster::down(&dir),

@@ -17,6 +17,7 @@ mod error;
 pub mod keys;
 mod lease;
 mod lock;
+pub mod members;
 mod registry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
@@ -81,6 +82,8 @@ struct Inner {
     cfg: CoordConfig,
     node_id: String,
     keys: Keys,
+    /// Endpoints the client balances over now (see [`Coord::use_endpoints`]).
+    in_use: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Coord {
@@ -120,6 +123,7 @@ impl Coord {
         let coord = Coord {
             inner: Arc::new(Inner {
                 client,
+                in_use: tokio::sync::Mutex::new(cfg.endpoints.iter().cloned().collect()),
                 cfg,
                 node_id,
                 keys,
@@ -133,6 +137,37 @@ impl Coord {
             "connected to etcd"
         );
         Ok(coord)
+    }
+
+    /// Balances requests over `healthy` only (members that answered the last probe,
+    /// see [`members::MemberProbe`]): the client does not notice a dead member
+    /// itself and keeps sending it requests, which fail. Members not among
+    /// `healthy` are taken out, returning ones put back. An empty list changes
+    /// nothing (there is nothing better to use).
+    pub async fn use_endpoints(&self, healthy: &[String]) {
+        if healthy.is_empty() {
+            return;
+        }
+        let want: std::collections::BTreeSet<String> = healthy.iter().cloned().collect();
+        let mut in_use = self.inner.in_use.lock().await;
+        for gone in in_use.difference(&want).cloned().collect::<Vec<_>>() {
+            match self.inner.client.remove_endpoint(&gone).await {
+                Ok(()) => {
+                    warn!(endpoint = %gone, "etcd member not answering; no longer used");
+                    in_use.remove(&gone);
+                }
+                Err(e) => warn!(endpoint = %gone, error = %e, "cannot stop using an etcd member"),
+            }
+        }
+        for back in want.difference(&in_use).cloned().collect::<Vec<_>>() {
+            match self.inner.client.add_endpoint(&back).await {
+                Ok(()) => {
+                    info!(endpoint = %back, "etcd member answering again; used");
+                    in_use.insert(back);
+                }
+                Err(e) => warn!(endpoint = %back, error = %e, "cannot use an etcd member"),
+            }
+        }
     }
 
     /// This node's id.

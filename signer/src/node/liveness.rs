@@ -15,8 +15,14 @@ pub const COORDINATOR_ELECTION: &str = "coordinator";
 
 /// The coordination settings of a node config.
 pub fn coord_config(node: &Infra) -> CoordConfig {
+    // The members that answered the last probe, when there are any.
+    let healthy = healthy_endpoints(&node.etcd_members());
     CoordConfig {
-        endpoints: node.cfg.etcd.endpoints.clone(),
+        endpoints: if healthy.is_empty() {
+            node.cfg.etcd.endpoints.clone()
+        } else {
+            healthy
+        },
         prefix: node.cfg.etcd.prefix.clone(),
         lease_ttl_secs: node.cfg.etcd.lease_ttl_secs,
         ..CoordConfig::default()
@@ -51,6 +57,41 @@ pub async fn maintain(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Probes every configured etcd member every second (each within 700 ms), for
+/// `/ready` and the cluster status, and keeps the etcd client on the members that
+/// answer; independent of the registration session, so members are reported also
+/// while the cluster client has no quorum.
+pub async fn watch_etcd_members(node: Arc<Infra>, shutdown: CancellationToken) {
+    let mut probe = crate::coord::members::MemberProbe::default();
+    loop {
+        let members = probe
+            .probe(&node.cfg.etcd.endpoints, Duration::from_millis(700))
+            .await;
+        for m in &members {
+            if !m.ok {
+                tracing::debug!(endpoint = %m.endpoint, error = ?m.error, "etcd member not answering");
+            }
+        }
+        if let Some(coord) = node.coord() {
+            coord.use_endpoints(&healthy_endpoints(&members)).await;
+        }
+        node.set_etcd_members(members);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Endpoints of the members that answered.
+fn healthy_endpoints(members: &[crate::coord::members::MemberHealth]) -> Vec<String> {
+    members
+        .iter()
+        .filter(|m| m.ok)
+        .map(|m| m.endpoint.clone())
+        .collect()
 }
 
 fn mark_etcd_down(node: &Infra) {
@@ -110,10 +151,14 @@ async fn session(
         match refresh(node, &coord).await {
             Ok(()) => failures = 0,
             Err(e) => {
+                // One failed read (e.g. a request that reached a member just before
+                // it died and was taken out) does not end the view; two do.
                 failures += 1;
                 tracing::warn!(error = %e, failures, "etcd read failed");
-                mark_etcd_down(node);
-                if failures >= 3 {
+                if failures >= 2 {
+                    mark_etcd_down(node);
+                }
+                if failures >= 4 {
                     break;
                 }
             }

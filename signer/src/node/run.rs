@@ -106,6 +106,10 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
         started_at,
         shutdown.clone(),
     ));
+    tokio::spawn(liveness::watch_etcd_members(
+        infra.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(unseal::unseal(dkg.clone(), auth, shutdown.clone()));
 
     node.store

@@ -35,6 +35,8 @@ pub struct UpOptions {
     /// When `dir` holds a running cluster (every node answers `/health`), keep it
     /// and succeed instead of refusing.
     pub reuse: bool,
+    /// etcd members (1, 3 or 5); every node takes all of them as endpoints.
+    pub etcd_members: u8,
 }
 
 /// Starts a dev cluster. In the foreground it waits for Ctrl-C/SIGTERM (or the
@@ -206,9 +208,7 @@ fn stop_all(dir: &Path) {
             }
         }
     }
-    if let Some(pid) = read_pid(&dir.join("etcd/etcd.pid")) {
-        stop(pid, Duration::from_secs(10));
-    }
+    etcd::stop_all(&dir.join("etcd"));
     if let Some(pid) = read_pid(&dir.join("postgres/postgres.pid")) {
         // The pid is the process group leader (runuser when started as root).
         if let Ok(p) = i32::try_from(pid) {
@@ -240,7 +240,7 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
 
     // Infrastructure.
     let pg = postgres::start(&dir.join("postgres")).await?;
-    let etcd = etcd::start(&dir.join("etcd")).await?;
+    let etcd = etcd::start(&dir.join("etcd"), opts.etcd_members).await?;
 
     // Ports.
     let mut ports = Vec::new();
@@ -313,7 +313,7 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
              [p2p]\nlisten = \"127.0.0.1:{quic_port}\"\n{peers}\n\
              [tls]\nca_cert = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
              [database]\nurl_file = \"{dburl}\"\nmax_connections = 8\n\n\
-             [etcd]\nendpoints = [\"{etcd}\"]\nprefix = \"{prefix}\"\nlease_ttl_secs = {ttl}\n\n\
+             [etcd]\nendpoints = [{etcd}]\nprefix = \"{prefix}\"\nlease_ttl_secs = {ttl}\n\n\
              {custody}\n\
              {aux}\n\
              # Dev clusters start with the presignature pool off (it costs seconds of\n\
@@ -329,7 +329,12 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
             cert = cert_dir.join("cert.pem").display(),
             key = cert_dir.join("key.pem").display(),
             dburl = node_dir.join("database.url").display(),
-            etcd = etcd.endpoint,
+            etcd = etcd
+                .endpoints
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             ttl = opts.lease_ttl_secs,
             pf = policy_file.display(),
         );
@@ -382,7 +387,7 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
         threshold: opts.threshold,
         ca_cert: ca_dir.join("ca.pem"),
         admin_token,
-        etcd_endpoints: vec![etcd.endpoint.clone()],
+        etcd_endpoints: etcd.endpoints.clone(),
         etcd_prefix: prefix,
         postgres_admin_url: pg.admin_url.clone(),
         postgres_bindir: pg.bindir.clone(),

@@ -1,0 +1,190 @@
+//! etcd as in production: a 3-member etcd on loopback (`cluster up --etcd-members
+//! 3`), every node taking all members as endpoints (issue 17). One member down:
+//! everything works and `/ready` names the member that is down. Two down (quorum
+//! lost): the nodes report etcd unreachable, key ceremonies fail closed with 503
+//! `etcd_unavailable`. Members back: the cluster recovers by itself, no node
+//! restarted, and a ceremony completes.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cluster_tests::Cluster;
+use serde_json::{json, Value};
+
+fn member_dir(c: &Cluster, m: usize) -> std::path::PathBuf {
+    c.dir.join("etcd").join(format!("member-{m}"))
+}
+
+fn pid_of(dir: &Path) -> i32 {
+    std::fs::read_to_string(dir.join("etcd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// SIGKILLs etcd member `m` and waits until it is gone.
+fn kill_member(c: &Cluster, m: usize) {
+    let pid = nix::unistd::Pid::from_raw(pid_of(&member_dir(c, m)));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    for _ in 0..100 {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            return;
+        }
+        // A zombie until its parent (the cluster supervisor) reaps it.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.contains(") Z") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("etcd member {m} did not die");
+}
+
+/// Starts etcd member `m` again with its own command line and data (the pid file
+/// is updated so `cluster down` stops it).
+fn restart_member(c: &Cluster, m: usize) {
+    let dir = member_dir(c, m);
+    let args = std::fs::read_to_string(dir.join("etcd.args")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("etcd.log"))
+        .unwrap();
+    let child = Command::new("etcd")
+        .args(args.lines())
+        .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.join("etcd.pid"), child.id().to_string()).unwrap();
+}
+
+async fn ready(c: &Cluster, i: usize) -> (u16, Value) {
+    let r = c.client().get(c.url(i, "/ready")).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// Per member: answered, and (when it did) knows a raft leader.
+fn members_ok(v: &Value) -> Vec<bool> {
+    v["etcd_members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| m["ok"] == true && m["has_leader"] == true)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_etcd_member_down_changes_nothing_two_down_fail_closed_and_recover() {
+    let c = Cluster::start_with(3, 2, &["--etcd-members", "3"]);
+    c.wait_ready(3).await;
+    assert_eq!(
+        c.file.etcd_endpoints.len(),
+        3,
+        "{:?}",
+        c.file.etcd_endpoints
+    );
+
+    // Every node reports the three members, one of them the leader.
+    for i in 0..3 {
+        let v = c
+            .eventually(
+                &format!("node {i} probes 3 members"),
+                Duration::from_secs(30),
+                || async {
+                    let (s, v) = ready(&c, i).await;
+                    (s == 200 && members_ok(&v) == [true, true, true]).then_some(v)
+                },
+            )
+            .await;
+        let leaders = v["etcd_members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["leader"] == true)
+            .count();
+        assert_eq!(leaders, 1, "{v}");
+        let status = c.get_json(i, "/api/v1/cluster/status").await;
+        assert_eq!(
+            status["etcd_members"].as_array().unwrap().len(),
+            3,
+            "{status}"
+        );
+    }
+
+    // One member down: still ready, the member named, a ceremony completes.
+    kill_member(&c, 0);
+    c.eventually(
+        "member 0 reported down by every node",
+        Duration::from_secs(30),
+        || async {
+            for i in 0..3 {
+                let (s, v) = ready(&c, i).await;
+                if s != 200 || members_ok(&v) != [false, true, true] {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let key = c.dkg(3, "frost", 2).await;
+    assert!(!key.is_empty());
+
+    // Two down: no quorum. Not ready, ceremonies refused with a stable code.
+    kill_member(&c, 1);
+    c.eventually(
+        "etcd unreachable on every node",
+        Duration::from_secs(60),
+        || async {
+            for i in 0..3 {
+                let (s, v) = ready(&c, i).await;
+                if s != 503 || v["etcd"] != "unreachable" {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let (status, v) = c
+        .post_json(
+            0,
+            "/api/v1/dkg/start",
+            &json!({"protocol": "frost", "threshold": 2}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (503, Some("etcd_unavailable")),
+        "{v}"
+    );
+
+    // Members back: every node recovers by itself and a ceremony completes.
+    restart_member(&c, 0);
+    restart_member(&c, 1);
+    c.eventually(
+        "ready again with 3 members",
+        Duration::from_secs(90),
+        || async {
+            for i in 0..3 {
+                let (s, v) = ready(&c, i).await;
+                if s != 200 || members_ok(&v) != [true, true, true] {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let again = c.dkg(3, "frost", 2).await;
+    assert_ne!(again, key);
+}
