@@ -62,6 +62,11 @@ fn restart_member(c: &Cluster, m: usize) {
         .spawn()
         .unwrap();
     std::fs::write(dir.join("etcd.pid"), child.id().to_string()).unwrap();
+    // `cluster down` stops it through the pid file; this thread reaps it then.
+    let mut child = child;
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
 }
 
 async fn ready(c: &Cluster, i: usize) -> (u16, Value) {
