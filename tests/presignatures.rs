@@ -1,9 +1,11 @@
 //! The presignature pool on one real 3-node 2-of-3 cluster (PostgreSQL, etcd,
 //! SoftHSM, QUIC): the pools fill to target and agree across nodes; ECDSA signing
 //! consumes exactly one presignature per input on each signer; 50 concurrent input
-//! signatures consume 50 distinct presignatures; a signer killed right after it
-//! consumed one never uses it again and the transaction still gets signed; after a
-//! database restore, presignatures from before the backup are not used.
+//! signatures consume 50 distinct presignatures; after a database rollback under
+//! running nodes, no presignature from before it is used (every node's database
+//! checked); a signer killed right after it consumed one never uses it again and
+//! the transaction still gets signed; after a database restore while the node is
+//! stopped, presignatures from before the backup are not used.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,6 +90,30 @@ async fn agreed_pool(
     .await
 }
 
+/// Waits until the leader of `set` (its lowest node id) holds at least `min`
+/// available presignatures of `set` and every other member holds each of them
+/// (members may hold more: copies of presignatures the leader discarded, which it
+/// never names).
+async fn leader_pool(c: &Cluster, key: &str, set: &[String], min: usize, within: u64) {
+    c.eventually(
+        &format!("pool of {set:?}: >= {min} on its leader, all held by the others"),
+        Duration::from_secs(within),
+        || async {
+            let lead = available(c, index_of(c, &set[0]), key, set).await;
+            if lead.len() < min {
+                return None;
+            }
+            for m in &set[1..] {
+                if !lead.is_subset(&available(c, index_of(c, m), key, set).await) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
 /// Rows of `key` consumed for transaction `tx` on node `i`: (public id, input).
 async fn consumed_for(c: &Cluster, i: usize, key: &str, tx: &str) -> Vec<(Vec<u8>, i32)> {
     let tx: uuid::Uuid = tx.parse().unwrap();
@@ -127,6 +153,25 @@ async fn none_used_twice(c: &Cluster, nodes: &[usize], key: &str) {
     }
 }
 
+/// On a failure, copies the nodes' logs out of the cluster directory (removed when
+/// the cluster stops) to `/tmp/presignatures-failure-<pid>/`.
+struct KeepLogsOnFailure<'a>(&'a Cluster);
+
+impl Drop for KeepLogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let out =
+            std::path::PathBuf::from(format!("/tmp/presignatures-failure-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&out);
+        for n in &self.0.file.nodes {
+            let _ = std::fs::copy(&n.log, out.join(format!("{}.log", n.id)));
+        }
+        eprintln!("node logs kept in {}", out.display());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     // Every node process (also restarted ones) inherits these overrides.
@@ -141,7 +186,10 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     ] {
         std::env::set_var(k, v);
     }
+    let start = Instant::now();
+    let step = |n: u32| println!("step {n} at {:.1} s", start.elapsed().as_secs_f64());
     let c = Cluster::start(3, 2);
+    let _logs = KeepLogsOnFailure(&c);
     c.wait_ready(N).await;
     let key = c.dkg(N, "cggmp24", 2).await;
     aux_info(&c, N).await;
@@ -155,6 +203,7 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
         ids(&["node-2", "node-3"]),
     ];
 
+    step(1);
     // 1. Every pool fills to the target on both of its members, with the same
     //    presignatures (compared by public id); status and metrics report it.
     for set in &sets {
@@ -205,6 +254,7 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
         );
     }
 
+    step(2);
     // 2. A two-input payment: exactly one presignature per input on each signer.
     let fund_a = funding(&addr, &[20_000, 20_000]);
     import(&c, &fund_a).await;
@@ -231,12 +281,15 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
             "signers consumed the same ones"
         );
     }
-    assert_eq!(
-        signer_nodes,
-        vec![0, 1],
-        "node-1 (leader) and node-2 signed"
+    // The leader node-1 and one partner: usually node-2 (first in key order), but
+    // under load node-2's vote may reach the leader after the round closed with
+    // node-3's, and then node-3 signs (see step 3).
+    assert!(
+        signer_nodes == [0, 1] || signer_nodes == [0, 2],
+        "node-1 (leader) and one partner signed: {signer_nodes:?}"
     );
 
+    step(3);
     // 3. 50 inputs signed concurrently: 50 distinct presignatures on each signer.
     let pair = &sets[0];
     let t0 = Instant::now();
@@ -283,7 +336,15 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     );
     none_used_twice(&c, &[0, 1, 2], &key).await;
 
-    // 4. The partner of the leader exits right after consuming a presignature (fault
+    step(4);
+    // 4. Rollback under running nodes (see `rollback_while_running`): node-2 rejects
+    //    by policy meanwhile, so the leader node-1 signs with node-3.
+    c.write_node_policy(1, &[], 1_000_000, "");
+    rollback_while_running(&c, &key, &addr, &sets[1]).await;
+    c.write_node_policy(1, &[&key], 1_000_000, "");
+
+    step(5);
+    // 5. The partner of the leader exits right after consuming a presignature (fault
     //    injection, armed on node-2 and node-3 with one marker file: only the first
     //    to consume exits, whichever set the leader picks). That presignature stays
     //    consumed and the input is signed by the other node.
@@ -294,8 +355,10 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
         c.restart_node_with_env(i, &[("SIGNER_FAULT_EXIT_AFTER_PRESIG_CONSUME", &marker_s)]);
     }
     c.wait_ready(N).await;
-    agreed_pool(&c, &key, pair, 1, 600).await;
-    agreed_pool(&c, &key, &sets[1], 1, 600).await;
+    // (After step 4, node-2 still holds its copies of the node-1/node-2
+    // presignatures node-1 discarded: node-1 never names those.)
+    leader_pool(&c, &key, pair, 1, 600).await;
+    leader_pool(&c, &key, &sets[1], 1, 600).await;
     let fund_c = funding(&addr, &[50_000]);
     import(&c, &fund_c).await;
     let tx_c = submit_payment(&c, &key, 20_000, 1).await;
@@ -356,9 +419,11 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     }
     none_used_twice(&c, &[0, 1, 2], &key).await;
 
-    // 5. Restore: node-3's database goes back to a backup; presignatures from before
-    //    the backup are never used by node-3 again. node-2 rejects by policy, so the
-    //    leader node-1 must sign with node-3 (set node-1/node-3).
+    step(6);
+    // 6. Restore: node-3's database goes back to a backup while it is stopped;
+    //    presignatures from before the backup are never used by node-3 again. node-2
+    //    rejects by policy, so the leader node-1 must sign with node-3 (set
+    //    node-1/node-3).
     c.write_node_policy(1, &[], 1_000_000, "");
     let pool13 = &sets[1];
     agreed_pool(&c, &key, pool13, 2, 600).await;
@@ -430,4 +495,314 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
         }
     }
     none_used_twice(&c, &[0, 2], &key).await;
+    println!("done at {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// A presignature row's state and recorded use.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+struct Use {
+    public_id: Vec<u8>,
+    state: String,
+    consumed_by: Option<uuid::Uuid>,
+    consumed_input: Option<i32>,
+}
+
+/// Every presignature row of node `i` (all keys), by public id.
+async fn uses(c: &Cluster, i: usize) -> BTreeMap<Vec<u8>, Use> {
+    let db = c.db(i).await;
+    let r = sqlx::query_as::<_, Use>(
+        "SELECT public_id, state, consumed_by, consumed_input FROM presignatures ORDER BY seq",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    r.into_iter().map(|u| (u.public_id.clone(), u)).collect()
+}
+
+fn used(u: &Use) -> bool {
+    u.state == "reserved" || u.state == "consumed"
+}
+
+/// Waits until `set`'s pool agrees on both members with at least `min` available and
+/// none of `set` is being generated on either (nothing of it in flight).
+async fn settled_pool(c: &Cluster, key: &str, set: &[String], min: usize) {
+    agreed_pool(c, key, set, min, 600).await;
+    c.eventually(
+        &format!("no generation in flight on {set:?}"),
+        Duration::from_secs(600),
+        || async {
+            for m in set {
+                let st = c
+                    .get_ok(index_of(c, m), "/api/v1/presignatures/status")
+                    .await?;
+                let busy = st["pools"]
+                    .as_array()?
+                    .iter()
+                    .filter(|p| p["signer_set"] == serde_json::json!(set))
+                    .any(|p| p["generating"].as_u64() != Some(0));
+                if busy {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    agreed_pool(c, key, set, min, 600).await;
+}
+
+/// Issue 16, finding 7: a database rolled back under running nodes. node-1 (the
+/// leader) and node-3 (its partner: node-2 rejects by policy) both get their
+/// presignature tables and watermark counter restored by the database administrator
+/// to a snapshot taken before a payment used two presignatures, while both keep
+/// running. Both rows of each of those presignatures then read `available` again
+/// on both members, so only the restore detection stands between them and a
+/// second use (nonce reuse: the key). Shown: each restored node detects the
+/// rollback by itself, audits and logs it and discards every available presignature
+/// (those of the snapshot end `discarded`); on every node's database no
+/// presignature used before the rollback is used again and none created before it
+/// is used after it; payments are signed meanwhile and, with fresh presignatures,
+/// afterwards.
+async fn rollback_while_running(c: &Cluster, key: &str, addr: &bitcoin::Address, pool: &[String]) {
+    let restored = [0usize, 2];
+    let t0 = Instant::now();
+    let lap = |what: &str| {
+        println!(
+            "rollback step: {what} at {:.1} s",
+            t0.elapsed().as_secs_f64()
+        )
+    };
+    settled_pool(c, key, pool, 2).await;
+    lap("pool settled");
+    let discarded_audits = |i: usize| async move {
+        let db = c.db(i).await;
+        let n: Vec<(serde_json::Value,)> = sqlx::query_as(
+            "SELECT details FROM audit_log WHERE action = 'presign.discarded' ORDER BY seq",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        db.close().await;
+        n.into_iter().map(|(d,)| d).collect::<Vec<_>>()
+    };
+    let mut audits_before = Vec::new();
+    let mut snapshot: Vec<BTreeMap<Vec<u8>, Use>> = Vec::new();
+    for &i in &restored {
+        audits_before.push(discarded_audits(i).await.len());
+        // The administrator's backup: both tables in one consistent snapshot.
+        let su = c.db_superuser(i).await;
+        let mut t = su.begin().await.unwrap();
+        for q in [
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "CREATE TABLE snapshot_presignatures AS SELECT * FROM presignatures",
+            "CREATE TABLE snapshot_presign_watermark AS SELECT * FROM presign_watermark",
+        ] {
+            sqlx::query(q).execute(&mut *t).await.unwrap();
+        }
+        // What the snapshot holds (the node may store new rows meanwhile).
+        let held = sqlx::query_as::<_, Use>(
+            "SELECT public_id, state, consumed_by, consumed_input FROM snapshot_presignatures",
+        )
+        .fetch_all(&mut *t)
+        .await
+        .unwrap();
+        t.commit().await.unwrap();
+        su.close().await;
+        snapshot.push(
+            held.into_iter()
+                .map(|u| (u.public_id.clone(), u))
+                .collect::<BTreeMap<_, _>>(),
+        );
+    }
+
+    // A two-input payment after the snapshot: two presignatures of the snapshot used.
+    let fund_f = funding(addr, &[30_000, 30_000]);
+    import(c, &fund_f).await;
+    let tx_f = submit_payment(c, key, 40_000, 1).await;
+    let signed = signed_everywhere(c, &[0, 2], &tx_f, 300).await;
+    assert_eq!(signed.input.len(), 2);
+    verify_consensus(&signed, &[&fund_f]);
+    let after_snapshot: BTreeSet<Vec<u8>> = consumed_for(c, 2, key, &tx_f)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let lead: BTreeSet<Vec<u8>> = consumed_for(c, 0, key, &tx_f)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(after_snapshot.len(), 2, "one presignature per input");
+    assert_eq!(after_snapshot, lead, "both signers used the same two");
+    for (k, &i) in restored.iter().enumerate() {
+        for id in &after_snapshot {
+            assert_eq!(
+                snapshot[k].get(id).map(|u| u.state.as_str()),
+                Some("available"),
+                "node {i}: the snapshot holds {} unused",
+                hex::encode(id)
+            );
+        }
+    }
+    lap("payment after the snapshot signed");
+    // The refill after that payment ends before the rollback (nothing in flight).
+    settled_pool(c, key, pool, 2).await;
+    lap("refilled");
+    let before: Vec<BTreeMap<Vec<u8>, Use>> = {
+        let mut v = Vec::new();
+        for i in 0..N {
+            v.push(uses(c, i).await);
+        }
+        v
+    };
+    let known_before: BTreeSet<Vec<u8>> = before.iter().flat_map(|m| m.keys().cloned()).collect();
+
+    // The rollback, each node's in one transaction, while the nodes keep running.
+    for &i in &restored {
+        let su = c.db_superuser(i).await;
+        let mut t = su.begin().await.unwrap();
+        for q in [
+            "DELETE FROM presignatures",
+            "INSERT INTO presignatures OVERRIDING SYSTEM VALUE SELECT * FROM snapshot_presignatures",
+            "UPDATE presign_watermark SET counter = (SELECT counter FROM snapshot_presign_watermark)",
+            "DROP TABLE snapshot_presignatures",
+            "DROP TABLE snapshot_presign_watermark",
+        ] {
+            sqlx::query(q).execute(&mut *t).await.unwrap();
+        }
+        // What the node now reads: the presignatures used by the payment look unused.
+        let states: Vec<(String,)> =
+            sqlx::query_as("SELECT state FROM presignatures WHERE public_id = ANY($1)")
+                .bind(after_snapshot.iter().cloned().collect::<Vec<_>>())
+                .fetch_all(&mut *t)
+                .await
+                .unwrap();
+        assert_eq!(
+            states,
+            vec![("available".to_owned(),); 2],
+            "node {i}: restored"
+        );
+        t.commit().await.unwrap();
+        su.close().await;
+    }
+
+    // A payment right away: signed whether or not the rollback was seen yet (a use
+    // that sees it aborts; the leader then signs without a presignature).
+    let fund_g = funding(addr, &[50_000]);
+    import(c, &fund_g).await;
+    let tx_g = submit_payment(c, key, 20_000, 1).await;
+    let signed = signed_everywhere(c, &[0, 2], &tx_g, 300).await;
+    verify_consensus(&signed, &[&fund_g]);
+    lap("payment right after the rollback signed");
+
+    // Each restored node detected it by itself: audited (with its counters), logged,
+    // presignatures in use again only after the discard.
+    for (k, &i) in restored.iter().enumerate() {
+        let audit = c
+            .eventually(
+                &format!("node {i} discarded its pool after the rollback"),
+                Duration::from_secs(120),
+                || async {
+                    let a = discarded_audits(i).await;
+                    (a.len() > audits_before[k]).then(|| a[audits_before[k]].clone())
+                },
+            )
+            .await;
+        assert_eq!(audit["while_running"], true, "node {i}: {audit}");
+        assert!(
+            audit["database_counter"].as_i64().unwrap() < audit["watermark"].as_i64().unwrap(),
+            "node {i}: {audit}"
+        );
+        let n_available = snapshot[k]
+            .values()
+            .filter(|u| u.state == "available")
+            .count();
+        assert!(
+            audit["count"].as_u64().unwrap() >= n_available as u64,
+            "node {i} discarded at least the snapshot's {n_available} available: {audit}"
+        );
+        let st = c
+            .eventually(
+                &format!("node {i} uses presignatures again"),
+                Duration::from_secs(60),
+                || async {
+                    c.get_ok(i, "/api/v1/presignatures/status")
+                        .await
+                        .filter(|v| v["restore_checked"] == true)
+                },
+            )
+            .await;
+        let discarded: i64 = st["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["discarded"].as_i64().unwrap())
+            .sum();
+        assert!(discarded >= n_available as i64, "node {i}: {st}");
+        let log = std::fs::read_to_string(&c.node(i).log).unwrap();
+        assert!(
+            log.contains("ALERT: database rollback detected"),
+            "node {i} logs the rollback"
+        );
+        println!(
+            "node {i}: rollback seen {} at a use, {} by the watermark check; {audit}",
+            log.matches("rollback detected at a presignature use")
+                .count(),
+            log.matches("rollback detected by the watermark check")
+                .count(),
+        );
+        // The restored node used none of the snapshot's presignatures: those it
+        // held unused are discarded, those it had used keep that use.
+        let now = uses(c, i).await;
+        for (id, was) in &snapshot[k] {
+            let u = &now[id];
+            if was.state == "available" {
+                assert_eq!(u.state, "discarded", "node {i}: snapshot row {u:?}");
+            } else {
+                assert_eq!(u, was, "node {i}: snapshot row");
+            }
+        }
+    }
+
+    lap("detected and discarded on both");
+    // Payments go on with fresh presignatures (generated after the discard on both).
+    settled_pool(c, key, pool, 2).await;
+    lap("refilled");
+    let fund_h = funding(addr, &[50_000]);
+    import(c, &fund_h).await;
+    let tx_h = submit_payment(c, key, 20_000, 1).await;
+    let signed = signed_everywhere(c, &[0, 2], &tx_h, 300).await;
+    verify_consensus(&signed, &[&fund_h]);
+    let fresh = consumed_for(c, 0, key, &tx_h).await;
+    assert_eq!(fresh.len(), 1, "tx_h signed with a presignature");
+    assert_eq!(fresh, consumed_for(c, 2, key, &tx_h).await);
+    assert!(!known_before.contains(&fresh[0].0), "a fresh presignature");
+    lap("payment with a fresh presignature signed");
+
+    // Every node's database: a presignature used before the rollback keeps that one
+    // use (on a restored node it may only have become `discarded`, having come back
+    // as available); none that existed before the rollback is used after it.
+    let later: BTreeSet<uuid::Uuid> = [&tx_g, &tx_h].iter().map(|t| t.parse().unwrap()).collect();
+    for (i, before) in before.iter().enumerate() {
+        let now = uses(c, i).await;
+        for (id, was) in before.iter().filter(|(_, u)| used(u)) {
+            let u = &now[id];
+            if restored.contains(&i) && after_snapshot.contains(id) {
+                // Came back as available with the snapshot, then discarded.
+                assert_eq!(u.state, "discarded", "node {i}: {u:?}");
+            } else {
+                assert_eq!(u, was, "node {i}: used before the rollback");
+            }
+        }
+        for u in now.values().filter(|u| used(u)) {
+            if u.consumed_by.is_some_and(|t| later.contains(&t)) {
+                assert!(
+                    !known_before.contains(&u.public_id),
+                    "node {i}: a presignature from before the rollback was used after it: {u:?}"
+                );
+            }
+        }
+    }
+    none_used_twice(c, &[0, 1, 2], key).await;
 }

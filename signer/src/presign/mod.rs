@@ -21,7 +21,7 @@ pub mod watermark;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -73,7 +73,15 @@ pub type SetKey = (String, Vec<String>);
 pub struct Presign {
     /// Wakes the pool task (generate requests, new UTXOs).
     pub wake: Notify,
+    /// Wakes the restore watcher (a rollback was seen).
+    restore_wake: Notify,
     restore_checked: AtomicBool,
+    /// Rollbacks seen while running, and how many of them the restore check has
+    /// handled (discarded the pool for); `seen > handled` keeps presignatures stopped.
+    rollbacks_seen: AtomicU64,
+    rollbacks_handled: AtomicU64,
+    /// The last rollback seen (for the audit record of the discard).
+    last_rollback: Mutex<Option<watermark::Rollback>>,
     inner: Mutex<Inner>,
     watermark: watermark::Watermark,
 }
@@ -115,9 +123,63 @@ impl Presign {
     }
 
     /// A rollback of the database was seen while running: no presignature is used
-    /// until the restore check ran again (the pool loop runs it at once).
-    pub fn flag_rollback(&self) {
+    /// until the restore check ran again and discarded the pool (the restore watcher
+    /// runs it at once).
+    pub fn flag_rollback(&self, r: watermark::Rollback) {
+        let mut last = self.rollback_lock();
+        *last = Some(r);
+        self.rollbacks_seen.fetch_add(1, Ordering::AcqRel);
         self.restore_checked.store(false, Ordering::Release);
+        drop(last);
+        self.restore_wake.notify_one();
+        self.wake.notify_one();
+    }
+
+    fn rollback_lock(&self) -> MutexGuard<'_, Option<watermark::Rollback>> {
+        self.last_rollback
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits up to `within` for the restore check; whether it ran.
+    pub async fn wait_restore_checked(&self, within: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        while !self.restore_checked() {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        true
+    }
+
+    /// Rollbacks of the database seen while this process runs.
+    pub fn rollbacks_detected(&self) -> u64 {
+        self.rollbacks_seen.load(Ordering::Acquire)
+    }
+
+    /// The rollbacks seen so far (count) and the last one, when some are not yet
+    /// handled by the restore check.
+    fn pending_rollback(&self) -> (u64, Option<watermark::Rollback>) {
+        let last = self.rollback_lock();
+        let seen = self.rollbacks_seen.load(Ordering::Acquire);
+        if seen <= self.rollbacks_handled.load(Ordering::Acquire) {
+            return (seen, None);
+        }
+        (seen, *last)
+    }
+
+    /// The restore check handled the first `seen` rollbacks: presignatures may be
+    /// used again, unless another rollback was seen meanwhile (then the watcher runs
+    /// the check once more).
+    fn restore_handled(&self, seen: u64) {
+        let last = self.rollback_lock();
+        self.rollbacks_handled.fetch_max(seen, Ordering::AcqRel);
+        if self.rollbacks_seen.load(Ordering::Acquire) == seen {
+            self.set_restore_checked();
+        }
+        drop(last);
+        // The pool task skips refills until the check ran.
         self.wake.notify_one();
     }
 
@@ -276,4 +338,38 @@ fn handle(node: &Arc<PresignCtx>, inbound: &Inbound) {
 /// chain 0 (receive) or 1 (change) and a non-hardened index.
 pub fn valid_wallet_path(path: &[u32]) -> bool {
     matches!(path, [c, i] if *c <= 1 && *i < (1 << 31))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watermark::Rollback;
+    use super::*;
+
+    #[test]
+    fn a_rollback_stops_presignatures_until_the_check_handled_every_one_seen() {
+        let p = Presign::default();
+        p.set_restore_checked();
+        let first = Rollback {
+            database: 3,
+            file: 5,
+        };
+        p.flag_rollback(first);
+        assert!(!p.restore_checked(), "stopped at once");
+        let (seen, last) = p.pending_rollback();
+        assert_eq!((seen, last), (1, Some(first)));
+        // Another rollback is seen while the check runs: still stopped after it.
+        p.flag_rollback(Rollback {
+            database: 4,
+            file: 5,
+        });
+        p.restore_handled(seen);
+        assert!(!p.restore_checked(), "the second one is not handled yet");
+        let (seen, last) = p.pending_rollback();
+        assert_eq!(seen, 2);
+        assert!(last.is_some());
+        p.restore_handled(seen);
+        assert!(p.restore_checked());
+        assert_eq!(p.pending_rollback(), (2, None));
+        assert_eq!(p.rollbacks_detected(), 2);
+    }
 }

@@ -1,5 +1,6 @@
-//! The background task: restore check at start, then refills of the pools this node
-//! leads (signer sets whose lowest node id is this node).
+//! The background task: restore check at start, the restore watcher (rollbacks while
+//! running, see [`watermark::watch`]), then refills of the pools this node leads
+//! (signer sets whose lowest node id is this node).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,17 +34,14 @@ pub async fn run(node: Arc<PresignCtx>) {
         return;
     }
     let interval = Duration::from_secs(cfg.check_interval_secs.max(1));
+    // Rollbacks of the database while running: checked every interval and whenever
+    // a use saw one; presignatures stay stopped until the pool is discarded.
+    tokio::spawn(watermark::watch(node.clone(), interval));
     loop {
-        if !node.presign.restore_checked() {
-            // A rollback was seen while running: reconcile (discard) first.
-            if let Err(e) = watermark::check_at_start(&node).await {
-                tracing::warn!(error = %e, "presignature restore check failed; retrying (no presignature is used meanwhile)");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        }
         let mut busy = false;
-        if node.unsealed().is_some() && node.coord().is_some() {
+        // No refill before the restore check ran (a rollback seen while running
+        // discards every available presignature; new ones would go with them).
+        if node.presign.restore_checked() && node.unsealed().is_some() && node.coord().is_some() {
             match refill_once(&node).await {
                 Ok(generated) => busy = generated,
                 Err(e) => tracing::debug!(error = %e, "presignature refill pass failed"),
@@ -155,6 +153,10 @@ async fn refill_once(node: &Arc<PresignCtx>) -> Result<bool, PresignError> {
                 let count = need.min(cfg.batch.clamp(1, MAX_BATCH));
                 if count == 0 {
                     continue;
+                }
+                if !node.presign.restore_checked() {
+                    // A rollback was seen meanwhile: nothing more before the check.
+                    return Ok(generated);
                 }
                 if lead_session(node, &share.key_id, &set, &path, count).await? == 0 {
                     // No generation slot free: try again at the next pass.

@@ -126,6 +126,14 @@ pub async fn participate(
         ));
     }
     let (indices, position) = validate(node, spec).await?;
+    // Not before this member's restore check ran (at start, or after a rollback seen
+    // while running): presignatures it stored before its discard would be discarded
+    // here only, and the other members would name them in vain.
+    if !node.presign.wait_restore_checked(BARRIER_TIMEOUT / 2).await {
+        return Err(PresignError::Invalid(
+            "the presignature restore check has not run on this node".into(),
+        ));
+    }
     let share = match material::load(node, &spec.key_id)
         .await
         .map_err(|e| PresignError::Material(e.to_string()))?

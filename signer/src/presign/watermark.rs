@@ -11,9 +11,18 @@
 //! created before the backup, since a restored database holds nothing newer) and the
 //! counter is raised to the file's value. A crash between writing the file and the
 //! commit also leaves the file ahead: that costs the pool, never safety.
+//!
+//! While the node runs, the same rollback is seen two ways: a reserving or consuming
+//! transaction gets a counter not above the last value written ([`hook`]: that
+//! transaction aborts), and the restore watcher ([`watch`]) compares the database
+//! counter with the watermark every `[presign] check_interval_secs` under the counter
+//! row's lock (so no transaction is between its file write and its commit). Either
+//! stops every use of presignatures at once and the watcher runs the restore check,
+//! which discards every available presignature, before use resumes.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use super::PresignCtx;
 
@@ -82,6 +91,11 @@ impl Watermark {
         Ok(())
     }
 
+    /// The last value written to the file (or aligned at the restore check).
+    pub fn written(&self) -> i64 {
+        *self.written.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Raises the file to at least `value` (never lowers it); used by the restore
     /// check, which has just reconciled the database with the file.
     pub fn align(&self, dir: &Path, value: i64) -> Result<(), String> {
@@ -131,38 +145,82 @@ pub fn hook(node: &PresignCtx) -> impl Fn(i64) -> Result<(), String> + Send + Sy
             .advance(node.cfg.data_dir.as_deref(), c)
             .map_err(|r| {
                 if r.file >= 0 {
-                    tracing::error!(error = %r, "ALERT: database rollback detected; presignatures stopped until the pool is discarded");
-                    node.presign.flag_rollback();
+                    tracing::error!(error = %r, "ALERT: database rollback detected at a presignature use; presignatures stopped until the pool is discarded");
+                    node.presign.flag_rollback(r);
                 }
                 r.to_string()
             })
     }
 }
 
+/// The running check of the restore watcher: the database counter, read under its
+/// row lock (every reserving or consuming transaction holds it from its increment
+/// through the file write to its commit, so none is half-way), must not be below
+/// the last value written to the file. Returns the rollback it saw (already flagged:
+/// presignature use stopped).
+pub async fn check_running(node: &PresignCtx) -> Result<Option<Rollback>, super::PresignError> {
+    if node.cfg.data_dir.is_none() {
+        return Ok(None);
+    }
+    let seen = node
+        .store
+        .presign_counter_settled(|db| {
+            let file = node.presign.watermark.written();
+            (db < file).then_some(Rollback { database: db, file })
+        })
+        .await?;
+    if let Some(r) = seen {
+        tracing::error!(error = %r, "ALERT: database rollback detected by the watermark check; presignatures stopped until the pool is discarded");
+        node.presign.flag_rollback(r);
+    }
+    Ok(seen)
+}
+
 /// The start-up check (see the module doc). Presignatures are not used before it
 /// succeeded.
 pub async fn check_at_start(node: &PresignCtx) -> Result<(), super::PresignError> {
+    check(node).await
+}
+
+/// The restore check, at start and after a rollback seen while running: discards
+/// every available presignature when the database is behind the watermark, when the
+/// file is missing while the database counter is not 0, or when a rollback was seen
+/// while running (whatever the counters say by now: fail closed); then raises the
+/// counters to each other and lets presignatures be used again.
+pub async fn check(node: &PresignCtx) -> Result<(), super::PresignError> {
+    let (seen, rollback) = node.presign.pending_rollback();
     let db = node.store.presign_counter().await?;
     let Some(dir) = node.cfg.data_dir.as_deref() else {
         tracing::warn!("no data_dir configured: presignature restore detection is off");
-        node.presign.set_restore_checked();
+        node.presign.restore_handled(seen);
         return Ok(());
     };
     let file = read(dir).map_err(super::PresignError::Custody)?;
-    let restored = match file {
-        Some(f) if db < f => Some(format!(
-            "database counter {db} is behind the watermark file {f}: database restored from an older backup"
+    let mark = file.unwrap_or(0).max(node.presign.watermark.written());
+    let restored = match (rollback, file) {
+        (Some(r), _) => Some(format!(
+            "database went back under the running node: counter {} not above the watermark {} (database counter now {db})",
+            r.database, r.file
         )),
-        None if db > 0 => Some(format!(
+        (None, _) if db < mark => Some(format!(
+            "database counter {db} is behind the watermark file {mark}: database restored from an older backup"
+        )),
+        (None, None) if db > 0 => Some(format!(
             "watermark file missing while the database counter is {db}: cannot rule out a restore"
         )),
         _ => None,
     };
-    let target = file.unwrap_or(0).max(db);
+    let target = mark.max(db);
     if let Some(reason) = restored {
+        let details = serde_json::json!({
+            "while_running": rollback.is_some(),
+            "database_counter": db,
+            "watermark": mark,
+            "rollbacks_detected": seen,
+        });
         let n = node
             .store
-            .discard_restored_presignatures(&node.cfg.node_id, target, &reason)
+            .discard_restored_presignatures(&node.cfg.node_id, target, &reason, details)
             .await?;
         tracing::warn!(discarded = n, %reason, "presignatures from before the restore point discarded");
     }
@@ -170,8 +228,34 @@ pub async fn check_at_start(node: &PresignCtx) -> Result<(), super::PresignError
         .watermark
         .align(dir, target)
         .map_err(super::PresignError::Custody)?;
-    node.presign.set_restore_checked();
+    node.presign.restore_handled(seen);
     Ok(())
+}
+
+/// The restore watcher (runs while the pool is enabled): every `interval`, and at
+/// once when a use saw a rollback, checks the database counter against the
+/// watermark; after a rollback it runs the restore check (retrying until it
+/// succeeds; presignatures stay stopped meanwhile).
+pub async fn watch(node: std::sync::Arc<PresignCtx>, interval: Duration) {
+    loop {
+        if node.presign.restore_checked() {
+            if let Err(e) = check_running(&node).await {
+                tracing::warn!(error = %e, "presignature watermark check failed; retrying");
+            }
+        }
+        if !node.presign.restore_checked() {
+            match check(&node).await {
+                Ok(()) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presignature restore check failed; retrying (no presignature is used meanwhile)");
+                }
+            }
+        }
+        tokio::select! {
+            _ = node.presign.restore_wake.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 #[cfg(test)]

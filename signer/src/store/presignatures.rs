@@ -90,16 +90,22 @@ fn path_i32(path: &[u32]) -> Vec<i32> {
 /// the commit (writes the watermark file). An error aborts the transaction.
 pub type CounterHook<'a> = &'a (dyn Fn(i64) -> Result<(), String> + Send + Sync);
 
+/// Advances the counter inside `tx` and runs the hook; the inner error is the
+/// hook's refusal (a rollback of the database, or the file not written).
 async fn bump_counter(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     hook: CounterHook<'_>,
-) -> Result<(), StoreError> {
+) -> Result<Result<(), String>, StoreError> {
     let (c,): (i64,) = sqlx::query_as(
         "UPDATE presign_watermark SET counter = counter + 1 WHERE id RETURNING counter",
     )
     .fetch_one(&mut **tx)
     .await?;
-    hook(c).map_err(|e| StoreError::Corrupt(format!("presignature watermark: {e}")))
+    Ok(hook(c))
+}
+
+fn refused(e: &str) -> StoreError {
+    StoreError::Corrupt(format!("presignature watermark: {e}"))
 }
 
 impl Store {
@@ -194,7 +200,13 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
-        bump_counter(&mut tx, hook).await?;
+        if let Err(e) = bump_counter(&mut tx, hook).await? {
+            // The hook refused (it stopped presignature use and alerted): nothing is
+            // reserved, and the leader signs without a presignature.
+            tx.rollback().await?;
+            tracing::warn!(error = %e, "no presignature reserved");
+            return Ok(None);
+        }
         tx.commit().await?;
         Ok(row)
     }
@@ -235,7 +247,11 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
-        bump_counter(&mut tx, hook).await?;
+        if let Err(e) = bump_counter(&mut tx, hook).await? {
+            // Nothing consumed; the signer refuses (the leader falls back).
+            tx.rollback().await?;
+            return Err(refused(&e));
+        }
         tx.commit().await?;
         Ok(row)
     }
@@ -248,14 +264,34 @@ impl Store {
         Ok(c)
     }
 
-    /// After a detected restore: discards every available presignature (all of them
-    /// predate the backup) and raises the counter to `counter` in one transaction;
-    /// returns how many were discarded.
+    /// The restore counter read under its row lock, given to `check` while the lock
+    /// is held: every reserving or consuming transaction holds that lock from its
+    /// increment through its watermark write to its commit, so none is half-way.
+    pub async fn presign_counter_settled<R>(
+        &self,
+        check: impl FnOnce(i64) -> R + Send,
+    ) -> Result<R, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let (c,): (i64,) =
+            sqlx::query_as("SELECT counter FROM presign_watermark WHERE id FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await?;
+        let r = check(c);
+        tx.rollback().await?;
+        Ok(r)
+    }
+
+    /// After a detected restore (at start or while running): discards every
+    /// available presignature (all of them predate the restore point, or may have
+    /// been used after it) and raises the counter to `counter` in one transaction,
+    /// with the audit record `presign.discarded` (`details` added to it); returns how
+    /// many were discarded.
     pub async fn discard_restored_presignatures(
         &self,
         node_id: &str,
         counter: i64,
         reason: &str,
+        details: serde_json::Value,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
         let n = sqlx::query(
@@ -273,8 +309,13 @@ impl Store {
         super::audit::append_audit(
             &mut tx,
             node_id,
-            crate::audit::AuditEntry::new("node", "presign.discarded")
-                .details(serde_json::json!({ "count": n, "reason": reason })),
+            crate::audit::AuditEntry::new("node", "presign.discarded").details({
+                let mut d = serde_json::json!({ "count": n, "reason": reason });
+                if let (Some(d), serde_json::Value::Object(extra)) = (d.as_object_mut(), details) {
+                    d.extend(extra);
+                }
+                d
+            }),
         )
         .await?;
         tx.commit().await?;
