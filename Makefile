@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CLUSTER_DIR ?= .cluster
 
-.PHONY: all deps build demo test lint fmt clean-cluster
+.PHONY: all deps build demo test lint fmt clean-cluster deb test-package
 
 all: build
 
@@ -43,6 +43,18 @@ demo: build
 # (one build, one feature set: no separate `cargo build` that would compile twice).
 test: deps lint
 	$(CARGO) test --workspace --no-fail-fast
+
+## Debian package target/debian/signer_<version>_<arch>.deb: /usr/bin/signer built in
+## release mode WITHOUT fault injection, the hardened unit, sysusers.d, tmpfiles.d, an
+## example /etc/signer/node.toml and the docs (scripts/build-deb.sh).
+deb: deps
+	CARGO=$(CARGO) bash scripts/build-deb.sh
+
+## Builds the package and checks it (tests/package.rs): contents, unit, sysusers,
+## tmpfiles, example config, no fault injection, systemd-analyze verify as installed.
+## Not part of `make test`: the release build takes a long time on 2 cores.
+test-package: deb
+	$(CARGO) test -p cluster-tests --test package -- --ignored --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   postgresql etcd-server etcd-client protobuf-compiler libprotobuf-dev
   softhsm2 opensc swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0
-  pkg-config g++ libgmp-dev m4
+  pkg-config g++ libgmp-dev m4 dpkg-dev
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

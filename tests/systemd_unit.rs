@@ -6,6 +6,8 @@
 //! network, credentials, state directory), and the HSM PIN and the database URL
 //! arrive as encrypted credentials (`LoadCredentialEncrypted=`, finding 6) that the
 //! configuration in docs/CONFIGURATION.md reads from the credentials directory.
+//! Issue 19: `Type=notify` with `NotifyAccess=main`, a `WatchdogSec=`, no start
+//! timeout, and the journald log format.
 //!
 //! Needs `systemd-analyze` (Debian: package `systemd`); without it the tests fail,
 //! they do not skip. No systemd instance is needed: both commands read the file.
@@ -289,6 +291,48 @@ fn the_shipped_unit_keeps_what_the_node_needs_to_run() {
     assert!(has("StateDirectory", "signer"), "StateDirectory=signer");
     assert!(has("ProtectSystem", "strict"), "ProtectSystem=strict");
     assert!(has("User", "signer"), "User=signer");
+}
+
+/// Issue 19: `Type=notify` with the main process as the only sender, a watchdog
+/// the node pings (signer/src/node/notify.rs, tested in tests/notify.rs), no start
+/// timeout that would restart a sealed node into retrying its PIN, and logs in the
+/// journald format.
+#[test]
+fn the_shipped_unit_is_type_notify_with_a_watchdog_and_journald_logs() {
+    let d = directives(&read(&unit_path()));
+    assert_eq!(values(&d, "Type"), ["notify"], "Type=notify");
+    assert_eq!(values(&d, "NotifyAccess"), ["main"], "NotifyAccess=main");
+    let watchdog = values(&d, "WatchdogSec");
+    assert_eq!(watchdog.len(), 1, "one WatchdogSec=: {watchdog:?}");
+    let secs: u64 = watchdog[0]
+        .strip_suffix('s')
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("WatchdogSec= in whole seconds (\"30s\"): {watchdog:?}"));
+    assert!(
+        (10..=300).contains(&secs),
+        "WatchdogSec={secs}s: the node pings every half period; keep it between 10 s and 5 min"
+    );
+    assert_eq!(
+        values(&d, "TimeoutStartSec"),
+        ["infinity"],
+        "a sealed node never reports READY; a start timeout would restart it into \
+         retrying a wrong PIN"
+    );
+    assert!(
+        values(&d, "Environment").contains(&"SIGNER__LOG__FORMAT=journald"),
+        "the unit selects the journald log format: {:?}",
+        values(&d, "Environment")
+    );
+    assert_eq!(
+        values(&d, "SyslogLevelPrefix"),
+        ["yes"],
+        "SyslogLevelPrefix=yes"
+    );
+    let families = values(&d, "RestrictAddressFamilies").join(" ");
+    assert!(
+        families.split_whitespace().any(|f| f == "AF_UNIX"),
+        "sd_notify needs AF_UNIX: {families}"
+    );
 }
 
 /// The `[custody]`/`[database]` settings of the TOML examples in

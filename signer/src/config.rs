@@ -99,6 +99,9 @@ pub struct NodeConfig {
     /// Process hardening (locked memory, no core dumps).
     #[serde(default)]
     pub hardening: HardeningConfig,
+    /// Cross-node audit checkpoints (see docs/AUDIT.md).
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// Process hardening: what the node requires before it unseals custody.
@@ -245,6 +248,58 @@ fn default_sign_secs() -> u64 {
 }
 fn default_max_vote_deadline_secs() -> u64 {
     300
+}
+
+/// Cross-node audit checkpoints (`[audit]`, see docs/AUDIT.md): every node's audit
+/// head (sequence number and hash), co-signed with the nodes' vote keys and stored
+/// in every node's audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Seconds between periodic checkpoints (default 300, at least 1; dev and test
+    /// clusters may use a few seconds).
+    #[serde(default = "default_checkpoint_interval_secs")]
+    pub checkpoint_interval_secs: u64,
+    /// Co-signatures a checkpoint needs. The cluster threshold `t` (top-level
+    /// `threshold`) is the floor and the default; a larger value up to the number of
+    /// nodes may be set, a smaller one is refused.
+    #[serde(default)]
+    pub checkpoint_quorum: Option<u16>,
+    /// Propose a checkpoint after each transaction this node led to `signed`.
+    #[serde(default = "default_true")]
+    pub checkpoint_after_signing: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_interval_secs: default_checkpoint_interval_secs(),
+            checkpoint_quorum: None,
+            checkpoint_after_signing: true,
+        }
+    }
+}
+
+fn default_checkpoint_interval_secs() -> u64 {
+    300
+}
+
+impl AuditConfig {
+    /// Checks the section against the cluster threshold and size.
+    fn check(&self, threshold: u16, total_nodes: usize) -> Result<(), String> {
+        if !(1..=86_400).contains(&self.checkpoint_interval_secs) {
+            return Err("audit.checkpoint_interval_secs must be between 1 and 86400".to_owned());
+        }
+        if let Some(q) = self.checkpoint_quorum {
+            if q < threshold || usize::from(q) > total_nodes {
+                return Err(format!(
+                    "audit.checkpoint_quorum {q} must be between the threshold ({threshold}) \
+                     and the number of nodes ({total_nodes})"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Policy settings.
@@ -712,7 +767,9 @@ impl CustodyConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// `json` (default for the daemon) or `text`.
+    /// `json` (default for the daemon), `text`, or `journald` (the systemd unit's
+    /// choice: JSON lines on stderr, each prefixed with its syslog priority `<N>`,
+    /// which journald turns into the entry's `PRIORITY`).
     #[serde(default)]
     pub format: LogFormat,
     /// `tracing` filter, e.g. `info,signer=debug`.
@@ -729,6 +786,11 @@ pub enum LogFormat {
     Json,
     /// Human-readable text.
     Text,
+    /// JSON lines, each prefixed with its syslog priority (`<3>` error, `<4>` warn,
+    /// `<6>` info, `<7>` debug and trace; sd-daemon(3)): for stderr under systemd,
+    /// where journald strips the prefix into `PRIORITY=` and keeps the JSON as
+    /// `MESSAGE=`.
+    Journald,
 }
 
 impl NodeConfig {
@@ -853,6 +915,7 @@ impl NodeConfig {
             ));
         }
         self.chain.check().map_err(invalid)?;
+        self.audit.check(self.threshold, total).map_err(invalid)?;
         if !self.aux.insecure_test_primes.is_empty()
             && self.wallet.network != bitcoin::Network::Regtest
         {
@@ -895,6 +958,15 @@ impl NodeConfig {
             return Err(invalid("rate limits must be positive".to_owned()));
         }
         Ok(())
+    }
+
+    /// Co-signatures an audit checkpoint needs: `[audit] checkpoint_quorum`, never
+    /// below the cluster threshold.
+    pub fn checkpoint_quorum(&self) -> u16 {
+        self.audit
+            .checkpoint_quorum
+            .unwrap_or(self.threshold)
+            .max(self.threshold)
     }
 
     /// Number of nodes in the cluster (this one plus its peers).
@@ -1211,6 +1283,38 @@ prefix = "/signer/test"
         let text = SAMPLE.replace("threshold = 2", "threshold = 3");
         let err = NodeConfig::parse(&text, Path::new("t.toml"), &[]).expect_err("threshold");
         assert!(err.to_string().contains("threshold 3"), "{err}");
+    }
+
+    #[test]
+    fn audit_checkpoint_quorum_is_the_threshold_and_never_lower() {
+        let cfg = NodeConfig::parse(SAMPLE, Path::new("t.toml"), &[]).expect("sample");
+        assert_eq!(cfg.audit.checkpoint_interval_secs, 300);
+        assert_eq!(cfg.checkpoint_quorum(), cfg.threshold);
+        let env = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        let low = NodeConfig::parse(
+            SAMPLE,
+            Path::new("t.toml"),
+            &env("SIGNER__AUDIT__CHECKPOINT_QUORUM", "1"),
+        )
+        .expect_err("below the threshold");
+        assert!(low.to_string().contains("checkpoint_quorum"), "{low}");
+        let zero = NodeConfig::parse(
+            SAMPLE,
+            Path::new("t.toml"),
+            &env("SIGNER__AUDIT__CHECKPOINT_INTERVAL_SECS", "0"),
+        )
+        .expect_err("zero interval");
+        assert!(
+            zero.to_string().contains("checkpoint_interval_secs"),
+            "{zero}"
+        );
+        let short = NodeConfig::parse(
+            SAMPLE,
+            Path::new("t.toml"),
+            &env("SIGNER__AUDIT__CHECKPOINT_INTERVAL_SECS", "5"),
+        )
+        .expect("a short interval for dev clusters");
+        assert_eq!(short.audit.checkpoint_interval_secs, 5);
     }
 
     #[test]

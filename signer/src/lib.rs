@@ -6,6 +6,7 @@ pub mod audit;
 pub mod ca;
 pub mod chain;
 pub mod cli;
+pub mod compliance;
 pub mod config;
 pub mod coord;
 pub mod custody;

@@ -112,8 +112,13 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidTransition(m) => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_state_transition", m)
             }
-            StoreError::Db(sqlx::Error::PoolTimedOut) => {
-                ApiError::unavailable("database is busy; retry")
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable; request refused");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the node's database is unavailable; retry later",
+                )
             }
             other => ApiError::internal(other),
         }

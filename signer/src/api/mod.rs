@@ -1,6 +1,7 @@
 //! The REST API (axum over rustls): health, readiness, cluster status, tokens and
 //! audit. Every mutation is written to the audit log.
 
+mod audit;
 pub mod auth;
 mod dkg;
 pub mod error;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub node: Arc<TxCtx>,
     /// Tokens and rate limits.
     pub auth: Arc<AuthState>,
+    /// The audit service (checkpoints, exports).
+    pub audit: Arc<crate::compliance::AuditCtx>,
 }
 
 /// Builds the router.
@@ -50,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tokens/{id}", delete(handlers::revoke_token))
         .route("/api/v1/audit", get(handlers::audit_list))
         .route("/api/v1/audit/verify", get(handlers::audit_verify))
+        .route("/api/v1/audit/export", get(audit::export))
         .route("/api/v1/whoami", get(handlers::whoami))
         .route("/api/v1/p2p/ping", axum::routing::post(handlers::p2p_ping))
         .route("/api/v1/dkg/start", axum::routing::post(dkg::start))

@@ -4,8 +4,14 @@
 //! a length-prefixed encoding of every field, so editing, deleting, inserting or
 //! reordering any row breaks verification from that row on.
 
+pub mod bundle;
+pub mod checkpoint;
+pub mod verify;
+#[cfg(test)]
+mod verify_tests;
+
 use chrono::{DateTime, SubsecRound, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// `prev_hash` of the first record.
@@ -50,8 +56,9 @@ impl AuditEntry {
     }
 }
 
-/// A stored record.
-#[derive(Debug, Clone, Serialize)]
+/// A stored record. Its JSON form (API, export bundles) has the hashes in hex.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditRecord {
     /// Position in the chain, from 1.
     pub seq: i64,
@@ -68,15 +75,11 @@ pub struct AuditRecord {
     /// Details.
     pub details: serde_json::Value,
     /// Hash of the previous record.
-    #[serde(serialize_with = "hex_ser")]
+    #[serde(with = "checkpoint::hex_array")]
     pub prev_hash: [u8; 32],
     /// This record's hash.
-    #[serde(serialize_with = "hex_ser")]
+    #[serde(with = "checkpoint::hex_array")]
     pub hash: [u8; 32],
-}
-
-fn hex_ser<S: serde::Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&hex::encode(v))
 }
 
 impl AuditRecord {

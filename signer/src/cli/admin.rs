@@ -103,6 +103,9 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                 Some(e) => anyhow::bail!("audit chain INVALID after {n} good records: {e}"),
             }
         }
+        AuditCmd::Export { .. } | AuditCmd::VerifyExport { .. } => {
+            anyhow::bail!("export and verify-export run through cli::audit")
+        }
     }
 }
 
@@ -120,7 +123,10 @@ pub async fn db(cmd: DbCmd) -> anyhow::Result<()> {
 
 /// HSM subcommands (no database needed).
 pub fn hsm(cmd: HsmCmd) -> anyhow::Result<()> {
-    let (HsmCmd::Init { config } | HsmCmd::Check { config }) = &cmd;
+    let config = match &cmd {
+        HsmCmd::Init { config } | HsmCmd::Check { config } => config,
+        HsmCmd::RotateKek { .. } => anyhow::bail!("rotate-kek runs through cli::kek"),
+    };
     // A TPM storage key need not be pinned yet: both commands print its name to pin.
     let cfg = NodeConfig::load_for_custody_setup(config)?;
     let custody = cfg
@@ -143,5 +149,6 @@ pub fn hsm(cmd: HsmCmd) -> anyhow::Result<()> {
             anyhow::ensure!(report.is_ok(), "custody check failed");
             Ok(())
         }
+        HsmCmd::RotateKek { .. } => anyhow::bail!("rotate-kek runs through cli::kek"),
     }
 }

@@ -35,7 +35,7 @@ pub struct ApiOpts {
     #[arg(long)]
     pub node: Option<String>,
     /// API base URL, e.g. https://127.0.0.1:7443 (instead of the cluster file's).
-    #[arg(long, env = "SIGNER_API_URL")]
+    #[arg(long, env = "SIGNER_API_URL", visible_alias = "url")]
     pub api_url: Option<String>,
     /// CA certificate (PEM) the API's certificate must chain to.
     #[arg(long, env = "SIGNER_CA_CERT")]
@@ -213,6 +213,48 @@ impl ApiClient {
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let req = self.http.post(format!("{}{path}", self.base)).json(body);
         self.send(req).await
+    }
+
+    /// `GET path`, the answer's body streamed into `out` (no size limit, no total
+    /// timeout: an audit export may take long); the bytes written. An error answer
+    /// becomes [`ApiRefusal`].
+    pub async fn download(&self, path: &str, out: &mut impl std::io::Write) -> anyhow::Result<u64> {
+        let mut resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(7 * 24 * 3600))
+            .bearer_auth(self.token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {} ({}): {e}", self.label(), self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.bytes().await.unwrap_or_default();
+            let json: Option<Value> = serde_json::from_slice(&body).ok();
+            let field = |k: &str| {
+                json.as_ref()
+                    .and_then(|j| j[k].as_str())
+                    .map(str::to_owned)
+                    .unwrap_or_default()
+            };
+            return Err(ApiRefusal {
+                node: self.label(),
+                status: status.as_u16(),
+                code: field("code"),
+                message: field("message"),
+            }
+            .into());
+        }
+        let mut n = 0u64;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the answer of {}: {e}", self.label()))?
+        {
+            out.write_all(&chunk)?;
+            n += chunk.len() as u64;
+        }
+        Ok(n)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {

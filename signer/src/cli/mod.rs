@@ -2,10 +2,13 @@
 //! own file.
 
 mod admin;
+mod audit;
 pub mod aux;
 pub mod client;
 pub mod cluster;
 pub mod dkg;
+mod journal;
+mod kek;
 pub mod keys;
 mod policy;
 mod status;
@@ -201,6 +204,26 @@ pub enum HsmCmd {
         #[arg(long, env = "SIGNER_CONFIG")]
         config: PathBuf,
     },
+    /// Rotate the KEK: create a new one, rewrap every envelope of the node's
+    /// database in one audited transaction, check they all open with it, and
+    /// (with --destroy-old) destroy the old one. The node must be stopped; the
+    /// configuration is not edited (the command prints what to set).
+    #[command(group(clap::ArgGroup::new("new").required(true).args(["new_label", "new_handle"])))]
+    RotateKek {
+        /// Node configuration file (the current KEK and the database).
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+        /// PKCS#11: label of the new KEK (created in the same token).
+        #[arg(long)]
+        new_label: Option<String>,
+        /// TPM: free persistent handle for the new storage key (e.g. 0x81010021).
+        #[arg(long, value_parser = kek::parse_handle)]
+        new_handle: Option<u32>,
+        /// Destroy the old KEK after every record re-opened with the new one.
+        /// Backups taken before the rotation can then no longer be opened.
+        #[arg(long)]
+        destroy_old: bool,
+    },
 }
 
 /// `signer token ...`
@@ -245,6 +268,41 @@ pub enum AuditCmd {
         /// Node configuration file.
         #[arg(long, env = "SIGNER_CONFIG")]
         config: PathBuf,
+    },
+    /// Export every node's audit records for a time range, with the signed
+    /// checkpoints, keys, certificates and policy versions, into a bundle that
+    /// `verify-export` checks offline (through a node's API; auditor or admin token).
+    Export {
+        #[command(flatten)]
+        api: client::ApiOpts,
+        /// Start of the range (RFC 3339, e.g. 2025-01-01T00:00:00Z); default: the
+        /// beginning.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range (RFC 3339); default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// The bundle file to write (JSON Lines).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an export bundle offline (no network, no database). Exit status 0
+    /// valid, 1 invalid (the first broken item is named: node, sequence, reason),
+    /// 2 unreadable.
+    VerifyExport {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Require at least this many co-signatures per checkpoint (never fewer
+        /// than the bundle's cluster threshold).
+        #[arg(long)]
+        min_signatures: Option<u16>,
+        /// The cluster CA certificate (PEM) the auditor holds: the bundle's CA must
+        /// be this one (otherwise its SHA-256 is printed to compare).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -305,6 +363,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(LogFormat::Text, None);
             runtime()?.block_on(admin::token(cmd))
         }
+        Command::Audit(AuditCmd::Export { api, from, to, out }) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            runtime()?.block_on(audit::export(&api, from.as_deref(), to.as_deref(), &out))
+        }
+        Command::Audit(AuditCmd::VerifyExport {
+            bundle,
+            min_signatures,
+            ca_cert,
+            json,
+        }) => {
+            let code = audit::verify_export(&bundle, min_signatures, ca_cert.as_deref(), json);
+            if code != 0 {
+                std::process::exit(i32::from(code));
+            }
+            Ok(())
+        }
         Command::Audit(cmd) => {
             init_logging(LogFormat::Text, None);
             runtime()?.block_on(admin::audit(cmd))
@@ -355,6 +429,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(code);
             }
             Ok(())
+        }
+        Command::Hsm(HsmCmd::RotateKek {
+            config,
+            new_label,
+            new_handle,
+            destroy_old,
+        }) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            let new = match (new_label, new_handle) {
+                (Some(label), None) => kek::NewKek::Label(label),
+                (None, Some(handle)) => kek::NewKek::Handle(handle),
+                _ => anyhow::bail!("give exactly one of --new-label and --new-handle"),
+            };
+            kek::rotate(&config, new, destroy_old)
         }
         Command::Hsm(cmd) => {
             init_logging(LogFormat::Text, Some("warn"));
@@ -423,5 +511,10 @@ pub fn init_logging(format: LogFormat, filter: Option<&str>) {
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
+        LogFormat::Journald => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(journal::PriorityStderr)
+            .try_init(),
     };
 }

@@ -3,6 +3,7 @@
 //! background tasks and the API server. Nothing below this module knows it.
 
 pub mod liveness;
+mod notify;
 mod run;
 mod unseal;
 

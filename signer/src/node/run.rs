@@ -7,10 +7,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{liveness, unseal};
+use super::{liveness, notify, unseal};
 use crate::api::auth::AuthState;
 use crate::api::{self, AppState};
 use crate::audit::AuditEntry;
+use crate::compliance::AuditCtx;
 use crate::config::NodeConfig;
 use crate::dkg::DkgCtx;
 use crate::infra::Infra;
@@ -29,6 +30,7 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
     crate::tls::install_crypto_provider();
     let shutdown = CancellationToken::new();
     let url = cfg.database_url()?;
+    notify::status("connecting to the database");
     let store = connect_store_with_retry(&url, cfg.database.max_connections).await?;
     // Round state and signing sessions are in memory: whatever was in flight when
     // this node stopped is expired before it takes part in anything.
@@ -42,6 +44,7 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
             "transactions left in flight at the last stop expired"
         );
     }
+    notify::status("starting services");
     let api_tls = tls::api_server_config(&cfg.tls).context("api tls configuration")?;
     let listener = TcpListener::bind(cfg.api.listen)
         .await
@@ -54,6 +57,7 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
     let dkg = Arc::new(DkgCtx::new(infra.clone()));
     let presign = Arc::new(PresignCtx::new(dkg.clone()));
     let node = Arc::new(TxCtx::new(presign.clone()));
+    let audit = Arc::new(AuditCtx::new(infra.clone()));
     let auth = Arc::new(AuthState::new(
         infra.cfg.api.unauthenticated_rate_limit_per_min,
     ));
@@ -70,6 +74,7 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
         dkg: dkg_rx,
         presign: presign_rx,
         tx: tx_rx,
+        audit: audit_rx,
     } = queues;
     tokio::spawn(net.clone().serve(net_rx));
     {
@@ -79,6 +84,11 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
     tokio::spawn(crate::dkg::serve(dkg.clone(), dkg_rx));
     tokio::spawn(crate::presign::serve(presign.clone(), presign_rx));
     tokio::spawn(crate::tx::serve(node.clone(), tx_rx));
+    tokio::spawn(crate::compliance::serve(audit.clone(), audit_rx));
+    tokio::spawn(crate::compliance::checkpoints::run(
+        audit.clone(),
+        shutdown.clone(),
+    ));
 
     tokio::spawn(crate::dkg::primes::run(dkg.clone()));
     tokio::spawn(crate::tx::announce_vote_key(node.clone()));
@@ -94,6 +104,7 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
     let app = api::router(AppState {
         node: node.clone(),
         auth: auth.clone(),
+        audit: audit.clone(),
     });
     let api_task = tokio::spawn(api::serve(listener, api_tls, app, shutdown.clone()));
     let dispatcher = tokio::spawn(router.run(inbound, shutdown.clone()));
@@ -111,6 +122,14 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
         shutdown.clone(),
     ));
     tokio::spawn(unseal::unseal(dkg.clone(), auth, shutdown.clone()));
+    // READY=1 once unsealed; WATCHDOG=1 while these loops run and the database answers.
+    let loops = vec![
+        api_task.abort_handle(),
+        dispatcher.abort_handle(),
+        keeper.abort_handle(),
+        liveness.abort_handle(),
+    ];
+    tokio::spawn(notify::supervise(infra.clone(), loops, shutdown.clone()));
 
     node.store
         .audit(
@@ -123,11 +142,10 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
         )
         .await?;
     tracing::info!(node_id = %node.cfg.node_id, api = %node.cfg.api.listen, "node started");
-    notify_systemd("READY=1");
 
     wait_for_signal().await;
     tracing::info!(node_id = %node.cfg.node_id, "shutting down");
-    notify_systemd("STOPPING=1");
+    notify::stopping();
     shutdown.cancel();
     let _ = node
         .store
@@ -149,6 +167,7 @@ struct Queues {
     dkg: crate::router::ServiceRx,
     presign: crate::router::ServiceRx,
     tx: crate::router::ServiceRx,
+    audit: crate::router::ServiceRx,
 }
 
 /// Queue capacity of the protocol sessions (every protocol message of every running
@@ -156,6 +175,8 @@ struct Queues {
 const SESSION_QUEUE: usize = 4096;
 /// Queue capacity of each other service.
 const SERVICE_QUEUE: usize = 1024;
+/// Queue capacity of the audit service (checkpoint rounds and export pages).
+const AUDIT_QUEUE: usize = 256;
 
 /// The routing table: each service and the kinds it owns. Each queue's per-peer
 /// quota is its capacity shared among the peers.
@@ -183,6 +204,12 @@ fn build_router(peers: usize) -> Result<(Router, Queues), RouterError> {
             quota(SERVICE_QUEUE),
         ),
         tx: b.service("tx", crate::tx::KINDS, SERVICE_QUEUE, quota(SERVICE_QUEUE)),
+        audit: b.service(
+            "audit",
+            crate::compliance::KINDS,
+            AUDIT_QUEUE,
+            quota(AUDIT_QUEUE),
+        ),
     };
     Ok((b.build(MessageKind::ALL)?, queues))
 }
@@ -252,23 +279,6 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-/// Sends a state line to systemd when started with `Type=notify`.
-fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot create notify socket");
-            return;
-        }
-    };
-    if let Err(e) = sock.send_to(state.as_bytes(), &path) {
-        tracing::warn!(error = %e, "sd_notify failed");
     }
 }
 

@@ -72,6 +72,20 @@ impl MessageKind {
     pub const PRESIGN_ANNOUNCE: MessageKind = MessageKind(0x0150);
     /// A node relays an operator's presignature generate request to its peers.
     pub const PRESIGN_GENERATE: MessageKind = MessageKind(0x0151);
+    /// An audit checkpoint's proposer asks each node for its signed audit head.
+    pub const AUDIT_HEAD_REQUEST: MessageKind = MessageKind(0x0160);
+    /// A node's signed audit head, to the proposer.
+    pub const AUDIT_HEAD: MessageKind = MessageKind(0x0161);
+    /// The proposer asks each node with a head to co-sign the checkpoint.
+    pub const AUDIT_COSIGN_REQUEST: MessageKind = MessageKind(0x0162);
+    /// A node's co-signature of a checkpoint, to the proposer.
+    pub const AUDIT_COSIGNATURE: MessageKind = MessageKind(0x0163);
+    /// A complete checkpoint, for every node to store in its audit log.
+    pub const AUDIT_CHECKPOINT: MessageKind = MessageKind(0x0164);
+    /// An exporting node asks a peer for its audit records (or their bounds).
+    pub const AUDIT_EXPORT_REQUEST: MessageKind = MessageKind(0x0165);
+    /// A page of audit records (or their bounds), to the exporting node.
+    pub const AUDIT_EXPORT_REPLY: MessageKind = MessageKind(0x0166);
     /// Votes and vote-key announcements.
     pub const VOTE: MessageKind = MessageKind(0x0200);
 
@@ -97,6 +111,13 @@ impl MessageKind {
         MessageKind::APPROVER_ENDORSE,
         MessageKind::PRESIGN_ANNOUNCE,
         MessageKind::PRESIGN_GENERATE,
+        MessageKind::AUDIT_HEAD_REQUEST,
+        MessageKind::AUDIT_HEAD,
+        MessageKind::AUDIT_COSIGN_REQUEST,
+        MessageKind::AUDIT_COSIGNATURE,
+        MessageKind::AUDIT_CHECKPOINT,
+        MessageKind::AUDIT_EXPORT_REQUEST,
+        MessageKind::AUDIT_EXPORT_REPLY,
         MessageKind::VOTE,
     ];
 }
@@ -468,6 +489,13 @@ mod tests {
             (0x0145, MessageKind::APPROVER_ENDORSE),
             (0x0150, MessageKind::PRESIGN_ANNOUNCE),
             (0x0151, MessageKind::PRESIGN_GENERATE),
+            (0x0160, MessageKind::AUDIT_HEAD_REQUEST),
+            (0x0161, MessageKind::AUDIT_HEAD),
+            (0x0162, MessageKind::AUDIT_COSIGN_REQUEST),
+            (0x0163, MessageKind::AUDIT_COSIGNATURE),
+            (0x0164, MessageKind::AUDIT_CHECKPOINT),
+            (0x0165, MessageKind::AUDIT_EXPORT_REQUEST),
+            (0x0166, MessageKind::AUDIT_EXPORT_REPLY),
             (0x0200, MessageKind::VOTE),
         ];
         for (n, k) in &pinned {

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::{Store, StoreError};
+use crate::audit::bundle::{PolicyVersion, POLICY_ACTION};
+use crate::audit::checkpoint::{Checkpoint, CHECKPOINT_ACTION};
 use crate::audit::{AuditEntry, AuditRecord, ChainError, ChainVerifier, GENESIS_HASH};
 
 /// Serializes appenders so the chain never forks.
@@ -92,6 +94,222 @@ impl Store {
         .await?;
         rows.into_iter().map(AuditRow::into_record).collect()
     }
+}
+
+/// `SELECT` of the columns of an audit row, in [`AuditRow`] order (a literal, for
+/// `concat!`).
+macro_rules! select_audit {
+    () => {
+        "SELECT seq, ts, node_id, actor, action, subject, details, prev_hash, hash FROM audit_log "
+    };
+}
+
+impl Store {
+    /// This node's audit head: the last record's sequence number and hash (0 and
+    /// the genesis hash for an empty log).
+    pub async fn audit_head(&self) -> Result<(i64, [u8; 32]), StoreError> {
+        let last: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(self.pool())
+                .await?;
+        match last {
+            None => Ok((0, GENESIS_HASH)),
+            Some((seq, hash)) => Ok((seq, to_hash32(seq, hash)?)),
+        }
+    }
+
+    /// The hash of record `seq`, if there is one.
+    pub async fn audit_hash_at(&self, seq: i64) -> Result<Option<[u8; 32]>, StoreError> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT hash FROM audit_log WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|(h,)| to_hash32(seq, h)).transpose()
+    }
+
+    /// Stores checkpoint `cp` as an `audit.checkpoint` record of node `node_id`'s
+    /// chain, once: `false` when it is already stored.
+    pub async fn store_checkpoint(
+        &self,
+        node_id: &str,
+        cp: &Checkpoint,
+    ) -> Result<bool, StoreError> {
+        let id = cp.id.to_string();
+        let mut tx = self.pool().begin().await?;
+        let seen: Option<(i64,)> =
+            sqlx::query_as("SELECT seq FROM audit_log WHERE action = $1 AND subject = $2")
+                .bind(CHECKPOINT_ACTION)
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if seen.is_some() {
+            return Ok(false);
+        }
+        let entry = AuditEntry::new("node", CHECKPOINT_ACTION)
+            .subject(&id)
+            .details(cp.to_details());
+        match append_audit(&mut tx, node_id, entry).await {
+            Ok(_) => {}
+            // Stored concurrently (the unique index on checkpoint ids).
+            Err(StoreError::Db(e)) if is_unique_violation(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        match tx.commit().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// When this node last stored a checkpoint.
+    pub async fn last_checkpoint_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let (at,): (Option<DateTime<Utc>>,) =
+            sqlx::query_as("SELECT max(ts) FROM audit_log WHERE action = $1")
+                .bind(CHECKPOINT_ACTION)
+                .fetch_one(self.pool())
+                .await?;
+        Ok(at)
+    }
+
+    /// The checkpoint records stored between `from` and `to` (inclusive), the last
+    /// one stored before `from` and the first one stored after `to`, in order.
+    pub async fn checkpoint_records_around(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows: Vec<AuditRow> = sqlx::query_as(concat!(
+            "(",
+            select_audit!(),
+            "WHERE action = $1 AND ts < $2 ORDER BY ts DESC, seq DESC LIMIT 1) UNION ALL (",
+            select_audit!(),
+            "WHERE action = $1 AND ts >= $2 AND ts <= $3) UNION ALL (",
+            select_audit!(),
+            "WHERE action = $1 AND ts > $3 ORDER BY ts, seq LIMIT 1) ORDER BY seq"
+        ))
+        .bind(CHECKPOINT_ACTION)
+        .bind(from)
+        .bind(to)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(AuditRow::into_record).collect()
+    }
+
+    /// The first record at or after `from` and the last at or before `to` (by
+    /// time), if any.
+    pub async fn audit_seq_bounds(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(Option<i64>, Option<i64>), StoreError> {
+        let (first,): (Option<i64>,) =
+            sqlx::query_as("SELECT min(seq) FROM audit_log WHERE ts >= $1")
+                .bind(from)
+                .fetch_one(self.pool())
+                .await?;
+        let (last,): (Option<i64>,) =
+            sqlx::query_as("SELECT max(seq) FROM audit_log WHERE ts <= $1")
+                .bind(to)
+                .fetch_one(self.pool())
+                .await?;
+        Ok((first, last))
+    }
+
+    /// Records `after_seq < seq <= to_seq`, in order, at most `limit`.
+    pub async fn audit_rows_until(
+        &self,
+        after_seq: i64,
+        to_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows: Vec<AuditRow> = sqlx::query_as(concat!(
+            select_audit!(),
+            "WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(after_seq)
+        .bind(to_seq)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(AuditRow::into_record).collect()
+    }
+
+    /// The policy versions this node recorded (`policy.version`) that were in force
+    /// between `from` and `to`: the last one before `from` and every one up to `to`.
+    pub async fn policy_versions(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows: Vec<AuditRow> = sqlx::query_as(concat!(
+            "(",
+            select_audit!(),
+            "WHERE action = $1 AND ts < $2 ORDER BY seq DESC LIMIT 1) UNION ALL (",
+            select_audit!(),
+            "WHERE action = $1 AND ts >= $2 AND ts <= $3) ORDER BY seq"
+        ))
+        .bind(POLICY_ACTION)
+        .bind(from)
+        .bind(to)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(AuditRow::into_record).collect()
+    }
+
+    /// The last policy version this node recorded.
+    pub async fn last_policy_version(&self) -> Result<Option<PolicyVersion>, StoreError> {
+        let row: Option<(serde_json::Value,)> = sqlx::query_as(
+            "SELECT details FROM audit_log WHERE action = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(POLICY_ACTION)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.and_then(|(d,)| serde_json::from_value(d).ok()))
+    }
+
+    /// `tx.signed` records after `after_seq` (at most 1000): their sequence numbers
+    /// and whether node `leader` led the transaction.
+    pub async fn signed_transactions_since(
+        &self,
+        after_seq: i64,
+        leader: &str,
+    ) -> Result<Vec<(i64, bool)>, StoreError> {
+        let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT seq, subject FROM audit_log WHERE action = 'tx.signed' AND seq > $1 \
+             ORDER BY seq LIMIT 1000",
+        )
+        .bind(after_seq)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, subject) in rows {
+            let id = subject
+                .as_deref()
+                .and_then(|s| uuid::Uuid::parse_str(s).ok());
+            let led = match id {
+                None => false,
+                Some(id) => {
+                    let l: Option<(Option<String>,)> =
+                        sqlx::query_as("SELECT leader FROM transactions WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(self.pool())
+                            .await?;
+                    l.and_then(|(l,)| l).as_deref() == Some(leader)
+                }
+            };
+            out.push((seq, led));
+        }
+        Ok(out)
+    }
+}
+
+fn to_hash32(seq: i64, hash: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    hash.try_into()
+        .map_err(|_| StoreError::Corrupt(format!("audit row {seq} hash is not 32 bytes")))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
 /// Appends an entry inside the caller's transaction, so the audited change and

@@ -9,6 +9,7 @@ pub mod dkg;
 pub mod node_keys;
 pub mod presignatures;
 pub mod primes;
+pub mod rotation;
 pub mod tokens;
 pub mod transactions;
 pub mod utxos;
@@ -56,6 +57,28 @@ pub enum StoreError {
 
 impl StoreError {
     /// Maps unique-violation and check-violation errors to typed variants.
+    /// Whether the database could not be reached or is restarting (connection
+    /// refused or lost, pool exhausted or closed, server shutting down or starting):
+    /// the request may succeed later and nothing was changed by it.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                // Class 08: connection exception; 57P01..57P03: admin shutdown,
+                // crash shutdown, cannot connect now.
+                c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+            }),
+            _ => false,
+        }
+    }
+
     pub(crate) fn classify(err: sqlx::Error, what: &'static str) -> StoreError {
         if let sqlx::Error::Database(db) = &err {
             match db.code().as_deref() {

@@ -196,6 +196,13 @@ pub async fn start(dir: &Path) -> anyhow::Result<Postgres> {
             .append(true)
             .open(&log)?;
     }
+    // Its command line, one item per line, so a fault test can start exactly this
+    // server again after killing it.
+    let line: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    std::fs::write(dir.join("postgres.cmd"), line.join("\n"))?;
     let pid = spawn_logged(cmd, &log)?;
     std::fs::write(dir.join("postgres.pid"), pid.to_string())?;
     let admin_url = format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres");
