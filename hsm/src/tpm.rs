@@ -399,6 +399,28 @@ pub(crate) fn connect(tcti: &str) -> Result<Context, HsmError> {
     })
 }
 
+/// Starts an auth session of `kind` (AES-128-CFB parameter encryption, SHA-256),
+/// salted with `salt_key` when given.
+pub(crate) fn start_session(
+    ctx: &mut Context,
+    salt_key: Option<KeyHandle>,
+    kind: SessionType,
+) -> Result<AuthSession, HsmError> {
+    ctx.start_auth_session(
+        salt_key,
+        None,
+        None,
+        kind,
+        SymmetricDefinition::AES_128_CFB,
+        HashingAlgorithm::Sha256,
+    )
+    .map_err(tpm_err("StartAuthSession"))?
+    .ok_or(HsmError::Tpm {
+        op: "StartAuthSession",
+        reason: "no session returned".into(),
+    })
+}
+
 struct Inner {
     ctx: Context,
     key: KeyHandle,
@@ -414,21 +436,7 @@ impl Inner {
         if let Some(s) = self.session {
             return Ok(s);
         }
-        let s = self
-            .ctx
-            .start_auth_session(
-                Some(self.key),
-                None,
-                None,
-                SessionType::Hmac,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(tpm_err("StartAuthSession"))?
-            .ok_or(HsmError::Tpm {
-                op: "StartAuthSession",
-                reason: "no session returned".into(),
-            })?;
+        let s = start_session(&mut self.ctx, Some(self.key), SessionType::Hmac)?;
         let (attrs, mask) = SessionAttributesBuilder::new()
             .with_decrypt(true)
             .with_encrypt(true)
@@ -471,21 +479,7 @@ impl Inner {
         let key = self.key;
         let s = self
             .ctx
-            .execute_without_session(|ctx| {
-                ctx.start_auth_session(
-                    Some(key),
-                    None,
-                    None,
-                    SessionType::Policy,
-                    SymmetricDefinition::AES_128_CFB,
-                    HashingAlgorithm::Sha256,
-                )
-            })
-            .map_err(tpm_err("StartAuthSession"))?
-            .ok_or(HsmError::Tpm {
-                op: "StartAuthSession",
-                reason: "no session returned".into(),
-            })?;
+            .execute_without_session(|ctx| start_session(ctx, Some(key), SessionType::Policy))?;
         let flush = |ctx: &mut Context| {
             let _ = ctx.flush_context(tss_esapi::handles::SessionHandle::from(s).into());
         };

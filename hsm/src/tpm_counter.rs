@@ -24,12 +24,12 @@ use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, ObjectHandle, TpmHandl
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{NvPublicBuilder, SymmetricDefinition};
+use tss_esapi::structures::NvPublicBuilder;
 use tss_esapi::Context;
 
 use crate::error::HsmError;
 use crate::pin::PinSource;
-use crate::tpm::{connect, is_auth_failure, load_auth, rc_kind, tpm_err};
+use crate::tpm::{connect, is_auth_failure, load_auth, rc_kind, start_session, tpm_err};
 
 /// Owner-defined NV indices (TCG handle registry): 0x01800000..=0x01BFFFFF.
 pub const OWNER_NV_RANGE: std::ops::RangeInclusive<u32> = 0x0180_0000..=0x01BF_FFFF;
@@ -168,20 +168,7 @@ impl NvCounter {
         op: &'static str,
         f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
     ) -> Result<T, HsmError> {
-        let s = ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                SessionType::Hmac,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(tpm_err("StartAuthSession"))?
-            .ok_or(HsmError::Tpm {
-                op: "StartAuthSession",
-                reason: "no session returned".into(),
-            })?;
+        let s = start_session(ctx, None, SessionType::Hmac)?;
         let (attrs, mask) = SessionAttributesBuilder::new()
             .with_continue_session(true)
             .build();
