@@ -68,19 +68,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Reserves the UTXOs spent by a transaction; fails (changing nothing) if any of
-    /// them is not available.
-    pub async fn reserve_utxos(
-        &self,
-        id: Uuid,
-        outpoints: &[bitcoin::OutPoint],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        reserve_available(&mut tx, id, outpoints).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Reserves every input of a proposal for transaction `id`. Inputs this node
     /// does not know yet are recorded (origin `proposal`, with the amount and script
     /// the caller proved) and reserved at once. Reserves nothing when an input is

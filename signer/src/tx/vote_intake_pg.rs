@@ -510,11 +510,14 @@ async fn round_close_moves_transaction_releases_utxos_and_audits_at_once() {
         chain: 0,
         index: 0,
     };
-    store.add_utxos(&[utxo]).await.expect("utxo");
     store
-        .reserve_utxos(tx, &[bitcoin::OutPoint::new(Txid::all_zeros(), 0)])
+        .add_utxos(std::slice::from_ref(&utxo))
         .await
-        .expect("reserve");
+        .expect("utxo");
+    assert_eq!(
+        store.reserve_inputs(tx, &[utxo]).await.expect("reserve"),
+        InputReservation::Reserved
+    );
     assert!(store.available_utxos("hot").await.expect("list").is_empty());
     assert!(store
         .close_round_and_transaction("node-1", round, tx, "rejected", None, 2)
