@@ -5,8 +5,6 @@
 //! a key ceremony completes.
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cluster_tests::Cluster;
@@ -57,24 +55,13 @@ fn restart_postgres(c: &Cluster) {
     let dir = pg_dir(c);
     let line = std::fs::read_to_string(dir.join("postgres.cmd")).unwrap();
     let mut items = line.lines();
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(dir.join("postgres.log"))
-        .unwrap();
-    let mut child = Command::new(items.next().unwrap())
-        .args(items)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    std::fs::write(dir.join("postgres.pid"), child.id().to_string()).unwrap();
-    // `cluster down` stops it through the pid file; this thread reaps it then.
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
+    cluster_tests::respawn(
+        items.next().unwrap(),
+        items,
+        &[],
+        &dir.join("postgres.log"),
+        &dir.join("postgres.pid"),
+    );
 }
 
 async fn ready(c: &Cluster, i: usize) -> (u16, Value) {

@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cluster_tests::Cluster;
@@ -48,25 +47,13 @@ fn kill_member(c: &Cluster, m: usize) {
 fn restart_member(c: &Cluster, m: usize) {
     let dir = member_dir(c, m);
     let args = std::fs::read_to_string(dir.join("etcd.args")).unwrap();
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(dir.join("etcd.log"))
-        .unwrap();
-    let child = Command::new("etcd")
-        .args(args.lines())
-        .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    std::fs::write(dir.join("etcd.pid"), child.id().to_string()).unwrap();
-    // `cluster down` stops it through the pid file; this thread reaps it then.
-    let mut child = child;
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
+    cluster_tests::respawn(
+        "etcd",
+        args.lines(),
+        &[("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)],
+        &dir.join("etcd.log"),
+        &dir.join("etcd.pid"),
+    );
 }
 
 async fn ready(c: &Cluster, i: usize) -> (u16, Value) {

@@ -505,3 +505,33 @@ pub fn other_address() -> bitcoin::Address {
     let (_, pk) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
     bitcoin::Address::p2wpkh(&bitcoin::CompressedPublicKey(pk), bitcoin::Network::Regtest)
 }
+
+/// Starts `program` with `args` and `envs` again (a fault test restarting a killed
+/// etcd member or PostgreSQL server with its recorded command line), in its own
+/// process group, appending to `log`; writes its pid to `pid_file`, through which
+/// `signer cluster down` stops it, and reaps it from a thread when it ends.
+pub fn respawn<I, S>(program: &str, args: I, envs: &[(&str, &str)], log: &Path, pid_file: &Path)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .unwrap();
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    std::fs::write(pid_file, child.id().to_string()).unwrap();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+}
