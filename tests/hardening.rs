@@ -9,7 +9,8 @@ use std::ffi::OsString;
 use std::process::Command;
 use std::time::Duration;
 
-use cluster_tests::{plain_signer_bin, signer_bin, Cluster};
+use cluster_tests::tpm::{with_custody, Swtpm};
+use cluster_tests::{plain_signer_bin, signer_bin, signer_with_config as signer, Cluster};
 use serde_json::Value;
 
 async fn ready(c: &Cluster, i: usize) -> Option<(u16, Value)> {
@@ -215,87 +216,6 @@ async fn the_operators_signer_binary_ignores_fault_injection() {
     assert_eq!(violations, 0);
 }
 
-/// A throwaway swtpm started with `softhsm/start-swtpm.sh`, killed when dropped.
-/// Without swtpm the script fails, and so does the test.
-struct Swtpm {
-    tcti: String,
-    pid: i32,
-    _dir: tempfile::TempDir,
-}
-
-impl Swtpm {
-    fn start() -> Swtpm {
-        let dir = tempfile::tempdir().unwrap();
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../softhsm/start-swtpm.sh");
-        // stdout to a file: the backgrounded swtpm keeps the script's stdout open.
-        let out_path = dir.path().join("start.out");
-        let status = Command::new("bash")
-            .arg(&script)
-            .arg(dir.path().join("state"))
-            .stdout(std::fs::File::create(&out_path).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("start.err")).unwrap())
-            .status()
-            .unwrap();
-        let err = std::fs::read_to_string(dir.path().join("start.err")).unwrap_or_default();
-        assert!(
-            status.success(),
-            "softhsm/start-swtpm.sh failed (swtpm installed? apt-get install swtpm): {err}"
-        );
-        let out = std::fs::read_to_string(&out_path).unwrap();
-        let mut lines = out.lines();
-        let tcti = lines.next().unwrap().to_owned();
-        let pid = lines.next().unwrap().trim().parse().unwrap();
-        Swtpm {
-            tcti,
-            pid,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.pid);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-/// The node's config with its SoftHSM `[custody]` replaced by `custody` and without
-/// the test primes (refused off regtest).
-fn with_custody(config: &str, custody: &str) -> String {
-    let mut out = String::new();
-    let mut in_custody = false;
-    for line in config.lines() {
-        if line.starts_with('[') {
-            in_custody = line.trim() == "[custody]";
-        }
-        if in_custody || line.starts_with("insecure_test_primes") {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str(custody);
-    out
-}
-
-fn signer(args: &[&str], config: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(signer_bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// The name `signer hsm init` / `check` print: `key_name = "<hex>"`.
 fn printed_key_name(output: &str) -> String {
     let rest = output
@@ -312,8 +232,15 @@ async fn tpm_custody_needs_key_auth_and_a_pinned_name_off_regtest_and_refuses_an
     let c = Cluster::start(1, 1);
     c.wait_ready(1).await;
     let node_config = c.node(0).config.clone();
+    // Without the test primes (refused off regtest).
+    let plain: String = std::fs::read_to_string(&node_config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("insecure_test_primes"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let dev = with_custody(
-        &std::fs::read_to_string(&node_config).unwrap(),
+        &plain,
         &format!("[custody]\nbackend = \"tpm\"\ntcti = \"{}\"\n", tpm.tcti),
     );
     let tpm_config = node_config.with_file_name("tpm.toml");

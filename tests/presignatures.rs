@@ -4,13 +4,15 @@
 //! signatures consume 50 distinct presignatures; after a database rollback under
 //! running nodes, no presignature from before it is used (every node's database
 //! checked); a signer killed right after it consumed one never uses it again and
-//! the transaction still gets signed; after a database restore while the node is
-//! stopped, presignatures from before the backup are not used.
+//! the transaction still gets signed; after a restore of a stopped node's database
+//! and data directory together, its TPM counter (the watermark's anchor) shows it
+//! and presignatures from before the backup are not used.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use cluster_tests::tpm::{anchor_watermark_in_tpm, Swtpm};
 use cluster_tests::wallet::{
     aux_info, first_address, import, signed_everywhere, submit_payment, verify_consensus,
 };
@@ -190,6 +192,10 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     let step = |n: u32| println!("step {n} at {:.1} s", start.elapsed().as_secs_f64());
     let c = Cluster::start(3, 2);
     let _logs = KeepLogsOnFailure(&c);
+    c.wait_ready(N).await;
+    // node-3 anchors its restore watermark in a TPM (swtpm) counter (step 6).
+    let tpm = Swtpm::start();
+    anchor_watermark_in_tpm(&c, 2, &tpm).await;
     c.wait_ready(N).await;
     let key = c.dkg(N, "cggmp24", 2).await;
     aux_info(&c, N).await;
@@ -420,7 +426,9 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     none_used_twice(&c, &[0, 1, 2], &key).await;
 
     step(6);
-    // 6. Restore: node-3's database goes back to a backup while it is stopped;
+    // 6. Restore: node-3's host goes back to a backup while it is stopped: its
+    //    database AND its data directory (the watermark file agrees with the old
+    //    database, so the file alone sees nothing). Its TPM counter cannot go back:
     //    presignatures from before the backup are never used by node-3 again. node-2
     //    rejects by policy, so the leader node-1 must sign with node-3 (set
     //    node-1/node-3).
@@ -434,6 +442,8 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     ] {
         sqlx::query(q).execute(&su).await.unwrap();
     }
+    let watermark_file = c.node(2).dir.join("presign-watermark");
+    let backup_file = std::fs::read(&watermark_file).unwrap();
     let backup_ids: BTreeSet<Vec<u8>> = rows(&c, 2, &key)
         .await
         .into_iter()
@@ -456,13 +466,15 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     for q in [
         "DELETE FROM presignatures",
         "INSERT INTO presignatures OVERRIDING SYSTEM VALUE SELECT * FROM backup_presignatures",
-        "UPDATE presign_watermark SET counter = (SELECT counter FROM backup_presign_watermark)",
+        "UPDATE presign_watermark SET (counter, tpm_anchor) = \
+         (SELECT counter, tpm_anchor FROM backup_presign_watermark)",
         "DROP TABLE backup_presignatures",
         "DROP TABLE backup_presign_watermark",
     ] {
         sqlx::query(q).execute(&su).await.unwrap();
     }
     su.close().await;
+    std::fs::write(&watermark_file, &backup_file).unwrap();
     c.restart_node(2);
     c.wait_ready(N).await;
     c.eventually(
@@ -483,6 +495,26 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
             );
         }
     }
+    // The TPM alone saw it: the restored file agreed with the restored database.
+    let (reason, details): (String, serde_json::Value) = sqlx::query_as(
+        "SELECT details->>'reason', details FROM audit_log \
+         WHERE action = 'presign.discarded' ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_one(&c.db(2).await)
+    .await
+    .unwrap();
+    assert!(
+        reason.starts_with("tpm counter") && reason.contains("ahead of the database's anchor"),
+        "{reason}"
+    );
+    assert_eq!(
+        details["watermark"], details["database_counter"],
+        "{details}"
+    );
+    assert!(
+        details["tpm_counter"].as_i64().unwrap() > details["tpm_anchor"].as_i64().unwrap(),
+        "{details}"
+    );
     let tx_e = submit_payment(&c, &key, 20_000, 1).await;
     let signed = signed_everywhere(&c, &[0, 2], &tx_e, 300).await;
     verify_consensus(&signed, &[&fund_d]);

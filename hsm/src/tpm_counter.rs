@@ -1,6 +1,7 @@
 //! A TPM 2.0 NV monotonic counter (`TPM_NT_COUNTER`), for anchoring rollback
 //! detection (issue 16, finding 7: "where the HSM/TPM offers a monotonic counter,
-//! anchor the watermark there"). The node does not use it yet.
+//! anchor the watermark there"). The node anchors its presignature watermark in
+//! one (`[presign] tpm_counter_index`, see `signer::presign::watermark`).
 //!
 //! A counter index can only be incremented by one, never written, decremented or
 //! reset. When it is defined it starts at the highest value any counter of this TPM
@@ -8,6 +9,12 @@
 //! needs owner auth) never moves it back. Reading it before its first increment
 //! fails in the TPM (`TPM_RC_NV_UNINITIALIZED`); [`NvCounter::read`] returns `None`
 //! then.
+//!
+//! The index is defined `TPMA_NV_ORDERLY`: the TPM keeps the running value in RAM
+//! and writes NV only when the low bits roll over or at an orderly shutdown, so an
+//! increment per use does not wear NV memory. After a disorderly shutdown (power
+//! loss) the TPM moves the counter forward past any value it may have handed out,
+//! never back.
 //!
 //! The index is read and incremented with its own auth value (`authRead`,
 //! `authWrite`; empty unless one is given at definition), in an HMAC session, so
@@ -91,6 +98,7 @@ impl NvCounter {
                     .with_nv_index_type(NvIndexType::Counter)
                     .with_auth_write(true)
                     .with_auth_read(true)
+                    .with_orderly(true)
                     .build()
                     .map_err(tpm_err("nv attributes"))?;
                 let public = NvPublicBuilder::new()

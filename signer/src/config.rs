@@ -148,6 +148,21 @@ pub struct PresignConfig {
     /// Seconds between pool checks.
     #[serde(default = "default_presign_interval")]
     pub check_interval_secs: u64,
+    /// NV index (owner range, `0x01800000..=0x01bfffff`) of a TPM monotonic counter
+    /// that anchors the restore watermark: every presignature use increments it
+    /// before its transaction commits, so a database restored together with the
+    /// data directory is still detected (the TPM cannot go back). Defined by
+    /// `signer hsm init`. Required off regtest when the pool runs on a TPM custody.
+    #[serde(default)]
+    pub tpm_counter_index: Option<u32>,
+    /// TCTI of the TPM holding that counter; default: the custody TPM's. Lets a
+    /// node whose keys are in a PKCS#11 HSM anchor its watermark in the host's TPM.
+    #[serde(default)]
+    pub tpm_counter_tcti: Option<String>,
+    /// File holding the counter's auth value (mode 0600); default: the custody TPM
+    /// storage key's auth value (none with a PKCS#11 custody).
+    #[serde(default)]
+    pub tpm_counter_auth_file: Option<PathBuf>,
 }
 
 impl Default for PresignConfig {
@@ -161,6 +176,9 @@ impl Default for PresignConfig {
             max_paths: default_presign_paths(),
             partial_timeout_secs: default_presign_partial_timeout(),
             check_interval_secs: default_presign_interval(),
+            tpm_counter_index: None,
+            tpm_counter_tcti: None,
+            tpm_counter_auth_file: None,
         }
     }
 }
@@ -834,14 +852,38 @@ impl NodeConfig {
     /// Parses config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
         let cfg = Self::parse_for_custody_setup(text, path, env)?;
+        let invalid = |message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
         if let Some(c) = &cfg.custody {
             c.check_tpm_key_pinned(cfg.wallet.network)
-                .map_err(|message| ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message,
-                })?;
+                .map_err(invalid)?;
         }
+        cfg.check_presign_anchor().map_err(invalid)?;
         Ok(cfg)
+    }
+
+    /// Off regtest, a presignature pool on a TPM node anchors its restore watermark
+    /// in the TPM: without it a host backup restored whole (database and data
+    /// directory) would make used presignatures look available again. Not applied
+    /// by `signer hsm init`, which defines the counter.
+    fn check_presign_anchor(&self) -> Result<(), String> {
+        let network = self.wallet.network;
+        if matches!(self.custody, Some(CustodyConfig::Tpm { .. }))
+            && self.presign.enabled
+            && self.presign.tpm_counter_index.is_none()
+            && network != bitcoin::Network::Regtest
+        {
+            return Err(format!(
+                "presign.tpm_counter_index must be set on {network} when the presignature \
+                 pool runs on a TPM: it anchors the restore watermark, so a host backup \
+                 restored whole (database and data directory) cannot make used \
+                 presignatures available again. Pick a free owner NV index (e.g. \
+                 0x01800100) and run `signer hsm init`, or set [presign] enabled = false"
+            ));
+        }
+        Ok(())
     }
 
     /// [`NodeConfig::parse`] without the rule that a TPM storage key is pinned by
@@ -943,6 +985,16 @@ impl NodeConfig {
         }
         if let Some(c) = &self.custody {
             c.check_tpm_key_auth(self.wallet.network).map_err(invalid)?;
+        }
+        if self.presign.tpm_counter_index.is_some()
+            && self.presign.tpm_counter_tcti.is_none()
+            && !matches!(self.custody, Some(CustodyConfig::Tpm { .. }))
+        {
+            return Err(invalid(
+                "presign.tpm_counter_index needs a TPM: set presign.tpm_counter_tcti, or use \
+                 custody.backend = \"tpm\" (the counter then lives in the custody TPM)"
+                    .to_owned(),
+            ));
         }
         if self.presign.enabled && self.data_dir.is_none() {
             return Err(invalid(
@@ -1129,8 +1181,22 @@ prefix = "/signer/test"
             let e = parse(&format!("{tpm}{auth}"), net).expect_err(net);
             assert!(e.contains("custody.key_name must pin"), "{net}: {e}");
             setup(&format!("{tpm}{auth}"), net).expect("hsm init/check may run unpinned");
-            // Both: accepted, and handed to the hsm crate.
-            let cfg = parse(&format!("{tpm}{auth}{pin}pcrs = [16, 7]\n"), net).expect(net);
+            // Both, but a presignature pool without its TPM anchor: refused (a host
+            // backup restored whole would bring used presignatures back).
+            let e = parse(&format!("{tpm}{auth}{pin}"), net).expect_err(net);
+            assert!(
+                e.contains("presign.tpm_counter_index must be set"),
+                "{net}: {e}"
+            );
+            parse(
+                &format!("{tpm}{auth}{pin}[presign]\nenabled = false\n"),
+                net,
+            )
+            .expect("no pool, no anchor needed");
+            // All three: accepted, and handed to the hsm crate.
+            let anchor = "[presign]\ntpm_counter_index = 0x01800100\n";
+            let cfg = parse(&format!("{tpm}{auth}{pin}pcrs = [16, 7]\n{anchor}"), net).expect(net);
+            assert_eq!(cfg.presign.tpm_counter_index, Some(0x0180_0100));
             let Ok(hsm::CustodyConfig::Tpm(t)) = cfg.custody.expect("custody").to_hsm() else {
                 panic!("not a tpm config");
             };
@@ -1142,7 +1208,7 @@ prefix = "/signer/test"
             );
             // A key auth file works as well.
             parse(
-                &format!("{tpm}key_auth_file = \"/etc/signer/tpm.auth\"\n{pin}"),
+                &format!("{tpm}key_auth_file = \"/etc/signer/tpm.auth\"\n{pin}{anchor}"),
                 net,
             )
             .expect("auth from a file");
@@ -1159,6 +1225,24 @@ prefix = "/signer/test"
             .expect_err("unpinned on bitcoin")
             .to_string();
         assert!(e.contains("custody.key_name must pin"), "{e}");
+        // The anchor lives in the custody TPM: refused without one.
+        let e = NodeConfig::parse(
+            &format!("{SAMPLE}[presign]\ntpm_counter_index = 0x01800100\n"),
+            Path::new("t.toml"),
+            &[],
+        )
+        .expect_err("anchor without a tpm")
+        .to_string();
+        assert!(e.contains("presign.tpm_counter_index needs a TPM"), "{e}");
+        NodeConfig::parse(
+            &format!(
+                "{SAMPLE}[presign]\ntpm_counter_index = 0x01800100\n\
+                 tpm_counter_tcti = \"device:/dev/tpmrm0\"\n"
+            ),
+            Path::new("t.toml"),
+            &[],
+        )
+        .expect("a PKCS#11 or no custody with the host's TPM for the anchor");
         // Malformed values are config errors on every network.
         for bad in [
             format!("{auth}key_name = \"00\"\n"),

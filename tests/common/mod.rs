@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test harness: a failed step must fail the test loudly
 
 pub mod bench;
+pub mod tpm;
 pub mod wallet;
 
 use std::path::{Path, PathBuf};
@@ -534,4 +535,22 @@ where
     std::thread::spawn(move || {
         let _ = child.wait();
     });
+}
+
+/// Runs the test `signer` binary with `args`, `--config config` and `env`; whether
+/// it succeeded and its stdout and stderr together.
+pub fn signer_with_config(args: &[&str], config: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(signer_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }

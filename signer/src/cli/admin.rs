@@ -141,14 +141,35 @@ pub fn hsm(cmd: HsmCmd) -> anyhow::Result<()> {
         HsmCmd::Init { .. } => {
             let report = hsm::custody::init(&hsm_cfg)?;
             println!("{report}");
+            // The presignature watermark's TPM anchor, defined if missing.
+            if let Some(a) =
+                crate::presign::anchor::TpmAnchor::open(&cfg, true).map_err(anyhow::Error::msg)?
+            {
+                println!("{}", anchor_line(&a)?);
+            }
             Ok(())
         }
         HsmCmd::Check { .. } => {
             let report = hsm::custody::check(&hsm_cfg);
             println!("{report}");
             anyhow::ensure!(report.is_ok(), "custody check failed");
+            if let Some(a) =
+                crate::presign::anchor::TpmAnchor::open(&cfg, false).map_err(anyhow::Error::msg)?
+            {
+                println!("{}", anchor_line(&a)?);
+            }
             Ok(())
         }
         HsmCmd::RotateKek { .. } => anyhow::bail!("rotate-kek runs through cli::kek"),
     }
+}
+
+/// What `hsm init`/`check` print about the presignature watermark's TPM counter.
+fn anchor_line(a: &crate::presign::anchor::TpmAnchor) -> anyhow::Result<String> {
+    let value = a.read().map_err(anyhow::Error::msg)?;
+    Ok(format!(
+        "[ok] presignature watermark anchor: tpm counter {:#010x} at {}",
+        a.index(),
+        value.map_or_else(|| "0 (never incremented)".to_owned(), |v| v.to_string())
+    ))
 }

@@ -14,6 +14,7 @@
 //!   leaves the node.
 //! * [`watermark`]: restore detection (a counter mirrored outside the database).
 
+pub mod anchor;
 pub mod pool;
 pub mod session;
 

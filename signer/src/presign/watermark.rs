@@ -19,21 +19,30 @@
 //! row's lock (so no transaction is between its file write and its commit). Either
 //! stops every use of presignatures at once and the watcher runs the restore check,
 //! which discards every available presignature, before use resumes.
+//!
+//! A host backup restored whole (database and data directory together) defeats the
+//! file. With `[presign] tpm_counter_index` every use also increments a TPM
+//! monotonic counter before its commit and stores the value in the database
+//! ([`super::anchor`]); the restore check then also requires the database's anchor
+//! to equal the TPM counter.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use super::anchor::{self, TpmAnchor};
 use super::PresignCtx;
 
 /// File name in the data directory.
 pub const FILE: &str = "presign-watermark";
 
-/// The file side of the counter.
+/// The file side of the counter, and its TPM anchor.
 #[derive(Debug, Default)]
 pub struct Watermark {
     /// Highest value written, guarded so concurrent writers never lower the file.
     written: Mutex<i64>,
+    /// The TPM counter, opened by the first restore check when configured.
+    anchor: OnceLock<TpmAnchor>,
 }
 
 /// Reads the counter stored in `dir`; `None` if there is no file.
@@ -91,6 +100,20 @@ impl Watermark {
         Ok(())
     }
 
+    /// The TPM anchor when `[presign] tpm_counter_index` is set, opened on first
+    /// use; `Ok(None)` without one.
+    fn anchor(&self, cfg: &crate::config::NodeConfig) -> Result<Option<&TpmAnchor>, String> {
+        if cfg.presign.tpm_counter_index.is_none() {
+            return Ok(None);
+        }
+        if let Some(a) = self.anchor.get() {
+            return Ok(Some(a));
+        }
+        let opened = TpmAnchor::open(cfg, false)?
+            .ok_or_else(|| "presignature tpm counter not configured".to_owned())?;
+        Ok(Some(self.anchor.get_or_init(|| opened)))
+    }
+
     /// The last value written to the file (or aligned at the restore check).
     pub fn written(&self) -> i64 {
         *self.written.lock().unwrap_or_else(PoisonError::into_inner)
@@ -138,18 +161,26 @@ impl std::fmt::Display for Rollback {
 
 /// The hook the store runs inside consuming transactions. A rollback stops every
 /// use of presignatures until the restore check has discarded the pool.
-pub fn hook(node: &PresignCtx) -> impl Fn(i64) -> Result<(), String> + Send + Sync + '_ {
+/// With a TPM anchor it then increments the TPM counter and returns its value (the
+/// store writes it in the same transaction); a TPM that does not answer refuses the
+/// use.
+pub fn hook(node: &PresignCtx) -> impl Fn(i64) -> Result<Option<i64>, String> + Send + Sync + '_ {
     move |c| {
-        node.presign
-            .watermark
-            .advance(node.cfg.data_dir.as_deref(), c)
-            .map_err(|r| {
-                if r.file >= 0 {
-                    tracing::error!(error = %r, "ALERT: database rollback detected at a presignature use; presignatures stopped until the pool is discarded");
-                    node.presign.flag_rollback(r);
-                }
-                r.to_string()
-            })
+        let w = &node.presign.watermark;
+        w.advance(node.cfg.data_dir.as_deref(), c).map_err(|r| {
+            if r.file >= 0 {
+                tracing::error!(error = %r, "ALERT: database rollback detected at a presignature use; presignatures stopped until the pool is discarded");
+                node.presign.flag_rollback(r);
+            }
+            r.to_string()
+        })?;
+        let Some(anchor) = w.anchor(&node.cfg)? else {
+            return Ok(None);
+        };
+        anchor.increment().map(Some).map_err(|e| {
+            tracing::error!(error = %e, "presignature use refused: the tpm anchor was not incremented");
+            e
+        })
     }
 }
 
@@ -197,7 +228,24 @@ pub async fn check(node: &PresignCtx) -> Result<(), super::PresignError> {
     };
     let file = read(dir).map_err(super::PresignError::Custody)?;
     let mark = file.unwrap_or(0).max(node.presign.watermark.written());
-    let restored = match (rollback, file) {
+    // The TPM anchor: the database's stored value against the TPM counter.
+    let tpm = match node
+        .presign
+        .watermark
+        .anchor(&node.cfg)
+        .map_err(super::PresignError::Custody)?
+    {
+        Some(a) => Some(a.read().map_err(super::PresignError::Custody)?),
+        None => None,
+    };
+    let (db_anchor, anchor_reason) = match tpm {
+        Some(t) => {
+            let d = node.store.presign_tpm_anchor().await?;
+            (d, anchor::verdict(d, t))
+        }
+        None => (None, None),
+    };
+    let file_reason = match (rollback, file) {
         (Some(r), _) => Some(format!(
             "database went back under the running node: counter {} not above the watermark {} (database counter now {db})",
             r.database, r.file
@@ -210,6 +258,10 @@ pub async fn check(node: &PresignCtx) -> Result<(), super::PresignError> {
         )),
         _ => None,
     };
+    let restored = match (file_reason, anchor_reason) {
+        (Some(f), Some(a)) => Some(format!("{f}; {a}")),
+        (f, a) => f.or(a),
+    };
     let target = mark.max(db);
     if let Some(reason) = restored {
         let details = serde_json::json!({
@@ -217,10 +269,12 @@ pub async fn check(node: &PresignCtx) -> Result<(), super::PresignError> {
             "database_counter": db,
             "watermark": mark,
             "rollbacks_detected": seen,
+            "tpm_counter": tpm.flatten(),
+            "tpm_anchor": db_anchor,
         });
         let n = node
             .store
-            .discard_restored_presignatures(&node.cfg.node_id, target, &reason, details)
+            .discard_restored_presignatures(&node.cfg.node_id, target, tpm, &reason, details)
             .await?;
         tracing::warn!(discarded = n, %reason, "presignatures from before the restore point discarded");
     }

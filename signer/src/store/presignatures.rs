@@ -87,11 +87,14 @@ fn path_i32(path: &[u32]) -> Vec<i32> {
 }
 
 /// A hook run inside the consuming transaction with the new counter value, before
-/// the commit (writes the watermark file). An error aborts the transaction.
-pub type CounterHook<'a> = &'a (dyn Fn(i64) -> Result<(), String> + Send + Sync);
+/// the commit (writes the watermark file, increments the TPM counter when one
+/// anchors the watermark). It returns the TPM counter's new value to store in the
+/// same transaction, if any. An error aborts the transaction.
+pub type CounterHook<'a> = &'a (dyn Fn(i64) -> Result<Option<i64>, String> + Send + Sync);
 
-/// Advances the counter inside `tx` and runs the hook; the inner error is the
-/// hook's refusal (a rollback of the database, or the file not written).
+/// Advances the counter inside `tx`, runs the hook and stores the TPM anchor it
+/// returned; the inner error is the hook's refusal (a rollback of the database, the
+/// file not written, the TPM counter not incremented).
 async fn bump_counter(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     hook: CounterHook<'_>,
@@ -101,7 +104,17 @@ async fn bump_counter(
     )
     .fetch_one(&mut **tx)
     .await?;
-    Ok(hook(c))
+    match hook(c) {
+        Ok(Some(anchor)) => {
+            sqlx::query("UPDATE presign_watermark SET tpm_anchor = $1 WHERE id")
+                .bind(anchor)
+                .execute(&mut **tx)
+                .await?;
+            Ok(Ok(()))
+        }
+        Ok(None) => Ok(Ok(())),
+        Err(e) => Ok(Err(e)),
+    }
 }
 
 fn refused(e: &str) -> StoreError {
@@ -264,6 +277,16 @@ impl Store {
         Ok(c)
     }
 
+    /// The TPM counter value stored by the last committed use (`None`: never
+    /// anchored).
+    pub async fn presign_tpm_anchor(&self) -> Result<Option<i64>, StoreError> {
+        let (a,): (Option<i64>,) =
+            sqlx::query_as("SELECT tpm_anchor FROM presign_watermark WHERE id")
+                .fetch_one(self.pool())
+                .await?;
+        Ok(a)
+    }
+
     /// The restore counter read under its row lock, given to `check` while the lock
     /// is held: every reserving or consuming transaction holds that lock from its
     /// increment through its watermark write to its commit, so none is half-way.
@@ -284,12 +307,14 @@ impl Store {
     /// After a detected restore (at start or while running): discards every
     /// available presignature (all of them predate the restore point, or may have
     /// been used after it) and raises the counter to `counter` in one transaction,
-    /// with the audit record `presign.discarded` (`details` added to it); returns how
-    /// many were discarded.
+    /// with the audit record `presign.discarded` (`details` added to it), and
+    /// re-anchors the watermark at the TPM counter's value if `tpm_anchor` is given
+    /// (`Some(None)`: a counter never incremented); returns how many were discarded.
     pub async fn discard_restored_presignatures(
         &self,
         node_id: &str,
         counter: i64,
+        tpm_anchor: Option<Option<i64>>,
         reason: &str,
         details: serde_json::Value,
     ) -> Result<u64, StoreError> {
@@ -302,10 +327,15 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query("UPDATE presign_watermark SET counter = GREATEST(counter, $1) WHERE id")
-            .bind(counter)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE presign_watermark SET counter = GREATEST(counter, $1), \
+             tpm_anchor = CASE WHEN $2 THEN $3 ELSE tpm_anchor END WHERE id",
+        )
+        .bind(counter)
+        .bind(tpm_anchor.is_some())
+        .bind(tpm_anchor.flatten())
+        .execute(&mut *tx)
+        .await?;
         super::audit::append_audit(
             &mut tx,
             node_id,
