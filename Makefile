@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CLUSTER_DIR ?= .cluster
 
-.PHONY: all deps build demo test lint fmt clean-cluster deb test-package
+.PHONY: all deps build demo test test-faults lint fmt clean-cluster deb test-package
 
 all: build
 
@@ -39,10 +39,21 @@ demo: build
 	@echo "stop it with: $(SIGNER) cluster down --dir $(CLUSTER_DIR)  (or: make clean-cluster)"
 
 ## Lint, then every test (unit, real SoftHSM/swtpm/etcd/PostgreSQL, cluster acceptance).
-# `cargo test --workspace` also builds the `signer` binary the cluster tests run
-# (one build, one feature set: no separate `cargo build` that would compile twice).
-test: deps lint
+# `cargo test --workspace` also builds `signer-faulty`, the binary the cluster tests
+# run; `build` gives the operators' binaries (`signer`, `signer-hwi`) that some tests
+# run as shipped (a no-op after `make demo`). The resharing protocol tests need the
+# TEST-ONLY prime fixtures (feature `test-fixtures`, never in a node build).
+test: deps lint build
 	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test -p signer-protocol --features test-fixtures --test reshare
+
+## The fault suite (issue 17): real nodes under failures — peers frozen (SIGSTOP),
+## PostgreSQL killed and restarted under running nodes, one of three etcd members
+## killed (known flaky, see SECURITY.md). Ignored tests, kept out of `make test` for
+## its time budget; run before resolving fault work.
+FAULT_TESTS := frozen_peers database_down etcd_quorum
+test-faults: deps build
+	$(CARGO) test -p cluster-tests $(addprefix --test ,$(FAULT_TESTS)) --no-fail-fast -- --ignored --test-threads 1
 
 ## Debian package target/debian/signer_<version>_<arch>.deb: /usr/bin/signer built in
 ## release mode WITHOUT fault injection, the hardened unit, sysusers.d, tmpfiles.d, an

@@ -3,12 +3,14 @@
 #   target/debian/signer_<version>_<arch>.deb
 # with /usr/bin/signer built WITHOUT the `fault-injection` feature (only the
 # `signer` package is built, so the test crate's features are not unified into it),
+# /usr/bin/signer-hwi (the Bitcoin Core external signer, docs/HWI.md, with its
+# example configuration under /usr/share/doc/signer/examples),
 # the hardened unit, sysusers.d and tmpfiles.d entries, an example
 # /etc/signer/node.toml (a conffile) and the documentation. No cargo-deb: a staging
 # tree and `dpkg-deb --build --root-owner-group` (dpkg-dev for dpkg-shlibdeps).
 #
 # Environment: CARGO (default cargo); SIGNER_DEB_SKIP_BUILD=1 packages an existing
-# target/release/signer without running cargo.
+# target/release/signer and target/release/signer-hwi without running cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
@@ -17,7 +19,10 @@ if [ "${SIGNER_DEB_SKIP_BUILD:-0}" != 1 ]; then
   "$CARGO" build --release -p signer --bins
 fi
 BIN=target/release/signer
-[ -x "$BIN" ] || { echo "build-deb: $BIN missing" >&2; exit 1; }
+HWI_BIN=target/release/signer-hwi
+for b in "$BIN" "$HWI_BIN"; do
+  [ -x "$b" ] || { echo "build-deb: $b missing" >&2; exit 1; }
+done
 
 VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 ARCH=$(dpkg --print-architecture)
@@ -28,6 +33,8 @@ mkdir -p "$STAGE/DEBIAN"
 
 install -D -m 0755 "$BIN" "$STAGE/usr/bin/signer"
 strip --strip-unneeded "$STAGE/usr/bin/signer"
+install -D -m 0755 "$HWI_BIN" "$STAGE/usr/bin/signer-hwi"
+strip --strip-unneeded "$STAGE/usr/bin/signer-hwi"
 install -D -m 0644 systemd/signer.service "$STAGE/usr/lib/systemd/system/signer.service"
 install -D -m 0644 systemd/sysusers.d/signer.conf "$STAGE/usr/lib/sysusers.d/signer.conf"
 install -D -m 0644 systemd/tmpfiles.d/signer.conf "$STAGE/usr/lib/tmpfiles.d/signer.conf"
@@ -40,6 +47,7 @@ install -m 0644 SECURITY.md "$DOC/SECURITY.md"
 install -d "$DOC/docs"
 install -m 0644 docs/*.md "$DOC/docs/"
 install -D -m 0644 packaging/node.toml "$DOC/examples/node.toml"
+install -m 0644 packaging/signer-hwi.toml "$DOC/examples/signer-hwi.toml"
 cat > "$DOC/copyright" <<'EOF'
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: signer
@@ -51,13 +59,14 @@ License: Apache-2.0
  /usr/share/common-licenses/Apache-2.0.
 EOF
 
-# Shared-library dependencies of the binary (dpkg-shlibdeps needs a debian/control).
+# Shared-library dependencies of the binaries (dpkg-shlibdeps needs a debian/control).
 SHL=$(mktemp -d)
 trap 'rm -rf "$SHL"' EXIT
 mkdir -p "$SHL/debian"
 printf 'Source: signer\n\nPackage: signer\nArchitecture: any\n' > "$SHL/debian/control"
 BIN_ABS=$(realpath "$STAGE/usr/bin/signer")
-DEPENDS=$(cd "$SHL" && dpkg-shlibdeps -O "$BIN_ABS" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+HWI_ABS=$(realpath "$STAGE/usr/bin/signer-hwi")
+DEPENDS=$(cd "$SHL" && dpkg-shlibdeps -O "$BIN_ABS" "$HWI_ABS" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
 [ -n "$DEPENDS" ] || { echo "build-deb: dpkg-shlibdeps found no dependencies" >&2; exit 1; }
 SIZE=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)
 
@@ -78,6 +87,8 @@ Description: threshold-signing Bitcoin custody node
  TLS between nodes, deterministic policy and signed votes before signing, and
  a hash-chained audit log. Runs as the hardened systemd service signer.service
  (Type=notify, watchdog); see /usr/share/doc/signer/docs/OPERATIONS.md.
+ signer-hwi lets a Bitcoin Core wallet use a cluster key as an external
+ signer (bitcoind -signer=signer-hwi); see docs/HWI.md.
 EOF
 echo /etc/signer/node.toml > "$STAGE/DEBIAN/conffiles"
 

@@ -77,6 +77,7 @@ async fn transactions(c: &Cluster, i: usize) -> (u16, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite, run by `make test-faults` (kept out of `make test` for its time budget)"]
 async fn postgres_killed_and_restarted_under_running_nodes_is_503_then_recovered() {
     let c = Cluster::start(2, 2);
     c.wait_ready(2).await;

@@ -31,6 +31,7 @@ async fn submit_timed(c: &Cluster, key: &str) -> (String, Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite, run by `make test-faults` (kept out of `make test` for its time budget)"]
 async fn frozen_peers_never_slow_the_api_and_two_of_five_frozen_still_sign() {
     use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
     let c = Cluster::start(5, 3);

@@ -31,7 +31,7 @@ use base64::Engine as _;
 use bitcoin::consensus::encode;
 use bitcoin::{Amount, Psbt, Transaction};
 use cluster_tests::wallet::{aux_info, ends_as, fund, pay, submit};
-use cluster_tests::{funding, other_address, Cluster};
+use cluster_tests::{other_address, Cluster};
 use serde_json::{json, Value};
 
 const N: usize = 3;
@@ -75,40 +75,12 @@ async fn bdk_psbt(
     amount: u64,
     fee: u64,
 ) -> (Psbt, Vec<Transaction>) {
-    use bdk_wallet::chain::{BlockId, ConfirmationBlockTime};
-    use bdk_wallet::test_utils::{insert_anchor, insert_checkpoint, insert_tx};
-    use bdk_wallet::{KeychainKind, Wallet};
-    use bitcoin::hashes::Hash;
-
     let e = c.key_entry(0, key_id).await;
-    let mut w = Wallet::create(
-        e["receive_descriptor"].as_str().unwrap().to_owned(),
-        e["change_descriptor"].as_str().unwrap().to_owned(),
-    )
-    .network(bitcoin::Network::Regtest)
-    .create_wallet_no_persist()
-    .unwrap();
-    let mut funds = Vec::new();
-    for (n, v) in values.iter().enumerate() {
-        let addr = w.reveal_next_address(KeychainKind::External).address;
-        let tx = funding(&addr, &[*v]);
-        let height = 100 + n as u32;
-        let block = BlockId {
-            height,
-            hash: bitcoin::BlockHash::from_byte_array([height as u8; 32]),
-        };
-        insert_checkpoint(&mut w, block);
-        insert_tx(&mut w, tx.clone());
-        insert_anchor(
-            &mut w,
-            tx.compute_txid(),
-            ConfirmationBlockTime {
-                block_id: block,
-                confirmation_time: u64::from(height),
-            },
-        );
-        funds.push(tx);
-    }
+    let (mut w, funds) = cluster_tests::wallet::bdk_wallet_funded(
+        e["receive_descriptor"].as_str().unwrap(),
+        e["change_descriptor"].as_str().unwrap(),
+        values,
+    );
     let mut b = w.build_tx();
     b.add_recipient(other_address().script_pubkey(), Amount::from_sat(amount))
         .fee_absolute(Amount::from_sat(fee));

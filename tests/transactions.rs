@@ -426,40 +426,14 @@ async fn bdk_built_psbt_is_signed_and_finalized_by_bdk(
     amount: u64,
     inputs: usize,
 ) {
-    use bdk_wallet::chain::{BlockId, ConfirmationBlockTime};
-    use bdk_wallet::test_utils::{insert_anchor, insert_checkpoint, insert_tx};
-    use bdk_wallet::{KeychainKind, SignOptions, Wallet};
-    use bitcoin::hashes::Hash;
+    use bdk_wallet::SignOptions;
 
     let e = c.key_entry(0, key_id).await;
-    let mut w = Wallet::create(
-        e["receive_descriptor"].as_str().unwrap().to_owned(),
-        e["change_descriptor"].as_str().unwrap().to_owned(),
-    )
-    .network(bitcoin::Network::Regtest)
-    .create_wallet_no_persist()
-    .unwrap();
-    let mut funds = Vec::new();
-    for (n, v) in values.iter().enumerate() {
-        let addr = w.reveal_next_address(KeychainKind::External).address;
-        let tx = funding(&addr, &[*v]);
-        let height = 100 + n as u32;
-        let block = BlockId {
-            height,
-            hash: bitcoin::BlockHash::from_byte_array([height as u8; 32]),
-        };
-        insert_checkpoint(&mut w, block);
-        insert_tx(&mut w, tx.clone());
-        insert_anchor(
-            &mut w,
-            tx.compute_txid(),
-            ConfirmationBlockTime {
-                block_id: block,
-                confirmation_time: u64::from(height),
-            },
-        );
-        funds.push(tx);
-    }
+    let (mut w, funds) = cluster_tests::wallet::bdk_wallet_funded(
+        e["receive_descriptor"].as_str().unwrap(),
+        e["change_descriptor"].as_str().unwrap(),
+        values,
+    );
     // The node proves every input's amount from an output it imported (BDK gives
     // the full previous transaction of P2WPKH inputs only; SECURITY.md, "Input
     // amounts").

@@ -28,6 +28,7 @@ pub mod eid;
 pub mod error;
 pub mod frost;
 pub mod local;
+pub mod reshare;
 pub mod runtime;
 
 pub use btc::SighashMessage;

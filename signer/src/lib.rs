@@ -12,6 +12,7 @@ pub mod coord;
 pub mod custody;
 pub mod dkg;
 pub mod fault;
+pub mod hwi;
 pub mod infra;
 pub mod net;
 pub mod node;

@@ -216,3 +216,44 @@ pub fn verify_consensus(tx: &Transaction, funds: &[&Transaction]) {
         .unwrap_or_else(|e| panic!("input {i} fails consensus: {e:?}"));
     }
 }
+
+/// A BDK wallet of the descriptors `receive` and `change` (regtest), funded with
+/// one confirmed made-up output per value (at heights 100, 101, ...); the funding
+/// transactions, not yet imported on the cluster.
+pub fn bdk_wallet_funded(
+    receive: &str,
+    change: &str,
+    values: &[u64],
+) -> (bdk_wallet::Wallet, Vec<Transaction>) {
+    use bdk_wallet::chain::{BlockId, ConfirmationBlockTime};
+    use bdk_wallet::test_utils::{insert_anchor, insert_checkpoint, insert_tx};
+    use bdk_wallet::{KeychainKind, Wallet};
+    use bitcoin::hashes::Hash;
+
+    let mut w = Wallet::create(receive.to_owned(), change.to_owned())
+        .network(bitcoin::Network::Regtest)
+        .create_wallet_no_persist()
+        .unwrap();
+    let mut funds = Vec::new();
+    for (n, v) in values.iter().enumerate() {
+        let addr = w.reveal_next_address(KeychainKind::External).address;
+        let tx = funding(&addr, &[*v]);
+        let height = 100 + n as u32;
+        let block = BlockId {
+            height,
+            hash: bitcoin::BlockHash::from_byte_array([height as u8; 32]),
+        };
+        insert_checkpoint(&mut w, block);
+        insert_tx(&mut w, tx.clone());
+        insert_anchor(
+            &mut w,
+            tx.compute_txid(),
+            ConfirmationBlockTime {
+                block_id: block,
+                confirmation_time: u64::from(height),
+            },
+        );
+        funds.push(tx);
+    }
+    (w, funds)
+}

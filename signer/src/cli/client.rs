@@ -185,6 +185,22 @@ impl ApiOpts {
 }
 
 impl ApiClient {
+    /// A client for the API at `api_url` trusting `ca_cert`, with the token on the
+    /// first line of `token_file` (no cluster file; used by `signer-hwi`).
+    pub fn from_url(api_url: &str, ca_cert: &Path, token_file: &Path) -> anyhow::Result<ApiClient> {
+        crate::tls::install_crypto_provider();
+        let token = read_token_file(token_file)?;
+        let http = crate::tls::api_client(ca_cert)
+            .map_err(|e| anyhow::anyhow!("CA certificate {}: {e}", ca_cert.display()))?;
+        Ok(ApiClient {
+            http,
+            base: api_url.trim_end_matches('/').to_owned(),
+            node_id: None,
+            token,
+            cluster: None,
+        })
+    }
+
     /// Name of the node for messages: its id, or the URL.
     pub fn label(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| self.base.clone())
