@@ -251,3 +251,85 @@ fn tx_and_utxos_commands_refuse_bad_arguments_before_any_request() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(signer_bin()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_name_every_command() {
+    for (shell, marker) in [
+        ("bash", "complete -F _signer"),
+        ("zsh", "#compdef signer"),
+        ("fish", "complete -c signer"),
+    ] {
+        let (ok, text) = run(&["completions", shell]);
+        assert!(ok, "{shell}: {text}");
+        assert!(text.contains(marker), "{shell}: no {marker:?}");
+        for cmd in ["dkg", "aux-info", "tx", "keys", "audit", "completions"] {
+            assert!(text.contains(cmd), "{shell}: {cmd} missing");
+        }
+    }
+    let (ok, text) = run(&["completions", "tcsh"]);
+    assert!(!ok && text.contains("invalid value 'tcsh'"), "{text}");
+}
+
+#[test]
+fn man_prints_the_page_and_writes_one_page_per_command() {
+    let (ok, text) = run(&["man"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH signer"),
+        "{text}"
+    );
+    assert!(text.contains("aux\\-info"), "subcommands listed:\n{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = run(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(ok, "{text}");
+    for page in [
+        "signer",
+        "signer-tx-submit",
+        "signer-dkg-start",
+        "signer-hsm-rotate-kek",
+    ] {
+        let p = dir.path().join(format!("{page}.1"));
+        let body = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(body.contains(".TH"), "{page}: not a man page");
+        assert!(
+            body.contains(&page.replace('-', "\\-")),
+            "{page}: wrong name"
+        );
+    }
+}
+
+#[test]
+fn every_reading_command_offers_json() {
+    for cmd in [
+        &["status"][..],
+        &["token", "list"],
+        &["audit", "verify"],
+        &["audit", "verify-export"],
+        &["dkg", "status"],
+        &["aux-info", "status"],
+        &["keys", "list"],
+        &["keys", "addresses"],
+        &["tx", "status"],
+        &["policy", "check"],
+        &["policy", "eval"],
+        &["hsm", "check"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let (ok, text) = run(&args);
+        assert!(ok, "{cmd:?}: {text}");
+        assert!(text.contains("--json"), "{cmd:?} has no --json:\n{text}");
+    }
+}

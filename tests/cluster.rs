@@ -109,6 +109,9 @@ async fn signer_status_prints_a_table_of_the_cluster() {
         assert!(text.contains(&format!("node-{i}")), "{text}");
     }
     assert!(text.contains("threshold 3"), "{text}");
+    // No key yet, nothing pending: said so, not left out.
+    assert!(text.contains("(none: signer dkg start --wait)"), "{text}");
+    assert!(text.contains("pending transactions: 0"), "{text}");
 }
 
 #[test]

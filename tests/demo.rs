@@ -196,6 +196,31 @@ fn make_demo_runs_twice_on_its_cluster_from_a_private_parent_directory() {
         .iter()
         .any(|c| c["id"] == id.as_str() && c["state"] == "completed"));
 
+    // `signer status` shows the keys (both types), and no transaction left pending
+    // (the demo's payments are signed).
+    let text = ok(&strings(&["status", "--cluster", file.to_str().unwrap()]));
+    let status_json = || -> serde_json::Value {
+        serde_json::from_str(&ok(&strings(&[
+            "status",
+            "--json",
+            "--cluster",
+            file.to_str().unwrap(),
+        ])))
+        .unwrap()
+    };
+    let v = status_json();
+    let keys = v["keys"].as_array().unwrap();
+    for kind in ["ecdsa", "taproot"] {
+        let k = keys
+            .iter()
+            .find(|k| k["key_type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} key in status: {v}"));
+        let id = k["key_id"].as_str().unwrap();
+        assert!(text.contains(id), "{id} not in the table:\n{text}");
+    }
+    assert_eq!(v["pending_transactions"], serde_json::json!([]), "{v}");
+    assert!(text.contains("pending transactions: 0"), "{text}");
+
     // A node down: the node's refusal (status and code) reaches the operator.
     let cf: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -213,13 +238,7 @@ fn make_demo_runs_twice_on_its_cluster_from_a_private_parent_directory() {
     .unwrap();
     let node_id = last["id"].as_str().unwrap().to_owned();
     let seen_down = (0..60).any(|_| {
-        let v: serde_json::Value = serde_json::from_str(&ok(&strings(&[
-            "status",
-            "--json",
-            "--cluster",
-            file.to_str().unwrap(),
-        ])))
-        .unwrap();
+        let v = status_json();
         let down = v["cluster_status"]["nodes"].as_array().is_some_and(|ns| {
             ns.iter()
                 .any(|n| n["node_id"] == node_id.as_str() && n["healthy"] == false)

@@ -153,6 +153,18 @@ fn the_package_installs_the_node_its_unit_users_directories_config_and_docs() {
         ("./usr/share/doc/signer/docs/CONFIGURATION.md", "-rw-r--r--"),
         ("./usr/share/doc/signer/docs/CUSTODY.md", "-rw-r--r--"),
         ("./usr/share/doc/signer/examples/node.toml", "-rw-r--r--"),
+        ("./usr/bin/signer-hwi", "-rwxr-xr-x"),
+        (
+            "./usr/share/bash-completion/completions/signer",
+            "-rw-r--r--",
+        ),
+        ("./usr/share/zsh/vendor-completions/_signer", "-rw-r--r--"),
+        (
+            "./usr/share/fish/vendor_completions.d/signer.fish",
+            "-rw-r--r--",
+        ),
+        ("./usr/share/man/man1/signer.1.gz", "-rw-r--r--"),
+        ("./usr/share/man/man1/signer-tx-submit.1.gz", "-rw-r--r--"),
     ] {
         let (m, owner) = entry(path);
         assert_eq!(m, mode, "{path}");

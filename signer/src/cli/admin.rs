@@ -54,8 +54,18 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             println!("{}", t.token.expose_secret());
             Ok(())
         }
-        TokenCmd::List { config } => {
+        TokenCmd::List { config, json } => {
             let (_, store) = open(&config).await?;
+            if json {
+                // TokenRow never serializes its stored hash.
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "tokens": store.list_tokens().await?
+                    }))?
+                );
+                return Ok(());
+            }
             println!(
                 "{:<18} {:<10} {:<24} {:>8}  REVOKED",
                 "ID", "ROLE", "NAME", "RATE/MIN"
@@ -92,9 +102,22 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
 /// Audit subcommands.
 pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
     match cmd {
-        AuditCmd::Verify { config } => {
+        AuditCmd::Verify { config, json } => {
             let (_, store) = open(&config).await?;
             let (n, head, err) = store.verify_audit_chain().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "valid": err.is_none(),
+                        "records": n,
+                        "head": hex::encode(head),
+                        "error": err.as_ref().map(ToString::to_string),
+                    }))?
+                );
+                anyhow::ensure!(err.is_none(), "audit chain INVALID after {n} good records");
+                return Ok(());
+            }
             match err {
                 None => {
                     println!("audit chain valid: {n} records, head {}", hex::encode(head));
@@ -124,7 +147,7 @@ pub async fn db(cmd: DbCmd) -> anyhow::Result<()> {
 /// HSM subcommands (no database needed).
 pub fn hsm(cmd: HsmCmd) -> anyhow::Result<()> {
     let config = match &cmd {
-        HsmCmd::Init { config } | HsmCmd::Check { config } => config,
+        HsmCmd::Init { config } | HsmCmd::Check { config, .. } => config,
         HsmCmd::RotateKek { .. } => anyhow::bail!("rotate-kek runs through cli::kek"),
     };
     // A TPM storage key need not be pinned yet: both commands print its name to pin.
@@ -149,8 +172,27 @@ pub fn hsm(cmd: HsmCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        HsmCmd::Check { .. } => {
+        HsmCmd::Check { json, .. } => {
             let report = hsm::custody::check(&hsm_cfg);
+            if json {
+                let steps: Vec<_> = report
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "name": s.name, "ok": s.ok, "detail": s.detail, "code": s.code,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "ok": report.is_ok(), "steps": steps })
+                    )?
+                );
+                anyhow::ensure!(report.is_ok(), "custody check failed");
+                return Ok(());
+            }
             println!("{report}");
             anyhow::ensure!(report.is_ok(), "custody check failed");
             if let Some(a) =

@@ -161,10 +161,14 @@ pub async fn start(
     let start = Instant::now();
     let mut last_print = Instant::now();
     let mut last_state = String::from("not yet recorded");
+    let spinner = super::progress::Waiting::new(&format!("aux info {id}"));
     let end = loop {
         match poll.get(&format!("/api/v1/dkg/ceremonies/{id}")).await {
             Ok(c) if c["state"] == "completed" || c["state"] == "failed" => break c,
-            Ok(c) => last_state = c["state"].as_str().unwrap_or("?").to_owned(),
+            Ok(c) => {
+                last_state = c["state"].as_str().unwrap_or("?").to_owned();
+                spinner.state(&last_state);
+            }
             // not recorded yet on this node: keep waiting
             Err(e)
                 if e.downcast_ref::<ApiRefusal>()
@@ -179,14 +183,21 @@ pub async fn start(
         );
         if progress && last_print.elapsed() >= Duration::from_secs(5) {
             last_print = Instant::now();
-            println!(
-                "  ... {:>4.0} s, {last_state}{}",
-                start.elapsed().as_secs_f64(),
-                pool_progress(poll).await
-            );
+            let pool = pool_progress(poll).await;
+            // On a terminal the spinner shows it (prime generation included);
+            // otherwise a line every 5 s, as logs want.
+            if spinner.is_drawn() {
+                spinner.state(&format!("{last_state}{pool}"));
+            } else {
+                println!(
+                    "  ... {:>4.0} s, {last_state}{pool}",
+                    start.elapsed().as_secs_f64()
+                );
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    drop(spinner);
     if end["state"] != "completed" {
         anyhow::bail!(
             "aux info ceremony {id} failed on {}: {}",

@@ -241,6 +241,7 @@ fn key_type(c: &Value) -> &'static str {
 async fn wait_ended(client: &ApiClient, id: &str, timeout: Duration) -> anyhow::Result<Value> {
     let start = Instant::now();
     let mut last_state = String::from("not yet recorded");
+    let spinner = super::progress::Waiting::new(&format!("ceremony {id}"));
     loop {
         match client.get(&format!("/api/v1/dkg/ceremonies/{id}")).await {
             Ok(c) => {
@@ -248,6 +249,7 @@ async fn wait_ended(client: &ApiClient, id: &str, timeout: Duration) -> anyhow::
                     return Ok(c);
                 }
                 last_state = c["state"].as_str().unwrap_or("?").to_owned();
+                spinner.state(&last_state);
             }
             // not recorded yet on this node: keep waiting
             Err(e)

@@ -11,6 +11,7 @@ mod journal;
 mod kek;
 pub mod keys;
 mod policy;
+pub mod progress;
 mod status;
 pub mod tx;
 
@@ -81,6 +82,20 @@ pub enum Command {
     /// Funding UTXOs of the cluster's keys, through a node's API.
     #[command(subcommand)]
     Utxos(tx::UtxosCmd),
+    /// Print a shell completion script (e.g. `signer completions bash >
+    /// /etc/bash_completion.d/signer`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) of `signer`, or write one page per command
+    /// into a directory.
+    Man {
+        /// Write `signer.1` and `signer-<command>.1` for every command here
+        /// instead of printing `signer.1`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `signer cluster ...`
@@ -203,6 +218,9 @@ pub enum HsmCmd {
         /// Node configuration file (its `[custody]` section).
         #[arg(long, env = "SIGNER_CONFIG")]
         config: PathBuf,
+        /// Print the steps as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Rotate the KEK: create a new one, rewrap every envelope of the node's
     /// database in one audited transaction, check they all open with it, and
@@ -249,6 +267,9 @@ pub enum TokenCmd {
         /// Node configuration file.
         #[arg(long, env = "SIGNER_CONFIG")]
         config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke a token by id.
     Revoke {
@@ -268,6 +289,9 @@ pub enum AuditCmd {
         /// Node configuration file.
         #[arg(long, env = "SIGNER_CONFIG")]
         config: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Export every node's audit records for a time range, with the signed
     /// checkpoints, keys, certificates and policy versions, into a bundle that
@@ -331,6 +355,32 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
+/// `signer man`: `signer.1` on standard output, or one page per command (nested
+/// commands joined by `-`) written into `dir`.
+fn man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)?;
+    fn write_pages(cmd: &clap::Command, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+        let page = cmd.clone().name(name.to_owned());
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)?;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            write_pages(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(())
+    }
+    let mut cmd = cmd;
+    cmd.build();
+    write_pages(&cmd, "signer", dir)?;
+    println!("manual pages written to {}", dir.display());
+    Ok(())
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -355,6 +405,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{pid}");
             Ok(())
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "signer", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::Status { cluster, json } => {
             init_logging(LogFormat::Text, None);
             runtime()?.block_on(status::run(&cluster, json))

@@ -487,9 +487,11 @@ async fn wait_signed(
 ) -> anyhow::Result<(Value, i32)> {
     let start = Instant::now();
     let path = tx_path(id)?;
+    let spinner = super::progress::Waiting::new(&format!("transaction {id}"));
     loop {
         let v = client.get(&path).await?;
         let state = v["state"].as_str().unwrap_or("");
+        spinner.state(state);
         if SIGNED_STATES.contains(&state) {
             return Ok((v, 0));
         }
