@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 pub mod aux;
+mod backup;
 pub mod client;
 pub mod cluster;
 pub mod dkg;
@@ -82,6 +83,9 @@ pub enum Command {
     /// Funding UTXOs of the cluster's keys, through a node's API.
     #[command(subcommand)]
     Utxos(tx::UtxosCmd),
+    /// Back up a node's database, or restore it (the node stopped).
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Print a shell completion script (e.g. `signer completions bash >
     /// /etc/bash_completion.d/signer`).
     Completions {
@@ -330,6 +334,34 @@ pub enum AuditCmd {
     },
 }
 
+/// `signer backup ...`
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Write a consistent dump of the node's database with a manifest (node,
+    /// cluster, schema, audit head, SHA-256). Secrets in it stay envelopes sealed by
+    /// the node's HSM/TPM.
+    Create {
+        /// Node configuration file.
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+        /// The backup file to write (not overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore the node's database from a backup of this same node and cluster. The
+    /// node must be stopped; the database must be empty unless --replace.
+    Restore {
+        /// Node configuration file.
+        #[arg(long, env = "SIGNER_CONFIG")]
+        config: PathBuf,
+        /// The backup file.
+        file: PathBuf,
+        /// Drop what the database holds before restoring.
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
 /// `signer db ...`
 #[derive(Debug, Subcommand)]
 pub enum DbCmd {
@@ -404,6 +436,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let pid = crate::cli::cluster::start_node(&config, &log)?;
             println!("{pid}");
             Ok(())
+        }
+        Command::Backup(BackupCmd::Create { config, out }) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            let out = backup::new_file(out)?;
+            runtime()?.block_on(backup::create(&config, &out))
+        }
+        Command::Backup(BackupCmd::Restore {
+            config,
+            file,
+            replace,
+        }) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            runtime()?.block_on(backup::restore(&config, &file, replace))
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -110,15 +110,21 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 impl Store {
     /// Connects with a pool of `max_connections` and applies pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let store = Store::connect_unmigrated(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without applying migrations (restoring a backup into an empty
+    /// database).
+    pub async fn connect_unmigrated(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         let opts: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        let store = Store { pool };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Store { pool })
     }
 
     /// Applies pending migrations; running it again is a no-op.
