@@ -21,6 +21,9 @@ pub struct ClusterSnapshot {
     pub live: BTreeMap<String, LiveNode>,
     /// Peers with an open QUIC connection.
     pub connected_peers: Vec<String>,
+    /// Why the last QUIC connection with a peer failed, while it does (e.g. its
+    /// certificate expired).
+    pub peer_errors: BTreeMap<String, String>,
     /// Current coordinator (leader of the etcd election), if known.
     pub leader: Option<String>,
     /// When this snapshot was taken.
@@ -61,6 +64,8 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
     /// Each configured etcd member as this node last probed it.
     pub etcd_members: Vec<crate::coord::members::MemberHealth>,
+    /// The reporting node's certificate and the CA's, with days to expiry.
+    pub certificates: Vec<CertificateStatus>,
 }
 
 /// One node in [`ClusterStatus`].
@@ -74,6 +79,45 @@ pub struct NodeStatus {
     pub p2p_connected: bool,
     /// Registration detail when alive.
     pub registration: Option<LiveNode>,
+    /// Why the last QUIC connection with this node failed, while not connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p2p_error: Option<String>,
+}
+
+/// Days ahead of a certificate's expiry from which the node warns.
+pub const CERT_WARN_DAYS: i64 = 30;
+
+/// A certificate this node presents or trusts, as `/ready`, the cluster status and
+/// the metrics report it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateStatus {
+    /// `node` (this node's certificate) or `ca` (the cluster CA).
+    pub name: &'static str,
+    /// End of validity (RFC 3339); `None` if the file could not be read.
+    pub not_after: Option<DateTime<Utc>>,
+    /// Whole days left (negative once expired).
+    pub days_left: Option<i64>,
+    /// `ok`, `expiring` (fewer than [`CERT_WARN_DAYS`] days left), `expired` or
+    /// `unreadable`.
+    pub state: &'static str,
+}
+
+impl CertificateStatus {
+    fn at(name: &'static str, not_after: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Self {
+        let days_left = not_after.map(|t| (t - now).num_seconds().div_euclid(86_400));
+        let state = match (not_after, days_left) {
+            (Some(t), _) if t <= now => "expired",
+            (Some(_), Some(d)) if d < CERT_WARN_DAYS => "expiring",
+            (Some(_), _) => "ok",
+            (None, _) => "unreadable",
+        };
+        CertificateStatus {
+            name,
+            not_after,
+            days_left,
+            state,
+        }
+    }
 }
 
 /// Custody (HSM/TPM) state as reported by `/ready`.
@@ -126,6 +170,9 @@ pub struct Infra {
     custody: RwLock<CustodyState>,
     unsealed: RwLock<Option<Arc<Unsealed>>>,
     hardening: hsm::memory::HardeningReport,
+    /// End of validity of this node's certificate and of the CA, read at start (the
+    /// certificates the node presents and trusts until it restarts).
+    cert_not_after: [(&'static str, Option<DateTime<Utc>>); 2],
     /// Protocol runs hold one of [`MAX_PROTOCOL_THREADS`] slots while on their thread.
     pub protocol_slots: ProtocolSlots,
 }
@@ -186,6 +233,10 @@ impl Infra {
         } else {
             CustodyState::Unconfigured
         };
+        let cert_not_after = [
+            ("node", read_not_after(&cfg.tls.cert)),
+            ("ca", read_not_after(&cfg.tls.ca_cert)),
+        ];
         Infra {
             cfg,
             store,
@@ -196,8 +247,38 @@ impl Infra {
             etcd_members: RwLock::new(Vec::new()),
             custody: RwLock::new(custody),
             unsealed: RwLock::new(None),
+            cert_not_after,
             hardening,
             protocol_slots: ProtocolSlots::new(MAX_PROTOCOL_THREADS),
+        }
+    }
+
+    /// This node's certificate and the CA's: days to expiry, state.
+    pub fn certificates(&self) -> Vec<CertificateStatus> {
+        let now = Utc::now();
+        self.cert_not_after
+            .iter()
+            .map(|(name, t)| CertificateStatus::at(name, *t, now))
+            .collect()
+    }
+
+    /// Logs a warning per certificate that expires within [`CERT_WARN_DAYS`] days
+    /// (an error once expired); the node calls it at start and daily.
+    pub fn warn_expiring_certificates(&self) {
+        for c in self.certificates() {
+            match c.state {
+                "expired" => {
+                    tracing::error!(certificate = c.name, not_after = ?c.not_after, "certificate EXPIRED: peers refuse this node (renew it: docs/OPERATIONS.md)")
+                }
+                "expiring" => {
+                    tracing::warn!(certificate = c.name, days_left = ?c.days_left, not_after = ?c.not_after, "certificate expires soon (renew it: docs/OPERATIONS.md)")
+                }
+                "unreadable" => tracing::warn!(
+                    certificate = c.name,
+                    "certificate validity could not be read"
+                ),
+                _ => {}
+            }
         }
     }
 
@@ -293,8 +374,15 @@ impl Infra {
     pub fn cluster_status(&self) -> ClusterStatus {
         let mut status = compute_status(&self.cfg, &self.cluster_snapshot());
         status.etcd_members = self.etcd_members();
+        status.certificates = self.certificates();
         status
     }
+}
+
+fn read_not_after(path: &std::path::Path) -> Option<DateTime<Utc>> {
+    crate::ca::certificate_not_after(path)
+        .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot read certificate validity"))
+        .ok()
 }
 
 /// A copy of the value behind `lock`; a poisoned lock still holds the last value
@@ -334,6 +422,9 @@ pub fn compute_status(cfg: &NodeConfig, snap: &ClusterSnapshot) -> ClusterStatus
                 healthy,
                 p2p_connected,
                 registration,
+                p2p_error: (!p2p_connected)
+                    .then(|| snap.peer_errors.get(*id).cloned())
+                    .flatten(),
             }
         })
         .collect();
@@ -356,6 +447,7 @@ pub fn compute_status(cfg: &NodeConfig, snap: &ClusterSnapshot) -> ClusterStatus
         leader: snap.leader.clone(),
         nodes,
         etcd_members: Vec::new(),
+        certificates: Vec::new(),
     }
 }
 
@@ -408,5 +500,28 @@ mod tests {
         for tx in release {
             let _ = tx.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod certificate_tests {
+    use super::*;
+
+    #[test]
+    fn certificate_state_warns_thirty_days_ahead_and_says_expired_after() {
+        let now = Utc::now();
+        let day = chrono::Duration::days(1);
+        let at = |d: i64| CertificateStatus::at("node", Some(now + day * d32(d)), now);
+        fn d32(d: i64) -> i32 {
+            i32::try_from(d).expect("small")
+        }
+        assert_eq!(at(400).state, "ok");
+        assert_eq!(at(400).days_left, Some(400));
+        assert_eq!(at(-1).days_left, Some(-1));
+        assert_eq!(at(31).state, "ok");
+        assert_eq!(at(29).state, "expiring");
+        assert_eq!(at(-1).state, "expired");
+        assert!(at(-1).days_left.expect("days") < 0);
+        assert_eq!(CertificateStatus::at("ca", None, now).state, "unreadable");
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod checkpoint;
+pub mod report;
 pub mod verify;
 #[cfg(test)]
 mod verify_tests;

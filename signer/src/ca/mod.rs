@@ -340,6 +340,24 @@ fn issue_inner(
     })
 }
 
+/// The end of validity of the (single) certificate in the PEM file `path`.
+pub fn certificate_not_after(path: &Path) -> Result<chrono::DateTime<chrono::Utc>, CaError> {
+    let pem = std::fs::read(path).map_err(|source| CaError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let der = files::parse_single_cert_pem(&pem, path)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| CaError::ParseCertificate {
+            reason: format!("{}: {e}", path.display()),
+        })?;
+    chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0).ok_or_else(|| {
+        CaError::ParseCertificate {
+            reason: format!("{}: notAfter out of range", path.display()),
+        }
+    })
+}
+
 /// Extracts the node id from a DER certificate's subject alternative name.
 ///
 /// The certificate must carry exactly one DNS name SAN, of the exact form

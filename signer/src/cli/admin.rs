@@ -126,8 +126,8 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                 Some(e) => anyhow::bail!("audit chain INVALID after {n} good records: {e}"),
             }
         }
-        AuditCmd::Export { .. } | AuditCmd::VerifyExport { .. } => {
-            anyhow::bail!("export and verify-export run through cli::audit")
+        AuditCmd::Export { .. } | AuditCmd::VerifyExport { .. } | AuditCmd::Report { .. } => {
+            anyhow::bail!("export, verify-export and report run through cli::audit")
         }
     }
 }

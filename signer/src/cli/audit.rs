@@ -1,10 +1,12 @@
-//! `signer audit export` (a bundle through a node's API) and `signer audit
-//! verify-export` (offline: no network, no database). See `docs/AUDIT.md`.
+//! `signer audit export` (a bundle through a node's API), `signer audit
+//! verify-export` and `signer audit report` (both offline: no network, no
+//! database). See `docs/AUDIT.md`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use crate::audit::bundle::Line;
+use crate::audit::report::{generate, Format, ReportOptions, Verification};
 use crate::audit::verify::{verify_bundle, Report, VerifyOptions};
 use crate::cli::client::ApiOpts;
 
@@ -198,4 +200,92 @@ fn print_report(bundle: &Path, r: &Report) {
             println!("    ... and {} more", r.problems.len() - 50);
         }
     }
+}
+
+/// `--format` of `signer audit report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// One self-contained HTML file (inline CSS and SVG chart, no script).
+    Html,
+    /// A directory of CSV files (RFC 4180), one per section.
+    Csv,
+}
+
+/// Arguments of `signer audit report`.
+#[derive(Debug)]
+pub struct ReportArgs {
+    /// The bundle.
+    pub bundle: PathBuf,
+    /// Format.
+    pub format: ReportFormat,
+    /// Destination.
+    pub out: Option<PathBuf>,
+    /// Write a report of a bundle that does not verify, marked UNVERIFIED.
+    pub unverified: bool,
+    /// The auditor's cluster CA.
+    pub ca_cert: Option<PathBuf>,
+    /// Fewest co-signatures per checkpoint.
+    pub min_signatures: Option<u16>,
+}
+
+/// `signer audit report`: verifies the bundle, writes the report (exit 1 naming
+/// the first broken item when the bundle does not verify, unless `--unverified`).
+pub fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let expected_ca_pem = args
+        .ca_cert
+        .as_deref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read the CA certificate {}: {e}", p.display()))
+        })
+        .transpose()?;
+    let opts = ReportOptions {
+        format: match args.format {
+            ReportFormat::Html => Format::Html,
+            ReportFormat::Csv => Format::Csv,
+        },
+        out: args.out,
+        unverified: args.unverified,
+        verify: VerifyOptions {
+            min_signatures: args.min_signatures,
+            expected_ca_pem,
+        },
+    };
+    let written = generate(&args.bundle, &opts)?;
+    let r = &written.report;
+    if let Verification::Unverified {
+        first_problem,
+        problems,
+    } = &r.verification
+    {
+        eprintln!(
+            "WARNING: the bundle does not verify ({problems} problem(s), first: {first_problem}); \
+             the report is marked UNVERIFIED"
+        );
+    }
+    let what = if written.files.is_empty() {
+        written.path.display().to_string()
+    } else {
+        format!("{} ({})", written.path.display(), written.files.join(", "))
+    };
+    println!(
+        "{} report of bundle {} ({}): {} transactions, {} key ceremonies, {} token changes, \
+         {} policy versions, {} violations; written to {what}",
+        match opts.format {
+            Format::Html => "HTML",
+            Format::Csv => "CSV",
+        },
+        r.header.bundle_id,
+        if r.verification.is_valid() {
+            "verified"
+        } else {
+            "UNVERIFIED"
+        },
+        r.transactions.len(),
+        r.ceremonies.len(),
+        r.tokens.len(),
+        r.policies.len(),
+        r.violations.len(),
+    );
+    Ok(())
 }

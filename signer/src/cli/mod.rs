@@ -332,6 +332,35 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Compliance report of an export bundle, offline: transactions (votes and the
+    /// policy hash of each, approvers, signers, amounts, timeline), key ceremonies,
+    /// token, approver and policy changes, Byzantine violations, outflow per day
+    /// against the velocity limits. The bundle is verified first; one that does not
+    /// verify is refused (exit 1, its first broken item named) unless --unverified.
+    Report {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// html: one self-contained file; csv: a directory of CSV files, one per
+        /// section.
+        #[arg(long, value_enum, default_value = "html")]
+        format: audit::ReportFormat,
+        /// Destination: the HTML file, or the CSV directory (new or empty).
+        /// Default: next to the bundle (BUNDLE.report.html, BUNDLE.report/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the report even if the bundle does not verify; it is then marked
+        /// UNVERIFIED throughout.
+        #[arg(long)]
+        unverified: bool,
+        /// The cluster CA certificate (PEM) the auditor holds (as for
+        /// verify-export).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// Require at least this many co-signatures per checkpoint (as for
+        /// verify-export).
+        #[arg(long)]
+        min_signatures: Option<u16>,
+    },
 }
 
 /// `signer backup ...`
@@ -480,6 +509,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Audit(AuditCmd::Report {
+            bundle,
+            format,
+            out,
+            unverified,
+            ca_cert,
+            min_signatures,
+        }) => audit::report(audit::ReportArgs {
+            bundle,
+            format,
+            out,
+            unverified,
+            ca_cert,
+            min_signatures,
+        }),
         Command::Audit(cmd) => {
             init_logging(LogFormat::Text, None);
             runtime()?.block_on(admin::audit(cmd))

@@ -101,6 +101,7 @@ fn mark_etcd_down(node: &Infra) {
     snap.live.clear();
     snap.leader = None;
     snap.connected_peers = node.net.p2p.connected_peers();
+    snap.peer_errors = node.net.p2p.peer_errors();
     snap.updated_at = Some(chrono::Utc::now());
     node.set_cluster_snapshot(snap);
 }
@@ -204,6 +205,7 @@ async fn refresh(node: &Infra, coord: &Coord) -> Result<(), crate::coord::CoordE
             .collect(),
         leader: leader.map(|(value, _)| value),
         connected_peers: node.net.p2p.connected_peers(),
+        peer_errors: node.net.p2p.peer_errors(),
         updated_at: Some(chrono::Utc::now()),
     };
     let before = node.cluster_snapshot();

@@ -54,6 +54,16 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
         .context("starting the QUIC endpoint")?;
     let net = Net::new(p2p);
     let infra = Arc::new(Infra::new(cfg, store, net.clone(), hardening));
+    // Certificates about to expire: warned at start, then daily.
+    tokio::spawn({
+        let infra = infra.clone();
+        async move {
+            loop {
+                infra.warn_expiring_certificates();
+                tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+            }
+        }
+    });
     let dkg = Arc::new(DkgCtx::new(infra.clone()));
     let presign = Arc::new(PresignCtx::new(dkg.clone()));
     let node = Arc::new(TxCtx::new(presign.clone()));

@@ -209,6 +209,22 @@ struct Shared {
     incoming: Mutex<HashMap<String, BTreeMap<u64, Connection>>>,
     incoming_seq: AtomicU64,
     handshakes: Arc<Semaphore>,
+    /// Configured peers by their QUIC address (an incoming connection comes from
+    /// the peer's one endpoint, so a refused handshake is put on its peer).
+    peer_addrs: HashMap<SocketAddr, String>,
+    /// Why the last connection with a peer failed (dialed or incoming), until one
+    /// succeeds; shown in the cluster status.
+    peer_errors: Mutex<BTreeMap<String, String>>,
+}
+
+impl Shared {
+    fn peer_failed(&self, peer: &str, reason: String) {
+        lock(&self.peer_errors).insert(peer.to_owned(), reason);
+    }
+
+    fn peer_ok(&self, peer: &str) {
+        lock(&self.peer_errors).remove(peer);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -264,6 +280,8 @@ impl P2p {
             incoming: Mutex::new(HashMap::new()),
             incoming_seq: AtomicU64::new(0),
             handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            peer_addrs: cfg.peers.iter().map(|p| (p.addr, p.id.clone())).collect(),
+            peer_errors: Mutex::new(BTreeMap::new()),
         });
         let peers = cfg
             .peers
@@ -422,7 +440,23 @@ impl P2p {
         Ok(conn)
     }
 
+    /// Why the last connection with each peer failed, for peers whose last attempt
+    /// failed (e.g. `invalid peer certificate: Expired`).
+    pub fn peer_errors(&self) -> BTreeMap<String, String> {
+        lock(&self.shared.peer_errors).clone()
+    }
+
     async fn dial(&self, peer: &str, addr: SocketAddr) -> Result<Connection, P2pError> {
+        let r = self.dial_inner(peer, addr).await;
+        match &r {
+            Ok(_) => self.shared.peer_ok(peer),
+            Err(P2pError::Shutdown) => {}
+            Err(e) => self.shared.peer_failed(peer, format!("outgoing: {e}")),
+        }
+        r
+    }
+
+    async fn dial_inner(&self, peer: &str, addr: SocketAddr) -> Result<Connection, P2pError> {
         let server_name = ca::identity_dns_name(peer)?;
         let connecting = self
             .shared
@@ -579,6 +613,10 @@ async fn accept_loop(shared: Arc<Shared>, allowed: Arc<[String]>, tx: mpsc::Send
         tokio::spawn(async move {
             let conn = handshake(incoming, remote).await;
             drop(permit);
+            if let (Err(reason), Some(peer)) = (&conn, shared.peer_addrs.get(&remote)) {
+                shared.peer_failed(peer, format!("incoming: {reason}"));
+            }
+            let conn = conn.ok();
             if let Some(conn) = conn {
                 serve_connection(shared, &allowed, conn, remote, tx).await;
             }
@@ -587,24 +625,24 @@ async fn accept_loop(shared: Arc<Shared>, allowed: Arc<[String]>, tx: mpsc::Send
     tracing::debug!("p2p accept loop ended");
 }
 
-/// Completes an incoming handshake; logs and returns `None` on failure.
-async fn handshake(incoming: quinn::Incoming, remote: SocketAddr) -> Option<Connection> {
+/// Completes an incoming handshake; logs and returns why on failure.
+async fn handshake(incoming: quinn::Incoming, remote: SocketAddr) -> Result<Connection, String> {
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(error) => {
             tracing::warn!(%remote, %error, "refused incoming connection");
-            return None;
+            return Err(error.to_string());
         }
     };
     match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, connecting).await {
-        Ok(Ok(conn)) => Some(conn),
+        Ok(Ok(conn)) => Ok(conn),
         Ok(Err(error)) => {
             tracing::warn!(%remote, %error, "refused incoming connection: handshake failed");
-            None
+            Err(error.to_string())
         }
         Err(_) => {
             tracing::warn!(%remote, "refused incoming connection: handshake timed out");
-            None
+            Err("handshake timed out".to_owned())
         }
     }
 }
@@ -633,6 +671,7 @@ async fn serve_connection(
             return;
         }
     };
+    shared.peer_ok(&peer);
     let seq = shared.incoming_seq.fetch_add(1, Ordering::Relaxed);
     let superseded = {
         let mut incoming = lock(&shared.incoming);

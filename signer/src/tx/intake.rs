@@ -124,6 +124,11 @@ pub async fn submit(
                 "txid": validated.txid.to_string(),
                 "inputs": validated.inputs.len(),
                 "fee_sats": validated.fee_sats,
+                // What the policy's limits count, and the request's recipient and
+                // amount (null for a PSBT): read by `signer audit report`.
+                "outflow_sats": validated.view.outflow_sats(),
+                "recipient": new.recipient,
+                "amount_sats": amount,
             })),
     );
     match node
