@@ -38,6 +38,8 @@ async fn an_expired_peer_certificate_is_refused_and_the_refusal_shows_in_status(
             "node-1 shows why node-3 is not connected",
             Duration::from_secs(60),
             || async {
+                // A ping makes node-1 dial node-3 now.
+                c.post_admin(0, "/api/v1/p2p/ping").await;
                 let s = c.get_json(0, "/api/v1/cluster/status").await;
                 let n3 = s["nodes"]
                     .as_array()?
