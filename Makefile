@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CLUSTER_DIR ?= .cluster
 
-.PHONY: all deps build demo test test-faults lint fmt clean-cluster deb test-package
+.PHONY: all deps build demo test test-faults test-fuzz lint fmt clean-cluster deb test-package
 
 all: build
 
@@ -38,14 +38,26 @@ demo: build
 	@echo "cluster running in $(CLUSTER_DIR); more: $(SIGNER) keys addresses KEY_ID --cluster $(CLUSTER_FILE)"
 	@echo "stop it with: $(SIGNER) cluster down --dir $(CLUSTER_DIR)  (or: make clean-cluster)"
 
-## Lint, then every test (unit, real SoftHSM/swtpm/etcd/PostgreSQL, cluster acceptance).
+## Lint, every test (unit, real SoftHSM/swtpm/etcd/PostgreSQL, cluster acceptance),
+## the resharing protocol tests, then a bounded fuzzing run of the API against its
+## OpenAPI contract (schemathesis, under a minute: docs/API.md).
 # `cargo test --workspace` also builds `signer-faulty`, the binary the cluster tests
 # run; `build` gives the operators' binaries (`signer`, `signer-hwi`) that some tests
 # run as shipped (a no-op after `make demo`). The resharing protocol tests need the
-# TEST-ONLY prime fixtures (feature `test-fixtures`, never in a node build).
+# TEST-ONLY prime fixtures (feature `test-fixtures`, never in a node build). The
+# fuzzing run starts its dev cluster with the test build's binary.
 test: deps lint build
 	$(CARGO) test --workspace --no-fail-fast
 	$(CARGO) test -p signer-protocol --features test-fixtures --test reshare
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES_BOUNDED) bash scripts/fuzz-api.sh
+
+FUZZ_EXAMPLES_BOUNDED ?= 50
+FUZZ_EXAMPLES_LONG ?= 200
+
+## The longer fuzzing run: schemathesis against a live 3-node dev cluster, every
+## check, FUZZ_EXAMPLES_LONG (200) test cases per operation and phase (docs/API.md).
+test-fuzz: build
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES_LONG) bash scripts/fuzz-api.sh
 
 ## The fault suite (issue 17): real nodes under failures — peers frozen (SIGSTOP),
 ## PostgreSQL killed and restarted under running nodes, one of three etcd members

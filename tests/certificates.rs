@@ -20,6 +20,23 @@ async fn an_expired_peer_certificate_is_refused_and_the_refusal_shows_in_status(
         assert!(cert["days_left"].as_i64().unwrap() > 30, "{s}");
     }
 
+    // /ready and the metrics show them too.
+    let r = c.get_json(0, "/ready").await;
+    assert_eq!(r["certificates"].as_array().unwrap().len(), 2, "{r}");
+    let m = c
+        .client()
+        .get(c.url(0, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("signer_certificate_days_left{certificate=\"node\"}"),
+        "{m}"
+    );
+
     // node-3 restarts with a certificate that expired yesterday (same CA, same key
     // path, same identity).
     c.kill_node(2);

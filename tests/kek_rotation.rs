@@ -19,8 +19,8 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use cluster_tests::wallet::{aux_info, fund, pay, signed_everywhere, submit, verify_consensus};
 use cluster_tests::tpm::{with_custody, Swtpm};
+use cluster_tests::wallet::{aux_info, fund, pay, signed_everywhere, submit, verify_consensus};
 use cluster_tests::{signer_bin, Cluster};
 use serde_json::Value;
 

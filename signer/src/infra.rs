@@ -31,7 +31,7 @@ pub struct ClusterSnapshot {
 }
 
 /// A registered node as seen in etcd.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LiveNode {
     /// API URL it announced.
     pub api_url: String,
@@ -44,7 +44,7 @@ pub struct LiveNode {
 }
 
 /// `GET /api/v1/cluster/status` body.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     /// Nodes configured.
     pub total_nodes: usize,
@@ -53,8 +53,10 @@ pub struct ClusterStatus {
     /// Signing threshold.
     pub threshold: u16,
     /// `healthy` (all up), `degraded` (at least t up) or `unavailable`.
+    #[schema(value_type = String, example = "healthy")]
     pub status: &'static str,
     /// Where liveness came from: `etcd`, or `p2p` when etcd is unreachable.
+    #[schema(value_type = String, example = "etcd")]
     pub source: &'static str,
     /// The node answering.
     pub reporting_node: String,
@@ -69,7 +71,7 @@ pub struct ClusterStatus {
 }
 
 /// One node in [`ClusterStatus`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeStatus {
     /// Node id.
     pub node_id: String,
@@ -89,7 +91,7 @@ pub const CERT_WARN_DAYS: i64 = 30;
 
 /// A certificate this node presents or trusts, as `/ready`, the cluster status and
 /// the metrics report it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CertificateStatus {
     /// `node` (this node's certificate) or `ca` (the cluster CA).
     pub name: &'static str,
@@ -121,7 +123,7 @@ impl CertificateStatus {
 }
 
 /// Custody (HSM/TPM) state as reported by `/ready`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum CustodyState {
     /// No backend configured: key operations are refused.

@@ -15,7 +15,7 @@ use crate::p2p::{Frame, MessageKind, P2p};
 use crate::router::ServiceRx;
 
 /// Result of pinging one peer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PingResult {
     /// Peer id.
     pub peer: String,

@@ -1,7 +1,7 @@
 //! `GET /api/v1/audit/export?from=&to=` (auditor): a self-contained, streamed
 //! bundle of every node's audit records for a time range (see `docs/AUDIT.md`).
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -9,20 +9,23 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::auth::{Principal, Role};
-use super::error::ApiError;
+use super::error::{ApiError, ApiQuery, ErrorBody};
 use super::AppState;
 use crate::audit::AuditEntry;
 use crate::compliance::export::{self, ExportError};
 
 /// Query of `GET /api/v1/audit/export`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// Start of the range (RFC 3339); default: the beginning.
     #[serde(default)]
+    #[param(format = DateTime)]
     from: Option<String>,
-    /// End of the range (RFC 3339); default: now.
+    /// End of the range (RFC 3339, not before `from`); default: now.
     #[serde(default)]
+    #[param(format = DateTime)]
     to: Option<String>,
 }
 
@@ -37,13 +40,35 @@ fn parse_time(v: Option<&str>, code: &'static str) -> Result<Option<DateTime<Utc
 
 /// `GET /api/v1/audit/export` (auditor): the bundle as JSON Lines
 /// (`application/x-ndjson`), written as it is read.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit/export",
+    tag = "audit",
+    operation_id = "export_audit",
+    summary = "Compliance export of every node's audit records",
+    description = "A self-contained bundle, streamed as JSON Lines: every node's records in \
+        the range, co-signed checkpoints, vote keys, certificates, policy versions and a \
+        signed manifest; `signer audit verify-export` checks it offline (docs/AUDIT.md). \
+        Audited (`audit.export`).",
+    params(ExportQuery),
+    responses(
+        (status = 200, description = "The bundle, one JSON object per line",
+         content_type = "application/x-ndjson", body = String,
+         headers(("Content-Disposition" = String,
+                  description = "`attachment; filename=\"audit-<bundle id>.jsonl\"`"))),
+        (status = 400, description = "`invalid_from`, `invalid_to`, `invalid_range`",
+         body = ErrorBody),
+        (status = 503, description = "`node_unavailable`: a node's records cannot be fetched",
+         body = ErrorBody),
+    ),
+    extensions(("x-roles" = json!(["admin", "auditor"])))
+)]
 pub async fn export(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<Response, ApiError> {
     p.require(&[Role::Auditor])?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let from = parse_time(q.from.as_deref(), "invalid_from")?.unwrap_or(DateTime::UNIX_EPOCH);
     let to = parse_time(q.to.as_deref(), "invalid_to")?.unwrap_or_else(Utc::now);
     if from > to {

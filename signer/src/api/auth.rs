@@ -69,7 +69,7 @@ const ENROL_DOMAIN: &[u8] = b"signer-api-token-enrol/v1\0";
 const CHECK_DOMAIN: &[u8] = b"signer-api-token-key-check/v1";
 
 /// Token roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything, including token management.

@@ -1,58 +1,173 @@
 //! Route handlers.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{generate_token, generate_token_with, Principal, Role};
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::AppState;
-use crate::audit::AuditEntry;
+use crate::audit::{AuditEntry, AuditRecord};
 use crate::store::audit::AuditOf;
+use crate::store::tokens::TokenRow;
 
-/// `GET /health`: liveness, no authentication.
-pub async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "status": "healthy",
-        "version": env!("CARGO_PKG_VERSION"),
-        "node_id": s.node.cfg.node_id,
-        "timestamp": chrono::Utc::now().to_rfc3339(),
-    }))
+/// Answer of `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `healthy` (the process answers).
+    #[schema(value_type = String, example = "healthy")]
+    status: &'static str,
+    /// Software version.
+    #[schema(value_type = String)]
+    version: &'static str,
+    /// This node's id.
+    node_id: String,
+    /// Now (RFC 3339).
+    #[schema(format = DateTime)]
+    timestamp: String,
 }
 
-/// `GET /ready`: 200 when the database, etcd and custody are usable, 503 otherwise.
+/// `GET /health`: liveness, no authentication.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "node",
+    operation_id = "health",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "The node is alive", body = Health))
+)]
+pub async fn health(State(s): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "healthy",
+        version: env!("CARGO_PKG_VERSION"),
+        node_id: s.node.cfg.node_id.clone(),
+        timestamp: chrono::Utc::now().to_rfc3339(),
+    })
+}
+
+/// `database` / `etcd` of `Ready`: `ok` or `unreachable`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    /// Reachable.
+    Ok,
+    /// Not reachable.
+    Unreachable,
+}
+
+impl Reachability {
+    fn of(ok: bool) -> Self {
+        if ok {
+            Reachability::Ok
+        } else {
+            Reachability::Unreachable
+        }
+    }
+}
+
+/// Memory protection of the process, read from /proc (`memory` of `Ready`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemoryStatus {
+    /// Locked memory (`VmLck`) in KiB.
+    locked_kib: u64,
+    /// Whether the process is dumpable (it should not be).
+    dumpable: bool,
+    /// Soft `RLIMIT_CORE` in bytes (0: no core dumps).
+    core_limit: u64,
+}
+
+/// Process hardening achieved at start (`hardening` of `Ready`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HardeningStatus {
+    /// `hardened`, `overridden` (not hardened, unsealed anyway under
+    /// `[hardening] allow_unhardened_memory`) or `refused` (custody stays sealed).
+    #[schema(value_type = String, example = "hardened")]
+    state: &'static str,
+    /// `mlockall` succeeded.
+    memory_locked: bool,
+    /// `RLIMIT_CORE` is 0.
+    core_dumps_disabled: bool,
+    /// `PR_SET_DUMPABLE` is 0.
+    not_dumpable: bool,
+}
+
+/// Answer of `GET /ready` (200 when ready, 503 otherwise, same body).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Database, etcd and custody are usable.
+    ready: bool,
+    /// This node's id.
+    node_id: String,
+    /// This node's PostgreSQL database.
+    database: Reachability,
+    /// etcd (any member).
+    etcd: Reachability,
+    /// Each configured etcd member as last probed.
+    etcd_members: Vec<crate::coord::members::MemberHealth>,
+    /// Peers with an open QUIC connection.
+    peers_connected: usize,
+    /// Peers configured.
+    peers_total: usize,
+    /// Custody (HSM/TPM) state.
+    custody: crate::infra::CustodyState,
+    /// Memory protection, when /proc could be read.
+    memory: Option<MemoryStatus>,
+    /// Process hardening.
+    hardening: HardeningStatus,
+    /// This node's certificate and the CA's, with days to expiry (an expired one
+    /// makes the node not ready: its peers refuse it).
+    certificates: Vec<crate::infra::CertificateStatus>,
+}
+
+/// `GET /ready`: 200 when the database, etcd and custody are usable and no
+/// certificate of the node expired, 503 otherwise.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "node",
+    operation_id = "ready",
+    summary = "Readiness: database, etcd and custody usable",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "Not ready (same body, `ready: false`)", body = Ready),
+    )
+)]
 pub async fn ready(State(s): State<AppState>) -> Response {
     let db_ok = s.node.store.ping().await.is_ok();
     let snap = s.node.cluster_snapshot();
     let custody = s.node.custody_state();
     let unsealed = matches!(custody, crate::infra::CustodyState::Unsealed { .. });
     let hardening = hsm::memory::process_hardening_status().ok();
-    let ready = db_ok && snap.etcd_ok && unsealed;
-    let body = json!({
-        "ready": ready,
-        "node_id": s.node.cfg.node_id,
-        "database": if db_ok { "ok" } else { "unreachable" },
-        "etcd": if snap.etcd_ok { "ok" } else { "unreachable" },
-        "etcd_members": s.node.etcd_members(),
-        "peers_connected": snap.connected_peers.len(),
-        "peers_total": s.node.cfg.p2p.peers.len(),
-        "custody": custody,
-        "memory": hardening.map(|h| json!({
-            "locked_kib": h.locked_kib,
-            "dumpable": h.dumpable != 0,
-            "core_limit": h.core_limit,
-        })),
-        "hardening": {
-            "state": s.node.hardening_state(),
-            "memory_locked": s.node.hardening().mlock == hsm::memory::MlockStatus::Locked,
-            "core_dumps_disabled": s.node.hardening().core_dumps_disabled,
-            "not_dumpable": s.node.hardening().not_dumpable,
+    let certificates = s.node.certificates();
+    let certs_ok = certificates.iter().all(|c| c.state != "expired");
+    let ready = db_ok && snap.etcd_ok && unsealed && certs_ok;
+    let body = Ready {
+        ready,
+        node_id: s.node.cfg.node_id.clone(),
+        database: Reachability::of(db_ok),
+        etcd: Reachability::of(snap.etcd_ok),
+        etcd_members: s.node.etcd_members(),
+        peers_connected: snap.connected_peers.len(),
+        peers_total: s.node.cfg.p2p.peers.len(),
+        custody,
+        memory: hardening.map(|h| MemoryStatus {
+            locked_kib: h.locked_kib,
+            dumpable: h.dumpable != 0,
+            core_limit: h.core_limit,
+        }),
+        hardening: HardeningStatus {
+            state: s.node.hardening_state(),
+            memory_locked: s.node.hardening().mlock == hsm::memory::MlockStatus::Locked,
+            core_dumps_disabled: s.node.hardening().core_dumps_disabled,
+            not_dumpable: s.node.hardening().not_dumpable,
         },
-    });
+        certificates,
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -62,6 +177,19 @@ pub async fn ready(State(s): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "node",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "Prometheus text exposition format 0.0.4: cluster nodes, connected peers, \
+        presignature pools.",
+    responses(
+        (status = 200, description = "Metrics", body = String,
+         content_type = "text/plain; version=0.0.4"),
+    )
+)]
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let status = s.node.cluster_status();
     let mut body = format!(
@@ -78,6 +206,18 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         status.healthy_nodes,
         s.node.cluster_snapshot().connected_peers.len(),
     );
+    body.push_str(
+        "# HELP signer_certificate_days_left Whole days until the certificate expires \
+         (negative once expired).\n# TYPE signer_certificate_days_left gauge\n",
+    );
+    for c in s.node.certificates() {
+        if let Some(d) = c.days_left {
+            body.push_str(&format!(
+                "signer_certificate_days_left{{certificate=\"{}\"}} {d}\n",
+                c.name
+            ));
+        }
+    }
     body.push_str(&super::presign::metrics_text(&s.node).await);
     (
         [(
@@ -90,6 +230,17 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 /// `GET /api/v1/cluster/status`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cluster/status",
+    tag = "cluster",
+    operation_id = "cluster_status",
+    summary = "Cluster status as this node sees it",
+    description = "Nodes configured and alive, threshold, `healthy`/`degraded`/`unavailable`, \
+        the coordinator, each node and each etcd member.",
+    responses((status = 200, description = "Cluster status", body = crate::infra::ClusterStatus)),
+    extensions(("x-roles" = json!(["admin", "operator", "approver", "auditor"])))
+)]
 pub async fn cluster_status(
     State(s): State<AppState>,
     Extension(_p): Extension<Principal>,
@@ -97,32 +248,92 @@ pub async fn cluster_status(
     Json(s.node.cluster_status())
 }
 
-/// `GET /api/v1/whoami`.
-pub async fn whoami(Extension(p): Extension<Principal>) -> Json<serde_json::Value> {
-    Json(json!({"token_id": p.token_id, "name": p.name, "role": p.role}))
+/// Answer of `GET /api/v1/whoami`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    /// The caller's token id.
+    token_id: String,
+    /// The token's name.
+    name: String,
+    /// The token's role.
+    role: Role,
 }
 
+/// `GET /api/v1/whoami`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/whoami",
+    tag = "cluster",
+    operation_id = "whoami",
+    summary = "The caller's token id, name and role",
+    responses((status = 200, description = "The caller", body = WhoAmI)),
+    extensions(("x-roles" = json!(["admin", "operator", "approver", "auditor"])))
+)]
+pub async fn whoami(Extension(p): Extension<Principal>) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        token_id: p.token_id,
+        name: p.name,
+        role: p.role,
+    })
+}
+
+/// Longest token name, in characters (after trimming).
+pub const MAX_TOKEN_NAME: usize = 64;
+/// Largest per-token rate limit.
+pub const MAX_RATE_LIMIT: u32 = 1_000_000;
+
 /// Body of `POST /api/v1/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// 1 to 64 printable characters (surrounding white space is trimmed; not only
+    /// white space, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$",
+        example = "ci-operator"
+    )]
     name: String,
+    /// Role of the new token.
     role: Role,
-    #[serde(default)]
+    /// Requests per minute (default: the node's `api.default_rate_limit_per_min`).
+    #[serde(default, deserialize_with = "super::error::json_int::opt_u32")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     rate_limit_per_min: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
-struct CreatedToken {
+/// Answer of `POST /api/v1/tokens`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    /// Public token id.
     id: String,
+    /// Name (trimmed).
     name: String,
+    /// Role.
     role: Role,
+    /// Requests per minute.
     rate_limit_per_min: u32,
-    /// Shown once; only its hash is stored.
+    /// The bearer token. Shown once; only its hash is stored.
     token: String,
 }
 
 /// `POST /api/v1/tokens` (admin).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    operation_id = "create_token",
+    summary = "Create an API token",
+    description = "The token itself is in this answer only; the node stores a keyed hash. \
+        Audited (`token.create`).",
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "Created", body = CreatedToken),
+        (status = 400, description = "`invalid_name`, `invalid_rate_limit`", body = ErrorBody),
+    ),
+    extensions(("x-roles" = json!(["admin"])))
+)]
 pub async fn create_token(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -130,7 +341,10 @@ pub async fn create_token(
 ) -> Result<Response, ApiError> {
     p.require(&[])?;
     let name = body.name.trim();
-    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+    if name.is_empty()
+        || name.chars().count() > MAX_TOKEN_NAME
+        || name.chars().any(char::is_control)
+    {
         return Err(ApiError::bad_request(
             "invalid_name",
             "name must be 1 to 64 printable characters",
@@ -139,7 +353,7 @@ pub async fn create_token(
     let rate = body
         .rate_limit_per_min
         .unwrap_or(s.node.cfg.api.default_rate_limit_per_min);
-    if rate == 0 || rate > 1_000_000 {
+    if rate == 0 || rate > MAX_RATE_LIMIT {
         return Err(ApiError::bad_request(
             "invalid_rate_limit",
             "rate_limit_per_min must be between 1 and 1000000",
@@ -190,22 +404,63 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
+/// Answer of `GET /api/v1/tokens`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenList {
+    /// Every token, revoked ones included (never their secrets).
+    tokens: Vec<TokenRow>,
+}
+
 /// `GET /api/v1/tokens` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    operation_id = "list_tokens",
+    summary = "List API tokens",
+    responses((status = 200, description = "Tokens", body = TokenList)),
+    extensions(("x-roles" = json!(["admin"])))
+)]
 pub async fn list_tokens(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TokenList>, ApiError> {
     p.require(&[])?;
     let tokens = s.node.store.list_tokens().await?;
-    Ok(Json(json!({ "tokens": tokens })))
+    Ok(Json(TokenList { tokens }))
+}
+
+/// Answer of `DELETE /api/v1/tokens/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Revoked {
+    /// Id of the revoked token.
+    revoked: String,
 }
 
 /// `DELETE /api/v1/tokens/{id}` (admin).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    operation_id = "revoke_token",
+    summary = "Revoke an API token",
+    description = "Refused at once by this node (and by the others at their next \
+        verification). Audited (`token.revoke`).",
+    params(("id" = String, Path, description = "Token id (1 to 32 ASCII letters and digits)",
+            pattern = "^[A-Za-z0-9]{1,32}$")),
+    responses(
+        (status = 200, description = "Revoked", body = Revoked),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such token, or already revoked",
+         body = ErrorBody),
+    ),
+    extensions(("x-roles" = json!(["admin"])))
+)]
 pub async fn revoke_token(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Revoked>, ApiError> {
     p.require(&[])?;
     if id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ApiError::bad_request("invalid_id", "malformed token id"));
@@ -220,25 +475,49 @@ pub async fn revoke_token(
         )));
     }
     s.auth.forget(&id);
-    Ok(Json(json!({"revoked": id})))
+    Ok(Json(Revoked { revoked: id }))
 }
 
 /// Query of `GET /api/v1/audit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Records after this sequence number (default 0: from the first).
     #[serde(default)]
     after: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
+/// Answer of `GET /api/v1/audit`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditList {
+    /// Records by ascending sequence number.
+    records: Vec<AuditRecord>,
+}
+
 /// `GET /api/v1/audit` (auditor).
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    operation_id = "list_audit_records",
+    summary = "A page of this node's audit log",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Records", body = AuditList),
+        (status = 400, description = "`invalid_limit`", body = ErrorBody),
+    ),
+    extensions(("x-roles" = json!(["admin", "auditor"])))
+)]
 pub async fn audit_list(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-    Query(q): Query<AuditQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<AuditList>, ApiError> {
     p.require(&[Role::Auditor])?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -248,34 +527,79 @@ pub async fn audit_list(
         ));
     }
     let rows = s.node.store.audit_rows(q.after.unwrap_or(0), limit).await?;
-    Ok(Json(json!({ "records": rows })))
+    Ok(Json(AuditList { records: rows }))
+}
+
+/// Answer of `GET /api/v1/audit/verify`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditVerification {
+    /// The whole chain verifies.
+    valid: bool,
+    /// Records verified before the first error (all of them when valid).
+    verified_records: i64,
+    /// Hash of the last verified record (hex).
+    head: String,
+    /// The first error, when not valid.
+    error: Option<String>,
 }
 
 /// `GET /api/v1/audit/verify` (auditor): verifies the whole chain.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit/verify",
+    tag = "audit",
+    operation_id = "verify_audit_chain",
+    summary = "Recompute this node's audit hash chain",
+    responses((status = 200, description = "Result of the verification", body = AuditVerification)),
+    extensions(("x-roles" = json!(["admin", "auditor"])))
+)]
 pub async fn audit_verify(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AuditVerification>, ApiError> {
     p.require(&[Role::Auditor])?;
     let (verified, head, error) = s.node.store.verify_audit_chain().await?;
-    Ok(Json(json!({
-        "valid": error.is_none(),
-        "verified_records": verified,
-        "head": hex::encode(head),
-        "error": error.map(|e| e.to_string()),
-    })))
+    Ok(Json(AuditVerification {
+        valid: error.is_none(),
+        verified_records: verified,
+        head: hex::encode(head),
+        error: error.map(|e| e.to_string()),
+    }))
+}
+
+/// Answer of `POST /api/v1/p2p/ping`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PingAnswer {
+    /// This node's id.
+    node_id: String,
+    /// Every peer answered.
+    all_ok: bool,
+    /// Per peer.
+    peers: Vec<crate::net::PingResult>,
 }
 
 /// `POST /api/v1/p2p/ping` (admin): sends a QUIC ping to every peer and reports
 /// which answered.
+#[utoipa::path(
+    post,
+    path = "/api/v1/p2p/ping",
+    tag = "cluster",
+    operation_id = "p2p_ping",
+    summary = "QUIC ping to every peer",
+    description = "Waits up to 5 s per peer.",
+    responses((status = 200, description = "Which peers answered", body = PingAnswer)),
+    extensions(("x-roles" = json!(["admin"])))
+)]
 pub async fn p2p_ping(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PingAnswer>, ApiError> {
     p.require(&[])?;
     let results = s.node.net.ping_all(std::time::Duration::from_secs(5)).await;
     let all_ok = results.iter().all(|r| r.ok);
-    Ok(Json(
-        json!({"node_id": s.node.cfg.node_id, "all_ok": all_ok, "peers": results}),
-    ))
+    Ok(Json(PingAnswer {
+        node_id: s.node.cfg.node_id.clone(),
+        all_ok,
+        peers: results,
+    }))
 }

@@ -4,11 +4,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::auth::{Principal, Role};
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ErrorBody};
 use super::AppState;
 use crate::audit::AuditEntry;
 use crate::p2p::Frame;
@@ -16,27 +17,42 @@ use crate::presign::wire::{self, GenerateRequest, MAX_GENERATE, PRESIGN_GENERATE
 use crate::tx::TxCtx;
 
 /// Body of `POST /api/v1/presignatures/generate`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Generate {
+    /// Only this ECDSA key (default: every key).
     #[serde(default)]
     key_id: Option<String>,
+    /// Only this signer set: distinct node ids of the cluster (default: every set).
     #[serde(default)]
+    #[schema(max_items = 64)]
     signer_set: Option<Vec<String>>,
+    /// Presignatures to generate beyond the target, 1 to 1000.
+    #[serde(deserialize_with = "super::error::json_int::i64")]
+    #[schema(minimum = 1, maximum = 1000)]
     count: i64,
 }
 
 /// One pool line: counts of this node's database plus in-flight generation.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PoolStatus {
+    /// The ECDSA key.
     key_id: String,
+    /// The signer set (sorted node ids).
     signer_set: Vec<String>,
+    /// Ready to use.
     available: i64,
+    /// Reserved by a signing in progress.
     reserved: i64,
+    /// Used (each at most once).
     consumed: i64,
+    /// Thrown away (e.g. after a restore).
     discarded: i64,
+    /// Being generated now.
     generating: usize,
+    /// Stored in the last 10 minutes.
     generated_last_10min: i64,
+    /// Stored per minute over the last 10 minutes.
     generation_rate_per_min: f64,
 }
 
@@ -83,28 +99,85 @@ pub async fn pool_status(node: &TxCtx) -> Result<Vec<PoolStatus>, crate::store::
     Ok(out)
 }
 
+/// Answer of `GET /api/v1/presignatures/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresignStatus {
+    /// This node's id.
+    node_id: String,
+    /// `[presign] enabled`.
+    enabled: bool,
+    /// `[presign] target`: kept per key, signer set and path.
+    target: usize,
+    /// `[presign] low_watermark`: refill below this.
+    low_watermark: usize,
+    /// `[presign] max_concurrent`: generation sessions at once, cluster-wide.
+    max_concurrent: usize,
+    /// The restore watermark was checked since start.
+    restore_checked: bool,
+    /// Per key and signer set.
+    pools: Vec<PoolStatus>,
+}
+
 /// `GET /api/v1/presignatures/status` (operator, auditor): this node's pools.
+#[utoipa::path(
+    get,
+    path = "/api/v1/presignatures/status",
+    tag = "presignatures",
+    operation_id = "presignature_status",
+    summary = "This node's presignature pools",
+    responses((status = 200, description = "Pools", body = PresignStatus)),
+    extensions(("x-roles" = json!(["admin", "operator", "auditor"])))
+)]
 pub async fn status(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PresignStatus>, ApiError> {
     p.require(&[Role::Operator, Role::Auditor])?;
     let node = &s.node;
     let pools = pool_status(node).await?;
     let cfg = &node.cfg.presign;
-    Ok(Json(json!({
-        "node_id": node.cfg.node_id,
-        "enabled": cfg.enabled,
-        "target": cfg.target,
-        "low_watermark": cfg.low_watermark,
-        "max_concurrent": cfg.max_concurrent,
-        "restore_checked": node.presign.restore_checked(),
-        "pools": pools,
-    })))
+    Ok(Json(PresignStatus {
+        node_id: node.cfg.node_id.clone(),
+        enabled: cfg.enabled,
+        target: cfg.target,
+        low_watermark: cfg.low_watermark,
+        max_concurrent: cfg.max_concurrent,
+        restore_checked: node.presign.restore_checked(),
+        pools,
+    }))
+}
+
+/// Answer of `POST /api/v1/presignatures/generate`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GenerateRequested {
+    /// Presignatures asked for, per matching key and signer set.
+    requested: usize,
+    /// The key asked for, if one.
+    key_id: Option<String>,
+    /// Peers the request was relayed to.
+    relayed_to: Vec<String>,
 }
 
 /// `POST /api/v1/presignatures/generate` (admin): asks every node to generate `count`
 /// presignatures beyond the target for each matching (key, signer set) it leads; 202.
+#[utoipa::path(
+    post,
+    path = "/api/v1/presignatures/generate",
+    tag = "presignatures",
+    operation_id = "generate_presignatures",
+    summary = "Generate presignatures beyond the target",
+    description = "Relayed to every connected peer; each node generates for the sets it \
+        leads. Audited (`presign.generate`).",
+    request_body = Generate,
+    responses(
+        (status = 202, description = "Requested", body = GenerateRequested),
+        (status = 400, description = "`count_out_of_range`, `unknown_key`, \
+            `invalid_signer_set`", body = ErrorBody),
+        (status = 409, description = "`presign_disabled`: the pool is disabled on this node",
+         body = ErrorBody),
+    ),
+    extensions(("x-roles" = json!(["admin"])))
+)]
 pub async fn generate(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -183,7 +256,11 @@ pub async fn generate(
     node.presign.request(body.key_id.clone(), set, count);
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "requested": count, "key_id": body.key_id, "relayed_to": relayed })),
+        Json(GenerateRequested {
+            requested: count,
+            key_id: body.key_id,
+            relayed_to: relayed,
+        }),
     )
         .into_response())
 }

@@ -58,7 +58,7 @@ impl AuditEntry {
 }
 
 /// A stored record. Its JSON form (API, export bundles) has the hashes in hex.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRecord {
     /// Position in the chain, from 1.
@@ -74,12 +74,15 @@ pub struct AuditRecord {
     /// Subject.
     pub subject: Option<String>,
     /// Details.
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
     /// Hash of the previous record.
     #[serde(with = "checkpoint::hex_array")]
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub prev_hash: [u8; 32],
     /// This record's hash.
     #[serde(with = "checkpoint::hex_array")]
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub hash: [u8; 32],
 }
 

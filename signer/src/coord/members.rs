@@ -8,7 +8,7 @@ use etcd_client::{Client, ConnectOptions};
 use serde::Serialize;
 
 /// One etcd member as this node last saw it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct MemberHealth {
     /// Client URL.
     pub endpoint: String,

@@ -17,11 +17,12 @@ use crate::store::dkg::ShareRow;
 use wallet::WalletKey;
 
 /// One key in `GET /api/v1/keys`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     /// Key id (the ceremony id).
     pub key_id: String,
     /// `ecdsa` or `taproot`.
+    #[schema(value_type = String, example = "ecdsa")]
     pub key_type: &'static str,
     /// Threshold.
     pub t: i32,
@@ -146,7 +147,7 @@ pub const MAX_ADDRESS_COUNT: u32 = 1000;
 pub const MAX_CHILD_INDEX: u32 = (1 << 31) - 1;
 
 /// Address chain: BIP-44 style `0` (receive) or `1` (change) below the key's xpub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Chain {
     /// External chain, `/0/*`.
@@ -223,7 +224,7 @@ pub struct Descriptors {
 }
 
 /// One derived address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DerivedAddress {
     /// Child index on the chain.
     pub index: u32,

@@ -51,7 +51,8 @@ pub struct PrimePool {
 }
 
 /// What `GET /api/v1/aux-info/status` shows about the pool.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = PrimePoolStatus)]
 pub struct PoolStatus {
     /// Configured target.
     pub target: usize,

@@ -28,7 +28,7 @@ pub struct Endorsement {
 }
 
 /// One human approval of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApprovalRow {
     /// The approver's registered name.
     pub approver: String,

@@ -13,7 +13,7 @@ use super::{Store, StoreError};
 pub const TOKEN_REVOKED_CHANNEL: &str = "token_revoked";
 
 /// A stored token (without its secret).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TokenRow {
     /// Public token id (the part before the secret).
     pub id: String,

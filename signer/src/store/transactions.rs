@@ -23,7 +23,7 @@ pub const STATES: &[&str] = &[
 ];
 
 /// A stored transaction.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TransactionRow {
     /// Id.
     pub id: Uuid,

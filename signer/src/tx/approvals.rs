@@ -40,7 +40,7 @@ pub const VIOLATION_FORGED_APPROVAL: &str = "forged_approval";
 pub const VIOLATION_BAD_ENDORSEMENT: &str = "bad_endorsement";
 
 /// An approver and the nodes whose valid endorsements this node holds.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RegisteredApprover {
     /// Name.
     pub approver: String,
