@@ -194,8 +194,10 @@ pub async fn create(config: &Path, out: &Path) -> anyhow::Result<()> {
     writeln!(file, "{}", serde_json::to_string(&manifest)?)?;
     file.write_all(&bytes)?;
     file.as_file_mut().sync_all()?;
-    file.persist(out)
-        .with_context(|| format!("writing {}", out.display()))?;
+    // No overwrite even of a file created while the dump ran (new_file checked
+    // before it started).
+    file.persist_noclobber(out)
+        .with_context(|| format!("writing {} (not overwriting a backup)", out.display()))?;
     println!(
         "backup of {} ({} audit records, {} bytes of database) written to {}",
         manifest.node_id,
