@@ -12,11 +12,11 @@ use uuid::Uuid;
 
 use super::wire::{self, CheckpointNotice, CosignReply, CosignRequest, HeadReply, HeadRequest};
 use super::{lock, AuditCtx, RoundReply, REFUSED};
-use crate::audit::bundle::{PolicyVersion, POLICY_ACTION};
+use crate::audit::bundle::PolicyVersion;
 use crate::audit::checkpoint::{
     reason, Checkpoint, CoSignature, SignedHead, VoteKeys, SIGNATURE_LEN,
 };
-use crate::audit::{AuditEntry, GENESIS_HASH};
+use crate::audit::GENESIS_HASH;
 use crate::p2p::MessageKind;
 
 /// How long a proposer waits for heads, then for co-signatures.
@@ -395,25 +395,10 @@ pub async fn record_policy_version(ctx: &AuditCtx) -> Result<bool, String> {
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let version = PolicyVersion::of_text(&text);
-    let last = ctx
-        .store
-        .last_policy_version()
-        .await
-        .map_err(|e| e.to_string())?;
-    if last.is_some_and(|l| l.text_sha256 == version.text_sha256) {
-        return Ok(false);
-    }
-    let details = serde_json::to_value(&version).map_err(|e| e.to_string())?;
     ctx.store
-        .audit(
-            &ctx.cfg.node_id,
-            AuditEntry::new("node", POLICY_ACTION)
-                .subject(path.display().to_string())
-                .details(details),
-        )
+        .record_policy_version(&ctx.cfg.node_id, &path.display().to_string(), &version)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(true)
+        .map_err(|e| e.to_string())
 }
 
 /// Whether this node should propose the periodic checkpoint now: the etcd leader

@@ -267,6 +267,45 @@ impl Store {
         Ok(row.and_then(|(d,)| serde_json::from_value(d).ok()))
     }
 
+    /// Appends `version` as a `policy.version` record of node `node_id` (file
+    /// `subject`) unless it is already the last one recorded; true if appended. The
+    /// check and the append hold the audit chain's lock, so concurrent callers (the
+    /// periodic recorder, votes) record one version once.
+    pub async fn record_policy_version(
+        &self,
+        node_id: &str,
+        subject: &str,
+        version: &PolicyVersion,
+    ) -> Result<bool, StoreError> {
+        let details = serde_json::to_value(version)
+            .map_err(|e| StoreError::Corrupt(format!("policy version: {e}")))?;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        let last: Option<(serde_json::Value,)> = sqlx::query_as(
+            "SELECT details FROM audit_log WHERE action = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(POLICY_ACTION)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let last: Option<PolicyVersion> = last.and_then(|(d,)| serde_json::from_value(d).ok());
+        if last.is_some_and(|l| l.text_sha256 == version.text_sha256) {
+            return Ok(false);
+        }
+        append_audit(
+            &mut tx,
+            node_id,
+            AuditEntry::new("node", POLICY_ACTION)
+                .subject(subject.to_owned())
+                .details(details),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// `tx.signed` records after `after_seq` (at most 1000): their sequence numbers
     /// and whether node `leader` led the transaction.
     pub async fn signed_transactions_since(

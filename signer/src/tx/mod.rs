@@ -237,6 +237,9 @@ pub struct Registry {
     /// Wallet keys by key id, kept so their script lookup tables (thousands of
     /// derivations) are built once per key, not per request.
     wallet_keys: Mutex<HashMap<String, WalletKey>>,
+    /// SHA-256 of the policy file text this process last saw recorded as a
+    /// `policy.version` audit record (only this node writes its log).
+    policy_recorded: Mutex<Option<Vec<u8>>>,
 }
 
 impl Default for Registry {
@@ -251,11 +254,29 @@ impl Default for Registry {
             intake_lock: tokio::sync::Mutex::default(),
             velocity_locks: Mutex::default(),
             wallet_keys: Mutex::default(),
+            policy_recorded: Mutex::default(),
         }
     }
 }
 
 impl Registry {
+    /// Whether the policy text of SHA-256 `sha` is known to be recorded.
+    fn policy_recorded(&self, sha: &[u8]) -> bool {
+        self.policy_recorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_deref()
+            == Some(sha)
+    }
+
+    /// Notes that the policy text of SHA-256 `sha` is recorded.
+    fn note_policy_recorded(&self, sha: Vec<u8>) {
+        *self
+            .policy_recorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(sha);
+    }
+
     /// The wallet key of `key_id` (cached while its xpub, kind and network stay).
     fn wallet_key(
         &self,

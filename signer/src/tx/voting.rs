@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use super::wire::Proposal;
@@ -141,6 +142,14 @@ pub async fn decide_again(node: &TxCtx, id: Uuid, p: &Pending) -> Option<policy:
 
 /// The configured policy, if any (read at each evaluation).
 pub async fn load_policy(node: &TxCtx) -> Result<Option<policy::Policy>, String> {
+    match read_policy_file(node).await? {
+        None => Ok(None),
+        Some((path, text)) => parse_policy(&path, &text),
+    }
+}
+
+/// The policy file's path and text (`None`: no policy file configured).
+async fn read_policy_file(node: &TxCtx) -> Result<Option<(String, String)>, String> {
     let Some(path) = node.cfg.policy.file.clone() else {
         return Ok(None);
     };
@@ -154,9 +163,40 @@ pub async fn load_policy(node: &TxCtx) -> Result<Option<policy::Policy>, String>
     let text = tokio::fs::read_to_string(&path)
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    policy::Policy::from_toml_str(&text, &path.display().to_string())
+    Ok(Some((path.display().to_string(), text)))
+}
+
+fn parse_policy(path: &str, text: &str) -> Result<Option<policy::Policy>, String> {
+    policy::Policy::from_toml_str(text, path)
         .map(Some)
         .map_err(|e| e.to_string())
+}
+
+/// [`load_policy`] for a vote: the file's version is in this node's audit log (a
+/// `policy.version` record) before the policy decides, so the policy hash of every
+/// vote has its text on record, however soon the file is replaced. A version that
+/// cannot be recorded is an error: no vote is cast.
+async fn load_policy_recorded(
+    node: &TxCtx,
+) -> Result<Result<Option<policy::Policy>, String>, StoreError> {
+    let (path, text) = match read_policy_file(node).await {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(Ok(None)),
+        Err(e) => return Ok(Err(e)),
+    };
+    let sha = Sha256::digest(text.as_bytes()).to_vec();
+    if !node.tx.policy_recorded(&sha) {
+        let version = crate::audit::bundle::PolicyVersion::of_text(&text);
+        if node
+            .store
+            .record_policy_version(&node.cfg.node_id, &path, &version)
+            .await?
+        {
+            tracing::info!(policy = %path, "policy version recorded in the audit log before voting");
+        }
+        node.tx.note_policy_recorded(sha);
+    }
+    Ok(parse_policy(&path, &text))
 }
 
 /// Hash of a loaded policy (all zero without one).
@@ -279,7 +319,7 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
         )
         .await?;
     // One read of the policy file serves the vote subject and the decision.
-    let loaded = load_policy(node).await;
+    let loaded = load_policy_recorded(node).await?;
     let subject = VoteSubject {
         transaction_id: prop.id,
         round_no: 1,
@@ -551,7 +591,13 @@ pub async fn reconsider(node: &Arc<TxCtx>, id: Uuid) {
     if p.voted.load(Ordering::SeqCst) {
         return;
     }
-    let loaded = load_policy(node).await;
+    let loaded = match load_policy_recorded(node).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(tx = %id, error = %e, "cannot record the policy version; not voting");
+            return;
+        }
+    };
     let budget = node.tx.velocity_lock(&p.validated.key_id).await;
     let verdict = decide(node, &loaded, id, &p, p.deadline_unix).await;
     if verdict.awaiting_approval {
