@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CLUSTER_DIR ?= .cluster
 
-.PHONY: all deps build demo test test-faults test-fuzz lint fmt clean-cluster deb test-package
+.PHONY: all deps build demo test test-faults test-fuzz bench lint fmt clean-cluster deb test-package
 
 all: build
 
@@ -66,6 +66,14 @@ test-fuzz: build
 FAULT_TESTS := frozen_peers database_down etcd_quorum
 test-faults: deps build
 	$(CARGO) test -p cluster-tests $(addprefix --test ,$(FAULT_TESTS)) --no-fail-fast -- --ignored --test-threads 1
+
+## Every benchmark (custody wrap, DKG, aux info, presigning, signing latency and
+## load) on release binaries, then one table: each figure, the bare library's figure
+## from the same run and the ratio, the target, the original system's figure
+## (scripts/bench.sh; target/bench/table.md; docs/BENCHMARKS.md). Takes a while and
+## wants a quiet machine; BENCH_QUICK=1 checks the pipeline with small counts.
+bench: deps
+	CARGO=$(CARGO) bash scripts/bench.sh
 
 ## Debian package target/debian/signer_<version>_<arch>.deb: /usr/bin/signer built in
 ## release mode WITHOUT fault injection, the hardened unit, sysusers.d, tmpfiles.d, an

@@ -53,6 +53,29 @@ fn row(backend: &str, op: &str, n: usize, s: &Stats) {
         us(s.p99),
         us(s.mean)
     );
+    record(&format!("{backend}: {op}, p50"), s.p50);
+}
+
+/// Appends the p50 figure to the JSON-lines file `make bench` names in
+/// `BENCH_RESULTS` (the table's format: tests/common/bench.rs `Figure`); the names
+/// written are this file's own constants, so no JSON escaping is needed.
+fn record(what: &str, d: Duration) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os("BENCH_RESULTS") else {
+        return;
+    };
+    let line = format!(
+        "{{\"bench\":\"wrap-latency\",\"what\":\"{what}\",\"value\":{:.1},\"unit\":\"µs\"}}\n",
+        d.as_secs_f64() * 1e6
+    );
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("cannot record the figure: {e}");
+    }
 }
 
 fn bench_backend(name: &str, w: &dyn KeyWrapper, n: usize) {

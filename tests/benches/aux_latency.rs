@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use cluster_tests::bench::Figure;
 use cluster_tests::Cluster;
 use serde_json::json;
 use signer_protocol::ecdsa::{self, EcdsaAuxMsg, PrimeSet};
@@ -158,5 +159,13 @@ async fn bench(nodes: u16) -> anyhow::Result<()> {
         "| ratio cluster / library (mean of the two library runs) | {:.2} |",
         cluster.as_secs_f64() / lib_mean.as_secs_f64()
     );
+    Figure::new(
+        "aux-latency",
+        format!("aux info, {nodes} nodes, end to end"),
+        cluster.as_secs_f64(),
+        "s",
+    )
+    .lib(lib_mean.as_secs_f64())
+    .record()?;
     Ok(())
 }

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use cluster_tests::bench::{ms, pct};
+use cluster_tests::bench::{ms, pct, Figure};
 use cluster_tests::Cluster;
 use serde_json::{json, Value};
 use signer_protocol::ecdsa::{self, EcdsaKeygenMsg};
@@ -435,6 +435,16 @@ async fn bench(a: Args) -> anyhow::Result<()> {
             "| {protocol} | **ratio end to end / library (channels), medians** | | **{:.1}×** | |",
             pct(&e2e, 0.5) / lib_med
         ));
+        Figure::new(
+            "dkg-latency",
+            format!("DKG {protocol} {}-of-{} end to end, median", a.t, a.nodes),
+            pct(&e2e, 0.5),
+            "ms",
+        )
+        .lib(lib_med)
+        .target("<= 100 (issue 5)")
+        .seed("#73: not measured (needed a DKG)")
+        .record()?;
         for (what, v) in &stages {
             stage_table.push(format!(
                 "| {protocol} | {what} | {} | {:.1} ms | {:.1} ms |",

@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_tests::bench::{presignatures_available, presignatures_consumed};
+use cluster_tests::bench::{presignatures_available, presignatures_consumed, Figure};
 use cluster_tests::wallet::{aux_info, first_address, import, submit_payment};
 use cluster_tests::{funding, Cluster};
 use serde_json::json;
@@ -313,6 +313,15 @@ async fn bench(count: usize, payments: usize) -> anyhow::Result<()> {
         "| ratio cluster rate / library rate | {:.2} |",
         lib.presign.as_secs_f64() / cluster_each.as_secs_f64()
     );
+    Figure::new(
+        "presign-rate",
+        "presignatures/s, one signer set, on request",
+        1.0 / cluster_each.as_secs_f64(),
+        "presig/s",
+    )
+    .lib(1.0 / lib.presign.as_secs_f64())
+    .target(">= 0.9 x library (issue 7)")
+    .record()?;
     println!(
         "| library sign from presignature (2 partials + combine + verify) | {:.2} ms |",
         lib.from_presig.as_secs_f64() * 1e3

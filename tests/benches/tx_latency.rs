@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::consensus::encode;
 use bitcoin::{Address, Amount, OutPoint, Transaction, TxIn, TxOut};
-use cluster_tests::bench::{ms, pct, presignatures_available, presignatures_consumed};
+use cluster_tests::bench::{ms, pct, presignatures_available, presignatures_consumed, Figure};
 use cluster_tests::Cluster;
 use serde_json::{json, Value};
 use signer_protocol::ecdsa::{self, EcdsaAuxMsg, EcdsaKeygenMsg, EcdsaSignMsg, PrimeSet};
@@ -34,11 +34,15 @@ use signer_protocol::frost::{self, FrostKeygenMsg, FrostSignMsg};
 use signer_protocol::local::local_network;
 use signer_protocol::{channel_party, ExecutionId, ProtocolKind, SighashMessage};
 
+/// Name of this benchmark in `make bench`'s table.
+const BENCH: &str = "tx-latency";
+
 struct Args {
     runs: usize,
     nodes: u16,
     t: u16,
-    concurrent: usize,
+    concurrent: Vec<usize>,
+    utxos: usize,
     ecdsa_runs: usize,
     logs: Option<std::path::PathBuf>,
 }
@@ -48,7 +52,8 @@ fn parse_args() -> anyhow::Result<Args> {
         runs: 20,
         nodes: 5,
         t: 3,
-        concurrent: 100,
+        concurrent: vec![100],
+        utxos: 0,
         ecdsa_runs: 3,
         logs: None,
     };
@@ -64,7 +69,17 @@ fn parse_args() -> anyhow::Result<Args> {
             "--runs" => a.runs = num()?.max(1),
             "--nodes" => a.nodes = u16::try_from(num()?)?,
             "--t" => a.t = u16::try_from(num()?)?,
-            "--concurrent" => a.concurrent = num()?.max(1),
+            "--concurrent" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--concurrent needs a value"))?;
+                a.concurrent = v
+                    .split(',')
+                    .map(|n| n.parse::<usize>().map(|n| n.max(1)))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| anyhow::anyhow!("--concurrent {v}: {e}"))?;
+            }
+            "--utxos" => a.utxos = num()?,
             "--ecdsa-runs" => a.ecdsa_runs = num()?,
             "--logs" => {
                 a.logs = Some(
@@ -75,8 +90,8 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--help" | "-h" => {
                 println!(
-                    "tx-latency [--runs N] [--nodes N] [--t T] [--concurrent N] [--ecdsa-runs N] \
-                     [--logs DIR (copy the node logs there; set RUST_LOG for more)]"
+                    "tx-latency [--runs N] [--nodes N] [--t T] [--concurrent N[,N..]] [--utxos N] \
+                     [--ecdsa-runs N] [--logs DIR (copy the node logs there; set RUST_LOG for more)]"
                 );
                 std::process::exit(0);
             }
@@ -212,6 +227,41 @@ fn cpu_ticks(c: &Cluster, n: usize) -> Option<(u64, u64)> {
         nodes += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     }
     Some((busy, nodes))
+}
+
+/// Per-node resident memory, PostgreSQL connections (the seed's #76 and #77) after
+/// the load, once the nodes are idle again.
+async fn resources(c: &Cluster, n: usize) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss: Vec<f64> = (0..n).map(|i| c.node_rss_kib(i) as f64 / 1024.0).collect();
+    let max = rss.iter().copied().fold(0.0, f64::max);
+    println!("idle RSS per node after the load (MiB): {rss:.1?}");
+    Figure::new(
+        BENCH,
+        "idle RSS per node after the load (largest)",
+        max,
+        "MiB",
+    )
+    .target("<= 50")
+    .seed("#76: ~7.5 MiB per node (no keys, no pool)")
+    .record()?;
+    let db = c.db(0).await;
+    let (conns,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&db)
+    .await?;
+    db.close().await;
+    Figure::new(
+        BENCH,
+        "node-1 database connections, idle after the load",
+        conns as f64,
+        "conns",
+    )
+    .seed("#77: 12 connections (1 active, 11 idle)")
+    .record()?;
+    Ok(())
 }
 
 fn rand_u32() -> u32 {
@@ -455,42 +505,103 @@ async fn bench(a: Args) -> anyhow::Result<()> {
             pct(&times, 0.5),
             pct(&times, 0.99)
         );
-    }
-
-    fund(&c, &frost_key, a.concurrent, 10_000).await?;
-    let cpu_before = cpu_ticks(&c, n);
-    let start = Instant::now();
-    let ids =
-        futures::future::try_join_all((0..a.concurrent).map(|_| submit(&c, &frost_key))).await?;
-    let intake = start.elapsed();
-    signed(&db, &ids).await?;
-    let all = start.elapsed();
-    let cpu_after = cpu_ticks(&c, n);
-    println!();
-    println!(
-        "concurrent: {} taproot payments: intake {:.1} tx/s ({:.0} ms to the last 202), \
-         {:.1} signatures/s ({:.0} ms to the last signed)",
-        a.concurrent,
-        a.concurrent as f64 / intake.as_secs_f64(),
-        ms(intake),
-        a.concurrent as f64 / all.as_secs_f64(),
-        ms(all)
-    );
-
-    if let (Some(b), Some(e)) = (cpu_before, cpu_after) {
-        let per_tx = |ticks: u64| ticks as f64 * 1000.0 / CLK_TCK / a.concurrent as f64;
-        println!(
-            "cpu per transaction (whole host, all {} nodes): {:.1} ms busy, of which signer \
-             processes {:.1} ms, the rest (PostgreSQL, etcd, this client) {:.1} ms",
-            a.nodes,
-            per_tx(e.0.saturating_sub(b.0)),
-            per_tx(e.1.saturating_sub(b.1)),
-            per_tx(
-                e.0.saturating_sub(b.0)
-                    .saturating_sub(e.1.saturating_sub(b.1))
+        let seed = "#74: not measured (needed a DKG)";
+        for (q, name, target) in [(0.5, "p50", "<= 15"), (0.99, "p99", "<= 50")] {
+            let mut f = Figure::new(
+                BENCH,
+                format!("{label} submit→signed {name}, idle cluster"),
+                pct(&times, q),
+                "ms",
             )
-        );
+            .seed(seed);
+            if !label.contains("full signing") {
+                f = f.target(target);
+            }
+            f.record()?;
+        }
     }
+
+    if a.utxos > 0 {
+        // Coins that stay unspent: the backlog of UTXOs every selection sees.
+        fund(&c, &frost_key, a.utxos, 20_000).await?;
+    }
+    let mut rates = Vec::new();
+    for &batch in &a.concurrent {
+        fund(&c, &frost_key, batch, 10_000).await?;
+        let cpu_before = cpu_ticks(&c, n);
+        let start = Instant::now();
+        let ids = futures::future::try_join_all((0..batch).map(|_| submit(&c, &frost_key))).await?;
+        let intake = start.elapsed();
+        signed(&db, &ids).await?;
+        let all = start.elapsed();
+        let cpu_after = cpu_ticks(&c, n);
+        let intake_rate = batch as f64 / intake.as_secs_f64();
+        let sign_rate = batch as f64 / all.as_secs_f64();
+        rates.push((batch, sign_rate));
+        println!();
+        println!(
+            "concurrent: {batch} taproot payments ({} idle UTXOs beside them): intake {intake_rate:.1} \
+             tx/s ({:.0} ms to the last 202), {sign_rate:.1} signatures/s ({:.0} ms to the last signed)",
+            a.utxos,
+            ms(intake),
+            ms(all)
+        );
+        Figure::new(
+            BENCH,
+            format!("intake, {batch} taproot payments at once"),
+            intake_rate,
+            "tx/s",
+        )
+        .target(">= 200")
+        .seed("#71: 61.7 tx/s (no validation, voting or signing)")
+        .record()?;
+        Figure::new(
+            BENCH,
+            format!(
+                "taproot signatures/s, {batch} payments at once, {} idle UTXOs",
+                a.utxos
+            ),
+            sign_rate,
+            "sig/s",
+        )
+        .target(">= 100")
+        .seed("#72: not measured (needed a DKG)")
+        .record()?;
+        if let (Some(b), Some(e)) = (cpu_before, cpu_after) {
+            let per_tx = |ticks: u64| ticks as f64 * 1000.0 / CLK_TCK / batch as f64;
+            let host = per_tx(e.0.saturating_sub(b.0));
+            let nodes = per_tx(e.1.saturating_sub(b.1));
+            println!(
+                "cpu per transaction (whole host, all {} nodes): {host:.1} ms busy, of which signer \
+                 processes {nodes:.1} ms, the rest (PostgreSQL, etcd, this client) {:.1} ms",
+                a.nodes,
+                host - nodes
+            );
+            Figure::new(
+                BENCH,
+                format!("host CPU per taproot payment, batch of {batch}"),
+                host,
+                "ms",
+            )
+            .target("<= 20")
+            .seed("#75: 0.00 % per node, idle only")
+            .record()?;
+        }
+    }
+    if let (Some(&(small, r0)), Some(&(large, r1))) = (rates.first(), rates.last()) {
+        if large > small {
+            Figure::new(
+                BENCH,
+                format!("signature rate, batch of {large} / batch of {small}"),
+                r1 / r0,
+                "ratio",
+            )
+            .target(">= 0.9")
+            .record()?;
+        }
+    }
+    db.close().await;
+    resources(&c, n).await?;
     if let Some(dir) = &a.logs {
         std::fs::create_dir_all(dir)?;
         for i in 0..n {
@@ -502,6 +613,13 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         "library: FROST sign {}-of-{} in process: p50 {f50:.2} ms, p99 {f99:.2} ms",
         a.t, a.nodes
     );
+    Figure::new(
+        BENCH,
+        format!("library FROST sign {}-of-{} p50", a.t, a.nodes),
+        f50,
+        "ms",
+    )
+    .record()?;
     if a.ecdsa_runs > 0 {
         let e50 = library_ecdsa(a.nodes, a.t, a.ecdsa_runs).await?;
         println!(

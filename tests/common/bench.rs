@@ -86,3 +86,76 @@ pub fn fixture_primes(i: u16) -> anyhow::Result<signer_protocol::ecdsa::PrimeSet
         &std::fs::read_to_string(path)?,
     )?)
 }
+
+/// Environment variable naming the JSON-lines file `make bench` collects figures in
+/// (`scripts/bench.sh`); without it a benchmark only prints its own tables.
+pub const RESULTS_ENV: &str = "BENCH_RESULTS";
+
+/// One figure of a benchmark run, as `make bench` tabulates it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Figure {
+    /// Benchmark binary that measured it (`tx-latency`, …).
+    pub bench: String,
+    /// What was measured, with its conditions (`taproot submit→signed p50, idle`).
+    pub what: String,
+    /// The measured value.
+    pub value: f64,
+    /// Unit of `value` and `lib` (`ms`, `tx/s`, `MiB`, …).
+    pub unit: String,
+    /// The bare library's figure for the same work, measured in the same run.
+    #[serde(default)]
+    pub lib: Option<f64>,
+    /// The target (issue 21 or the issue that set it), as text (`<= 15`).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// The original system's figure for the seed's performance test, if it has one.
+    #[serde(default)]
+    pub seed: Option<String>,
+}
+
+impl Figure {
+    /// Figure `what` of benchmark `bench`.
+    pub fn new(bench: &str, what: impl Into<String>, value: f64, unit: &str) -> Figure {
+        Figure {
+            bench: bench.to_owned(),
+            what: what.into(),
+            value,
+            unit: unit.to_owned(),
+            lib: None,
+            target: None,
+            seed: None,
+        }
+    }
+
+    /// With the bare library's figure from the same run.
+    pub fn lib(mut self, lib: f64) -> Figure {
+        self.lib = Some(lib);
+        self
+    }
+
+    /// With a target.
+    pub fn target(mut self, target: &str) -> Figure {
+        self.target = Some(target.to_owned());
+        self
+    }
+
+    /// With the original system's figure (seed test number and value).
+    pub fn seed(mut self, seed: &str) -> Figure {
+        self.seed = Some(seed.to_owned());
+        self
+    }
+
+    /// Appends the figure to the [`RESULTS_ENV`] file, if one is named.
+    pub fn record(&self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let Some(path) = std::env::var_os(RESULTS_ENV) else {
+            return Ok(());
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{}", serde_json::to_string(self)?)?;
+        Ok(())
+    }
+}
