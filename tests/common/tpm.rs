@@ -95,6 +95,28 @@ pub async fn anchor_watermark_in_tpm(c: &crate::Cluster, i: usize, tpm: &Swtpm) 
         text.contains("presignature watermark anchor: tpm counter 0x01800100"),
         "{text}"
     );
+    // `hsm check --json` reports the anchor as one of its steps.
+    let (ok, json) = crate::signer_with_config(&["hsm", "check", "--json"], &path, &[]);
+    assert!(ok, "signer hsm check --json: {json}");
+    // stdout (the JSON document) then stderr.
+    let end = json.rfind("\n}").map_or(json.len(), |e| e + 2);
+    let v: serde_json::Value = serde_json::from_str(&json[..end])
+        .unwrap_or_else(|e| panic!("hsm check --json: {e}: {json}"));
+    assert_eq!(v["ok"], true, "{v}");
+    let step = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "presignature watermark anchor")
+        .unwrap_or_else(|| panic!("no anchor step: {v}"));
+    assert_eq!(step["ok"], true, "{step}");
+    assert!(
+        step["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("tpm counter 0x01800100 at "),
+        "{step}"
+    );
     c.kill_node(i);
     c.restart_node(i);
 }

@@ -174,8 +174,16 @@ pub fn hsm(cmd: HsmCmd) -> anyhow::Result<()> {
         }
         HsmCmd::Check { json, .. } => {
             let report = hsm::custody::check(&hsm_cfg);
+            // The presignature watermark's TPM anchor, when one is configured (checked
+            // after custody: it may open the same TPM).
+            let anchor = if report.is_ok() {
+                anchor_check(&cfg)
+            } else {
+                None
+            };
+            let ok = report.is_ok() && !matches!(anchor, Some(Err(_)));
             if json {
-                let steps: Vec<_> = report
+                let mut steps: Vec<_> = report
                     .steps
                     .iter()
                     .map(|s| {
@@ -184,21 +192,29 @@ pub fn hsm(cmd: HsmCmd) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
+                if let Some(a) = &anchor {
+                    let (ok, detail, code) = match a {
+                        Ok(d) => (true, d.as_str(), None),
+                        Err(e) => (false, e.as_str(), Some("presign_anchor")),
+                    };
+                    steps.push(serde_json::json!({
+                        "name": "presignature watermark anchor", "ok": ok, "detail": detail,
+                        "code": code,
+                    }));
+                }
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "ok": report.is_ok(), "steps": steps })
-                    )?
+                    serde_json::to_string_pretty(&serde_json::json!({ "ok": ok, "steps": steps }))?
                 );
-                anyhow::ensure!(report.is_ok(), "custody check failed");
+                anyhow::ensure!(ok, "custody check failed");
                 return Ok(());
             }
             println!("{report}");
             anyhow::ensure!(report.is_ok(), "custody check failed");
-            if let Some(a) =
-                crate::presign::anchor::TpmAnchor::open(&cfg, false).map_err(anyhow::Error::msg)?
-            {
-                println!("{}", anchor_line(&a)?);
+            match anchor {
+                Some(Ok(detail)) => println!("[ok] presignature watermark anchor: {detail}"),
+                Some(Err(e)) => anyhow::bail!("presignature watermark anchor: {e}"),
+                None => {}
             }
             Ok(())
         }
@@ -208,10 +224,27 @@ pub fn hsm(cmd: HsmCmd) -> anyhow::Result<()> {
 
 /// What `hsm init`/`check` print about the presignature watermark's TPM counter.
 fn anchor_line(a: &crate::presign::anchor::TpmAnchor) -> anyhow::Result<String> {
-    let value = a.read().map_err(anyhow::Error::msg)?;
     Ok(format!(
-        "[ok] presignature watermark anchor: tpm counter {:#010x} at {}",
+        "[ok] presignature watermark anchor: {}",
+        anchor_detail(a).map_err(anyhow::Error::msg)?
+    ))
+}
+
+/// The anchor's index and value (`tpm counter 0x… at N`).
+fn anchor_detail(a: &crate::presign::anchor::TpmAnchor) -> Result<String, String> {
+    let value = a.read()?;
+    Ok(format!(
+        "tpm counter {:#010x} at {}",
         a.index(),
         value.map_or_else(|| "0 (never incremented)".to_owned(), |v| v.to_string())
     ))
+}
+
+/// The configured anchor's detail or why it cannot be read; `None` without one.
+fn anchor_check(cfg: &crate::config::NodeConfig) -> Option<Result<String, String>> {
+    match crate::presign::anchor::TpmAnchor::open(cfg, false) {
+        Ok(Some(a)) => Some(anchor_detail(&a)),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    }
 }
