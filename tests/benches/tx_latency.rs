@@ -173,34 +173,46 @@ fn other_address() -> Address {
 
 /// Imports a made-up funding transaction with `count` outputs of `value` to the key's
 /// first address.
+/// Imports `count` UTXOs of `value` sats for `key_id`, in funding transactions of
+/// at most [`OUTPUTS_PER_FUNDING`] outputs each (every payment carries its input's
+/// whole funding transaction to the peers for BIP-143 amount proofs, so one huge
+/// funding transaction would make every payment large: not what is measured here).
 async fn fund(c: &Cluster, key_id: &str, count: usize, value: u64) -> anyhow::Result<()> {
     let e = c.key_entry(0, key_id).await;
     let addr = Address::from_str(e["first_address"].as_str().unwrap_or_default())?
         .require_network(bitcoin::Network::Regtest)?;
-    let tx = Transaction {
-        version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::from_consensus(rand_u32()),
-        input: vec![TxIn {
-            previous_output: OutPoint::new(bitcoin::Txid::from_str(&"22".repeat(32))?, 0),
-            ..TxIn::default()
-        }],
-        output: (0..count)
-            .map(|_| TxOut {
-                value: Amount::from_sat(value),
-                script_pubkey: addr.script_pubkey(),
-            })
-            .collect(),
-    };
-    let (s, v) = post(
-        c,
-        0,
-        "/api/v1/utxos",
-        &json!({ "raw_tx": encode::serialize_hex(&tx) }),
-    )
-    .await?;
-    anyhow::ensure!(s == 200, "utxo import: {s} {v}");
+    let mut left = count;
+    while left > 0 {
+        let outputs = left.min(OUTPUTS_PER_FUNDING);
+        left -= outputs;
+        let tx = Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::from_consensus(rand_u32()),
+            input: vec![TxIn {
+                previous_output: OutPoint::new(bitcoin::Txid::from_str(&"22".repeat(32))?, 0),
+                ..TxIn::default()
+            }],
+            output: (0..outputs)
+                .map(|_| TxOut {
+                    value: Amount::from_sat(value),
+                    script_pubkey: addr.script_pubkey(),
+                })
+                .collect(),
+        };
+        let (s, v) = post(
+            c,
+            0,
+            "/api/v1/utxos",
+            &json!({ "raw_tx": encode::serialize_hex(&tx) }),
+        )
+        .await?;
+        anyhow::ensure!(s == 200, "utxo import: {s} {v}");
+    }
     Ok(())
 }
+
+/// Outputs per funding transaction [`fund`] imports.
+const OUTPUTS_PER_FUNDING: usize = 100;
 
 /// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on Linux).
 const CLK_TCK: f64 = 100.0;
@@ -522,8 +534,9 @@ async fn bench(a: Args) -> anyhow::Result<()> {
     }
 
     if a.utxos > 0 {
-        // Coins that stay unspent: the backlog of UTXOs every selection sees.
-        fund(&c, &frost_key, a.utxos, 20_000).await?;
+        // Coins that stay unspent: the backlog of UTXOs every selection sees (smaller
+        // than the batch's coins, which the largest-first selection picks).
+        fund(&c, &frost_key, a.utxos, 3_000).await?;
     }
     let mut rates = Vec::new();
     for &batch in &a.concurrent {
