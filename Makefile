@@ -61,7 +61,7 @@ test-fuzz: build
 
 ## The fault suite (issue 17): real nodes under failures — peers frozen (SIGSTOP),
 ## PostgreSQL killed and restarted under running nodes, one of three etcd members
-## killed (known flaky, see SECURITY.md). Ignored tests, kept out of `make test` for
+## killed and restarted. Ignored tests, kept out of `make test` for
 ## its time budget; run before resolving fault work.
 FAULT_TESTS := frozen_peers database_down etcd_quorum
 test-faults: deps build

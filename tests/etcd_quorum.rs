@@ -107,8 +107,7 @@ async fn ceremony(c: &Cluster) -> Result<String, Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: right after one of three etcd members dies, a ceremony can fail \
-            (barrier or lease grant timed out); run with --ignored while it is fixed (issue 17)"]
+#[ignore = "fault suite (make test-faults): etcd members killed and restarted"]
 async fn one_etcd_member_down_changes_nothing_two_down_fail_closed_and_recover() {
     let c = Cluster::start_with(3, 2, &["--etcd-members", "3"]);
     c.wait_ready(3).await;
@@ -162,23 +161,22 @@ async fn one_etcd_member_down_changes_nothing_two_down_fail_closed_and_recover()
         },
     )
     .await;
-    // A ceremony started right after a member died can fail once at its etcd
-    // barrier (seen in CI: "barrier timed out waiting for: node-3"; cause not found
-    // yet); the failure is clean and names the absentee, and the retry completes.
-    let key = match ceremony(&c).await {
-        Ok(id) => id,
-        Err(first) => {
-            let error = first["error"].as_str().unwrap_or_default();
-            assert!(
-                error.contains("barrier timed out"),
-                "the first ceremony failed otherwise: {first}"
-            );
-            eprintln!("first ceremony after the member died failed: {first}; retrying");
-            ceremony(&c)
-                .await
-                .unwrap_or_else(|v| panic!("the retry failed too: {v}"))
+    // A ceremony started right after a member died completes: the client may still
+    // route a request to the dead member until its probe drops it, and such a
+    // request is retried on a live member (`Coord::rpc_idempotent`; before, the
+    // barrier or lease grant of this ceremony could time out).
+    let key = ceremony(&c).await.unwrap_or_else(|v| {
+        for i in 0..3 {
+            let log = std::fs::read_to_string(&c.node(i).log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- node {i} log (tail)");
+            for l in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{l}");
+            }
         }
-    };
+        panic!("the ceremony right after a member died failed: {v}")
+    });
+    assert!(!key.is_empty());
 
     // Two down: no quorum. Not ready, ceremonies refused with a stable code.
     kill_member(&c, 1);
@@ -223,6 +221,18 @@ async fn one_etcd_member_down_changes_nothing_two_down_fail_closed_and_recover()
                 }
             }
             Some(())
+        },
+    )
+    .await;
+    // Each node re-registers on its own (a new lease): the coordinator sees every
+    // node live again; until then a ceremony is refused with 409
+    // `participants_unavailable`, which is not what is tested here.
+    c.eventually(
+        "every node registered and connected again",
+        Duration::from_secs(60),
+        || async {
+            let v = c.get_ok(0, "/api/v1/cluster/status").await?;
+            (v["healthy_nodes"] == 3).then_some(())
         },
     )
     .await;

@@ -72,35 +72,28 @@ impl Coord {
         lease: &HeldLease,
         deadline: Instant,
     ) -> Result<(), CoordError> {
-        let mut c = self.client();
         let me = format!("{dir}{}", self.node_id());
         let put = self
-            .rpc(
-                "arrive at barrier",
-                c.put(
-                    me,
-                    self.node_id(),
-                    Some(PutOptions::new().with_lease(lease.id())),
-                ),
-            )
+            .rpc_idempotent("arrive at barrier", || {
+                let (mut c, me) = (self.client(), me.clone());
+                let opts = PutOptions::new().with_lease(lease.id());
+                let id = self.node_id().to_owned();
+                async move { c.put(me, id, Some(opts)).await }
+            })
             .await?;
         let arrived_at = put.header().map_or(0, |h| h.revision());
         // Who was there at our arrival, then every change after it.
         let limit = i64::try_from(MAX_LIST_ENTRIES + 1).unwrap_or(i64::MAX);
         let snapshot = self
-            .rpc(
-                "read barrier",
-                c.get(
-                    dir,
-                    Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_keys_only()
-                            .with_revision(arrived_at)
-                            .with_limit(limit),
-                    ),
-                ),
-            )
+            .rpc_idempotent("read barrier", || {
+                let (mut c, dir) = (self.client(), dir.to_owned());
+                let opts = GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_revision(arrived_at)
+                    .with_limit(limit);
+                async move { c.get(dir, Some(opts)).await }
+            })
             .await?;
         if snapshot.kvs().len() > MAX_LIST_ENTRIES {
             return Err(CoordError::TooManyEntries {

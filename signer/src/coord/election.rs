@@ -30,10 +30,23 @@ impl Coord {
             format!("election {election}"),
         )
         .await?;
-        let mut c = self.client();
-        let resp = tokio::select! {
-            r = c.campaign(name, value, lease.id()) => r.map_err(|e| CoordError::etcd("campaign", e))?,
-            () = lease.lost() => return Err(lease.lost_error()),
+        // The campaign call waits until this candidate leads. When its connection
+        // fails (the member it went to died), it is made again under the same lease:
+        // etcd keys a candidate by its lease, so the candidate keeps its place.
+        let resp = loop {
+            let mut c = self.client();
+            let r = tokio::select! {
+                r = c.campaign(name.clone(), value, lease.id()) => r,
+                () = lease.lost() => return Err(lease.lost_error()),
+            };
+            match r {
+                Ok(resp) => break resp,
+                Err(e) if super::is_transport_failure(&e) => {
+                    warn!(election, error = %e, "campaign connection failed; campaigning again");
+                    tokio::time::sleep(super::RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(CoordError::etcd("campaign", e)),
+            }
         };
         let leader = resp.leader().ok_or_else(|| CoordError::Malformed {
             key: self.keys().election(election),

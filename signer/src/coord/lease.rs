@@ -77,17 +77,24 @@ async fn refresh(
 
 /// Grants a lease, returning its id and the TTL etcd granted.
 pub(crate) async fn grant(coord: &Coord, ttl_secs: i64) -> Result<(i64, i64), CoordError> {
-    let mut c = coord.client();
     let resp = coord
-        .rpc("lease grant", c.lease_grant(ttl_secs, None))
+        .rpc_idempotent("lease grant", || {
+            let mut c = coord.client();
+            async move { c.lease_grant(ttl_secs, None).await }
+        })
         .await?;
     Ok((resp.id(), resp.ttl()))
 }
 
 /// Revokes a lease; a lease that is already gone counts as revoked.
 pub(crate) async fn revoke(coord: &Coord, id: i64, what: &str) -> Result<(), CoordError> {
-    let mut c = coord.client();
-    match coord.rpc("lease revoke", c.lease_revoke(id)).await {
+    let revoked = coord
+        .rpc_idempotent("lease revoke", || {
+            let mut c = coord.client();
+            async move { c.lease_revoke(id).await }
+        })
+        .await;
+    match revoked {
         Ok(_) => Ok(()),
         Err(e) if e.is_lease_not_found() => {
             debug!(lease_id = id, what, "lease already gone at revoke");

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::{CoordConfig, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
 pub use election::{LeaderInfo, LeaderWatch, Leadership};
@@ -299,6 +299,69 @@ impl Coord {
         }
     }
 }
+
+impl Coord {
+    /// [`Coord::rpc`] for a request that may safely be sent again (reads, a put of
+    /// the same value, a lease grant whose unused lease expires by itself): each
+    /// attempt has a third of the request timeout, and a failure of the transport
+    /// (a member that just died and that the client still routes to, a connection
+    /// being re-established) is retried on the next attempt until the request
+    /// timeout. Any other error (etcd answered) is returned at once.
+    pub(crate) async fn rpc_idempotent<T, F, Fut>(
+        &self,
+        op: &'static str,
+        mut attempt: F,
+    ) -> Result<T, CoordError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let total = self.inner.cfg.request_timeout;
+        let per_attempt = (total / 3).max(Duration::from_millis(500)).min(total);
+        let deadline = tokio::time::Instant::now() + total;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let this = per_attempt.min(left);
+            let failure = match tokio::time::timeout(this, attempt()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(source)) if !is_transport_failure(&source) => {
+                    return Err(CoordError::etcd(op, source))
+                }
+                Ok(Err(source)) => CoordError::etcd(op, source),
+                Err(_) => CoordError::Timeout { op, after: this },
+            };
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(match failure {
+                    CoordError::Timeout { op, .. } => CoordError::Timeout { op, after: total },
+                    other => other,
+                });
+            }
+            debug!(op, error = %failure, "etcd request failed in transport; retrying");
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+}
+
+/// Pause before another attempt of an idempotent request.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// True when a request failed before etcd could answer it: the connection, not the
+/// cluster (gRPC `Unavailable`, or `Unknown` carrying a transport error).
+fn is_transport_failure(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            let code = i32::from(s.code());
+            code == GRPC_UNAVAILABLE
+                || (code == GRPC_UNKNOWN && s.message().contains("transport error"))
+        }
+        _ => false,
+    }
+}
+
+/// gRPC status codes (`tonic::Code`), by number: this crate does not name tonic.
+const GRPC_UNKNOWN: i32 = 2;
+const GRPC_UNAVAILABLE: i32 = 14;
 
 /// Refuses values over [`MAX_VALUE_BYTES`].
 pub(crate) fn check_size(key: &str, size: usize) -> Result<(), CoordError> {
