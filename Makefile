@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CLUSTER_DIR ?= .cluster
 
-.PHONY: all deps build demo test test-faults test-fuzz bench lint fmt clean-cluster deb test-package
+.PHONY: all deps build demo test test-faults test-long test-fuzz bench lint fmt clean-cluster deb test-package
 
 all: build
 
@@ -63,9 +63,16 @@ test-fuzz: build
 ## PostgreSQL killed and restarted under running nodes, one of three etcd members
 ## killed and restarted. Ignored tests, kept out of `make test` for
 ## its time budget; run before resolving fault work.
-FAULT_TESTS := frozen_peers database_down etcd_quorum
+FAULT_TESTS := frozen_peers database_down etcd_quorum partition nodes_down
 test-faults: deps build
 	$(CARGO) test -p cluster-tests $(addprefix --test ,$(FAULT_TESTS)) --no-fail-fast -- --ignored --test-threads 1
+
+## Long acceptance tests kept out of `make test` for its time budget (ignored
+## tests): the ECDSA key lifecycle (refresh and removal with aux info for the new
+## set, tests/reshare_cluster.rs). Run before resolving lifecycle work.
+LONG_TESTS := reshare_cluster
+test-long: deps build
+	$(CARGO) test -p cluster-tests $(addprefix --test ,$(LONG_TESTS)) --no-fail-fast -- --ignored --test-threads 1
 
 ## Every benchmark (custody wrap, DKG, aux info, presigning, signing latency and
 ## load) on release binaries, then one table: each figure, the bare library's figure

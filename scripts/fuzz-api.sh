@@ -115,15 +115,18 @@ echo
 echo "fuzz-api: run 1 of 3: every operation but the excluded ones, all phases," \
   "$EXAMPLES examples per operation"
 # Excluded here (docs/API.md): DELETE /api/v1/tokens/{id} (run 3), POST
-# /api/v1/dkg/start and POST /api/v1/aux-info/start (run 2, invalid input only).
+# /api/v1/dkg/start, POST /api/v1/aux-info/start and POST /api/v1/keys/{id}/reshare
+# (run 2, invalid input only).
 schemathesis --max-examples "$EXAMPLES" \
   --exclude-path '/api/v1/tokens/{id}' \
-  --exclude-path /api/v1/dkg/start --exclude-path /api/v1/aux-info/start || status=1
+  --exclude-path /api/v1/dkg/start --exclude-path /api/v1/aux-info/start \
+  --exclude-path '/api/v1/keys/{id}/reshare' || status=1
 
 echo
 echo "fuzz-api: run 2 of 3: ceremony starts with invalid input only (no ceremony may start)"
 schemathesis --max-examples "$EXAMPLES" --mode negative --phases coverage,fuzzing \
-  --include-path /api/v1/dkg/start --include-path /api/v1/aux-info/start || status=1
+  --include-path /api/v1/dkg/start --include-path /api/v1/aux-info/start \
+  --include-path '/api/v1/keys/{id}/reshare' || status=1
 
 echo
 echo "fuzz-api: run 3 of 3: token revocation without the stateful phase, and this contract"

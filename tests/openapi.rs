@@ -59,6 +59,7 @@ fn valid_body(operation_id: &str) -> Option<Value> {
         "create_token" => json!({"name": "contract-test", "role": "auditor"}),
         "start_dkg" => json!({"protocol": "frost", "threshold": 2}),
         "start_aux_info" => json!({}),
+        "reshare_key" => json!({}),
         "submit_transaction" => json!({"psbt": "cHNidP8BAAoCAAAAAAAAAAAAAA=="}),
         "approve_transaction" => json!({"approver": "alice", "signature": "00"}),
         "endorse_approver" => {

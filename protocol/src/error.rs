@@ -38,6 +38,8 @@ pub enum ProtocolKind {
     FrostKeygen,
     /// FROST interactive signing (givre).
     FrostSign,
+    /// Verifiable secret redistribution of an existing key (reshare or refresh).
+    Reshare,
 }
 
 impl ProtocolKind {
@@ -51,6 +53,7 @@ impl ProtocolKind {
             ProtocolKind::EcdsaSignFromPresignature => "ecdsa-sign-presig",
             ProtocolKind::FrostKeygen => "frost-keygen",
             ProtocolKind::FrostSign => "frost-sign",
+            ProtocolKind::Reshare => "reshare",
         }
     }
 }

@@ -84,6 +84,9 @@ pub struct NodeConfig {
     /// Aux-info ceremonies and the safe-prime pool.
     #[serde(default)]
     pub aux: AuxConfig,
+    /// Key lifecycle operations (reshare, refresh).
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
     /// Wallet: network and intake limits.
     #[serde(default)]
     pub wallet: WalletConfig,
@@ -465,6 +468,25 @@ impl Default for AuxConfig {
 fn default_prime_target() -> usize {
     2
 }
+/// Key lifecycle operations: this node's vote on a proposed reshare or refresh.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Whether this node approves reshare/refresh proposals that pass its checks
+    /// (`false`: it votes reject with reason `lifecycle_refused_by_policy`). A reshare
+    /// starts only with approving votes of at least the key's threshold of nodes.
+    #[serde(default = "default_true")]
+    pub approve_reshare: bool,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            approve_reshare: true,
+        }
+    }
+}
+
 fn default_aux_timeout() -> u64 {
     600
 }

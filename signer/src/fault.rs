@@ -430,3 +430,24 @@ pub async fn flood_peers(net: std::sync::Arc<crate::net::Net>) {
     #[cfg(not(feature = "fault-injection"))]
     let _ = net;
 }
+
+/// `SIGNER_FAULT_RESHARE_PAUSE_SECS=<n>`: after this node stored its pending new share
+/// and before it sends its reshare confirmation, it waits `n` seconds (so a test can
+/// SIGKILL it midway, between the run and the switch).
+pub const RESHARE_PAUSE_ENV: &str = "SIGNER_FAULT_RESHARE_PAUSE_SECS";
+
+/// Waits as [`RESHARE_PAUSE_ENV`] says (feature `fault-injection`, armed only).
+#[cfg(feature = "fault-injection")]
+pub async fn reshare_pause_before_confirm() {
+    if let Some(secs) = fault_var(RESHARE_PAUSE_ENV).and_then(|v| v.parse::<u64>().ok()) {
+        tracing::error!(
+            secs,
+            "FAULT INJECTION: pausing before the reshare confirmation"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    }
+}
+
+/// Does nothing (built without `fault-injection`).
+#[cfg(not(feature = "fault-injection"))]
+pub async fn reshare_pause_before_confirm() {}

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test harness: a failed step must fail the test loudly
 
 pub mod bench;
+pub mod netfault;
 pub mod tpm;
 pub mod wallet;
 

@@ -70,6 +70,12 @@ impl From<DkgError> for ApiError {
                 e.to_string(),
             ),
             DkgError::Store(e) => e.into(),
+            e @ DkgError::UnknownKey(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "key_not_found", e.to_string())
+            }
+            e @ DkgError::NotApproved { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_approved", e.to_string())
+            }
             other => ApiError::internal(other),
         }
     }
@@ -710,4 +716,103 @@ mod tests {
         assert_eq!(q(&[("index", "1")]), Err("invalid_query"));
         assert_eq!(q(&[("count", "1"), ("count", "2")]), Err("invalid_query"));
     }
+}
+
+/// Body of `POST /api/v1/keys/{id}/reshare`; both fields omitted: a refresh.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartReshare {
+    /// New holders (node ids, distinct, 2 to 64; default: the key's current holders).
+    #[serde(default)]
+    #[schema(min_items = 2, max_items = 64)]
+    participants: Option<Vec<String>>,
+    /// New threshold, 2 to the number of new holders (default: the key's threshold).
+    #[serde(default, deserialize_with = "super::error::json_int::opt_i64")]
+    #[schema(minimum = 2, maximum = 64)]
+    threshold: Option<i64>,
+}
+
+/// Answer of `POST /api/v1/keys/{id}/reshare`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReshareStarted {
+    /// Session id; follow it with `GET /api/v1/dkg/ceremonies/{id}`.
+    session_id: Uuid,
+    /// The key.
+    key_id: String,
+    /// Whether it is a refresh (same holders and threshold).
+    refresh: bool,
+    /// New threshold.
+    threshold: u16,
+    /// New holders, sorted.
+    participants: Vec<String>,
+    /// Old holders that deal.
+    dealers: Vec<String>,
+    /// Nodes whose signed votes approved it.
+    approvers: Vec<String>,
+    /// Participants the announcement did not reach (the run then fails).
+    announce_failed: Vec<String>,
+}
+
+/// `POST /api/v1/keys/{id}/reshare` (operator): proposes a reshare (new holders and/or
+/// threshold) or a refresh (same) of a key; it runs only after a quorum of node votes.
+#[utoipa::path(
+    post,
+    path = "/api/v1/keys/{id}/reshare",
+    tag = "keys",
+    operation_id = "reshare_key",
+    summary = "Reshare or refresh a key (same public key and addresses)",
+    description = "The holders vote on the proposal like on a payment; with at least the \
+        key's threshold of approvals the new sharing is generated, confirmed by every \
+        participant and switched to on each node at once. Audited (`key.reshare.*`, \
+        `key.share.deleted`). Follow it with `GET /api/v1/dkg/ceremonies/{session_id}`.",
+    params(("id" = String, Path, description = "Key id", max_length = 128)),
+    request_body = StartReshare,
+    responses(
+        (status = 202, description = "Approved and announced", body = ReshareStarted),
+        (status = 400, description = "`invalid_threshold`, `invalid_participants`",
+         body = ErrorBody),
+        (status = 404, description = "`key_not_found`", body = ErrorBody),
+        (status = 409, description = "`not_approved` (no quorum of approving votes), \
+            `participants_unavailable`", body = ErrorBody),
+        (status = 503, description = "`etcd_unavailable`, `custody_sealed`", body = ErrorBody),
+    ),
+    extensions(("x-roles" = json!(["admin", "operator"])))
+)]
+pub async fn reshare(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiPath(key_id): ApiPath<String>,
+    ApiJson(body): ApiJson<StartReshare>,
+) -> Result<Response, ApiError> {
+    p.require(&[Role::Operator])?;
+    if key_id.len() > 128 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            "key ids are at most 128 bytes",
+        ));
+    }
+    let started = crate::dkg::reshare::start(
+        s.node.dkg_ctx(),
+        &p.token_id,
+        &key_id,
+        body.participants,
+        body.threshold,
+    )
+    .await?;
+    let spec = started.spec;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ReshareStarted {
+            session_id: spec.id,
+            refresh: spec.is_refresh(),
+            key_id: spec.key_id,
+            threshold: spec.threshold,
+            participants: spec.participants,
+            dealers: spec.dealers,
+            approvers: started.approvers,
+            announce_failed: started.announce_failed,
+        }),
+    )
+        .into_response())
 }

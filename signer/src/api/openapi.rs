@@ -89,6 +89,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/dkg/ceremonies/{id}"),
     ("GET", "/api/v1/keys"),
     ("GET", "/api/v1/keys/{id}/addresses"),
+    ("POST", "/api/v1/keys/{id}/reshare"),
     ("POST", "/api/v1/aux-info/start"),
     ("GET", "/api/v1/aux-info/status"),
     ("POST", "/api/v1/transactions"),
@@ -146,6 +147,7 @@ pub(super) fn routes(auth: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(dkg::ceremony))
         .routes(routes!(dkg::keys))
         .routes(routes!(dkg::addresses))
+        .routes(routes!(dkg::reshare))
         .routes(routes!(dkg::start_aux))
         .routes(routes!(dkg::aux_status))
         .routes(routes!(tx::submit, tx::list))

@@ -238,7 +238,11 @@ fn key_type(c: &Value) -> &'static str {
 }
 
 /// Polls the ceremony until `completed` or `failed`.
-async fn wait_ended(client: &ApiClient, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+pub(crate) async fn wait_ended(
+    client: &ApiClient,
+    id: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
     let start = Instant::now();
     let mut last_state = String::from("not yet recorded");
     let spinner = super::progress::Waiting::new(&format!("ceremony {id}"));

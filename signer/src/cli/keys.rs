@@ -1,5 +1,7 @@
-//! `signer keys list|addresses`: completed keys, watch-only descriptors and
-//! addresses through a node's API.
+//! `signer keys list|addresses|reshare|refresh`: completed keys, watch-only
+//! descriptors and addresses, and key lifecycle operations through a node's API.
+
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -55,6 +57,99 @@ pub enum KeysCmd {
         #[command(flatten)]
         api: ApiOpts,
     },
+    /// Reshare a key to new holders and/or a new threshold (same public key and
+    /// addresses); runs only after a quorum of node votes approves it.
+    Reshare {
+        /// Key id (from `signer keys list`).
+        key_id: String,
+        /// New holders, comma-separated node ids (default: the current holders).
+        #[arg(long, value_delimiter = ',')]
+        participants: Option<Vec<String>>,
+        /// New threshold (default: the current one).
+        #[arg(long)]
+        threshold: Option<u16>,
+        /// Wait until the reshare completed or failed on the node.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait with --wait, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+        /// API connection.
+        #[command(flatten)]
+        api: ApiOpts,
+    },
+    /// Refresh a key: the same holders and threshold get new shares (same public key
+    /// and addresses); runs only after a quorum of node votes approves it.
+    Refresh {
+        /// Key id (from `signer keys list`).
+        key_id: String,
+        /// Wait until the refresh completed or failed on the node.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait with --wait, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+        /// API connection.
+        #[command(flatten)]
+        api: ApiOpts,
+    },
+}
+
+async fn reshare(
+    api: ApiOpts,
+    key_id: &str,
+    body: Value,
+    wait: bool,
+    timeout_secs: u64,
+) -> anyhow::Result<()> {
+    let client = api.connect().await?;
+    let v = client
+        .post(
+            &format!("/api/v1/keys/{}/reshare", path_segment(key_id)?),
+            &body,
+        )
+        .await?;
+    let id = v["session_id"].as_str().unwrap_or("?").to_owned();
+    println!(
+        "{} of key {} approved by {} and started: session {id}, {}-of-{} holders {}",
+        if v["refresh"] == true {
+            "refresh"
+        } else {
+            "reshare"
+        },
+        v["key_id"].as_str().unwrap_or("?"),
+        v["approvers"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default(),
+        v["threshold"],
+        v["participants"].as_array().map(Vec::len).unwrap_or(0),
+        v["participants"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default(),
+    );
+    if !wait {
+        return Ok(());
+    }
+    let end = super::dkg::wait_ended(&client, &id, Duration::from_secs(timeout_secs)).await?;
+    if end["state"] == "completed" {
+        println!("session {id} completed: the new shares are active");
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "session {id} failed: {} (the old shares stay active; retry to start a new session)",
+            end["error"].as_str().unwrap_or("?")
+        )
+    }
 }
 
 /// Runs a `keys` subcommand.
@@ -108,6 +203,29 @@ pub async fn run(cmd: KeysCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        KeysCmd::Reshare {
+            key_id,
+            participants,
+            threshold,
+            wait,
+            timeout_secs,
+            api,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(p) = participants {
+                body.insert("participants".into(), serde_json::json!(p));
+            }
+            if let Some(t) = threshold {
+                body.insert("threshold".into(), serde_json::json!(t));
+            }
+            reshare(api, &key_id, Value::Object(body), wait, timeout_secs).await
+        }
+        KeysCmd::Refresh {
+            key_id,
+            wait,
+            timeout_secs,
+            api,
+        } => reshare(api, &key_id, serde_json::json!({}), wait, timeout_secs).await,
     }
 }
 

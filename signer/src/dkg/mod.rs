@@ -25,6 +25,7 @@
 pub mod keys;
 pub mod material;
 pub mod primes;
+pub mod reshare;
 pub mod session;
 pub mod start;
 pub mod wire;
@@ -273,6 +274,19 @@ pub enum DkgError {
     /// The database failed.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// This node holds no usable share of the key.
+    #[error("key {0} not found on this node")]
+    UnknownKey(String),
+    /// A reshare/refresh proposal did not get a quorum of approving votes.
+    #[error("not approved: {approvals} approvals, {required} required; rejections: {}", .rejections.join("; "))]
+    NotApproved {
+        /// Approving votes received.
+        approvals: usize,
+        /// Approvals required (the key's threshold).
+        required: usize,
+        /// `node: reasons` of every rejection.
+        rejections: Vec<String>,
+    },
     /// Internal channel closed (node shutting down).
     #[error("ceremony aborted: {0}")]
     Aborted(String),
@@ -313,6 +327,11 @@ impl Dkg {
         self.lock().loaded.get(key_id).cloned()
     }
 
+    /// Forgets a loaded key (this node no longer holds a share of it).
+    pub fn unload(&self, key_id: &str) {
+        self.lock().loaded.remove(key_id);
+    }
+
     /// Number of loaded keys.
     pub fn loaded_count(&self) -> usize {
         self.lock().loaded.len()
@@ -329,6 +348,8 @@ pub struct DkgCtx {
     pub dkg: Dkg,
     /// Opened signing material (key shares with aux info).
     pub signing_material: material::MaterialCache,
+    /// Votes awaited on reshare proposals this node coordinates.
+    pub reshare_votes: reshare::Waiters,
 }
 
 impl DkgCtx {
@@ -338,6 +359,7 @@ impl DkgCtx {
             infra,
             dkg: Dkg::default(),
             signing_material: material::MaterialCache::default(),
+            reshare_votes: reshare::Waiters::default(),
         }
     }
 
@@ -356,11 +378,20 @@ impl std::ops::Deref for DkgCtx {
 }
 
 /// The kinds this service owns: ceremony announcements.
-pub const KINDS: &[MessageKind] = &[MessageKind::CEREMONY_ANNOUNCE];
+pub const KINDS: &[MessageKind] = &[
+    MessageKind::CEREMONY_ANNOUNCE,
+    MessageKind::RESHARE_PROPOSE,
+    MessageKind::RESHARE_VOTE,
+    MessageKind::RESHARE_ANNOUNCE,
+];
 
 /// Handles ceremony announcements routed to this service until the router stops.
 pub async fn serve(node: Arc<DkgCtx>, mut rx: ServiceRx) {
     while let Some(inbound) = rx.recv().await {
+        if inbound.frame.kind != MessageKind::CEREMONY_ANNOUNCE {
+            reshare::handle(&node, inbound);
+            continue;
+        }
         match wire::decode_announce(&inbound.frame.payload) {
             Ok(spec) if spec.coordinator == inbound.from => {
                 tokio::spawn(session::participate(node.clone(), spec));

@@ -44,6 +44,18 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
             "transactions left in flight at the last stop expired"
         );
     }
+    // A reshare this node was part of when it stopped never switched here: its
+    // pending share is deleted and the old share stays (docs/RESHARING.md).
+    let failed = store
+        .fail_pending_reshares(&cfg.node_id)
+        .await
+        .context("failing reshares left pending")?;
+    if failed > 0 {
+        tracing::warn!(
+            count = failed,
+            "reshares left pending at the last stop failed"
+        );
+    }
     notify::status("starting services");
     let api_tls = tls::api_server_config(&cfg.tls).context("api tls configuration")?;
     let listener = TcpListener::bind(cfg.api.listen)

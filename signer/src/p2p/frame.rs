@@ -54,6 +54,14 @@ impl MessageKind {
     pub const FROST_SIGN: MessageKind = MessageKind(0x0111);
     /// A key ceremony announced by its coordinator.
     pub const CEREMONY_ANNOUNCE: MessageKind = MessageKind(0x0120);
+    /// Reshare/refresh protocol messages (`signer_protocol::reshare`).
+    pub const RESHARE: MessageKind = MessageKind(0x0112);
+    /// Proposal of a reshare/refresh, sent by its coordinator for a vote.
+    pub const RESHARE_PROPOSE: MessageKind = MessageKind(0x0122);
+    /// A node's signed vote on a reshare proposal, sent back to the coordinator.
+    pub const RESHARE_VOTE: MessageKind = MessageKind(0x0123);
+    /// Announcement of an approved reshare (proposal + quorum of signed votes).
+    pub const RESHARE_ANNOUNCE: MessageKind = MessageKind(0x0124);
     /// Confirmation of a protocol session's result (a public key or digest).
     pub const SESSION_CONFIRM: MessageKind = MessageKind(0x0121);
     /// A transaction proposed by its leader to every participant of the key.
@@ -102,6 +110,10 @@ impl MessageKind {
         MessageKind::FROST_KEYGEN,
         MessageKind::FROST_SIGN,
         MessageKind::CEREMONY_ANNOUNCE,
+        MessageKind::RESHARE,
+        MessageKind::RESHARE_PROPOSE,
+        MessageKind::RESHARE_VOTE,
+        MessageKind::RESHARE_ANNOUNCE,
         MessageKind::SESSION_CONFIRM,
         MessageKind::TX_PROPOSE,
         MessageKind::TX_SIGN,

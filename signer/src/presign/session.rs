@@ -51,8 +51,11 @@ pub fn execution_id(spec: &PresignSpec, item: &Uuid) -> ExecutionId {
 /// set, this node is a member, the key is a usable ECDSA key whose participants
 /// include the set, the set has t members in keygen order, the path is a wallet path,
 /// the batch is bounded with distinct item ids. Returns the run indexes (keygen
-/// indexes) of the set and this node's position.
-async fn validate(node: &PresignCtx, spec: &PresignSpec) -> Result<(Vec<u16>, u16), PresignError> {
+/// indexes) of the set, this node's position and the ceremony of its share.
+async fn validate(
+    node: &PresignCtx,
+    spec: &PresignSpec,
+) -> Result<(Vec<u16>, u16, Uuid), PresignError> {
     let bad = |m: &str| PresignError::Invalid(m.to_owned());
     if spec.items.is_empty() || spec.items.len() > MAX_BATCH {
         return Err(bad("batch size out of range"));
@@ -100,7 +103,11 @@ async fn validate(node: &PresignCtx, spec: &PresignSpec) -> Result<(Vec<u16>, u1
     if indices.windows(2).any(|w| w[0] >= w[1]) {
         return Err(bad("signer set is not in keygen order"));
     }
-    Ok((indices, u16::try_from(position).unwrap_or(u16::MAX)))
+    Ok((
+        indices,
+        u16::try_from(position).unwrap_or(u16::MAX),
+        share.ceremony_id,
+    ))
 }
 
 /// Runs a session and logs its outcome.
@@ -125,7 +132,7 @@ pub async fn participate(
             "presignatures are disabled on this node".into(),
         ));
     }
-    let (indices, position) = validate(node, spec).await?;
+    let (indices, position, ceremony) = validate(node, spec).await?;
     // Not before this member's restore check ran (at start, or after a rollback seen
     // while running): presignatures it stored before its discard would be discarded
     // here only, and the other members would name them in vain.
@@ -163,7 +170,7 @@ pub async fn participate(
     let set: SetKey = (spec.key_id.clone(), spec.signers.clone());
     let n = isize::try_from(queues.len()).unwrap_or(0);
     node.presign.add_generating(&set, n);
-    let result = run_items(node, spec, &indices, position, &share, queues).await;
+    let result = run_items(node, spec, &indices, position, (&share, ceremony), queues).await;
     for id in &spec.items {
         node.sessions.unregister(*id);
     }
@@ -176,7 +183,7 @@ async fn run_items(
     spec: &PresignSpec,
     indices: &[u16],
     position: u16,
-    share: &Arc<EcdsaKeyShare>,
+    (share, ceremony): (&Arc<EcdsaKeyShare>, Uuid),
     queues: Vec<(Uuid, SessionQueues)>,
 ) -> Result<usize, PresignError> {
     let coord = node
@@ -197,7 +204,7 @@ async fn run_items(
     let runs = queues.into_iter().map(|(item, q)| async move {
         tokio::time::timeout(
             ITEM_TIMEOUT,
-            run_item(node, spec, item, q, indices, position, share),
+            run_item(node, spec, item, q, indices, position, (share, ceremony)),
         )
         .await
         .unwrap_or_else(|_| Err(PresignError::Protocol("presigning timed out".into())))
@@ -219,7 +226,7 @@ async fn run_item(
     queues: SessionQueues,
     indices: &[u16],
     position: u16,
-    share: &Arc<EcdsaKeyShare>,
+    (share, ceremony): (&Arc<EcdsaKeyShare>, Uuid),
 ) -> Result<(), PresignError> {
     let me = node.cfg.node_id.clone();
     let unsealed = node.unsealed().ok_or(PresignError::Sealed)?;
@@ -290,7 +297,8 @@ async fn run_item(
         }
         confirmed.insert(from, id);
     }
-    node.store
+    let stored = node
+        .store
         .insert_presignature(&NewPresignature {
             id: Uuid::new_v4(),
             key_id: &spec.key_id,
@@ -300,7 +308,13 @@ async fn run_item(
             public_data: &public_data,
             public_id: &public_id,
             path: &spec.path,
+            share_ceremony: ceremony,
+            node_id: &me,
         })
         .await?;
+    if !stored {
+        tracing::warn!(item = %item, key = %spec.key_id,
+            "presignature not stored: already known, or the key was reshared meanwhile");
+    }
     Ok(())
 }

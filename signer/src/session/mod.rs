@@ -45,6 +45,7 @@ pub const KINDS: &[MessageKind] = &[
     MessageKind::SIGN,
     MessageKind::FROST_KEYGEN,
     MessageKind::FROST_SIGN,
+    MessageKind::RESHARE,
     CONFIRM,
 ];
 

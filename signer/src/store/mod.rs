@@ -9,6 +9,7 @@ pub mod dkg;
 pub mod node_keys;
 pub mod presignatures;
 pub mod primes;
+pub mod reshare;
 pub mod rotation;
 pub mod tokens;
 pub mod transactions;

@@ -28,6 +28,12 @@ pub struct NewPresignature<'a> {
     pub public_id: &'a [u8; 32],
     /// Derivation path the presignature is bound to.
     pub path: &'a [u32],
+    /// Ceremony of the key share it was made with: the row is stored only while that
+    /// share is still this node's usable share of the key (a reshare switched in the
+    /// meantime discards it, docs/RESHARING.md).
+    pub share_ceremony: Uuid,
+    /// This node.
+    pub node_id: &'a str,
 }
 
 /// What a consuming signer gets back: the sealed secret and its public data.
@@ -122,11 +128,14 @@ fn refused(e: &str) -> StoreError {
 }
 
 impl Store {
-    /// Stores a presignature this node holds; false if its public id is known already.
+    /// Stores a presignature this node holds; false if its public id is known already
+    /// or the share it was made with is no longer this node's share of the key.
     pub async fn insert_presignature(&self, p: &NewPresignature<'_>) -> Result<bool, StoreError> {
         let n = sqlx::query(
             "INSERT INTO presignatures (id, key_id, signer_set, execution_id, envelope, \
-             public_data, public_id, derivation_path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             public_data, public_id, derivation_path) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+             WHERE EXISTS (SELECT 1 FROM key_shares WHERE key_id = $2 AND node_id = $10 \
+             AND ceremony_id = $9 AND usable) \
              ON CONFLICT (public_id) DO NOTHING",
         )
         .bind(p.id)
@@ -137,6 +146,8 @@ impl Store {
         .bind(p.public_data)
         .bind(&p.public_id[..])
         .bind(path_i32(p.path))
+        .bind(p.share_ceremony)
+        .bind(p.node_id)
         .execute(self.pool())
         .await
         .map_err(|e| StoreError::classify(e, "presignature"))?
