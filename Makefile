@@ -61,9 +61,11 @@ test-fuzz: build
 
 ## The fault suite (issue 17): real nodes under failures — peers frozen (SIGSTOP),
 ## PostgreSQL killed and restarted under running nodes, one of three etcd members
-## killed and restarted. Ignored tests, kept out of `make test` for
-## its time budget; run before resolving fault work.
-FAULT_TESTS := frozen_peers database_down etcd_quorum partition nodes_down
+## killed and restarted, two or three of five nodes killed, a 2 | 3 partition and
+## latency with loss through UDP relays, the kill matrix (36 cases, over an hour:
+## docs/RELIABILITY.md; its two-case sample runs in `make test`). Ignored tests, kept
+## out of `make test` for its time budget; run before resolving fault work.
+FAULT_TESTS := frozen_peers database_down etcd_quorum partition nodes_down kill_matrix
 test-faults: deps build
 	$(CARGO) test -p cluster-tests $(addprefix --test ,$(FAULT_TESTS)) --no-fail-fast -- --ignored --test-threads 1
 

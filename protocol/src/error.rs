@@ -203,7 +203,11 @@ impl ProtocolError {
             return Self::from_delivery(protocol, d);
         }
         let detail = display_chain(err);
-        let culprits = culprits_from_debug(&format!("{err:?}"));
+        let culprits = if unattributable(&detail) {
+            Vec::new()
+        } else {
+            culprits_from_debug(&format!("{err:?}"))
+        };
         if culprits.is_empty() {
             if detail.contains("eof") || detail.contains("EOF") {
                 return ProtocolError::TransportClosed { protocol };
@@ -294,6 +298,8 @@ pub(crate) fn display_chain(err: &(dyn std::error::Error + 'static)) -> String {
 ///   (with other deliveries this pattern would name a wrong party).
 ///
 /// Returns a sorted list without duplicates; empty when nothing matched.
+///
+/// Not for [`unattributable`] errors: their lists name parties that merely disagree.
 pub fn culprits_from_debug(debug: &str) -> Vec<u16> {
     let mut out = Vec::new();
     for key in ["faulty_party: ", "sender: "] {
@@ -352,6 +358,16 @@ fn leading_u16(s: &str) -> Option<u16> {
     digits.parse().ok()
 }
 
+/// Whether a library error names no culprit even though it lists parties: a failed
+/// echo-broadcast check ("round1 wasn't reliable") lists the parties whose echo of
+/// a broadcast differs from this party's view. When a sender equivocates, that is
+/// every honest party that saw the other version, not the sender (the echoes are
+/// not signed, so nobody can tell who lied): blaming them would record honest
+/// nodes as Byzantine (issue 17, found by `tests/dkg_equivocation.rs`).
+pub fn unattributable(detail: &str) -> bool {
+    detail.contains("wasn't reliable")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,5 +419,13 @@ mod tests {
             "ecdsa-presign: aborted by misbehaving parties 1, 2: x"
         );
         assert_eq!(e.culprits(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_failed_echo_check_blames_nobody() {
+        assert!(unattributable(
+            "keygen protocol is failed to complete: protocol was aborted by malicious party: round1 wasn't reliable"
+        ));
+        assert!(!unattributable("invalid decommitment"));
     }
 }

@@ -15,6 +15,17 @@
 //! protocol with bytes that do not decode, so the tests can check that honest nodes
 //! abort and blame this node. The node logs an error at start when a fault is armed.
 //!
+//! [`KILL_AT_ENV`] and [`FREEZE_AT_ENV`] (`<protocol>:<n>`, protocol one of
+//! `cggmp24`, `frost`, `aux_info`, `ecdsa_presign`, `ecdsa_sign`, `frost_sign`) stop
+//! this node at a chosen protocol round: right after its n-th outgoing protocol
+//! message of that protocol was handed to every recipient (a broadcast counts once),
+//! it SIGKILLs itself, or SIGSTOPs itself (the test SIGCONTs it later). Each fires
+//! once per process; the count runs over the process's life.
+//!
+//! [`EQUIVOCATE_ENV`] (`<protocol>`) makes this node send its first broadcast of
+//! each run of that protocol (round 1) in two versions: the genuine one to every
+//! other recipient, one with its last byte changed to the rest.
+//!
 //! [`DOUBLE_VOTE_ENV`] and [`FORGE_VOTE_ENV`] make this node misbehave in transaction
 //! votes (a second, opposite vote; votes forged in another node's name or signed with
 //! the wrong key), so the tests can check honest nodes record and ignore them.
@@ -129,6 +140,18 @@ fn log_armed() {
             tracing::error!(
                 fault = var,
                 "FAULT INJECTION ARMED: this node is a malicious transaction leader"
+            );
+        }
+    }
+    if let Some(p) = fault_var(EQUIVOCATE_ENV) {
+        tracing::error!(protocol = %p, "FAULT INJECTION ARMED: this node equivocates in round 1");
+    }
+    for var in [KILL_AT_ENV, FREEZE_AT_ENV] {
+        if let Some(v) = fault_var(var) {
+            tracing::error!(
+                fault = var,
+                at = %v,
+                "FAULT INJECTION ARMED: this node stops itself at a protocol round"
             );
         }
     }
@@ -451,3 +474,124 @@ pub async fn reshare_pause_before_confirm() {
 /// Does nothing (built without `fault-injection`).
 #[cfg(not(feature = "fault-injection"))]
 pub async fn reshare_pause_before_confirm() {}
+
+/// Environment variable `<protocol>:<n>`: this node SIGKILLs itself right after its
+/// n-th outgoing protocol message of `protocol` was sent.
+pub const KILL_AT_ENV: &str = "SIGNER_FAULT_KILL_AT";
+/// Environment variable `<protocol>:<n>`: this node SIGSTOPs itself right after its
+/// n-th outgoing protocol message of `protocol` was sent (a test SIGCONTs it).
+pub const FREEZE_AT_ENV: &str = "SIGNER_FAULT_FREEZE_AT";
+
+/// Outgoing protocol messages sent per protocol label, and whether the stop fired.
+#[cfg(feature = "fault-injection")]
+static SENT: std::sync::Mutex<(Vec<(&'static str, u32)>, bool)> =
+    std::sync::Mutex::new((Vec::new(), false));
+
+/// `(protocol, n)` of a `<protocol>:<n>` fault value.
+#[cfg(feature = "fault-injection")]
+fn parse_at(v: &str) -> Option<(&str, u32)> {
+    let (p, n) = v.split_once(':')?;
+    Some((p, n.parse().ok().filter(|n| *n > 0)?))
+}
+
+/// Called by the session pump after it handed one outgoing message of `protocol` to
+/// every recipient (`sends` holds those sends): when [`KILL_AT_ENV`] or
+/// [`FREEZE_AT_ENV`] names this message, waits for the sends to finish, then kills
+/// or freezes this process (feature `fault-injection` only; a no-op otherwise).
+pub async fn after_outgoing(protocol: &'static str, sends: &mut tokio::task::JoinSet<()>) {
+    #[cfg(feature = "fault-injection")]
+    {
+        let kill = fault_var(KILL_AT_ENV);
+        let freeze = fault_var(FREEZE_AT_ENV);
+        if kill.is_none() && freeze.is_none() {
+            return;
+        }
+        let fire = {
+            let Ok(mut sent) = SENT.lock() else { return };
+            let count = match sent.0.iter_mut().find(|(p, _)| *p == protocol) {
+                Some((_, c)) => {
+                    *c += 1;
+                    *c
+                }
+                None => {
+                    sent.0.push((protocol, 1));
+                    1
+                }
+            };
+            tracing::info!(
+                protocol,
+                n = count,
+                "FAULT INJECTION: outgoing protocol message sent"
+            );
+            let hit = |v: &Option<String>| {
+                v.as_deref()
+                    .and_then(parse_at)
+                    .is_some_and(|(p, n)| p == protocol && n == count)
+            };
+            let signal = if hit(&kill) {
+                Some(nix::sys::signal::Signal::SIGKILL)
+            } else if hit(&freeze) {
+                Some(nix::sys::signal::Signal::SIGSTOP)
+            } else {
+                None
+            };
+            match signal {
+                Some(s) if !sent.1 => {
+                    sent.1 = true;
+                    Some((s, count))
+                }
+                _ => None,
+            }
+        };
+        if let Some((signal, n)) = fire {
+            while sends.join_next().await.is_some() {}
+            tracing::error!(protocol, n, %signal, "FAULT INJECTION: stopping this node at a protocol round");
+            let _ = nix::sys::signal::raise(signal);
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = (protocol, sends);
+}
+
+/// Environment variable `<protocol>`: this node sends different round-1 broadcasts
+/// to different peers in runs of `protocol` (equivocation).
+pub const EQUIVOCATE_ENV: &str = "SIGNER_FAULT_EQUIVOCATE";
+
+/// Per session: the first broadcast frame's payload and how many copies went out.
+#[cfg(feature = "fault-injection")]
+static ROUND_ONE: std::sync::Mutex<Vec<(uuid::Uuid, Bytes, u32)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The copy of `frame` (of a run of `protocol`) to send to one recipient: `frame`,
+/// or, with [`EQUIVOCATE_ENV`] armed for `protocol`, every second copy of the run's
+/// first broadcast with the last byte of its message changed (feature
+/// `fault-injection` only).
+pub fn equivocate(protocol: &str, frame: crate::p2p::Frame) -> crate::p2p::Frame {
+    #[cfg(feature = "fault-injection")]
+    if fault_var(EQUIVOCATE_ENV).as_deref() == Some(protocol) && frame.payload.first() == Some(&0) {
+        let Ok(mut seen) = ROUND_ONE.lock() else {
+            return frame;
+        };
+        let copy = match seen.iter_mut().find(|(id, _, _)| *id == frame.session) {
+            Some((_, first, n)) if *first == frame.payload => {
+                *n += 1;
+                *n
+            }
+            Some(_) => return frame,
+            None => {
+                seen.push((frame.session, frame.payload.clone(), 1));
+                1
+            }
+        };
+        if copy % 2 == 0 {
+            tracing::error!(session = %frame.session, copy, "FAULT INJECTION: equivocating in round 1");
+            let mut bytes = frame.payload.to_vec();
+            if let Some(last) = bytes.last_mut() {
+                *last ^= 0x01;
+            }
+            return crate::p2p::Frame::new(frame.session, frame.kind, bytes);
+        }
+    }
+    let _ = protocol;
+    frame
+}

@@ -56,6 +56,17 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
             "reshares left pending at the last stop failed"
         );
     }
+    // Likewise key ceremonies: their runs were in memory.
+    let interrupted = store
+        .fail_interrupted_ceremonies(&cfg.node_id)
+        .await
+        .context("failing key ceremonies left in flight")?;
+    if interrupted > 0 {
+        tracing::warn!(
+            count = interrupted,
+            "key ceremonies left in flight at the last stop failed"
+        );
+    }
     notify::status("starting services");
     let api_tls = tls::api_server_config(&cfg.tls).context("api tls configuration")?;
     let listener = TcpListener::bind(cfg.api.listen)

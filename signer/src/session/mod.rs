@@ -268,7 +268,7 @@ pub async fn pump_outgoing(
         let payload = crate::fault::corrupt_outgoing(label, out.payload);
         let frame = Frame::new(id, kind, encode_protocol(msg_type, &payload));
         for peer in targets {
-            let f = frame.clone();
+            let f = crate::fault::equivocate(label, frame.clone());
             let net = net.clone();
             sends.spawn(async move {
                 if let Err(e) = net.p2p.send(&peer, f).await {
@@ -276,6 +276,7 @@ pub async fn pump_outgoing(
                 }
             });
         }
+        crate::fault::after_outgoing(label, &mut sends).await;
         // Reap finished sends so the set stays small.
         while sends.try_join_next().is_some() {}
     }

@@ -159,6 +159,32 @@ impl Store {
         Ok(done)
     }
 
+    /// Fails every ceremony the last stop of this node left `pending` or `running`
+    /// (a ceremony's run lives in memory: it cannot resume after a restart, and its
+    /// row would otherwise say `running` forever), each audited like any failure.
+    /// Returns how many.
+    pub async fn fail_interrupted_ceremonies(&self, node_id: &str) -> Result<u64, StoreError> {
+        let ids: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM dkg_ceremonies WHERE state IN ('pending', 'running') ORDER BY created_at",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut failed = 0;
+        for (id,) in ids {
+            if self
+                .ceremony_failed(
+                    node_id,
+                    id,
+                    "interrupted: this node stopped during the ceremony",
+                )
+                .await?
+            {
+                failed += 1;
+            }
+        }
+        Ok(failed)
+    }
+
     /// Stores this node's sealed share, not yet usable.
     pub async fn insert_share(
         &self,
