@@ -23,8 +23,13 @@ CREATE TABLE key_reshares (
     -- The approving signed votes (vote crate encoding), hex, by voter.
     votes           JSONB NOT NULL,
     confirmation    BYTEA CHECK (confirmation IS NULL OR length(confirmation) = 32),
+    -- 'uncertain': the reshare ended here without a switch AFTER this node stored
+    -- (and so may have sent) its confirmation: other nodes may have switched, so
+    -- the pending share is kept (never deleted on this node's own decision) next
+    -- to the still-usable old one. A later successful reshare of the key deletes
+    -- it and marks this row failed (superseded). docs/RESHARING.md, "Known gap".
     state           TEXT NOT NULL DEFAULT 'pending'
-                    CHECK (state IN ('pending', 'committed', 'failed')),
+                    CHECK (state IN ('pending', 'committed', 'failed', 'uncertain')),
     error           TEXT,
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     finished_at     TIMESTAMPTZ

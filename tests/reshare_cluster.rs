@@ -306,9 +306,12 @@ async fn taproot_key_lifecycle_refresh_quorum_remove_threshold_and_kill() {
     }
     eprintln!("step d (threshold 3 -> 4): {:?}", t0.elapsed());
 
-    // (f) a node SIGKILLed midway (after its pending share is stored, before it
-    // confirms): nobody switches, every node keeps its old share; after its restart
-    // the pending share is gone and a retry completes.
+    // (f) a node SIGKILLed midway (after its pending share and its confirmation are
+    // stored, before it sends the confirmation): nobody switches, every node keeps
+    // its old share usable. Every node stored its confirmation, so none can tell
+    // whether another switched: the reshare is `uncertain` everywhere and the
+    // pending shares are kept (never deleted on a node's own decision). A retry
+    // completes, deletes them and marks the uncertain reshare failed.
     let t0 = std::time::Instant::now();
     let old_ceremony = |i: usize| {
         let c = &c;
@@ -363,11 +366,43 @@ async fn taproot_key_lifecycle_refresh_quorum_remove_threshold_and_kill() {
     c.restart_node(4);
     c.wait_ready(N).await;
     let after_rows: Vec<_> = futures::future::join_all([0, 2, 3, 4].map(&old_ceremony)).await;
+    let usable = |rows: &Vec<Vec<(uuid::Uuid, bool)>>| -> Vec<Vec<(uuid::Uuid, bool)>> {
+        rows.iter()
+            .map(|r| r.iter().copied().filter(|(_, u)| *u).collect())
+            .collect()
+    };
     assert_eq!(
-        after_rows, before_rows,
-        "every node kept exactly its old share"
+        usable(&after_rows),
+        usable(&before_rows),
+        "every node kept exactly its old share usable"
     );
+    let sid_uuid = uuid::Uuid::parse_str(&sid).unwrap();
+    let reshare_state = |i: usize| {
+        let c = &c;
+        async move {
+            let db = c.db(i).await;
+            let (state,): (String,) =
+                sqlx::query_as("SELECT state FROM key_reshares WHERE id = $1")
+                    .bind(sid_uuid)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            state
+        }
+    };
+    for (k, i) in [0, 2, 3, 4].into_iter().enumerate() {
+        assert!(
+            after_rows[k].contains(&(sid_uuid, false)),
+            "node {i} keeps its pending share of the uncertain reshare: {:?}",
+            after_rows[k]
+        );
+        assert_eq!(reshare_state(i).await, "uncertain", "node {i}");
+    }
     let _ = reshare_ok(&c, &key, &json!({}), &[0, 2, 3, 4]).await;
+    for i in [0, 2, 3, 4] {
+        assert_eq!(share_rows(&c, i, &key).await, (1, 1), "node {i}");
+        assert_eq!(reshare_state(i).await, "failed", "node {i}: superseded");
+    }
     let sets = pay_and_verify(&c, &key, &[0, 2, 3, 4]).await;
     assert!(!sets.is_empty());
     eprintln!("step f (kill midway, retry): {:?}", t0.elapsed());

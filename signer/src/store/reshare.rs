@@ -82,8 +82,12 @@ impl Store {
         Ok(())
     }
 
-    /// Fails a pending reshare: its pending (not usable) share is deleted, the
-    /// ceremony marked failed, the failure audited. The old share is untouched.
+    /// Fails a pending reshare: the ceremony is marked failed, the failure audited,
+    /// the old share untouched. Its pending (not usable) share is deleted only if
+    /// this node never stored its confirmation; after that, other nodes may have
+    /// received every confirmation and switched, so the reshare becomes `uncertain`
+    /// and the pending share is kept (deleting it could leave the key with fewer
+    /// than t shares of either generation).
     pub async fn reshare_failed(
         &self,
         node_id: &str,
@@ -91,22 +95,29 @@ impl Store {
         reason: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        let key: Option<(String,)> = sqlx::query_as(
-            "UPDATE key_reshares SET state = 'failed', error = $2, finished_at = now() \
-             WHERE id = $1 AND state = 'pending' RETURNING key_id",
+        let key: Option<(String, bool)> = sqlx::query_as(
+            "UPDATE key_reshares SET \
+               state = CASE WHEN confirmation IS NULL THEN 'failed' ELSE 'uncertain' END, \
+               error = $2, finished_at = now() \
+             WHERE id = $1 AND state = 'pending' RETURNING key_id, confirmation IS NOT NULL",
         )
         .bind(id)
         .bind(reason)
         .fetch_optional(&mut *tx)
         .await?;
-        let deleted = sqlx::query(
-            "DELETE FROM key_shares WHERE ceremony_id = $1 AND node_id = $2 AND NOT usable",
-        )
-        .bind(id)
-        .bind(node_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let uncertain = key.as_ref().is_some_and(|(_, confirmed)| *confirmed);
+        let deleted = if uncertain {
+            0
+        } else {
+            sqlx::query(
+                "DELETE FROM key_shares WHERE ceremony_id = $1 AND node_id = $2 AND NOT usable",
+            )
+            .bind(id)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        };
         sqlx::query(
             "UPDATE dkg_ceremonies SET state = 'failed', error = $2, completed_at = now() \
              WHERE id = $1 AND state IN ('pending', 'running')",
@@ -115,7 +126,7 @@ impl Store {
         .bind(reason)
         .execute(&mut *tx)
         .await?;
-        if let Some((key_id,)) = key {
+        if let Some((key_id, _)) = key {
             append_audit(
                 &mut tx,
                 node_id,
@@ -125,6 +136,7 @@ impl Store {
                         "session": id.to_string(),
                         "error": reason,
                         "pending_share_deleted": deleted > 0,
+                        "outcome_uncertain": uncertain,
                     })),
             )
             .await?;
@@ -210,6 +222,18 @@ impl Store {
             "UPDATE key_reshares SET state = 'committed', finished_at = now() WHERE id = $1",
         )
         .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        // Earlier reshares of the key left uncertain here: their pending shares were
+        // among the rows just deleted.
+        sqlx::query(
+            "UPDATE key_reshares SET state = 'failed', \
+               error = coalesce(error || '; ', '') || 'superseded by reshare ' || $3 \
+             WHERE key_id = $1 AND node_id = $2 AND state = 'uncertain'",
+        )
+        .bind(key_id)
+        .bind(node_id)
+        .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
         for (row, ceremony) in &old {
