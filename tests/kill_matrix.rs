@@ -232,6 +232,19 @@ async fn available_presignatures(
     rows.into_iter().map(|(id,)| id.to_string()).collect()
 }
 
+/// The end every honest node reached (its kind before any `:`), or a problem when
+/// they disagree or one never ended.
+fn agreed_end(ends: &BTreeMap<usize, String>, problems: &mut Vec<String>) -> String {
+    let kinds: BTreeSet<&str> = ends
+        .values()
+        .map(|e| e.split(':').next().unwrap_or(""))
+        .collect();
+    if kinds.len() != 1 || kinds.contains("no end") {
+        problems.push(format!("honest nodes disagree or never end: {ends:?}"));
+    }
+    ends.values().next().cloned().unwrap_or_default()
+}
+
 /// The presignature signer set: the leader, node 1 and the victim.
 fn presign_set(c: &Cluster) -> Vec<String> {
     [0, 1, VICTIM]
@@ -356,14 +369,7 @@ async fn outcome(f: &Fixture, op: Op, started: &Started, problems: &mut Vec<Stri
                     .unwrap_or_else(|| "no end".to_owned());
                 ends.insert(i, e);
             }
-            let kinds: BTreeSet<&str> = ends
-                .values()
-                .map(|e| e.split(':').next().unwrap_or(""))
-                .collect();
-            if kinds.len() != 1 || kinds.contains("no end") {
-                problems.push(format!("honest nodes disagree or never end: {ends:?}"));
-            }
-            ends.values().next().cloned().unwrap_or_default()
+            agreed_end(&ends, problems)
         }
         Started::Tx(id) => {
             let mut ends = BTreeMap::new();
@@ -380,14 +386,7 @@ async fn outcome(f: &Fixture, op: Op, started: &Started, problems: &mut Vec<Stri
                     .unwrap_or_else(|| "no end".to_owned());
                 ends.insert(i, e);
             }
-            let kinds: BTreeSet<&str> = ends
-                .values()
-                .map(|e| e.split(':').next().unwrap_or(""))
-                .collect();
-            if kinds.len() != 1 || kinds.contains("no end") {
-                problems.push(format!("honest nodes disagree or never end: {ends:?}"));
-            }
-            ends.values().next().cloned().unwrap_or_default()
+            agreed_end(&ends, problems)
         }
         Started::Presign(before) => {
             let set = presign_set(c);
