@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use cluster_tests::wallet::{aux_info, fund, submit_payment};
-use cluster_tests::Cluster;
+use cluster_tests::{proc_state, Cluster};
 use serde_json::{json, Value};
 
 const N: usize = 5;
@@ -521,13 +521,6 @@ async fn retry(f: &Fixture, op: Op, problems: &mut Vec<String>) -> String {
             "retry completed".to_owned()
         }
     }
-}
-
-/// State of process `pid`: `None` if gone (or a zombie), else its state letter.
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let s = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
-    (s != 'Z' && s != 'X').then_some(s)
 }
 
 /// Every node's database: shares of the cluster keys, presignatures consumed once,

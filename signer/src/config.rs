@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -232,6 +233,11 @@ pub struct WalletConfig {
     /// vote deadline, it serves no sign request for the transaction any more).
     #[serde(default = "default_sign_secs")]
     pub sign_timeout_secs: u64,
+    /// Seconds a signing run of one input may go without any protocol message from
+    /// its participants before it is stalled: the signers it waits for are named
+    /// absent and the leader tries again without them (within `sign_timeout_secs`).
+    #[serde(default = "default_sign_stall_secs")]
+    pub sign_stall_timeout_secs: u64,
     /// Latest voting deadline this node accepts, in seconds from when it receives a
     /// proposal: a leader's later deadline is cut down to it.
     #[serde(default = "default_max_vote_deadline_secs")]
@@ -247,6 +253,7 @@ impl Default for WalletConfig {
             max_fee_sats: default_max_fee(),
             vote_timeout_secs: default_vote_secs(),
             sign_timeout_secs: default_sign_secs(),
+            sign_stall_timeout_secs: default_sign_stall_secs(),
             max_vote_deadline_secs: default_max_vote_deadline_secs(),
         }
     }
@@ -266,6 +273,20 @@ fn default_vote_secs() -> u64 {
 }
 fn default_sign_secs() -> u64 {
     120
+}
+fn default_sign_stall_secs() -> u64 {
+    30
+}
+
+impl WalletConfig {
+    /// How long a signing run may go without protocol messages (at least 2 s, at
+    /// most the whole signing budget).
+    pub fn sign_stall_timeout(&self) -> Duration {
+        Duration::from_secs(
+            self.sign_stall_timeout_secs
+                .clamp(2, self.sign_timeout_secs.max(5)),
+        )
+    }
 }
 fn default_max_vote_deadline_secs() -> u64 {
     300

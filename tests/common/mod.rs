@@ -491,6 +491,14 @@ pub fn funding(addr: &bitcoin::Address, values: &[u64]) -> bitcoin::Transaction 
     }
 }
 
+/// State of process `pid`: `None` if gone (or a zombie), else its state letter
+/// (`T` when stopped).
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let s = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+    (s != 'Z' && s != 'X').then_some(s)
+}
+
 /// The string field `field` of every element of the array `list` of `v`.
 pub fn strings_of(v: &serde_json::Value, list: &str, field: &str) -> Vec<String> {
     v[list]

@@ -74,7 +74,10 @@ pub async fn participate(node: Arc<DkgCtx>, spec: CeremonySpec) {
         Ok(r) => r,
         Err(_) => Err(DkgError::Timeout {
             secs: total.as_secs(),
-            stage: "running the ceremony".to_owned(),
+            stage: crate::session::stalled_stage(
+                "running the ceremony",
+                &node.sessions.laggards(spec.id, &node.cfg.node_id),
+            ),
         }),
     };
     node.sessions.unregister(spec.id);

@@ -207,7 +207,13 @@ async fn run_items(
             run_item(node, spec, item, q, indices, position, (share, ceremony)),
         )
         .await
-        .unwrap_or_else(|_| Err(PresignError::Protocol("presigning timed out".into())))
+        .unwrap_or_else(|_| {
+            let absent = node.sessions.laggards(item, &node.cfg.node_id);
+            Err(PresignError::Protocol(crate::session::stalled_stage(
+                "presigning timed out",
+                &absent,
+            )))
+        })
     });
     let mut results = futures::stream::iter(runs).buffered(PIPELINE_DEPTH);
     let mut stored = 0;

@@ -63,6 +63,10 @@ struct SessionEntry {
     kind: MessageKind,
     protocol_tx: mpsc::Sender<RawIncoming>,
     confirm_tx: mpsc::Sender<(String, Vec<u8>)>,
+    /// Protocol messages routed from each participant (by run index).
+    received: Vec<u32>,
+    /// When the session was registered or its last protocol message routed.
+    progress: Instant,
 }
 
 /// The receiving ends of a registered session.
@@ -107,6 +111,8 @@ impl Router {
             kind,
             protocol_tx,
             confirm_tx,
+            received: vec![0; participants.len()],
+            progress: Instant::now(),
         };
         let mut g = self.lock();
         if g.sessions.contains_key(&id) {
@@ -117,8 +123,9 @@ impl Router {
         let (mine, rest): (Vec<_>, Vec<_>) =
             early.into_iter().partition(|(_, f)| f.frame.session == id);
         g.early = rest.into_iter().collect();
+        let mut entry = entry;
         for (_, inbound) in mine {
-            route(&entry, id, inbound);
+            route(&mut entry, id, inbound);
         }
         g.sessions.insert(id, entry);
         Some(SessionQueues {
@@ -132,12 +139,35 @@ impl Router {
         self.lock().sessions.remove(&id);
     }
 
+    /// How long a live session has gone without a protocol message from any
+    /// participant (since its registration if none came yet); `None` when the
+    /// session is not live.
+    pub fn idle_for(&self, id: Uuid) -> Option<Duration> {
+        self.lock().sessions.get(&id).map(|e| e.progress.elapsed())
+    }
+
+    /// The participants of a live session (other than `me`) that are behind: fewer
+    /// protocol messages arrived from them than from the furthest of the others. In
+    /// the symmetric protocols routed here (every party sends every other the same
+    /// messages per round) these are the absent or stalled parties a stuck run waits
+    /// for; when every other participant is equally far, nobody is named (the run
+    /// waits on something else). A hint for operators and for the leader's choice of
+    /// the next signer set, never evidence of misbehaviour: a party that crashed is
+    /// not a culprit.
+    pub fn laggards(&self, id: Uuid, me: &str) -> Vec<String> {
+        let g = self.lock();
+        let Some(entry) = g.sessions.get(&id) else {
+            return Vec::new();
+        };
+        laggards_of(&entry.participants, &entry.received, me)
+    }
+
     /// Routes a protocol or confirmation frame to its session, or keeps it (bounded)
     /// until the session is registered.
     pub fn deliver(&self, inbound: Inbound) {
         let mut g = self.lock();
         let id = inbound.frame.session;
-        if let Some(entry) = g.sessions.get(&id) {
+        if let Some(entry) = g.sessions.get_mut(&id) {
             route(entry, id, inbound);
             return;
         }
@@ -170,7 +200,34 @@ impl Router {
     }
 }
 
-fn route(entry: &SessionEntry, id: Uuid, inbound: Inbound) {
+/// What a timed-out run was doing, with the participants it still waited for (see
+/// [`Router::laggards`]): absence is named, never blamed.
+pub fn stalled_stage(stage: &str, absent: &[String]) -> String {
+    if absent.is_empty() {
+        stage.to_owned()
+    } else {
+        format!("{stage}; waiting for {}", absent.join(", "))
+    }
+}
+
+/// See [`Router::laggards`].
+fn laggards_of(participants: &[String], received: &[u32], me: &str) -> Vec<String> {
+    let others = || {
+        participants
+            .iter()
+            .zip(received)
+            .filter(|(p, _)| p.as_str() != me)
+    };
+    let Some(furthest) = others().map(|(_, n)| *n).max() else {
+        return Vec::new();
+    };
+    others()
+        .filter(|(_, n)| **n < furthest)
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+fn route(entry: &mut SessionEntry, id: Uuid, inbound: Inbound) {
     let Some(idx) = entry.participants.iter().position(|p| *p == inbound.from) else {
         tracing::warn!(peer = %inbound.from, session = %id, "ceremony frame from a non-participant; dropped");
         return;
@@ -208,7 +265,12 @@ fn route(entry: &SessionEntry, id: Uuid, inbound: Inbound) {
     };
     if entry.protocol_tx.try_send(msg).is_err() {
         tracing::warn!(peer = %inbound.from, session = %id, "session queue full or closed; frame dropped");
+        return;
     }
+    if let Some(n) = entry.received.get_mut(idx) {
+        *n = n.saturating_add(1);
+    }
+    entry.progress = Instant::now();
 }
 
 /// Encodes a protocol message with its type flag.
@@ -296,6 +358,34 @@ mod tests {
             from: from.to_owned(),
             frame: Frame::new(session, kind, payload),
         }
+    }
+
+    #[test]
+    fn the_participants_a_stuck_run_waits_for_are_named() {
+        let router = Router::default();
+        let id = Uuid::new_v4();
+        let participants = ids(&["node-1", "node-2", "node-3", "node-4"]);
+        // node-3's first message arrives early (replayed, counted too).
+        router.deliver(frame(id, "node-3", MessageKind::SIGN, vec![0, 1]));
+        let _q = router
+            .register(id, &participants, MessageKind::SIGN)
+            .expect("a new session id");
+        router.deliver(frame(id, "node-2", MessageKind::SIGN, vec![0, 1]));
+        router.deliver(frame(id, "node-2", MessageKind::SIGN, vec![0, 2]));
+        router.deliver(frame(id, "node-3", MessageKind::SIGN, vec![0, 2]));
+        // node-4 sent nothing; this node (node-1) is never named.
+        assert_eq!(router.laggards(id, "node-1"), ids(&["node-4"]));
+        router.deliver(frame(id, "node-4", MessageKind::SIGN, vec![0, 1]));
+        assert_eq!(router.laggards(id, "node-1"), ids(&["node-4"]));
+        router.deliver(frame(id, "node-4", MessageKind::SIGN, vec![0, 2]));
+        // Everyone equally far: nobody is named. Frames that are dropped (wrong
+        // kind, malformed) do not count as progress.
+        assert!(router.laggards(id, "node-1").is_empty());
+        router.deliver(frame(id, "node-2", MessageKind::KEYGEN, vec![0, 3]));
+        router.deliver(frame(id, "node-2", MessageKind::SIGN, vec![7]));
+        assert!(router.laggards(id, "node-1").is_empty());
+        router.unregister(id);
+        assert!(router.laggards(id, "node-1").is_empty());
     }
 
     #[test]

@@ -88,6 +88,16 @@ pub enum TxError {
         /// Explanation.
         message: String,
     },
+    /// A signing attempt stalled: these signers (node ids) did not take part in
+    /// time (crashed, frozen or cut off). Not misbehaviour: nobody is blamed, the
+    /// next attempt goes without them.
+    #[error("{message}")]
+    Absent {
+        /// The signers that did not answer.
+        absent: Vec<String>,
+        /// Explanation.
+        message: String,
+    },
 }
 
 impl From<wallet::WalletError> for TxError {
@@ -707,6 +717,7 @@ mod tests {
             signature: None,
             error: Some("x".into()),
             blamed: Vec::new(),
+            absent: Vec::new(),
         }
     }
 

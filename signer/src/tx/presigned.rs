@@ -150,12 +150,16 @@ pub async fn sign_input(
         }
     }
     // Signers that misbehaved (an invalid partial, or named by a protocol run) are
-    // never asked again for this input; members that only failed to answer may be.
+    // never asked again for this input, nor are those that stalled a full-protocol
+    // attempt (absent); members that only failed to answer with a presignature may
+    // be.
     let mut culprits: Vec<String> = excluded_culprits(p);
+    let mut absent: Vec<String> = Vec::new();
+    let budget_end = tokio::time::Instant::now() + timeout;
     for attempt in 1..=MAX_FULL_ATTEMPTS {
         let mut signers: Vec<String> = approvers
             .iter()
-            .filter(|n| !excluded.contains(n) && !culprits.contains(n))
+            .filter(|n| !excluded.contains(n) && !culprits.contains(n) && !absent.contains(n))
             .cloned()
             .collect();
         // A member was excluded and too few others approved so far: votes may still
@@ -171,7 +175,9 @@ pub async fn sign_input(
             if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
                 signers = a
                     .iter()
-                    .filter(|n| !excluded.contains(n) && !culprits.contains(n))
+                    .filter(|n| {
+                        !excluded.contains(n) && !culprits.contains(n) && !absent.contains(n)
+                    })
                     .cloned()
                     .collect();
                 approvers = a;
@@ -180,7 +186,7 @@ pub async fn sign_input(
         if signers.len() < t {
             signers = approvers
                 .iter()
-                .filter(|n| !culprits.contains(n))
+                .filter(|n| !culprits.contains(n) && !absent.contains(n))
                 .cloned()
                 .collect();
         }
@@ -188,9 +194,19 @@ pub async fn sign_input(
             return Err(TxError::Invalid {
                 code: "not_enough_signers",
                 message: format!(
-                    "input {input}: {} approving signers left after excluding misbehaving {culprits:?}, {t} needed; nothing was signed",
+                    "input {input}: {} approving signers left after excluding misbehaving {culprits:?} and absent {absent:?}, {t} needed; nothing was signed",
                     signers.len()
                 ),
+            });
+        }
+        let left = budget_end.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(TxError::Absent {
+                message: format!(
+                    "input {input}: signing budget of {} s spent; absent: {absent:?}",
+                    timeout.as_secs()
+                ),
+                absent,
             });
         }
         signers.truncate(t);
@@ -202,7 +218,9 @@ pub async fn sign_input(
             presignature: None,
             votes: Vec::new(),
         };
-        match crate::tx::signing::sign_one_input(node, req, timeout).await {
+        let session = req.session;
+        let set = req.signers.clone();
+        match crate::tx::signing::sign_one_input(node, req, left).await {
             Err(TxError::Misbehaviour {
                 culprits: c,
                 message,
@@ -210,6 +228,25 @@ pub async fn sign_input(
                 tracing::warn!(%tx, input, culprits = ?c, %message,
                     "signing failed through misbehaving signers; retrying without them");
                 culprits.extend(c.into_iter().filter(|n| *n != me));
+                if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
+                    approvers = a;
+                }
+            }
+            Err(TxError::Absent { absent: a, message }) => {
+                record_absent(node, tx, input, session, &set, &a, &message).await;
+                for n in a.into_iter().filter(|n| *n != me) {
+                    if !absent.contains(&n) {
+                        absent.push(n);
+                    }
+                }
+                if attempt == MAX_FULL_ATTEMPTS {
+                    return Err(TxError::Absent {
+                        message: format!(
+                            "input {input}: no signature after {attempt} attempts; absent: {absent:?} ({message})"
+                        ),
+                        absent,
+                    });
+                }
                 if let Ok(a) = crate::tx::signing::choose_signers(node, p).await {
                     approvers = a;
                 }
@@ -222,9 +259,44 @@ pub async fn sign_input(
     )))
 }
 
-/// Full-protocol attempts per input at most (each without the culprits of the
-/// previous ones).
+/// Full-protocol attempts per input at most (each without the culprits and the
+/// absent signers of the previous ones).
 const MAX_FULL_ATTEMPTS: usize = 3;
+
+/// Logs and audits a full-protocol attempt that stalled and whom it waited for;
+/// the next attempt goes without them (a crash is not misbehaviour: nobody is
+/// blamed).
+async fn record_absent(
+    node: &Arc<TxCtx>,
+    tx: Uuid,
+    input: u32,
+    session: Uuid,
+    signers: &[String],
+    absent: &[String],
+    message: &str,
+) {
+    tracing::warn!(%tx, input, %session, ?signers, ?absent, %message,
+        "signing attempt stalled; trying again without the absent signers");
+    let me = node.cfg.node_id.clone();
+    if let Err(e) = node
+        .store
+        .audit(
+            &me,
+            crate::audit::AuditEntry::new("node", "tx.signers_absent")
+                .subject(tx.to_string())
+                .details(serde_json::json!({
+                    "input": input,
+                    "session": session,
+                    "signers": signers,
+                    "absent": absent,
+                    "reason": message,
+                })),
+        )
+        .await
+    {
+        tracing::error!(%tx, error = %e, "cannot audit the absent signers");
+    }
+}
 
 /// The culprits the leader already found in this transaction.
 fn excluded_culprits(p: &Pending) -> Vec<String> {

@@ -23,6 +23,9 @@ use crate::tx::vote_intake::VoteIntake;
 use vote::{QuorumCertificate, SigningPermit, VoteDecision};
 use wallet::KeyKind;
 
+/// How often a signing run checks whether it stalled.
+const STALL_CHECK: Duration = Duration::from_millis(500);
+
 /// How long a signer waits for the quorum's votes to reach it after a sign request.
 const QUORUM_WAIT: Duration = Duration::from_secs(10);
 
@@ -242,6 +245,12 @@ pub(crate) async fn send_sign_request(
 }
 
 /// Asks the signers of `req` to sign and returns the first verified signature bytes.
+///
+/// The attempt ends once every signer answered or was named absent by a signer
+/// whose own run stalled (each signer ends a run that receives no protocol message
+/// for `[wallet] sign_stall_timeout_secs`), or after `timeout`. Signers that did not
+/// answer are reported as [`TxError::Absent`] (not blamed): the caller tries again
+/// without them.
 pub(crate) async fn sign_one_input(
     node: &Arc<TxCtx>,
     req: SignRequest,
@@ -251,76 +260,87 @@ pub(crate) async fn sign_one_input(
     send_sign_request(node, &req, tx).await?;
     let p = node.tx.get(req.tx);
     let me = node.cfg.node_id.clone();
-    let result = tokio::time::timeout(timeout, async {
-        let mut errors = Vec::new();
-        let mut answered: Vec<String> = Vec::new();
-        let mut culprits: Vec<String> = Vec::new();
-        while let Some((from, reply)) = rx.recv().await {
-            // One answer per signer counts (replies come from the set's signers only).
-            if answered.contains(&from) {
-                continue;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut errors = Vec::new();
+    let mut answered: Vec<String> = Vec::new();
+    let mut culprits: Vec<String> = Vec::new();
+    // Signers that a stalled signer's run was still waiting for.
+    let mut named_absent: Vec<String> = Vec::new();
+    let mut timed_out = false;
+    let mut signature = None;
+    loop {
+        let (from, reply) = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(_) => {
+                timed_out = true;
+                break;
             }
-            answered.push(from.clone());
-            match (reply.signature, reply.error) {
-                (Some(hex_sig), _) => match hex::decode(&hex_sig) {
-                    Ok(b) if b.len() == 64 => return Ok(b),
-                    _ => errors.push(format!("{from}: malformed signature")),
-                },
-                (None, e) => {
-                    errors.push(format!("{from}: {}", e.unwrap_or_default()));
-                    let blamed: Vec<String> = reply
-                        .blamed
-                        .into_iter()
-                        .filter(|c| req.signers.contains(c) && *c != from)
-                        .collect();
-                    for c in &blamed {
-                        if from != me {
-                            blame::record(
-                                node,
-                                c,
-                                blame::VIOLATION_SIGNING_MISBEHAVIOUR,
-                                &req.session.to_string(),
-                                serde_json::json!({ "input": req.input, "reported_by": from }),
-                                &from,
-                            )
-                            .await;
-                        }
-                        if let Some(p) = &p {
-                            p.add_blame(Blame {
-                                culprit: c.clone(),
-                                kind: blame::VIOLATION_SIGNING_MISBEHAVIOUR.into(),
-                                session: req.session,
-                                input: req.input,
-                                detected_by: from.clone(),
-                                presignature_public: None,
-                                partials: Vec::new(),
-                            });
-                        }
-                        if !culprits.contains(c) {
-                            culprits.push(c.clone());
-                        }
-                    }
-                    // Every signer of the set is needed: a refusal ends the attempt
-                    // (instead of waiting for the timeout), unless it names culprits
-                    // and other honest signers may still name them too.
-                    let waiting = req
-                        .signers
-                        .iter()
-                        .any(|s| !answered.contains(s) && !culprits.contains(s));
-                    if blamed.is_empty() || !waiting {
-                        break;
-                    }
+        };
+        // One answer per signer counts (replies come from the set's signers only).
+        if answered.contains(&from) {
+            continue;
+        }
+        answered.push(from.clone());
+        if let Some(hex_sig) = reply.signature {
+            match hex::decode(&hex_sig) {
+                Ok(b) if b.len() == 64 => {
+                    signature = Some(b);
+                    break;
                 }
+                _ => errors.push(format!("{from}: malformed signature")),
+            }
+            continue;
+        }
+        errors.push(format!("{from}: {}", reply.error.unwrap_or_default()));
+        for a in reply.absent {
+            if req.signers.contains(&a) && a != from && !named_absent.contains(&a) {
+                named_absent.push(a);
             }
         }
-        let message = format!("input {}: no signature ({})", req.input, errors.join("; "));
-        if culprits.is_empty() {
-            Err(TxError::Internal(message))
-        } else {
-            Err(TxError::Misbehaviour { culprits, message })
+        let blamed: Vec<String> = reply
+            .blamed
+            .into_iter()
+            .filter(|c| req.signers.contains(c) && *c != from)
+            .collect();
+        for c in &blamed {
+            if from != me {
+                blame::record(
+                    node,
+                    c,
+                    blame::VIOLATION_SIGNING_MISBEHAVIOUR,
+                    &req.session.to_string(),
+                    serde_json::json!({ "input": req.input, "reported_by": from }),
+                    &from,
+                )
+                .await;
+            }
+            if let Some(p) = &p {
+                p.add_blame(Blame {
+                    culprit: c.clone(),
+                    kind: blame::VIOLATION_SIGNING_MISBEHAVIOUR.into(),
+                    session: req.session,
+                    input: req.input,
+                    detected_by: from.clone(),
+                    presignature_public: None,
+                    partials: Vec::new(),
+                });
+            }
+            if !culprits.contains(c) {
+                culprits.push(c.clone());
+            }
         }
-    })
-    .await;
+        // Every signer of the set is needed: a refusal ends the attempt (instead of
+        // waiting for the timeout), unless it names culprits or absentees and other
+        // signers may still answer.
+        let waiting = req
+            .signers
+            .iter()
+            .any(|s| !answered.contains(s) && !culprits.contains(s) && !named_absent.contains(s));
+        if (blamed.is_empty() && named_absent.is_empty()) || !waiting {
+            break;
+        }
+    }
     node.tx.forget_replies(req.session);
     if let Some(after) = crate::fault::replay_sign_request_after() {
         // Once the session is over here: the replays' answers reach no one.
@@ -336,13 +356,58 @@ pub(crate) async fn sign_one_input(
             }
         });
     }
-    result.unwrap_or_else(|_| {
-        Err(TxError::Internal(format!(
-            "input {}: signing timed out after {} s",
+    if let Some(sig) = signature {
+        return Ok(sig);
+    }
+    let silent: Vec<String> = req
+        .signers
+        .iter()
+        .filter(|s| !answered.contains(s))
+        .cloned()
+        .collect();
+    if !culprits.is_empty() {
+        let message = format!("input {}: no signature ({})", req.input, errors.join("; "));
+        return Err(TxError::Misbehaviour { culprits, message });
+    }
+    if timed_out || !named_absent.is_empty() {
+        // The absent: named by a stalled signer and silent themselves; else the
+        // silent; else (everyone answered that they stalled) the named.
+        let mut absent: Vec<String> = named_absent
+            .iter()
+            .filter(|a| silent.contains(a))
+            .cloned()
+            .collect();
+        if absent.is_empty() {
+            absent = if silent.is_empty() {
+                named_absent
+            } else {
+                silent
+            };
+        }
+        let how = if timed_out {
+            format!("no answer within {} s", timeout.as_secs())
+        } else {
+            "the signing session stalled".to_owned()
+        };
+        let mut message = format!(
+            "input {}: {how}; absent: {}",
             req.input,
-            timeout.as_secs()
-        )))
-    })
+            if absent.is_empty() {
+                "unknown".to_owned()
+            } else {
+                absent.join(", ")
+            }
+        );
+        if !errors.is_empty() {
+            message.push_str(&format!(" ({})", errors.join("; ")));
+        }
+        return Err(TxError::Absent { absent, message });
+    }
+    Err(TxError::Internal(format!(
+        "input {}: no signature ({})",
+        req.input,
+        errors.join("; ")
+    )))
 }
 
 fn reply_for(node: &TxCtx, req: &SignRequest, r: Result<Vec<u8>, TxError>) -> SignatureReply {
@@ -352,18 +417,21 @@ fn reply_for(node: &TxCtx, req: &SignRequest, r: Result<Vec<u8>, TxError>) -> Si
             signature: Some(hex::encode(sig)),
             error: None,
             blamed: Vec::new(),
+            absent: Vec::new(),
         },
         Err(e) => {
             tracing::warn!(node = %node.cfg.node_id, tx = %req.tx, input = req.input, error = %e, "not signing");
-            let blamed = match &e {
-                TxError::Misbehaviour { culprits, .. } => culprits.clone(),
-                _ => Vec::new(),
+            let (blamed, absent) = match &e {
+                TxError::Misbehaviour { culprits, .. } => (culprits.clone(), Vec::new()),
+                TxError::Absent { absent, .. } => (Vec::new(), absent.clone()),
+                _ => (Vec::new(), Vec::new()),
             };
             SignatureReply {
                 session: req.session,
                 signature: None,
                 error: Some(e.to_string()),
                 blamed,
+                absent,
             }
         }
     }
@@ -732,6 +800,14 @@ async fn run_protocol(
             signer_protocol::ProtocolKind::FrostSign,
         ),
     };
+    let msg = match &material {
+        Material::Ecdsa(_) => Some(
+            input
+                .ecdsa_message()
+                .ok_or_else(|| TxError::Internal("not an ecdsa input".into()))?,
+        ),
+        Material::Frost(_) => None,
+    };
     let mut extra = req.tx.as_bytes().to_vec();
     extra.extend_from_slice(&req.input.to_be_bytes());
     let eid = ExecutionId::derive(req.session.as_bytes(), protocol, t, &req.signers, &extra);
@@ -754,43 +830,78 @@ async fn run_protocol(
     let path = input.path.clone();
     let indices = indices.to_vec();
     let rx = queues.protocol_rx;
-    let result = match material {
-        Material::Ecdsa(share) => {
-            let msg = input
-                .ecdsa_message()
-                .ok_or_else(|| TxError::Internal("not an ecdsa input".into()))?;
-            node.protocol_slots
-                .run(protocol, move || {
-                    let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
-                    async move {
-                        ecdsa::sign(party, &eid, pos, &indices, &share, &path, &msg, &ok, None)
-                            .await
-                            .map(|s| s.serialize_compact().to_vec())
-                    }
-                })
-                .await
-        }
-        Material::Frost(share) => {
-            let digest = input.sighash.digest();
-            node.protocol_slots
-                .run(protocol, move || {
-                    let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
-                    async move {
-                        frost::sign(party, pos, &indices, &share, &path, &digest, &ok)
-                            .await
-                            .map(|s| s.serialize().to_vec())
-                    }
-                })
-                .await
+    let stall = node.cfg.wallet.sign_stall_timeout();
+    let run = async move {
+        match (material, msg) {
+            (Material::Ecdsa(_), None) => Err(signer_protocol::ProtocolError::InvalidArgument(
+                "not an ecdsa input".into(),
+            )),
+            (Material::Ecdsa(share), Some(msg)) => {
+                node.protocol_slots
+                    .run(protocol, move || {
+                        let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
+                        async move {
+                            ecdsa::sign(party, &eid, pos, &indices, &share, &path, &msg, &ok, None)
+                                .await
+                                .map(|s| s.serialize_compact().to_vec())
+                        }
+                    })
+                    .await
+            }
+            (Material::Frost(share), _) => {
+                let digest = input.sighash.digest();
+                node.protocol_slots
+                    .run(protocol, move || {
+                        let party = channel_party(DeliveryConfig::new(pos, t), rx, out_tx);
+                        async move {
+                            frost::sign(party, pos, &indices, &share, &path, &digest, &ok)
+                                .await
+                                .map(|s| s.serialize().to_vec())
+                        }
+                    })
+                    .await
+            }
         }
     };
-    let _ = pump.await;
-    node.sessions.unregister(req.session);
-    let e = match result {
-        Ok(sig) => return Ok(sig),
-        Err(e) => e,
+    // A run that stalls (no protocol message from any participant for the stall
+    // bound: a signer crashed, froze or is cut off) ends here, naming whom it waited
+    // for; so does one that outlives the whole signing budget. The protocol thread
+    // is cancelled with the future and its slot freed.
+    let budget =
+        tokio::time::Instant::now() + Duration::from_secs(node.cfg.wallet.sign_timeout_secs.max(5));
+    tokio::pin!(run);
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break Some(r),
+            () = tokio::time::sleep(STALL_CHECK) => {
+                let idle = node.sessions.idle_for(req.session).unwrap_or(stall);
+                if idle >= stall || tokio::time::Instant::now() >= budget {
+                    break None;
+                }
+            }
+        }
     };
     let me = node.cfg.node_id.clone();
+    let absent = node.sessions.laggards(req.session, &me);
+    node.sessions.unregister(req.session);
+    let _ = pump.await;
+    let e = match result {
+        Some(Ok(sig)) => return Ok(sig),
+        Some(Err(e)) => e,
+        None => {
+            let message = format!(
+                "input {}: signing session stalled (no protocol message for {} s), waiting for {}",
+                req.input,
+                stall.as_secs(),
+                if absent.is_empty() {
+                    "a participant".to_owned()
+                } else {
+                    absent.join(", ")
+                }
+            );
+            return Err(TxError::Absent { absent, message });
+        }
+    };
     let culprits: Vec<String> = e
         .culprits()
         .into_iter()

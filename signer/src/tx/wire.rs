@@ -82,6 +82,11 @@ pub struct SignatureReply {
     /// failed through their fault.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blamed: Vec<String>,
+    /// When this signer's protocol run stalled: the signers it was still waiting
+    /// for (node ids; a hint, not blame). Absent from the encoding when empty, so
+    /// replies of runs that did not stall are unchanged on the wire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<String>,
 }
 
 /// Misbehaviour of a signer in a signing session, as the leader relays it to every
@@ -234,6 +239,7 @@ mod tests {
                 signature: Some("ab".into()),
                 error: None,
                 blamed: Vec::new(),
+                absent: Vec::new(),
             }),
             r#"{"session":"00000000-0000-0000-0000-000000000002","signature":"ab","error":null}"#
         );
@@ -243,8 +249,20 @@ mod tests {
                 signature: None,
                 error: Some("e".into()),
                 blamed: vec!["node-3".into()],
+                absent: Vec::new(),
             }),
             r#"{"session":"00000000-0000-0000-0000-000000000002","signature":null,"error":"e","blamed":["node-3"]}"#
+        );
+        // A stalled run names whom it waited for; replies without it stay as before.
+        assert_eq!(
+            json(&SignatureReply {
+                session,
+                signature: None,
+                error: Some("e".into()),
+                blamed: Vec::new(),
+                absent: vec!["node-4".into()],
+            }),
+            r#"{"session":"00000000-0000-0000-0000-000000000002","signature":null,"error":"e","absent":["node-4"]}"#
         );
         assert_eq!(
             json(&Done {
