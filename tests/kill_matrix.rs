@@ -32,6 +32,7 @@ const T: u16 = 3;
 /// The node that stops itself: in every signer set the leader (node 0) picks first
 /// and in the presignature set below; never the DKG coordinator.
 const VICTIM: usize = 2;
+const VICTIM_ID: &str = "node-3";
 const HONEST: [usize; 4] = [0, 1, 3, 4];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -368,6 +369,12 @@ async fn outcome(f: &Fixture, op: Op, started: &Started, problems: &mut Vec<Stri
                     .await
                     .unwrap_or_else(|| "no end".to_owned());
                 ends.insert(i, e);
+            }
+            // A ceremony that failed through the victim names it (absent, not blamed).
+            for (i, e) in &ends {
+                if e.starts_with("failed") && !e.contains(VICTIM_ID) {
+                    problems.push(format!("node {i}'s failure does not name {VICTIM_ID}: {e}"));
+                }
             }
             agreed_end(&ends, problems)
         }

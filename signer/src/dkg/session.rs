@@ -72,13 +72,20 @@ pub async fn participate(node: Arc<DkgCtx>, spec: CeremonySpec) {
     let (_, total) = spec.protocol.timeouts(&node.cfg.aux);
     let outcome = match tokio::time::timeout(total, run(&node, &spec, index, queues)).await {
         Ok(r) => r,
-        Err(_) => Err(DkgError::Timeout {
-            secs: total.as_secs(),
-            stage: crate::session::stalled_stage(
-                "running the ceremony",
-                &node.sessions.laggards(spec.id, &node.cfg.node_id),
-            ),
-        }),
+        Err(_) => {
+            let absent = crate::session::absentees(
+                &node.sessions,
+                node.coord(),
+                spec.id,
+                &spec.participants,
+                &node.cfg.node_id,
+            )
+            .await;
+            Err(DkgError::Timeout {
+                secs: total.as_secs(),
+                stage: crate::session::stalled_stage("running the ceremony", &absent),
+            })
+        }
     };
     node.sessions.unregister(spec.id);
     match outcome {

@@ -202,18 +202,25 @@ async fn run_items(
     // sealed, confirmed and stored (every member runs the same items in the same
     // order, each on its own session id and queues).
     let runs = queues.into_iter().map(|(item, q)| async move {
-        tokio::time::timeout(
-            ITEM_TIMEOUT,
-            run_item(node, spec, item, q, indices, position, (share, ceremony)),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            let absent = node.sessions.laggards(item, &node.cfg.node_id);
-            Err(PresignError::Protocol(crate::session::stalled_stage(
-                "presigning timed out",
-                &absent,
-            )))
-        })
+        let run = run_item(node, spec, item, q, indices, position, (share, ceremony));
+        match tokio::time::timeout(ITEM_TIMEOUT, run).await {
+            Ok(r) => r,
+            Err(_) => {
+                let me = &node.cfg.node_id;
+                let absent = crate::session::absentees(
+                    &node.sessions,
+                    node.coord(),
+                    item,
+                    &spec.signers,
+                    me,
+                )
+                .await;
+                Err(PresignError::Protocol(crate::session::stalled_stage(
+                    "presigning timed out",
+                    &absent,
+                )))
+            }
+        }
     });
     let mut results = futures::stream::iter(runs).buffered(PIPELINE_DEPTH);
     let mut stored = 0;

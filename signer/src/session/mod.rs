@@ -210,6 +210,39 @@ pub fn stalled_stage(stage: &str, absent: &[String]) -> String {
     }
 }
 
+/// The participants a stalled run `id` waits for, as far as this node can tell:
+/// those behind ([`Router::laggards`]); when nobody is behind (this node heard
+/// equally from everyone, or the run waits for confirmations), those without a live
+/// etcd registration (a crashed or frozen node's lease expires). A hint for
+/// operators and for the choice of the next signer set, never blame. Call before
+/// [`Router::unregister`].
+pub async fn absentees(
+    router: &Router,
+    coord: Option<crate::coord::Coord>,
+    id: Uuid,
+    participants: &[String],
+    me: &str,
+) -> Vec<String> {
+    let behind = router.laggards(id, me);
+    if !behind.is_empty() {
+        return behind;
+    }
+    let Some(coord) = coord else {
+        return Vec::new();
+    };
+    match tokio::time::timeout(ABSENTEE_LOOKUP, coord.list_nodes()).await {
+        Ok(Ok(live)) => participants
+            .iter()
+            .filter(|p| p.as_str() != me && !live.iter().any(|n| n.node_id == **p))
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Bound of the etcd lookup in [`absentees`].
+const ABSENTEE_LOOKUP: Duration = Duration::from_secs(2);
+
 /// See [`Router::laggards`].
 fn laggards_of(participants: &[String], received: &[u32], me: &str) -> Vec<String> {
     let others = || {

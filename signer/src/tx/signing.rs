@@ -882,7 +882,12 @@ async fn run_protocol(
         }
     };
     let me = node.cfg.node_id.clone();
-    let absent = node.sessions.laggards(req.session, &me);
+    let absent = if result.is_none() {
+        crate::session::absentees(&node.sessions, node.coord(), req.session, &req.signers, &me)
+            .await
+    } else {
+        Vec::new()
+    };
     node.sessions.unregister(req.session);
     let _ = pump.await;
     let e = match result {
