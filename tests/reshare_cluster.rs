@@ -83,6 +83,44 @@ async fn audit_count(c: &Cluster, i: usize, action: &str, key_id: &str) -> i64 {
     n
 }
 
+/// State of reshare `sid` in node `i`'s `key_reshares`.
+async fn reshare_state(c: &Cluster, i: usize, sid: &str) -> String {
+    let db = c.db(i).await;
+    let (state,): (String,) = sqlx::query_as("SELECT state FROM key_reshares WHERE id = $1::uuid")
+        .bind(sid)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    state
+}
+
+/// Ceremonies (generations) of node `i`'s usable share rows of `key_id`.
+async fn usable_generations(c: &Cluster, i: usize, key_id: &str) -> Vec<String> {
+    let db = c.db(i).await;
+    let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
+        "SELECT ceremony_id FROM key_shares WHERE key_id = $1 AND usable ORDER BY id",
+    )
+    .bind(key_id)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| r.0.to_string()).collect()
+}
+
+/// Audit records `action` of session `sid` on node `i` (their details).
+async fn audit_of_session(c: &Cluster, i: usize, action: &str, sid: &str) -> Vec<Value> {
+    let db = c.db(i).await;
+    let rows: Vec<(Value,)> = sqlx::query_as(
+        "SELECT details FROM audit_log WHERE action = $1 AND details->>'session' = $2 ORDER BY seq",
+    )
+    .bind(action)
+    .bind(sid)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| r.0).collect()
+}
+
 /// Pays from `key_id` (funded fresh), checks every node in `nodes` signed the same
 /// transaction and libbitcoinconsensus accepts it; returns the signer sets used.
 async fn pay_and_verify(c: &Cluster, key_id: &str, nodes: &[usize]) -> Vec<Vec<String>> {
@@ -307,11 +345,12 @@ async fn taproot_key_lifecycle_refresh_quorum_remove_threshold_and_kill() {
     eprintln!("step d (threshold 3 -> 4): {:?}", t0.elapsed());
 
     // (f) a node SIGKILLed midway (after its pending share and its confirmation are
-    // stored, before it sends the confirmation): nobody switches, every node keeps
-    // its old share usable. Every node stored its confirmation, so none can tell
-    // whether another switched: the reshare is `uncertain` everywhere and the
-    // pending shares are kept (never deleted on a node's own decision). A retry
-    // completes, deletes them and marks the uncertain reshare failed.
+    // stored, before it sends the confirmation): nobody switches while it is down,
+    // every node keeps its old share usable. Every node stored its confirmation, so
+    // none can tell whether another switched: the reshare is `uncertain` everywhere
+    // and the pending shares are kept. When node-5 is back, the outcome protocol
+    // finds that every participant confirmed the same value: every node switches
+    // (`key.reshare.outcome_committed`). A later refresh works from there.
     let t0 = std::time::Instant::now();
     let old_ceremony = |i: usize| {
         let c = &c;
@@ -363,50 +402,292 @@ async fn taproot_key_lifecycle_refresh_quorum_remove_threshold_and_kill() {
             "node {i} must not switch without node-5: {s}"
         );
     }
-    c.restart_node(4);
-    c.wait_ready(N).await;
-    let after_rows: Vec<_> = futures::future::join_all([0, 2, 3, 4].map(&old_ceremony)).await;
-    let usable = |rows: &Vec<Vec<(uuid::Uuid, bool)>>| -> Vec<Vec<(uuid::Uuid, bool)>> {
+    let sid_uuid = uuid::Uuid::parse_str(&sid).unwrap();
+    let down_rows: Vec<_> = futures::future::join_all([0, 2, 3].map(&old_ceremony)).await;
+    let usable = |rows: &[Vec<(uuid::Uuid, bool)>]| -> Vec<Vec<(uuid::Uuid, bool)>> {
         rows.iter()
             .map(|r| r.iter().copied().filter(|(_, u)| *u).collect())
             .collect()
     };
     assert_eq!(
-        usable(&after_rows),
-        usable(&before_rows),
-        "every node kept exactly its old share usable"
+        usable(&down_rows),
+        usable(&before_rows[..3]),
+        "while node-5 is down every node keeps exactly its old share usable"
     );
-    let sid_uuid = uuid::Uuid::parse_str(&sid).unwrap();
-    let reshare_state = |i: usize| {
-        let c = &c;
-        async move {
-            let db = c.db(i).await;
-            let (state,): (String,) =
-                sqlx::query_as("SELECT state FROM key_reshares WHERE id = $1")
-                    .bind(sid_uuid)
-                    .fetch_one(&db)
-                    .await
-                    .unwrap();
-            state
-        }
-    };
-    for (k, i) in [0, 2, 3, 4].into_iter().enumerate() {
+    for (k, i) in [0, 2, 3].into_iter().enumerate() {
         assert!(
-            after_rows[k].contains(&(sid_uuid, false)),
+            down_rows[k].contains(&(sid_uuid, false)),
             "node {i} keeps its pending share of the uncertain reshare: {:?}",
-            after_rows[k]
+            down_rows[k]
         );
-        assert_eq!(reshare_state(i).await, "uncertain", "node {i}");
+        assert_eq!(reshare_state(&c, i, &sid).await, "uncertain", "node {i}");
+    }
+    c.restart_node(4);
+    c.wait_ready(N).await;
+    for i in [0, 2, 3, 4] {
+        c.eventually(
+            &format!("node {i} resolves the uncertain reshare as committed"),
+            Duration::from_secs(120),
+            || async { (reshare_state(&c, i, &sid).await == "committed").then_some(()) },
+        )
+        .await;
+        assert_eq!(
+            usable_generations(&c, i, &key).await,
+            vec![sid.clone()],
+            "node {i}"
+        );
+        assert_eq!(share_rows(&c, i, &key).await, (1, 1), "node {i}");
+        assert_eq!(
+            audit_of_session(&c, i, "key.reshare.outcome_committed", &sid)
+                .await
+                .len(),
+            1,
+            "node {i}"
+        );
     }
     let _ = reshare_ok(&c, &key, &json!({}), &[0, 2, 3, 4]).await;
     for i in [0, 2, 3, 4] {
         assert_eq!(share_rows(&c, i, &key).await, (1, 1), "node {i}");
-        assert_eq!(reshare_state(i).await, "failed", "node {i}: superseded");
+        assert_eq!(reshare_state(&c, i, &sid).await, "committed", "node {i}");
     }
     let sets = pay_and_verify(&c, &key, &[0, 2, 3, 4]).await;
     assert!(!sets.is_empty());
-    eprintln!("step f (kill midway, retry): {:?}", t0.elapsed());
+    eprintln!(
+        "step f (kill midway, all confirmed -> outcome committed, refresh): {:?}",
+        t0.elapsed()
+    );
     let _ = ceremony_completed;
+}
+
+/// The outcome protocol (docs/RESHARING.md): (1) node-5 drops every inbound reshare
+/// confirmation, so it confirms, the others switch and it ends `uncertain`; node-1's
+/// forged answers are refused and node-2's lie (`failed` against `committed`) is a
+/// conflict that changes nothing; once node-2 is honest, node-5 gets `committed` and
+/// switches by itself: its share generation is
+/// the others', and a payment signed by a set that must include it (two nodes down)
+/// passes consensus. (2) node-4 stalls before storing its confirmation: the others
+/// time out `uncertain`, their outcome query makes node-4 fail the reshare atomically
+/// (`failed`), and they drop their pending shares; the previous generation signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long suite (make test-long): two reshares that each wait out the 60 s confirmation bound"]
+async fn taproot_uncertain_reshares_are_resolved_by_the_outcome_protocol() {
+    let (c, keys) = setup(&["frost"]).await;
+    let key = keys[0].clone();
+    let all: Vec<usize> = (0..N).collect();
+
+    // (1) committed. node-1 signs its outcome answers with a key that is not its
+    // vote key (forgeries, refused); node-2 lies `failed` at first.
+    let t0 = std::time::Instant::now();
+    let generation_0 = usable_generations(&c, 4, &key).await;
+    for (i, env) in [
+        (0, "SIGNER_FAULT_RESHARE_OUTCOME_FORGE"),
+        (1, "SIGNER_FAULT_RESHARE_OUTCOME_LIE"),
+        (4, "SIGNER_FAULT_DROP_RESHARE_CONFIRM"),
+    ] {
+        c.kill_node(i);
+        let value = if i == 1 { "failed" } else { "1" };
+        c.restart_node_with_env(i, &[(env, value)]);
+    }
+    c.wait_ready(N).await;
+    let (status, v) = propose(&c, 0, &key, &json!({})).await;
+    assert_eq!(status, 202, "{v}");
+    let sid = v["session_id"].as_str().unwrap().to_owned();
+    for i in 0..4 {
+        let s = ended(
+            &c,
+            i,
+            &format!("/api/v1/dkg/ceremonies/{sid}"),
+            &["completed", "failed"],
+            180,
+        )
+        .await;
+        assert_eq!(s["state"], "completed", "node {i}: {s}");
+    }
+    // node-5 is uncertain: node-3 and node-4 answer `committed`, the liar `failed`:
+    // a contradiction, audited once; nothing changes.
+    c.eventually(
+        "node-5 sees contradicting outcome answers",
+        Duration::from_secs(180),
+        || async {
+            (!audit_of_session(&c, 4, "key.reshare.outcome_conflict", &sid)
+                .await
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(reshare_state(&c, 4, &sid).await, "uncertain");
+    assert_eq!(
+        share_rows(&c, 4, &key).await,
+        (1, 2),
+        "old share usable, pending share kept"
+    );
+    assert_eq!(usable_generations(&c, 4, &key).await, generation_0);
+    let log = std::fs::read_to_string(&c.node(4).log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("outcome answer refused") && l.contains("node-1")),
+        "node-1's forged answers are refused"
+    );
+    // The liar comes back honest: node-5 resolves.
+    c.kill_node(1);
+    c.restart_node(1);
+    c.wait_ready(N).await;
+    c.eventually(
+        "node-5 resolves its uncertain reshare as committed",
+        Duration::from_secs(180),
+        || async { (reshare_state(&c, 4, &sid).await == "committed").then_some(()) },
+    )
+    .await;
+    // It did go through `uncertain` (it had confirmed; the bound passed) ...
+    let failed = audit_of_session(&c, 4, "key.reshare.failed", &sid).await;
+    assert!(
+        failed.iter().any(|d| d["outcome_uncertain"] == true),
+        "node-5 was uncertain first: {failed:?}"
+    );
+    // ... and the outcome protocol switched it: a peer answered `committed`.
+    let resolved = audit_of_session(&c, 4, "key.reshare.outcome_committed", &sid).await;
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(
+        resolved[0]["rule"], "a participant committed",
+        "{resolved:?}"
+    );
+    assert!(
+        resolved[0]["answers"].get("node-1").is_none(),
+        "forged answers never count: {resolved:?}"
+    );
+    assert_eq!(
+        audit_of_session(&c, 4, "key.reshare.outcome_conflict", &sid)
+            .await
+            .len(),
+        1,
+        "the conflict is audited once"
+    );
+    assert!(!audit_of_session(&c, 4, "key.reshare.outcome_query", &sid)
+        .await
+        .is_empty());
+    for i in all.iter().copied() {
+        assert_eq!(
+            usable_generations(&c, i, &key).await,
+            vec![sid.clone()],
+            "node {i}: the new generation"
+        );
+        assert_eq!(share_rows(&c, i, &key).await, (1, 1), "node {i}");
+    }
+    assert!(
+        audit_of_session(&c, 4, "key.share.deleted", &sid)
+            .await
+            .len()
+            == 1,
+        "node-5's old share deletion is audited"
+    );
+    // A payment whose signer set must include node-5: nodes 2 and 3 are down.
+    c.kill_node(1);
+    c.kill_node(2);
+    c.eventually("node 0 sees two peers", Duration::from_secs(60), || async {
+        let r = c.client().get(c.url(0, "/ready")).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        (v["peers_connected"] == 2).then_some(())
+    })
+    .await;
+    let sets = pay_and_verify(&c, &key, &[0, 3, 4]).await;
+    assert!(!sets.is_empty());
+    for s in &sets {
+        assert!(
+            s.contains(&node_id(4)),
+            "node-5 signs with its resolved share: {s:?}"
+        );
+    }
+    c.restart_node(1);
+    c.restart_node(2);
+    for i in [0, 4] {
+        c.kill_node(i);
+        c.restart_node(i);
+    }
+    c.wait_ready(N).await;
+    eprintln!(
+        "case 1 (uncertain -> committed, payment with node-5): {:?}",
+        t0.elapsed()
+    );
+
+    // (2) failed.
+    let t0 = std::time::Instant::now();
+    c.kill_node(3);
+    c.restart_node_with_env(
+        3,
+        &[("SIGNER_FAULT_RESHARE_STALL_BEFORE_CONFIRM_SECS", "150")],
+    );
+    c.wait_ready(N).await;
+    let (status, v) = propose(&c, 0, &key, &json!({})).await;
+    assert_eq!(status, 202, "{v}");
+    let sid2 = v["session_id"].as_str().unwrap().to_owned();
+    for i in [0, 1, 2, 4] {
+        c.eventually(
+            &format!("node {i} resolves the uncertain reshare as failed"),
+            Duration::from_secs(240),
+            || async { (reshare_state(&c, i, &sid2).await == "failed").then_some(()) },
+        )
+        .await;
+        let failed = audit_of_session(&c, i, "key.reshare.failed", &sid2).await;
+        assert!(
+            failed.iter().any(|d| d["outcome_uncertain"] == true),
+            "node {i} was uncertain first: {failed:?}"
+        );
+        let dropped = audit_of_session(&c, i, "key.reshare.outcome_failed", &sid2).await;
+        assert_eq!(dropped.len(), 1, "node {i}: {dropped:?}");
+        // node-4 answers `failed` to every query; nodes that resolved first answer
+        // `failed` too.
+        assert!(
+            dropped[0]["failed_on"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(node_id(3))),
+            "node {i}: {dropped:?}"
+        );
+        assert_eq!(
+            dropped[0]["pending_shares_deleted"], 1,
+            "node {i}: {dropped:?}"
+        );
+    }
+    // node-4 never confirmed: the first query failed the reshare there, atomically.
+    assert_eq!(reshare_state(&c, 3, &sid2).await, "failed");
+    let by_query = audit_of_session(&c, 3, "key.reshare.outcome_failed_by_query", &sid2).await;
+    assert_eq!(by_query.len(), 1, "{by_query:?}");
+    for i in all.iter().copied() {
+        assert_eq!(
+            usable_generations(&c, i, &key).await,
+            vec![sid.clone()],
+            "node {i}: still the previous generation"
+        );
+        assert_eq!(
+            share_rows(&c, i, &key).await,
+            (1, 1),
+            "node {i}: pending share dropped"
+        );
+    }
+    let sets = pay_and_verify(&c, &key, &[0, 1, 2]).await;
+    assert!(!sets.is_empty());
+    // After its stall node-4 tries to store its confirmation: refused, nothing stored.
+    c.eventually(
+        "node-4's stalled run is refused its confirmation",
+        Duration::from_secs(240),
+        || async {
+            let log = std::fs::read_to_string(&c.node(3).log).unwrap_or_default();
+            log.lines()
+                .any(|l| l.contains(&sid2) && l.contains("cannot be confirmed"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        share_rows(&c, 3, &key).await,
+        (1, 1),
+        "node-4 stored nothing"
+    );
+    eprintln!(
+        "case 2 (uncertain -> failed, old generation signs): {:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,12 @@
 //! each run of that protocol (round 1) in two versions: the genuine one to every
 //! other recipient, one with its last byte changed to the rest.
 //!
+//! Reshare outcome (docs/RESHARING.md): [`DROP_RESHARE_CONFIRM_ENV`] drops inbound
+//! reshare confirmations (the node ends `uncertain`), [`RESHARE_STALL_ENV`] stalls
+//! before the node stores its confirmation, [`RESHARE_OUTCOME_LIE_ENV`] and
+//! [`RESHARE_OUTCOME_FORGE_ENV`] make its outcome answers lie or carry a signature
+//! by a key that is not its vote key.
+//!
 //! [`DOUBLE_VOTE_ENV`] and [`FORGE_VOTE_ENV`] make this node misbehave in transaction
 //! votes (a second, opposite vote; votes forged in another node's name or signed with
 //! the wrong key), so the tests can check honest nodes record and ignore them.
@@ -140,6 +146,19 @@ fn log_armed() {
             tracing::error!(
                 fault = var,
                 "FAULT INJECTION ARMED: this node is a malicious transaction leader"
+            );
+        }
+    }
+    for var in [
+        RESHARE_STALL_ENV,
+        DROP_RESHARE_CONFIRM_ENV,
+        RESHARE_OUTCOME_LIE_ENV,
+        RESHARE_OUTCOME_FORGE_ENV,
+    ] {
+        if fault_var(var).is_some() {
+            tracing::error!(
+                fault = var,
+                "FAULT INJECTION ARMED: this node misbehaves in reshare confirmations"
             );
         }
     }
@@ -474,6 +493,102 @@ pub async fn reshare_pause_before_confirm() {
 /// Does nothing (built without `fault-injection`).
 #[cfg(not(feature = "fault-injection"))]
 pub async fn reshare_pause_before_confirm() {}
+
+/// `SIGNER_FAULT_RESHARE_STALL_BEFORE_CONFIRM_SECS=<n>`: after its reshare run
+/// succeeded and before it stores its pending share and confirmation, this node
+/// waits `n` seconds, and its own reshare bound is longer by `n`: the others time
+/// out waiting for its confirmation (and become `uncertain`) while it is still
+/// `pending` without one, so their outcome queries make it fail the reshare.
+pub const RESHARE_STALL_ENV: &str = "SIGNER_FAULT_RESHARE_STALL_BEFORE_CONFIRM_SECS";
+
+/// `SIGNER_FAULT_DROP_RESHARE_CONFIRM=1`: this node drops every inbound confirmation
+/// frame of a reshare session: it confirms, the others switch, it ends `uncertain`.
+pub const DROP_RESHARE_CONFIRM_ENV: &str = "SIGNER_FAULT_DROP_RESHARE_CONFIRM";
+
+/// The stall of [`RESHARE_STALL_ENV`] (zero unless armed with the feature).
+pub fn reshare_stall_before_confirm() -> std::time::Duration {
+    #[cfg(feature = "fault-injection")]
+    {
+        std::time::Duration::from_secs(
+            fault_var(RESHARE_STALL_ENV)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0),
+        )
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        std::time::Duration::ZERO
+    }
+}
+
+/// Waits as [`RESHARE_STALL_ENV`] says (feature `fault-injection`, armed only).
+pub async fn reshare_stall() {
+    let d = reshare_stall_before_confirm();
+    if !d.is_zero() {
+        tracing::error!(
+            secs = d.as_secs(),
+            "FAULT INJECTION: stalling before storing the reshare confirmation"
+        );
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// `SIGNER_FAULT_RESHARE_OUTCOME_LIE=<failed|unknown>`: this node answers every
+/// reshare outcome query with that outcome (genuinely signed), whatever its state.
+pub const RESHARE_OUTCOME_LIE_ENV: &str = "SIGNER_FAULT_RESHARE_OUTCOME_LIE";
+/// `SIGNER_FAULT_RESHARE_OUTCOME_FORGE=1`: this node signs its outcome answers with
+/// a fresh key that is not its pinned vote key (a forgery the asker must refuse).
+pub const RESHARE_OUTCOME_FORGE_ENV: &str = "SIGNER_FAULT_RESHARE_OUTCOME_FORGE";
+
+/// The outcome this node answers: `honest` unless [`RESHARE_OUTCOME_LIE_ENV`] is
+/// armed (feature `fault-injection` only).
+pub fn reshare_outcome_answer(
+    honest: crate::store::reshare::LocalOutcome,
+) -> crate::store::reshare::LocalOutcome {
+    #[cfg(feature = "fault-injection")]
+    {
+        use crate::store::reshare::LocalOutcome;
+        match fault_var(RESHARE_OUTCOME_LIE_ENV).as_deref() {
+            Some("failed") => {
+                tracing::error!("FAULT INJECTION: lying `failed` to a reshare outcome query");
+                LocalOutcome::Failed
+            }
+            Some("unknown") => {
+                tracing::error!("FAULT INJECTION: lying `unknown` to a reshare outcome query");
+                LocalOutcome::Unknown
+            }
+            _ => honest,
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        honest
+    }
+}
+
+/// Whether [`RESHARE_OUTCOME_FORGE_ENV`] is armed (feature `fault-injection` only).
+pub fn reshare_outcome_forge() -> bool {
+    #[cfg(feature = "fault-injection")]
+    {
+        fault_var(RESHARE_OUTCOME_FORGE_ENV).is_some()
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        false
+    }
+}
+
+/// Whether [`DROP_RESHARE_CONFIRM_ENV`] is armed (feature `fault-injection` only).
+pub fn drop_reshare_confirm() -> bool {
+    #[cfg(feature = "fault-injection")]
+    {
+        fault_var(DROP_RESHARE_CONFIRM_ENV).is_some()
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        false
+    }
+}
 
 /// Environment variable `<protocol>:<n>`: this node SIGKILLs itself right after its
 /// n-th outgoing protocol message of `protocol` was sent.

@@ -26,6 +26,7 @@ pub mod keys;
 pub mod material;
 pub mod primes;
 pub mod reshare;
+pub mod reshare_outcome;
 pub mod session;
 pub mod start;
 pub mod wire;
@@ -350,6 +351,8 @@ pub struct DkgCtx {
     pub signing_material: material::MaterialCache,
     /// Votes awaited on reshare proposals this node coordinates.
     pub reshare_votes: reshare::Waiters,
+    /// Outcome resolvers of this node's `uncertain` reshares.
+    pub reshare_outcomes: reshare_outcome::Resolvers,
 }
 
 impl DkgCtx {
@@ -360,6 +363,7 @@ impl DkgCtx {
             dkg: Dkg::default(),
             signing_material: material::MaterialCache::default(),
             reshare_votes: reshare::Waiters::default(),
+            reshare_outcomes: reshare_outcome::Resolvers::default(),
         }
     }
 
@@ -383,11 +387,20 @@ pub const KINDS: &[MessageKind] = &[
     MessageKind::RESHARE_PROPOSE,
     MessageKind::RESHARE_VOTE,
     MessageKind::RESHARE_ANNOUNCE,
+    MessageKind::RESHARE_OUTCOME_QUERY,
+    MessageKind::RESHARE_OUTCOME_ANSWER,
 ];
 
 /// Handles ceremony announcements routed to this service until the router stops.
 pub async fn serve(node: Arc<DkgCtx>, mut rx: ServiceRx) {
     while let Some(inbound) = rx.recv().await {
+        if matches!(
+            inbound.frame.kind,
+            MessageKind::RESHARE_OUTCOME_QUERY | MessageKind::RESHARE_OUTCOME_ANSWER
+        ) {
+            reshare_outcome::handle(&node, inbound);
+            continue;
+        }
         if inbound.frame.kind != MessageKind::CEREMONY_ANNOUNCE {
             reshare::handle(&node, inbound);
             continue;

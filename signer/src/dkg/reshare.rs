@@ -29,8 +29,11 @@
 //!    ([`crate::store::Store::switch_reshare`]): new share usable, old share rows
 //!    deleted (audited `key.share.deleted` with key id and session), presignatures of
 //!    the key deleted, ceremony completed. A removed dealer deletes its share the same
-//!    way. Any failure before the switch deletes the pending share and leaves the old
-//!    one active; a node that restarts fails its pending reshares the same way.
+//!    way. The pending share and the confirmation are stored in one transaction; a
+//!    failure before it leaves nothing, a failure after it makes the reshare
+//!    `uncertain` (pending share kept, old one active), resolved with the other
+//!    participants by [`super::reshare_outcome`]; a node that restarts fails its
+//!    pending reshares the same way and resumes the resolution.
 //!    ECDSA: a refresh keeps the set's aux info; a new set needs aux info, which the
 //!    coordinator starts after its switch (signing waits for it).
 
@@ -117,13 +120,11 @@ impl ReshareSpec {
     /// Participants of the run in run-index order: the new holders, then the leaving
     /// dealers.
     pub fn run_participants(&self) -> Vec<String> {
-        let mut v = self.participants.clone();
-        for d in &self.old_participants {
-            if self.dealers.contains(d) && !v.contains(d) {
-                v.push(d.clone());
-            }
-        }
-        v
+        super::reshare_outcome::run_participants(
+            &self.participants,
+            &self.old_participants,
+            &self.dealers,
+        )
     }
 
     /// Every node that holds the key or will: the voters.
@@ -391,6 +392,11 @@ fn sign_vote(
         deadline_unix: spec.deadline_unix,
     };
     SignedVote::sign(body, &unsealed.vote_key).map_err(|e| DkgError::Custody(e.to_string()))
+}
+
+/// The pinned vote keys (this node's own from its unsealed key).
+pub(crate) async fn pinned_vote_book(node: &DkgCtx) -> Result<VoteKeyBook, DkgError> {
+    vote_book(node).await
 }
 
 async fn vote_book(node: &DkgCtx) -> Result<VoteKeyBook, DkgError> {
@@ -827,10 +833,9 @@ async fn participate(node: Arc<DkgCtx>, a: Announce) {
             .await;
         return;
     };
+    let bound = RESHARE_TIMEOUT + crate::fault::reshare_stall_before_confirm();
     let outcome =
-        match tokio::time::timeout(RESHARE_TIMEOUT, run(&node, &spec, &run_set, index, queues))
-            .await
-        {
+        match tokio::time::timeout(bound, run(&node, &spec, &run_set, index, queues)).await {
             Ok(r) => r,
             Err(_) => Err(DkgError::Timeout {
                 secs: RESHARE_TIMEOUT.as_secs(),
@@ -860,8 +865,16 @@ async fn participate(node: Arc<DkgCtx>, a: Announce) {
         Err(e) => {
             let reason = e.to_string();
             tracing::warn!(session = %spec.id, error = %reason, "reshare failed; the old share stays");
-            if let Err(err) = node.store.reshare_failed(&me, spec.id, &reason).await {
-                tracing::error!(session = %spec.id, error = %err, "cannot record the reshare failure");
+            match node.store.reshare_failed(&me, spec.id, &reason).await {
+                Ok(true) => {
+                    tracing::warn!(session = %spec.id, key = %spec.key_id,
+                        "reshare uncertain (this node confirmed; another may have switched): asking the participants for the outcome");
+                    tokio::spawn(super::reshare_outcome::resolve(node.clone(), spec.id));
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::error!(session = %spec.id, error = %err, "cannot record the reshare failure");
+                }
             }
             if let DkgError::Protocol { culprits, .. } = &e {
                 for c in culprits {
@@ -1017,6 +1030,7 @@ async fn run(
     }
     let confirmation = output.confirmation();
     // Seal the new share (validated by the library in the protocol) as pending.
+    let mut envelope = None;
     if let Some(share) = output.into_share() {
         let secret = match share {
             reshare::NewShare::Ecdsa(s) => s.to_bytes(),
@@ -1026,16 +1040,25 @@ async fn run(
         let aad = Aad::new(me.clone(), spec.key_id.clone(), spec.protocol.record_kind())
             .map_err(|e| DkgError::Custody(e.to_string()))?;
         let custody = unsealed.custody.clone();
-        let envelope = tokio::task::spawn_blocking(move || custody.seal(&aad, &secret))
-            .await
-            .map_err(|e| DkgError::Custody(format!("seal task: {e}")))?
-            .map_err(|e| DkgError::Custody(e.to_string()))?;
-        node.store
-            .insert_share(spec.id, &me, &spec.key_id, &public_key, &envelope)
-            .await?;
+        envelope = Some(
+            tokio::task::spawn_blocking(move || custody.seal(&aad, &secret))
+                .await
+                .map_err(|e| DkgError::Custody(format!("seal task: {e}")))?
+                .map_err(|e| DkgError::Custody(e.to_string()))?,
+        );
     }
+    crate::fault::reshare_stall().await;
+    // Pending share and confirmation in one transaction, refused if an outcome query
+    // already failed the reshare here (then this node never confirms it).
     node.store
-        .reshare_confirmation(spec.id, &confirmation)
+        .reshare_store_confirmation(
+            &me,
+            spec.id,
+            &spec.key_id,
+            &public_key,
+            envelope.as_deref(),
+            &confirmation,
+        )
         .await?;
     crate::fault::reshare_pause_before_confirm().await;
 
@@ -1067,7 +1090,7 @@ async fn run(
     }
     let switched = node
         .store
-        .switch_reshare(&me, spec.id, &spec.key_id, &public_key)
+        .switch_reshare(&me, spec.id, &spec.key_id, &public_key, None)
         .await?;
     node.signing_material.lock().remove(&spec.key_id);
     if spec.participants.contains(&me) {

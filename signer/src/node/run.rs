@@ -115,6 +115,9 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
         tokio::spawn(async move { crate::session::serve(&infra.sessions, sessions_rx).await });
     }
     tokio::spawn(crate::dkg::serve(dkg.clone(), dkg_rx));
+    // Reshares left `uncertain` (this node confirmed but did not switch): ask the
+    // other participants for the outcome (docs/RESHARING.md, outcome protocol).
+    tokio::spawn(crate::dkg::reshare_outcome::resume(dkg.clone()));
     tokio::spawn(crate::presign::serve(presign.clone(), presign_rx));
     tokio::spawn(crate::tx::serve(node.clone(), tx_rx));
     tokio::spawn(crate::compliance::serve(audit.clone(), audit_rx));

@@ -62,6 +62,11 @@ impl MessageKind {
     pub const RESHARE_VOTE: MessageKind = MessageKind(0x0123);
     /// Announcement of an approved reshare (proposal + quorum of signed votes).
     pub const RESHARE_ANNOUNCE: MessageKind = MessageKind(0x0124);
+    /// A node with an `uncertain` reshare asks a participant for its outcome
+    /// (payload: a 16-byte nonce).
+    pub const RESHARE_OUTCOME_QUERY: MessageKind = MessageKind(0x0125);
+    /// A participant's signed answer to [`MessageKind::RESHARE_OUTCOME_QUERY`].
+    pub const RESHARE_OUTCOME_ANSWER: MessageKind = MessageKind(0x0126);
     /// Confirmation of a protocol session's result (a public key or digest).
     pub const SESSION_CONFIRM: MessageKind = MessageKind(0x0121);
     /// A transaction proposed by its leader to every participant of the key.
@@ -114,6 +119,8 @@ impl MessageKind {
         MessageKind::RESHARE_PROPOSE,
         MessageKind::RESHARE_VOTE,
         MessageKind::RESHARE_ANNOUNCE,
+        MessageKind::RESHARE_OUTCOME_QUERY,
+        MessageKind::RESHARE_OUTCOME_ANSWER,
         MessageKind::SESSION_CONFIRM,
         MessageKind::TX_PROPOSE,
         MessageKind::TX_SIGN,
@@ -496,6 +503,8 @@ mod tests {
             (0x0122, MessageKind::RESHARE_PROPOSE),
             (0x0123, MessageKind::RESHARE_VOTE),
             (0x0124, MessageKind::RESHARE_ANNOUNCE),
+            (0x0125, MessageKind::RESHARE_OUTCOME_QUERY),
+            (0x0126, MessageKind::RESHARE_OUTCOME_ANSWER),
             (0x0121, MessageKind::SESSION_CONFIRM),
             (0x0140, MessageKind::TX_PROPOSE),
             (0x0141, MessageKind::TX_SIGN),

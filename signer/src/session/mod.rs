@@ -267,6 +267,10 @@ fn route(entry: &mut SessionEntry, id: Uuid, inbound: Inbound) {
     };
     let kind = inbound.frame.kind;
     if kind == CONFIRM {
+        if entry.kind == MessageKind::RESHARE && crate::fault::drop_reshare_confirm() {
+            tracing::error!(peer = %inbound.from, session = %id, "FAULT INJECTION: reshare confirmation dropped");
+            return;
+        }
         if inbound.frame.payload.len() > MAX_CONFIRM_LEN {
             tracing::warn!(peer = %inbound.from, session = %id, "oversized confirmation; dropped");
             return;

@@ -70,15 +70,59 @@ impl Store {
         Ok(())
     }
 
-    /// Records the confirmation value of this node's successful run.
-    pub async fn reshare_confirmation(&self, id: Uuid, value: &[u8; 32]) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE key_reshares SET confirmation = $2 WHERE id = $1 AND state = 'pending'",
+    /// Stores, in one transaction, this node's pending (not usable) new share (when
+    /// it receives one) and its confirmation value. Refused
+    /// ([`StoreError::InvalidTransition`], nothing stored) unless the reshare is still
+    /// `pending` without a confirmation: a reshare an outcome query already marked
+    /// `failed` ([`Store::reshare_outcome_for_query`]) can never be confirmed later.
+    /// The row lock orders this against that query.
+    pub async fn reshare_store_confirmation(
+        &self,
+        node_id: &str,
+        id: Uuid,
+        key_id: &str,
+        public_key: &[u8],
+        envelope: Option<&[u8]>,
+        value: &[u8; 32],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let row: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT state, confirmation FROM key_reshares WHERE id = $1 AND node_id = $2 \
+             FOR UPDATE",
         )
         .bind(id)
-        .bind(value.as_slice())
-        .execute(self.pool())
+        .bind(node_id)
+        .fetch_optional(&mut *tx)
         .await?;
+        match row {
+            Some((state, None)) if state == "pending" => {}
+            other => {
+                return Err(StoreError::InvalidTransition(format!(
+                    "reshare {id} cannot be confirmed: {:?}",
+                    other.map(|(s, c)| (s, c.is_some()))
+                )))
+            }
+        }
+        if let Some(envelope) = envelope {
+            sqlx::query(
+                "INSERT INTO key_shares (ceremony_id, node_id, key_id, public_key, envelope, usable) \
+                 VALUES ($1, $2, $3, $4, $5, false)",
+            )
+            .bind(id)
+            .bind(node_id)
+            .bind(key_id)
+            .bind(public_key)
+            .bind(envelope)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::classify(e, "key share"))?;
+        }
+        sqlx::query("UPDATE key_reshares SET confirmation = $2 WHERE id = $1")
+            .bind(id)
+            .bind(value.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -93,7 +137,7 @@ impl Store {
         node_id: &str,
         id: Uuid,
         reason: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
         let key: Option<(String, bool)> = sqlx::query_as(
             "UPDATE key_reshares SET \
@@ -142,7 +186,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(uncertain)
     }
 
     /// Fails every reshare left pending by an earlier run of this node (it died
@@ -164,24 +208,37 @@ impl Store {
     /// key's share (if this node received one), every other share row of the key on
     /// this node is deleted, the key's presignatures are deleted, the ceremony and the
     /// reshare are completed, and the switch and each deletion are audited.
+    ///
+    /// `outcome`: `None` for the normal switch (every confirmation received; the
+    /// reshare must be `pending`); `Some(details)` when the outcome protocol resolved
+    /// an `uncertain` reshare as committed (it must be `uncertain`; the same
+    /// transaction also audits `key.reshare.outcome_committed` with `details`).
     pub async fn switch_reshare(
         &self,
         node_id: &str,
         id: Uuid,
         key_id: &str,
         public_key: &[u8],
+        outcome: Option<&serde_json::Value>,
     ) -> Result<Switched, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let state: Option<(String,)> =
-            sqlx::query_as("SELECT state FROM key_reshares WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let state: Option<(String,)> = sqlx::query_as(
+            "SELECT state FROM key_reshares WHERE id = $1 AND node_id = $2 FOR UPDATE",
+        )
+        .bind(id)
+        .bind(node_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let expected = if outcome.is_some() {
+            "uncertain"
+        } else {
+            "pending"
+        };
         match state {
-            Some((s,)) if s == "pending" => {}
+            Some((s,)) if s == expected => {}
             other => {
                 return Err(StoreError::InvalidTransition(format!(
-                    "reshare {id} is {:?}, not pending",
+                    "reshare {id} is {:?}, not {expected}",
                     other.map(|o| o.0)
                 )))
             }
@@ -224,6 +281,21 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        if let Some(details) = outcome {
+            let mut details = details.clone();
+            if let Some(m) = details.as_object_mut() {
+                m.insert("session".to_owned(), id.to_string().into());
+                m.insert("pending_share_activated".to_owned(), (activated > 0).into());
+            }
+            append_audit(
+                &mut tx,
+                node_id,
+                AuditEntry::new(node_id, "key.reshare.outcome_committed")
+                    .subject(key_id.to_owned())
+                    .details(details),
+            )
+            .await?;
+        }
         // Earlier reshares of the key left uncertain here: their pending shares were
         // among the rows just deleted.
         sqlx::query(
@@ -270,4 +342,265 @@ impl Store {
             presignatures_deleted,
         })
     }
+
+    /// Answers an outcome query about reshare `id` from participant `querier`, as this
+    /// node's state says. A reshare still `pending` **without** a stored confirmation
+    /// is marked `failed` in this same transaction (row lock against
+    /// [`Store::reshare_store_confirmation`]): this node then never confirms it, so no
+    /// node can ever hold every confirmation and switch, and `failed` is a true
+    /// answer. Its ceremony is failed, a pending share (none is stored before the
+    /// confirmation) deleted, and `key.reshare.outcome_failed_by_query` audited.
+    pub async fn reshare_outcome_for_query(
+        &self,
+        node_id: &str,
+        id: Uuid,
+        querier: &str,
+    ) -> Result<LocalOutcome, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let row: Option<(String, String, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT state, key_id, confirmation FROM key_reshares WHERE id = $1 AND node_id = $2 \
+             FOR UPDATE",
+        )
+        .bind(id)
+        .bind(node_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((state, key_id, confirmation)) = row else {
+            return Ok(LocalOutcome::Unknown);
+        };
+        let value = confirmation
+            .as_deref()
+            .and_then(|c| <[u8; 32]>::try_from(c).ok());
+        let out = match (state.as_str(), value) {
+            ("committed", Some(v)) => LocalOutcome::Committed(v),
+            ("pending" | "uncertain", Some(v)) => LocalOutcome::Confirmed(v),
+            ("pending", None) => {
+                let reason = format!("outcome query from {querier} before this node confirmed");
+                sqlx::query(
+                    "UPDATE key_reshares SET state = 'failed', error = $2, finished_at = now() \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&reason)
+                .execute(&mut *tx)
+                .await?;
+                let deleted = sqlx::query(
+                    "DELETE FROM key_shares WHERE ceremony_id = $1 AND node_id = $2 AND NOT usable",
+                )
+                .bind(id)
+                .bind(node_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                sqlx::query(
+                    "UPDATE dkg_ceremonies SET state = 'failed', error = $2, completed_at = now() \
+                     WHERE id = $1 AND state IN ('pending', 'running')",
+                )
+                .bind(id)
+                .bind(&reason)
+                .execute(&mut *tx)
+                .await?;
+                append_audit(
+                    &mut tx,
+                    node_id,
+                    AuditEntry::new(node_id, "key.reshare.outcome_failed_by_query")
+                        .subject(key_id)
+                        .details(serde_json::json!({
+                            "session": id.to_string(),
+                            "querier": querier,
+                            "pending_share_deleted": deleted > 0,
+                        })),
+                )
+                .await?;
+                LocalOutcome::Failed
+            }
+            ("failed", _) => LocalOutcome::Failed,
+            // A committed or pending row without a confirmation value, or an unknown
+            // state: not something this node can vouch for.
+            _ => LocalOutcome::Unknown,
+        };
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// `(new participants, old participants, dealers)` of reshare `id` on this node.
+    pub async fn reshare_run_sets(
+        &self,
+        node_id: &str,
+        id: Uuid,
+    ) -> Result<Option<(Vec<String>, Vec<String>, Vec<String>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT new_participants, old_participants, dealers FROM key_reshares \
+             WHERE id = $1 AND node_id = $2",
+        )
+        .bind(id)
+        .bind(node_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Reshares of this node in state `uncertain` (to resolve).
+    pub async fn uncertain_reshares(&self, node_id: &str) -> Result<Vec<Uuid>, StoreError> {
+        let ids: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM key_reshares WHERE node_id = $1 AND state = 'uncertain' \
+             ORDER BY created_at",
+        )
+        .bind(node_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(ids.into_iter().map(|(i,)| i).collect())
+    }
+
+    /// An `uncertain` reshare of this node with what resolving it needs; `None` if
+    /// it is not (or no longer) uncertain.
+    pub async fn uncertain_reshare(
+        &self,
+        node_id: &str,
+        id: Uuid,
+    ) -> Result<Option<UncertainReshare>, StoreError> {
+        #[allow(clippy::type_complexity)]
+        let row: Option<(
+            String,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            Option<Vec<u8>>,
+        )> = sqlx::query_as(
+            "SELECT key_id, old_participants, new_participants, dealers, confirmation \
+                 FROM key_reshares WHERE id = $1 AND node_id = $2 AND state = 'uncertain'",
+        )
+        .bind(id)
+        .bind(node_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((key_id, old_participants, new_participants, dealers, confirmation)) = row else {
+            return Ok(None);
+        };
+        let confirmation = confirmation
+            .as_deref()
+            .and_then(|c| <[u8; 32]>::try_from(c).ok())
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("uncertain reshare {id} without a confirmation"))
+            })?;
+        // The key's public key, from any share row of it on this node.
+        let public_key: Option<(Vec<u8>,)> = sqlx::query_as(
+            "SELECT public_key FROM key_shares WHERE key_id = $1 AND node_id = $2 \
+             ORDER BY usable DESC, id LIMIT 1",
+        )
+        .bind(&key_id)
+        .bind(node_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let public_key = public_key.map(|p| p.0).ok_or_else(|| {
+            StoreError::Corrupt(format!("no share row of the key of reshare {id}"))
+        })?;
+        Ok(Some(UncertainReshare {
+            id,
+            key_id,
+            old_participants,
+            new_participants,
+            dealers,
+            confirmation,
+            public_key,
+        }))
+    }
+
+    /// The outcome protocol resolved `uncertain` reshare `id` as failed (a
+    /// participant answered that it never confirmed): in one transaction the reshare
+    /// becomes `failed`, this node's pending share is deleted (audited
+    /// `key.share.deleted`) and `key.reshare.outcome_failed` is audited with
+    /// `details`. The old share stays the key's share. Returns the pending shares
+    /// deleted; refused unless the reshare is `uncertain`.
+    pub async fn resolve_reshare_failed(
+        &self,
+        node_id: &str,
+        id: Uuid,
+        details: &serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let key: Option<(String,)> = sqlx::query_as(
+            "UPDATE key_reshares SET state = 'failed', \
+               error = coalesce(error || '; ', '') || 'outcome: a participant never confirmed' \
+             WHERE id = $1 AND node_id = $2 AND state = 'uncertain' RETURNING key_id",
+        )
+        .bind(id)
+        .bind(node_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((key_id,)) = key else {
+            return Err(StoreError::InvalidTransition(format!(
+                "reshare {id} is not uncertain"
+            )));
+        };
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "DELETE FROM key_shares WHERE ceremony_id = $1 AND node_id = $2 AND NOT usable \
+             RETURNING id",
+        )
+        .bind(id)
+        .bind(node_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (row,) in &rows {
+            append_audit(
+                &mut tx,
+                node_id,
+                AuditEntry::new(node_id, "key.share.deleted")
+                    .subject(key_id.clone())
+                    .details(serde_json::json!({
+                        "session": id.to_string(),
+                        "share_row": row,
+                        "ceremony": id.to_string(),
+                        "reason": "pending share of a failed reshare (outcome protocol)",
+                    })),
+            )
+            .await?;
+        }
+        let mut details = details.clone();
+        if let Some(m) = details.as_object_mut() {
+            m.insert("session".to_owned(), id.to_string().into());
+            m.insert("pending_shares_deleted".to_owned(), rows.len().into());
+        }
+        append_audit(
+            &mut tx,
+            node_id,
+            AuditEntry::new(node_id, "key.reshare.outcome_failed")
+                .subject(key_id)
+                .details(details),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+}
+
+/// What this node can say about a reshare when asked for its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalOutcome {
+    /// It switched to the new generation (its confirmation value).
+    Committed([u8; 32]),
+    /// It stored its confirmation (this value) but did not switch.
+    Confirmed([u8; 32]),
+    /// It never confirmed (marked failed) or the reshare failed here.
+    Failed,
+    /// No record of it here.
+    Unknown,
+}
+
+/// An `uncertain` reshare of this node.
+#[derive(Debug, Clone)]
+pub struct UncertainReshare {
+    /// Session id.
+    pub id: Uuid,
+    /// The key.
+    pub key_id: String,
+    /// Old holders.
+    pub old_participants: Vec<String>,
+    /// New holders.
+    pub new_participants: Vec<String>,
+    /// Dealers.
+    pub dealers: Vec<String>,
+    /// This node's confirmation value.
+    pub confirmation: [u8; 32],
+    /// The key's public key.
+    pub public_key: Vec<u8>,
 }
