@@ -65,7 +65,7 @@ test-fuzz: build
 ## latency with loss through UDP relays, the kill matrix (36 cases, over an hour:
 ## docs/RELIABILITY.md; its two-case sample runs in `make test`). Ignored tests, kept
 ## out of `make test` for its time budget; run before resolving fault work.
-FAULT_TESTS := frozen_peers database_down etcd_quorum partition nodes_down kill_matrix signer_replaced
+FAULT_TESTS := frozen_peers database_down etcd_quorum partition nodes_down kill_matrix signer_replaced spent_convergence
 test-faults: deps build
 	$(CARGO) test -p cluster-tests $(addprefix --test ,$(FAULT_TESTS)) --no-fail-fast -- --ignored --test-threads 1
 

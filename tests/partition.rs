@@ -4,8 +4,12 @@
 //! * partition {node-1, node-2} | {node-3, node-4, node-5}: the majority signs
 //!   payments of both key types; the minority's payments (spending the very same
 //!   UTXOs, imported on both sides) expire; after healing every node reports a
-//!   healthy cluster, a payment signs on all five, a payment the stale minority
-//!   leader builds on an outpoint the majority spent is not signed, and no outpoint
+//!   healthy cluster; within [`CONVERGE_SECS`] every minority node shows the
+//!   outpoints the majority spent as `spent` (it learned them from the majority's
+//!   signed transactions, each verified against its own UTXOs: `utxo.spent`
+//!   audited, `tx::spent`), a payment signs on all five, a payment the former
+//!   minority leader is asked for finds no spendable outpoint (400
+//!   `insufficient_funds`, no stale payment that could never sign), and no outpoint
 //!   is signed in two different transactions in any node's database;
 //! * 100 ms ± 50 ms latency with 5 % loss on every link: DKG (both key types), aux
 //!   info and signing complete.
@@ -29,6 +33,8 @@ const N: usize = 5;
 const T: u16 = 3;
 /// Voting deadline of the nodes (seconds): the minority's payments expire after it.
 const VOTE_SECS: &str = "20";
+/// After healing, every node shows the majority's spends within this many seconds.
+const CONVERGE_SECS: u64 = 60;
 
 async fn cluster_with_relays() -> (Cluster, NetFaults) {
     let c = Cluster::start_with(N as u16, T, &["--etcd-members", "3"]);
@@ -101,6 +107,33 @@ async fn partition_two_three_majority_signs_minority_expires_and_heals() {
 
     // Healed: every node sees a healthy cluster again and all five sign.
     net.heal();
+    let healed = Instant::now();
+    // The minority learns the majority's spends (verified by itself) and converges.
+    for f in &funds {
+        let txid = f.compute_txid();
+        for i in 0..N {
+            c.eventually(
+                &format!("outpoint {txid}:0 spent on node-{}", i + 1),
+                Duration::from_secs(CONVERGE_SECS),
+                || {
+                    let c = &c;
+                    async move { (utxo_state(c, i, txid, 0).await == "spent").then_some(()) }
+                },
+            )
+            .await;
+        }
+    }
+    eprintln!("minority converged {:?} after healing", healed.elapsed());
+    for i in minority {
+        let (audited,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM audit_log WHERE action = 'utxo.spent' \
+             AND details->>'reported_by' IN ('node-3', 'node-4', 'node-5')",
+        )
+        .fetch_one(&c.db(i).await)
+        .await
+        .unwrap();
+        assert!(audited >= 2, "node-{}: {audited} utxo.spent entries", i + 1);
+    }
     c.wait_ready(N).await;
     for key in [&ecdsa, &frost] {
         let f = funding(&first_address(&c, key).await, &[40_000]);
@@ -109,13 +142,17 @@ async fn partition_two_three_majority_signs_minority_expires_and_heals() {
         let tx = signed_everywhere(&c, &[0, 1, 2, 3, 4], &id, 240).await;
         verify_consensus(&tx, &[&f]);
     }
-    // node-1 never learned that the majority spent the shared UTXOs (it missed
-    // those proposals): a payment it leads now can only pick one of them, and the
-    // majority, which knows it is spent, must not let it sign.
-    let stale = submit(&c, 0, &pay(&ecdsa, 10_000)).await;
-    let v = ended_tx(&c, 0, &stale, 240).await;
-    assert_ne!(v["state"], "signed", "a spent UTXO signed again: {v}");
-    eprintln!("stale minority payment ended as {}", v["state"]);
+    // node-1 missed the majority's proposals but learned the spends: a payment it
+    // is asked to lead finds nothing to spend (400 `insufficient_funds`) (before, it picked a spent UTXO and
+    // built a payment that could never sign).
+    let (status, v) = c
+        .post_json(0, "/api/v1/transactions", &pay(&ecdsa, 10_000))
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("insufficient_funds")),
+        "{v}"
+    );
     let distinct = assert_no_outpoint_signed_twice(&c).await;
     assert_eq!(distinct, 4, "two payments during the partition, two after");
     eprintln!("partition test done after {:?}", started.elapsed());

@@ -141,6 +141,7 @@ fn log_armed() {
         FORGE_APPROVAL_ENV,
         PROPOSAL_DEADLINE_ENV,
         REPLAY_PROPOSAL_ENV,
+        FORGE_SPENT_ENV,
     ] {
         if fault_var(var).is_some() {
             tracing::error!(
@@ -281,6 +282,22 @@ pub const SKIP_INTAKE_CHECKS_ENV: &str = "SIGNER_FAULT_SKIP_INTAKE_CHECKS";
 /// Environment variable: as a leader, this node proposes a voting deadline this
 /// many seconds ahead instead of its configured one.
 pub const PROPOSAL_DEADLINE_ENV: &str = "SIGNER_FAULT_PROPOSAL_DEADLINE_SECS";
+/// Environment variable: this node adds, to the signed transactions it shares with
+/// its peers ([`crate::tx::spent`]), a transaction spending its own available
+/// UTXOs with a forged witness (the receivers must not believe it).
+pub const FORGE_SPENT_ENV: &str = "SIGNER_FAULT_FORGE_SPENT";
+
+/// Whether this node shares forged "signed" transactions with its peers
+/// ([`FORGE_SPENT_ENV`], feature `fault-injection` only; built by
+/// `crate::tx::spent`).
+pub fn forge_spent() -> bool {
+    #[cfg(feature = "fault-injection")]
+    if armed(FORGE_SPENT_ENV) {
+        return true;
+    }
+    false
+}
+
 /// Environment variable: as a leader, this node sends each proposal a second time
 /// (same transaction id, a deadline a day later) after its own vote.
 pub const REPLAY_PROPOSAL_ENV: &str = "SIGNER_FAULT_REPLAY_PROPOSAL";

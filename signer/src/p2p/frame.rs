@@ -81,6 +81,9 @@ impl MessageKind {
     pub const TX_APPROVAL: MessageKind = MessageKind(0x0144);
     /// A node's signed endorsement of an approver identity (name, role, key).
     pub const APPROVER_ENDORSE: MessageKind = MessageKind(0x0145);
+    /// A node's recent signed transactions, so peers that missed them learn which
+    /// of their UTXOs are spent (each verified by the receiver itself).
+    pub const TX_SPENT: MessageKind = MessageKind(0x0146);
     /// The leader of a signer set announces a presignature generation session.
     pub const PRESIGN_ANNOUNCE: MessageKind = MessageKind(0x0150);
     /// A node relays an operator's presignature generate request to its peers.
@@ -128,6 +131,7 @@ impl MessageKind {
         MessageKind::TX_DONE,
         MessageKind::TX_APPROVAL,
         MessageKind::APPROVER_ENDORSE,
+        MessageKind::TX_SPENT,
         MessageKind::PRESIGN_ANNOUNCE,
         MessageKind::PRESIGN_GENERATE,
         MessageKind::AUDIT_HEAD_REQUEST,
@@ -512,6 +516,7 @@ mod tests {
             (0x0143, MessageKind::TX_DONE),
             (0x0144, MessageKind::TX_APPROVAL),
             (0x0145, MessageKind::APPROVER_ENDORSE),
+            (0x0146, MessageKind::TX_SPENT),
             (0x0150, MessageKind::PRESIGN_ANNOUNCE),
             (0x0151, MessageKind::PRESIGN_GENERATE),
             (0x0160, MessageKind::AUDIT_HEAD_REQUEST),

@@ -172,6 +172,22 @@ impl Store {
         Ok(usize::try_from(n).is_ok_and(|n| n == outpoints.len()))
     }
 
+    /// How many of `outpoints` this node holds `available` or `reserved`.
+    pub async fn unspent_among(&self, outpoints: &[bitcoin::OutPoint]) -> Result<u64, StoreError> {
+        let (txids, vouts) = outpoint_columns(outpoints);
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM utxos u \
+             JOIN unnest($1::text[], $2::int[]) AS o(txid, vout) \
+               ON u.txid = o.txid AND u.vout = o.vout \
+             WHERE u.state IN ('available', 'reserved')",
+        )
+        .bind(&txids)
+        .bind(&vouts)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// The amount and script of those of `outpoints` this node has a UTXO row for.
     pub async fn known_outputs(
         &self,
@@ -251,6 +267,89 @@ impl Store {
         .fetch_one(self.pool())
         .await?;
         Ok(u32::try_from(n).unwrap_or(0))
+    }
+
+    /// Marks `outpoints` spent (those still `available` or `reserved`) because a
+    /// signed transaction `txid` that this node verified itself spends them, in one
+    /// database transaction with its `utxo.spent` audit entry naming the peer that
+    /// reported it; returns the outpoints it changed (none: nothing audited).
+    pub async fn mark_spent_elsewhere(
+        &self,
+        node_id: &str,
+        txid: &str,
+        outpoints: &[bitcoin::OutPoint],
+        reported_by: &str,
+    ) -> Result<Vec<bitcoin::OutPoint>, StoreError> {
+        let (txids, vouts) = outpoint_columns(outpoints);
+        let mut tx = self.pool().begin().await?;
+        let rows: Vec<(String, i32)> = sqlx::query_as(
+            "UPDATE utxos u SET state = 'spent' \
+             FROM unnest($1::text[], $2::int[]) AS o(txid, vout) \
+             WHERE u.txid = o.txid AND u.vout = o.vout AND u.state IN ('available', 'reserved') \
+             RETURNING u.txid, u.vout",
+        )
+        .bind(&txids)
+        .bind(&vouts)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = Vec::with_capacity(rows.len());
+        for (t, v) in rows {
+            let (Ok(t), Ok(v)) = (t.parse(), u32::try_from(v)) else {
+                return Err(StoreError::Corrupt(format!("utxo row {t}:{v}")));
+            };
+            changed.push(bitcoin::OutPoint { txid: t, vout: v });
+        }
+        if changed.is_empty() {
+            return Ok(changed);
+        }
+        let listed: Vec<String> = changed.iter().map(ToString::to_string).collect();
+        super::audit::append_audit(
+            &mut tx,
+            node_id,
+            crate::audit::AuditEntry::new("node", "utxo.spent")
+                .subject(txid)
+                .details(serde_json::json!({
+                    "outpoints": listed,
+                    "reported_by": reported_by,
+                    "verified": "consensus",
+                })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// The ids of the signed transactions this node recorded (signed, broadcast or
+    /// confirmed) and last changed within `within`, newest first, at most `limit`.
+    pub async fn recent_signed_transactions(
+        &self,
+        within: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM transactions \
+             WHERE state IN ('signed', 'broadcast', 'confirmed') AND signed_tx IS NOT NULL \
+               AND updated_at > now() - make_interval(secs => $1) \
+             ORDER BY updated_at DESC, id LIMIT $2",
+        )
+        .bind(within.as_secs_f64())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// The serialized signed transactions of `ids` (those that have one).
+    pub async fn signed_transactions(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, signed_tx FROM transactions WHERE id = ANY($1) AND signed_tx IS NOT NULL",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Makes the UTXOs reserved by a transaction that will not be signed available

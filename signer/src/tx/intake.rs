@@ -177,10 +177,47 @@ pub async fn submit(
     super::voting::broadcast_detached(node, &key.participants, frames);
     let own = super::voting::on_proposal(node, &me, prop).await;
     if let Err(e) = own {
-        let _ = node
+        // The proposal is out: the others learn the failure from this node (else
+        // they would vote and expire it while this node records it failed), and the
+        // failure is recorded here however long the database takes to come back.
+        let reason = e.to_string();
+        node.tx.remove(id);
+        let now = node
             .store
-            .transaction_failed(&node.cfg.node_id, id, &e.to_string())
+            .transaction_failed(&node.cfg.node_id, id, &reason)
             .await;
+        let node = node.clone();
+        let participants = key.participants.clone();
+        tokio::spawn(async move {
+            let recorded = match now {
+                Err(e) if e.is_unavailable() => {
+                    super::until_recorded("proposal failure", id, || {
+                        node.store
+                            .transaction_failed(&node.cfg.node_id, id, &reason)
+                    })
+                    .await
+                }
+                r => r,
+            };
+            if let Err(e) = recorded {
+                tracing::error!(tx = %id, error = %e, "cannot record the failure");
+            }
+            let done = wire::Done {
+                id,
+                tx_hex: None,
+                psbt: None,
+                error: Some(reason),
+                votes: Vec::new(),
+                blame: Vec::new(),
+            };
+            match wire::encode(&done) {
+                Ok(b) => {
+                    super::voting::broadcast(&node, &participants, Frame::new(id, wire::TX_DONE, b))
+                        .await
+                }
+                Err(e) => tracing::error!(tx = %id, error = %e, "cannot encode the result"),
+            }
+        });
         return Err(e);
     }
     Ok(id)

@@ -24,6 +24,7 @@ pub mod early;
 pub mod intake;
 pub mod presigned;
 pub mod signing;
+pub mod spent;
 pub mod vote_intake;
 #[cfg(test)]
 mod vote_intake_pg;
@@ -180,6 +181,47 @@ impl Pending {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// How long an outcome that is already decided (signed, failed, expired, a closed
+/// round) keeps being retried while the database is unavailable.
+pub const RECORD_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Runs the store operation `op` until it succeeds, fails for a reason other than
+/// the database being unavailable, or [`RECORD_RETRY_FOR`] passed (retrying after
+/// 0.5 s, doubling up to 5 s): an outcome that is decided must not be lost to a
+/// database restart, or the transaction stays in `signing` (or `voting`) here while
+/// the other nodes recorded its end (issue 17, PostgreSQL killed during a burst).
+pub(crate) async fn until_recorded<T, F, Fut>(
+    what: &str,
+    id: Uuid,
+    mut op: F,
+) -> Result<T, crate::store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(500);
+    let mut warned = false;
+    loop {
+        match op().await {
+            Err(e) if e.is_unavailable() && start.elapsed() < RECORD_RETRY_FOR => {
+                if !warned {
+                    tracing::warn!(tx = %id, error = %e, what, "database unavailable; retrying until it is back");
+                    warned = true;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            r => {
+                if warned && r.is_ok() {
+                    tracing::info!(tx = %id, what, "recorded after the database came back");
+                }
+                return r;
+            }
+        }
     }
 }
 
@@ -546,6 +588,7 @@ pub const KINDS: &[crate::p2p::MessageKind] = &[
     wire::TX_DONE,
     wire::TX_APPROVAL,
     crate::p2p::MessageKind::APPROVER_ENDORSE,
+    wire::TX_SPENT,
 ];
 
 /// Handles the frames routed to this service until the router stops.
@@ -621,6 +664,16 @@ fn dispatch(node: &Arc<TxCtx>, inbound: &crate::p2p::Inbound) {
                 }
             }
         }
+        wire::TX_SPENT => match wire::decode::<spent::SpentNotice>(&payload) {
+            Ok(n) => {
+                tokio::spawn(async move { spent::on_notice(&node, &from, n).await });
+            }
+            Err(e) => {
+                if let Some(dropped) = DROPPED.hit() {
+                    tracing::warn!(dropped, peer = %from, error = %e, "malformed signed-transaction notice; dropped")
+                }
+            }
+        },
         wire::TX_DONE => match wire::decode::<wire::Done>(&payload) {
             Ok(d) => {
                 tokio::spawn(signing::on_done(node, from, d));

@@ -32,7 +32,22 @@ const QUORUM_WAIT: Duration = Duration::from_secs(10);
 /// Leader: signs every input with `t` approving nodes, finalizes, verifies and
 /// distributes the result. Every outcome is recorded.
 pub async fn lead(node: Arc<TxCtx>, id: Uuid) {
-    let outcome = lead_inner(&node, id).await;
+    // A signed and verified transaction is recorded as such, however long the
+    // database takes to come back: it is never reported as failed because the
+    // record failed.
+    let outcome = match lead_inner(&node, id).await {
+        Ok((tx, signed_psbt)) => {
+            record_signed(&node, id, &tx, Some(&signed_psbt))
+                .await
+                .map(|()| {
+                    (
+                        encode::serialize_hex(&tx),
+                        base64::engine::general_purpose::STANDARD.encode(&signed_psbt),
+                    )
+                })
+        }
+        Err(e) => Err(e),
+    };
     let done = match outcome {
         Ok((tx_hex, psbt)) => Done {
             id,
@@ -45,10 +60,11 @@ pub async fn lead(node: Arc<TxCtx>, id: Uuid) {
         Err(e) => {
             let reason = e.to_string();
             tracing::warn!(tx = %id, error = %reason, "signing failed");
-            if let Err(e) = node
-                .store
-                .transaction_failed(&node.cfg.node_id, id, &reason)
-                .await
+            if let Err(e) = super::until_recorded("signing failure", id, || {
+                node.store
+                    .transaction_failed(&node.cfg.node_id, id, &reason)
+            })
+            .await
             {
                 tracing::error!(tx = %id, error = %e, "cannot record the failure");
             }
@@ -86,8 +102,12 @@ pub async fn lead(node: Arc<TxCtx>, id: Uuid) {
     node.tx.remove(id);
 }
 
-/// The final transaction (hex) and the signed, unfinalized PSBT (base64).
-async fn lead_inner(node: &Arc<TxCtx>, id: Uuid) -> Result<(String, String), TxError> {
+/// The final, verified transaction and the signed, unfinalized PSBT (serialized),
+/// not recorded yet.
+async fn lead_inner(
+    node: &Arc<TxCtx>,
+    id: Uuid,
+) -> Result<(bitcoin::Transaction, Vec<u8>), TxError> {
     let p = node
         .tx
         .get(id)
@@ -130,12 +150,7 @@ async fn lead_inner(node: &Arc<TxCtx>, id: Uuid) -> Result<(String, String), TxE
             return Err(TxError::Internal(format!("final verification failed: {e}")));
         }
     };
-    let hex = encode::serialize_hex(&tx);
-    record_signed(node, id, &tx, Some(&signed_psbt)).await?;
-    Ok((
-        hex,
-        base64::engine::general_purpose::STANDARD.encode(&signed_psbt),
-    ))
+    Ok((tx, signed_psbt))
 }
 
 /// A failed final verification means a signer or this node is faulty: the key is
@@ -164,15 +179,13 @@ async fn record_signed(
     tx: &bitcoin::Transaction,
     signed_psbt: Option<&[u8]>,
 ) -> Result<(), TxError> {
-    node.store
-        .transaction_signed(
-            &node.cfg.node_id,
-            id,
-            &encode::serialize(tx),
-            &tx.compute_txid().to_string(),
-            signed_psbt,
-        )
-        .await?;
+    let raw = encode::serialize(tx);
+    let txid = tx.compute_txid().to_string();
+    super::until_recorded("signed transaction", id, || {
+        node.store
+            .transaction_signed(&node.cfg.node_id, id, &raw, &txid, signed_psbt)
+    })
+    .await?;
     tracing::info!(tx = %id, txid = %tx.compute_txid(), "transaction signed and verified");
     Ok(())
 }
@@ -994,16 +1007,20 @@ pub async fn on_done(node: Arc<TxCtx>, from: String, done: Done) {
     }
     let r = match outcome {
         Ok(tx) => {
-            let _ = node.store.transition_transaction(id, "signing", None).await;
+            let _ = super::until_recorded("signing state", id, || {
+                node.store.transition_transaction(id, "signing", None)
+            })
+            .await;
             record_signed(&node, id, &tx, psbt.as_deref())
                 .await
                 .map_err(|e| e.to_string())
         }
-        Err(reason) => node
-            .store
-            .transaction_failed(&node.cfg.node_id, id, &reason)
-            .await
-            .map_err(|e| e.to_string()),
+        Err(reason) => super::until_recorded("signing failure", id, || {
+            node.store
+                .transaction_failed(&node.cfg.node_id, id, &reason)
+        })
+        .await
+        .map_err(|e| e.to_string()),
     };
     if let Err(e) = r {
         tracing::error!(tx = %id, error = %e, "cannot record the transaction result");

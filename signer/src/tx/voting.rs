@@ -250,7 +250,71 @@ pub const REASON_TXID_OTHER_DATA: &str = "txid_approved_with_other_data";
 /// Handles a proposal (from its leader, or this node's own): validates the PSBT
 /// independently, records the transaction and its round, votes and broadcasts the
 /// vote. Returns once this node's vote is stored and sent.
+///
+/// When it fails after this node recorded a proposal of another leader (its
+/// database failing mid-way), the transaction is not left open for ever: it
+/// expires here at the round's deadline like any round that did not close (issue
+/// 17, PostgreSQL killed during a burst).
 pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Result<(), TxError> {
+    let id = prop.id;
+    let deadline_unix = clamp_deadline(node, prop.deadline_unix);
+    let mut recorded = false;
+    let r = on_proposal_inner(node, from, prop, &mut recorded).await;
+    if r.is_err() && recorded {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let wait = deadline_unix.saturating_sub(now_unix()) + 1;
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            expire_abandoned(&node, id).await;
+        });
+    }
+    r
+}
+
+/// A proposal this node recorded but could not finish handling: at its deadline,
+/// the round closes as expired if it is open (the in-memory round when it got that
+/// far), else the transaction expires if it is still `pending` or `voting`, and its
+/// reserved inputs are released.
+async fn expire_abandoned(node: &Arc<TxCtx>, id: Uuid) {
+    if node.tx.get(id).is_some() {
+        expire_if_open(node, id).await;
+        return;
+    }
+    for from in ["voting", "pending"] {
+        let advanced = super::until_recorded("expiry", id, || {
+            node.store.advance_transaction(
+                &node.cfg.node_id,
+                id,
+                from,
+                "expired",
+                "tx.expired",
+                serde_json::json!({ "reason": "voting deadline passed", "from": from, "abandoned": true }),
+            )
+        })
+        .await;
+        match advanced {
+            Ok(true) => {
+                tracing::warn!(tx = %id, from, "proposal not fully handled here; expired at its deadline");
+                if let Err(e) =
+                    super::until_recorded("input release", id, || node.store.release_utxos(id))
+                        .await
+                {
+                    tracing::error!(tx = %id, error = %e, "cannot release the inputs");
+                }
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(tx = %id, error = %e, "cannot record the expiry"),
+        }
+    }
+}
+
+async fn on_proposal_inner(
+    node: &Arc<TxCtx>,
+    from: &str,
+    prop: Proposal,
+    recorded: &mut bool,
+) -> Result<(), TxError> {
     let me = node.cfg.node_id.clone();
     let keys = super::usable_keys(node).await?;
     let key = keys
@@ -288,7 +352,7 @@ pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Resul
             initiator: prop.initiator.clone(),
         };
         match node.store.insert_transaction(&new).await {
-            Ok(()) => {}
+            Ok(()) => *recorded = true,
             Err(StoreError::Duplicate { .. }) => {
                 return Err(replayed_proposal(node, from, &prop).await)
             }
@@ -874,11 +938,18 @@ async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
         RoundOutcome::Approved => "approved",
         RoundOutcome::Rejected => "rejected",
     };
-    match node
-        .store
-        .close_round_and_transaction(&node.cfg.node_id, p.round_id, id, to, None, votes.len())
-        .await
-    {
+    let closed = super::until_recorded("vote outcome", id, || {
+        node.store.close_round_and_transaction(
+            &node.cfg.node_id,
+            p.round_id,
+            id,
+            to,
+            None,
+            votes.len(),
+        )
+    })
+    .await;
+    match closed {
         Ok(true) => {}
         Ok(false) => return, // already closed
         Err(e) => {
@@ -911,9 +982,8 @@ async fn expire_if_open(node: &Arc<TxCtx>, id: Uuid) {
     let Some(p) = node.tx.get(id) else {
         return;
     };
-    match node
-        .store
-        .close_round_and_transaction(
+    let closed = super::until_recorded("expiry", id, || {
+        node.store.close_round_and_transaction(
             &node.cfg.node_id,
             p.round_id,
             id,
@@ -921,8 +991,9 @@ async fn expire_if_open(node: &Arc<TxCtx>, id: Uuid) {
             Some("voting deadline passed"),
             0,
         )
-        .await
-    {
+    })
+    .await;
+    match closed {
         Ok(true) => {
             tracing::info!(tx = %id, "voting round expired");
             node.tx.remove(id);
@@ -942,9 +1013,8 @@ async fn expire_unsigned(node: &Arc<TxCtx>, id: Uuid) {
     }
     let reason = "signing deadline passed";
     for (from, release) in [("approved", true), ("signing", false)] {
-        match node
-            .store
-            .advance_transaction(
+        let advanced = super::until_recorded("signing expiry", id, || {
+            node.store.advance_transaction(
                 &node.cfg.node_id,
                 id,
                 from,
@@ -952,12 +1022,16 @@ async fn expire_unsigned(node: &Arc<TxCtx>, id: Uuid) {
                 "tx.expired",
                 serde_json::json!({ "reason": "signing_deadline", "from": from }),
             )
-            .await
-        {
+        })
+        .await;
+        match advanced {
             Ok(true) => {
                 tracing::warn!(tx = %id, from, "{reason}; this node signs nothing more for it");
                 if release {
-                    if let Err(e) = node.store.release_utxos(id).await {
+                    if let Err(e) =
+                        super::until_recorded("input release", id, || node.store.release_utxos(id))
+                            .await
+                    {
                         tracing::error!(tx = %id, error = %e, "cannot release the inputs");
                     }
                 }

@@ -18,6 +18,8 @@ pub const TX_SIGNATURE: MessageKind = MessageKind::TX_SIGNATURE;
 pub const TX_DONE: MessageKind = MessageKind::TX_DONE;
 /// A node relays a human approval it authenticated to every participant of the key.
 pub const TX_APPROVAL: MessageKind = MessageKind::TX_APPROVAL;
+/// A node's recent signed transactions, to every peer ([`super::spent`]).
+pub const TX_SPENT: MessageKind = MessageKind::TX_SPENT;
 
 /// Largest accepted frame payload of this module (a PSBT of up to 1 MiB in base64).
 pub use crate::p2p::json::MAX_JSON_PAYLOAD as MAX_TX_FRAME_BYTES;
