@@ -41,13 +41,19 @@ demo: build
 ## Lint, every test (unit, real SoftHSM/swtpm/etcd/PostgreSQL, cluster acceptance),
 ## the resharing protocol tests, then a bounded fuzzing run of the API against its
 ## OpenAPI contract (schemathesis, under a minute: docs/API.md).
-# `cargo test --workspace` also builds `signer-faulty`, the binary the cluster tests
-# run; `build` gives the operators' binaries (`signer`, `signer-hwi`) that some tests
-# run as shipped (a no-op after `make demo`). The resharing protocol tests need the
-# TEST-ONLY prime fixtures (feature `test-fixtures`, never in a node build). The
+# `scripts/test-lanes.py` builds what `cargo test --workspace` builds (also
+# `signer-faulty`, the binary the cluster tests run) and runs every test binary,
+# TEST_LANES at once (the cluster tests mostly wait on node processes); doc tests
+# after. `build` gives the operators' binaries (`signer`, `signer-hwi`) that some
+# tests run as shipped (a no-op after `make demo`). The resharing protocol tests need
+# the TEST-ONLY prime fixtures (feature `test-fixtures`, never in a node build). The
 # fuzzing run starts its dev cluster with the test build's binary.
+TEST_LANES ?= 2
 test: deps lint build
-	$(CARGO) test --workspace --no-fail-fast
+	@status=0; \
+	TEST_LANES=$(TEST_LANES) python3 scripts/test-lanes.py || status=1; \
+	$(CARGO) test --workspace --doc || status=1; \
+	exit $$status
 	$(CARGO) test -p signer-protocol --features test-fixtures --test reshare
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES_BOUNDED) bash scripts/fuzz-api.sh
 
