@@ -202,14 +202,7 @@ pub async fn submit(
             if let Err(e) = recorded {
                 tracing::error!(tx = %id, error = %e, "cannot record the failure");
             }
-            let done = wire::Done {
-                id,
-                tx_hex: None,
-                psbt: None,
-                error: Some(reason),
-                votes: Vec::new(),
-                blame: Vec::new(),
-            };
+            let done = wire::Done::failure(id, reason);
             match wire::encode(&done) {
                 Ok(b) => {
                     super::voting::broadcast(&node, &participants, Frame::new(id, wire::TX_DONE, b))

@@ -68,14 +68,7 @@ pub async fn lead(node: Arc<TxCtx>, id: Uuid) {
             {
                 tracing::error!(tx = %id, error = %e, "cannot record the failure");
             }
-            Done {
-                id,
-                tx_hex: None,
-                psbt: None,
-                error: Some(reason),
-                votes: Vec::new(),
-                blame: Vec::new(),
-            }
+            Done::failure(id, reason)
         }
     };
     if let Some(p) = node.tx.get(id) {

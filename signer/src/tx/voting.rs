@@ -295,12 +295,7 @@ async fn expire_abandoned(node: &Arc<TxCtx>, id: Uuid) {
         match advanced {
             Ok(true) => {
                 tracing::warn!(tx = %id, from, "proposal not fully handled here; expired at its deadline");
-                if let Err(e) =
-                    super::until_recorded("input release", id, || node.store.release_utxos(id))
-                        .await
-                {
-                    tracing::error!(tx = %id, error = %e, "cannot release the inputs");
-                }
+                release_inputs(node, id).await;
                 return;
             }
             Ok(false) => {}
@@ -1028,12 +1023,7 @@ async fn expire_unsigned(node: &Arc<TxCtx>, id: Uuid) {
             Ok(true) => {
                 tracing::warn!(tx = %id, from, "{reason}; this node signs nothing more for it");
                 if release {
-                    if let Err(e) =
-                        super::until_recorded("input release", id, || node.store.release_utxos(id))
-                            .await
-                    {
-                        tracing::error!(tx = %id, error = %e, "cannot release the inputs");
-                    }
+                    release_inputs(node, id).await;
                 }
                 break;
             }
@@ -1042,4 +1032,13 @@ async fn expire_unsigned(node: &Arc<TxCtx>, id: Uuid) {
         }
     }
     node.tx.remove(id);
+}
+/// Releases the inputs of transaction `id` (an outcome already decided: retried
+/// while the database is unavailable).
+async fn release_inputs(node: &TxCtx, id: Uuid) {
+    if let Err(e) =
+        super::until_recorded("input release", id, || node.store.release_utxos(id)).await
+    {
+        tracing::error!(tx = %id, error = %e, "cannot release the inputs");
+    }
 }

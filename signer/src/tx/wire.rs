@@ -139,6 +139,21 @@ pub struct Done {
     pub blame: Vec<Blame>,
 }
 
+impl Done {
+    /// The result of a transaction that was not signed, for `reason` (votes and
+    /// blames added by the caller where it has them).
+    pub fn failure(id: Uuid, reason: String) -> Done {
+        Done {
+            id,
+            tx_hex: None,
+            psbt: None,
+            error: Some(reason),
+            votes: Vec::new(),
+            blame: Vec::new(),
+        }
+    }
+}
+
 /// Most blames a result carries (more are dropped by the leader and ignored by
 /// the receiver).
 pub const MAX_BLAMES: usize = 32;
