@@ -81,6 +81,24 @@ fn members_ok(v: &Value) -> Vec<bool> {
         .unwrap_or_default()
 }
 
+/// Waits until every node reports etcd unreachable (not ready, 503).
+async fn etcd_unreachable_everywhere(c: &Cluster) {
+    c.eventually(
+        "etcd unreachable on every node",
+        Duration::from_secs(60),
+        || async {
+            for i in 0..3 {
+                let (s, v) = ready(c, i).await;
+                if s != 503 || v["etcd"] != "unreachable" {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
 /// A FROST 2-of-3 ceremony started on node 0: its id once completed on every node,
 /// or the first node's record of it when it failed.
 async fn ceremony(c: &Cluster) -> Result<String, Value> {
@@ -187,20 +205,7 @@ async fn one_etcd_member_down_changes_nothing_two_down_fail_closed_and_recover()
 
     // Two down: no quorum. Not ready, ceremonies refused with a stable code.
     kill_member(&c, 1);
-    c.eventually(
-        "etcd unreachable on every node",
-        Duration::from_secs(60),
-        || async {
-            for i in 0..3 {
-                let (s, v) = ready(&c, i).await;
-                if s != 503 || v["etcd"] != "unreachable" {
-                    return None;
-                }
-            }
-            Some(())
-        },
-    )
-    .await;
+    etcd_unreachable_everywhere(&c).await;
     let (status, v) = c
         .post_json(
             0,
@@ -262,20 +267,7 @@ async fn etcd_wiped_nodes_reregister_reelect_and_sign_without_a_restart() {
     for m in 0..3 {
         std::fs::remove_dir_all(member_dir(&c, m).join("data")).unwrap();
     }
-    c.eventually(
-        "etcd unreachable on every node",
-        Duration::from_secs(60),
-        || async {
-            for i in 0..3 {
-                let (s, v) = ready(&c, i).await;
-                if s != 503 || v["etcd"] != "unreachable" {
-                    return None;
-                }
-            }
-            Some(())
-        },
-    )
-    .await;
+    etcd_unreachable_everywhere(&c).await;
     for m in 0..3 {
         restart_member(&c, m);
     }
