@@ -81,6 +81,21 @@ fn members_ok(v: &Value) -> Vec<bool> {
         .unwrap_or_default()
 }
 
+/// Waits up to `secs` until every node is ready (200) and sees the etcd members'
+/// health as `members`.
+async fn members_seen(c: &Cluster, what: &str, secs: u64, members: [bool; 3]) {
+    c.eventually(what, Duration::from_secs(secs), || async {
+        for i in 0..3 {
+            let (s, v) = ready(c, i).await;
+            if s != 200 || members_ok(&v) != members {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
 /// Waits until every node reports etcd unreachable (not ready, 503).
 async fn etcd_unreachable_everywhere(c: &Cluster) {
     c.eventually(
@@ -172,18 +187,11 @@ async fn one_etcd_member_down_changes_nothing_two_down_fail_closed_and_recover()
 
     // One member down: still ready, the member named, a ceremony completes.
     kill_member(&c, 0);
-    c.eventually(
+    members_seen(
+        &c,
         "member 0 reported down by every node",
-        Duration::from_secs(30),
-        || async {
-            for i in 0..3 {
-                let (s, v) = ready(&c, i).await;
-                if s != 200 || members_ok(&v) != [false, true, true] {
-                    return None;
-                }
-            }
-            Some(())
-        },
+        30,
+        [false, true, true],
     )
     .await;
     // A ceremony started right after a member died completes: the client may still
@@ -222,20 +230,7 @@ async fn one_etcd_member_down_changes_nothing_two_down_fail_closed_and_recover()
     // Members back: every node recovers by itself and a ceremony completes.
     restart_member(&c, 0);
     restart_member(&c, 1);
-    c.eventually(
-        "ready again with 3 members",
-        Duration::from_secs(90),
-        || async {
-            for i in 0..3 {
-                let (s, v) = ready(&c, i).await;
-                if s != 200 || members_ok(&v) != [true, true, true] {
-                    return None;
-                }
-            }
-            Some(())
-        },
-    )
-    .await;
+    members_seen(&c, "ready again with 3 members", 90, [true, true, true]).await;
     // Each node re-registers on its own (a new lease): the coordinator sees every
     // node live again; until then a ceremony is refused with 409
     // `participants_unavailable`, which is not what is tested here.
@@ -276,20 +271,7 @@ async fn etcd_wiped_nodes_reregister_reelect_and_sign_without_a_restart() {
         started.elapsed()
     );
     let wiped = std::time::Instant::now();
-    c.eventually(
-        "ready again with 3 members",
-        Duration::from_secs(90),
-        || async {
-            for i in 0..3 {
-                let (s, v) = ready(&c, i).await;
-                if s != 200 || members_ok(&v) != [true, true, true] {
-                    return None;
-                }
-            }
-            Some(())
-        },
-    )
-    .await;
+    members_seen(&c, "ready again with 3 members", 90, [true, true, true]).await;
     // Registered again in the empty etcd, and one coordinator elected, seen alike
     // by every node.
     let leader = c

@@ -46,17 +46,22 @@ async fn reshare_ok(c: &Cluster, key_id: &str, body: &Value, nodes: &[usize]) ->
     assert_eq!(status, 202, "{v}");
     let id = v["session_id"].as_str().unwrap().to_owned();
     for &i in nodes {
-        let s = ended(
-            c,
-            i,
-            &format!("/api/v1/dkg/ceremonies/{id}"),
-            &["completed", "failed"],
-            180,
-        )
-        .await;
+        let s = reshare_end(c, i, &id).await;
         assert_eq!(s["state"], "completed", "node {i}: {s}");
     }
     id
+}
+
+/// Reshare session `sid` on node `i` once it ended (`completed` or `failed`).
+async fn reshare_end(c: &Cluster, i: usize, sid: &str) -> Value {
+    ended(
+        c,
+        i,
+        &format!("/api/v1/dkg/ceremonies/{sid}"),
+        &["completed", "failed"],
+        180,
+    )
+    .await
 }
 
 /// `(usable share rows, all share rows)` of `key_id` on node `i`.
@@ -389,14 +394,7 @@ async fn taproot_key_lifecycle_refresh_quorum_remove_threshold_and_kill() {
     .await;
     c.kill_node(4);
     for i in [0, 2, 3] {
-        let s = ended(
-            &c,
-            i,
-            &format!("/api/v1/dkg/ceremonies/{sid}"),
-            &["completed", "failed"],
-            180,
-        )
-        .await;
+        let s = reshare_end(&c, i, &sid).await;
         assert_eq!(
             s["state"], "failed",
             "node {i} must not switch without node-5: {s}"
@@ -489,20 +487,7 @@ async fn taproot_uncertain_reshares_are_resolved_by_the_outcome_protocol() {
         c.restart_node_with_env(i, &[(env, value)]);
     }
     c.wait_ready(N).await;
-    let (status, v) = propose(&c, 0, &key, &json!({})).await;
-    assert_eq!(status, 202, "{v}");
-    let sid = v["session_id"].as_str().unwrap().to_owned();
-    for i in 0..4 {
-        let s = ended(
-            &c,
-            i,
-            &format!("/api/v1/dkg/ceremonies/{sid}"),
-            &["completed", "failed"],
-            180,
-        )
-        .await;
-        assert_eq!(s["state"], "completed", "node {i}: {s}");
-    }
+    let sid = reshare_ok(&c, &key, &json!({}), &[0, 1, 2, 3]).await;
     // node-5 is uncertain: node-3 and node-4 answer `committed`, the liar `failed`:
     // a contradiction, audited once; nothing changes.
     c.eventually(
