@@ -280,27 +280,10 @@ async fn expire_abandoned(node: &Arc<TxCtx>, id: Uuid) {
         expire_if_open(node, id).await;
         return;
     }
-    for from in ["voting", "pending"] {
-        let advanced = super::until_recorded("expiry", id, || {
-            node.store.advance_transaction(
-                &node.cfg.node_id,
-                id,
-                from,
-                "expired",
-                "tx.expired",
-                serde_json::json!({ "reason": "voting deadline passed", "from": from, "abandoned": true }),
-            )
-        })
-        .await;
-        match advanced {
-            Ok(true) => {
-                tracing::warn!(tx = %id, from, "proposal not fully handled here; expired at its deadline");
-                release_inputs(node, id).await;
-                return;
-            }
-            Ok(false) => {}
-            Err(e) => tracing::error!(tx = %id, error = %e, "cannot record the expiry"),
-        }
+    let details = |from: &str| serde_json::json!({ "reason": "voting deadline passed", "from": from, "abandoned": true });
+    let states = [("voting", true), ("pending", true)];
+    if let Some(from) = expire_from(node, id, "expiry", &states, details).await {
+        tracing::warn!(tx = %id, from, "proposal not fully handled here; expired at its deadline");
     }
 }
 
@@ -1006,33 +989,52 @@ async fn expire_unsigned(node: &Arc<TxCtx>, id: Uuid) {
     if node.tx.get(id).is_none() {
         return;
     }
-    let reason = "signing deadline passed";
-    for (from, release) in [("approved", true), ("signing", false)] {
-        let advanced = super::until_recorded("signing expiry", id, || {
+    let details = |from: &str| serde_json::json!({ "reason": "signing_deadline", "from": from });
+    let states = [("approved", true), ("signing", false)];
+    if let Some(from) = expire_from(node, id, "signing expiry", &states, details).await {
+        tracing::warn!(tx = %id, from, "signing deadline passed; this node signs nothing more for it");
+    }
+    node.tx.remove(id);
+}
+
+/// Expires transaction `id` from the first of `states` it is in (audited
+/// `tx.expired` with `details(from)`; retried while the database is unavailable)
+/// and releases its inputs when that state's flag says so. Returns the state it
+/// left, `None` when it was in none of them (or the expiry could not be recorded:
+/// logged as `what`).
+async fn expire_from(
+    node: &TxCtx,
+    id: Uuid,
+    what: &str,
+    states: &[(&'static str, bool)],
+    details: impl Fn(&str) -> serde_json::Value,
+) -> Option<&'static str> {
+    for &(from, release) in states {
+        let advanced = super::until_recorded(what, id, || {
             node.store.advance_transaction(
                 &node.cfg.node_id,
                 id,
                 from,
                 "expired",
                 "tx.expired",
-                serde_json::json!({ "reason": "signing_deadline", "from": from }),
+                details(from),
             )
         })
         .await;
         match advanced {
             Ok(true) => {
-                tracing::warn!(tx = %id, from, "{reason}; this node signs nothing more for it");
                 if release {
                     release_inputs(node, id).await;
                 }
-                break;
+                return Some(from);
             }
             Ok(false) => {}
-            Err(e) => tracing::error!(tx = %id, error = %e, "cannot record the signing expiry"),
+            Err(e) => tracing::error!(tx = %id, error = %e, "cannot record the {what}"),
         }
     }
-    node.tx.remove(id);
+    None
 }
+
 /// Releases the inputs of transaction `id` (an outcome already decided: retried
 /// while the database is unavailable).
 async fn release_inputs(node: &TxCtx, id: Uuid) {
