@@ -19,8 +19,10 @@
 //! `cggmp24`, `frost`, `aux_info`, `ecdsa_presign`, `ecdsa_sign`, `frost_sign`) stop
 //! this node at a chosen protocol round: right after its n-th outgoing protocol
 //! message of that protocol was handed to every recipient (a broadcast counts once),
-//! it SIGKILLs itself, or SIGSTOPs itself (the test SIGCONTs it later). Each fires
-//! once per process; the count runs over the process's life.
+//! it SIGKILLs itself, or SIGSTOPs itself (the test SIGCONTs it later). The count
+//! is per run (per session id): `frost_sign:2` is the second message of whichever
+//! FROST signing run this node takes part in, not the second over the process's
+//! life. Each fires once per process.
 //!
 //! [`EQUIVOCATE_ENV`] (`<protocol>`) makes this node send its first broadcast of
 //! each run of that protocol (round 1) in two versions: the genuine one to every
@@ -608,16 +610,21 @@ pub fn drop_reshare_confirm() -> bool {
 }
 
 /// Environment variable `<protocol>:<n>`: this node SIGKILLs itself right after its
-/// n-th outgoing protocol message of `protocol` was sent.
+/// n-th outgoing protocol message in a run of `protocol` was sent.
 pub const KILL_AT_ENV: &str = "SIGNER_FAULT_KILL_AT";
 /// Environment variable `<protocol>:<n>`: this node SIGSTOPs itself right after its
-/// n-th outgoing protocol message of `protocol` was sent (a test SIGCONTs it).
+/// n-th outgoing protocol message in a run of `protocol` was sent (a test SIGCONTs it).
 pub const FREEZE_AT_ENV: &str = "SIGNER_FAULT_FREEZE_AT";
 
-/// Outgoing protocol messages sent per protocol label, and whether the stop fired.
+/// Outgoing protocol messages sent per run `(protocol label, session)` (the most
+/// recent [`RUNS_KEPT`] runs), and whether the stop fired.
 #[cfg(feature = "fault-injection")]
-static SENT: std::sync::Mutex<(Vec<(&'static str, u32)>, bool)> =
+static SENT: std::sync::Mutex<(Vec<(&'static str, uuid::Uuid, u32)>, bool)> =
     std::sync::Mutex::new((Vec::new(), false));
+
+/// Runs whose message counts [`after_outgoing`] keeps.
+#[cfg(feature = "fault-injection")]
+const RUNS_KEPT: usize = 256;
 
 /// `(protocol, n)` of a `<protocol>:<n>` fault value.
 #[cfg(feature = "fault-injection")]
@@ -626,11 +633,16 @@ fn parse_at(v: &str) -> Option<(&str, u32)> {
     Some((p, n.parse().ok().filter(|n| *n > 0)?))
 }
 
-/// Called by the session pump after it handed one outgoing message of `protocol` to
-/// every recipient (`sends` holds those sends): when [`KILL_AT_ENV`] or
-/// [`FREEZE_AT_ENV`] names this message, waits for the sends to finish, then kills
-/// or freezes this process (feature `fault-injection` only; a no-op otherwise).
-pub async fn after_outgoing(protocol: &'static str, sends: &mut tokio::task::JoinSet<()>) {
+/// Called by the session pump after it handed one outgoing message of run `session`
+/// of `protocol` to every recipient (`sends` holds those sends): when
+/// [`KILL_AT_ENV`] or [`FREEZE_AT_ENV`] names this message (its number within the
+/// run), waits for the sends to finish, then kills or freezes this process (feature
+/// `fault-injection` only; a no-op otherwise).
+pub async fn after_outgoing(
+    protocol: &'static str,
+    session: uuid::Uuid,
+    sends: &mut tokio::task::JoinSet<()>,
+) {
     #[cfg(feature = "fault-injection")]
     {
         let kill = fault_var(KILL_AT_ENV);
@@ -640,18 +652,26 @@ pub async fn after_outgoing(protocol: &'static str, sends: &mut tokio::task::Joi
         }
         let fire = {
             let Ok(mut sent) = SENT.lock() else { return };
-            let count = match sent.0.iter_mut().find(|(p, _)| *p == protocol) {
-                Some((_, c)) => {
+            let count = match sent
+                .0
+                .iter_mut()
+                .find(|(p, s, _)| *p == protocol && *s == session)
+            {
+                Some((_, _, c)) => {
                     *c += 1;
                     *c
                 }
                 None => {
-                    sent.0.push((protocol, 1));
+                    if sent.0.len() >= RUNS_KEPT {
+                        sent.0.remove(0);
+                    }
+                    sent.0.push((protocol, session, 1));
                     1
                 }
             };
             tracing::info!(
                 protocol,
+                %session,
                 n = count,
                 "FAULT INJECTION: outgoing protocol message sent"
             );
@@ -677,12 +697,12 @@ pub async fn after_outgoing(protocol: &'static str, sends: &mut tokio::task::Joi
         };
         if let Some((signal, n)) = fire {
             while sends.join_next().await.is_some() {}
-            tracing::error!(protocol, n, %signal, "FAULT INJECTION: stopping this node at a protocol round");
+            tracing::error!(protocol, %session, n, %signal, "FAULT INJECTION: stopping this node at a protocol round");
             let _ = nix::sys::signal::raise(signal);
         }
     }
     #[cfg(not(feature = "fault-injection"))]
-    let _ = (protocol, sends);
+    let _ = (protocol, session, sends);
 }
 
 /// Environment variable `<protocol>`: this node sends different round-1 broadcasts

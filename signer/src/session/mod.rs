@@ -375,7 +375,7 @@ pub async fn pump_outgoing(
                 }
             });
         }
-        crate::fault::after_outgoing(label, &mut sends).await;
+        crate::fault::after_outgoing(label, id, &mut sends).await;
         // Reap finished sends so the set stays small.
         while sends.try_join_next().is_some() {}
     }
