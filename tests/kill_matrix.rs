@@ -634,7 +634,9 @@ async fn run_case(f: &Fixture, op: Op, fault: Fault, round: Round) -> (String, V
             tx_end(c, 0, &id, Duration::ZERO).await.map(|_| false)
         })
         .await;
-        if settled != Some(false) || stopped().await.is_some() {
+        // The victim stops right after its message went out; the payment may end
+        // on the leader a moment before the stop is visible.
+        if settled != Some(false) || poll(Duration::from_secs(5), stopped).await.is_some() {
             break;
         }
         eprintln!("    the victim signed nothing of payment {id}: paying again");

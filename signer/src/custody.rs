@@ -37,6 +37,14 @@ impl VoteKey {
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         self.pair.sign(msg).as_ref().to_vec()
     }
+
+    /// A key from a fixed seed (unit tests only).
+    #[cfg(test)]
+    pub(crate) fn from_seed_for_tests(seed: &[u8; 32]) -> Self {
+        VoteKey {
+            pair: Ed25519KeyPair::from_seed_unchecked(seed).expect("a 32-byte seed"),
+        }
+    }
 }
 
 /// The unsealed vote key signs votes.

@@ -26,7 +26,10 @@
 //!
 //! [`EQUIVOCATE_ENV`] (`<protocol>`) makes this node send its first broadcast of
 //! each run of that protocol (round 1) in two versions: the genuine one to every
-//! other recipient, one with its last byte changed to the rest.
+//! other recipient, one with its last byte changed to the rest (each copy with this
+//! node's signed statement of it, `session::equivocation`, so the others can prove
+//! it). [`FORGE_EVIDENCE_ENV`] (`<node id>`) makes this node add forged statements
+//! in that node's name to the equivocation evidence it sends.
 //!
 //! Reshare outcome (docs/RESHARING.md): [`DROP_RESHARE_CONFIRM_ENV`] drops inbound
 //! reshare confirmations (the node ends `uncertain`), [`RESHARE_STALL_ENV`] stalls
@@ -167,6 +170,9 @@ fn log_armed() {
     }
     if let Some(p) = fault_var(EQUIVOCATE_ENV) {
         tracing::error!(protocol = %p, "FAULT INJECTION ARMED: this node equivocates in round 1");
+    }
+    if let Some(n) = fault_var(FORGE_EVIDENCE_ENV) {
+        tracing::error!(node = %n, "FAULT INJECTION ARMED: this node forges equivocation evidence");
     }
     for var in [KILL_AT_ENV, FREEZE_AT_ENV] {
         if let Some(v) = fault_var(var) {
@@ -619,8 +625,11 @@ pub const FREEZE_AT_ENV: &str = "SIGNER_FAULT_FREEZE_AT";
 /// Outgoing protocol messages sent per run `(protocol label, session)` (the most
 /// recent [`RUNS_KEPT`] runs), and whether the stop fired.
 #[cfg(feature = "fault-injection")]
-static SENT: std::sync::Mutex<(Vec<(&'static str, uuid::Uuid, u32)>, bool)> =
-    std::sync::Mutex::new((Vec::new(), false));
+static SENT: std::sync::Mutex<(Vec<RunCount>, bool)> = std::sync::Mutex::new((Vec::new(), false));
+
+/// Messages sent in one run: `(protocol label, session, count)`.
+#[cfg(feature = "fault-injection")]
+type RunCount = (&'static str, uuid::Uuid, u32);
 
 /// Runs whose message counts [`after_outgoing`] keeps.
 #[cfg(feature = "fault-injection")]
@@ -746,4 +755,49 @@ pub fn equivocate(protocol: &str, frame: crate::p2p::Frame) -> crate::p2p::Frame
     }
     let _ = protocol;
     frame
+}
+
+/// Environment variable `<node id>`: when this node sends equivocation evidence
+/// (a key ceremony failed without a culprit), it adds two forged statements in that
+/// node's name: a genuine one of that node with its digest changed, and one signed
+/// by a key that is not that node's (the receivers must blame nobody for them).
+pub const FORGE_EVIDENCE_ENV: &str = "SIGNER_FAULT_FORGE_EVIDENCE";
+
+/// The forged statements to add to this node's evidence, given the statements it
+/// holds ([`FORGE_EVIDENCE_ENV`] armed; feature `fault-injection` only).
+pub fn forged_evidence(
+    held: &[crate::session::equivocation::Statement],
+) -> Vec<crate::session::equivocation::Statement> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(target) = fault_var(FORGE_EVIDENCE_ENV) {
+        use crate::session::equivocation::Statement;
+        tracing::error!(node = %target, "FAULT INJECTION: forging equivocation evidence");
+        let seq = held
+            .iter()
+            .find(|s| s.sender == target)
+            .map_or(1, |s| s.seq);
+        let mut changed = held
+            .iter()
+            .find(|s| s.sender == target)
+            .cloned()
+            .unwrap_or_else(|| Statement {
+                sender: target.clone(),
+                seq,
+                digest: hex::encode([0u8; 32]),
+                signature: hex::encode([0u8; 64]),
+            });
+        changed.digest = hex::encode([0x5a; 32]);
+        let mut stranger = Statement {
+            sender: target,
+            seq,
+            digest: hex::encode([0xa5; 32]),
+            signature: String::new(),
+        };
+        if let Ok(k) = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7; 32]) {
+            stranger.signature = hex::encode(k.sign(b"not a statement").as_ref());
+        }
+        return vec![changed, stranger];
+    }
+    let _ = held;
+    Vec::new()
 }

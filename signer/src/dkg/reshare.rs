@@ -983,11 +983,13 @@ async fn run(
         run_set.to_vec(),
         MessageKind::RESHARE,
         "reshare",
+        None,
         out_rx,
     ));
     let SessionQueues {
         protocol_rx,
         mut confirm_rx,
+        ..
     } = queues;
     let cfg = reshare::delivery_config(me_run, setup.run_parties());
     let signer = unsealed.clone();

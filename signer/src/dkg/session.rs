@@ -14,6 +14,7 @@ use super::wire::CEREMONY_CONFIRM;
 use super::DkgCtx;
 use super::{CeremonySpec, DkgError, DkgProtocol, LoadedKey};
 use crate::p2p::Frame;
+use crate::session::equivocation::{self, Finding, Statement};
 use crate::session::SessionQueues;
 use crate::store::dkg::NewCeremony;
 use crate::store::StoreError;
@@ -60,9 +61,13 @@ pub async fn participate(node: Arc<DkgCtx>, spec: CeremonySpec) {
     }
     tracing::info!(ceremony = %spec.id, protocol = spec.protocol.as_str(), t = spec.threshold,
         n = spec.participants.len(), index, coordinator = %spec.coordinator, "joining key ceremony");
-    let Some(queues) =
-        node.sessions
-            .register(spec.id, &spec.participants, spec.protocol.message_kind())
+    let Some(SessionQueues {
+        protocol_rx,
+        confirm_rx,
+        mut evidence_rx,
+    }) = node
+        .sessions
+        .register(spec.id, &spec.participants, spec.protocol.message_kind())
     else {
         // Another run owns this id (the ceremony row was just created, so it is not
         // this ceremony's): leave it alone.
@@ -70,7 +75,8 @@ pub async fn participate(node: Arc<DkgCtx>, spec: CeremonySpec) {
         return;
     };
     let (_, total) = spec.protocol.timeouts(&node.cfg.aux);
-    let outcome = match tokio::time::timeout(total, run(&node, &spec, index, queues)).await {
+    let run = run(&node, &spec, index, protocol_rx, confirm_rx);
+    let outcome = match tokio::time::timeout(total, run).await {
         Ok(r) => r,
         Err(_) => {
             let absent = crate::session::absentees(
@@ -86,6 +92,29 @@ pub async fn participate(node: Arc<DkgCtx>, spec: CeremonySpec) {
                 stage: crate::session::stalled_stage("running the ceremony", &absent),
             })
         }
+    };
+    // A protocol failure without a culprit (a failed echo-broadcast check): the
+    // participants exchange the senders' signed broadcast statements, which prove
+    // who equivocated, if anyone did (the session stays registered meanwhile, so
+    // the others' evidence reaches it).
+    let outcome = match outcome {
+        Err(DkgError::Protocol { reason, culprits }) if culprits.is_empty() => {
+            let found = attribute_equivocation(&node, &spec, &mut evidence_rx).await;
+            let reason = if found.is_empty() {
+                reason
+            } else {
+                let names: Vec<&str> = found.iter().map(|f| f.culprit.as_str()).collect();
+                format!(
+                    "{reason}; equivocation by {} proven by two signed versions of one broadcast",
+                    names.join(", ")
+                )
+            };
+            Err(DkgError::Protocol {
+                reason,
+                culprits: Vec::new(),
+            })
+        }
+        other => other,
     };
     node.sessions.unregister(spec.id);
     match outcome {
@@ -126,12 +155,100 @@ async fn record_culprit(node: &DkgCtx, spec: &CeremonySpec, culprit: &str, reaso
     }
 }
 
+/// Sends the broadcast statements this node holds for ceremony `spec` to the other
+/// participants, collects theirs for [`EVIDENCE_WINDOW`] (or until all answered),
+/// and records every sender that two validly signed statements prove equivocated
+/// (`dkg_equivocation`, the two statements as evidence). Statements that do not
+/// verify blame nobody; they are logged with the peer that forwarded them.
+async fn attribute_equivocation(
+    node: &DkgCtx,
+    spec: &CeremonySpec,
+    evidence_rx: &mut mpsc::Receiver<(String, Vec<Statement>)>,
+) -> Vec<Finding> {
+    let me = &node.cfg.node_id;
+    let mut held = node.sessions.statements(spec.id);
+    held.truncate(equivocation::MAX_EVIDENCE_STATEMENTS);
+    let mut sent = held.clone();
+    sent.extend(crate::fault::forged_evidence(&held));
+    sent.truncate(equivocation::MAX_EVIDENCE_STATEMENTS);
+    let others: Vec<&String> = spec.participants.iter().filter(|p| *p != me).collect();
+    match serde_json::to_vec(&sent) {
+        Ok(payload) => {
+            let frame = Frame::new(spec.id, crate::session::EVIDENCE, payload);
+            let sends = futures::future::join_all(others.iter().map(|p| {
+                let f = frame.clone();
+                async move { (p.to_string(), node.net.p2p.send(p, f).await) }
+            }))
+            .await;
+            for (peer, r) in sends {
+                if let Err(e) = r {
+                    tracing::warn!(ceremony = %spec.id, %peer, error = %e, "sending equivocation evidence failed");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(ceremony = %spec.id, error = %e, "cannot encode equivocation evidence")
+        }
+    }
+    let deadline = tokio::time::Instant::now() + equivocation::EVIDENCE_WINDOW;
+    let mut received: Vec<(String, Vec<Statement>)> = Vec::new();
+    while received.len() < others.len() {
+        match tokio::time::timeout_at(deadline, evidence_rx.recv()).await {
+            Ok(Some((from, v))) if !received.iter().any(|(f, _)| *f == from) => {
+                received.push((from, v));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let keys: BTreeMap<String, [u8; 32]> = match node.store.vote_keys().await {
+        Ok(k) => k.into_iter().collect(),
+        Err(e) => {
+            tracing::error!(ceremony = %spec.id, error = %e, "cannot read the pinned vote keys; equivocation not attributed");
+            return Vec::new();
+        }
+    };
+    let (found, forged) =
+        equivocation::find_equivocations(spec.id, &spec.participants, &keys, &held, &received);
+    for f in &forged {
+        tracing::warn!(ceremony = %spec.id, forwarded_by = %f.forwarded_by, sender = %f.sender,
+            "broadcast statement that does not verify under the sender's vote key; nobody blamed");
+    }
+    let session = spec.id.to_string();
+    for f in &found {
+        tracing::error!(ceremony = %spec.id, culprit = %f.culprit, seq = f.first.seq,
+            "equivocation proven: two signed versions of one broadcast");
+        let evidence = serde_json::json!({
+            "protocol": spec.protocol.as_str(),
+            "seq": f.first.seq,
+            "statements": [f.first, f.second],
+            "exchanged_with": received.iter().map(|(from, _)| from).collect::<Vec<_>>(),
+        });
+        if let Err(e) = node
+            .store
+            .record_violation(
+                &f.culprit,
+                "dkg_equivocation",
+                Some(&session),
+                &evidence,
+                me,
+                me,
+            )
+            .await
+        {
+            tracing::error!(ceremony = %spec.id, culprit = %f.culprit, error = %e, "cannot record the violation");
+        }
+    }
+    found
+}
+
 /// The ceremony proper; returns the confirmed public key.
 async fn run(
     node: &Arc<DkgCtx>,
     spec: &CeremonySpec,
     index: usize,
-    queues: SessionQueues,
+    protocol_rx: mpsc::Receiver<signer_protocol::RawIncoming>,
+    mut confirm_rx: mpsc::Receiver<(String, Vec<u8>)>,
 ) -> Result<Vec<u8>, DkgError> {
     let me = node.cfg.node_id.clone();
     let unsealed = node.unsealed().ok_or(DkgError::Sealed)?;
@@ -166,12 +283,9 @@ async fn run(
         spec.participants.clone(),
         spec.protocol.message_kind(),
         spec.protocol.as_str(),
+        Some(unsealed.clone()),
         out_rx,
     ));
-    let SessionQueues {
-        protocol_rx,
-        mut confirm_rx,
-    } = queues;
     let produced = keygen(node, spec, i, n, primes, protocol_rx, out_tx).await;
     // The pump ends once the protocol dropped its sender; let it flush the last
     // round (the others may still need it).

@@ -104,6 +104,12 @@ impl MessageKind {
     pub const AUDIT_EXPORT_REPLY: MessageKind = MessageKind(0x0166);
     /// Votes and vote-key announcements.
     pub const VOTE: MessageKind = MessageKind(0x0200);
+    /// A key-ceremony sender's signed statement of one of its broadcasts (session,
+    /// sequence number, payload digest; `session::equivocation`).
+    pub const BROADCAST_STATEMENT: MessageKind = MessageKind(0x0127);
+    /// The broadcast statements a participant holds, sent to the others when a
+    /// ceremony failed without a culprit (equivocation evidence).
+    pub const EQUIVOCATION_EVIDENCE: MessageKind = MessageKind(0x0128);
 
     /// Every kind this version speaks. The node's router refuses to start unless
     /// each has exactly one owning service; a frame of any other kind (sent by a
@@ -125,6 +131,8 @@ impl MessageKind {
         MessageKind::RESHARE_OUTCOME_QUERY,
         MessageKind::RESHARE_OUTCOME_ANSWER,
         MessageKind::SESSION_CONFIRM,
+        MessageKind::BROADCAST_STATEMENT,
+        MessageKind::EQUIVOCATION_EVIDENCE,
         MessageKind::TX_PROPOSE,
         MessageKind::TX_SIGN,
         MessageKind::TX_SIGNATURE,
@@ -510,6 +518,8 @@ mod tests {
             (0x0125, MessageKind::RESHARE_OUTCOME_QUERY),
             (0x0126, MessageKind::RESHARE_OUTCOME_ANSWER),
             (0x0121, MessageKind::SESSION_CONFIRM),
+            (0x0127, MessageKind::BROADCAST_STATEMENT),
+            (0x0128, MessageKind::EQUIVOCATION_EVIDENCE),
             (0x0140, MessageKind::TX_PROPOSE),
             (0x0141, MessageKind::TX_SIGN),
             (0x0142, MessageKind::TX_SIGNATURE),

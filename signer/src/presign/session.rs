@@ -252,11 +252,13 @@ async fn run_item(
         spec.signers.clone(),
         MessageKind::PRESIGN,
         "ecdsa_presign",
+        None,
         out_rx,
     ));
     let SessionQueues {
         protocol_rx,
         mut confirm_rx,
+        ..
     } = queues;
     let (share, indices, path, eid2) = (share.clone(), indices.to_vec(), spec.path.clone(), eid);
     let produced = node

@@ -6,7 +6,12 @@
 //!
 //! Frame payloads of protocol messages: one flag byte (0 broadcast, 1 p2p) followed by
 //! the encoded protocol message. [`CONFIRM`] frames carry a short confirmation value
-//! (a public key or digest) at most [`MAX_CONFIRM_LEN`] bytes long.
+//! (a public key or digest) at most [`MAX_CONFIRM_LEN`] bytes long. Key ceremonies
+//! sign their broadcasts ([`equivocation`]): [`STATEMENT`] frames carry the sender's
+//! signed statement of each broadcast, [`EVIDENCE`] frames the statements a node
+//! holds, exchanged when a ceremony fails without a culprit.
+
+pub mod equivocation;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -36,6 +41,10 @@ pub const MAX_EARLY_FRAMES_PER_PEER: usize = 256;
 pub const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
 /// Capacity of a session's inbound protocol queue.
 const SESSION_QUEUE: usize = 1024;
+/// A sender's signed statement of one broadcast ([`equivocation::Statement`]).
+pub const STATEMENT: MessageKind = MessageKind::BROADCAST_STATEMENT;
+/// The statements a participant holds, sent after a failure without a culprit.
+pub const EVIDENCE: MessageKind = MessageKind::EQUIVOCATION_EVIDENCE;
 
 /// The kinds this module routes: every protocol's messages and the confirmations.
 pub const KINDS: &[MessageKind] = &[
@@ -47,6 +56,8 @@ pub const KINDS: &[MessageKind] = &[
     MessageKind::FROST_SIGN,
     MessageKind::RESHARE,
     CONFIRM,
+    STATEMENT,
+    EVIDENCE,
 ];
 
 /// Delivers the router's protocol frames to the running sessions until it stops.
@@ -63,6 +74,10 @@ struct SessionEntry {
     kind: MessageKind,
     protocol_tx: mpsc::Sender<RawIncoming>,
     confirm_tx: mpsc::Sender<(String, Vec<u8>)>,
+    evidence_tx: mpsc::Sender<(String, Vec<equivocation::Statement>)>,
+    /// Broadcast statements received from the senders themselves (unverified; at
+    /// most [`equivocation::MAX_STATEMENTS_PER_SENDER`] per sender).
+    statements: Vec<equivocation::Statement>,
     /// Protocol messages routed from each participant (by run index).
     received: Vec<u32>,
     /// When the session was registered or its last protocol message routed.
@@ -76,6 +91,8 @@ pub struct SessionQueues {
     pub protocol_rx: mpsc::Receiver<RawIncoming>,
     /// Public-key confirmations `(node id, public key)`.
     pub confirm_rx: mpsc::Receiver<(String, Vec<u8>)>,
+    /// Equivocation evidence `(forwarded by, statements)` from other participants.
+    pub evidence_rx: mpsc::Receiver<(String, Vec<equivocation::Statement>)>,
 }
 
 #[derive(Debug, Default)]
@@ -106,11 +123,14 @@ impl Router {
     ) -> Option<SessionQueues> {
         let (protocol_tx, protocol_rx) = mpsc::channel(SESSION_QUEUE);
         let (confirm_tx, confirm_rx) = mpsc::channel(participants.len().max(1) * 2);
+        let (evidence_tx, evidence_rx) = mpsc::channel(participants.len().max(1) * 2);
         let entry = SessionEntry {
             participants: participants.to_vec(),
             kind,
             protocol_tx,
             confirm_tx,
+            evidence_tx,
+            statements: Vec::new(),
             received: vec![0; participants.len()],
             progress: Instant::now(),
         };
@@ -131,7 +151,17 @@ impl Router {
         Some(SessionQueues {
             protocol_rx,
             confirm_rx,
+            evidence_rx,
         })
+    }
+
+    /// The broadcast statements a live session received from their senders.
+    pub fn statements(&self, id: Uuid) -> Vec<equivocation::Statement> {
+        self.lock()
+            .sessions
+            .get(&id)
+            .map(|e| e.statements.clone())
+            .unwrap_or_default()
     }
 
     /// Forgets a session; later frames of it are dropped after expiry.
@@ -266,6 +296,44 @@ fn route(entry: &mut SessionEntry, id: Uuid, inbound: Inbound) {
         return;
     };
     let kind = inbound.frame.kind;
+    if kind == STATEMENT {
+        let Some(st) =
+            equivocation::Statement::from_frame_payload(&inbound.from, &inbound.frame.payload)
+        else {
+            tracing::warn!(peer = %inbound.from, session = %id, "malformed broadcast statement; dropped");
+            return;
+        };
+        let mine = entry
+            .statements
+            .iter()
+            .filter(|s| s.sender == inbound.from)
+            .count();
+        if mine >= equivocation::MAX_STATEMENTS_PER_SENDER {
+            tracing::warn!(peer = %inbound.from, session = %id, "too many broadcast statements; dropped");
+            return;
+        }
+        entry.statements.push(st);
+        return;
+    }
+    if kind == EVIDENCE {
+        let payload = &inbound.frame.payload;
+        let parsed = (payload.len() <= equivocation::MAX_EVIDENCE_BYTES)
+            .then(|| serde_json::from_slice::<Vec<equivocation::Statement>>(payload).ok())
+            .flatten()
+            .filter(|v| v.len() <= equivocation::MAX_EVIDENCE_STATEMENTS);
+        let Some(statements) = parsed else {
+            tracing::warn!(peer = %inbound.from, session = %id, "malformed or oversized equivocation evidence; dropped");
+            return;
+        };
+        if entry
+            .evidence_tx
+            .try_send((inbound.from.clone(), statements))
+            .is_err()
+        {
+            tracing::warn!(peer = %inbound.from, session = %id, "evidence queue full or closed; dropped");
+        }
+        return;
+    }
     if kind == CONFIRM {
         if entry.kind == MessageKind::RESHARE && crate::fault::drop_reshare_confirm() {
             tracing::error!(peer = %inbound.from, session = %id, "FAULT INJECTION: reshare confirmation dropped");
@@ -335,6 +403,8 @@ pub fn decode_protocol(b: &Bytes) -> Option<(MsgType, Bytes)> {
 /// Sends a session's outgoing protocol messages until the protocol drops its sender:
 /// p2p to one participant, broadcast to every other participant, each in a frame of
 /// session `id` and kind `kind`. `label` names the protocol for fault injection.
+/// With `statement_key` (key ceremonies), each broadcast copy is preceded by this
+/// node's signed [`equivocation::Statement`] of it, numbered per run.
 ///
 /// Sends run concurrently: the pump does not wait for one message's acknowledgement
 /// before handing the next to QUIC (each wait costs up to the peer's delayed-ACK time,
@@ -346,11 +416,14 @@ pub async fn pump_outgoing(
     participants: Vec<String>,
     kind: MessageKind,
     label: &'static str,
+    statement_key: Option<Arc<crate::infra::Unsealed>>,
     mut out_rx: mpsc::Receiver<RawOutgoing>,
 ) {
     let me = net.node_id().to_owned();
     let mut sends = tokio::task::JoinSet::new();
+    let mut seq: u32 = 0;
     while let Some(out) = out_rx.recv().await {
+        let broadcast = out.recipient.is_none();
         let (targets, msg_type): (Vec<String>, _) = match out.recipient {
             Some(j) => match participants.get(usize::from(j)) {
                 Some(p) => (vec![p.clone()], MsgType::P2p),
@@ -366,10 +439,32 @@ pub async fn pump_outgoing(
         };
         let payload = crate::fault::corrupt_outgoing(label, out.payload);
         let frame = Frame::new(id, kind, encode_protocol(msg_type, &payload));
+        let signer = statement_key.as_ref().filter(|_| broadcast);
+        if signer.is_some() {
+            seq = seq.saturating_add(1);
+        }
+        // One signature per distinct version sent (an honest sender has one).
+        let mut signed: Vec<(Bytes, Bytes)> = Vec::new();
         for peer in targets {
             let f = crate::fault::equivocate(label, frame.clone());
+            let statement = signer.map(|u| {
+                if let Some((_, st)) = signed.iter().find(|(p, _)| *p == f.payload) {
+                    return st.clone();
+                }
+                let st: Bytes =
+                    equivocation::Statement::sign(id, &me, seq, &f.payload, &u.vote_key)
+                        .to_frame_payload()
+                        .into();
+                signed.push((f.payload.clone(), st.clone()));
+                st
+            });
             let net = net.clone();
             sends.spawn(async move {
+                if let Some(st) = statement {
+                    if let Err(e) = net.p2p.send(&peer, Frame::new(id, STATEMENT, st)).await {
+                        tracing::warn!(session = %id, %peer, error = %e, "sending a broadcast statement failed");
+                    }
+                }
                 if let Err(e) = net.p2p.send(&peer, f).await {
                     tracing::warn!(session = %id, %peer, error = %e, "sending a protocol message failed");
                 }

@@ -831,6 +831,7 @@ async fn run_protocol(
         req.signers.clone(),
         kind,
         label,
+        None,
         out_rx,
     ));
     let path = input.path.clone();
