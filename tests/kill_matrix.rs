@@ -220,7 +220,8 @@ where
     }
 }
 
-/// Ids of the presignatures of `key` for `set` available on node `i`.
+/// Public ids (hex; the same on every member, unlike the row id) of the
+/// presignatures of `key` for `set` available on node `i`.
 async fn available_presignatures(
     c: &Cluster,
     i: usize,
@@ -228,8 +229,8 @@ async fn available_presignatures(
     set: &[String],
 ) -> BTreeSet<String> {
     let db = c.db(i).await;
-    let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
-        "SELECT id FROM presignatures WHERE key_id = $1 AND signer_set = $2 AND state = 'available'",
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT public_id FROM presignatures WHERE key_id = $1 AND signer_set = $2 AND state = 'available'",
     )
     .bind(key)
     .bind(set)
@@ -237,7 +238,7 @@ async fn available_presignatures(
     .await
     .unwrap();
     db.close().await;
-    rows.into_iter().map(|(id,)| id.to_string()).collect()
+    rows.into_iter().map(|(id,)| hex::encode(id)).collect()
 }
 
 /// The end every honest node reached (its kind before any `:`), or a problem when
@@ -558,15 +559,16 @@ async fn check_invariants(f: &Fixture, problems: &mut Vec<String>) {
                 problems.push(format!("node {i} holds {n} usable shares of key {key}"));
             }
         }
-        let rows: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
-            "SELECT id, consumed_by FROM presignatures WHERE consumed_by IS NOT NULL",
+        // By public id: the same presignature on every member.
+        let rows: Vec<(Vec<u8>, uuid::Uuid)> = sqlx::query_as(
+            "SELECT public_id, consumed_by FROM presignatures WHERE consumed_by IS NOT NULL",
         )
         .fetch_all(&db)
         .await
         .unwrap();
         for (p, tx) in rows {
             consumed
-                .entry(p.to_string())
+                .entry(hex::encode(p))
                 .or_default()
                 .insert(tx.to_string());
         }
