@@ -178,6 +178,24 @@ fn field(line: &str, key: &str) -> Option<String> {
     None
 }
 
+/// Bytes in node `i`'s log.
+fn log_len(c: &Cluster, i: usize) -> usize {
+    std::fs::metadata(&c.node(i).log).map_or(0, |m| usize::try_from(m.len()).unwrap_or(0))
+}
+
+/// The `error` field of node `i`'s log lines containing `message`, from byte `from`.
+fn logged_errors(c: &Cluster, i: usize, from: usize, message: &str) -> Vec<String> {
+    let log = std::fs::read(&c.node(i).log).unwrap_or_default();
+    let tail = String::from_utf8_lossy(log.get(from..).unwrap_or_default());
+    tail.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            Some(v["error"].as_str().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
 /// Restarts the victim with `env` (fault variables) and waits for a healthy cluster.
 async fn restart_victim(c: &Cluster, env: &[(&str, &str)]) {
     stop_victim(c);
@@ -278,8 +296,9 @@ async fn request_presignature(c: &Cluster, key: &str) {
 enum Started {
     Ceremony(String),
     Tx(String),
-    /// Presignatures available on each node of the set before the request.
-    Presign(Vec<BTreeSet<String>>),
+    /// Presignatures available on each node of the set before the request, and the
+    /// length of node 0's and node 1's logs then.
+    Presign(Vec<BTreeSet<String>>, [usize; 2]),
 }
 
 async fn start(f: &Fixture, op: Op) -> Started {
@@ -321,8 +340,9 @@ async fn start(f: &Fixture, op: Op) -> Started {
             for i in [0, 1, VICTIM] {
                 before.push(available_presignatures(c, i, &f.ecdsa, &set).await);
             }
+            let logs = [log_len(c, 0), log_len(c, 1)];
             request_presignature(c, &f.ecdsa).await;
-            Started::Presign(before)
+            Started::Presign(before, logs)
         }
     }
 }
@@ -403,21 +423,43 @@ async fn outcome(f: &Fixture, op: Op, started: &Started, problems: &mut Vec<Stri
             }
             agreed_end(&ends, problems)
         }
-        Started::Presign(before) => {
+        Started::Presign(before, logs) => {
             let set = presign_set(c);
-            // Completed when both honest members of the set hold a new one.
-            let done = poll(Duration::from_secs(90), || async {
+            // Completed when both honest members of the set hold a new one; failed
+            // when a member logged the session's failure (presignature sessions have
+            // no API record).
+            let end = poll(Duration::from_secs(180), || async {
                 let a = available_presignatures(c, 0, &f.ecdsa, &set).await;
                 let b = available_presignatures(c, 1, &f.ecdsa, &set).await;
                 let new_a: BTreeSet<_> = a.difference(&before[0]).cloned().collect();
                 let new_b: BTreeSet<_> = b.difference(&before[1]).cloned().collect();
-                (!new_a.is_empty() && new_a == new_b).then_some(())
+                if !new_a.is_empty() && new_a == new_b {
+                    return Some("completed (new presignature on the honest members)".to_owned());
+                }
+                let failed = logged_errors(c, 1, logs[1], "presign session failed");
+                failed.first().map(|e| format!("failed: {e}"))
             })
             .await;
-            if done.is_some() {
-                "completed (new presignature on the honest members)".to_owned()
-            } else {
-                "no presignature (the run did not finish)".to_owned()
+            match end {
+                Some(e) if e.starts_with("failed") => {
+                    // Every honest member's failure names the victim (the leader logs
+                    // its own since this change).
+                    for (k, i) in [0, 1].into_iter().enumerate() {
+                        for err in logged_errors(c, i, logs[k], "presign session failed") {
+                            if !err.contains(VICTIM_ID) {
+                                problems.push(format!(
+                                    "node {i}'s presigning failure does not name {VICTIM_ID}: {err}"
+                                ));
+                            }
+                        }
+                    }
+                    e
+                }
+                Some(e) => e,
+                None => {
+                    problems.push("presigning neither completed nor failed".to_owned());
+                    "no end".to_owned()
+                }
             }
         }
     }
@@ -457,7 +499,7 @@ async fn victim_view(f: &Fixture, started: &Started) -> String {
             db.close().await;
             format!("{state}, its input UTXO {}", utxos.join("/"))
         }
-        Started::Presign(_) => {
+        Started::Presign(..) => {
             let set = presign_set(&f.c);
             let mut per = Vec::new();
             for i in [0, 1, VICTIM] {
@@ -511,7 +553,7 @@ async fn retry(f: &Fixture, op: Op, problems: &mut Vec<String>) -> String {
             }
             "retry signed".to_owned()
         }
-        Started::Presign(before) => {
+        Started::Presign(before, _) => {
             let set = presign_set(c);
             let done = poll(Duration::from_secs(120), || async {
                 let mut common: Option<BTreeSet<String>> = None;

@@ -227,6 +227,16 @@ pub async fn lead_session(
     if let Err(e) = guard.release().await {
         tracing::debug!(error = %e, "releasing the presign slot failed; it expires with its lease");
     }
+    // The leader's failure is as visible as the members' (`participate_logged`),
+    // with the absentee its timeout names; the refill pass only logs at debug.
+    match &result {
+        Ok(n) => {
+            tracing::info!(session = %spec.id, key = %key_id, signers = ?set, stored = n, "presign session done")
+        }
+        Err(e) => {
+            tracing::warn!(session = %spec.id, key = %key_id, signers = ?set, error = %e, "presign session failed")
+        }
+    }
     result
 }
 
