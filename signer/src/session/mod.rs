@@ -578,6 +578,43 @@ mod tests {
     }
 
     #[test]
+    fn statements_and_evidence_reach_their_session_bounded() {
+        let router = Router::default();
+        let id = Uuid::new_v4();
+        let participants = ids(&["node-1", "node-2", "node-3"]);
+        let mut q = router
+            .register(id, &participants, MessageKind::KEYGEN)
+            .expect("a new session id");
+        let key = crate::custody::VoteKey::from_seed_for_tests(&[3; 32]);
+        let st = equivocation::Statement::sign(id, "node-2", 1, b"\x00round one", &key);
+        // Kept with the sender taken from the connection, at most the quota each.
+        for _ in 0..equivocation::MAX_STATEMENTS_PER_SENDER + 5 {
+            router.deliver(frame(id, "node-2", STATEMENT, st.to_frame_payload()));
+        }
+        router.deliver(frame(id, "node-3", STATEMENT, vec![0; 7]));
+        router.deliver(frame(id, "node-9", STATEMENT, st.to_frame_payload()));
+        let held = router.statements(id);
+        assert_eq!(held.len(), equivocation::MAX_STATEMENTS_PER_SENDER);
+        assert!(held.iter().all(|s| *s == st));
+        // Evidence: parsed and queued; malformed, oversized or too long dropped.
+        let json = serde_json::to_vec(&vec![st.clone()]).expect("json");
+        router.deliver(frame(id, "node-3", EVIDENCE, json));
+        router.deliver(frame(id, "node-3", EVIDENCE, b"not json".to_vec()));
+        let many = vec![st.clone(); equivocation::MAX_EVIDENCE_STATEMENTS + 1];
+        router.deliver(frame(
+            id,
+            "node-3",
+            EVIDENCE,
+            serde_json::to_vec(&many).expect("json"),
+        ));
+        let (from, got) = q.evidence_rx.try_recv().expect("evidence");
+        assert_eq!((from.as_str(), got), ("node-3", vec![st]));
+        assert!(q.evidence_rx.try_recv().is_err());
+        // Neither reaches the protocol queue.
+        assert!(q.protocol_rx.try_recv().is_err());
+    }
+
+    #[test]
     fn early_frame_buffer_is_bounded() {
         let router = Router::default();
         // Many peers together (one alone stops at its own quota, see below).
