@@ -80,6 +80,8 @@ struct SessionEntry {
     statements: Vec<equivocation::Statement>,
     /// Protocol messages routed from each participant (by run index).
     received: Vec<u32>,
+    /// Participants whose result confirmation arrived (by run index).
+    confirmed: Vec<bool>,
     /// When the session was registered or its last protocol message routed.
     progress: Instant,
 }
@@ -132,6 +134,7 @@ impl Router {
             evidence_tx,
             statements: Vec::new(),
             received: vec![0; participants.len()],
+            confirmed: vec![false; participants.len()],
             progress: Instant::now(),
         };
         let mut g = self.lock();
@@ -181,15 +184,21 @@ impl Router {
     /// the symmetric protocols routed here (every party sends every other the same
     /// messages per round) these are the absent or stalled parties a stuck run waits
     /// for; when every other participant is equally far, nobody is named (the run
-    /// waits on something else). A hint for operators and for the leader's choice of
-    /// the next signer set, never evidence of misbehaviour: a party that crashed is
-    /// not a culprit.
+    /// waits on something else), unless some other participant already confirmed the
+    /// result: then the run waits for confirmations, and those that did not confirm
+    /// are named (a party that stopped right after its last protocol message). A hint
+    /// for operators and for the leader's choice of the next signer set, never
+    /// evidence of misbehaviour: a party that crashed is not a culprit.
     pub fn laggards(&self, id: Uuid, me: &str) -> Vec<String> {
         let g = self.lock();
         let Some(entry) = g.sessions.get(&id) else {
             return Vec::new();
         };
-        laggards_of(&entry.participants, &entry.received, me)
+        let behind = laggards_of(&entry.participants, &entry.received, me);
+        if !behind.is_empty() {
+            return behind;
+        }
+        unconfirmed_of(&entry.participants, &entry.confirmed, me)
     }
 
     /// Routes a protocol or confirmation frame to its session, or keeps it (bounded)
@@ -273,6 +282,24 @@ pub async fn absentees(
 /// Bound of the etcd lookup in [`absentees`].
 const ABSENTEE_LOOKUP: Duration = Duration::from_secs(2);
 
+/// The participants other than `me` without a confirmation, when at least one
+/// other participant confirmed (see [`Router::laggards`]).
+fn unconfirmed_of(participants: &[String], confirmed: &[bool], me: &str) -> Vec<String> {
+    let others: Vec<(&String, bool)> = participants
+        .iter()
+        .zip(confirmed.iter().copied())
+        .filter(|(p, _)| p.as_str() != me)
+        .collect();
+    if !others.iter().any(|(_, c)| *c) {
+        return Vec::new();
+    }
+    others
+        .into_iter()
+        .filter(|(_, c)| !*c)
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
 /// See [`Router::laggards`].
 fn laggards_of(participants: &[String], received: &[u32], me: &str) -> Vec<String> {
     let others = || {
@@ -349,6 +376,10 @@ fn route(entry: &mut SessionEntry, id: Uuid, inbound: Inbound) {
             .is_err()
         {
             tracing::warn!(peer = %inbound.from, session = %id, "confirmation queue full or closed; dropped");
+            return;
+        }
+        if let Some(c) = entry.confirmed.get_mut(idx) {
+            *c = true;
         }
         return;
     }
@@ -516,6 +547,14 @@ mod tests {
         router.deliver(frame(id, "node-2", MessageKind::KEYGEN, vec![0, 3]));
         router.deliver(frame(id, "node-2", MessageKind::SIGN, vec![7]));
         assert!(router.laggards(id, "node-1").is_empty());
+        // Once one of them confirmed the result, the run waits for the others'
+        // confirmations: those are named (node-3 and node-4 stopped after their
+        // last message); an oversized confirmation does not count.
+        router.deliver(frame(id, "node-2", CONFIRM, vec![2; 33]));
+        router.deliver(frame(id, "node-4", CONFIRM, vec![2; MAX_CONFIRM_LEN + 1]));
+        assert_eq!(router.laggards(id, "node-1"), ids(&["node-3", "node-4"]));
+        router.deliver(frame(id, "node-4", CONFIRM, vec![2; 33]));
+        assert_eq!(router.laggards(id, "node-1"), ids(&["node-3"]));
         router.unregister(id);
         assert!(router.laggards(id, "node-1").is_empty());
     }
