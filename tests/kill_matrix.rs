@@ -321,7 +321,11 @@ async fn start(f: &Fixture, op: Op) -> Started {
             Started::Ceremony(v["ceremony_id"].as_str().unwrap().to_owned())
         }
         Op::AuxInfo => {
-            let (status, v) = c.post_json(0, "/api/v1/aux-info/start", &json!({})).await;
+            // Forced: the node set already holds aux info (the setup's), which an
+            // unforced start reuses without a ceremony.
+            let (status, v) = c
+                .post_json(0, "/api/v1/aux-info/start", &json!({ "force": true }))
+                .await;
             assert_eq!(status, 202, "{v}");
             Started::Ceremony(v["ceremony_id"].as_str().unwrap().to_owned())
         }
