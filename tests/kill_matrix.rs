@@ -297,7 +297,7 @@ enum Started {
     Ceremony(String),
     Tx(String),
     /// Presignatures available on each node of the set before the request, and the
-    /// length of node 0's and node 1's logs then.
+    /// length of node 0's and node 1's logs (from the request, then from the fault).
     Presign(Vec<BTreeSet<String>>, [usize; 2]),
 }
 
@@ -559,7 +559,9 @@ async fn retry(f: &Fixture, op: Op, problems: &mut Vec<String>) -> String {
         }
         Started::Presign(before, _) => {
             let set = presign_set(c);
-            let done = poll(Duration::from_secs(120), || async {
+            // A run stalled by the fault holds the leader's generation slot up to its
+            // 120 s bound; the retry's session waits for it.
+            let done = poll(Duration::from_secs(240), || async {
                 let mut common: Option<BTreeSet<String>> = None;
                 for (k, i) in [0, 1, VICTIM].into_iter().enumerate() {
                     let new: BTreeSet<String> = available_presignatures(c, i, &f.ecdsa, &set)
@@ -694,6 +696,11 @@ async fn run_case(f: &Fixture, op: Op, fault: Fault, round: Round) -> (String, V
     let fired = poll(Duration::from_secs(240), stopped).await;
     if fired.is_none() {
         problems.push(format!("the fault {at} never fired"));
+    }
+    // Presigning: only failures logged from now on end the session under test (one
+    // before it, e.g. a barrier the victim just restarted missed, ended another).
+    if let Started::Presign(_, logs) = &mut started {
+        *logs = [log_len(c, 0), log_len(c, 1)];
     }
     let first = outcome(f, op, &started, &mut problems).await;
     // The victim returns: restarted after a kill, thawed after a freeze; restarted
