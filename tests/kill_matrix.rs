@@ -781,6 +781,12 @@ async fn setup(full: bool) -> Fixture {
         // A frozen aux-info participant fails the ceremony within 4 minutes (600 s
         // by default), room left for inline prime generation on the retry.
         ("SIGNER__AUX__CEREMONY_TIMEOUT_SECS", "240"),
+        // Every aux-info case takes two prime sets per node (the failed ceremony's
+        // and the retry's); the fixture sets run out after the setup, and a set
+        // generated inline on a loaded machine outlasted the 240 s bound (the retry
+        // of the first aux-info case failed so): keep two sets pooled per node,
+        // generated in the background between ceremonies.
+        ("SIGNER__AUX__PRIME_POOL_TARGET", "2"),
     ] {
         std::env::set_var(k, v);
     }
