@@ -32,7 +32,7 @@ pub use frame::{
     Frame, FrameError, FrameHeader, MessageKind, DEFAULT_MAX_FRAME_BYTES, FRAME_MAGIC,
     FRAME_VERSION, HEADER_LEN,
 };
-pub use tls::{install_crypto_provider, ALPN};
+pub use tls::{install_crypto_provider, verify_peer_certificate, ALPN};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
