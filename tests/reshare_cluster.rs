@@ -47,6 +47,9 @@ async fn reshare_ok(c: &Cluster, key_id: &str, body: &Value, nodes: &[usize]) ->
     let id = v["session_id"].as_str().unwrap().to_owned();
     for &i in nodes {
         let s = reshare_end(c, i, &id).await;
+        if s["state"] != "completed" {
+            dump_warnings(c);
+        }
         assert_eq!(s["state"], "completed", "node {i}: {s}");
     }
     id
@@ -150,7 +153,7 @@ async fn pay_and_verify(c: &Cluster, key_id: &str, nodes: &[usize]) -> Vec<Vec<S
 
 /// Prints every node's warnings and errors (on failure).
 fn dump_warnings(c: &Cluster) {
-    for i in 0..N {
+    for i in 0..c.file.nodes.len() {
         let log = std::fs::read_to_string(&c.node(i).log).unwrap_or_default();
         for line in log
             .lines()
@@ -833,6 +836,23 @@ async fn taproot_add_node_reshare_onto_it_and_replace_node_5() {
         (0, 0),
         "node-6 holds nothing yet"
     );
+    // Every node pinned node-6's vote key (announced once connected) and node-6
+    // pinned theirs: the reshare's identity keys.
+    for i in 0..6 {
+        c.eventually(
+            &format!("node {i} pinned every vote key"),
+            Duration::from_secs(30),
+            || async {
+                let db = c.db(i).await;
+                let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM peer_vote_keys")
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+                (n == 6).then_some(())
+            },
+        )
+        .await;
+    }
     eprintln!("add-node: {:?}", t0.elapsed());
 
     // 5 -> 6 nodes, t 3 -> 4: node-6 only receives.
@@ -862,16 +882,7 @@ async fn taproot_add_node_reshare_onto_it_and_replace_node_5() {
     c.write_policy(6, &[&key], 1_000_000);
     c.kill_node(3);
     c.kill_node(4);
-    c.eventually(
-        "node 0 sees three peers",
-        Duration::from_secs(60),
-        || async {
-            let r = c.client().get(c.url(0, "/ready")).send().await.ok()?;
-            let v: Value = r.json().await.ok()?;
-            (v["peers_connected"] == 3).then_some(())
-        },
-    )
-    .await;
+    healthy_nodes_on_0(&c, 4).await;
     let sets = pay_and_verify(&c, &key, &[0, 1, 2, 5]).await;
     assert!(!sets.is_empty());
     for s in &sets {
@@ -915,16 +926,7 @@ async fn taproot_add_node_reshare_onto_it_and_replace_node_5() {
     // Signers from the new set, including node-6 (node-2 and node-3 down).
     c.kill_node(1);
     c.kill_node(2);
-    c.eventually(
-        "node 0 sees three peers",
-        Duration::from_secs(60),
-        || async {
-            let r = c.client().get(c.url(0, "/ready")).send().await.ok()?;
-            let v: Value = r.json().await.ok()?;
-            (v["peers_connected"] == 3).then_some(())
-        },
-    )
-    .await;
+    healthy_nodes_on_0(&c, 4).await;
     let sets = pay_and_verify(&c, &key, &[0, 3, 5]).await;
     assert!(!sets.is_empty());
     for s in &sets {
@@ -932,4 +934,17 @@ async fn taproot_add_node_reshare_onto_it_and_replace_node_5() {
         assert!(s.contains(&node_id(5)) && !s.contains(&node_id(4)), "{s:?}");
     }
     eprintln!("replace node-5 by node-6 + payment: {:?}", t0.elapsed());
+}
+
+/// Waits until node 0 counts `n` healthy nodes (the killed ones' etcd leases expired).
+async fn healthy_nodes_on_0(c: &Cluster, n: usize) {
+    c.eventually(
+        &format!("node 0 counts {n} healthy nodes"),
+        Duration::from_secs(60),
+        || async {
+            let s = c.get_ok(0, "/api/v1/cluster/status").await?;
+            (s["healthy_nodes"] == n).then_some(())
+        },
+    )
+    .await;
 }

@@ -172,7 +172,10 @@ pub async fn add_node(dir: &Path) -> anyhow::Result<ClusterNode> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}; see {}", node.log.display()))?;
 
-    // Every running node: live peer set (no restart), then its config file.
+    // Every running node: live peer set (no restart), then its config file. A node
+    // that does not answer (down, e.g. the one being replaced) gets the config entry
+    // only and takes the peer at its next start.
+    let mut running = Vec::new();
     for n in &file.nodes {
         let r = client
             .post(format!("{}/api/v1/cluster/peers", n.api_url))
@@ -184,8 +187,18 @@ pub async fn add_node(dir: &Path) -> anyhow::Result<ClusterNode> {
             }))
             .timeout(Duration::from_secs(30))
             .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: adding the peer: {e}", n.id))?;
+            .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                add_peer_to_config(&n.config, &node)?;
+                eprintln!(
+                    "warning: {} did not answer ({e}); peer {id} is in its config for its next start",
+                    n.id
+                );
+                continue;
+            }
+        };
         let status = r.status();
         let body = r.text().await.unwrap_or_default();
         anyhow::ensure!(
@@ -194,10 +207,48 @@ pub async fn add_node(dir: &Path) -> anyhow::Result<ClusterNode> {
             n.id
         );
         add_peer_to_config(&n.config, &node)?;
+        running.push(n.clone());
         println!("{}: peer {id} added", n.id);
     }
     file.nodes.push(node.clone());
     file.save(&file_path)?;
+    // Done when every node sees the new one connected and registered (its vote key
+    // announcement follows within a second or two).
+    running.push(node.clone());
+    let running = &running;
+    for n in running {
+        let url = format!("{}/api/v1/cluster/status", n.api_url);
+        let (client, token, id) = (&client, &file.admin_token, &id);
+        wait_until(
+            &format!("{} to see {id} connected and healthy", n.id),
+            Duration::from_secs(60),
+            || {
+                let url = url.clone();
+                async move {
+                    let Ok(r) = client.get(&url).bearer_auth(token).send().await else {
+                        return false;
+                    };
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    let seen = |peer: &str| {
+                        v["nodes"].as_array().is_some_and(|nodes| {
+                            nodes.iter().any(|x| {
+                                x["node_id"] == peer
+                                    && x["healthy"] == true
+                                    && x["p2p_connected"] == true
+                            })
+                        })
+                    };
+                    // Each running node sees the new one; the new one sees them all.
+                    if n.id == *id {
+                        running.iter().all(|r| seen(&r.id))
+                    } else {
+                        seen(id)
+                    }
+                }
+            },
+        )
+        .await?;
+    }
     println!(
         "{id} is up: api {} quic {} (no key share yet: reshare a key onto it with `signer keys reshare`)",
         node.api_url, node.quic_addr
