@@ -1208,7 +1208,8 @@ mod tests {
     #[test]
     fn only_old_holders_votes_count_towards_the_quorum() {
         use ring::signature::{Ed25519KeyPair, KeyPair as _};
-        let key = |seed: u8| Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+        let key =
+            |seed: u8| Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("any 32-byte seed");
         let mut s = spec();
         s.participants = ids(&["node-1", "node-3", "node-9"]);
         let names = ["node-1", "node-2", "node-3", "node-9"];
@@ -1233,7 +1234,7 @@ mod tests {
                 },
                 &key(seed),
             )
-            .unwrap()
+            .expect("vote signs")
         };
         let with_newcomer = vec![vote("node-1", 1), vote("node-9", 4)];
         assert!(
