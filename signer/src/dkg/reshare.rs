@@ -1116,7 +1116,7 @@ async fn run(
         .store
         .switch_reshare(&me, spec.id, &spec.key_id, &public_key, None)
         .await?;
-    node.signing_material.lock().remove(&spec.key_id);
+    node.signing_material.invalidate(&spec.key_id);
     if spec.participants.contains(&me) {
         let xpub = old_info
             .xpub(bitcoin::NetworkKind::Test)
