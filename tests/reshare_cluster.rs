@@ -999,6 +999,14 @@ async fn ecdsa_add_node_reshare_onto_it_with_aux_info_and_sign() {
         assert_eq!(key_view(&c, i, &key).await, before, "node {i}");
     }
     eprintln!("ecdsa reshare 5 -> 6 (t = 4): {:?}", t0.elapsed());
+    // Log positions after the switch: the new share opens only with the six's aux info.
+    let log_at: Vec<usize> = (0..6)
+        .map(|i| {
+            std::fs::read_to_string(&c.node(i).log)
+                .unwrap_or_default()
+                .len()
+        })
+        .collect();
     let t0 = std::time::Instant::now();
     for i in 0..6 {
         c.eventually(
@@ -1016,6 +1024,24 @@ async fn ecdsa_add_node_reshare_onto_it_with_aux_info_and_sign() {
         .await;
     }
     eprintln!("aux info for the six: {:?}", t0.elapsed());
+    // The signers open their new share with the six's aux info ahead of use (the
+    // library's precomputation takes long on a loaded 2-core host).
+    let t0 = std::time::Instant::now();
+    for i in [0, 1, 2, 5] {
+        c.eventually(
+            &format!("node {i} opened its new signing material"),
+            Duration::from_secs(600),
+            || async {
+                let log = std::fs::read_to_string(&c.node(i).log).unwrap_or_default();
+                log.get(log_at[i]..)?
+                    .lines()
+                    .any(|l| l.contains("signing material opened ahead of use") && l.contains(&key))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    eprintln!("signing material warm: {:?}", t0.elapsed());
     let t0 = std::time::Instant::now();
     c.write_policy(6, &[&key], 1_000_000);
     c.kill_node(3);
