@@ -122,6 +122,20 @@ impl CertificateStatus {
     }
 }
 
+/// Why [`Infra::add_peer`] refused a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum AddPeerError {
+    /// Bad id (or this node's), or an address already used by another peer.
+    #[error("invalid peer: {0}")]
+    InvalidPeer(String),
+    /// The certificate is not the cluster CA's for this identity, or not valid now.
+    #[error("peer certificate refused: {0}")]
+    CertificateRefused(String),
+    /// The audit record could not be written (the peer was added).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Custody (HSM/TPM) state as reported by `/ready`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "lowercase")]
@@ -372,9 +386,69 @@ impl Infra {
         }
     }
 
+    /// Ids of the live peer set: the configured peers and those added since the
+    /// start ([`Infra::add_peer`]), sorted.
+    pub fn peer_ids(&self) -> Vec<String> {
+        self.net.p2p.peer_ids()
+    }
+
+    /// This node and its live peers, sorted.
+    pub fn node_ids(&self) -> Vec<String> {
+        let mut ids = self.peer_ids();
+        ids.push(self.cfg.node_id.clone());
+        ids.sort();
+        ids
+    }
+
+    /// Adds a node to the live peer set without a restart (operator action): its
+    /// certificate (PEM) must chain to the cluster CA, be valid now and carry the
+    /// identity `id`; then it may connect and be sent to, and every service that
+    /// lists the cluster's nodes sees it. Audited `cluster.peer_added` (not when
+    /// nothing changed). It gives the peer no key material: a share only comes
+    /// through a reshare approved by a quorum of node votes.
+    pub async fn add_peer(
+        &self,
+        actor: &str,
+        id: &str,
+        addr: std::net::SocketAddr,
+        cert_pem: &str,
+    ) -> Result<crate::p2p::PeerChange, AddPeerError> {
+        if crate::ca::validate_node_id(id).is_err() || id == self.cfg.node_id {
+            return Err(AddPeerError::InvalidPeer(format!(
+                "{:?} is not a valid id for a new peer",
+                id.chars().take(64).collect::<String>()
+            )));
+        }
+        crate::p2p::verify_peer_certificate(&self.cfg.tls.ca_cert, cert_pem.as_bytes(), id)
+            .map_err(AddPeerError::CertificateRefused)?;
+        let change = self
+            .net
+            .p2p
+            .add_peer(id, addr)
+            .map_err(|e| AddPeerError::InvalidPeer(e.to_string()))?;
+        if change != crate::p2p::PeerChange::Unchanged {
+            use sha2::Digest as _;
+            let fingerprint = hex::encode(sha2::Sha256::digest(cert_pem.as_bytes()));
+            self.store
+                .audit(
+                    &self.cfg.node_id,
+                    crate::audit::AuditEntry::new(actor, "cluster.peer_added")
+                        .subject(id.to_owned())
+                        .details(serde_json::json!({
+                            "addr": addr.to_string(),
+                            "change": format!("{change:?}"),
+                            "certificate_pem_sha256": fingerprint,
+                            "peers": self.peer_ids(),
+                        })),
+                )
+                .await?;
+        }
+        Ok(change)
+    }
+
     /// Cluster status computed from the snapshot.
     pub fn cluster_status(&self) -> ClusterStatus {
-        let mut status = compute_status(&self.cfg, &self.cluster_snapshot());
+        let mut status = compute_status(&self.cfg, &self.peer_ids(), &self.cluster_snapshot());
         status.etcd_members = self.etcd_members();
         status.certificates = self.certificates();
         status
@@ -405,9 +479,9 @@ fn replace<T>(lock: &RwLock<T>, value: T) {
 }
 
 /// Computes the status table; pure, so it is tested without I/O.
-pub fn compute_status(cfg: &NodeConfig, snap: &ClusterSnapshot) -> ClusterStatus {
+pub fn compute_status(cfg: &NodeConfig, peers: &[String], snap: &ClusterSnapshot) -> ClusterStatus {
     let mut ids: Vec<&str> = vec![cfg.node_id.as_str()];
-    ids.extend(cfg.p2p.peers.iter().map(|p| p.id.as_str()));
+    ids.extend(peers.iter().map(String::as_str));
     ids.sort_unstable();
     let nodes: Vec<NodeStatus> = ids
         .iter()

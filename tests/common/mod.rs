@@ -333,6 +333,26 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Adds a node with the product's path, `signer cluster add-node --dir`
+    /// (certificate, database, HSM token, config, process; every running node takes
+    /// it as a peer without a restart), and reloads `cluster.json`. Returns the new
+    /// node's index.
+    pub fn add_node(&mut self) -> usize {
+        let out = Command::new(signer_bin())
+            .args(["cluster", "add-node", "--dir"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster add-node failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.file = ClusterFile::load(&self.dir.join("cluster.json")).unwrap();
+        self.file.nodes.len() - 1
+    }
+
     /// Pid of node `i`, from its pid file.
     pub fn node_pid(&self, i: usize) -> Option<u32> {
         std::fs::read_to_string(self.node(i).dir.join("node.pid"))

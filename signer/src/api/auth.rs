@@ -292,6 +292,16 @@ pub fn generate_token_with(key: &TokenKey) -> NewToken {
     }
 }
 
+/// The token id and the stored hash (enrolment form) of an existing token, to
+/// install the same token on another node (`signer cluster add-node`).
+pub fn enrolment_form(token: &str) -> Option<(String, String)> {
+    let (id, secret) = parse_token(token)?;
+    Some((
+        id.to_owned(),
+        format!("{ENROL_PREFIX}{}", hex::encode(enrol_digest(id, secret))),
+    ))
+}
+
 /// Splits a bearer token into (id, secret).
 pub fn parse_token(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix("sgn_")?;

@@ -153,7 +153,7 @@ pub async fn ready(State(s): State<AppState>) -> Response {
         etcd: Reachability::of(snap.etcd_ok),
         etcd_members: s.node.etcd_members(),
         peers_connected: snap.connected_peers.len(),
-        peers_total: s.node.cfg.p2p.peers.len(),
+        peers_total: s.node.peer_ids().len(),
         custody,
         memory: hardening.map(|h| MemoryStatus {
             locked_kib: h.locked_kib,
@@ -601,5 +601,84 @@ pub async fn p2p_ping(
         node_id: s.node.cfg.node_id.clone(),
         all_ok,
         peers: results,
+    }))
+}
+
+/// Body of `POST /api/v1/cluster/peers`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddPeer {
+    /// Node id of the new peer (its certificate's identity).
+    id: String,
+    /// Its QUIC address (`host:port`, an IP address).
+    addr: String,
+    /// Its certificate (PEM), issued by the cluster CA for `id`.
+    certificate_pem: String,
+}
+
+/// Answer of `POST /api/v1/cluster/peers`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeerAdded {
+    /// This node.
+    node_id: String,
+    /// The peer.
+    peer: String,
+    /// `added`, `address_changed` or `unchanged`.
+    change: &'static str,
+    /// The live peer set afterwards, sorted.
+    peers: Vec<String>,
+}
+
+/// `POST /api/v1/cluster/peers` (admin): adds a node to this node's live peer set
+/// without a restart.
+#[utoipa::path(
+    post,
+    path = "/api/v1/cluster/peers",
+    tag = "cluster",
+    operation_id = "add_peer",
+    summary = "Add a peer node without a restart",
+    description = "The certificate must chain to the cluster CA, be valid now and carry the \
+        identity `id`. From then on the peer may connect and be sent to, and it appears in \
+        the cluster status; it gets no key material (a share only comes through a reshare \
+        approved by a quorum of node votes). Audited (`cluster.peer_added`). Not persisted: \
+        add the peer to `[[p2p.peers]]` in the config file too. Peers are not removed.",
+    request_body = AddPeer,
+    responses(
+        (status = 200, description = "Added, address changed, or already present", body = PeerAdded),
+        (status = 400, description = "`invalid_peer`, `peer_certificate_refused`", body = ErrorBody),
+    ),
+    extensions(("x-roles" = json!(["admin"])))
+)]
+pub async fn add_peer(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(body): ApiJson<AddPeer>,
+) -> Result<Json<PeerAdded>, ApiError> {
+    p.require(&[])?;
+    let addr: std::net::SocketAddr = body.addr.parse().map_err(|_| {
+        ApiError::bad_request("invalid_peer", "addr must be an IP address and port")
+    })?;
+    use crate::infra::AddPeerError;
+    use crate::p2p::PeerChange;
+    let change = s
+        .node
+        .add_peer(&p.token_id, &body.id, addr, &body.certificate_pem)
+        .await
+        .map_err(|e| match e {
+            AddPeerError::InvalidPeer(m) => ApiError::bad_request("invalid_peer", m),
+            AddPeerError::CertificateRefused(m) => {
+                ApiError::bad_request("peer_certificate_refused", m)
+            }
+            AddPeerError::Store(e) => e.into(),
+        })?;
+    Ok(Json(PeerAdded {
+        node_id: s.node.cfg.node_id.clone(),
+        peer: body.id,
+        change: match change {
+            PeerChange::Added => "added",
+            PeerChange::AddressChanged => "address_changed",
+            PeerChange::Unchanged => "unchanged",
+        },
+        peers: s.node.peer_ids(),
     }))
 }

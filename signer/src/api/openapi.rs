@@ -78,6 +78,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/cluster/status"),
     ("GET", "/api/v1/whoami"),
     ("POST", "/api/v1/p2p/ping"),
+    ("POST", "/api/v1/cluster/peers"),
     ("GET", "/api/v1/tokens"),
     ("POST", "/api/v1/tokens"),
     ("DELETE", "/api/v1/tokens/{id}"),
@@ -137,6 +138,7 @@ pub(super) fn routes(auth: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(handlers::cluster_status))
         .routes(routes!(handlers::whoami))
         .routes(routes!(handlers::p2p_ping))
+        .routes(routes!(handlers::add_peer))
         .routes(routes!(handlers::list_tokens, handlers::create_token))
         .routes(routes!(handlers::revoke_token))
         .routes(routes!(handlers::audit_list))

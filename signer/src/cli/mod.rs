@@ -153,6 +153,16 @@ pub enum ClusterCmd {
         #[command(flatten)]
         api: client::ApiOpts,
     },
+    /// Add a node to a running dev cluster: next id (node-6, ...), certificate from
+    /// the dev CA, its own database, SoftHSM token, config and process; every
+    /// running node takes it as a peer without a restart (POST
+    /// /api/v1/cluster/peers, audited `cluster.peer_added`). It holds no key share
+    /// until a reshare gives it one (`signer keys reshare`).
+    AddNode {
+        /// The cluster directory.
+        #[arg(long, default_value = ".cluster")]
+        dir: PathBuf,
+    },
     /// Stop a dev cluster started with `cluster up`.
     Down {
         /// The cluster directory.
@@ -556,6 +566,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Cluster(ClusterCmd::Down { dir }) => crate::cli::cluster::down(&dir),
+        Command::Cluster(ClusterCmd::AddNode { dir }) => {
+            init_logging(LogFormat::Text, Some("warn"));
+            crate::tls::install_crypto_provider();
+            runtime()?.block_on(async { crate::cli::cluster::add_node(&dir).await.map(|_| ()) })
+        }
         Command::Cluster(ClusterCmd::DemoSign { api }) => {
             init_logging(LogFormat::Text, Some("warn"));
             runtime()?.block_on(async {

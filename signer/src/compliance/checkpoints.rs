@@ -416,9 +416,7 @@ fn designated(ctx: &AuditCtx, overdue: Duration, interval: Duration) -> bool {
     if leader.as_ref() == Some(me) {
         return true;
     }
-    let mut ids: Vec<&str> = ctx.cfg.p2p.peers.iter().map(|p| p.id.as_str()).collect();
-    ids.push(me);
-    ids.sort_unstable();
+    let ids = ctx.node_ids();
     let place = ids.iter().position(|i| i == me).unwrap_or(0);
     let stagger = Duration::from_secs(2 * u64::try_from(place).unwrap_or(0));
     overdue >= interval + stagger

@@ -259,9 +259,7 @@ pub async fn plan(
         return Err(ExportError::Sealed);
     }
     let internal = |e: crate::store::StoreError| ExportError::Internal(e.to_string());
-    let mut ids: Vec<String> = ctx.cfg.p2p.peers.iter().map(|p| p.id.clone()).collect();
-    ids.push(ctx.cfg.node_id.clone());
-    ids.sort();
+    let ids: Vec<String> = ctx.node_ids();
     let infos =
         futures::future::join_all(ids.iter().map(|id| node_info(ctx, id, bundle_id, from, to)))
             .await;

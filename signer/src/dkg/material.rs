@@ -4,6 +4,7 @@
 //! library's precomputed tables); a FROST share is used as stored.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hsm::Aad;
@@ -49,13 +50,28 @@ pub struct MaterialCache {
     /// Held while a share is being opened, so a signing request and the warm-up
     /// never open (and precompute) the same share twice at once.
     opening: tokio::sync::Mutex<()>,
+    /// Bumped by every [`MaterialCache::invalidate`]: material opened from share rows
+    /// read before an invalidation is never cached (a reshare that switched while
+    /// the warm-up was opening the old share must not leave the old share cached).
+    epoch: AtomicU64,
 }
 
 impl MaterialCache {
     pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, Material>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Drops the cached material of `key_id` (its share changed, e.g. a reshare
+    /// switched) and makes every opening in flight discard its result.
+    pub fn invalidate(&self, key_id: &str) {
+        let mut cache = self.lock();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        cache.remove(key_id);
+    }
 }
+
+/// Attempts of [`load`] when the share changes while it is being opened.
+const OPEN_ATTEMPTS: usize = 3;
 
 /// The signing material of `key_id`, opened (and cached) if needed.
 pub async fn load(node: &DkgCtx, key_id: &str) -> Result<Material, MaterialError> {
@@ -63,9 +79,27 @@ pub async fn load(node: &DkgCtx, key_id: &str) -> Result<Material, MaterialError
         return Ok(m);
     }
     let _opening = node.signing_material.opening.lock().await;
-    if let Some(m) = node.signing_material.lock().get(key_id).cloned() {
-        return Ok(m);
+    for _ in 0..OPEN_ATTEMPTS {
+        if let Some(m) = node.signing_material.lock().get(key_id).cloned() {
+            return Ok(m);
+        }
+        let epoch = node.signing_material.epoch.load(Ordering::SeqCst);
+        let material = open_material(node, key_id).await?;
+        let mut cache = node.signing_material.lock();
+        if node.signing_material.epoch.load(Ordering::SeqCst) == epoch {
+            cache.insert(key_id.to_owned(), material.clone());
+            return Ok(material);
+        }
+        drop(cache);
+        tracing::info!(key = %key_id, "share changed while it was being opened; opening it again");
     }
+    Err(MaterialError::Internal(format!(
+        "the share of key {key_id} kept changing while it was being opened"
+    )))
+}
+
+/// Opens `key_id`'s usable share (and, for ECDSA, the aux info of its node set).
+async fn open_material(node: &DkgCtx, key_id: &str) -> Result<Material, MaterialError> {
     let unsealed = node.unsealed().ok_or(MaterialError::Sealed)?;
     let me = node.cfg.node_id.clone();
     let row = node
@@ -88,7 +122,7 @@ pub async fn load(node: &DkgCtx, key_id: &str) -> Result<Material, MaterialError
     };
     let custody = unsealed.custody.clone();
     let key = key_id.to_owned();
-    let material = tokio::task::spawn_blocking(move || -> Result<Material, MaterialError> {
+    tokio::task::spawn_blocking(move || -> Result<Material, MaterialError> {
         let open = |kind, key_id: String, blob: &[u8]| {
             let aad = Aad::new(me.clone(), key_id, kind)
                 .map_err(|e| MaterialError::Internal(e.to_string()))?;
@@ -121,11 +155,7 @@ pub async fn load(node: &DkgCtx, key_id: &str) -> Result<Material, MaterialError
         }
     })
     .await
-    .map_err(|e| MaterialError::Internal(format!("open task: {e}")))??;
-    node.signing_material
-        .lock()
-        .insert(key_id.to_owned(), material.clone());
-    Ok(material)
+    .map_err(|e| MaterialError::Internal(format!("open task: {e}")))?
 }
 
 /// Background task: opens every CGGMP24 share of this node that has aux info ahead

@@ -78,6 +78,8 @@ pub const APPROVAL_VALIDITY: Duration = Duration::from_secs(120);
 pub const RESHARE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound of the wait at the start barrier.
 pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Reason of the (never counted) vote of a new participant that holds no share yet.
+pub const NEW_PARTICIPANT: &str = "new_participant_without_share";
 /// Reason code of a vote refused by `[lifecycle] approve_reshare = false`.
 pub const REFUSED_BY_POLICY: &str = "lifecycle_refused_by_policy";
 
@@ -355,6 +357,14 @@ async fn evaluate(node: &DkgCtx, spec: &ReshareSpec) -> (VoteDecision, Vec<Strin
     }
     match check_own_share(node, spec).await {
         Ok(Some(_)) => {}
+        // A node joining the key (e.g. added with `cluster add-node`) only receives;
+        // its vote never counts (approvals are counted from old holders only).
+        Ok(None)
+            if spec.participants.contains(&node.cfg.node_id)
+                && !spec.old_participants.contains(&node.cfg.node_id) =>
+        {
+            reasons.push(NEW_PARTICIPANT.to_owned())
+        }
         Ok(None) => reasons.push("key_not_held".to_owned()),
         Err(r) => reasons.push(r.chars().take(64).collect()),
     }
@@ -407,6 +417,17 @@ async fn vote_book(node: &DkgCtx) -> Result<VoteKeyBook, DkgError> {
         pins.push((node.cfg.node_id.clone(), u.vote_key.vote_public_key()));
     }
     Ok(VoteKeyBook::from_pinned(pins))
+}
+
+/// The votes cast by old holders of the key (the only ones a quorum counts).
+fn old_holder_votes(
+    spec: &ReshareSpec,
+    votes: impl IntoIterator<Item = SignedVote>,
+) -> Vec<SignedVote> {
+    votes
+        .into_iter()
+        .filter(|v| spec.old_participants.iter().any(|p| p == v.voter()))
+        .collect()
 }
 
 fn unix_now() -> u64 {
@@ -589,7 +610,9 @@ pub async fn start(
         }
     }
     node.reshare_votes.remove(spec.id);
-    let all: Vec<SignedVote> = votes.values().cloned().collect();
+    // Only the old holders' approvals count: a node that holds no share (a newly
+    // added one) cannot help approve giving itself one.
+    let all = old_holder_votes(&spec, votes.values().cloned());
     let qc = match QuorumCertificate::verify(&all, &book, required, &subject) {
         Ok(qc) => qc,
         Err(e) => {
@@ -741,6 +764,7 @@ async fn participate(node: Arc<DkgCtx>, a: Announce) {
         }
     };
     let qc = votes.and_then(|v| {
+        let v = old_holder_votes(&spec, v);
         QuorumCertificate::verify(&v, &book, usize::from(spec.old_threshold), &spec.subject())
             .map_err(|e| e.to_string())
     });
@@ -1094,7 +1118,7 @@ async fn run(
         .store
         .switch_reshare(&me, spec.id, &spec.key_id, &public_key, None)
         .await?;
-    node.signing_material.lock().remove(&spec.key_id);
+    node.signing_material.invalidate(&spec.key_id);
     if spec.participants.contains(&me) {
         let xpub = old_info
             .xpub(bitcoin::NetworkKind::Test)
@@ -1178,5 +1202,51 @@ mod tests {
         let mut s = spec();
         s.threshold = 3;
         assert!(s.validate(&known).is_err(), "t' <= n'");
+    }
+
+    /// A node that holds no share of the key (e.g. one just added with
+    /// `cluster add-node`) cannot help approve the reshare that would give it one:
+    /// with t = 2, one old holder's approval plus the newcomer's is no quorum.
+    #[test]
+    fn only_old_holders_votes_count_towards_the_quorum() {
+        use ring::signature::{Ed25519KeyPair, KeyPair as _};
+        let key =
+            |seed: u8| Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("any 32-byte seed");
+        let mut s = spec();
+        s.participants = ids(&["node-1", "node-3", "node-9"]);
+        let names = ["node-1", "node-2", "node-3", "node-9"];
+        let book = VoteKeyBook::from_pinned(names.iter().zip(1u8..).map(|(n, seed)| {
+            let mut pk = [0u8; 32];
+            pk.copy_from_slice(key(seed).public_key().as_ref());
+            ((*n).to_owned(), pk)
+        }));
+        let vote = |name: &str, seed: u8| {
+            let subj = s.subject();
+            SignedVote::sign(
+                VoteBody {
+                    transaction_id: subj.transaction_id,
+                    round_no: subj.round_no,
+                    txid: subj.txid,
+                    sighashes: subj.sighashes,
+                    policy_hash: subj.policy_hash,
+                    decision: VoteDecision::Approve,
+                    reasons: Vec::new(),
+                    voter: name.to_owned(),
+                    deadline_unix: s.deadline_unix,
+                },
+                &key(seed),
+            )
+            .expect("vote signs")
+        };
+        let with_newcomer = vec![vote("node-1", 1), vote("node-9", 4)];
+        assert!(
+            QuorumCertificate::verify(&with_newcomer, &book, 2, &s.subject()).is_ok(),
+            "the vote machinery alone would count the newcomer"
+        );
+        let counted = old_holder_votes(&s, with_newcomer);
+        assert_eq!(counted.len(), 1);
+        assert!(QuorumCertificate::verify(&counted, &book, 2, &s.subject()).is_err());
+        let holders = old_holder_votes(&s, vec![vote("node-1", 1), vote("node-3", 3)]);
+        assert!(QuorumCertificate::verify(&holders, &book, 2, &s.subject()).is_ok());
     }
 }

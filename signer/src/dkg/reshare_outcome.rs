@@ -539,7 +539,7 @@ pub async fn resolve(node: Arc<DkgCtx>, id: Uuid) {
                     .await
                 {
                     Ok(s) => {
-                        node.signing_material.lock().remove(&r.key_id);
+                        node.signing_material.invalidate(&r.key_id);
                         if !r.new_participants.contains(&me) {
                             node.dkg.unload(&r.key_id);
                         }

@@ -19,10 +19,11 @@ use crate::session::SessionQueues;
 use crate::store::dkg::NewCeremony;
 use crate::store::StoreError;
 
-/// Node ids of the cluster (this node and its configured peers).
+/// Node ids of the cluster (this node and its live peer set, which includes peers
+/// added since the start).
 pub fn known_nodes(node: &DkgCtx) -> Vec<String> {
     let mut v = vec![node.cfg.node_id.clone()];
-    v.extend(node.cfg.p2p.peers.iter().map(|p| p.id.clone()));
+    v.extend(node.peer_ids());
     v
 }
 

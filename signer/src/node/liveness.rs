@@ -218,9 +218,8 @@ async fn refresh(node: &Infra, coord: &Coord) -> Result<(), crate::coord::CoordE
 /// every refresh), so the trail shows when each peer went away and came back.
 async fn record_health_changes(node: &Infra, before: &ClusterSnapshot, after: &ClusterSnapshot) {
     let first = before.updated_at.is_none() || !before.etcd_ok;
-    let ids = std::iter::once(node.cfg.node_id.as_str())
-        .chain(node.cfg.p2p.peers.iter().map(|p| p.id.as_str()));
-    for id in ids {
+    let ids = node.node_ids();
+    for id in ids.iter().map(String::as_str) {
         let was = before.live.contains_key(id);
         let is = after.live.contains_key(id);
         if !first && was == is {

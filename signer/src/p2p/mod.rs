@@ -32,12 +32,12 @@ pub use frame::{
     Frame, FrameError, FrameHeader, MessageKind, DEFAULT_MAX_FRAME_BYTES, FRAME_MAGIC,
     FRAME_VERSION, HEADER_LEN,
 };
-pub use tls::{install_crypto_provider, ALPN};
+pub use tls::{install_crypto_provider, verify_peer_certificate, ALPN};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -45,7 +45,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use quinn::{Connection, ConnectionError, RecvStream, VarInt};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::ca::{self, CaError};
+use crate::ca::{self, validate_node_id, CaError};
 
 /// Connection close code: this node is shutting down.
 pub const CLOSE_SHUTDOWN: u32 = 0x00;
@@ -211,7 +211,10 @@ struct Shared {
     handshakes: Arc<Semaphore>,
     /// Configured peers by their QUIC address (an incoming connection comes from
     /// the peer's one endpoint, so a refused handshake is put on its peer).
-    peer_addrs: HashMap<SocketAddr, String>,
+    peer_addrs: RwLock<HashMap<SocketAddr, String>>,
+    /// The live peer set: only these identities may connect, and only these can be
+    /// sent to. Starts as the configured peers; [`P2p::add_peer`] extends it.
+    peers: RwLock<BTreeMap<String, Arc<PeerSlot>>>,
     /// Why the last connection with a peer failed (dialed or incoming), until one
     /// succeeds; shown in the cluster status.
     peer_errors: Mutex<BTreeMap<String, String>>,
@@ -231,11 +234,39 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What [`P2p::add_peer`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerChange {
+    /// The peer was not known: it may connect and be sent to from now on.
+    Added,
+    /// The peer was known with another address: later dials use the new one.
+    AddressChanged,
+    /// The peer was already known with this address: nothing changed.
+    Unchanged,
+}
+
+impl PeerSlot {
+    fn new(addr: SocketAddr) -> Arc<PeerSlot> {
+        Arc::new(PeerSlot {
+            addr,
+            dial: tokio::sync::Mutex::new(()),
+            conn: Mutex::new(None),
+        })
+    }
+}
+
 /// A running P2P endpoint. Dropping it closes the endpoint.
 #[derive(Debug)]
 pub struct P2p {
     shared: Arc<Shared>,
-    peers: BTreeMap<String, PeerSlot>,
 }
 
 impl P2p {
@@ -280,34 +311,80 @@ impl P2p {
             incoming: Mutex::new(HashMap::new()),
             incoming_seq: AtomicU64::new(0),
             handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
-            peer_addrs: cfg.peers.iter().map(|p| (p.addr, p.id.clone())).collect(),
+            peer_addrs: RwLock::new(cfg.peers.iter().map(|p| (p.addr, p.id.clone())).collect()),
+            peers: RwLock::new(
+                cfg.peers
+                    .iter()
+                    .map(|p| (p.id.clone(), PeerSlot::new(p.addr)))
+                    .collect(),
+            ),
             peer_errors: Mutex::new(BTreeMap::new()),
         });
-        let peers = cfg
-            .peers
-            .iter()
-            .map(|p| {
-                (
-                    p.id.clone(),
-                    PeerSlot {
-                        addr: p.addr,
-                        dial: tokio::sync::Mutex::new(()),
-                        conn: Mutex::new(None),
-                    },
-                )
-            })
-            .collect::<BTreeMap<_, _>>();
-        let allowed: Arc<[String]> = peers.keys().cloned().collect();
 
         let (tx, rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
-        tokio::spawn(accept_loop(shared.clone(), allowed, tx));
+        tokio::spawn(accept_loop(shared.clone(), tx));
         tracing::info!(
             node_id = %cfg.node_id,
             listen = %cfg.listen,
             peers = cfg.peers.len(),
             "p2p endpoint started"
         );
-        Ok((P2p { shared, peers }, rx))
+        Ok((P2p { shared }, rx))
+    }
+
+    /// Adds `id` at `addr` to the live peer set (or changes its address), without
+    /// restarting the endpoint: from now on it may connect (its certificate must
+    /// still chain to the cluster CA and carry this identity) and be sent to.
+    /// Peers are never removed while the node runs.
+    pub fn add_peer(&self, id: &str, addr: SocketAddr) -> Result<PeerChange, P2pError> {
+        if validate_node_id(id).is_err() {
+            return Err(P2pError::Config(format!("invalid peer id {id:?}")));
+        }
+        if id == self.shared.node_id {
+            return Err(P2pError::Config(format!("{id:?} is this node")));
+        }
+        let mut peers = write(&self.shared.peers);
+        let mut addrs = write(&self.shared.peer_addrs);
+        if let Some(other) = addrs.get(&addr).filter(|o| o.as_str() != id) {
+            return Err(P2pError::Config(format!(
+                "address {addr} is already peer {other:?}'s"
+            )));
+        }
+        let change = match peers.get(id) {
+            Some(slot) if slot.addr == addr => return Ok(PeerChange::Unchanged),
+            Some(slot) => {
+                addrs.remove(&slot.addr);
+                if let Some(c) = lock(&slot.conn).take() {
+                    c.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"peer address changed");
+                }
+                PeerChange::AddressChanged
+            }
+            None => PeerChange::Added,
+        };
+        peers.insert(id.to_owned(), PeerSlot::new(addr));
+        addrs.insert(addr, id.to_owned());
+        drop((peers, addrs));
+        tracing::info!(node_id = %self.shared.node_id, peer = id, %addr, ?change, "peer set changed");
+        Ok(change)
+    }
+
+    /// The live peers with their QUIC addresses, sorted by id.
+    pub fn peers(&self) -> Vec<(String, SocketAddr)> {
+        read(&self.shared.peers)
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.addr))
+            .collect()
+    }
+
+    fn slot(&self, peer: &str) -> Option<Arc<PeerSlot>> {
+        read(&self.shared.peers).get(peer).cloned()
+    }
+
+    fn slots(&self) -> Vec<(String, Arc<PeerSlot>)> {
+        read(&self.shared.peers)
+            .iter()
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect()
     }
 
     /// This node's id.
@@ -320,22 +397,23 @@ impl P2p {
         self.shared.endpoint.local_addr()
     }
 
-    /// Ids of the configured peers, sorted.
+    /// Ids of the live peer set (configured and added), sorted.
     pub fn peer_ids(&self) -> Vec<String> {
-        self.peers.keys().cloned().collect()
+        read(&self.shared.peers).keys().cloned().collect()
     }
 
     /// Peers with a live connection in either direction, sorted.
     pub fn connected_peers(&self) -> Vec<String> {
+        let slots = self.slots();
         let incoming = lock(&self.shared.incoming);
-        self.peers
+        slots
             .iter()
             .filter(|(id, slot)| {
                 let out = lock(&slot.conn)
                     .as_ref()
                     .is_some_and(|c| c.close_reason().is_none());
                 out || incoming
-                    .get(*id)
+                    .get(id.as_str())
                     .is_some_and(|conns| conns.values().any(|c| c.close_reason().is_none()))
             })
             .map(|(id, _)| id.clone())
@@ -353,20 +431,20 @@ impl P2p {
         self.send_encoded(peer, bytes).await
     }
 
-    /// Sends `frame` to every configured peer concurrently; one result per peer,
+    /// Sends `frame` to every peer of the live set concurrently; one result per peer,
     /// sorted by peer id.
     pub async fn broadcast(&self, frame: Frame) -> Vec<(String, Result<(), P2pError>)> {
+        let ids = self.peer_ids();
         let bytes = match frame.encode(self.shared.max_frame_bytes) {
             Ok(b) => b,
             Err(e) => {
-                return self
-                    .peers
-                    .keys()
-                    .map(|p| (p.clone(), Err(P2pError::Frame(e.clone()))))
+                return ids
+                    .into_iter()
+                    .map(|p| (p, Err(P2pError::Frame(e.clone()))))
                     .collect()
             }
         };
-        futures::future::join_all(self.peers.keys().map(|p| {
+        futures::future::join_all(ids.iter().map(|p| {
             let bytes = bytes.clone();
             async move { (p.clone(), self.send_encoded(p, bytes).await) }
         }))
@@ -390,9 +468,10 @@ impl P2p {
     }
 
     async fn send_encoded(&self, peer: &str, bytes: Bytes) -> Result<(), P2pError> {
-        let slot = self.peers.get(peer).ok_or_else(|| P2pError::UnknownPeer {
+        let slot = self.slot(peer).ok_or_else(|| P2pError::UnknownPeer {
             peer: peer.to_owned(),
         })?;
+        let slot = &*slot;
         let mut attempt = 0;
         loop {
             if self.shared.closed.load(Ordering::SeqCst) {
@@ -599,7 +678,7 @@ fn peer_identity(conn: &Connection) -> Result<String, String> {
     ca::node_identity_from_cert(leaf).map_err(|e| e.to_string())
 }
 
-async fn accept_loop(shared: Arc<Shared>, allowed: Arc<[String]>, tx: mpsc::Sender<Inbound>) {
+async fn accept_loop(shared: Arc<Shared>, tx: mpsc::Sender<Inbound>) {
     while let Some(incoming) = shared.endpoint.accept().await {
         let remote = incoming.remote_address();
         let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
@@ -608,17 +687,19 @@ async fn accept_loop(shared: Arc<Shared>, allowed: Arc<[String]>, tx: mpsc::Send
             continue;
         };
         let shared = shared.clone();
-        let allowed = allowed.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
             let conn = handshake(incoming, remote).await;
             drop(permit);
-            if let (Err(reason), Some(peer)) = (&conn, shared.peer_addrs.get(&remote)) {
-                shared.peer_failed(peer, format!("incoming: {reason}"));
+            if let Err(reason) = &conn {
+                let peer = read(&shared.peer_addrs).get(&remote).cloned();
+                if let Some(peer) = peer {
+                    shared.peer_failed(&peer, format!("incoming: {reason}"));
+                }
             }
             let conn = conn.ok();
             if let Some(conn) = conn {
-                serve_connection(shared, &allowed, conn, remote, tx).await;
+                serve_connection(shared, conn, remote, tx).await;
             }
         });
     }
@@ -650,13 +731,12 @@ async fn handshake(incoming: quinn::Incoming, remote: SocketAddr) -> Result<Conn
 /// Authenticates an incoming connection and delivers its frames until it closes.
 async fn serve_connection(
     shared: Arc<Shared>,
-    allowed: &[String],
     conn: Connection,
     remote: SocketAddr,
     tx: mpsc::Sender<Inbound>,
 ) {
     let peer = match peer_identity(&conn) {
-        Ok(id) if allowed.contains(&id) => id,
+        Ok(id) if read(&shared.peers).contains_key(&id) => id,
         Ok(id) => {
             conn.close(
                 VarInt::from_u32(CLOSE_REFUSED_IDENTITY),

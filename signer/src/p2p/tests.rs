@@ -614,7 +614,7 @@ async fn reconnects_after_the_peer_crashes_and_restarts() {
     crash_tx.send(()).unwrap();
     let first = first_rx.await.unwrap().unwrap();
     assert_eq!(text(&first), "before crash");
-    let old = live(&a.peers["b"]).expect("a has a connection to b");
+    let old = live(&a.slot("b").unwrap()).expect("a has a connection to b");
     crashed.join().unwrap();
     assert!(old.close_reason().is_none(), "a cannot know b crashed yet");
 
@@ -791,4 +791,80 @@ fn identity_debug_redacts_the_private_key() {
     let hex_key = hex::encode(&key_der[key_der.len() - 16..]);
     assert!(!shown.contains(&hex_key));
     assert!(!shown.contains(&format!("{:?}", &key_der[..8])));
+}
+
+/// A node added to the live set of a running endpoint (`add_peer`) may connect and
+/// be sent to at once; before, it was refused like any unknown identity. A rogue
+/// claiming the added identity with a certificate of another CA stays refused.
+#[tokio::test]
+async fn a_peer_added_at_runtime_can_connect_and_be_sent_to() {
+    let (logs, _guard) = Logs::install();
+    let net = Net::new(&["a", "b"]);
+    let newcomer = issue_node_cert(net.ca.path(), "c", 30).unwrap();
+    let c_addr = addr(free_port());
+    let c_cfg = P2pConfig::new(
+        "c",
+        c_addr,
+        vec![PeerConfig {
+            id: "a".into(),
+            addr: net.addr("a"),
+        }],
+        net.ca.path().join("ca.pem"),
+        newcomer.cert,
+        newcomer.key,
+    );
+    let (a, mut a_rx) = net.start("a").await;
+    let (c, mut c_rx) = P2p::start(c_cfg).await.unwrap();
+    assert_eq!(a.peer_ids(), vec!["b".to_owned()]);
+    assert!(matches!(
+        a.send("c", frame("too early")).await,
+        Err(P2pError::UnknownPeer { .. })
+    ));
+    let err = c.send("a", frame("let me in")).await.unwrap_err();
+    assert!(matches!(err, P2pError::Connection { .. }), "{err}");
+    logs.wait_for(&["identity is not a configured peer", "identity=c"])
+        .await;
+
+    assert_eq!(a.add_peer("c", c_addr).unwrap(), PeerChange::Added);
+    assert_eq!(a.add_peer("c", c_addr).unwrap(), PeerChange::Unchanged);
+    assert_eq!(a.peer_ids(), vec!["b".to_owned(), "c".to_owned()]);
+    // Refused: this node itself, a bad id, another peer's address.
+    assert!(a.add_peer("a", addr(free_port())).is_err());
+    assert!(a.add_peer("Not An Id", addr(free_port())).is_err());
+    assert!(a.add_peer("d", net.addr("b")).is_err());
+
+    c.send("a", frame("hello from c")).await.unwrap();
+    let inbound = recv(&mut a_rx).await;
+    assert_eq!(
+        (inbound.from.as_str(), text(&inbound).as_str()),
+        ("c", "hello from c")
+    );
+    a.send("c", frame("welcome")).await.unwrap();
+    assert_eq!(text(&recv(&mut c_rx).await), "welcome");
+    assert!(a.connected_peers().contains(&"c".to_owned()));
+    let results = a.broadcast(frame("to all")).await;
+    assert_eq!(
+        results.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        vec!["b", "c"]
+    );
+    drop(c);
+
+    // A rogue with a foreign CA's certificate for "c" at c's address is refused.
+    let foreign = tempfile::tempdir().unwrap();
+    init_ca(foreign.path()).unwrap();
+    let rogue_cert = issue_node_cert(foreign.path(), "c", 30).unwrap();
+    let rogue_cfg = P2pConfig::new(
+        "c",
+        addr(free_port()),
+        vec![PeerConfig {
+            id: "a".into(),
+            addr: net.addr("a"),
+        }],
+        net.ca.path().join("ca.pem"),
+        rogue_cert.cert,
+        rogue_cert.key,
+    );
+    let (rogue, _r) = P2p::start(rogue_cfg).await.unwrap();
+    let err = rogue.send("a", frame("rogue")).await.unwrap_err();
+    assert!(matches!(err, P2pError::Connection { .. }), "{err}");
 }

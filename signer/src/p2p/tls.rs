@@ -183,3 +183,39 @@ pub(crate) fn client_config(
 
 /// How long a handshake (either direction) may take.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Checks a prospective peer's certificate (PEM) before it joins the live peer set:
+/// it must chain to the cluster CA in `ca_cert`, be valid now, and carry exactly
+/// the identity `expected_id` — the checks its mTLS handshake will pass. Returns a
+/// short reason on refusal.
+pub fn verify_peer_certificate(
+    ca_cert: &std::path::Path,
+    pem: &[u8],
+    expected_id: &str,
+) -> Result<(), String> {
+    if pem.len() as u64 > ca::MAX_PEM_BYTES {
+        return Err("certificate too large".to_owned());
+    }
+    let mut roots = RootCertStore::empty();
+    for c in files::read_cert_chain(ca_cert).map_err(|e| format!("cluster ca: {e}"))? {
+        roots
+            .add(c)
+            .map_err(|e| format!("cluster ca not usable: {e}"))?;
+    }
+    let chain = files::parse_cert_chain_pem(pem, std::path::Path::new("<request>"))
+        .map_err(|_| "not a PEM certificate".to_owned())?;
+    let (leaf, intermediates) = chain.split_first().ok_or("empty chain")?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| format!("not issued by the cluster ca or not valid now: {e}"))?;
+    let id = ca::node_identity_from_cert(leaf).map_err(|e| e.to_string())?;
+    if id != expected_id {
+        return Err(format!(
+            "certificate is for node {id:?}, not {expected_id:?}"
+        ));
+    }
+    Ok(())
+}

@@ -2,12 +2,14 @@
 //! PostgreSQL with one database and role per node, an etcd on loopback, a private
 //! CA, and N node processes. Tests use the same code path.
 
+mod add;
 mod demo;
 mod etcd;
 mod postgres;
 mod procs;
 mod up;
 
+pub use add::add_node;
 pub use demo::demo_sign;
 pub use up::{down, start_node, up, UpOptions};
 

@@ -165,7 +165,7 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+pub(super) fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(if p.is_absolute() {
         p.to_owned()
     } else {
@@ -403,7 +403,7 @@ pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Creates a fresh SoftHSM2 token for one dev node (its own token directory and
 /// configuration, a random PIN in a 0600 file) and returns the node's `[custody]`
 /// configuration section.
-fn softhsm_token(node_dir: &Path, node_id: &str) -> anyhow::Result<String> {
+pub(super) fn softhsm_token(node_dir: &Path, node_id: &str) -> anyhow::Result<String> {
     let dir = node_dir.join("softhsm");
     std::fs::create_dir_all(dir.join("tokens"))?;
     set_mode(&dir, 0o700)?;
@@ -451,7 +451,7 @@ fn softhsm_token(node_dir: &Path, node_id: &str) -> anyhow::Result<String> {
 
 /// Creates the node's key-encryption key in its token (`signer hsm init`, in its
 /// own process because SoftHSM reads its configuration once per process).
-fn hsm_init(config: &Path) -> anyhow::Result<()> {
+pub(super) fn hsm_init(config: &Path) -> anyhow::Result<()> {
     let out = Command::new(std::env::current_exe()?)
         .args(["hsm", "init", "--config"])
         .arg(config)
