@@ -176,10 +176,7 @@ pub fn build_psbt(
     let change_dust = dust_threshold(&change_spk).to_sat();
 
     // usable utxos: this key's, consistent, once each, worth more than their fee
-    let input_vb = match key.kind() {
-        KeyKind::Ecdsa => 68,
-        KeyKind::Taproot => 58,
-    };
+    let input_vb = key.kind().input_vbytes();
     let mut seen = HashSet::new();
     let mut usable: Vec<&OwnedUtxo> = Vec::with_capacity(utxos.len());
     for u in utxos {

@@ -48,6 +48,15 @@ impl KeyKind {
         }
     }
 
+    /// Virtual size of one signed input of this kind (P2WPKH 68 vB, P2TR key path
+    /// 58 vB): coin selection skips outputs worth less than their own input fee.
+    pub fn input_vbytes(self) -> u64 {
+        match self {
+            KeyKind::Ecdsa => 68,
+            KeyKind::Taproot => 58,
+        }
+    }
+
     /// True if `script` has the shape this kind pays to.
     pub fn matches_script(self, script: &Script) -> bool {
         match self {

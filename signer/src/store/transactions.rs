@@ -102,6 +102,34 @@ impl Store {
         Ok(())
     }
 
+    /// Opens the voting round of a proposal in one database transaction: the row of
+    /// a peer's proposal (`new`; the leader's own row exists since intake), its
+    /// leader and vote deadline, state `voting`, and the round. Nothing is written
+    /// unless all of it is (a `Duplicate` error when the proposal is known already);
+    /// one commit instead of four (issue 21).
+    pub async fn open_voting(
+        &self,
+        new: Option<&NewTransaction>,
+        id: Uuid,
+        leader: &str,
+        round: &super::votes::NewRound,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        if let Some(new) = new {
+            insert_row(&mut tx, new).await?;
+        }
+        sqlx::query("UPDATE transactions SET leader = $2, vote_deadline = $3 WHERE id = $1")
+            .bind(id)
+            .bind(leader)
+            .bind(round.deadline)
+            .execute(&mut *tx)
+            .await?;
+        set_transaction_state(&mut *tx, id, "voting", None).await?;
+        super::votes::insert_round(&mut tx, id, round).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// One transaction.
     pub async fn get_transaction(&self, id: Uuid) -> Result<TransactionRow, StoreError> {
         sqlx::query_as::<_, TransactionRow>(concat!(
@@ -217,19 +245,55 @@ impl Store {
         outflow_sats: u64,
         counted_for: OutflowReason,
     ) -> Result<(), StoreError> {
-        let amount = i64::try_from(outflow_sats)
-            .map_err(|_| StoreError::Corrupt(format!("outflow of {id} does not fit a BIGINT")))?;
-        sqlx::query(
-            "INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (transaction_id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(key_id)
-        .bind(amount)
-        .bind(counted_for.as_str())
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let mut conn = self.pool().acquire().await?;
+        insert_outflow(&mut conn, id, key_id, outflow_sats, counted_for).await
+    }
+
+    /// Writes this node's vote on transaction `id` before it leaves, in one database
+    /// transaction: for an approval (`approve`), the claim of its txid under its
+    /// data (see [`Store::claim_txid_approval`]) and its outflow counted against the
+    /// key's velocity windows; then the vote's audit row. When the txid was approved
+    /// here under other data, nothing is written and the first transaction is
+    /// returned (the caller votes reject instead).
+    pub async fn record_own_vote(
+        &self,
+        id: Uuid,
+        approve: Option<ApprovalClaim<'_>>,
+        audit: AuditOf,
+    ) -> Result<VoteRecord, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        if let Some(a) = approve {
+            sqlx::query(
+                "INSERT INTO approved_txids (txid, data_hash, transaction_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (txid) DO NOTHING",
+            )
+            .bind(a.txid)
+            .bind(a.data_hash.as_slice())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::classify(e, "txid approval"))?;
+            let (hash, first): (Vec<u8>, Uuid) = sqlx::query_as(
+                "SELECT data_hash, transaction_id FROM approved_txids WHERE txid = $1",
+            )
+            .bind(a.txid)
+            .fetch_one(&mut *tx)
+            .await?;
+            if hash.as_slice() != a.data_hash.as_slice() {
+                return Ok(VoteRecord::TxidApprovedWithOtherData(first));
+            }
+            insert_outflow(
+                &mut tx,
+                id,
+                a.key_id,
+                a.outflow_sats,
+                OutflowReason::OwnApprove,
+            )
+            .await?;
+        }
+        audit.append(&mut tx).await?;
+        tx.commit().await?;
+        Ok(VoteRecord::Recorded)
     }
 
     /// Records that this node serves signing session `session` (transaction `tx`,
@@ -548,6 +612,30 @@ pub(super) async fn set_transaction_state<'e, E: sqlx::PgExecutor<'e>>(
     Ok(())
 }
 
+/// What an approving vote commits its node to ([`Store::record_own_vote`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ApprovalClaim<'a> {
+    /// The unsigned transaction's id.
+    pub txid: &'a str,
+    /// Hash of the data it is approved under (amounts, scripts, sighashes).
+    pub data_hash: &'a [u8; 32],
+    /// Key that spends.
+    pub key_id: &'a str,
+    /// What the velocity windows count.
+    pub outflow_sats: u64,
+}
+
+/// Result of [`Store::record_own_vote`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VoteRecord {
+    /// The vote's writes committed.
+    Recorded,
+    /// The txid was approved here under other data, by this transaction: nothing
+    /// was written.
+    TxidApprovedWithOtherData(Uuid),
+}
+
 /// Why a transaction's outflow counts against its key's velocity windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -566,6 +654,30 @@ impl OutflowReason {
             OutflowReason::QuorumApproved => "quorum_approved",
         }
     }
+}
+
+/// Counts transaction `id`'s outflow against key `key_id`'s velocity windows (once:
+/// a second count of the same transaction is a no-op).
+pub(super) async fn insert_outflow(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    key_id: &str,
+    outflow_sats: u64,
+    counted_for: OutflowReason,
+) -> Result<(), StoreError> {
+    let amount = i64::try_from(outflow_sats)
+        .map_err(|_| StoreError::Corrupt(format!("outflow of {id} does not fit a BIGINT")))?;
+    sqlx::query(
+        "INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (transaction_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(key_id)
+    .bind(amount)
+    .bind(counted_for.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Inserts a transaction row in state `pending`.

@@ -38,11 +38,27 @@ impl Store {
 
     /// Available UTXOs of a key.
     pub async fn available_utxos(&self, key_id: &str) -> Result<Vec<OwnedUtxo>, StoreError> {
+        self.selectable_utxos(key_id, 0, i64::MAX).await
+    }
+
+    /// What coin selection can use: the key's available imported UTXOs worth more
+    /// than `above_sats`, largest first, at most `limit` (selection takes at most
+    /// `max_inputs` inputs). Read through `idx_utxos_selection`, so a payment's intake
+    /// costs the same with ten or ten thousand UTXOs (issue 21).
+    pub async fn selectable_utxos(
+        &self,
+        key_id: &str,
+        above_sats: u64,
+        limit: i64,
+    ) -> Result<Vec<OwnedUtxo>, StoreError> {
         let rows: Vec<(String, i32, i64, Vec<u8>, i32, i32)> = sqlx::query_as(
             "SELECT txid, vout, value_sats, script_pubkey, chain, idx FROM utxos \
-             WHERE key_id = $1 AND state = 'available' AND origin = 'import' ORDER BY value_sats DESC, txid, vout",
+             WHERE key_id = $1 AND state = 'available' AND origin = 'import' AND value_sats > $2 \
+             ORDER BY value_sats DESC, txid, vout LIMIT $3",
         )
         .bind(key_id)
+        .bind(i64::try_from(above_sats).unwrap_or(i64::MAX))
+        .bind(limit.max(0))
         .fetch_all(self.pool())
         .await?;
         let mut out = Vec::with_capacity(rows.len());

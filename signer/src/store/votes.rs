@@ -65,20 +65,15 @@ impl Store {
         total_nodes: i32,
         deadline: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO voting_rounds (id, transaction_id, round_no, required_approvals, total_nodes, deadline) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id)
-        .bind(transaction_id)
-        .bind(round_no)
-        .bind(required_approvals)
-        .bind(total_nodes)
-        .bind(deadline)
-        .execute(self.pool())
-        .await
-        .map_err(|e| StoreError::classify(e, "voting round"))?;
-        Ok(())
+        let mut conn = self.pool().acquire().await?;
+        let round = NewRound {
+            id,
+            round_no,
+            required_approvals,
+            total_nodes,
+            deadline,
+        };
+        insert_round(&mut conn, transaction_id, &round).await
     }
 
     /// One round.
@@ -142,6 +137,49 @@ impl Store {
         failure_reason: Option<&str>,
         votes: usize,
     ) -> Result<bool, StoreError> {
+        self.close_round(
+            local_node,
+            round_id,
+            transaction_id,
+            (outcome, failure_reason),
+            votes,
+            None,
+        )
+        .await
+    }
+
+    /// [`Store::close_round_and_transaction`] for a quorum of approvals: in the same
+    /// database transaction, the transaction's outflow (`outflow_sats` of key
+    /// `key_id`) is counted against the key's velocity windows (whatever this node
+    /// voted itself: others may sign it), unless its own approval counted it already.
+    pub async fn close_round_approved(
+        &self,
+        local_node: &str,
+        round_id: Uuid,
+        transaction_id: Uuid,
+        votes: usize,
+        outflow: Option<(&str, u64)>,
+    ) -> Result<bool, StoreError> {
+        self.close_round(
+            local_node,
+            round_id,
+            transaction_id,
+            ("approved", None),
+            votes,
+            outflow,
+        )
+        .await
+    }
+
+    async fn close_round(
+        &self,
+        local_node: &str,
+        round_id: Uuid,
+        transaction_id: Uuid,
+        (outcome, failure_reason): (&str, Option<&str>),
+        votes: usize,
+        outflow: Option<(&str, u64)>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
         let closed = sqlx::query(
             "UPDATE voting_rounds SET state = $2, closed_at = now() WHERE id = $1 AND state = 'open'",
@@ -162,6 +200,16 @@ impl Store {
         .await?;
         if outcome != "approved" {
             super::utxos::release_reserved(&mut *tx, transaction_id).await?;
+        }
+        if let Some((key_id, sats)) = outflow {
+            super::transactions::insert_outflow(
+                &mut tx,
+                transaction_id,
+                key_id,
+                sats,
+                super::transactions::OutflowReason::QuorumApproved,
+            )
+            .await?;
         }
         append_audit(
             &mut tx,
@@ -459,4 +507,40 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// A voting round to open ([`Store::open_voting`]).
+#[derive(Debug, Clone)]
+pub struct NewRound {
+    /// Round id.
+    pub id: Uuid,
+    /// Round number (1 for a proposal).
+    pub round_no: i32,
+    /// Approvals that make a quorum.
+    pub required_approvals: i32,
+    /// Nodes that vote.
+    pub total_nodes: i32,
+    /// End of the round.
+    pub deadline: DateTime<Utc>,
+}
+
+pub(super) async fn insert_round(
+    conn: &mut sqlx::PgConnection,
+    transaction_id: Uuid,
+    round: &NewRound,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO voting_rounds (id, transaction_id, round_no, required_approvals, total_nodes, deadline) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(round.id)
+    .bind(transaction_id)
+    .bind(round.round_no)
+    .bind(round.required_approvals)
+    .bind(round.total_nodes)
+    .bind(round.deadline)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| StoreError::classify(e, "voting round"))?;
+    Ok(())
 }

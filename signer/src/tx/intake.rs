@@ -70,7 +70,16 @@ pub async fn submit(
             // Selection and reservation (below) run under one lock so concurrent
             // requests never select the same UTXOs.
             intake_guard = Some(node.tx.intake_lock.lock().await);
-            let utxos = node.store.available_utxos(&key_id).await?;
+            // Only what selection can use: outputs worth more than their own input
+            // fee, at most `max_inputs` of them, largest first.
+            let utxos = node
+                .store
+                .selectable_utxos(
+                    &key_id,
+                    fee_rate_sat_vb.saturating_mul(key.wallet.kind().input_vbytes()),
+                    i64::try_from(limits.max_inputs).unwrap_or(i64::MAX),
+                )
+                .await?;
             let change = node.store.next_change_index(&key_id).await?;
             let v = wallet::build_psbt(
                 &key.wallet,

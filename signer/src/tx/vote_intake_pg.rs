@@ -142,6 +142,19 @@ fn signed(tx: Uuid, voter: u8, signer: u8, decision: VoteDecision) -> SignedVote
     SignedVote::sign(body, &key(signer)).expect("valid body")
 }
 
+/// A transaction row of key `hot` with nothing else known.
+fn hot_tx(id: Uuid, initiator: &str) -> NewTransaction {
+    NewTransaction {
+        id,
+        key_id: Some("hot".into()),
+        recipient: None,
+        amount_sats: None,
+        fee_sats: None,
+        psbt: None,
+        initiator: initiator.into(),
+    }
+}
+
 /// A fresh database with one transaction and its open 2-of-3 voting round.
 async fn store_with_round() -> (TempPg, Store, Uuid, Uuid) {
     let pg = TempPg::start().await;
@@ -150,15 +163,7 @@ async fn store_with_round() -> (TempPg, Store, Uuid, Uuid) {
         .expect("connect and migrate");
     let tx = Uuid::new_v4();
     store
-        .insert_transaction(&NewTransaction {
-            id: tx,
-            key_id: Some("hot".into()),
-            recipient: None,
-            amount_sats: None,
-            fee_sats: None,
-            psbt: None,
-            initiator: "test".into(),
-        })
+        .insert_transaction(&hot_tx(tx, "test"))
         .await
         .expect("transaction");
     let round = Uuid::new_v4();
@@ -573,15 +578,7 @@ fn utxo(n: u8, value: u64) -> wallet::OwnedUtxo {
 async fn new_tx(store: &Store) -> Uuid {
     let id = Uuid::new_v4();
     store
-        .insert_transaction(&NewTransaction {
-            id,
-            key_id: Some("hot".into()),
-            recipient: None,
-            amount_sats: None,
-            fee_sats: None,
-            psbt: None,
-            initiator: "test".into(),
-        })
+        .insert_transaction(&hot_tx(id, "test"))
         .await
         .expect("transaction");
     id
@@ -663,6 +660,130 @@ async fn a_txid_is_approved_under_one_data_hash_only() {
             .expect("read"),
         Some(tx)
     );
+}
+
+/// Audit rows of action `action` about transaction `id`.
+async fn audit_rows_about(store: &Store, action: &str, id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = $1 AND subject = $2")
+        .bind(action)
+        .bind(id.to_string())
+        .fetch_one(store.pool())
+        .await
+        .expect("count audit rows")
+}
+
+fn vote_audit(id: Uuid) -> crate::store::audit::AuditOf {
+    crate::store::audit::AuditOf::new(
+        "node-1",
+        crate::audit::AuditEntry::new("node", "tx.vote").subject(id.to_string()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_vote_is_written_whole_or_not_at_all() {
+    use crate::store::transactions::{ApprovalClaim, VoteRecord};
+    let (_pg, store, tx, _round) = store_with_round().await;
+    let other = new_tx(&store).await;
+    let txid = "cd".repeat(32);
+    let claim = |hash: &'static [u8; 32], sats| ApprovalClaim {
+        txid: &txid,
+        data_hash: hash,
+        key_id: "hot",
+        outflow_sats: sats,
+    };
+    // An approval: the txid claimed under its data, the outflow counted and the
+    // vote audited, together.
+    assert_eq!(
+        store
+            .record_own_vote(tx, Some(claim(&[1; 32], 7_000)), vote_audit(tx))
+            .await
+            .expect("record"),
+        VoteRecord::Recorded
+    );
+    // What is written: the key's counted outflow and the vote's audit rows.
+    let written = |id: Uuid| {
+        let store = store.clone();
+        async move {
+            let spent = store
+                .spent_in_window("hot", 3600, Uuid::new_v4())
+                .await
+                .expect("spent");
+            (spent, audit_rows_about(&store, "tx.vote", id).await)
+        }
+    };
+    assert_eq!(written(tx).await, (7_000, 1));
+    // The same txid under other data: nothing written (no outflow, no audit row),
+    // the first approval named.
+    assert_eq!(
+        store
+            .record_own_vote(other, Some(claim(&[2; 32], 9_000)), vote_audit(other))
+            .await
+            .expect("record"),
+        VoteRecord::TxidApprovedWithOtherData(tx)
+    );
+    assert_eq!(written(other).await, (7_000, 0));
+    // The reject that follows is recorded without a claim or an outflow.
+    assert_eq!(
+        store
+            .record_own_vote(other, None, vote_audit(other))
+            .await
+            .expect("record"),
+        VoteRecord::Recorded
+    );
+    assert_eq!(written(other).await, (7_000, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_proposal_opens_no_second_round() {
+    let (_pg, store, tx, _round) = store_with_round().await;
+    let rounds = |id: Uuid| {
+        let store = store.clone();
+        async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM voting_rounds WHERE transaction_id = $1")
+                    .bind(id)
+                    .fetch_one(store.pool())
+                    .await
+                    .expect("count rounds");
+            n
+        }
+    };
+    let round = |no| crate::store::votes::NewRound {
+        id: Uuid::new_v4(),
+        round_no: no,
+        required_approvals: 2,
+        total_nodes: 3,
+        deadline: chrono::Utc::now() + chrono::Duration::seconds(60),
+    };
+    let replay = hot_tx(tx, "replayer");
+    // A peer's proposal whose id is known already: refused as a duplicate, and
+    // nothing of it written (no round, no leader, state unchanged).
+    let err = store
+        .open_voting(Some(&replay), tx, "node-9", &round(2))
+        .await
+        .expect_err("a known id is a duplicate");
+    assert!(
+        matches!(err, crate::store::StoreError::Duplicate { .. }),
+        "{err}"
+    );
+    assert_eq!(rounds(tx).await, 1);
+    let row = store.get_transaction(tx).await.expect("row");
+    assert_eq!(row.leader, None);
+    assert_eq!(row.state, "pending");
+    // A new one: row, leader, state and round at once.
+    let fresh = Uuid::new_v4();
+    let new = NewTransaction {
+        id: fresh,
+        ..replay
+    };
+    store
+        .open_voting(Some(&new), fresh, "node-2", &round(1))
+        .await
+        .expect("open");
+    let row = store.get_transaction(fresh).await.expect("row");
+    assert_eq!(row.leader.as_deref(), Some("node-2"));
+    assert_eq!(row.state, "voting");
+    assert_eq!(rounds(fresh).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

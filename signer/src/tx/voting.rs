@@ -13,8 +13,10 @@ use super::TxCtx;
 use super::{Pending, TxError};
 use crate::audit::AuditEntry;
 use crate::p2p::{Frame, MessageKind};
-use crate::store::transactions::{NewTransaction, OutflowReason};
+use crate::store::audit::AuditOf;
+use crate::store::transactions::{ApprovalClaim, NewTransaction, VoteRecord};
 use crate::store::utxos::InputReservation;
+use crate::store::votes::NewRound;
 use crate::store::StoreError;
 use crate::tx::vote_intake::{Prechecked, VoteIntake};
 use vote::{
@@ -319,47 +321,42 @@ async fn on_proposal_inner(
         std::slice::from_ref(&key.wallet),
         &super::limits(node),
     )?;
-    if from != me {
-        let new = NewTransaction {
-            id: prop.id,
-            key_id: Some(prop.key_id.clone()),
-            recipient: None,
-            amount_sats: None,
-            fee_sats: i64::try_from(validated.fee_sats).ok(),
-            psbt: Some(raw.clone()),
-            initiator: prop.initiator.clone(),
-        };
-        match node.store.insert_transaction(&new).await {
-            Ok(()) => *recorded = true,
-            Err(StoreError::Duplicate { .. }) => {
-                return Err(replayed_proposal(node, from, &prop).await)
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let new = (from != me).then(|| NewTransaction {
+        id: prop.id,
+        key_id: Some(prop.key_id.clone()),
+        recipient: None,
+        amount_sats: None,
+        fee_sats: i64::try_from(validated.fee_sats).ok(),
+        psbt: Some(raw.clone()),
+        initiator: prop.initiator.clone(),
+    });
     // The leader proposes the deadline; this node never lets its vote live longer
     // than its own maximum.
     let deadline_unix = clamp_deadline(node, prop.deadline_unix);
     let deadline = chrono::DateTime::from_timestamp(i64::try_from(deadline_unix).unwrap_or(0), 0)
         .unwrap_or_else(chrono::Utc::now);
-    node.store
-        .set_transaction_leader(prop.id, from, deadline)
-        .await?;
-    node.store
-        .transition_transaction(prop.id, "voting", None)
-        .await?;
     let round_id = Uuid::new_v4();
     let n = key.participants.len();
-    node.store
-        .create_round(
-            round_id,
-            prop.id,
-            1,
-            i32::from(key.threshold),
-            i32::try_from(n).unwrap_or(i32::MAX),
-            deadline,
-        )
-        .await?;
+    let round = NewRound {
+        id: round_id,
+        round_no: 1,
+        required_approvals: i32::from(key.threshold),
+        total_nodes: i32::try_from(n).unwrap_or(i32::MAX),
+        deadline,
+    };
+    // A peer's proposal, its leader and deadline, state `voting` and the round: one
+    // database transaction, all or nothing.
+    match node
+        .store
+        .open_voting(new.as_ref(), prop.id, from, &round)
+        .await
+    {
+        Ok(()) => *recorded = new.is_some(),
+        Err(StoreError::Duplicate { .. }) if new.is_some() => {
+            return Err(replayed_proposal(node, from, &prop).await)
+        }
+        Err(e) => return Err(e.into()),
+    }
     // One read of the policy file serves the vote subject and the decision.
     let loaded = load_policy_recorded(node).await?;
     let subject = VoteSubject {
@@ -552,55 +549,55 @@ async fn cast_vote(
     }
     let me = node.cfg.node_id.clone();
     let mut verdict = verdict;
-    if verdict.body.decision == VoteDecision::Approve {
-        // One unsigned transaction is approved under one set of data only.
-        let v = &pending.validated;
-        if let Some(first) = node
-            .store
-            .claim_txid_approval(&v.txid.to_string(), &v.approval_data_hash(), id)
-            .await?
-        {
-            tracing::warn!(tx = %id, txid = %v.txid, first = %first, "txid already approved under other data; voting reject");
-            verdict.reject(REASON_TXID_OTHER_DATA);
-        }
+    let v = &pending.validated;
+    if verdict.body.decision == VoteDecision::Approve && v.view.outflow_sats().is_none() {
+        tracing::error!(tx = %id, "outflow overflows: cannot count the approval against the velocity limits; voting reject");
+        verdict.reject(REASON_OUTFLOW_NOT_COUNTED);
     }
-    if verdict.body.decision == VoteDecision::Approve {
-        // Counted from now on, whatever the leader reports later.
-        let v = &pending.validated;
-        let counted = match v.view.outflow_sats() {
-            Some(sats) => node
-                .store
-                .count_outflow(id, &v.key_id, sats, OutflowReason::OwnApprove)
-                .await
-                .map_err(|e| e.to_string()),
-            None => Err("outflow overflows".to_owned()),
-        };
-        if let Err(e) = counted {
-            tracing::error!(tx = %id, error = %e, "cannot count the approval against the velocity limits; voting reject");
-            verdict.reject(REASON_OUTFLOW_NOT_COUNTED);
-        }
-    }
-    drop(budget);
-    let Verdict { body, approval, .. } = verdict;
-    let decision = body.decision;
-    let reasons = body.reasons.clone();
-    let unsealed = node.unsealed().ok_or(TxError::Sealed)?;
-    let signed = SignedVote::sign(body, &unsealed.vote_key)
-        .map_err(|e| TxError::Internal(format!("signing the vote: {e}")))?;
-    node.store
-        .audit(
+    // What an approval commits this node to (the txid approved under this data only;
+    // the outflow counted from now on, whatever the leader reports later) and the
+    // vote's audit row are written in one database transaction, before the vote
+    // leaves (issue 21: one commit instead of three).
+    let txid = v.txid.to_string();
+    let data_hash = v.approval_data_hash();
+    let claim = |verdict: &Verdict| {
+        (verdict.body.decision == VoteDecision::Approve).then(|| ApprovalClaim {
+            txid: &txid,
+            data_hash: &data_hash,
+            key_id: &v.key_id,
+            outflow_sats: v.view.outflow_sats().unwrap_or(0),
+        })
+    };
+    let audit = |verdict: &Verdict| {
+        AuditOf::new(
             &me,
             AuditEntry::new("node", "tx.vote")
                 .subject(id.to_string())
                 .details(serde_json::json!({
-                    "decision": decision.as_str(),
-                    "reasons": reasons,
-                    "txid": pending.validated.txid.to_string(),
+                    "decision": verdict.body.decision.as_str(),
+                    "reasons": verdict.body.reasons,
+                    "txid": txid,
                     "policy_hash": hex::encode(pending.subject.policy_hash),
                     "leader": pending.leader,
                 })),
         )
-        .await?;
+    };
+    if let VoteRecord::TxidApprovedWithOtherData(first) = node
+        .store
+        .record_own_vote(id, claim(&verdict), audit(&verdict))
+        .await?
+    {
+        tracing::warn!(tx = %id, txid = %v.txid, first = %first, "txid already approved under other data; voting reject");
+        verdict.reject(REASON_TXID_OTHER_DATA);
+        node.store
+            .record_own_vote(id, claim(&verdict), audit(&verdict))
+            .await?;
+    }
+    drop(budget);
+    let Verdict { body, approval, .. } = verdict;
+    let unsealed = node.unsealed().ok_or(TxError::Sealed)?;
+    let signed = SignedVote::sign(body, &unsealed.vote_key)
+        .map_err(|e| TxError::Internal(format!("signing the vote: {e}")))?;
     drop(approval);
     accept_vote(node, id, &me, &signed).await;
     let payload = VoteMessage::Vote(signed.clone()).encode();
@@ -916,15 +913,33 @@ async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
         RoundOutcome::Approved => "approved",
         RoundOutcome::Rejected => "rejected",
     };
-    let closed = super::until_recorded("vote outcome", id, || {
-        node.store.close_round_and_transaction(
-            &node.cfg.node_id,
-            p.round_id,
-            id,
-            to,
-            None,
-            votes.len(),
-        )
+    // A quorum of approvals counts against the key's velocity windows here
+    // whatever this node voted (others may sign it), in the closing transaction.
+    let outflow = p.validated.view.outflow_sats();
+    let key_id = p.validated.key_id.as_str();
+    let closed = super::until_recorded("vote outcome", id, || async {
+        if to == "approved" {
+            node.store
+                .close_round_approved(
+                    &node.cfg.node_id,
+                    p.round_id,
+                    id,
+                    votes.len(),
+                    outflow.map(|sats| (key_id, sats)),
+                )
+                .await
+        } else {
+            node.store
+                .close_round_and_transaction(
+                    &node.cfg.node_id,
+                    p.round_id,
+                    id,
+                    to,
+                    None,
+                    votes.len(),
+                )
+                .await
+        }
     })
     .await;
     match closed {
@@ -936,18 +951,8 @@ async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
         }
     }
     tracing::info!(tx = %id, outcome = to, votes = votes.len(), "voting round closed");
-    if to == "approved" {
-        // Others may sign it whatever this node voted: it counts here too.
-        let v = &p.validated;
-        if let Some(sats) = v.view.outflow_sats() {
-            if let Err(e) = node
-                .store
-                .count_outflow(id, &v.key_id, sats, OutflowReason::QuorumApproved)
-                .await
-            {
-                tracing::error!(tx = %id, error = %e, "cannot count the approved transaction against the velocity limits");
-            }
-        }
+    if to == "approved" && outflow.is_none() {
+        tracing::error!(tx = %id, "outflow overflows: the approved transaction is not counted against the velocity limits");
     }
     if to == "rejected" {
         node.tx.remove(id);
