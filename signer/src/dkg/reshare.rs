@@ -861,10 +861,23 @@ async fn participate(node: Arc<DkgCtx>, a: Announce) {
     let outcome =
         match tokio::time::timeout(bound, run(&node, &spec, &run_set, index, queues)).await {
             Ok(r) => r,
-            Err(_) => Err(DkgError::Timeout {
-                secs: RESHARE_TIMEOUT.as_secs(),
-                stage: "running the reshare".to_owned(),
-            }),
+            Err(_) => {
+                // Named, never blamed: who had not sent its messages of the first
+                // round still open here, or had not confirmed.
+                let absent = crate::session::absentees_by_schedule(
+                    &node.sessions,
+                    node.coord(),
+                    spec.id,
+                    &run_set,
+                    &me,
+                    &message_schedule(&spec, &run_set, &me),
+                )
+                .await;
+                Err(DkgError::Timeout {
+                    secs: RESHARE_TIMEOUT.as_secs(),
+                    stage: crate::session::stalled_stage("running the reshare", &absent),
+                })
+            }
         };
     node.sessions.unregister(spec.id);
     match outcome {
@@ -922,6 +935,31 @@ async fn participate(node: Arc<DkgCtx>, a: Announce) {
             }
         }
     }
+}
+
+/// The protocol messages `me` receives from each participant of `run_set` (run
+/// order) by the end of round 1 and of round 2 of a reshare, cumulative: a dealer's
+/// commitments (broadcast to every other participant) and, when `me` receives a new
+/// share, its sub-share; then everyone's echo (broadcast). Nothing from `me` itself.
+/// For naming who a stalled run waits for ([`crate::session::Router::behind_schedule`]).
+fn message_schedule(spec: &ReshareSpec, run_set: &[String], me: &str) -> Vec<Vec<u32>> {
+    let receiver = spec.participants.iter().any(|p| p == me);
+    let round1: Vec<u32> = run_set
+        .iter()
+        .map(|p| {
+            if p == me || !spec.dealers.contains(p) {
+                0
+            } else {
+                1 + u32::from(receiver)
+            }
+        })
+        .collect();
+    let round2 = run_set
+        .iter()
+        .zip(&round1)
+        .map(|(p, n)| if p == me { 0 } else { n + 1 })
+        .collect();
+    vec![round1, round2]
 }
 
 async fn run(
@@ -1164,6 +1202,57 @@ mod tests {
         assert_eq!(s.run_participants(), ids(&["node-1", "node-3", "node-2"]));
         assert_eq!(s.involved(), ids(&["node-1", "node-2", "node-3"]));
         assert!(!s.is_refresh());
+    }
+
+    #[test]
+    fn a_stalled_reshare_names_the_participants_whose_messages_are_missing() {
+        // Run order node-1, node-3 (new holders), node-2 (leaving dealer); node-3 and
+        // node-2 deal.
+        let s = spec();
+        let run_set = s.run_participants();
+        // node-1 receives: commitments and a sub-share from each dealer, then echoes.
+        let mine = message_schedule(&s, &run_set, "node-1");
+        assert_eq!(mine, vec![vec![0, 2, 2], vec![0, 3, 3]]);
+        // node-2 (leaving, receives no share): node-3's commitments, then echoes.
+        assert_eq!(
+            message_schedule(&s, &run_set, "node-2"),
+            vec![vec![0, 1, 0], vec![1, 2, 0]]
+        );
+        // node-3 (deals and receives): node-2's commitments and sub-share.
+        assert_eq!(
+            message_schedule(&s, &run_set, "node-3"),
+            vec![vec![0, 0, 2], vec![1, 0, 3]]
+        );
+        // On node-1's router: node-2 (the leaving dealer) died after its commitments;
+        // node-3 sent everything of round 1. node-2 is named, nobody else.
+        let router = crate::session::Router::default();
+        let _q = router
+            .register(s.id, &run_set, MessageKind::RESHARE)
+            .expect("a new session id");
+        let msg = |from: &str, flag: u8| Inbound {
+            from: from.to_owned(),
+            frame: Frame::new(s.id, MessageKind::RESHARE, vec![flag, 1]),
+        };
+        router.deliver(msg("node-3", 0));
+        router.deliver(msg("node-3", 1));
+        router.deliver(msg("node-2", 0));
+        assert_eq!(
+            router.behind_schedule(s.id, "node-1", &mine),
+            ids(&["node-2"])
+        );
+        router.deliver(msg("node-2", 1));
+        // Round 1 complete here; node-3 echoed, node-2 did not.
+        router.deliver(msg("node-3", 0));
+        assert_eq!(
+            router.behind_schedule(s.id, "node-1", &mine),
+            ids(&["node-2"])
+        );
+        router.deliver(msg("node-2", 0));
+        assert!(router.behind_schedule(s.id, "node-1", &mine).is_empty());
+        assert_eq!(
+            crate::session::stalled_stage("running the reshare", &ids(&["node-2"])),
+            "running the reshare; waiting for node-2"
+        );
     }
 
     #[test]

@@ -201,6 +201,25 @@ impl Router {
         unconfirmed_of(&entry.participants, &entry.confirmed, me)
     }
 
+    /// The participants of a live session (other than `me`) a run whose parties do
+    /// not all send the same messages waits for (a reshare: dealers send commitments
+    /// and sub-shares, everyone an echo). `expected[r][p]` is how many protocol
+    /// messages this node receives from participant `p` by the end of round `r`
+    /// (cumulative, in run order). Named are the participants short of the first round
+    /// not complete here; when every message arrived, those that did not confirm, as
+    /// in [`Router::laggards`]. A hint, never blame.
+    pub fn behind_schedule(&self, id: Uuid, me: &str, expected: &[Vec<u32>]) -> Vec<String> {
+        let g = self.lock();
+        let Some(entry) = g.sessions.get(&id) else {
+            return Vec::new();
+        };
+        let behind = behind_schedule_of(&entry.participants, &entry.received, me, expected);
+        if !behind.is_empty() {
+            return behind;
+        }
+        unconfirmed_of(&entry.participants, &entry.confirmed, me)
+    }
+
     /// Routes a protocol or confirmation frame to its session, or keeps it (bounded)
     /// until the session is registered.
     pub fn deliver(&self, inbound: Inbound) {
@@ -266,6 +285,34 @@ pub async fn absentees(
     if !behind.is_empty() {
         return behind;
     }
+    not_live(coord, participants, me).await
+}
+
+/// [`absentees`] for a run with a message schedule ([`Router::behind_schedule`]):
+/// those short of it, else those without a live etcd registration. Call before
+/// [`Router::unregister`].
+pub async fn absentees_by_schedule(
+    router: &Router,
+    coord: Option<crate::coord::Coord>,
+    id: Uuid,
+    participants: &[String],
+    me: &str,
+    expected: &[Vec<u32>],
+) -> Vec<String> {
+    let behind = router.behind_schedule(id, me, expected);
+    if !behind.is_empty() {
+        return behind;
+    }
+    not_live(coord, participants, me).await
+}
+
+/// The participants other than `me` without a live etcd registration (nobody when
+/// etcd does not answer within [`ABSENTEE_LOOKUP`]).
+async fn not_live(
+    coord: Option<crate::coord::Coord>,
+    participants: &[String],
+    me: &str,
+) -> Vec<String> {
     let Some(coord) = coord else {
         return Vec::new();
     };
@@ -298,6 +345,33 @@ fn unconfirmed_of(participants: &[String], confirmed: &[bool], me: &str) -> Vec<
         .filter(|(_, c)| !*c)
         .map(|(p, _)| p.clone())
         .collect()
+}
+
+/// See [`Router::behind_schedule`]: the participants other than `me` with fewer
+/// messages than `expected` for the first round someone has not completed; nobody
+/// when every round is complete (or the schedule does not fit the participants).
+fn behind_schedule_of(
+    participants: &[String],
+    received: &[u32],
+    me: &str,
+    expected: &[Vec<u32>],
+) -> Vec<String> {
+    for round in expected {
+        if round.len() != participants.len() {
+            return Vec::new();
+        }
+        let short: Vec<String> = participants
+            .iter()
+            .zip(received)
+            .zip(round)
+            .filter(|((p, n), want)| p.as_str() != me && **n < **want)
+            .map(|((p, _), _)| p.clone())
+            .collect();
+        if !short.is_empty() {
+            return short;
+        }
+    }
+    Vec::new()
 }
 
 /// See [`Router::laggards`].
@@ -557,6 +631,55 @@ mod tests {
         assert_eq!(router.laggards(id, "node-1"), ids(&["node-3"]));
         router.unregister(id);
         assert!(router.laggards(id, "node-1").is_empty());
+    }
+
+    #[test]
+    fn a_run_with_a_schedule_names_who_is_short_of_the_first_open_round() {
+        let router = Router::default();
+        let id = Uuid::new_v4();
+        // A reshare seen by node-1 (a receiver): node-2 and node-3 deal (commitments
+        // and a sub-share each in round 1), node-4 only receives; everyone echoes.
+        let participants = ids(&["node-1", "node-2", "node-3", "node-4"]);
+        let expected = vec![vec![0, 2, 2, 0], vec![0, 3, 3, 1]];
+        let _q = router
+            .register(id, &participants, MessageKind::RESHARE)
+            .expect("a new session id");
+        // Nothing arrived: the dealers are named, not node-4 (nothing due from it yet).
+        assert_eq!(
+            router.behind_schedule(id, "node-1", &expected),
+            ids(&["node-2", "node-3"])
+        );
+        router.deliver(frame(id, "node-2", MessageKind::RESHARE, vec![0, 1]));
+        router.deliver(frame(id, "node-2", MessageKind::RESHARE, vec![1, 2]));
+        router.deliver(frame(id, "node-3", MessageKind::RESHARE, vec![0, 1]));
+        // node-3's sub-share is missing; the symmetric rule would name nobody here
+        // (node-4 is behind node-2 only because it deals nothing).
+        assert_eq!(
+            router.behind_schedule(id, "node-1", &expected),
+            ids(&["node-3"])
+        );
+        assert_eq!(router.laggards(id, "node-1"), ids(&["node-3", "node-4"]));
+        router.deliver(frame(id, "node-3", MessageKind::RESHARE, vec![1, 2]));
+        // Round 1 complete; round 2: node-2 and node-4 echoed, node-3 did not.
+        router.deliver(frame(id, "node-2", MessageKind::RESHARE, vec![0, 3]));
+        router.deliver(frame(id, "node-4", MessageKind::RESHARE, vec![0, 3]));
+        assert_eq!(
+            router.behind_schedule(id, "node-1", &expected),
+            ids(&["node-3"])
+        );
+        router.deliver(frame(id, "node-3", MessageKind::RESHARE, vec![0, 3]));
+        // Every message arrived and nobody confirmed yet: nobody named (the caller
+        // asks etcd); once one confirmed, those that did not are named.
+        assert!(router.behind_schedule(id, "node-1", &expected).is_empty());
+        router.deliver(frame(id, "node-2", CONFIRM, vec![2; 33]));
+        assert_eq!(
+            router.behind_schedule(id, "node-1", &expected),
+            ids(&["node-3", "node-4"])
+        );
+        // A schedule of another shape names nobody.
+        assert!(behind_schedule_of(&participants, &[0; 4], "node-1", &[vec![1; 3]]).is_empty());
+        router.unregister(id);
+        assert!(router.behind_schedule(id, "node-1", &expected).is_empty());
     }
 
     #[test]
