@@ -159,6 +159,9 @@ pub struct Pending {
     /// Whether this node has cast its vote (it votes once; a policy needing human
     /// approvals holds the vote until they arrive).
     pub voted: std::sync::atomic::AtomicBool,
+    /// Whether this node's round is known closed (recorded here, by this node or an
+    /// expiry): later votes are stored and checked but the tally is not read again.
+    pub round_closed: std::sync::atomic::AtomicBool,
     /// The round's signed votes (hex) as the leader read them when it chose the
     /// signers: relayed with every sign request and the result.
     pub relayed_votes: std::sync::OnceLock<Vec<String>>,

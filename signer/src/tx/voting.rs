@@ -382,6 +382,7 @@ async fn on_proposal_inner(
         deadline_unix,
         sign_deadline_unix: deadline_unix.saturating_add(node.cfg.wallet.sign_timeout_secs.max(5)),
         voted: AtomicBool::new(false),
+        round_closed: AtomicBool::new(false),
         relayed_votes: std::sync::OnceLock::new(),
         blame: std::sync::Mutex::default(),
     });
@@ -893,6 +894,12 @@ async fn accept_relayed_votes_inner(
 const UNPINNED_VOTE_WAIT: Duration = Duration::from_secs(15);
 
 async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
+    // A closed round stays closed (the close is recorded once, `WHERE state =
+    // 'open'`): votes after the quorum need no tally (issue 21: the profile showed
+    // the tally re-read and a rolled-back close attempt for each of them).
+    if p.round_closed.load(Ordering::Acquire) {
+        return;
+    }
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
     let votes = match intake.round_votes(p.round_id).await {
         Ok(v) => v,
@@ -943,8 +950,12 @@ async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
     })
     .await;
     match closed {
-        Ok(true) => {}
-        Ok(false) => return, // already closed
+        Ok(true) => p.round_closed.store(true, Ordering::Release),
+        Ok(false) => {
+            // already closed
+            p.round_closed.store(true, Ordering::Release);
+            return;
+        }
         Err(e) => {
             tracing::error!(tx = %id, error = %e, to, "cannot record the vote outcome");
             return;
