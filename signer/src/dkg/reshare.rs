@@ -995,6 +995,7 @@ async fn run(
         },
     )
     .map_err(|e| DkgError::Aborted(format!("reshare party: {e}")))?;
+    let state = crate::fault::reshare_dealer(state, is_dealer, run_set);
     drop(opened);
 
     coord
