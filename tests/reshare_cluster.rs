@@ -920,6 +920,120 @@ async fn taproot_add_node_reshare_onto_it_and_replace_node_5() {
     eprintln!("replace node-5 by node-6 + payment: {:?}", t0.elapsed());
 }
 
+/// Node ids recorded in node `i`'s `byzantine_violations` for reshare session `sid`
+/// (type `reshare_protocol`), with the recorded error of each.
+async fn reshare_culprits(c: &Cluster, i: usize, sid: &str) -> Vec<(String, String)> {
+    let db = c.db(i).await;
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT node_id, evidence FROM byzantine_violations \
+         WHERE session_id = $1 AND violation_type = 'reshare_protocol' ORDER BY id",
+    )
+    .bind(sid)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(n, e)| (n, e["error"].as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+/// A cheating dealer through the node (issue 18): node-2, one of the three dealers of
+/// a refresh (the first three live holders deal), first sends node-3 a wrong
+/// sub-share (`SIGNER_FAULT_RESHARE_WRONG_SUB_SHARE`), then deals commitments of the
+/// wrong degree (t' − 1 = 2 coefficients, `SIGNER_FAULT_RESHARE_COMMITMENTS`), each
+/// signed as a real cheater would. Each time: the reshare fails on every node, every
+/// honest node records node-2 and nobody else in `byzantine_violations` for that
+/// session (with the fault named), no node switches (the DKG's share stays each
+/// node's only share) and the old shares sign a payment that passes consensus.
+/// Restarted without the fault, node-2 deals honestly and the retry completes
+/// (same addresses, one fresh share per node, a payment signs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taproot_cheating_dealer_is_refused_blamed_and_the_old_shares_keep_signing() {
+    let (c, keys) = setup(&["frost"]).await;
+    let key = keys[0].clone();
+    let all: Vec<usize> = (0..N).collect();
+    let generation = usable_generations(&c, 0, &key).await;
+    assert_eq!(generation.len(), 1, "{generation:?}");
+    let before: Vec<_> =
+        futures::future::join_all(all.iter().map(|&i| key_view(&c, i, &key))).await;
+    let cases = [
+        (
+            "SIGNER_FAULT_RESHARE_WRONG_SUB_SHARE",
+            "node-3",
+            "does not match its commitments",
+            "dealing a wrong reshare sub-share",
+        ),
+        (
+            "SIGNER_FAULT_RESHARE_COMMITMENTS",
+            "2",
+            "sent 2 commitments, the new threshold requires exactly 3",
+            "dealing reshare commitments of the wrong degree",
+        ),
+    ];
+    for (fault, value, named, fired) in cases {
+        let t0 = std::time::Instant::now();
+        c.kill_node(1);
+        c.restart_node_with_env(1, &[(fault, value)]);
+        c.wait_ready(N).await;
+        let (status, v) = propose(&c, 0, &key, &json!({})).await;
+        assert_eq!(status, 202, "{fault}: {v}");
+        let sid = v["session_id"].as_str().unwrap().to_owned();
+        for i in 0..N {
+            let s = reshare_end(&c, i, &sid).await;
+            assert_eq!(s["state"], "failed", "{fault}: node {i}: {s}");
+        }
+        let log = std::fs::read_to_string(&c.node(1).log).unwrap_or_default();
+        assert!(
+            log.contains(fired),
+            "{fault}: node-2 cheated as a dealer (the fault fired)"
+        );
+        for i in [0, 2, 3, 4] {
+            let culprits = c
+                .eventually(
+                    &format!("{fault}: node {i} recorded the culprit of {sid}"),
+                    Duration::from_secs(30),
+                    || async {
+                        let v = reshare_culprits(&c, i, &sid).await;
+                        (!v.is_empty()).then_some(v)
+                    },
+                )
+                .await;
+            for (culprit, error) in &culprits {
+                assert_eq!(culprit, "node-2", "{fault}: node {i}: {culprits:?}");
+                assert!(error.contains(named), "{fault}: node {i}: {error}");
+            }
+            assert_eq!(reshare_state(&c, i, &sid).await, "failed", "node {i}");
+        }
+        for i in 0..N {
+            assert_eq!(share_rows(&c, i, &key).await, (1, 1), "{fault}: node {i}");
+            assert_eq!(
+                usable_generations(&c, i, &key).await,
+                generation,
+                "{fault}: node {i} kept the old share"
+            );
+            assert_eq!(key_view(&c, i, &key).await, before[i], "{fault}: node {i}");
+        }
+        // The old shares keep signing (node-2 still armed: the fault is a dealer's).
+        let sets = pay_and_verify(&c, &key, &[0, 1, 2]).await;
+        assert!(!sets.is_empty());
+        eprintln!("cheating dealer ({fault}): {:?}", t0.elapsed());
+    }
+    // The retry without the fault completes.
+    let t0 = std::time::Instant::now();
+    c.kill_node(1);
+    c.restart_node(1);
+    c.wait_ready(N).await;
+    refresh_keeps_addresses_and_signs(&c, &key).await;
+    for i in 0..N {
+        assert_ne!(
+            usable_generations(&c, i, &key).await,
+            generation,
+            "node {i}"
+        );
+    }
+    eprintln!("retry without the fault: {:?}", t0.elapsed());
+}
+
 /// Waits until node 0 counts `n` healthy nodes (the killed ones' etcd leases expired).
 async fn healthy_nodes_on_0(c: &Cluster, n: usize) {
     c.eventually(

@@ -37,6 +37,13 @@
 //! [`RESHARE_OUTCOME_FORGE_ENV`] make its outcome answers lie or carry a signature
 //! by a key that is not its vote key.
 //!
+//! Cheating reshare dealer (docs/RESHARING.md, "Checks in round 1"):
+//! [`RESHARE_WRONG_SUB_SHARE_ENV`] (`<node id>`) makes this node, when it deals in a
+//! reshare, send that receiver a wrong sub-share; [`RESHARE_COMMITMENTS_ENV`]
+//! (`<count>`) makes it deal a consistent polynomial with `count` coefficients
+//! instead of t' (commitments of the wrong degree). Both are signed by the dealer,
+//! as a real cheater would (`signer_protocol::reshare::DealerFault`).
+//!
 //! [`DOUBLE_VOTE_ENV`] and [`FORGE_VOTE_ENV`] make this node misbehave in transaction
 //! votes (a second, opposite vote; votes forged in another node's name or signed with
 //! the wrong key), so the tests can check honest nodes record and ignore them.
@@ -165,6 +172,15 @@ fn log_armed() {
             tracing::error!(
                 fault = var,
                 "FAULT INJECTION ARMED: this node misbehaves in reshare confirmations"
+            );
+        }
+    }
+    for var in [RESHARE_WRONG_SUB_SHARE_ENV, RESHARE_COMMITMENTS_ENV] {
+        if let Some(v) = fault_var(var) {
+            tracing::error!(
+                fault = var,
+                value = %v,
+                "FAULT INJECTION ARMED: this node cheats as a reshare dealer"
             );
         }
     }
@@ -518,6 +534,60 @@ pub async fn reshare_pause_before_confirm() {
 /// Does nothing (built without `fault-injection`).
 #[cfg(not(feature = "fault-injection"))]
 pub async fn reshare_pause_before_confirm() {}
+
+/// `SIGNER_FAULT_RESHARE_WRONG_SUB_SHARE=<node id>`: when this node deals in a
+/// reshare, it sends that receiver a wrong sub-share (the right value + 1), signed
+/// with its vote key like every other message (the receiver's Feldman check fails,
+/// its complaint carries the signed value, every participant blames this node).
+pub const RESHARE_WRONG_SUB_SHARE_ENV: &str = "SIGNER_FAULT_RESHARE_WRONG_SUB_SHARE";
+/// `SIGNER_FAULT_RESHARE_COMMITMENTS=<count>`: when this node deals in a reshare,
+/// it deals a consistent polynomial with `count` coefficients (and commitments)
+/// instead of t', i.e. commitments of the wrong degree (CVE-2025-58359's class).
+pub const RESHARE_COMMITMENTS_ENV: &str = "SIGNER_FAULT_RESHARE_COMMITMENTS";
+
+/// The reshare party this node runs: `party`, or, when it deals (`deals`) and
+/// [`RESHARE_WRONG_SUB_SHARE_ENV`] (a participant of `run_set`) or
+/// [`RESHARE_COMMITMENTS_ENV`] is armed, the same party cheating as a dealer
+/// (feature `fault-injection` only).
+#[cfg(feature = "fault-injection")]
+pub fn reshare_dealer(
+    party: signer_protocol::reshare::ReshareParty,
+    deals: bool,
+    run_set: &[String],
+) -> signer_protocol::reshare::ReshareParty {
+    use signer_protocol::reshare::DealerFault;
+    if !deals {
+        return party;
+    }
+    if let Some(victim) = fault_var(RESHARE_WRONG_SUB_SHARE_ENV) {
+        if let Some(receiver) = run_set
+            .iter()
+            .position(|p| *p == victim)
+            .and_then(|r| u16::try_from(r).ok())
+        {
+            tracing::error!(receiver = %victim, "FAULT INJECTION: dealing a wrong reshare sub-share");
+            return party.with_dealer_fault(DealerFault::WrongSubShare { receiver });
+        }
+    }
+    if let Some(count) = fault_var(RESHARE_COMMITMENTS_ENV).and_then(|v| v.parse::<u16>().ok()) {
+        tracing::error!(
+            count,
+            "FAULT INJECTION: dealing reshare commitments of the wrong degree"
+        );
+        return party.with_dealer_fault(DealerFault::CommitmentCount { count });
+    }
+    party
+}
+
+/// The reshare party unchanged (built without `fault-injection`).
+#[cfg(not(feature = "fault-injection"))]
+pub fn reshare_dealer(
+    party: signer_protocol::reshare::ReshareParty,
+    _deals: bool,
+    _run_set: &[String],
+) -> signer_protocol::reshare::ReshareParty {
+    party
+}
 
 /// `SIGNER_FAULT_RESHARE_STALL_BEFORE_CONFIRM_SECS=<n>`: after its reshare run
 /// succeeded and before it stores its pending share and confirmation, this node

@@ -43,7 +43,7 @@ pub use evidence::{Evidence, SignedClaim};
 pub use identity::ReshareSigner;
 pub use output::{NewShare, ReshareOutput};
 pub use setup::{KeyKind, OldShare, Participant, PublicKeyInfo, ReshareSetup};
-#[cfg(any(test, feature = "test-fixtures"))]
+#[cfg(any(test, feature = "test-fixtures", feature = "dealer-faults"))]
 pub use state::DealerFault;
 pub use state::{Outgoing, ReshareParty};
 pub use wire::{Bytes, CommitmentsMsg, Complaint, EchoMsg, ReshareMsg, Seen, SubShareMsg};

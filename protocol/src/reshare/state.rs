@@ -30,7 +30,7 @@ pub struct Outgoing {
 
 /// TEST-ONLY misbehaviour of a dealer, to exercise the checks and the blame. The faulty
 /// dealer still signs everything it sends, as a real cheater would.
-#[cfg(any(test, feature = "test-fixtures"))]
+#[cfg(any(test, feature = "test-fixtures", feature = "dealer-faults"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DealerFault {
     /// Sends the receiver at this run index `f_i(I'_j) + 1`.
@@ -107,7 +107,7 @@ pub struct ReshareParty {
     views: Vec<DealerView>,
     values: Vec<SecretScalar<Curve>>,
     faults: Vec<Fault>,
-    #[cfg(any(test, feature = "test-fixtures"))]
+    #[cfg(any(test, feature = "test-fixtures", feature = "dealer-faults"))]
     fault: Option<DealerFault>,
 }
 
@@ -180,13 +180,13 @@ impl ReshareParty {
             views: Vec::new(),
             values: Vec::new(),
             faults: Vec::new(),
-            #[cfg(any(test, feature = "test-fixtures"))]
+            #[cfg(any(test, feature = "test-fixtures", feature = "dealer-faults"))]
             fault: None,
         })
     }
 
     /// TEST-ONLY: makes this dealer cheat as described.
-    #[cfg(any(test, feature = "test-fixtures"))]
+    #[cfg(any(test, feature = "test-fixtures", feature = "dealer-faults"))]
     pub fn with_dealer_fault(mut self, fault: DealerFault) -> Self {
         self.fault = Some(fault);
         self
@@ -252,7 +252,7 @@ impl ReshareParty {
         let mut constant = Zeroizing::new(lambda * AsRef::<Scalar<Curve>>::as_ref(&old.x));
         #[allow(unused_mut)]
         let mut count = usize::from(self.setup.new_threshold());
-        #[cfg(any(test, feature = "test-fixtures"))]
+        #[cfg(any(test, feature = "test-fixtures", feature = "dealer-faults"))]
         match self.fault {
             Some(DealerFault::CommitmentCount { count: c }) => count = usize::from(c.max(1)),
             Some(DealerFault::WrongConstantTerm) => *constant += Scalar::one(),
@@ -296,7 +296,7 @@ impl ReshareParty {
             };
             #[allow(unused_mut)]
             let mut value = Zeroizing::new(*poly.eval(&math::eval_point(j)).as_ref());
-            #[cfg(any(test, feature = "test-fixtures"))]
+            #[cfg(any(test, feature = "test-fixtures", feature = "dealer-faults"))]
             if self.fault == Some(DealerFault::WrongSubShare { receiver: r }) {
                 *value += Scalar::one();
             }

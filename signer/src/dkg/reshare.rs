@@ -1033,6 +1033,7 @@ async fn run(
         },
     )
     .map_err(|e| DkgError::Aborted(format!("reshare party: {e}")))?;
+    let state = crate::fault::reshare_dealer(state, is_dealer, run_set);
     drop(opened);
 
     coord
