@@ -1004,14 +1004,14 @@ async fn taproot_cheating_dealer_is_refused_blamed_and_the_old_shares_keep_signi
             }
             assert_eq!(reshare_state(&c, i, &sid).await, "failed", "node {i}");
         }
-        for i in 0..N {
+        for (i, view) in before.iter().enumerate() {
             assert_eq!(share_rows(&c, i, &key).await, (1, 1), "{fault}: node {i}");
             assert_eq!(
                 usable_generations(&c, i, &key).await,
                 generation,
                 "{fault}: node {i} kept the old share"
             );
-            assert_eq!(key_view(&c, i, &key).await, before[i], "{fault}: node {i}");
+            assert_eq!(&key_view(&c, i, &key).await, view, "{fault}: node {i}");
         }
         // The old shares keep signing (node-2 still armed: the fault is a dealer's).
         let sets = pay_and_verify(&c, &key, &[0, 1, 2]).await;
