@@ -61,12 +61,25 @@ pub fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// A free TCP and UDP port on 127.0.0.1 (both protocols free on the same number).
+/// Ports this process handed out already: the probe sockets are closed before the
+/// port is used, so the kernel may offer the same number again (a CI run's `cluster
+/// up` once gave node-1 and node-3 the same API port).
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A free TCP and UDP port on 127.0.0.1 (both protocols free on the same number),
+/// never one this process handed out before.
 pub fn free_port() -> anyhow::Result<u16> {
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for _ in 0..100 {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = tcp.local_addr()?.port();
+        if handed_out.contains(&port) {
+            continue;
+        }
         if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return Ok(port);
         }
     }
@@ -87,4 +100,16 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let port = super::free_port().expect("a free port");
+            assert!(seen.insert(port), "port {port} handed out twice");
+        }
+    }
 }
