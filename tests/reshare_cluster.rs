@@ -141,14 +141,25 @@ async fn pay_and_verify(c: &Cluster, key_id: &str, nodes: &[usize]) -> Vec<Vec<S
     }
     let tx = signed_everywhere(c, nodes, &id, 240).await;
     verify_consensus(&tx, &[&funding]);
-    let db = c.db(0).await;
-    let sets: Vec<(Vec<String>,)> =
-        sqlx::query_as("SELECT signers FROM signing_sessions WHERE transaction_id = $1::uuid")
-            .bind(&id)
-            .fetch_all(&db)
-            .await
-            .unwrap();
-    sets.into_iter().map(|s| s.0).collect()
+    // Signing sessions are recorded by the signers that served them; the leader is
+    // one only when its own approval was among the first t (followers' approvals
+    // can close the round before the leader's own vote is stored).
+    let mut sets = Vec::new();
+    for &i in nodes {
+        let db = c.db(i).await;
+        let rows: Vec<(Vec<String>,)> =
+            sqlx::query_as("SELECT signers FROM signing_sessions WHERE transaction_id = $1::uuid")
+                .bind(&id)
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        for (set,) in rows {
+            if !sets.contains(&set) {
+                sets.push(set);
+            }
+        }
+    }
+    sets
 }
 
 /// Prints every node's warnings and errors (on failure).
