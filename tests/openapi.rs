@@ -67,6 +67,9 @@ fn valid_body(operation_id: &str) -> Option<Value> {
         }
         "import_utxos" => json!({"raw_tx": "00"}),
         "generate_presignatures" => json!({"count": 1}),
+        "add_peer" => {
+            json!({"id": "node-9", "addr": "127.0.0.1:9", "certificate_pem": "not a certificate"})
+        }
         _ => return None,
     })
 }

@@ -80,7 +80,7 @@ pub fn is_armed() -> bool {
 
 /// The value of fault variable `name`, only in an armed process.
 #[cfg(feature = "fault-injection")]
-fn fault_var(name: &str) -> Option<String> {
+pub(crate) fn fault_var(name: &str) -> Option<String> {
     if is_armed() {
         std::env::var(name).ok()
     } else {
@@ -832,42 +832,3 @@ pub fn equivocate(protocol: &str, frame: crate::p2p::Frame) -> crate::p2p::Frame
 /// node's name: a genuine one of that node with its digest changed, and one signed
 /// by a key that is not that node's (the receivers must blame nobody for them).
 pub const FORGE_EVIDENCE_ENV: &str = "SIGNER_FAULT_FORGE_EVIDENCE";
-
-/// The forged statements to add to this node's evidence, given the statements it
-/// holds ([`FORGE_EVIDENCE_ENV`] armed; feature `fault-injection` only).
-pub fn forged_evidence(
-    held: &[crate::session::equivocation::Statement],
-) -> Vec<crate::session::equivocation::Statement> {
-    #[cfg(feature = "fault-injection")]
-    if let Some(target) = fault_var(FORGE_EVIDENCE_ENV) {
-        use crate::session::equivocation::Statement;
-        tracing::error!(node = %target, "FAULT INJECTION: forging equivocation evidence");
-        let seq = held
-            .iter()
-            .find(|s| s.sender == target)
-            .map_or(1, |s| s.seq);
-        let mut changed = held
-            .iter()
-            .find(|s| s.sender == target)
-            .cloned()
-            .unwrap_or_else(|| Statement {
-                sender: target.clone(),
-                seq,
-                digest: hex::encode([0u8; 32]),
-                signature: hex::encode([0u8; 64]),
-            });
-        changed.digest = hex::encode([0x5a; 32]);
-        let mut stranger = Statement {
-            sender: target,
-            seq,
-            digest: hex::encode([0xa5; 32]),
-            signature: String::new(),
-        };
-        if let Ok(k) = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7; 32]) {
-            stranger.signature = hex::encode(k.sign(b"not a statement").as_ref());
-        }
-        return vec![changed, stranger];
-    }
-    let _ = held;
-    Vec::new()
-}

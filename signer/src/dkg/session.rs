@@ -170,7 +170,7 @@ async fn attribute_equivocation(
     let mut held = node.sessions.statements(spec.id);
     held.truncate(equivocation::MAX_EVIDENCE_STATEMENTS);
     let mut sent = held.clone();
-    sent.extend(crate::fault::forged_evidence(&held));
+    sent.extend(crate::session::equivocation::forged_evidence(&held));
     sent.truncate(equivocation::MAX_EVIDENCE_STATEMENTS);
     let others: Vec<&String> = spec.participants.iter().filter(|p| *p != me).collect();
     match serde_json::to_vec(&sent) {

@@ -210,6 +210,42 @@ pub fn find_equivocations(
     (findings, forged)
 }
 
+/// The forged statements to add to this node's evidence, given the statements it
+/// holds ([`crate::fault::FORGE_EVIDENCE_ENV`] armed; feature `fault-injection` only).
+pub fn forged_evidence(held: &[Statement]) -> Vec<Statement> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(target) = crate::fault::fault_var(crate::fault::FORGE_EVIDENCE_ENV) {
+        tracing::error!(node = %target, "FAULT INJECTION: forging equivocation evidence");
+        let seq = held
+            .iter()
+            .find(|s| s.sender == target)
+            .map_or(1, |s| s.seq);
+        let mut changed = held
+            .iter()
+            .find(|s| s.sender == target)
+            .cloned()
+            .unwrap_or_else(|| Statement {
+                sender: target.clone(),
+                seq,
+                digest: hex::encode([0u8; 32]),
+                signature: hex::encode([0u8; 64]),
+            });
+        changed.digest = hex::encode([0x5a; 32]);
+        let mut stranger = Statement {
+            sender: target,
+            seq,
+            digest: hex::encode([0xa5; 32]),
+            signature: String::new(),
+        };
+        if let Ok(k) = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7; 32]) {
+            stranger.signature = hex::encode(k.sign(b"not a statement").as_ref());
+        }
+        return vec![changed, stranger];
+    }
+    let _ = held;
+    Vec::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
