@@ -167,6 +167,12 @@ pub struct Unsealed {
     pub vote_key: crate::custody::VoteKey,
 }
 
+impl crate::session::StatementSigner for Unsealed {
+    fn vote_key(&self) -> &crate::custody::VoteKey {
+        &self.vote_key
+    }
+}
+
 /// The infrastructure every service shares: configuration, database, network,
 /// protocol-session routing, etcd handle, cluster view and custody. Services get
 /// this (and the services below them), never the node's wiring.

@@ -284,7 +284,7 @@ async fn run(
         spec.participants.clone(),
         spec.protocol.message_kind(),
         spec.protocol.as_str(),
-        Some(unsealed.clone()),
+        Some(unsealed.clone() as Arc<dyn crate::session::StatementSigner>),
         out_rx,
     ));
     let produced = keygen(node, spec, i, n, primes, protocol_rx, out_tx).await;

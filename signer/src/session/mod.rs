@@ -505,6 +505,13 @@ pub fn decode_protocol(b: &Bytes) -> Option<(MsgType, Bytes)> {
     Some((t, b.slice(1..)))
 }
 
+/// What signs this node's broadcast statements (its vote key), without the
+/// session layer depending on the node's infrastructure.
+pub trait StatementSigner: Send + Sync {
+    /// The vote-signing key.
+    fn vote_key(&self) -> &crate::custody::VoteKey;
+}
+
 /// Sends a session's outgoing protocol messages until the protocol drops its sender:
 /// p2p to one participant, broadcast to every other participant, each in a frame of
 /// session `id` and kind `kind`. `label` names the protocol for fault injection.
@@ -521,7 +528,7 @@ pub async fn pump_outgoing(
     participants: Vec<String>,
     kind: MessageKind,
     label: &'static str,
-    statement_key: Option<Arc<crate::infra::Unsealed>>,
+    statement_key: Option<Arc<dyn StatementSigner>>,
     mut out_rx: mpsc::Receiver<RawOutgoing>,
 ) {
     let me = net.node_id().to_owned();
@@ -557,7 +564,7 @@ pub async fn pump_outgoing(
                     return st.clone();
                 }
                 let st: Bytes =
-                    equivocation::Statement::sign(id, &me, seq, &f.payload, &u.vote_key)
+                    equivocation::Statement::sign(id, &me, seq, &f.payload, u.vote_key())
                         .to_frame_payload()
                         .into();
                 signed.push((f.payload.clone(), st.clone()));
