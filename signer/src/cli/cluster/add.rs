@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::procs::{free_port, wait_until};
-use super::up::{absolute, hsm_init, softhsm_token, start_node};
+use super::up::{absolute, hsm_init, softhsm_token, start_node, wait_healthy};
 use super::{postgres, write_private, ClusterFile, ClusterNode};
 use crate::audit::AuditEntry;
 use crate::store::audit::AuditOf;
@@ -153,24 +153,7 @@ pub async fn add_node(dir: &Path) -> anyhow::Result<ClusterNode> {
     hsm_init(&node.config)?;
     start_node(&node.config, &node.log)?;
     let client = crate::tls::api_client(&file.ca_cert)?;
-    let health = format!("{}/health", node.api_url);
-    wait_until(
-        &format!("{id} to answer /health"),
-        Duration::from_secs(60),
-        || {
-            let client = client.clone();
-            let url = health.clone();
-            async move {
-                client
-                    .get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}; see {}", node.log.display()))?;
+    wait_healthy(&client, &node).await?;
 
     // Every running node: live peer set (no restart), then its config file. A node
     // that does not answer (down, e.g. the one being replaced) gets the config entry

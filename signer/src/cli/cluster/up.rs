@@ -360,26 +360,7 @@ async fn start_everything(dir: &Path, opts: &UpOptions) -> anyhow::Result<Cluste
     }
     let client = crate::tls::api_client(&ca_dir.join("ca.pem"))?;
     for n in &nodes {
-        let url = format!("{}/health", n.api_url);
-        let log = n.log.clone();
-        wait_until(
-            &format!("{} to answer /health", n.id),
-            Duration::from_secs(60),
-            || {
-                let client = client.clone();
-                let url = url.clone();
-                async move {
-                    client
-                        .get(&url)
-                        .send()
-                        .await
-                        .map(|r| r.status().is_success())
-                        .unwrap_or(false)
-                }
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}; see {}", log.display()))?;
+        wait_healthy(&client, n).await?;
     }
 
     let file = ClusterFile {
@@ -518,4 +499,29 @@ async fn wait_for_stop(watch_pid: Option<u32>) {
         _ = int.recv() => {}
         _ = watched => {}
     }
+}
+
+/// Waits up to 60 s for `node` to answer `/health` (the error points at its log).
+pub(super) async fn wait_healthy(
+    client: &reqwest::Client,
+    node: &ClusterNode,
+) -> anyhow::Result<()> {
+    let url = format!("{}/health", node.api_url);
+    wait_until(
+        &format!("{} to answer /health", node.id),
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; see {}", node.log.display()))
 }
