@@ -608,11 +608,15 @@ pub async fn p2p_ping(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPeer {
-    /// Node id of the new peer (its certificate's identity).
+    /// Node id of the new peer (its certificate's identity): lower-case letters,
+    /// digits and `-`.
+    #[schema(pattern = r"^[a-z0-9-]{1,32}$", example = "node-6")]
     id: String,
-    /// Its QUIC address (`host:port`, an IP address).
+    /// Its QUIC address (`ip:port`; an IPv6 address in brackets).
+    #[schema(min_length = 3, max_length = 64, example = "10.0.0.6:7000")]
     addr: String,
     /// Its certificate (PEM), issued by the cluster CA for `id`.
+    #[schema(min_length = 1, max_length = 16384)]
     certificate_pem: String,
 }
 
