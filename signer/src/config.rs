@@ -470,8 +470,9 @@ pub struct AuxConfig {
     /// TESTS ONLY: files with published prime sets (`PrimeSet` JSON, e.g.
     /// `protocol/fixtures/test-primes/primes-0.json`) imported into the pool at start.
     /// Anyone can read those primes: aux info built from them protects nothing. The
-    /// node logs a warning and marks such sets `test_fixture`. Refused (the node does
-    /// not start) unless `[wallet] network = "regtest"`.
+    /// node logs a warning and marks such sets `test_fixture`; once they are all
+    /// taken, a ceremony reuses them (round robin) instead of generating a set inline.
+    /// Refused (the node does not start) unless `[wallet] network = "regtest"`.
     #[serde(default)]
     pub insecure_test_primes: Vec<PathBuf>,
 }

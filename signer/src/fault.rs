@@ -346,6 +346,15 @@ pub fn sign_with(approvers: Vec<String>, me: &str) -> Vec<String> {
     approvers
 }
 
+/// The node [`SIGN_WITH_ENV`] names (feature `fault-injection` only; `None` otherwise).
+pub fn forced_signer() -> Option<String> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(extra) = fault_var(SIGN_WITH_ENV) {
+        return Some(extra);
+    }
+    None
+}
+
 /// Whether the leader's intake proof checks are skipped (feature `fault-injection`
 /// with [`SKIP_INTAKE_CHECKS_ENV`] only).
 pub fn skip_intake_checks() -> bool {

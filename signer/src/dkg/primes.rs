@@ -10,9 +10,11 @@
 //! `GET /api/v1/aux-info/status`.
 //!
 //! Tests may import published prime sets (`[aux] insecure_test_primes`), marked
-//! `test_fixture` in the pool and logged with a warning at every start.
+//! `test_fixture` in the pool and logged with a warning at every start. Once a
+//! regtest node with such sets has taken them all, it hands them out again (round
+//! robin, a warning each time) rather than generating a set inline.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -47,6 +49,8 @@ pub struct PrimePool {
     progress: Mutex<Progress>,
     /// Primes (of four) ready in the set being generated.
     primes_ready: Arc<AtomicU8>,
+    /// Test sets handed out again (round robin; tests only, see [`take`]).
+    reused: AtomicUsize,
     wake: Notify,
 }
 
@@ -219,11 +223,8 @@ async fn seal(
         .map_err(|e| DkgError::Custody(e.to_string()))
 }
 
-async fn import_fixture(
-    node: &DkgCtx,
-    custody: &hsm::Custody,
-    path: &std::path::Path,
-) -> Result<(), DkgError> {
+/// Reads and validates a published test prime set (size-bounded); with its SHA-256.
+async fn read_fixture(path: &std::path::Path) -> Result<(PrimeSet, [u8; 32]), DkgError> {
     let io = |e: std::io::Error| DkgError::Custody(format!("{}: {e}", path.display()));
     let len = tokio::fs::metadata(path).await.map_err(io)?.len();
     if len > MAX_FIXTURE_BYTES {
@@ -233,9 +234,33 @@ async fn import_fixture(
         )));
     }
     let text = zeroize::Zeroizing::new(tokio::fs::read_to_string(path).await.map_err(io)?);
-    let hash = Sha256::digest(text.as_bytes());
+    let hash = Sha256::digest(text.as_bytes()).into();
     let set = PrimeSet::from_json(&text)
         .map_err(|e| DkgError::Custody(format!("{}: {e}", path.display())))?;
+    Ok((set, hash))
+}
+
+/// TESTS ONLY (regtest, `[aux] insecure_test_primes` configured, the pool empty): hands
+/// out one of this node's published test sets again, round robin, instead of
+/// generating one inline. Those primes are public whether used once or twice; reusing
+/// them keeps test clusters from spending minutes of CPU per ceremony (a retried
+/// ceremony, a reshare's new node set). A node never reuses a set it generated.
+async fn reuse_fixture(node: &Arc<DkgCtx>, ceremony: Uuid) -> Result<PrimeSet, DkgError> {
+    let files = &node.cfg.aux.insecure_test_primes;
+    let turn = node.dkg.primes.reused.fetch_add(1, Ordering::Relaxed);
+    let path = &files[turn % files.len()];
+    let (set, _) = read_fixture(path).await?;
+    tracing::warn!(%ceremony, path = %path.display(),
+        "INSECURE: prime pool empty; reusing a published TEST prime set");
+    Ok(set)
+}
+
+async fn import_fixture(
+    node: &DkgCtx,
+    custody: &hsm::Custody,
+    path: &std::path::Path,
+) -> Result<(), DkgError> {
+    let (set, hash) = read_fixture(path).await?;
     let id = Uuid::new_v4();
     let envelope = seal(node, custody, id, &set).await?;
     let added = node
@@ -267,6 +292,9 @@ pub async fn take(node: &Arc<DkgCtx>, ceremony: Uuid) -> Result<PrimeSet, DkgErr
         .await?;
     node.dkg.primes.wake();
     let Some(row) = taken else {
+        if allow_fixtures && !node.cfg.aux.insecure_test_primes.is_empty() {
+            return reuse_fixture(node, ceremony).await;
+        }
         tracing::warn!(%ceremony, "prime pool empty; generating a set inline (tens of seconds)");
         return generate(node).await;
     };

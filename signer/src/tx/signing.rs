@@ -183,12 +183,26 @@ async fn record_signed(
     Ok(())
 }
 
+/// How long a leader under [`crate::fault::SIGN_WITH_ENV`] waits for the forced
+/// node's vote (fault injection only).
+const FORCED_SIGNER_VOTE_WAIT: Duration = Duration::from_secs(30);
+
 /// The nodes that voted approve and are reachable, at least `t`, in preference order
 /// (this node first if it approved, then the key's participant order). The votes
 /// read are kept in [`Pending::relayed_votes`].
 pub(crate) async fn choose_signers(node: &Arc<TxCtx>, p: &Pending) -> Result<Vec<String>, TxError> {
     let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
-    let votes = intake.round_votes(p.round_id).await?;
+    let mut votes = intake.round_votes(p.round_id).await?;
+    if let Some(forced) = crate::fault::forced_signer() {
+        // Fault injection: the leader names this node whatever it voted, so its vote
+        // (approve or reject) must be in the relayed set the followers check; a node
+        // just restarted often votes after the quorum closed the round. Bounded.
+        let until = tokio::time::Instant::now() + FORCED_SIGNER_VOTE_WAIT;
+        while !votes.iter().any(|v| v.voter() == forced) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            votes = intake.round_votes(p.round_id).await?;
+        }
+    }
     // These votes settled the round: every sign request and the result relay them.
     let _ = p.relayed_votes.set(super::voting::relay_form(&votes));
     let me = &node.cfg.node_id;
