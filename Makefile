@@ -82,7 +82,7 @@ LONG_TESTS := reshare_cluster
 test-long: deps build
 	$(CARGO) test -p cluster-tests $(addprefix --test ,$(LONG_TESTS)) --no-fail-fast -- --ignored --test-threads 1
 
-## Every benchmark (custody wrap, DKG, aux info, presigning, signing latency and
+## Every benchmark (custody wrap, DKG, aux info, key resharing, presigning, signing latency and
 ## load) on release binaries, then one table: each figure, the bare library's figure
 ## from the same run and the ratio, the target, the original system's figure
 ## (scripts/bench.sh; target/bench/table.md; docs/BENCHMARKS.md). Takes a while and

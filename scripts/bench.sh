@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: builds release binaries and runs every benchmark on this machine
-# (custody wrap, DKG, aux info, presigning, signing latency, load), then prints one
-# table of every figure beside the bare library's figure from the same run, the
-# ratio, the target and the original system's figure (docs/BENCHMARKS.md).
+# (custody wrap, DKG, aux info, key resharing, presigning, signing latency, load),
+# then prints one table of every figure beside the bare library's figure from the
+# same run, the ratio, the target and the original system's figure
+# (docs/BENCHMARKS.md).
 #
 # The figures go to target/bench/results.jsonl (one JSON object per figure), the
 # table to target/bench/table.md, each benchmark's own report to
@@ -19,15 +20,15 @@ RESULTS=$OUT/results.jsonl
 export BENCH_RESULTS=$RESULTS
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-  HSM_ITERS=50; DKG_RUNS=1; TX_RUNS=3; ECDSA_RUNS=1; BATCHES=20,40; UTXOS=100; PRESIGS=2; PAYMENTS=1
+  HSM_ITERS=50; DKG_RUNS=1; TX_RUNS=3; ECDSA_RUNS=1; BATCHES=20,40; UTXOS=100; PRESIGS=2; PAYMENTS=1; RESHARE_RUNS=1
 else
-  HSM_ITERS=500; DKG_RUNS=5; TX_RUNS=20; ECDSA_RUNS=3; BATCHES=100,1000; UTXOS=5000; PRESIGS=8; PAYMENTS=3
+  HSM_ITERS=500; DKG_RUNS=5; TX_RUNS=20; ECDSA_RUNS=3; BATCHES=100,1000; UTXOS=5000; PRESIGS=8; PAYMENTS=3; RESHARE_RUNS=5
 fi
 
 echo "== release build (signer without fault injection, benchmark binaries)"
 $CARGO build --release -p signer --bins
 $CARGO build --release -p cluster-tests --bin dkg-latency --bin aux-latency \
-  --bin presign-rate --bin tx-latency --bin bench-table
+  --bin presign-rate --bin tx-latency --bin reshare-latency --bin bench-table
 BIN=$ROOT/target/release
 # The benchmark binaries start their clusters with the release `signer` next to them.
 export SIGNER_BIN=$BIN/signer
@@ -43,6 +44,7 @@ run() {
 run wrap-latency env HSM_BENCH_ITERS=$HSM_ITERS $CARGO bench -q -p hsm --bench wrap_latency
 run dkg-latency "$BIN/dkg-latency" --runs "$DKG_RUNS"
 run aux-latency "$BIN/aux-latency" --nodes 5
+run reshare-latency "$BIN/reshare-latency" --runs "$RESHARE_RUNS"
 run presign-rate "$BIN/presign-rate" --count "$PRESIGS" --payments "$PAYMENTS"
 run tx-latency "$BIN/tx-latency" --runs "$TX_RUNS" --ecdsa-runs "$ECDSA_RUNS" \
   --concurrent "$BATCHES" --utxos "$UTXOS"

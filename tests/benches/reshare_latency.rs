@@ -16,13 +16,28 @@
 //! the six once (started by the first reshare's coordinator) until completed on
 //! all six. Times are wall clock from just before the POST to the last node seen
 //! `completed` by polling every node's API every 20 ms.
+//!
+//! The library row runs the same redistribution (`signer_protocol::reshare`, 5 → 6,
+//! t 3 → 4, three old holders dealing) in this process, each of the six parties on its own thread over
+//! in-process channels (what a node runs, minus QUIC, the vote, sealing and the
+//! confirmations), from shares of an in-process keygen, once per cluster run.
+//! `make bench` records the medians and the slowest run (`BENCH_RESULTS`).
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
-use cluster_tests::bench::{ms, pct};
+use cluster_tests::bench::{ms, pct, Figure};
 use cluster_tests::Cluster;
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use serde_json::{json, Value};
+use signer_protocol::ecdsa::{self, EcdsaKeygenMsg};
+use signer_protocol::frost::{self, FrostKeygenMsg};
+use signer_protocol::local::local_network;
+use signer_protocol::reshare::{
+    self, KeyKind, OldShare, Participant, PublicKeyInfo, ReshareMsg, ReshareParty, ReshareSetup,
+};
+use signer_protocol::{channel_party, ExecutionId, ProtocolKind};
 
 fn main() -> anyhow::Result<()> {
     let mut runs = 3usize;
@@ -49,6 +64,141 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(bench(runs))
+}
+
+/// 16 random bytes (a session id).
+fn random16() -> anyhow::Result<[u8; 16]> {
+    let mut s = [0u8; 16];
+    ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut s)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    Ok(s)
+}
+
+fn execution_id(kind: ProtocolKind) -> anyhow::Result<ExecutionId> {
+    Ok(ExecutionId::derive(&random16()?, kind, 0, &["bench"], b""))
+}
+
+/// Old shares of a fresh 3-of-5 key, from the library's keygen over channels.
+async fn lib_old_key(protocol: &str) -> anyhow::Result<Vec<OwnedOld>> {
+    let (n, t) = (5u16, 3u16);
+    let eps = local_network(n, None);
+    // One execution id for all parties of the run.
+    let ecdsa_eid = execution_id(ProtocolKind::EcdsaKeygen)?;
+    let frost_eid = execution_id(ProtocolKind::FrostKeygen)?;
+    let mut hs = Vec::new();
+    for (i, ep) in (0..n).zip(eps) {
+        let h = match protocol {
+            "cggmp24" => {
+                let e = ecdsa_eid;
+                tokio::spawn(async move {
+                    let p = channel_party::<EcdsaKeygenMsg>(ep.config, ep.incoming, ep.outgoing);
+                    ecdsa::keygen(p, &e, i, n, t, None)
+                        .await
+                        .map(|s| OwnedOld::Ecdsa(Box::new(s)))
+                })
+            }
+            _ => {
+                let e = frost_eid;
+                tokio::spawn(async move {
+                    let p = channel_party::<FrostKeygenMsg>(ep.config, ep.incoming, ep.outgoing);
+                    frost::keygen(p, &e, i, n, t)
+                        .await
+                        .map(|s| OwnedOld::Frost(Box::new(s)))
+                })
+            }
+        };
+        hs.push(h);
+    }
+    let mut out = Vec::new();
+    for h in hs {
+        out.push(h.await??);
+    }
+    Ok(out)
+}
+
+/// An old share the library run deals from.
+enum OwnedOld {
+    Ecdsa(Box<ecdsa::EcdsaIncompleteShare>),
+    Frost(Box<frost::FrostKeyShare>),
+}
+
+impl OwnedOld {
+    fn share(&self) -> OldShare<'_> {
+        match self {
+            OwnedOld::Ecdsa(s) => OldShare::EcdsaIncomplete(s),
+            OwnedOld::Frost(s) => OldShare::Frost(s),
+        }
+    }
+}
+
+/// The bare library: reshare 5 → 6, t 3 → 4, every party on its own thread over
+/// in-process channels; wall time from the first party's start to the last output.
+async fn lib_reshare(protocol: &str) -> anyhow::Result<Duration> {
+    let old = lib_old_key(protocol).await?;
+    let (kind, info) = match &old[0] {
+        OwnedOld::Ecdsa(s) => (KeyKind::Ecdsa, PublicKeyInfo::from_ecdsa_incomplete(s)?),
+        OwnedOld::Frost(s) => (KeyKind::Frost, PublicKeyInfo::from_frost(s)?),
+    };
+    let rng = SystemRandom::new();
+    let ids = (0..6)
+        .map(|_| {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| anyhow::anyhow!("ed25519 keygen"))?;
+            Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow::anyhow!("ed25519 key"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let participants = (0u16..6)
+        .map(|r| Participant {
+            identity_key: ids[usize::from(r)]
+                .public_key()
+                .as_ref()
+                .try_into()
+                .expect("an Ed25519 public key is 32 bytes"),
+            // t = 3 old holders deal (as a node's coordinator picks them); all six
+            // receive.
+            dealer_index: (r < 3).then_some(r),
+            receiver_index: Some(r),
+        })
+        .collect();
+    let setup = ReshareSetup::new(kind, info, 4, 6, participants)?;
+    let eid = setup.execution_id(&random16()?);
+    let mut parties = Vec::new();
+    for r in 0u16..6 {
+        let share = old
+            .get(usize::from(r))
+            .filter(|_| r < 3)
+            .map(OwnedOld::share);
+        parties.push(ReshareParty::new(&eid, setup.clone(), r, share)?);
+    }
+    drop(old);
+    let eps = local_network(6, None);
+    let start = Instant::now();
+    let mut hs = Vec::new();
+    for ((r, (mut ep, state)), id) in (0u16..).zip(eps.into_iter().zip(parties)).zip(ids) {
+        ep.config = reshare::delivery_config(r, 6);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let res = match rt {
+                Ok(rt) => rt.block_on(async move {
+                    let p = channel_party::<ReshareMsg>(ep.config, ep.incoming, ep.outgoing);
+                    reshare::run(p, state, &id)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| anyhow::anyhow!("reshare party {r}: {e}"))
+                }),
+                Err(e) => Err(anyhow::anyhow!("runtime: {e}")),
+            };
+            let _ = tx.send(res);
+        });
+        hs.push(rx);
+    }
+    for h in hs {
+        h.await??;
+    }
+    Ok(start.elapsed())
 }
 
 /// Polls `path` on each of `nodes` until `completed` (error on `failed`).
@@ -109,9 +259,10 @@ async fn post(c: &Cluster, path: &str, body: &Value) -> anyhow::Result<Value> {
 
 fn summary(name: &str, v: &[f64]) {
     println!(
-        "| {name} | {} | {:.0} | {:.0} | {:.0} |",
+        "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
         v.len(),
         pct(v, 0.5),
+        pct(v, 0.99),
         v.iter().copied().fold(f64::INFINITY, f64::min),
         v.iter().copied().fold(0.0, f64::max)
     );
@@ -151,8 +302,9 @@ async fn bench(runs: usize) -> anyhow::Result<()> {
     let mut results: Vec<(String, Vec<f64>)> = Vec::new();
     let mut aux6 = None;
     for protocol in ["frost", "cggmp24"] {
-        let (mut dkg, mut reshare) = (Vec::new(), Vec::new());
+        let (mut dkg, mut reshare, mut lib) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
+            lib.push(ms(lib_reshare(protocol).await?));
             let t0 = Instant::now();
             let v = post(
                 &c,
@@ -195,15 +347,66 @@ async fn bench(runs: usize) -> anyhow::Result<()> {
                 aux6 = Some(ms(t0.elapsed()) + reshare[run]);
             }
         }
+        let (d50, r50, l50) = (pct(&dkg, 0.5), pct(&reshare, 0.5), pct(&lib, 0.5));
+        let rmax = reshare.iter().copied().fold(0.0, f64::max);
+        let key = if protocol == "frost" {
+            "taproot"
+        } else {
+            "ecdsa"
+        };
+        Figure::new(
+            "reshare-latency",
+            format!(
+                "{key} reshare 5 → 6 nodes t 3 → 4, p50 of {runs} (fresh DKG p50 in the same run: {d50:.0} ms)"
+            ),
+            r50,
+            "ms",
+        )
+        .lib(l50)
+        .record()?;
+        Figure::new(
+            "reshare-latency",
+            format!("{key} reshare 5 → 6 nodes t 3 → 4, slowest of {runs}"),
+            rmax,
+            "ms",
+        )
+        .record()?;
+        Figure::new(
+            "reshare-latency",
+            format!("{key} DKG 5 nodes t = 3 (beside the reshare), p50 of {runs}"),
+            d50,
+            "ms",
+        )
+        .record()?;
         results.push((format!("{protocol} DKG, 5 nodes t = 3"), dkg));
         results.push((format!("{protocol} reshare 5 → 6 nodes, t 3 → 4"), reshare));
+        results.push((
+            format!("{protocol} library reshare 5 → 6 (threads over channels)"),
+            lib,
+        ));
     }
-    println!("\n| operation | runs | median ms | min ms | max ms |\n|---|---|---|---|---|");
+    println!(
+        "\n| operation | runs | median ms | p99 ms | min ms | max ms |\n|---|---|---|---|---|---|"
+    );
     for (name, v) in &results {
         summary(name, v);
     }
     summary("aux info, 5 nodes (test primes)", &[aux5]);
+    Figure::new(
+        "reshare-latency",
+        "aux info, 5 nodes (test primes), before the reshares",
+        aux5 / 1000.0,
+        "s",
+    )
+    .record()?;
     if let Some(a) = aux6 {
+        Figure::new(
+            "reshare-latency",
+            "ecdsa aux info for the 6 after the first reshare (from the reshare POST)",
+            a / 1000.0,
+            "s",
+        )
+        .record()?;
         summary(
             "aux info, the 6 after the first ECDSA reshare (from the reshare POST)",
             &[a],
