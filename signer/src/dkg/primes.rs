@@ -280,23 +280,42 @@ async fn import_fixture(
 }
 
 /// Takes a prime set for `ceremony`: from the pool when it has one (marked taken
-/// before it is opened), otherwise generated now (slow; the pool is woken to refill).
+/// before it is opened), otherwise one generated now into the pool (slow; kept in
+/// the pool if the ceremony ends before the set is ready) and then taken.
 pub async fn take(node: &Arc<DkgCtx>, ceremony: Uuid) -> Result<PrimeSet, DkgError> {
     let me = &node.cfg.node_id;
     let unsealed = node.unsealed().ok_or(DkgError::Sealed)?;
     // Published fixtures only ever feed regtest nodes (issue 16, finding 2).
     let allow_fixtures = node.cfg.wallet.network == bitcoin::Network::Regtest;
-    let taken = node
-        .store
-        .take_prime_set(me, ceremony, allow_fixtures)
-        .await?;
-    node.dkg.primes.wake();
-    let Some(row) = taken else {
+    let mut generated_for_us = false;
+    let row = loop {
+        let taken = node
+            .store
+            .take_prime_set(me, ceremony, allow_fixtures)
+            .await?;
+        node.dkg.primes.wake();
+        if let Some(row) = taken {
+            break row;
+        }
         if allow_fixtures && !node.cfg.aux.insecure_test_primes.is_empty() {
             return reuse_fixture(node, ceremony).await;
         }
-        tracing::warn!(%ceremony, "prime pool empty; generating a set inline (tens of seconds)");
-        return generate(node).await;
+        if generated_for_us {
+            // Another ceremony took the set generated for this one: generate again.
+            tracing::warn!(%ceremony, "the set generated for this ceremony was taken by another");
+        }
+        tracing::warn!(%ceremony, "prime pool empty; generating a set now (tens of seconds)");
+        // Generated and sealed into the pool by a task of its own, then taken from
+        // the pool: if this ceremony ends first (its time bound), the set is not
+        // lost but waits in the pool for the retry.
+        let task = tokio::spawn({
+            let node = node.clone();
+            let custody = unsealed.custody.clone();
+            async move { generate_and_store(&node, &custody).await }
+        });
+        task.await
+            .map_err(|e| DkgError::Custody(format!("prime generation task: {e}")))??;
+        generated_for_us = true;
     };
     let aad = Aad::new(me.clone(), row.id.to_string(), RecordKind::PrimeSet)
         .map_err(|e| DkgError::Custody(e.to_string()))?;

@@ -887,16 +887,11 @@ async fn participate(node: Arc<DkgCtx>, a: Announce) {
                 && spec.protocol == DkgProtocol::Cggmp24
                 && spec.participants != spec.old_participants
             {
-                match super::start::start_aux(&node, &me, Some(spec.participants.clone()), false)
-                    .await
-                {
-                    Ok(_) => {
-                        tracing::info!(session = %spec.id, "aux info for the new node set started or reused")
-                    }
-                    Err(e) => {
-                        tracing::warn!(session = %spec.id, error = %e, "starting aux info for the new node set failed; start it with POST /api/v1/aux-info/start")
-                    }
-                }
+                tokio::spawn(aux_info_for_new_set(
+                    node.clone(),
+                    spec.id,
+                    spec.participants.clone(),
+                ));
             }
         }
         Err(e) => {
@@ -935,6 +930,61 @@ async fn participate(node: Arc<DkgCtx>, a: Announce) {
             }
         }
     }
+}
+
+/// Aux-info ceremonies the coordinator of a reshare onto a new ECDSA node set
+/// starts at most before it leaves it to an operator.
+const AUX_INFO_ATTEMPTS: u32 = 3;
+/// Pause between two of them.
+const AUX_INFO_RETRY_PAUSE: Duration = Duration::from_secs(15);
+
+/// Coordinator, after switching an ECDSA key to a new node set: aux info for that set
+/// (started, or reused when this node already holds it), started again when a
+/// ceremony fails (a participant whose prime pool was empty may outlast the ceremony
+/// bound generating its set; the set then waits in its pool for the next attempt),
+/// at most [`AUX_INFO_ATTEMPTS`] times. Signing with the new shares answers
+/// `AuxInfoMissing` until it completes.
+async fn aux_info_for_new_set(node: Arc<DkgCtx>, session: Uuid, set: Vec<String>) {
+    let me = node.cfg.node_id.clone();
+    // A ceremony ends (completed or failed) within its bound plus the barrier.
+    let ends_within = Duration::from_secs(node.cfg.aux.ceremony_timeout_secs)
+        + BARRIER_TIMEOUT
+        + Duration::from_secs(60);
+    for attempt in 1..=AUX_INFO_ATTEMPTS {
+        if attempt > 1 {
+            tokio::time::sleep(AUX_INFO_RETRY_PAUSE).await;
+        }
+        let ceremony = match super::start::start_aux(&node, &me, Some(set.clone()), false).await {
+            Ok(super::start::AuxStart::Reused { ceremony, .. }) => {
+                tracing::info!(%session, %ceremony, "aux info for the new node set reused");
+                return;
+            }
+            Ok(super::start::AuxStart::Started(s)) => s.spec.id,
+            Err(e) => {
+                tracing::warn!(%session, attempt, error = %e, "starting aux info for the new node set failed");
+                continue;
+            }
+        };
+        tracing::info!(%session, %ceremony, attempt, "aux info for the new node set started");
+        let give_up = tokio::time::Instant::now() + ends_within;
+        let state = loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            match node.store.ceremony(ceremony).await {
+                Ok(Some(row)) if row.state == "completed" || row.state == "failed" => {
+                    break row.state
+                }
+                Ok(_) | Err(_) if tokio::time::Instant::now() < give_up => {}
+                Ok(_) | Err(_) => break "unknown".to_owned(),
+            }
+        };
+        if state == "completed" {
+            tracing::info!(%session, %ceremony, "aux info for the new node set completed");
+            return;
+        }
+        tracing::warn!(%session, %ceremony, attempt, state = %state, "aux info for the new node set did not complete");
+    }
+    tracing::error!(%session, attempts = AUX_INFO_ATTEMPTS,
+        "no aux info for the new node set: start it with POST /api/v1/aux-info/start (signing with the new shares waits for it)");
 }
 
 /// The protocol messages `me` receives from each participant of `run_set` (run
