@@ -167,9 +167,40 @@ pub struct Pending {
     pub relayed_votes: std::sync::OnceLock<Vec<String>>,
     /// Leader: signers found misbehaving while signing, relayed with the result.
     pub blame: Mutex<Vec<wire::Blame>>,
+    /// SHA-256 of the signed votes (wire form) this node stored for the round after
+    /// checking them: a byte-identical copy relayed again needs neither the checks
+    /// nor a database write (issue 21). A different vote of the same voter is not
+    /// in it and goes through every check (a double vote is still recorded).
+    pub stored_votes: Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
+/// Most vote hashes [`Pending::stored_votes`] keeps (far above any cluster size).
+const MAX_STORED_VOTE_HASHES: usize = 256;
+
 impl Pending {
+    /// Whether this exact signed vote (wire form) was already checked and stored.
+    pub fn vote_stored(&self, wire: &[u8]) -> bool {
+        use sha2::Digest as _;
+        let h: [u8; 32] = sha2::Sha256::digest(wire).into();
+        self.stored_votes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&h)
+    }
+
+    /// Notes that this exact signed vote (wire form) was checked and stored.
+    pub fn note_vote_stored(&self, wire: &[u8]) {
+        use sha2::Digest as _;
+        let h: [u8; 32] = sha2::Sha256::digest(wire).into();
+        let mut g = self
+            .stored_votes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if g.len() < MAX_STORED_VOTE_HASHES {
+            g.insert(h);
+        }
+    }
+
     /// Leader: keeps `b` for the result (at most [`wire::MAX_BLAMES`]).
     pub fn add_blame(&self, b: wire::Blame) {
         let mut g = self.blame.lock().unwrap_or_else(PoisonError::into_inner);

@@ -404,6 +404,12 @@ pub(crate) async fn sign_one_input(
                 silent
             };
         }
+        // The leader cannot go without itself: a signer that stalled waiting for
+        // the leader is the one the next attempt replaces.
+        absent.retain(|a| *a != me);
+        if absent.is_empty() {
+            absent = req.signers.iter().filter(|s| **s != me).cloned().collect();
+        }
         let how = if timed_out {
             format!("no answer within {} s", timeout.as_secs())
         } else {
@@ -904,8 +910,17 @@ async fn run_protocol(
     };
     let me = node.cfg.node_id.clone();
     let absent = if result.is_none() {
-        crate::session::absentees(&node.sessions, node.coord(), req.session, &req.signers, &me)
-            .await
+        let named =
+            crate::session::absentees(&node.sessions, node.coord(), req.session, &req.signers, &me)
+                .await;
+        if named.is_empty() {
+            // Nobody can be told apart (e.g. every frame of one signer was dropped
+            // at a quota): the run waited for any of the others. A hint, not blame:
+            // the leader's next attempt goes without them where it can.
+            req.signers.iter().filter(|s| **s != me).cloned().collect()
+        } else {
+            named
+        }
     } else {
         Vec::new()
     };

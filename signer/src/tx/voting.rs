@@ -385,6 +385,7 @@ async fn on_proposal_inner(
         round_closed: AtomicBool::new(false),
         relayed_votes: std::sync::OnceLock::new(),
         blame: std::sync::Mutex::default(),
+        stored_votes: std::sync::Mutex::default(),
     });
     node.tx.insert(prop.id, pending.clone());
     let budget = node.tx.velocity_lock(&prop.key_id).await;
@@ -790,7 +791,10 @@ async fn accept_vote(node: &Arc<TxCtx>, id: Uuid, from: &str, vote: &SignedVote)
             .accept(&book, p.round_id, vote, from, &p.subject)
             .await
         {
-            Ok(_) => break,
+            Ok(_) => {
+                p.note_vote_stored(&vote.encode());
+                break;
+            }
             Err(VoteReject::UnknownVoter { voter })
                 if tokio::time::Instant::now() < give_up && now_unix() <= p.deadline_unix =>
             {
@@ -860,14 +864,7 @@ async fn accept_relayed_votes_inner(
         tracing::warn!(tx = %id, peer = %relayer, count = votes.len(), "too many relayed votes; ignored");
         return;
     }
-    let book = match key_book(node, &p.participants).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(tx = %id, error = %e, "cannot read the vote keys");
-            return;
-        }
-    };
-    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
+    let mut fresh = Vec::new();
     for v in votes {
         let vote = match hex::decode(v)
             .ok()
@@ -879,11 +876,32 @@ async fn accept_relayed_votes_inner(
                 continue;
             }
         };
-        if let Err(e) = intake
+        // A copy of a vote this node already checked and stored (usually all of
+        // them: the votes reached it directly) changes nothing.
+        if !p.vote_stored(&vote.encode()) {
+            fresh.push(vote);
+        }
+    }
+    if fresh.is_empty() {
+        return;
+    }
+    let book = match key_book(node, &p.participants).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(tx = %id, error = %e, "cannot read the vote keys");
+            return;
+        }
+    };
+    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
+    for vote in fresh {
+        match intake
             .accept_relayed(&book, p.round_id, &vote, relayer, &p.subject)
             .await
         {
-            tracing::info!(tx = %id, peer = %relayer, error = %e, "relayed vote not accepted");
+            Ok(_) => p.note_vote_stored(&vote.encode()),
+            Err(e) => {
+                tracing::info!(tx = %id, peer = %relayer, error = %e, "relayed vote not accepted")
+            }
         }
     }
     check_round(node, id, p).await;
