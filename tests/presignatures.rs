@@ -155,25 +155,6 @@ async fn none_used_twice(c: &Cluster, nodes: &[usize], key: &str) {
     }
 }
 
-/// On a failure, copies the nodes' logs out of the cluster directory (removed when
-/// the cluster stops) to `/tmp/presignatures-failure-<pid>/`.
-struct KeepLogsOnFailure<'a>(&'a Cluster);
-
-impl Drop for KeepLogsOnFailure<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let out =
-            std::path::PathBuf::from(format!("/tmp/presignatures-failure-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&out);
-        for n in &self.0.file.nodes {
-            let _ = std::fs::copy(&n.log, out.join(format!("{}.log", n.id)));
-        }
-        eprintln!("node logs kept in {}", out.display());
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     // Every node process (also restarted ones) inherits these overrides.
@@ -191,7 +172,7 @@ async fn presignature_pool_fills_signs_once_survives_crash_and_restore() {
     let start = Instant::now();
     let step = |n: u32| println!("step {n} at {:.1} s", start.elapsed().as_secs_f64());
     let c = Cluster::start(3, 2);
-    let _logs = KeepLogsOnFailure(&c);
+    let _logs = c.keep_logs_on_failure("presignatures");
     c.wait_ready(N).await;
     // node-3 anchors its restore watermark in a TPM (swtpm) counter (step 6).
     let tpm = Swtpm::start();

@@ -63,7 +63,31 @@ fn profile_bin(name: &str, hint: &str) -> PathBuf {
     bin
 }
 
+/// Copies every node's log to `/tmp/<name>-failure-<pid>/` when the test panics
+/// (the cluster's directory is removed with it); see [`Cluster::keep_logs_on_failure`].
+pub struct KeepLogsOnFailure<'a>(&'a Cluster, &'static str);
+
+impl Drop for KeepLogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let out = PathBuf::from(format!("/tmp/{}-failure-{}", self.1, std::process::id()));
+        let _ = std::fs::create_dir_all(&out);
+        for n in &self.0.file.nodes {
+            let _ = std::fs::copy(&n.log, out.join(format!("{}.log", n.id)));
+        }
+        eprintln!("node logs kept in {}", out.display());
+    }
+}
+
 impl Cluster {
+    /// A guard that keeps the node logs (in `/tmp/<name>-failure-<pid>/`) if the
+    /// test panics while it lives.
+    pub fn keep_logs_on_failure(&self, name: &'static str) -> KeepLogsOnFailure<'_> {
+        KeepLogsOnFailure(self, name)
+    }
+
     /// Starts a cluster of `nodes` with threshold `threshold`.
     pub fn start(nodes: u16, threshold: u16) -> Cluster {
         Self::start_with(nodes, threshold, &[])
