@@ -67,6 +67,12 @@ fn profile_bin(name: &str, hint: &str) -> PathBuf {
 /// (the cluster's directory is removed with it); see [`Cluster::keep_logs_on_failure`].
 pub struct KeepLogsOnFailure<'a>(&'a Cluster, &'static str);
 
+impl std::fmt::Debug for KeepLogsOnFailure<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("KeepLogsOnFailure").field(&self.1).finish()
+    }
+}
+
 impl Drop for KeepLogsOnFailure<'_> {
     fn drop(&mut self) {
         if !std::thread::panicking() {
