@@ -891,44 +891,62 @@ async fn taproot_add_node_reshare_onto_it_and_replace_node_5() {
 
     // Replace node-5 by node-6: nodes 1,2,3,4,6, t = 3; node-5 deals and deletes.
     let t0 = std::time::Instant::now();
+    replace_node_5_by_node_6(&c, &key, &before).await;
+    pay_without_node_5(&c, &key).await;
+    eprintln!("replace node-5 by node-6 + payment: {:?}", t0.elapsed());
+}
+
+/// Reshares `key` from the six to nodes 1,2,3,4,6 with t = 3 (node-6 replaces
+/// node-5, which deals and then deletes): node-5's share rows are gone and their
+/// deletion audited once; the five keep `before` as their key view and the new
+/// generation as their only usable one. Returns the participants.
+async fn replace_node_5_by_node_6(
+    c: &Cluster,
+    key: &str,
+    before: &(Value, Value, Value),
+) -> Vec<String> {
     let five: Vec<String> = [0, 1, 2, 3, 5].iter().map(|&i| node_id(i)).collect();
     let sid = reshare_ok(
-        &c,
-        &key,
+        c,
+        key,
         &json!({ "participants": five, "threshold": 3 }),
         &(0..6).collect::<Vec<_>>(),
     )
     .await;
     assert_eq!(
-        share_rows(&c, 4, &key).await,
+        share_rows(c, 4, key).await,
         (0, 0),
         "node-5's share is gone"
     );
-    assert!(
-        audit_of_session(&c, 4, "key.share.deleted", &sid)
+    assert_eq!(
+        audit_of_session(c, 4, "key.share.deleted", &sid)
             .await
-            .len()
-            == 1
+            .len(),
+        1
     );
     for i in [0, 1, 2, 3, 5] {
-        assert_eq!(key_view(&c, i, &key).await, before, "node {i}");
+        assert_eq!(&key_view(c, i, key).await, before, "node {i}");
         assert_eq!(
-            usable_generations(&c, i, &key).await,
+            usable_generations(c, i, key).await,
             vec![sid.clone()],
             "node {i}"
         );
     }
-    // Signers from the new set, including node-6 (node-2 and node-3 down).
+    five
+}
+
+/// After [`replace_node_5_by_node_6`]: with node-2 and node-3 down, a payment signs
+/// with three signers of the new set, node-6 among them and node-5 not.
+async fn pay_without_node_5(c: &Cluster, key: &str) {
     c.kill_node(1);
     c.kill_node(2);
-    healthy_nodes_on_0(&c, 4).await;
-    let sets = pay_and_verify(&c, &key, &[0, 3, 5]).await;
+    healthy_nodes_on_0(c, 4).await;
+    let sets = pay_and_verify(c, key, &[0, 3, 5]).await;
     assert!(!sets.is_empty());
     for s in &sets {
         assert_eq!(s.len(), 3, "{s:?}");
         assert!(s.contains(&node_id(5)) && !s.contains(&node_id(4)), "{s:?}");
     }
-    eprintln!("replace node-5 by node-6 + payment: {:?}", t0.elapsed());
 }
 
 /// Node ids recorded in node `i`'s `byzantine_violations` for reshare session `sid`
@@ -1206,34 +1224,8 @@ async fn ecdsa_add_node_reshare_onto_it_and_replace_node_5() {
     // Replace node-5 by node-6: nodes 1,2,3,4,6, t = 3; node-5 deals and deletes;
     // aux info for the new set follows.
     let t0 = std::time::Instant::now();
-    let five: Vec<String> = [0, 1, 2, 3, 5].iter().map(|&i| node_id(i)).collect();
     let log_at = log_positions(&c, 6);
-    let sid = reshare_ok(
-        &c,
-        &key,
-        &json!({ "participants": five, "threshold": 3 }),
-        &(0..6).collect::<Vec<_>>(),
-    )
-    .await;
-    assert_eq!(
-        share_rows(&c, 4, &key).await,
-        (0, 0),
-        "node-5's share is gone"
-    );
-    assert_eq!(
-        audit_of_session(&c, 4, "key.share.deleted", &sid)
-            .await
-            .len(),
-        1
-    );
-    for i in [0, 1, 2, 3, 5] {
-        assert_eq!(key_view(&c, i, &key).await, before, "node {i}");
-        assert_eq!(
-            usable_generations(&c, i, &key).await,
-            vec![sid.clone()],
-            "node {i}"
-        );
-    }
+    let five = replace_node_5_by_node_6(&c, &key, &before).await;
     eprintln!("ecdsa replace node-5 by node-6: {:?}", t0.elapsed());
     let t0 = std::time::Instant::now();
     wait_aux_info_for(&c, &[0, 1, 2, 3, 5], &five).await;
@@ -1244,14 +1236,6 @@ async fn ecdsa_add_node_reshare_onto_it_and_replace_node_5() {
     );
     // Signers from the new set, including node-6 (node-2 and node-3 down).
     let t0 = std::time::Instant::now();
-    c.kill_node(1);
-    c.kill_node(2);
-    healthy_nodes_on_0(&c, 4).await;
-    let sets = pay_and_verify(&c, &key, &[0, 3, 5]).await;
-    assert!(!sets.is_empty());
-    for s in &sets {
-        assert_eq!(s.len(), 3, "{s:?}");
-        assert!(s.contains(&node_id(5)) && !s.contains(&node_id(4)), "{s:?}");
-    }
+    pay_without_node_5(&c, &key).await;
     eprintln!("ecdsa payment after the replacement: {:?}", t0.elapsed());
 }
