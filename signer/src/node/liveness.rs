@@ -150,7 +150,18 @@ async fn session(
     let mut failures = 0u32;
     loop {
         match refresh(node, &coord).await {
-            Ok(()) => failures = 0,
+            Ok(()) => {
+                if failures >= 2 {
+                    // Marked down by the failed reads, and etcd answers again within
+                    // the same session (its lease survived, e.g. etcd restored from
+                    // a snapshot that holds it): the client is usable again. Before,
+                    // the status looked healthy while every etcd-backed request
+                    // answered 503 "not connected" until the session ended.
+                    tracing::info!(failures, "etcd answers again; the session continues");
+                    node.set_coord(Some(coord.clone()));
+                }
+                failures = 0;
+            }
             Err(e) => {
                 // One failed read (e.g. a request that reached a member just before
                 // it died and was taken out) does not end the view; two do.
