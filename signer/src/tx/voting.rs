@@ -883,6 +883,10 @@ async fn accept_relayed_votes_inner(
         }
     }
     if fresh.is_empty() {
+        // Still settle the round before returning: a signer serving a sign request
+        // relies on it (its round may be closing on another task right now; the
+        // tally returns at once when this node knows the round closed).
+        check_round(node, id, p).await;
         return;
     }
     let book = match key_book(node, &p.participants).await {
