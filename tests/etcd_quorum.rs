@@ -262,13 +262,7 @@ async fn etcd_wiped_nodes_reregister_reelect_and_sign_without_a_restart() {
     let before = ceremony(&c).await.unwrap();
     let pids: Vec<Option<u32>> = (0..3).map(|i| c.node_pid(i)).collect();
 
-    for m in 0..3 {
-        kill_member(&c, m);
-    }
-    for m in 0..3 {
-        std::fs::remove_dir_all(member_dir(&c, m).join("data")).unwrap();
-    }
-    etcd_unreachable_everywhere(&c).await;
+    lose_every_member_and_its_data(&c).await;
     for m in 0..3 {
         restart_member(&c, m);
     }
@@ -321,6 +315,32 @@ async fn recovers_by_itself_and_signs(c: &Cluster, before: &str, pids: &[Option<
     assert_eq!(pids, now.as_slice(), "a node was restarted");
 }
 
+/// SIGKILLs every etcd member, deletes its data directory and waits until every
+/// node reports etcd unreachable.
+async fn lose_every_member_and_its_data(c: &Cluster) {
+    for m in 0..3 {
+        kill_member(c, m);
+    }
+    for m in 0..3 {
+        std::fs::remove_dir_all(member_dir(c, m).join("data")).unwrap();
+    }
+    etcd_unreachable_everywhere(c).await;
+}
+
+/// Runs `etcdctl` (API v3) with `args`; panics with its stderr if it fails.
+fn etcdctl(args: &[&str]) {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The value of `flag` in member `m`'s command line (`etcd.args`, one word a line).
 fn member_arg(c: &Cluster, m: usize, flag: &str) -> String {
     let args = std::fs::read_to_string(member_dir(c, m).join("etcd.args")).unwrap();
@@ -340,55 +360,37 @@ async fn etcd_restored_from_a_snapshot_nodes_reregister_reelect_and_sign_without
     // The operator's etcd backup, taken while the cluster runs: the nodes'
     // registrations, their leases and the coordinator's key as of now.
     let snap = c.dir.join("etcd-backup.db");
-    let out = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(member_arg(&c, 0, "--advertise-client-urls"))
-        .args(["snapshot", "save"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    etcdctl(&[
+        "--endpoints",
+        &member_arg(&c, 0, "--advertise-client-urls"),
+        "snapshot",
+        "save",
+        &snap.display().to_string(),
+    ]);
     // Life goes on after the backup: a ceremony, leases renewed.
     let before = ceremony(&c).await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     // Every member lost; etcd restored from the backup, each member from the same
     // snapshot with its own name and peer URL (etcd's documented restore).
+    lose_every_member_and_its_data(&c).await;
     for m in 0..3 {
-        kill_member(&c, m);
-    }
-    etcd_unreachable_everywhere(&c).await;
-    for m in 0..3 {
-        let data = member_dir(&c, m).join("data");
-        std::fs::remove_dir_all(&data).unwrap();
-        let out = std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["snapshot", "restore"])
-            .arg(&snap)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--name", &member_arg(&c, m, "--name")])
-            .args(["--initial-cluster", &member_arg(&c, m, "--initial-cluster")])
-            .args([
-                "--initial-cluster-token",
-                &member_arg(&c, m, "--initial-cluster-token"),
-            ])
-            .args([
-                "--initial-advertise-peer-urls",
-                &member_arg(&c, m, "--initial-advertise-peer-urls"),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let arg = |flag: &str| member_arg(&c, m, flag);
+        etcdctl(&[
+            "snapshot",
+            "restore",
+            &snap.display().to_string(),
+            "--data-dir",
+            &member_dir(&c, m).join("data").display().to_string(),
+            "--name",
+            &arg("--name"),
+            "--initial-cluster",
+            &arg("--initial-cluster"),
+            "--initial-cluster-token",
+            &arg("--initial-cluster-token"),
+            "--initial-advertise-peer-urls",
+            &arg("--initial-advertise-peer-urls"),
+        ]);
     }
     for m in 0..3 {
         restart_member(&c, m);

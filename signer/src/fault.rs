@@ -334,15 +334,13 @@ fn armed(var: &str) -> bool {
 /// The signer set a leader uses: `approvers` unchanged, or with the node named by
 /// [`SIGN_WITH_ENV`] placed second (feature `fault-injection` only).
 pub fn sign_with(approvers: Vec<String>, me: &str) -> Vec<String> {
-    #[cfg(feature = "fault-injection")]
-    if let Some(extra) = fault_var(SIGN_WITH_ENV) {
+    if let Some(extra) = forced_signer() {
         tracing::error!(node = %extra, "FAULT INJECTION: naming a signer regardless of its vote");
         let mut out: Vec<String> = approvers.into_iter().filter(|n| *n != extra).collect();
         let at = usize::from(out.first().is_some_and(|n| n == me)).min(out.len());
         out.insert(at, extra);
         return out;
     }
-    let _ = me;
     approvers
 }
 

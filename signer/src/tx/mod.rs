@@ -178,26 +178,29 @@ pub struct Pending {
 const MAX_STORED_VOTE_HASHES: usize = 256;
 
 impl Pending {
-    /// Whether this exact signed vote (wire form) was already checked and stored.
-    pub fn vote_stored(&self, wire: &[u8]) -> bool {
+    /// The key [`Pending::stored_votes`] knows a signed vote by: SHA-256 of its wire
+    /// form.
+    pub fn vote_digest(vote: &vote::SignedVote) -> [u8; 32] {
         use sha2::Digest as _;
-        let h: [u8; 32] = sha2::Sha256::digest(wire).into();
+        sha2::Sha256::digest(vote.encode()).into()
+    }
+
+    /// Whether the vote of this digest was already checked and stored.
+    pub fn vote_stored(&self, digest: &[u8; 32]) -> bool {
         self.stored_votes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(&h)
+            .contains(digest)
     }
 
-    /// Notes that this exact signed vote (wire form) was checked and stored.
-    pub fn note_vote_stored(&self, wire: &[u8]) {
-        use sha2::Digest as _;
-        let h: [u8; 32] = sha2::Sha256::digest(wire).into();
+    /// Notes that the vote of this digest was checked and stored.
+    pub fn note_vote_stored(&self, digest: [u8; 32]) {
         let mut g = self
             .stored_votes
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if g.len() < MAX_STORED_VOTE_HASHES {
-            g.insert(h);
+            g.insert(digest);
         }
     }
 

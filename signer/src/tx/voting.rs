@@ -792,7 +792,7 @@ async fn accept_vote(node: &Arc<TxCtx>, id: Uuid, from: &str, vote: &SignedVote)
             .await
         {
             Ok(_) => {
-                p.note_vote_stored(&vote.encode());
+                p.note_vote_stored(Pending::vote_digest(vote));
                 break;
             }
             Err(VoteReject::UnknownVoter { voter })
@@ -878,36 +878,35 @@ async fn accept_relayed_votes_inner(
         };
         // A copy of a vote this node already checked and stored (usually all of
         // them: the votes reached it directly) changes nothing.
-        if !p.vote_stored(&vote.encode()) {
-            fresh.push(vote);
+        let digest = Pending::vote_digest(&vote);
+        if !p.vote_stored(&digest) {
+            fresh.push((vote, digest));
         }
     }
-    if fresh.is_empty() {
-        // Still settle the round before returning: a signer serving a sign request
-        // relies on it (its round may be closing on another task right now; the
-        // tally returns at once when this node knows the round closed).
-        check_round(node, id, p).await;
-        return;
-    }
-    let book = match key_book(node, &p.participants).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(tx = %id, error = %e, "cannot read the vote keys");
-            return;
-        }
-    };
-    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
-    for vote in fresh {
-        match intake
-            .accept_relayed(&book, p.round_id, &vote, relayer, &p.subject)
-            .await
-        {
-            Ok(_) => p.note_vote_stored(&vote.encode()),
+    if !fresh.is_empty() {
+        let book = match key_book(node, &p.participants).await {
+            Ok(b) => b,
             Err(e) => {
-                tracing::info!(tx = %id, peer = %relayer, error = %e, "relayed vote not accepted")
+                tracing::error!(tx = %id, error = %e, "cannot read the vote keys");
+                return;
+            }
+        };
+        let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
+        for (vote, digest) in fresh {
+            match intake
+                .accept_relayed(&book, p.round_id, &vote, relayer, &p.subject)
+                .await
+            {
+                Ok(_) => p.note_vote_stored(digest),
+                Err(e) => {
+                    tracing::info!(tx = %id, peer = %relayer, error = %e, "relayed vote not accepted")
+                }
             }
         }
     }
+    // Settles the round also when every vote was known: a signer serving a sign
+    // request relies on it (its round may be closing on another task right now; the
+    // tally returns at once when this node knows the round closed).
     check_round(node, id, p).await;
 }
 
