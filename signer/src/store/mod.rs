@@ -103,6 +103,9 @@ impl StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// The pinned vote keys as last read (issue 21: the profile showed the book
+    /// read once per vote); see [`Store::vote_keys`].
+    vote_keys: std::sync::Arc<std::sync::Mutex<votes::VoteKeyCache>>,
 }
 
 /// The embedded schema migrations (`migrations/` at the repository root).
@@ -125,7 +128,10 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            vote_keys: Default::default(),
+        })
     }
 
     /// Applies pending migrations; running it again is a no-op.

@@ -382,19 +382,52 @@ impl Store {
     }
 
     /// Every pinned peer vote key, ordered by node id.
+    ///
+    /// Read from the database once and then kept in memory: every pin and unpin
+    /// goes through this handle ([`Store::pin_vote_key`], [`Store::unpin_vote_key`])
+    /// and drops the memory copy once committed, so the next call reads the table
+    /// again. A read that raced with a pin is not kept (a generation count). A
+    /// change made to `peer_vote_keys` by hand, outside the node, is seen after
+    /// the node's next pin or restart.
     pub async fn vote_keys(&self) -> Result<Vec<(String, [u8; 32])>, StoreError> {
+        let generation = {
+            let cache = self.vote_key_cache();
+            if let Some(keys) = &cache.keys {
+                return Ok(keys.clone());
+            }
+            cache.generation
+        };
         let rows: Vec<(String, Vec<u8>)> =
             sqlx::query_as("SELECT node_id, public_key FROM peer_vote_keys ORDER BY node_id")
                 .fetch_all(self.pool())
                 .await?;
-        rows.into_iter()
+        let keys = rows
+            .into_iter()
             .map(|(node, key)| {
                 let key: [u8; 32] = key.as_slice().try_into().map_err(|_| {
                     StoreError::Corrupt(format!("vote key of {node} is not 32 bytes"))
                 })?;
                 Ok((node, key))
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut cache = self.vote_key_cache();
+        if cache.generation == generation {
+            cache.keys = Some(keys.clone());
+        }
+        Ok(keys)
+    }
+
+    fn vote_key_cache(&self) -> std::sync::MutexGuard<'_, VoteKeyCache> {
+        self.vote_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drops the memory copy of the vote keys (after a committed pin or unpin).
+    fn forget_vote_keys(&self) {
+        let mut cache = self.vote_key_cache();
+        cache.generation = cache.generation.wrapping_add(1);
+        cache.keys = None;
     }
 
     /// Trust on first use: pins `public_key` for `node_id` if none is pinned
@@ -430,6 +463,7 @@ impl Store {
             )
             .await?;
             tx.commit().await?;
+            self.forget_vote_keys();
             return Ok(PinOutcome::NewlyPinned);
         }
         let (pinned,): (Vec<u8>,) =
@@ -505,8 +539,19 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.forget_vote_keys();
         Ok(true)
     }
+}
+
+/// The memory copy of the pinned vote keys ([`Store::vote_keys`]).
+#[derive(Debug, Default)]
+pub struct VoteKeyCache {
+    /// Bumped by every committed pin or unpin: a read that started before it is
+    /// not kept.
+    generation: u64,
+    /// The keys, when read since the last pin or unpin.
+    keys: Option<Vec<(String, [u8; 32])>>,
 }
 
 /// A voting round to open ([`Store::open_voting`]).

@@ -167,11 +167,30 @@ pub struct Pending {
     pub relayed_votes: std::sync::OnceLock<Vec<String>>,
     /// Leader: signers found misbehaving while signing, relayed with the result.
     pub blame: Mutex<Vec<wire::Blame>>,
-    /// SHA-256 of the signed votes (wire form) this node stored for the round after
-    /// checking them: a byte-identical copy relayed again needs neither the checks
-    /// nor a database write (issue 21). A different vote of the same voter is not
-    /// in it and goes through every check (a double vote is still recorded).
-    pub stored_votes: Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// The signed votes this node checked and stored (committed) for the round,
+    /// see [`StoredVotes`].
+    pub stored_votes: Mutex<StoredVotes>,
+}
+
+/// The votes of a round this node has checked and committed to its database, kept
+/// in memory so that neither a relayed copy nor the tally reads the database again
+/// (issue 21: the profile showed the round's votes re-read on every vote).
+///
+/// The round is opened (its row written) when its [`Pending`] is made, in this
+/// process, and every vote stored for it afterwards goes through the checks of
+/// [`vote_intake::VoteIntake`] and is noted here once committed; so this is
+/// exactly the round's votes in the database. (A node that restarts expires the
+/// transactions it had in flight; no round outlives its `Pending`.)
+#[derive(Debug, Default)]
+pub struct StoredVotes {
+    /// SHA-256 of each stored vote's wire form: a byte-identical copy relayed again
+    /// needs neither the checks nor a database write. A different vote of the same
+    /// voter is not in it and goes through every check (a double vote is still
+    /// recorded).
+    digests: std::collections::HashSet<[u8; 32]>,
+    /// The stored vote of each voter (the first: a second, different one is
+    /// refused as a double vote and never stored).
+    by_voter: std::collections::BTreeMap<String, vote::SignedVote>,
 }
 
 /// Most vote hashes [`Pending::stored_votes`] keeps (far above any cluster size).
@@ -190,18 +209,34 @@ impl Pending {
         self.stored_votes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .digests
             .contains(digest)
     }
 
-    /// Notes that the vote of this digest was checked and stored.
-    pub fn note_vote_stored(&self, digest: [u8; 32]) {
+    /// Notes that `vote` (of this digest) was checked and committed for the round.
+    pub fn note_vote_stored(&self, vote: &vote::SignedVote, digest: [u8; 32]) {
         let mut g = self
             .stored_votes
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if g.len() < MAX_STORED_VOTE_HASHES {
-            g.insert(digest);
+        if g.digests.len() < MAX_STORED_VOTE_HASHES {
+            g.digests.insert(digest);
         }
+        if !g.by_voter.contains_key(vote.voter()) && g.by_voter.len() < self.participants.len() {
+            g.by_voter.insert(vote.voter().to_owned(), vote.clone());
+        }
+    }
+
+    /// The round's stored votes, one per voter, ordered by voter (what the
+    /// database holds for the round: see [`StoredVotes`]).
+    pub fn round_votes(&self) -> Vec<vote::SignedVote> {
+        self.stored_votes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_voter
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Leader: keeps `b` for the result (at most [`wire::MAX_BLAMES`]).

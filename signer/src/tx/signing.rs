@@ -19,7 +19,6 @@ use super::{Pending, TxError};
 use crate::audit::AuditEntry;
 use crate::dkg::material::{self, Material};
 use crate::p2p::{Frame, MessageKind};
-use crate::tx::vote_intake::VoteIntake;
 use vote::{QuorumCertificate, SigningPermit, VoteDecision};
 use wallet::KeyKind;
 
@@ -73,7 +72,7 @@ pub async fn lead(node: Arc<TxCtx>, id: Uuid) {
     };
     if let Some(p) = node.tx.get(id) {
         let done = Done {
-            votes: super::voting::votes_to_relay(&node, &p).await,
+            votes: super::voting::votes_to_relay(&p),
             blame: p.blames(),
             ..done
         };
@@ -191,8 +190,7 @@ const FORCED_SIGNER_VOTE_WAIT: Duration = Duration::from_secs(30);
 /// (this node first if it approved, then the key's participant order). The votes
 /// read are kept in [`Pending::relayed_votes`].
 pub(crate) async fn choose_signers(node: &Arc<TxCtx>, p: &Pending) -> Result<Vec<String>, TxError> {
-    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
-    let mut votes = intake.round_votes(p.round_id).await?;
+    let mut votes = p.round_votes();
     if let Some(forced) = crate::fault::forced_signer() {
         // Fault injection: the leader names this node whatever it voted, so its vote
         // (approve or reject) must be in the relayed set the followers check; a node
@@ -200,7 +198,7 @@ pub(crate) async fn choose_signers(node: &Arc<TxCtx>, p: &Pending) -> Result<Vec
         let until = tokio::time::Instant::now() + FORCED_SIGNER_VOTE_WAIT;
         while !votes.iter().any(|v| v.voter() == forced) && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            votes = intake.round_votes(p.round_id).await?;
+            votes = p.round_votes();
         }
     }
     // These votes settled the round: every sign request and the result relay them.
@@ -241,7 +239,7 @@ pub(crate) async fn send_sign_request(
     let mut req = req.clone();
     if req.votes.is_empty() {
         if let Some(p) = node.tx.get(req.tx) {
-            req.votes = super::voting::votes_to_relay(node, &p).await;
+            req.votes = super::voting::votes_to_relay(&p);
         }
     }
     let req = &req;
@@ -568,9 +566,9 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
     // way here, so wait a little for them before refusing.
     let quorum_wait = tokio::time::Instant::now() + QUORUM_WAIT;
     let qc = loop {
-        let votes = VoteIntake::new(node.store.clone(), me.clone())
-            .round_votes(p.round_id)
-            .await?;
+        // The votes this node checked and committed for the round (see
+        // `StoredVotes`), checked again as a certificate here.
+        let votes = p.round_votes();
         let book = key_book(node, &p.participants).await?;
         match QuorumCertificate::verify(&votes, &book, usize::from(p.threshold), &p.subject) {
             Ok(qc) => break qc,

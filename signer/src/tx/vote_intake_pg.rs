@@ -338,11 +338,22 @@ async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() 
     assert_eq!(count("vote.violation"), 5);
     crate::audit::verify_chain(&audit).expect("unbroken chain");
 
-    // An operator unpins node-3; its new key is then pinned on announcement.
+    // An operator unpins node-3; its new key is then pinned on announcement. The
+    // book the node keeps in memory follows each committed change.
+    let pinned_of = |keys: Vec<(String, [u8; 32])>, node: &str| {
+        keys.into_iter().find(|(n, _)| n == node).map(|(_, k)| k)
+    };
+    let book = store.vote_keys().await.expect("keys");
+    assert_eq!(pinned_of(book, "node-3"), Some(key(3).vote_public_key()));
     assert!(store
         .unpin_vote_key("node-1", "cli", "node-3")
         .await
         .expect("unpin"));
+    assert_eq!(
+        pinned_of(store.vote_keys().await.expect("keys"), "node-3"),
+        None,
+        "an unpinned key is gone from the book at once"
+    );
     assert!(!store
         .unpin_vote_key("node-1", "cli", "node-3")
         .await
@@ -356,6 +367,18 @@ async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() 
         PinOutcome::NewlyPinned
     );
     assert_eq!(keys.get("node-3"), Some(&key(4).vote_public_key()));
+    assert_eq!(
+        pinned_of(store.vote_keys().await.expect("keys"), "node-3"),
+        Some(key(4).vote_public_key()),
+        "a new pin is in the book at once"
+    );
+    // Another handle on the same database (another process) sees the table as
+    // it is, and this handle's book is the table's.
+    let other = Store::connect(&pg.url, 2).await.expect("second handle");
+    assert_eq!(
+        other.vote_keys().await.expect("keys"),
+        store.vote_keys().await.expect("keys")
+    );
     drop(store);
     drop(pg);
 }

@@ -792,7 +792,7 @@ async fn accept_vote(node: &Arc<TxCtx>, id: Uuid, from: &str, vote: &SignedVote)
             .await
         {
             Ok(_) => {
-                p.note_vote_stored(Pending::vote_digest(vote));
+                p.note_vote_stored(vote, Pending::vote_digest(vote));
                 break;
             }
             Err(VoteReject::UnknownVoter { voter })
@@ -815,20 +815,12 @@ async fn accept_vote(node: &Arc<TxCtx>, id: Uuid, from: &str, vote: &SignedVote)
 const MAX_RELAYED_VOTES: usize = 64;
 
 /// The round's stored signed votes, hex-encoded, for relaying with a sign request
-/// or the result (empty if they cannot be read: the receiver then waits for the
-/// votes themselves).
-pub async fn votes_to_relay(node: &Arc<TxCtx>, p: &Pending) -> Vec<String> {
+/// or the result.
+pub fn votes_to_relay(p: &Pending) -> Vec<String> {
     if let Some(votes) = p.relayed_votes.get() {
         return votes.clone();
     }
-    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
-    match intake.round_votes(p.round_id).await {
-        Ok(votes) => relay_form(&votes),
-        Err(e) => {
-            tracing::warn!(round = %p.round_id, error = %e, "cannot read the votes to relay");
-            Vec::new()
-        }
-    }
+    relay_form(&p.round_votes())
 }
 
 /// Signed votes in the form they are relayed in (hex of the wire form).
@@ -897,7 +889,7 @@ async fn accept_relayed_votes_inner(
                 .accept_relayed(&book, p.round_id, &vote, relayer, &p.subject)
                 .await
             {
-                Ok(_) => p.note_vote_stored(digest),
+                Ok(_) => p.note_vote_stored(&vote, digest),
                 Err(e) => {
                     tracing::info!(tx = %id, peer = %relayer, error = %e, "relayed vote not accepted")
                 }
@@ -921,14 +913,9 @@ async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
     if p.round_closed.load(Ordering::Acquire) {
         return;
     }
-    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
-    let votes = match intake.round_votes(p.round_id).await {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(tx = %id, error = %e, "cannot read the round's votes");
-            return;
-        }
-    };
+    // The round's committed votes as this node noted them (the database's record
+    // of the round, without reading it again on every vote).
+    let votes = p.round_votes();
     let outcome = match evaluate_round(usize::from(p.threshold), p.participants.len(), &votes) {
         Ok(o) => o,
         Err(e) => {
