@@ -188,20 +188,32 @@ impl Store {
         Ok(usize::try_from(n).is_ok_and(|n| n == outpoints.len()))
     }
 
-    /// How many of `outpoints` this node holds `available` or `reserved`.
-    pub async fn unspent_among(&self, outpoints: &[bitcoin::OutPoint]) -> Result<u64, StoreError> {
+    /// Those of `outpoints` this node holds `available` or `reserved` (one
+    /// statement for any number of them).
+    pub async fn unspent_among(
+        &self,
+        outpoints: &[bitcoin::OutPoint],
+    ) -> Result<std::collections::HashSet<bitcoin::OutPoint>, StoreError> {
+        if outpoints.is_empty() {
+            return Ok(Default::default());
+        }
         let (txids, vouts) = outpoint_columns(outpoints);
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM utxos u \
+        let rows: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT u.txid, u.vout FROM utxos u \
              JOIN unnest($1::text[], $2::int[]) AS o(txid, vout) \
                ON u.txid = o.txid AND u.vout = o.vout \
              WHERE u.state IN ('available', 'reserved')",
         )
         .bind(&txids)
         .bind(&vouts)
-        .fetch_one(self.pool())
+        .fetch_all(self.pool())
         .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        rows.into_iter()
+            .map(|(t, v)| match (t.parse(), u32::try_from(v)) {
+                (Ok(txid), Ok(vout)) => Ok(bitcoin::OutPoint { txid, vout }),
+                _ => Err(StoreError::Corrupt(format!("utxo row {t}:{v}"))),
+            })
+            .collect()
     }
 
     /// The amount and script of those of `outpoints` this node has a UTXO row for.

@@ -170,6 +170,10 @@ pub struct Pending {
     /// The signed votes this node checked and stored (committed) for the round,
     /// see [`StoredVotes`].
     pub stored_votes: Mutex<StoredVotes>,
+    /// Held while this node settles the round: votes arriving together close it
+    /// once, not in one racing database transaction each (issue 21: the profile
+    /// showed close attempts waiting on each other's row lock, then rolling back).
+    pub settling: tokio::sync::Mutex<()>,
 }
 
 /// The votes of a round this node has checked and committed to its database, kept

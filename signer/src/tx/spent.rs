@@ -226,20 +226,38 @@ pub async fn on_notice(node: &TxCtx, from: &str, notice: SpentNotice) {
         }
         return;
     }
+    let mut txs = Vec::with_capacity(notice.txs.len());
     for h in &notice.txs {
         if h.len() > 2 * MAX_TX_BYTES {
             continue;
         }
-        let tx: bitcoin::Transaction = match encode::deserialize_hex(h) {
-            Ok(tx) => tx,
+        match encode::deserialize_hex::<bitcoin::Transaction>(h) {
+            Ok(tx) => txs.push(tx),
             Err(e) => {
                 if let Some(dropped) = DROPPED.hit() {
                     tracing::warn!(dropped, peer = %from, error = %e, "undecodable transaction in a notice; dropped");
                 }
-                continue;
             }
-        };
-        if learn(node, from, &tx).await == Learned::Forged {
+        }
+    }
+    // Which of the spent outpoints this node still holds, for the whole notice in
+    // one statement (issue 21: usually none, every node recorded the spend itself).
+    let outpoints: Vec<bitcoin::OutPoint> = txs
+        .iter()
+        .flat_map(|tx| tx.input.iter().map(|i| i.previous_output))
+        .collect();
+    let held = match node.store.unspent_among(&outpoints).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(peer = %from, error = %e, "cannot check reported spends");
+            return;
+        }
+    };
+    for tx in &txs {
+        if !tx.input.iter().any(|i| held.contains(&i.previous_output)) {
+            continue;
+        }
+        if learn(node, from, tx).await == Learned::Forged {
             // One violation per notice: a peer cannot fill the audit log.
             return;
         }
@@ -258,20 +276,11 @@ enum Learned {
 }
 
 /// Marks the outpoints `tx` spends spent here if it verifies against this node's
-/// own outputs (see the module documentation).
+/// own outputs (see the module documentation); called for a transaction that
+/// spends at least one outpoint this node still holds.
 async fn learn(node: &TxCtx, from: &str, tx: &bitcoin::Transaction) -> Learned {
     let txid = tx.compute_txid();
     let outpoints: Vec<bitcoin::OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
-    let holds = match node.store.unspent_among(&outpoints).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(%txid, error = %e, "cannot check a reported spend");
-            return Learned::Nothing;
-        }
-    };
-    if holds == 0 {
-        return Learned::Nothing;
-    }
     let known = match node.store.known_outputs(&outpoints).await {
         Ok(k) => k,
         Err(e) => {

@@ -386,6 +386,7 @@ async fn on_proposal_inner(
         relayed_votes: std::sync::OnceLock::new(),
         blame: std::sync::Mutex::default(),
         stored_votes: std::sync::Mutex::default(),
+        settling: tokio::sync::Mutex::default(),
     });
     node.tx.insert(prop.id, pending.clone());
     let budget = node.tx.velocity_lock(&prop.key_id).await;
@@ -910,6 +911,10 @@ async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
     // A closed round stays closed (the close is recorded once, `WHERE state =
     // 'open'`): votes after the quorum need no tally (issue 21: the profile showed
     // the tally re-read and a rolled-back close attempt for each of them).
+    if p.round_closed.load(Ordering::Acquire) {
+        return;
+    }
+    let _settling = p.settling.lock().await;
     if p.round_closed.load(Ordering::Acquire) {
         return;
     }
