@@ -737,8 +737,10 @@ async fn run_case(f: &Fixture, op: Op, fault: Fault, round: Round) -> (String, V
         begun.elapsed().as_secs()
     );
     eprintln!("{row}");
+    keep_in_report(&row);
     for p in &problems {
         eprintln!("    PROBLEM: {p}");
+        keep_in_report(&format!("    PROBLEM: {p}"));
     }
     (
         row,
@@ -955,6 +957,7 @@ async fn the_kill_matrix() {
         }
     }
     assert!(!cases.is_empty(), "KILL_MATRIX_ONLY matched no case");
+    start_report(only.as_deref());
     let mut ops: Vec<Op> = cases.iter().map(|c| c.0).collect();
     ops.dedup();
     let f = setup(&ops).await;
@@ -965,12 +968,58 @@ async fn the_kill_matrix() {
         rows.push(row);
         problems.extend(p);
     }
-    eprintln!("{}", report(&rows, &f.counts));
-    eprintln!(
-        "kill matrix: {} cases in {} s",
+    let summary = format!(
+        "{}\nkill matrix: {} cases in {} s, {} problems",
+        report(&rows, &f.counts),
         rows.len(),
-        started.elapsed().as_secs()
+        started.elapsed().as_secs(),
+        problems.len()
     );
+    eprintln!("{summary}");
+    keep_in_report(&summary);
     assert!(!rows.is_empty(), "KILL_MATRIX_ONLY matched no case");
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// Where the full matrix keeps its rows as each case ends, so a run that passes
+/// (libtest drops a passing test's output) or stops half-way leaves its table:
+/// `target/test-faults/kill-matrix.md`.
+fn report_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-faults")
+        .join("kill-matrix.md")
+}
+
+/// Whether this process runs the full matrix (the sample keeps no report file).
+static REPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Starts the report file of this run (named by its `KILL_MATRIX_ONLY`, if any).
+fn start_report(only: Option<&str>) {
+    REPORTING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let path = report_path();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(
+        &path,
+        format!(
+            "# kill matrix run (KILL_MATRIX_ONLY={})\n\n",
+            only.unwrap_or("")
+        ),
+    );
+}
+
+/// Appends `line` to the report file (best effort: the test's own output has it too).
+fn keep_in_report(line: &str) {
+    use std::io::Write as _;
+    if !REPORTING.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(report_path())
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }
