@@ -120,10 +120,10 @@ fn unhardened_launcher() -> Vec<OsString> {
 async fn an_unhardened_node_stays_sealed_unless_the_dev_override_is_set() {
     let c = Cluster::start(1, 1);
     let (status, v) = c
-        .eventually("unsealed", Duration::from_secs(60), || async {
+        .eventually("unsealed and ready", Duration::from_secs(60), || async {
             ready(&c, 0)
                 .await
-                .filter(|(_, v)| v["custody"]["state"] == "unsealed")
+                .filter(|(s, v)| *s == 200 && v["custody"]["state"] == "unsealed")
         })
         .await;
     assert_eq!(status, 200, "{v}");
@@ -161,12 +161,12 @@ async fn an_unhardened_node_stays_sealed_unless_the_dev_override_is_set() {
     c.restart_node_with(0, &unhardened_launcher(), &[]);
     let (status, v) = c
         .eventually(
-            "unsealed with the override",
+            "unsealed with the override and ready",
             Duration::from_secs(60),
             || async {
                 ready(&c, 0)
                     .await
-                    .filter(|(_, v)| v["custody"]["state"] == "unsealed")
+                    .filter(|(s, v)| *s == 200 && v["custody"]["state"] == "unsealed")
             },
         )
         .await;
@@ -318,11 +318,15 @@ async fn tpm_custody_needs_key_auth_and_a_pinned_name_off_regtest_and_refuses_an
     std::fs::write(&node_config, &dev).unwrap();
     c.restart_node(0);
     let (status, v) = c
-        .eventually("unsealed on the tpm", Duration::from_secs(60), || async {
-            ready(&c, 0)
-                .await
-                .filter(|(_, v)| v["custody"]["state"] == "unsealed")
-        })
+        .eventually(
+            "unsealed on the tpm and ready",
+            Duration::from_secs(60),
+            || async {
+                ready(&c, 0)
+                    .await
+                    .filter(|(s, v)| *s == 200 && v["custody"]["state"] == "unsealed")
+            },
+        )
         .await;
     assert_eq!(status, 200, "{v}");
     let kek = v["custody"]["kek_id"]

@@ -100,12 +100,6 @@ async fn hardening_permits_unseal(node: &Infra) -> bool {
         "custody.unhardened_override"
     } else {
         tracing::error!(hardening = %summary, "process memory is not locked or dumps are not disabled: custody stays sealed");
-        node.set_custody_state(CustodyState::Sealed {
-            code: "unhardened_process".to_owned(),
-            reason: format!(
-                "process not hardened ({summary}); give the unit LimitMEMLOCK=infinity or CAP_IPC_LOCK"
-            ),
-        });
         "custody.refused_unhardened"
     };
     if let Err(e) = node
@@ -130,6 +124,16 @@ async fn hardening_permits_unseal(node: &Infra) -> bool {
             });
             return false;
         }
+    }
+    if !allowed {
+        // Shown in the status once its audit row is written (a reader of /ready
+        // that sees the refusal finds it in the audit log), or its write failed.
+        node.set_custody_state(CustodyState::Sealed {
+            code: "unhardened_process".to_owned(),
+            reason: format!(
+                "process not hardened ({summary}); give the unit LimitMEMLOCK=infinity or CAP_IPC_LOCK"
+            ),
+        });
     }
     allowed
 }
