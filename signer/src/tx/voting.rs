@@ -295,6 +295,20 @@ async fn on_proposal_inner(
     prop: Proposal,
     recorded: &mut bool,
 ) -> Result<(), TxError> {
+    // A proposal delivered after its voting deadline (a node that was down while
+    // its leader kept re-sending) is over everywhere else: opening it here would
+    // reserve its inputs and make this node reject the next payment that spends
+    // them (the nodes_down fault test: nodes back from a SIGKILL voted reject,
+    // "input already spent or reserved", on the payment after the expired one).
+    if prop.deadline_unix < now_unix() {
+        return Err(TxError::Invalid {
+            code: "proposal_expired",
+            message: format!(
+                "proposal {} arrived after its voting deadline ({})",
+                prop.id, prop.deadline_unix
+            ),
+        });
+    }
     let me = node.cfg.node_id.clone();
     let keys = super::usable_keys(node).await?;
     let key = keys
