@@ -712,19 +712,27 @@ async fn verify(
             "custody is sealed: API tokens are verified with a key the HSM/TPM holds; see /ready",
         )),
     }
+    // Whether the stored form is the keyed one now; a verification of an unkeyed
+    // form is not cached until it is rewritten, so a use while custody is still
+    // sealed (no key yet) does not keep the unkeyed form for the cache's lifetime:
+    // the next use rewrites it (the CI pre-check found the `cluster up` admin
+    // token, first used before the node unsealed, still unkeyed later).
+    let mut keyed = row.secret_hash.starts_with(KEYED_PREFIX);
     if let Some(key) = key.as_deref() {
-        if !row.secret_hash.starts_with(KEYED_PREFIX) {
-            let keyed = key.stored_hash(id, secret);
+        if !keyed {
+            let new_hash = key.stored_hash(id, secret);
             match state
                 .node
                 .store
-                .rehash_token(id, &row.secret_hash, &keyed)
+                .rehash_token(id, &row.secret_hash, &new_hash)
                 .await
             {
                 Ok(true) => {
+                    keyed = true;
                     tracing::info!(token_id = %id, "token hash rewritten to the keyed form")
                 }
-                Ok(false) => {}
+                // Changed since it was read (another request rewrote it).
+                Ok(false) => keyed = true,
                 Err(e) => {
                     tracing::warn!(token_id = %id, error = %e, "cannot rewrite the token hash")
                 }
@@ -733,6 +741,19 @@ async fn verify(
     }
     let principal = principal_of(&row)?;
     let limiter = auth.limiter_for(id, u32::try_from(row.rate_limit_per_min).unwrap_or(1));
+    if !keyed {
+        // Not cached: the caller finds no cached limiter, so the token's rate limit
+        // is applied here.
+        if let Err(not_until) = limiter.check() {
+            tracing::info!(token_id = %id, "rate limit exceeded");
+            return Err(ApiError::rate_limited(
+                not_until
+                    .wait_time_from(DefaultClock::default().now())
+                    .as_secs(),
+            ));
+        }
+        return Ok(Some(principal));
+    }
     let mut cache = auth.cache.lock().map_err(ApiError::internal)?;
     cache.insert(
         id.to_owned(),
