@@ -25,10 +25,17 @@ else
   HSM_ITERS=500; DKG_RUNS=5; TX_RUNS=20; ECDSA_RUNS=3; BATCHES=100,1000; UTXOS=5000; PRESIGS=8; PAYMENTS=3; RESHARE_RUNS=5
 fi
 
-echo "== release build (signer without fault injection, benchmark binaries)"
-$CARGO build --release -p signer --bins
-$CARGO build --release -p cluster-tests --bin dkg-latency --bin aux-latency \
-  --bin presign-rate --bin tx-latency --bin reshare-latency --bin bench-table
+# BENCH_NO_BUILD=1 runs the release binaries already in target/release (e.g. built
+# earlier while the machine was busy); the table's header then says so.
+BUILT="$(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes')"
+if [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
+  BUILT="binaries built before this run (BENCH_NO_BUILD=1; $(date -u -r target/release/signer +%Y-%m-%dT%H:%MZ)), HEAD $BUILT"
+else
+  echo "== release build (signer without fault injection, benchmark binaries)"
+  $CARGO build --release -p signer --bins
+  $CARGO build --release -p cluster-tests --bin dkg-latency --bin aux-latency \
+    --bin presign-rate --bin tx-latency --bin reshare-latency --bin bench-table
+fi
 BIN=$ROOT/target/release
 # The benchmark binaries start their clusters with the release `signer` next to them.
 export SIGNER_BIN=$BIN/signer
@@ -50,7 +57,7 @@ run tx-latency "$BIN/tx-latency" --runs "$TX_RUNS" --ecdsa-runs "$ECDSA_RUNS" \
   --concurrent "$BATCHES" --utxos "$UTXOS"
 
 {
-  echo "make bench, $(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "make bench, $(date -u +%Y-%m-%dT%H:%MZ), $BUILT, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   "$BIN/bench-table" "$RESULTS"
 } | tee "$OUT/table.md"
