@@ -638,16 +638,21 @@ async fn authorize(
         cache.get(id).map(|c| c.limiter.clone())
     };
     if let Some(limiter) = limiter {
-        if let Err(not_until) = limiter.check() {
-            tracing::info!(token_id = %id, "rate limit exceeded");
-            return Err(ApiError::rate_limited(
-                not_until
-                    .wait_time_from(DefaultClock::default().now())
-                    .as_secs(),
-            ));
-        }
+        take_rate_unit(&limiter, id)?;
     }
     Ok(principal)
+}
+
+/// Takes one request from token `id`'s rate limit (429 when it is spent).
+fn take_rate_unit(limiter: &DefaultDirectRateLimiter, id: &str) -> Result<(), ApiError> {
+    limiter.check().map_err(|not_until| {
+        tracing::info!(token_id = %id, "rate limit exceeded");
+        ApiError::rate_limited(
+            not_until
+                .wait_time_from(DefaultClock::default().now())
+                .as_secs(),
+        )
+    })
 }
 
 /// Whether `secret` matches the stored hash; `Ok(None)` when the row is keyed but
@@ -744,14 +749,7 @@ async fn verify(
     if !keyed {
         // Not cached: the caller finds no cached limiter, so the token's rate limit
         // is applied here.
-        if let Err(not_until) = limiter.check() {
-            tracing::info!(token_id = %id, "rate limit exceeded");
-            return Err(ApiError::rate_limited(
-                not_until
-                    .wait_time_from(DefaultClock::default().now())
-                    .as_secs(),
-            ));
-        }
+        take_rate_unit(&limiter, id)?;
         return Ok(Some(principal));
     }
     let mut cache = auth.cache.lock().map_err(ApiError::internal)?;
