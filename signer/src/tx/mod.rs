@@ -187,45 +187,31 @@ pub struct Pending {
 /// transactions it had in flight; no round outlives its `Pending`.)
 #[derive(Debug, Default)]
 pub struct StoredVotes {
-    /// SHA-256 of each stored vote's wire form: a byte-identical copy relayed again
-    /// needs neither the checks nor a database write. A different vote of the same
-    /// voter is not in it and goes through every check (a double vote is still
-    /// recorded).
-    digests: std::collections::HashSet<[u8; 32]>,
     /// The stored vote of each voter (the first: a second, different one is
-    /// refused as a double vote and never stored).
+    /// refused as a double vote and never stored). A relayed copy equal to it
+    /// needs neither the checks nor a database write; a different vote of the
+    /// same voter goes through every check (a double vote is still recorded).
     by_voter: std::collections::BTreeMap<String, vote::SignedVote>,
 }
 
-/// Most vote hashes [`Pending::stored_votes`] keeps (far above any cluster size).
-const MAX_STORED_VOTE_HASHES: usize = 256;
-
 impl Pending {
-    /// The key [`Pending::stored_votes`] knows a signed vote by: SHA-256 of its wire
-    /// form.
-    pub fn vote_digest(vote: &vote::SignedVote) -> [u8; 32] {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(vote.encode()).into()
-    }
-
-    /// Whether the vote of this digest was already checked and stored.
-    pub fn vote_stored(&self, digest: &[u8; 32]) -> bool {
+    /// Whether this very vote (the same signed vote, byte for byte) was already
+    /// checked and stored.
+    pub fn vote_stored(&self, vote: &vote::SignedVote) -> bool {
         self.stored_votes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .digests
-            .contains(digest)
+            .by_voter
+            .get(vote.voter())
+            .is_some_and(|stored| stored == vote)
     }
 
-    /// Notes that `vote` (of this digest) was checked and committed for the round.
-    pub fn note_vote_stored(&self, vote: &vote::SignedVote, digest: [u8; 32]) {
+    /// Notes that `vote` was checked and committed for the round.
+    pub fn note_vote_stored(&self, vote: &vote::SignedVote) {
         let mut g = self
             .stored_votes
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if g.digests.len() < MAX_STORED_VOTE_HASHES {
-            g.digests.insert(digest);
-        }
         if !g.by_voter.contains_key(vote.voter()) && g.by_voter.len() < self.participants.len() {
             g.by_voter.insert(vote.voter().to_owned(), vote.clone());
         }

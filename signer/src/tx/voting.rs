@@ -807,7 +807,7 @@ async fn accept_vote(node: &Arc<TxCtx>, id: Uuid, from: &str, vote: &SignedVote)
             .await
         {
             Ok(_) => {
-                p.note_vote_stored(vote, Pending::vote_digest(vote));
+                p.note_vote_stored(vote);
                 break;
             }
             Err(VoteReject::UnknownVoter { voter })
@@ -885,9 +885,8 @@ async fn accept_relayed_votes_inner(
         };
         // A copy of a vote this node already checked and stored (usually all of
         // them: the votes reached it directly) changes nothing.
-        let digest = Pending::vote_digest(&vote);
-        if !p.vote_stored(&digest) {
-            fresh.push((vote, digest));
+        if !p.vote_stored(&vote) {
+            fresh.push(vote);
         }
     }
     if !fresh.is_empty() {
@@ -899,12 +898,12 @@ async fn accept_relayed_votes_inner(
             }
         };
         let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
-        for (vote, digest) in fresh {
+        for vote in fresh {
             match intake
                 .accept_relayed(&book, p.round_id, &vote, relayer, &p.subject)
                 .await
             {
-                Ok(_) => p.note_vote_stored(&vote, digest),
+                Ok(_) => p.note_vote_stored(&vote),
                 Err(e) => {
                     tracing::info!(tx = %id, peer = %relayer, error = %e, "relayed vote not accepted")
                 }
