@@ -23,6 +23,12 @@
 //!      (`SIGNER_FAULT_REPLAY_SIGN_REQUEST`): no node serves a session twice, and
 //!      the replays are recorded as `session_reuse`.
 //! 3. A node restarted while a transaction is voting expires it at start.
+//! 4. A proposal that arrives after its voting deadline (a node back from a crash
+//!    while its leader re-sends, or a leader holding proposals back) opens nothing:
+//!    node 0 proposes deadlines already past (`SIGNER_FAULT_PROPOSAL_DEADLINE_SECS`
+//!    negative). Each follower refuses it (`proposal_expired`) and records and
+//!    reserves nothing, so a payment node 1 leads then spends the same coin with
+//!    every node's approval.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -411,4 +417,74 @@ async fn signing_safety_under_a_malicious_submitter_and_leader() {
         "voting",
         "the other nodes are not affected"
     );
+
+    // 4. Late proposals open nothing on a follower.
+    c.write_policy(N, &[&frost, &ecdsa], 1_000_000);
+    c.kill_node(0);
+    c.restart_node_with_env(0, &[("SIGNER_FAULT_PROPOSAL_DEADLINE_SECS", "-120")]);
+    c.wait_ready(N).await;
+    let late = fund(&c, &frost, &[80_000]).await;
+    let before = tx_counts(&c).await;
+    let (s, v) = c
+        .post_json(0, "/api/v1/transactions", &pay(&frost, 75_000))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("proposal_expired")),
+        "{v}"
+    );
+    let (late_id,): (String,) = sqlx::query_as(
+        "SELECT id::text FROM transactions WHERE state = 'failed' ORDER BY created_at DESC LIMIT 1",
+    )
+    .fetch_one(&c.db(0).await)
+    .await
+    .unwrap();
+    for i in 1..N {
+        c.eventually(
+            &format!("node {i} refuses the late proposal"),
+            Duration::from_secs(30),
+            || async {
+                let log = std::fs::read_to_string(&c.node(i).log).unwrap_or_default();
+                log.lines()
+                    .any(|l| {
+                        l.contains("proposal refused")
+                            && l.contains(&late_id)
+                            && l.contains("after its voting deadline")
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+        let status = c
+            .get(i, &format!("/api/v1/transactions/{late_id}"), c.admin())
+            .await
+            .status();
+        assert_eq!(status.as_u16(), 404, "node {i} holds the late proposal");
+    }
+    let after = tx_counts(&c).await;
+    assert_eq!(after[1..], before[1..], "the followers stored nothing");
+    assert_eq!(after[0], before[0] + 1, "the leader recorded its failure");
+    // Nothing is reserved: node 1 leads a payment of the same coin and every node,
+    // node 0 included (it released its own reservation), approves it.
+    import_on(&c, 1, &late).await;
+    let id = submit(&c, 1, &pay(&frost, 75_000)).await;
+    ends_as(&c, &[0, 1, 2], &id, "signed").await;
+    for i in 0..N {
+        let me = c.node(i).id.clone();
+        let (decision,): (String,) = sqlx::query_as(
+            "SELECT v.decision FROM votes v JOIN voting_rounds r ON r.id = v.round_id \
+             WHERE r.transaction_id = $1::uuid AND v.node_id = $2",
+        )
+        .bind(&id)
+        .bind(&me)
+        .fetch_one(&c.db(i).await)
+        .await
+        .unwrap();
+        assert_eq!(
+            decision,
+            "approve",
+            "node {i}: {:?}",
+            vote_reasons(&c, i, &id, &me).await
+        );
+    }
 }

@@ -304,7 +304,8 @@ pub const SIGN_WITH_ENV: &str = "SIGNER_FAULT_SIGN_WITH";
 /// amounts and its one-approval-per-txid check (the other nodes must catch it).
 pub const SKIP_INTAKE_CHECKS_ENV: &str = "SIGNER_FAULT_SKIP_INTAKE_CHECKS";
 /// Environment variable: as a leader, this node proposes a voting deadline this
-/// many seconds ahead instead of its configured one.
+/// many seconds ahead instead of its configured one (negative: a deadline already
+/// past, as a proposal delivered late would carry).
 pub const PROPOSAL_DEADLINE_ENV: &str = "SIGNER_FAULT_PROPOSAL_DEADLINE_SECS";
 /// Environment variable: this node adds, to the signed transactions it shares with
 /// its peers ([`crate::tx::spent`]), a transaction spending its own available
@@ -368,12 +369,15 @@ pub fn skip_intake_checks() -> bool {
 /// [`PROPOSAL_DEADLINE_ENV`] (feature `fault-injection` only).
 pub fn proposal_deadline(honest: u64) -> u64 {
     #[cfg(feature = "fault-injection")]
-    if let Some(secs) = fault_var(PROPOSAL_DEADLINE_ENV).and_then(|v| v.parse::<u64>().ok()) {
-        tracing::error!(secs, "FAULT INJECTION: proposing a far voting deadline");
+    if let Some(secs) = fault_var(PROPOSAL_DEADLINE_ENV).and_then(|v| v.parse::<i64>().ok()) {
+        tracing::error!(
+            secs,
+            "FAULT INJECTION: proposing a voting deadline of our own"
+        );
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        return now.saturating_add(secs);
+        return now.saturating_add_signed(secs);
     }
     honest
 }
