@@ -16,7 +16,7 @@ use super::error::{clip, WalletError};
 use super::intake::{
     dust_threshold, estimate_vsize, validate_psbt, IntakeLimits, ValidatedPsbt, MAX_MONEY_SATS,
 };
-use super::keys::{KeyKind, WalletKey, CHANGE_CHAIN};
+use super::keys::{KeyKind, ScriptPath, WalletKey, CHANGE_CHAIN};
 
 /// Longest recipient address text accepted before parsing.
 pub const MAX_ADDRESS_LEN: usize = 128;
@@ -193,9 +193,11 @@ pub fn build_psbt(
         if u.value_sats == 0 || u.value_sats > MAX_MONEY_SATS {
             return Err(bad("value out of range"));
         }
-        if u.chain > CHANGE_CHAIN
-            || key.script_at(u.chain, u.index).ok().as_ref() != Some(&u.script_pubkey)
-        {
+        let at = ScriptPath {
+            chain: u.chain,
+            index: u.index,
+        };
+        if !key.owns_at(&u.script_pubkey, at) {
             return Err(bad("script is not the key's script at its path"));
         }
         if u.value_sats > fee_rate_sat_vb.saturating_mul(input_vb) {

@@ -306,10 +306,24 @@ impl WalletKey {
     }
 
     /// Checks that `script` is this key's script at `path` (any index, also beyond
-    /// the lookahead): how key origins carried by a PSBT are confirmed.
+    /// the lookahead): how key origins carried by a PSBT, and the paths stored with
+    /// a node's UTXOs, are confirmed.
+    ///
+    /// Within the lookahead, once the lookup table of [`Self::find_path`] is built
+    /// (by [`Self::warm_lookup`] or a first `find_path`), the answer is a table
+    /// lookup: the table holds exactly the scripts derived at those paths. Beyond
+    /// it, or before the table exists, the script is derived (two BIP-32 steps and,
+    /// for Taproot, the output tweak): coin selection checks every candidate UTXO
+    /// this way, so the table saves hundreds of derivations per payment. This call
+    /// never builds the table itself.
     pub fn owns_at(&self, script: &Script, path: ScriptPath) -> bool {
         if path.chain > CHANGE_CHAIN || !self.kind.matches_script(script) {
             return false;
+        }
+        if let Some(table) = self.lookup.get() {
+            if path.index < self.gap {
+                return table.get(script) == Some(&(path.chain, path.index));
+            }
         }
         matches!(self.script_at(path.chain, path.index), Ok(s) if s.as_script() == script)
     }

@@ -204,6 +204,51 @@ fn addresses_and_descriptors_agree_with_bdk_and_the_key_listing() {
     );
 }
 
+/// `owns_at` answers the same from its lookup table (built) as by derivation (not
+/// built yet): right path, wrong index, wrong chain, another key's script, beyond
+/// the lookahead, at its edge.
+#[test]
+fn owns_at_gives_the_same_answer_from_the_lookup_table_as_by_derivation() {
+    for kind in [KeyKind::Ecdsa, KeyKind::Taproot] {
+        let tk = test_key(kind, 23);
+        let other = test_key(kind, 24);
+        let gap = tk.key.gap();
+        let at = |chain, index| ScriptPath { chain, index };
+        let cases = [
+            (tk.key.receive_script(3).unwrap(), at(0, 3), true),
+            (tk.key.change_script(7).unwrap(), at(1, 7), true),
+            (tk.key.receive_script(3).unwrap(), at(0, 4), false),
+            (tk.key.receive_script(3).unwrap(), at(1, 3), false),
+            (tk.key.receive_script(3).unwrap(), at(2, 3), false),
+            (other.key.receive_script(3).unwrap(), at(0, 3), false),
+            (
+                tk.key.receive_script(gap - 1).unwrap(),
+                at(0, gap - 1),
+                true,
+            ),
+            (tk.key.receive_script(gap).unwrap(), at(0, gap), true),
+            (
+                tk.key.receive_script(gap + 9).unwrap(),
+                at(0, gap + 9),
+                true,
+            ),
+            (tk.key.receive_script(gap + 9).unwrap(), at(0, 9), false),
+        ];
+        let cold: Vec<bool> = cases
+            .iter()
+            .map(|(s, p, _)| tk.key.owns_at(s, *p))
+            .collect();
+        tk.key.warm_lookup();
+        let warm: Vec<bool> = cases
+            .iter()
+            .map(|(s, p, _)| tk.key.owns_at(s, *p))
+            .collect();
+        let expected: Vec<bool> = cases.iter().map(|c| c.2).collect();
+        assert_eq!(cold, expected, "{kind} by derivation");
+        assert_eq!(warm, expected, "{kind} from the table");
+    }
+}
+
 // ---------------------------------------------------------------- bdk round trips
 
 fn bdk_round_trip(kind: KeyKind, values: &[u64], amount: u64, expect_inputs: usize) {

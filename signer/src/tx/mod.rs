@@ -349,8 +349,10 @@ pub struct Registry {
     /// approval in it, so concurrent proposals cannot each see the same room.
     velocity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Wallet keys by key id, kept so their script lookup tables (thousands of
-    /// derivations) are built once per key, not per request.
-    wallet_keys: Mutex<HashMap<String, WalletKey>>,
+    /// derivations) are built once per key, not per request; with the xpub text
+    /// each was parsed from (compared as text: re-encoding the xpub on every lookup
+    /// costs a base58 encoding).
+    wallet_keys: Mutex<HashMap<String, (String, WalletKey)>>,
     /// SHA-256 of the policy file text this process last saw recorded as a
     /// `policy.version` audit record (only this node writes its log).
     policy_recorded: Mutex<Option<Vec<u8>>>,
@@ -403,14 +405,14 @@ impl Registry {
             .wallet_keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(k) = cache.get(key_id) {
-            if k.kind() == kind && k.network() == network && k.xpub().to_string() == xpub {
+        if let Some((text, k)) = cache.get(key_id) {
+            if k.kind() == kind && k.network() == network && text == xpub {
                 return Ok(k.clone());
             }
         }
         let k = WalletKey::from_xpub_str(key_id.to_owned(), kind, xpub, network)
             .map_err(|e| TxError::Internal(e.to_string()))?;
-        cache.insert(key_id.to_owned(), k.clone());
+        cache.insert(key_id.to_owned(), (xpub.to_owned(), k.clone()));
         Ok(k)
     }
 
