@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bitcoin::bip32::{ChildNumber, Fingerprint, Xpub};
 use bitcoin::key::XOnlyPublicKey;
@@ -21,6 +21,9 @@ pub const CHANGE_CHAIN: u32 = 1;
 pub const DEFAULT_GAP: u32 = 1000;
 /// Largest lookahead a key accepts (per chain), to bound memory and start-up work.
 pub const MAX_GAP: u32 = 100_000;
+/// Most scripts beyond the lookahead [`WalletKey::owns_at`] remembers per key (about
+/// 4 MiB); when full, the memory is emptied and refilled by use.
+pub const MAX_REMEMBERED_SCRIPTS: usize = 65_536;
 
 /// The process-wide secp256k1 context (signing + verification tables).
 pub(crate) fn secp() -> &'static Secp256k1<secp256k1::All> {
@@ -87,6 +90,8 @@ pub struct WalletKey {
     network: Network,
     gap: u32,
     lookup: Arc<OnceLock<HashMap<ScriptBuf, (u32, u32)>>>,
+    /// Scripts derived beyond the lookahead (change indexes grow past it), by path.
+    beyond: Arc<Mutex<HashMap<(u32, u32), ScriptBuf>>>,
 }
 
 impl fmt::Debug for WalletKey {
@@ -130,6 +135,7 @@ impl WalletKey {
             network,
             gap: DEFAULT_GAP,
             lookup: Arc::new(OnceLock::new()),
+            beyond: Arc::default(),
         }
     }
 
@@ -154,6 +160,7 @@ impl WalletKey {
         }
         self.gap = gap;
         self.lookup = Arc::new(OnceLock::new());
+        self.beyond = Arc::default();
         Ok(self)
     }
 
@@ -309,23 +316,43 @@ impl WalletKey {
     /// the lookahead): how key origins carried by a PSBT, and the paths stored with
     /// a node's UTXOs, are confirmed.
     ///
-    /// Within the lookahead, once the lookup table of [`Self::find_path`] is built
-    /// (by [`Self::warm_lookup`] or a first `find_path`), the answer is a table
-    /// lookup: the table holds exactly the scripts derived at those paths. Beyond
-    /// it, or before the table exists, the script is derived (two BIP-32 steps and,
-    /// for Taproot, the output tweak): coin selection checks every candidate UTXO
-    /// this way, so the table saves hundreds of derivations per payment. This call
-    /// never builds the table itself.
+    /// Coin selection checks every candidate UTXO this way, so a derivation (two
+    /// BIP-32 steps and, for Taproot, the output tweak) is done at most once per
+    /// path: within the lookahead, once the lookup table of [`Self::find_path`] is
+    /// built (by [`Self::warm_lookup`] or a first `find_path`), the answer is a
+    /// table lookup, the table holding exactly the scripts derived at those paths;
+    /// beyond it, a derived script is remembered by path (at most
+    /// [`MAX_REMEMBERED_SCRIPTS`]). This call never builds the table itself.
     pub fn owns_at(&self, script: &Script, path: ScriptPath) -> bool {
         if path.chain > CHANGE_CHAIN || !self.kind.matches_script(script) {
             return false;
         }
-        if let Some(table) = self.lookup.get() {
-            if path.index < self.gap {
+        if path.index < self.gap {
+            if let Some(table) = self.lookup.get() {
                 return table.get(script) == Some(&(path.chain, path.index));
             }
+            return matches!(self.script_at(path.chain, path.index), Ok(s) if s.as_script() == script);
         }
-        matches!(self.script_at(path.chain, path.index), Ok(s) if s.as_script() == script)
+        let key = (path.chain, path.index);
+        let remembered = self
+            .beyond
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .map(|s| s.as_script() == script);
+        if let Some(same) = remembered {
+            return same;
+        }
+        let Ok(derived) = self.script_at(path.chain, path.index) else {
+            return false;
+        };
+        let same = derived.as_script() == script;
+        let mut beyond = self.beyond.lock().unwrap_or_else(PoisonError::into_inner);
+        if beyond.len() >= MAX_REMEMBERED_SCRIPTS {
+            beyond.clear();
+        }
+        beyond.insert(key, derived);
+        same
     }
 
     fn table(&self) -> &HashMap<ScriptBuf, (u32, u32)> {

@@ -233,6 +233,16 @@ fn owns_at_gives_the_same_answer_from_the_lookup_table_as_by_derivation() {
                 true,
             ),
             (tk.key.receive_script(gap + 9).unwrap(), at(0, 9), false),
+            (
+                tk.key.receive_script(gap + 9).unwrap(),
+                at(0, gap + 8),
+                false,
+            ),
+            (
+                other.key.receive_script(gap + 9).unwrap(),
+                at(0, gap + 9),
+                false,
+            ),
         ];
         let cold: Vec<bool> = cases
             .iter()
@@ -243,9 +253,14 @@ fn owns_at_gives_the_same_answer_from_the_lookup_table_as_by_derivation() {
             .iter()
             .map(|(s, p, _)| tk.key.owns_at(s, *p))
             .collect();
+        // Asked again, beyond the lookahead the answer comes from the remembered
+        // derivation; a clone shares what was remembered.
+        let clone = tk.key.clone();
+        let again: Vec<bool> = cases.iter().map(|(s, p, _)| clone.owns_at(s, *p)).collect();
         let expected: Vec<bool> = cases.iter().map(|c| c.2).collect();
         assert_eq!(cold, expected, "{kind} by derivation");
         assert_eq!(warm, expected, "{kind} from the table");
+        assert_eq!(again, expected, "{kind} remembered");
     }
 }
 
