@@ -15,7 +15,7 @@ use std::time::Duration;
 use bitcoin::consensus::encode;
 use bitcoin::{Address, Amount, Transaction};
 use cluster_tests::wallet::{
-    ended, ends_as, fund, pay, signed_everywhere, submit, verify_consensus,
+    ended, ends_as, first_address, fund, pay, signed_everywhere, submit, verify_consensus,
 };
 use cluster_tests::{funding, other_address, Cluster};
 use serde_json::json;
@@ -198,6 +198,7 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
         "nothing stored for refused requests"
     );
 
+    more_inputs_than_selection_reads_first(&c, &frost).await;
     human_approval_holds_every_vote_until_an_approver_approves(&c, &frost, &ecdsa).await;
     for key_id in [&frost, &ecdsa] {
         bdk_built_psbt_is_signed_and_finalized_by_bdk(&c, key_id, &[70_000], 30_000, 1).await;
@@ -205,6 +206,36 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
             .await;
     }
     double_and_forged_votes_are_recorded_and_ignored(&c, &frost).await;
+}
+
+/// Coin selection reads a key's 32 largest outputs first and all selectable ones
+/// (up to `max_inputs`) only when those do not cover the payment: a payment that
+/// needs 36 of 40 small outputs is built from the second read and signed; one that
+/// all 40 cannot cover is refused with all 40 counted.
+async fn more_inputs_than_selection_reads_first(c: &Cluster, frost: &str) {
+    let addr = first_address(c, frost).await;
+    let values: Vec<u64> = (0..40).map(|i| 1_000 + i).collect();
+    let fund = funding(&addr, &values);
+    let (status, v) = c
+        .post_json(
+            0,
+            "/api/v1/utxos",
+            &json!({ "raw_tx": encode::serialize_hex(&fund) }),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = c
+        .post_json(0, "/api/v1/transactions", &pay(frost, 60_000))
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("insufficient_funds")),
+        "{v}"
+    );
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("40 usable outputs"), "{v}");
+    let (_, inputs) = pay_and_verify_on(c, &[0, 1, 2], frost, &fund, 31_000).await;
+    assert!(inputs > 32, "{inputs} inputs");
 }
 
 /// `[[scope.approvals]]` with approver identities: an approver (name, role, Ed25519

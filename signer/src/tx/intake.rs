@@ -12,6 +12,10 @@ use super::TxError;
 use crate::audit::AuditEntry;
 use crate::p2p::Frame;
 use crate::store::audit::AuditOf;
+
+/// How many of a key's largest selectable outputs coin selection reads first (it
+/// reads up to `max_inputs` when these do not cover the payment).
+const SELECTION_FIRST_READ: usize = 32;
 use crate::store::transactions::NewTransaction;
 use crate::store::StoreError;
 
@@ -71,25 +75,36 @@ pub async fn submit(
             // requests never select the same UTXOs.
             intake_guard = Some(node.tx.intake_lock.lock().await);
             // Only what selection can use: outputs worth more than their own input
-            // fee, at most `max_inputs` of them, largest first.
-            let utxos = node
-                .store
-                .selectable_utxos(
-                    &key_id,
-                    fee_rate_sat_vb.saturating_mul(key.wallet.kind().input_vbytes()),
-                    i64::try_from(limits.max_inputs).unwrap_or(i64::MAX),
-                )
-                .await?;
+            // fee, at most `max_inputs` of them, largest first. Selection is greedy
+            // from the largest, so it first reads only the largest
+            // `SELECTION_FIRST_READ` and reads up to `max_inputs` only when those do
+            // not cover the payment: the choice is the same either way, and a
+            // payment beside thousands of outputs reads tens of rows, not hundreds.
+            let above = fee_rate_sat_vb.saturating_mul(key.wallet.kind().input_vbytes());
             let change = node.store.next_change_index(&key_id).await?;
-            let v = wallet::build_psbt(
-                &key.wallet,
-                &utxos,
-                &recipient,
-                amount_sats,
-                fee_rate_sat_vb,
-                change,
-                &limits,
-            )?;
+            let mut read = SELECTION_FIRST_READ.min(limits.max_inputs);
+            let v = loop {
+                let utxos = node
+                    .store
+                    .selectable_utxos(&key_id, above, i64::try_from(read).unwrap_or(i64::MAX))
+                    .await?;
+                match wallet::build_psbt(
+                    &key.wallet,
+                    &utxos,
+                    &recipient,
+                    amount_sats,
+                    fee_rate_sat_vb,
+                    change,
+                    &limits,
+                ) {
+                    Err(wallet::WalletError::InsufficientFunds { .. })
+                        if utxos.len() == read && read < limits.max_inputs =>
+                    {
+                        read = limits.max_inputs;
+                    }
+                    r => break r?,
+                }
+            };
             (v, Some(recipient), Some(amount_sats))
         }
     };
