@@ -210,7 +210,7 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
 
 /// Coin selection reads a key's 32 largest outputs first and all selectable ones
 /// (up to `max_inputs`) only when those do not cover the payment: a payment that
-/// needs 36 of 40 small outputs is built from the second read and signed; one that
+/// needs more than 32 of 40 small outputs is built from the second read and signed; one that
 /// all 40 cannot cover is refused with all 40 counted.
 async fn more_inputs_than_selection_reads_first(c: &Cluster, frost: &str) {
     let addr = first_address(c, frost).await;
