@@ -282,6 +282,51 @@ async fn concurrent_audit_appends_form_one_unbroken_chain() {
     assert!(verified >= 50);
 }
 
+/// An append chains onto the real head whatever this process last appended: after
+/// an append whose transaction rolled back, and after other writers (another node
+/// id in this process, and the running node itself) moved the head.
+#[tokio::test]
+async fn audit_appends_chain_onto_the_real_head_after_a_rollback_and_other_writers() {
+    use signer::audit::AuditEntry;
+    let s = store().await;
+    let me = "node-hint";
+    let first = s
+        .audit(me, AuditEntry::new("test", "test.hint"))
+        .await
+        .unwrap();
+    let mut tx = s.pool().begin().await.unwrap();
+    let gone = signer::store::audit::append_audit(
+        &mut tx,
+        me,
+        AuditEntry::new("test", "test.rolled_back"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        gone.prev_hash, first.hash,
+        "chained onto this process's last append"
+    );
+    tx.rollback().await.unwrap();
+    let after_rollback = s
+        .audit(me, AuditEntry::new("test", "test.hint"))
+        .await
+        .unwrap();
+    let (seq, hash) = s.audit_head().await.unwrap();
+    assert_eq!((seq, hash), (after_rollback.seq, after_rollback.hash));
+    assert_ne!(after_rollback.hash, gone.hash);
+    s.audit("node-other", AuditEntry::new("test", "test.hint"))
+        .await
+        .unwrap();
+    let last = s
+        .audit(me, AuditEntry::new("test", "test.hint"))
+        .await
+        .unwrap();
+    let (_, head) = s.audit_head().await.unwrap();
+    assert_eq!(head, last.hash);
+    let (_, _, err) = s.verify_audit_chain().await.unwrap();
+    assert!(err.is_none(), "{err:?}");
+}
+
 #[tokio::test]
 async fn no_other_role_can_connect_to_a_node_database() {
     // Each node has its own role; PUBLIC has no CONNECT on the database.

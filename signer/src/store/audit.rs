@@ -1,5 +1,7 @@
 //! `audit_log` rows. The chain logic lives in [`crate::audit`].
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
@@ -351,6 +353,63 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
+/// The chain head this process last appended, per node id: a hint, never trusted.
+/// An append first tries to chain onto it with an insert that happens only if the
+/// hint is still the head (same sequence number and hash, checked under the
+/// append lock); otherwise (a rolled-back append, another writer, another
+/// database) it reads the head as before. Saves a round trip per audit row.
+static HEAD_HINT: std::sync::Mutex<Option<HeadHints>> = std::sync::Mutex::new(None);
+
+/// Node id → (sequence number, hash) of the last record this process appended.
+type HeadHints = HashMap<String, (i64, [u8; 32])>;
+
+fn head_hint(node_id: &str) -> Option<(i64, [u8; 32])> {
+    HEAD_HINT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .and_then(|m| m.get(node_id).copied())
+}
+
+fn note_head(record: &AuditRecord) {
+    let mut hints = HEAD_HINT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let m = hints.get_or_insert_with(HashMap::new);
+    if m.len() >= 64 && !m.contains_key(&record.node_id) {
+        m.clear();
+    }
+    m.insert(record.node_id.clone(), (record.seq, record.hash));
+}
+
+async fn insert_record(
+    conn: &mut PgConnection,
+    record: &AuditRecord,
+    only_after_head: bool,
+) -> Result<bool, StoreError> {
+    let sql = if only_after_head {
+        "INSERT INTO audit_log (seq, ts, node_id, actor, action, subject, details, prev_hash, hash) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+         WHERE ($1 - 1, $8::bytea) = (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1)"
+    } else {
+        "INSERT INTO audit_log (seq, ts, node_id, actor, action, subject, details, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    };
+    let done = sqlx::query(sql)
+        .bind(record.seq)
+        .bind(record.ts)
+        .bind(&record.node_id)
+        .bind(&record.actor)
+        .bind(&record.action)
+        .bind(&record.subject)
+        .bind(&record.details)
+        .bind(record.prev_hash.as_slice())
+        .bind(record.hash.as_slice())
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Appends an entry inside the caller's transaction, so the audited change and
 /// its audit row commit or roll back together.
 pub async fn append_audit(
@@ -362,6 +421,13 @@ pub async fn append_audit(
         .bind(AUDIT_LOCK_KEY)
         .execute(&mut *conn)
         .await?;
+    if let Some((seq, hash)) = head_hint(node_id) {
+        let record = AuditRecord::new(seq + 1, Utc::now(), node_id, entry.clone(), hash);
+        if insert_record(conn, &record, true).await? {
+            note_head(&record);
+            return Ok(record);
+        }
+    }
     let last: Option<(i64, Vec<u8>)> =
         sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *conn)
@@ -376,21 +442,8 @@ pub async fn append_audit(
         None => (1, GENESIS_HASH),
     };
     let record = AuditRecord::new(seq, Utc::now(), node_id, entry, prev_hash);
-    sqlx::query(
-        "INSERT INTO audit_log (seq, ts, node_id, actor, action, subject, details, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(record.seq)
-    .bind(record.ts)
-    .bind(&record.node_id)
-    .bind(&record.actor)
-    .bind(&record.action)
-    .bind(&record.subject)
-    .bind(&record.details)
-    .bind(record.prev_hash.as_slice())
-    .bind(record.hash.as_slice())
-    .execute(&mut *conn)
-    .await?;
+    insert_record(conn, &record, false).await?;
+    note_head(&record);
     Ok(record)
 }
 
