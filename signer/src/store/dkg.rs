@@ -87,6 +87,20 @@ pub struct ShareRow {
     pub participants: Vec<String>,
 }
 
+/// A usable share's key, without the share: what the transaction service reads on
+/// every request (the envelope stays in the database).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ShareKeyRow {
+    /// Key id.
+    pub key_id: String,
+    /// Protocol of the ceremony.
+    pub protocol: String,
+    /// Threshold.
+    pub threshold: i32,
+    /// Participants.
+    pub participants: Vec<String>,
+}
+
 macro_rules! ceremony_cols {
     () => {
         "id, protocol, threshold, participants, execution_id, coordinator, \
@@ -286,6 +300,18 @@ impl Store {
         Ok(sqlx::query_as::<_, ShareRow>(
             "SELECT s.ceremony_id, s.key_id, s.public_key, s.envelope, c.protocol, c.threshold, \
              c.participants FROM key_shares s JOIN dkg_ceremonies c ON c.id = s.ceremony_id \
+             WHERE s.node_id = $1 AND s.usable AND c.state = 'completed' ORDER BY s.id",
+        )
+        .bind(node_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The keys of [`Self::usable_shares`], without reading the shares.
+    pub async fn usable_share_keys(&self, node_id: &str) -> Result<Vec<ShareKeyRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ShareKeyRow>(
+            "SELECT s.key_id, c.protocol, c.threshold, c.participants \
+             FROM key_shares s JOIN dkg_ceremonies c ON c.id = s.ceremony_id \
              WHERE s.node_id = $1 AND s.usable AND c.state = 'completed' ORDER BY s.id",
         )
         .bind(node_id)

@@ -588,7 +588,7 @@ pub struct UsableKey {
 
 /// The keys of this node that have a loaded share, as wallet keys.
 pub async fn usable_keys(node: &TxCtx) -> Result<Vec<UsableKey>, TxError> {
-    let rows = node.store.usable_shares(&node.cfg.node_id).await?;
+    let rows = node.store.usable_share_keys(&node.cfg.node_id).await?;
     let mut out = Vec::new();
     for r in rows {
         let Some(protocol) = crate::dkg::DkgProtocol::parse(&r.protocol) else {
