@@ -15,7 +15,7 @@ use std::time::Duration;
 use bitcoin::consensus::encode;
 use bitcoin::{Address, Amount, Transaction};
 use cluster_tests::wallet::{
-    ended, ends_as, first_address, fund, pay, signed_everywhere, submit, verify_consensus,
+    ended, ends_as, fund, pay, signed_everywhere, submit, verify_consensus,
 };
 use cluster_tests::{funding, other_address, Cluster};
 use serde_json::json;
@@ -213,17 +213,8 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
 /// needs more than 32 of 40 small outputs is built from the second read and signed; one that
 /// all 40 cannot cover is refused with all 40 counted.
 async fn more_inputs_than_selection_reads_first(c: &Cluster, frost: &str) {
-    let addr = first_address(c, frost).await;
     let values: Vec<u64> = (0..40).map(|i| 1_000 + i).collect();
-    let fund = funding(&addr, &values);
-    let (status, v) = c
-        .post_json(
-            0,
-            "/api/v1/utxos",
-            &json!({ "raw_tx": encode::serialize_hex(&fund) }),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
+    let funds = fund(c, frost, &values).await;
     let (status, v) = c
         .post_json(0, "/api/v1/transactions", &pay(frost, 60_000))
         .await;
@@ -234,7 +225,7 @@ async fn more_inputs_than_selection_reads_first(c: &Cluster, frost: &str) {
     );
     let message = v["message"].as_str().unwrap_or_default();
     assert!(message.contains("40 usable outputs"), "{v}");
-    let (_, inputs) = pay_and_verify_on(c, &[0, 1, 2], frost, &fund, 31_000).await;
+    let (_, inputs) = pay_and_verify_on(c, &[0, 1, 2], frost, &funds, 31_000).await;
     assert!(inputs > 32, "{inputs} inputs");
 }
 
