@@ -257,7 +257,11 @@ async fn resources(c: &Cluster, n: usize) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss: Vec<f64> = (0..n).map(|i| c.node_rss_kib(i) as f64 / 1024.0).collect();
     let max = rss.iter().copied().fold(0.0, f64::max);
-    println!("idle RSS per node after the load (MiB): {rss:.1?}");
+    let anon: Vec<f64> = (0..n)
+        .map(|i| c.node_rss_anon_kib(i) as f64 / 1024.0)
+        .collect();
+    let max_anon = anon.iter().copied().fold(0.0, f64::max);
+    println!("idle RSS per node after the load (MiB): {rss:.1?}, of which anonymous {anon:.1?}");
     Figure::new(
         BENCH,
         "idle RSS per node after the load (largest)",
@@ -266,6 +270,13 @@ async fn resources(c: &Cluster, n: usize) -> anyhow::Result<()> {
     )
     .target("<= 50")
     .seed("#76: ~7.5 MiB per node (no keys, no pool)")
+    .record()?;
+    Figure::new(
+        BENCH,
+        "idle anonymous RSS per node after the load (largest; the rest is the mapped executable)",
+        max_anon,
+        "MiB",
+    )
     .record()?;
     let db = c.db(0).await;
     let (conns,): (i64,) = sqlx::query_as(

@@ -354,11 +354,22 @@ impl Cluster {
 
     /// Resident memory (VmRSS, KiB) of node `i`'s process.
     pub fn node_rss_kib(&self, i: usize) -> u64 {
+        self.node_status_kib(i, "VmRSS:")
+    }
+
+    /// Anonymous resident memory (RssAnon, KiB) of node `i`'s process: its own
+    /// memory, without the pages of the executable it maps (file-backed, shared by
+    /// the processes running the same binary and reclaimable).
+    pub fn node_rss_anon_kib(&self, i: usize) -> u64 {
+        self.node_status_kib(i, "RssAnon:")
+    }
+
+    fn node_status_kib(&self, i: usize, field: &str) -> u64 {
         let pid = self.node_pid(i).expect("node pid file");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
