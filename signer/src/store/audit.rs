@@ -1,6 +1,7 @@
 //! `audit_log` rows. The chain logic lives in [`crate::audit`].
 
 use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -358,7 +359,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// hint is still the head (same sequence number and hash, checked under the
 /// append lock); otherwise (a rolled-back append, another writer, another
 /// database) it reads the head as before. Saves a round trip per audit row.
-static HEAD_HINT: std::sync::Mutex<Option<HeadHints>> = std::sync::Mutex::new(None);
+static HEAD_HINT: LazyLock<Mutex<HeadHints>> = LazyLock::new(Mutex::default);
 
 /// Node id → (sequence number, hash) of the last record this process appended.
 type HeadHints = HashMap<String, (i64, [u8; 32])>;
@@ -366,20 +367,17 @@ type HeadHints = HashMap<String, (i64, [u8; 32])>;
 fn head_hint(node_id: &str) -> Option<(i64, [u8; 32])> {
     HEAD_HINT
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .as_ref()
-        .and_then(|m| m.get(node_id).copied())
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(node_id)
+        .copied()
 }
 
 fn note_head(record: &AuditRecord) {
-    let mut hints = HEAD_HINT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let m = hints.get_or_insert_with(HashMap::new);
-    if m.len() >= 64 && !m.contains_key(&record.node_id) {
-        m.clear();
+    let mut hints = HEAD_HINT.lock().unwrap_or_else(PoisonError::into_inner);
+    if hints.len() >= 64 && !hints.contains_key(&record.node_id) {
+        hints.clear();
     }
-    m.insert(record.node_id.clone(), (record.seq, record.hash));
+    hints.insert(record.node_id.clone(), (record.seq, record.hash));
 }
 
 async fn insert_record(
