@@ -99,6 +99,10 @@ async fn hundred_concurrent_submissions_are_accepted_and_signed(c: &Cluster, fro
         );
     }
     let mut spent = BTreeSet::new();
+    // Requests select concurrently (the intake lock covers the selection only):
+    // each change output still gets its own change index, so no two payments
+    // share a change address.
+    let mut change_scripts = BTreeSet::new();
     for (_, raw) in first.unwrap() {
         let tx: Transaction = encode::deserialize(&raw).unwrap();
         for inp in &tx.input {
@@ -108,9 +112,18 @@ async fn hundred_concurrent_submissions_are_accepted_and_signed(c: &Cluster, fro
                 inp.previous_output
             );
         }
+        // The payment is the 1 000 sat output; the rest of the 10 000 is change.
+        for out in tx.output.iter().filter(|o| o.value.to_sat() != 1_000) {
+            assert!(
+                change_scripts.insert(out.script_pubkey.clone()),
+                "two payments share the change address {:?}",
+                out.script_pubkey
+            );
+        }
         verify_consensus(&tx, &[&fund]);
     }
     assert_eq!(spent.len(), COUNT, "one funding output per payment");
+    assert_eq!(change_scripts.len(), COUNT, "one change output per payment");
 }
 
 /// With node 2 down the remaining t = 2 nodes sign; with node 1 down too, a payment

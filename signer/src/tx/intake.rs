@@ -51,7 +51,7 @@ pub async fn submit(
     let keys = super::usable_keys(node).await?;
     let limits = super::limits(node);
     let id = Uuid::new_v4();
-    let mut intake_guard = None;
+    let mut claim = None;
     let (mut validated, recipient, amount) = match sub {
         Submission::Psbt(raw) => {
             let wallet_keys: Vec<_> = keys.iter().map(|k| k.wallet.clone()).collect();
@@ -71,23 +71,35 @@ pub async fn submit(
                 .iter()
                 .find(|k| k.wallet.key_id() == key_id)
                 .ok_or_else(|| TxError::UnknownKey(key_id.clone()))?;
-            // Selection and reservation (below) run under one lock so concurrent
-            // requests never select the same UTXOs.
-            intake_guard = Some(node.tx.intake_lock.lock().await);
+            // Selection runs under one lock and claims what it chose, so
+            // concurrent requests never select the same UTXOs; the checks and the
+            // durable reservation (below) run outside it, while the claim holds.
+            let mut claims = node.tx.intake_lock.lock().await;
             // Only what selection can use: outputs worth more than their own input
             // fee, at most `max_inputs` of them, largest first. Selection is greedy
             // from the largest, so it first reads only the largest
             // `SELECTION_FIRST_READ` and reads up to `max_inputs` only when those do
             // not cover the payment: the choice is the same either way, and a
             // payment beside thousands of outputs reads tens of rows, not hundreds.
+            // Outputs other requests claimed are skipped (read beyond the limit by
+            // their number, so the limit counts selectable outputs).
             let above = fee_rate_sat_vb.saturating_mul(key.wallet.kind().input_vbytes());
-            let change = node.store.next_change_index(&key_id).await?;
+            let change = match claims.next_change.get(&key_id) {
+                Some(next) => *next,
+                None => node.store.next_change_index(&key_id).await?,
+            };
+            let held = claims.outpoints.len();
             let mut read = SELECTION_FIRST_READ.min(limits.max_inputs);
             let v = loop {
-                let utxos = node
+                let rows = i64::try_from(read.saturating_add(held)).unwrap_or(i64::MAX);
+                let utxos: Vec<_> = node
                     .store
-                    .selectable_utxos(&key_id, above, i64::try_from(read).unwrap_or(i64::MAX))
-                    .await?;
+                    .selectable_utxos(&key_id, above, rows)
+                    .await?
+                    .into_iter()
+                    .filter(|u| !claims.outpoints.contains(&u.outpoint))
+                    .take(read)
+                    .collect();
                 match wallet::build_psbt(
                     &key.wallet,
                     &utxos,
@@ -105,6 +117,16 @@ pub async fn submit(
                     r => break r?,
                 }
             };
+            claims
+                .next_change
+                .insert(key_id.clone(), change.saturating_add(1));
+            let outpoints: Vec<_> = v.inputs.iter().map(|i| i.outpoint).collect();
+            claims.outpoints.extend(outpoints.iter().copied());
+            claim = Some(Claim {
+                node: node.clone(),
+                outpoints,
+            });
+            drop(claims);
             (v, Some(recipient), Some(amount_sats))
         }
     };
@@ -172,7 +194,8 @@ pub async fn submit(
         }
         Err(e) => return Err(e.into()),
     }
-    drop(intake_guard);
+    // Reserved in the database (or failed): the claim is no longer needed.
+    drop(claim);
     let prop = Proposal {
         id,
         key_id: validated.key_id.clone(),
@@ -238,6 +261,40 @@ pub async fn submit(
         return Err(e);
     }
     Ok(id)
+}
+
+/// Outputs a recipient + amount request selected, claimed until the request's
+/// reservation is settled (stored or failed; also when the request is dropped
+/// half-way): released under the intake lock.
+struct Claim {
+    node: Arc<TxCtx>,
+    outpoints: Vec<bitcoin::OutPoint>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let outpoints = std::mem::take(&mut self.outpoints);
+        if let Ok(mut claims) = self.node.tx.intake_lock.try_lock() {
+            for o in &outpoints {
+                claims.outpoints.remove(o);
+            }
+            return;
+        }
+        let node = self.node.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let mut claims = node.tx.intake_lock.lock().await;
+                    for o in &outpoints {
+                        claims.outpoints.remove(o);
+                    }
+                });
+            }
+            // Only outside a runtime (never in the node): the outputs stay
+            // unselectable here until the process restarts, which is safe.
+            Err(_) => tracing::warn!(count = outpoints.len(), "intake claims not released"),
+        }
+    }
 }
 
 /// Imports the outputs of a funding transaction that pay this node's keys.

@@ -159,6 +159,10 @@ pub struct Pending {
     /// Whether this node has cast its vote (it votes once; a policy needing human
     /// approvals holds the vote until they arrive).
     pub voted: std::sync::atomic::AtomicBool,
+    /// Whether this node's own approval, with the outflow it counts against the
+    /// key's velocity windows, is committed: the round's close then need not count
+    /// the outflow again (issue 21: one statement less per transaction).
+    pub approval_counted: std::sync::atomic::AtomicBool,
     /// Whether this node's round is known closed (recorded here, by this node or an
     /// expiry): later votes are stored and checked but the tally is not read again.
     pub round_closed: std::sync::atomic::AtomicBool,
@@ -343,8 +347,9 @@ pub struct Registry {
         >,
     >,
     frozen: Mutex<std::collections::BTreeSet<String>>,
-    /// Held while a recipient + amount request selects and reserves its UTXOs.
-    pub intake_lock: tokio::sync::Mutex<()>,
+    /// Held while a recipient + amount request selects its UTXOs and claims them
+    /// (only the selection: the checks and the durable reservation run outside).
+    pub intake_lock: tokio::sync::Mutex<IntakeClaims>,
     /// Per key: held from reading a velocity window to counting this node's
     /// approval in it, so concurrent proposals cannot each see the same room.
     velocity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -356,6 +361,19 @@ pub struct Registry {
     /// SHA-256 of the policy file text this process last saw recorded as a
     /// `policy.version` audit record (only this node writes its log).
     policy_recorded: Mutex<Option<Vec<u8>>>,
+}
+
+/// What recipient + amount requests between selection and their durable
+/// reservation hold (issue 21: the intake lock covers the selection only, so the
+/// checks and the commit of one request overlap with the next one's selection).
+#[derive(Debug, Default)]
+pub struct IntakeClaims {
+    /// Outputs a request selected whose reservation is not known to be settled:
+    /// no other request selects them. Removed under the intake lock, so a
+    /// selection sees each output either claimed here or reserved in the database.
+    pub outpoints: std::collections::HashSet<bitcoin::OutPoint>,
+    /// Per key: the next change index to hand out (read from the database once).
+    pub next_change: HashMap<String, u32>,
 }
 
 impl Default for Registry {

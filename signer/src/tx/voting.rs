@@ -396,6 +396,7 @@ async fn on_proposal_inner(
         deadline_unix,
         sign_deadline_unix: deadline_unix.saturating_add(node.cfg.wallet.sign_timeout_secs.max(5)),
         voted: AtomicBool::new(false),
+        approval_counted: AtomicBool::new(false),
         round_closed: AtomicBool::new(false),
         relayed_votes: std::sync::OnceLock::new(),
         blame: std::sync::Mutex::default(),
@@ -403,11 +404,11 @@ async fn on_proposal_inner(
         settling: tokio::sync::Mutex::default(),
     });
     node.tx.insert(prop.id, pending.clone());
-    let budget = node.tx.velocity_lock(&prop.key_id).await;
-    let mut verdict = decide(node, &loaded, prop.id, &pending, deadline_unix).await;
     // Every input's amount and script must be proven to this node itself (the full
     // previous transaction, or an output it imported): the leader's word is not
-    // enough (BIP-143 fee attack).
+    // enough (BIP-143 fee attack). Checked and reserved before the velocity lock
+    // (issue 21: the lock covers only reading the windows and counting the
+    // approval; the reservation does not depend on them).
     let outpoints: Vec<_> = pending
         .validated
         .inputs
@@ -415,29 +416,34 @@ async fn on_proposal_inner(
         .map(|i| i.outpoint)
         .collect();
     let known = node.store.known_outputs(&outpoints).await?;
-    if let Err(e) = pending.validated.check_input_proofs(&known) {
+    let input_reject = if let Err(e) = pending.validated.check_input_proofs(&known) {
         tracing::warn!(tx = %prop.id, leader = %from, error = %e, "input amounts not proven; voting reject");
-        verdict.reject(e.code());
+        Some(e.code())
     } else {
         match node
             .store
             .reserve_inputs(prop.id, &proven_inputs(&pending.validated))
             .await?
         {
-            InputReservation::Reserved => {}
+            InputReservation::Reserved => None,
             // An input this node knows as spent, or reserved by another transaction
             // (e.g. a concurrent proposal from another leader), is never signed twice.
             InputReservation::Unavailable(o) => {
                 tracing::warn!(tx = %prop.id, input = %o, "input already spent or reserved; voting reject");
-                verdict.reject("input_unavailable");
+                Some("input_unavailable")
             }
             // The others decided before this node's own check finished (e.g. a quorum
             // of rejections): its inputs stay free for other transactions.
             InputReservation::TransactionEnded(state) => {
                 tracing::info!(tx = %prop.id, state = %state, "transaction ended before this node reserved its inputs; voting reject");
-                verdict.reject("transaction_ended");
+                Some("transaction_ended")
             }
         }
+    };
+    let budget = node.tx.velocity_lock(&prop.key_id).await;
+    let mut verdict = decide(node, &loaded, prop.id, &pending, deadline_unix).await;
+    if let Some(reason) = input_reject {
+        verdict.reject(reason);
     }
     if verdict.awaiting_approval {
         drop(budget);
@@ -599,16 +605,23 @@ async fn cast_vote(
                 })),
         )
     };
-    if let VoteRecord::TxidApprovedWithOtherData(first) = node
+    match node
         .store
         .record_own_vote(id, claim(&verdict), audit(&verdict))
         .await?
     {
-        tracing::warn!(tx = %id, txid = %v.txid, first = %first, "txid already approved under other data; voting reject");
-        verdict.reject(REASON_TXID_OTHER_DATA);
-        node.store
-            .record_own_vote(id, claim(&verdict), audit(&verdict))
-            .await?;
+        VoteRecord::TxidApprovedWithOtherData(first) => {
+            tracing::warn!(tx = %id, txid = %v.txid, first = %first, "txid already approved under other data; voting reject");
+            verdict.reject(REASON_TXID_OTHER_DATA);
+            node.store
+                .record_own_vote(id, claim(&verdict), audit(&verdict))
+                .await?;
+        }
+        VoteRecord::Recorded => {
+            if claim(&verdict).is_some() {
+                pending.approval_counted.store(true, Ordering::Release);
+            }
+        }
     }
     drop(budget);
     let Verdict { body, approval, .. } = verdict;
@@ -947,8 +960,13 @@ async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
         RoundOutcome::Rejected => "rejected",
     };
     // A quorum of approvals counts against the key's velocity windows here
-    // whatever this node voted (others may sign it), in the closing transaction.
-    let outflow = p.validated.view.outflow_sats();
+    // whatever this node voted (others may sign it), in the closing transaction,
+    // unless this node's own committed approval counted it already.
+    let outflow = if p.approval_counted.load(Ordering::Acquire) {
+        None
+    } else {
+        p.validated.view.outflow_sats()
+    };
     let key_id = p.validated.key_id.as_str();
     let closed = super::until_recorded("vote outcome", id, || async {
         if to == "approved" {
