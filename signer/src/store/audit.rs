@@ -323,25 +323,36 @@ impl Store {
         .bind(after_seq)
         .fetch_all(self.pool())
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (seq, subject) in rows {
-            let id = subject
-                .as_deref()
-                .and_then(|s| uuid::Uuid::parse_str(s).ok());
-            let led = match id {
-                None => false,
-                Some(id) => {
-                    let l: Option<(Option<String>,)> =
-                        sqlx::query_as("SELECT leader FROM transactions WHERE id = $1")
-                            .bind(id)
-                            .fetch_optional(self.pool())
-                            .await?;
-                    l.and_then(|(l,)| l).as_deref() == Some(leader)
-                }
-            };
-            out.push((seq, led));
-        }
-        Ok(out)
+        let ids: Vec<Option<uuid::Uuid>> = rows
+            .iter()
+            .map(|(_, subject)| {
+                subject
+                    .as_deref()
+                    .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            })
+            .collect();
+        // Which of them `leader` led: one statement for the whole page (issue 21:
+        // it was one per record).
+        let listed: Vec<uuid::Uuid> = ids.iter().flatten().copied().collect();
+        let led: std::collections::HashSet<uuid::Uuid> = if listed.is_empty() {
+            Default::default()
+        } else {
+            sqlx::query_as::<_, (uuid::Uuid,)>(
+                "SELECT id FROM transactions WHERE id = ANY($1) AND leader = $2",
+            )
+            .bind(&listed)
+            .bind(leader)
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .map(|(id,)| id)
+            .collect()
+        };
+        Ok(rows
+            .iter()
+            .zip(&ids)
+            .map(|((seq, _), id)| (*seq, id.is_some_and(|id| led.contains(&id))))
+            .collect())
     }
 }
 

@@ -118,13 +118,24 @@ impl Store {
         if let Some(new) = new {
             insert_row(&mut tx, new).await?;
         }
-        sqlx::query("UPDATE transactions SET leader = $2, vote_deadline = $3 WHERE id = $1")
-            .bind(id)
-            .bind(leader)
-            .bind(round.deadline)
-            .execute(&mut *tx)
-            .await?;
-        set_transaction_state(&mut *tx, id, "voting", None).await?;
+        // Leader, deadline and the move to `voting` in one statement (the state
+        // machine's trigger checks the move as for any other).
+        let moved = sqlx::query(
+            "UPDATE transactions SET leader = $2, vote_deadline = $3, state = 'voting' \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(leader)
+        .bind(round.deadline)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::classify(e, "transaction"))?;
+        if moved.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "transaction",
+                id: id.to_string(),
+            });
+        }
         super::votes::insert_round(&mut tx, id, round).await?;
         tx.commit().await?;
         Ok(())
@@ -252,35 +263,41 @@ impl Store {
     /// Writes this node's vote on transaction `id` before it leaves, in one database
     /// transaction: for an approval (`approve`), the claim of its txid under its
     /// data (see [`Store::claim_txid_approval`]) and its outflow counted against the
-    /// key's velocity windows; then the vote's audit row. When the txid was approved
+    /// key's velocity windows; then the signed vote `own_vote` and its audit row.
+    /// When the txid was approved
     /// here under other data, nothing is written and the first transaction is
     /// returned (the caller votes reject instead).
     pub async fn record_own_vote(
         &self,
         id: Uuid,
         approve: Option<ApprovalClaim<'_>>,
+        own_vote: &super::votes::NewSignedVote,
         audit: AuditOf,
     ) -> Result<VoteRecord, StoreError> {
         let mut tx = self.pool().begin().await?;
         if let Some(a) = approve {
-            sqlx::query(
+            // A new txid is claimed in one statement; only a txid claimed before
+            // (rare: the same unsigned transaction proposed again) is read back.
+            let claimed: Option<(Uuid,)> = sqlx::query_as(
                 "INSERT INTO approved_txids (txid, data_hash, transaction_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT (txid) DO NOTHING",
+                 ON CONFLICT (txid) DO NOTHING RETURNING transaction_id",
             )
             .bind(a.txid)
             .bind(a.data_hash.as_slice())
             .bind(id)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| StoreError::classify(e, "txid approval"))?;
-            let (hash, first): (Vec<u8>, Uuid) = sqlx::query_as(
-                "SELECT data_hash, transaction_id FROM approved_txids WHERE txid = $1",
-            )
-            .bind(a.txid)
-            .fetch_one(&mut *tx)
-            .await?;
-            if hash.as_slice() != a.data_hash.as_slice() {
-                return Ok(VoteRecord::TxidApprovedWithOtherData(first));
+            if claimed.is_none() {
+                let (hash, first): (Vec<u8>, Uuid) = sqlx::query_as(
+                    "SELECT data_hash, transaction_id FROM approved_txids WHERE txid = $1",
+                )
+                .bind(a.txid)
+                .fetch_one(&mut *tx)
+                .await?;
+                if hash.as_slice() != a.data_hash.as_slice() {
+                    return Ok(VoteRecord::TxidApprovedWithOtherData(first));
+                }
             }
             insert_outflow(
                 &mut tx,
@@ -291,6 +308,10 @@ impl Store {
             )
             .await?;
         }
+        // The signed vote itself, in the same commit (issue 21: not a statement
+        // and a commit of its own). This node votes once per round: a stored vote
+        // of its own is an error, and nothing of this one is written.
+        super::votes::insert_own_vote(&mut tx, own_vote).await?;
         audit.append(&mut tx).await?;
         tx.commit().await?;
         Ok(VoteRecord::Recorded)

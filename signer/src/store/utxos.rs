@@ -119,11 +119,14 @@ impl Store {
         }
         for u in inputs {
             let o = &u.outpoint;
-            sqlx::query(
+            // An input this node did not know is recorded reserved by `id` in one
+            // statement (the usual case on a node that did not import the coin);
+            // a known one is checked and reserved below.
+            let learned: Option<(i32,)> = sqlx::query_as(
                 "INSERT INTO utxos (txid, vout, key_id, value_sats, script_pubkey, chain, idx, \
                  state, reserved_by, origin) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, 'reserved', $8, 'proposal') \
-                 ON CONFLICT (txid, vout) DO NOTHING",
+                 ON CONFLICT (txid, vout) DO NOTHING RETURNING vout",
             )
             .bind(o.txid.to_string())
             .bind(i64::from(o.vout))
@@ -133,9 +136,12 @@ impl Store {
             .bind(i64::from(u.chain))
             .bind(i64::from(u.index))
             .bind(id)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| StoreError::classify(e, "utxo"))?;
+            if learned.is_some() {
+                continue;
+            }
             let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
                 "SELECT state, reserved_by FROM utxos WHERE txid = $1 AND vout = $2 FOR UPDATE",
             )

@@ -224,6 +224,29 @@ impl Store {
     }
 }
 
+/// Inserts this node's own vote in `tx` (no `ON CONFLICT`: a second own vote in
+/// the round fails the transaction it is part of).
+pub(super) async fn insert_own_vote(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    vote: &NewSignedVote,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(vote.round_id)
+    .bind(&vote.node_id)
+    .bind(&vote.decision)
+    .bind(&vote.reasons)
+    .bind(&vote.policy_hash)
+    .bind(&vote.signature)
+    .bind(&vote.signed_vote)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| StoreError::classify(e, "vote"))?;
+    Ok(())
+}
+
 /// A signed vote to store (see the transaction service's vote intake).
 #[derive(Debug, Clone)]
 pub struct NewSignedVote {

@@ -1016,9 +1016,12 @@ pub async fn on_done(node: Arc<TxCtx>, from: String, done: Done) {
         }
     }
     // The votes that closed the round at the leader may still be on their way here:
-    // wait a little for this node's own tally to leave `voting`.
+    // wait a little for this node's own tally to leave `voting` (nothing to wait
+    // for, and nothing to read, when this node recorded its round's close).
     let wait_until = tokio::time::Instant::now() + QUORUM_WAIT;
-    while tokio::time::Instant::now() < wait_until {
+    while !p.round_closed.load(std::sync::atomic::Ordering::Acquire)
+        && tokio::time::Instant::now() < wait_until
+    {
         match node.store.get_transaction(id).await {
             Ok(row) if row.state == "voting" => {
                 tokio::time::sleep(Duration::from_millis(100)).await

@@ -187,15 +187,7 @@ impl VoteIntake {
             return Err(rej);
         }
         let body = signed.body();
-        let row = NewSignedVote {
-            round_id,
-            node_id: body.voter.clone(),
-            decision: body.decision.as_str().to_owned(),
-            reasons: serde_json::json!(body.reasons),
-            policy_hash: hex::encode(body.policy_hash),
-            signature: signed.signature().to_vec(),
-            signed_vote: signed.encode(),
-        };
+        let row = vote_row(round_id, signed);
         let existing = match self.store.insert_signed_vote(&row).await? {
             VoteSlot::Inserted => {
                 tracing::info!(voter = %body.voter, round = %session, decision = %body.decision, "vote accepted");
@@ -394,6 +386,20 @@ impl VoteIntake {
 }
 
 /// `byzantine_violations.session_id` of a round: `<transaction id>/<round>`.
+/// The row that stores `signed` in round `round_id`.
+pub fn vote_row(round_id: Uuid, signed: &SignedVote) -> NewSignedVote {
+    let body = signed.body();
+    NewSignedVote {
+        round_id,
+        node_id: body.voter.clone(),
+        decision: body.decision.as_str().to_owned(),
+        reasons: serde_json::json!(body.reasons),
+        policy_hash: hex::encode(body.policy_hash),
+        signature: signed.signature().to_vec(),
+        signed_vote: signed.encode(),
+    }
+}
+
 fn round_session(transaction_id: Uuid, round_no: u32) -> String {
     format!("{transaction_id}/{round_no}")
 }

@@ -705,8 +705,20 @@ fn vote_audit(id: Uuid) -> crate::store::audit::AuditOf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_own_vote_is_written_whole_or_not_at_all() {
     use crate::store::transactions::{ApprovalClaim, VoteRecord};
-    let (_pg, store, tx, _round) = store_with_round().await;
+    let (_pg, store, tx, round) = store_with_round().await;
     let other = new_tx(&store).await;
+    let other_round = Uuid::new_v4();
+    store
+        .create_round(
+            other_round,
+            other,
+            1,
+            2,
+            3,
+            chrono::Utc::now() + chrono::Duration::seconds(60),
+        )
+        .await
+        .expect("round");
     let txid = "cd".repeat(32);
     let claim = |hash: &'static [u8; 32], sats| ApprovalClaim {
         txid: &txid,
@@ -714,46 +726,64 @@ async fn an_own_vote_is_written_whole_or_not_at_all() {
         key_id: "hot",
         outflow_sats: sats,
     };
-    // An approval: the txid claimed under its data, the outflow counted and the
-    // vote audited, together.
+    let approve = vote_row(round, &signed(tx, 1, 1, VoteDecision::Approve));
+    // An approval: the txid claimed under its data, the outflow counted, the
+    // signed vote stored and audited, together.
     assert_eq!(
         store
-            .record_own_vote(tx, Some(claim(&[1; 32], 7_000)), vote_audit(tx))
+            .record_own_vote(tx, Some(claim(&[1; 32], 7_000)), &approve, vote_audit(tx))
             .await
             .expect("record"),
         VoteRecord::Recorded
     );
-    // What is written: the key's counted outflow and the vote's audit rows.
-    let written = |id: Uuid| {
+    // What is written: the key's counted outflow, the vote's audit rows and the
+    // round's votes.
+    let written = |id: Uuid, round: Uuid| {
         let store = store.clone();
         async move {
             let spent = store
                 .spent_in_window("hot", 3600, Uuid::new_v4())
                 .await
                 .expect("spent");
-            (spent, audit_rows_about(&store, "tx.vote", id).await)
+            let votes = store.round_votes(round).await.expect("votes").len();
+            (spent, audit_rows_about(&store, "tx.vote", id).await, votes)
         }
     };
-    assert_eq!(written(tx).await, (7_000, 1));
-    // The same txid under other data: nothing written (no outflow, no audit row),
-    // the first approval named.
+    assert_eq!(written(tx, round).await, (7_000, 1, 1));
+    // A second own vote in the same round: refused whole (no second outflow,
+    // audit row or vote).
+    let again = vote_row(round, &signed(tx, 1, 1, VoteDecision::Reject));
+    assert!(store
+        .record_own_vote(tx, None, &again, vote_audit(tx))
+        .await
+        .is_err());
+    assert_eq!(written(tx, round).await, (7_000, 1, 1));
+    // The same txid under other data: nothing written (no outflow, no audit row,
+    // no vote), the first approval named.
+    let other_approve = vote_row(other_round, &signed(other, 1, 1, VoteDecision::Approve));
     assert_eq!(
         store
-            .record_own_vote(other, Some(claim(&[2; 32], 9_000)), vote_audit(other))
+            .record_own_vote(
+                other,
+                Some(claim(&[2; 32], 9_000)),
+                &other_approve,
+                vote_audit(other)
+            )
             .await
             .expect("record"),
         VoteRecord::TxidApprovedWithOtherData(tx)
     );
-    assert_eq!(written(other).await, (7_000, 0));
+    assert_eq!(written(other, other_round).await, (7_000, 0, 0));
     // The reject that follows is recorded without a claim or an outflow.
+    let other_reject = vote_row(other_round, &signed(other, 1, 1, VoteDecision::Reject));
     assert_eq!(
         store
-            .record_own_vote(other, None, vote_audit(other))
+            .record_own_vote(other, None, &other_reject, vote_audit(other))
             .await
             .expect("record"),
         VoteRecord::Recorded
     );
-    assert_eq!(written(other).await, (7_000, 1));
+    assert_eq!(written(other, other_round).await, (7_000, 1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

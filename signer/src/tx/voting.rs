@@ -18,7 +18,7 @@ use crate::store::transactions::{ApprovalClaim, NewTransaction, VoteRecord};
 use crate::store::utxos::InputReservation;
 use crate::store::votes::NewRound;
 use crate::store::StoreError;
-use crate::tx::vote_intake::{Prechecked, VoteIntake};
+use crate::tx::vote_intake::{vote_row, Prechecked, VoteIntake};
 use vote::{
     evaluate_round, RoundOutcome, SignedVote, VoteBody, VoteDecision, VoteKeyBook, VoteMessage,
     VoteReject, VoteSubject,
@@ -605,16 +605,34 @@ async fn cast_vote(
                 })),
         )
     };
+    // The vote is signed first and stored with the rest, in the same commit.
+    let unsealed = node.unsealed().ok_or(TxError::Sealed)?;
+    let sign = |verdict: &Verdict| {
+        SignedVote::sign(verdict.body.clone(), &unsealed.vote_key)
+            .map_err(|e| TxError::Internal(format!("signing the vote: {e}")))
+    };
+    let mut signed = sign(&verdict)?;
     match node
         .store
-        .record_own_vote(id, claim(&verdict), audit(&verdict))
+        .record_own_vote(
+            id,
+            claim(&verdict),
+            &vote_row(pending.round_id, &signed),
+            audit(&verdict),
+        )
         .await?
     {
         VoteRecord::TxidApprovedWithOtherData(first) => {
             tracing::warn!(tx = %id, txid = %v.txid, first = %first, "txid already approved under other data; voting reject");
             verdict.reject(REASON_TXID_OTHER_DATA);
+            signed = sign(&verdict)?;
             node.store
-                .record_own_vote(id, claim(&verdict), audit(&verdict))
+                .record_own_vote(
+                    id,
+                    claim(&verdict),
+                    &vote_row(pending.round_id, &signed),
+                    audit(&verdict),
+                )
                 .await?;
         }
         VoteRecord::Recorded => {
@@ -624,12 +642,11 @@ async fn cast_vote(
         }
     }
     drop(budget);
-    let Verdict { body, approval, .. } = verdict;
-    let unsealed = node.unsealed().ok_or(TxError::Sealed)?;
-    let signed = SignedVote::sign(body, &unsealed.vote_key)
-        .map_err(|e| TxError::Internal(format!("signing the vote: {e}")))?;
-    drop(approval);
-    accept_vote(node, id, &me, &signed).await;
+    drop(verdict);
+    tracing::info!(voter = %me, tx = %id, decision = %signed.body().decision, "own vote recorded");
+    // Stored above: counted in the tally without being checked and stored again.
+    pending.note_vote_stored(&signed);
+    check_round(node, id, pending).await;
     let payload = VoteMessage::Vote(signed.clone()).encode();
     let mut frames = vec![Frame::new(id, MessageKind::VOTE, payload)];
     let vote_key = node.unsealed();
