@@ -230,21 +230,36 @@ pub(super) async fn insert_own_vote(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     vote: &NewSignedVote,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    insert_vote_row(&mut **tx, vote, false).await.map(drop)
+}
+
+/// Inserts `vote`; with `if_free`, only if its node has no vote in the round yet
+/// (then returns whether it was inserted), else a second vote is an error.
+async fn insert_vote_row<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    vote: &NewSignedVote,
+    if_free: bool,
+) -> Result<bool, StoreError> {
+    let sql = if if_free {
         "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(vote.round_id)
-    .bind(&vote.node_id)
-    .bind(&vote.decision)
-    .bind(&vote.reasons)
-    .bind(&vote.policy_hash)
-    .bind(&vote.signature)
-    .bind(&vote.signed_vote)
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| StoreError::classify(e, "vote"))?;
-    Ok(())
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT ON CONSTRAINT votes_one_per_node DO NOTHING RETURNING id"
+    } else {
+        "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"
+    };
+    let inserted: Option<(i64,)> = sqlx::query_as(sql)
+        .bind(vote.round_id)
+        .bind(&vote.node_id)
+        .bind(&vote.decision)
+        .bind(&vote.reasons)
+        .bind(&vote.policy_hash)
+        .bind(&vote.signature)
+        .bind(&vote.signed_vote)
+        .fetch_optional(ex)
+        .await
+        .map_err(|e| StoreError::classify(e, "vote"))?;
+    Ok(inserted.is_some())
 }
 
 /// A signed vote to store (see the transaction service's vote intake).
@@ -294,22 +309,7 @@ impl Store {
     /// Stores a vote unless the node already has one in the round (constraint
     /// `votes_one_per_node`); then returns the stored one, untouched.
     pub async fn insert_signed_vote(&self, vote: &NewSignedVote) -> Result<VoteSlot, StoreError> {
-        let inserted: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT ON CONSTRAINT votes_one_per_node DO NOTHING RETURNING id",
-        )
-        .bind(vote.round_id)
-        .bind(&vote.node_id)
-        .bind(&vote.decision)
-        .bind(&vote.reasons)
-        .bind(&vote.policy_hash)
-        .bind(&vote.signature)
-        .bind(&vote.signed_vote)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(|e| StoreError::classify(e, "vote"))?;
-        if inserted.is_some() {
+        if insert_vote_row(self.pool(), vote, true).await? {
             return Ok(VoteSlot::Inserted);
         }
         let existing: Option<(Option<Vec<u8>>,)> =
