@@ -264,9 +264,8 @@ impl Store {
     /// transaction: for an approval (`approve`), the claim of its txid under its
     /// data (see [`Store::claim_txid_approval`]) and its outflow counted against the
     /// key's velocity windows; then the signed vote `own_vote` and its audit row.
-    /// When the txid was approved
-    /// here under other data, nothing is written and the first transaction is
-    /// returned (the caller votes reject instead).
+    /// When the txid was approved here under other data, nothing is written and
+    /// the first transaction is returned (the caller votes reject instead).
     pub async fn record_own_vote(
         &self,
         id: Uuid,

@@ -275,20 +275,13 @@ impl Drop for Claim {
     fn drop(&mut self) {
         let outpoints = std::mem::take(&mut self.outpoints);
         if let Ok(mut claims) = self.node.tx.intake_lock.try_lock() {
-            for o in &outpoints {
-                claims.outpoints.remove(o);
-            }
+            claims.release(&outpoints);
             return;
         }
         let node = self.node.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(async move {
-                    let mut claims = node.tx.intake_lock.lock().await;
-                    for o in &outpoints {
-                        claims.outpoints.remove(o);
-                    }
-                });
+                rt.spawn(async move { node.tx.intake_lock.lock().await.release(&outpoints) });
             }
             // Only outside a runtime (never in the node): the outputs stay
             // unselectable here until the process restarts, which is safe.

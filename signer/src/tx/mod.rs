@@ -376,6 +376,15 @@ pub struct IntakeClaims {
     pub next_change: HashMap<String, u32>,
 }
 
+impl IntakeClaims {
+    /// Ends the claim on `outpoints`.
+    pub fn release(&mut self, outpoints: &[bitcoin::OutPoint]) {
+        for o in outpoints {
+            self.outpoints.remove(o);
+        }
+    }
+}
+
 impl Default for Registry {
     fn default() -> Self {
         Registry {

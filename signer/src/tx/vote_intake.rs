@@ -385,7 +385,6 @@ impl VoteIntake {
     }
 }
 
-/// `byzantine_violations.session_id` of a round: `<transaction id>/<round>`.
 /// The row that stores `signed` in round `round_id`.
 pub fn vote_row(round_id: Uuid, signed: &SignedVote) -> NewSignedVote {
     let body = signed.body();
@@ -400,6 +399,7 @@ pub fn vote_row(round_id: Uuid, signed: &SignedVote) -> NewSignedVote {
     }
 }
 
+/// `byzantine_violations.session_id` of a round: `<transaction id>/<round>`.
 fn round_session(transaction_id: Uuid, round_no: u32) -> String {
     format!("{transaction_id}/{round_no}")
 }

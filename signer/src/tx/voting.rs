@@ -649,12 +649,11 @@ async fn cast_vote(
     check_round(node, id, pending).await;
     let payload = VoteMessage::Vote(signed.clone()).encode();
     let mut frames = vec![Frame::new(id, MessageKind::VOTE, payload)];
-    let vote_key = node.unsealed();
     let bad = crate::fault::byzantine_votes(
         &me,
         &pending.participants,
         &signed,
-        vote_key.as_ref().map(|u| &u.vote_key),
+        Some(&unsealed.vote_key),
     );
     for v in bad {
         tracing::error!(tx = %id, "FAULT INJECTION: sending a Byzantine vote");
