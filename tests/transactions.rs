@@ -154,6 +154,16 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
         assert_eq!(pay_and_verify(&c, key_id, &fund, 40_000).await, 2);
     }
 
+    // The honest path raises no alert: an error line on every payment (as the close
+    // of a round logged one in session 18) teaches operators to ignore alerts.
+    for i in 0..N {
+        let errors = c.errors_logged(i);
+        assert!(
+            errors.is_empty(),
+            "node {i} logged errors on the honest path: {errors:#?}"
+        );
+    }
+
     // Bad requests: 4xx with a code, nothing stored, never a 5xx.
     let before = tx_count(&c, 0).await;
     let mainnet = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4";

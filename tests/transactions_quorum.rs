@@ -124,6 +124,14 @@ async fn hundred_concurrent_submissions_are_accepted_and_signed(c: &Cluster, fro
     }
     assert_eq!(spent.len(), COUNT, "one funding output per payment");
     assert_eq!(change_scripts.len(), COUNT, "one change output per payment");
+    // Load on the honest path raises no alert on any node.
+    for i in 0..N {
+        let errors = c.errors_logged(i);
+        assert!(
+            errors.is_empty(),
+            "node {i} logged errors under load: {errors:#?}"
+        );
+    }
 }
 
 /// With node 2 down the remaining t = 2 nodes sign; with node 1 down too, a payment

@@ -94,6 +94,17 @@ impl Cluster {
         KeepLogsOnFailure(self, name)
     }
 
+    /// The error-level lines node `i` has logged so far (the nodes log JSON). An
+    /// honest run logs none: an error line is an alert for the operator.
+    pub fn errors_logged(&self, i: usize) -> Vec<String> {
+        std::fs::read_to_string(&self.node(i).log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"level\":\"ERROR\""))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Starts a cluster of `nodes` with threshold `threshold`.
     pub fn start(nodes: u16, threshold: u16) -> Cluster {
         Self::start_with(nodes, threshold, &[])

@@ -978,7 +978,8 @@ async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
     // A quorum of approvals counts against the key's velocity windows here
     // whatever this node voted (others may sign it), in the closing transaction,
     // unless this node's own committed approval counted it already.
-    let outflow = if p.approval_counted.load(Ordering::Acquire) {
+    let counted = p.approval_counted.load(Ordering::Acquire);
+    let outflow = if counted {
         None
     } else {
         p.validated.view.outflow_sats()
@@ -1022,7 +1023,7 @@ async fn check_round(node: &Arc<TxCtx>, id: Uuid, p: &Arc<Pending>) {
         }
     }
     tracing::info!(tx = %id, outcome = to, votes = votes.len(), "voting round closed");
-    if to == "approved" && outflow.is_none() {
+    if to == "approved" && !counted && outflow.is_none() {
         tracing::error!(tx = %id, "outflow overflows: the approved transaction is not counted against the velocity limits");
     }
     if to == "rejected" {
