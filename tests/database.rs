@@ -5,7 +5,9 @@
 use std::sync::OnceLock;
 
 use cluster_tests::Cluster;
-use signer::store::transactions::NewTransaction;
+use signer::audit::AuditEntry;
+use signer::store::audit::AuditOf;
+use signer::store::transactions::{NewTransaction, SessionClaim, SigningEntry};
 use signer::store::votes::NewVote;
 use signer::store::{Store, StoreError};
 use uuid::Uuid;
@@ -389,13 +391,21 @@ async fn outflows_count_from_the_approval_and_are_released_only_before_approved(
             .await
             .unwrap();
     }
-    assert!(s.enter_signing(signing).await.unwrap());
-    assert!(s.enter_signing(signing).await.unwrap(), "already signing");
+    assert_eq!(
+        enter(&s, Uuid::new_v4(), signing, 0).await,
+        SigningEntry::Entered
+    );
+    assert_eq!(
+        enter(&s, Uuid::new_v4(), signing, 1).await,
+        SigningEntry::Entered,
+        "already signing: a later input"
+    );
     s.transition_transaction(approved_then_expired, "expired", None)
         .await
         .unwrap();
-    assert!(
-        !s.enter_signing(approved_then_expired).await.unwrap(),
+    assert_eq!(
+        enter(&s, Uuid::new_v4(), approved_then_expired, 0).await,
+        SigningEntry::Closed,
         "no partial after the end"
     );
     s.transition_transaction(signing, "failed", None)
@@ -431,27 +441,98 @@ async fn outflows_count_from_the_approval_and_are_released_only_before_approved(
     assert_eq!(s.spent_in_window(&key, 3600, other).await.unwrap(), 320_000);
 }
 
-/// A signing session id is claimed once, whatever the second claim carries, and
-/// the claims cannot be rewritten or removed.
+/// Enters signing session `session` for input `input` of `tx` with the 2-signer set
+/// the session tests use.
+async fn enter(s: &Store, session: Uuid, tx: Uuid, input: u32) -> SigningEntry {
+    let set = ["node-1".to_owned(), "node-2".to_owned()];
+    enter_with(s, session, tx, input, &set).await
+}
+
+async fn enter_with(
+    s: &Store,
+    session: Uuid,
+    tx: Uuid,
+    input: u32,
+    set: &[String],
+) -> SigningEntry {
+    let claim = SessionClaim {
+        session,
+        tx,
+        input,
+        signers: set,
+        leader: "node-1",
+    };
+    let audit = AuditOf::new(
+        "node-1",
+        AuditEntry::new("node", "tx.sign_input").subject(tx.to_string()),
+    );
+    s.enter_signing_session(&claim, audit).await.unwrap()
+}
+
+/// An approved transaction in this database.
+async fn approved_tx(s: &Store) -> Uuid {
+    let t = new_tx();
+    s.insert_transaction(&t).await.unwrap();
+    for to in ["voting", "approved"] {
+        s.transition_transaction(t.id, to, None).await.unwrap();
+    }
+    t.id
+}
+
+async fn sign_input_audits(s: &Store, tx: Uuid) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit_log WHERE action = 'tx.sign_input' AND subject = $1",
+    )
+    .bind(tx.to_string())
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    n
+}
+
+/// A signing session id is claimed once, whatever the second claim carries; the
+/// claim, the move to `signing` and its audit row commit together or not at all;
+/// and the claims cannot be rewritten or removed.
 #[tokio::test]
 async fn a_signing_session_id_is_claimed_once() {
     let s = store().await;
-    let (session, tx) = (Uuid::new_v4(), Uuid::new_v4());
-    let set = vec!["node-1".to_owned(), "node-2".to_owned()];
-    assert!(s
-        .claim_signing_session(session, tx, 0, &set, "node-1")
-        .await
-        .unwrap());
-    assert!(!s
-        .claim_signing_session(session, tx, 0, &set, "node-1")
-        .await
-        .unwrap());
-    assert!(
-        !s.claim_signing_session(session, Uuid::new_v4(), 1, &set[..1], "node-2")
-            .await
-            .unwrap(),
+    let (session, tx) = (Uuid::new_v4(), approved_tx(&s).await);
+    let set = ["node-1".to_owned(), "node-2".to_owned()];
+    assert_eq!(enter(&s, session, tx, 0).await, SigningEntry::Entered);
+    assert!(s.signing_session_used(session).await.unwrap());
+    assert_eq!(sign_input_audits(&s, tx).await, 1);
+    assert_eq!(enter(&s, session, tx, 0).await, SigningEntry::SessionUsed);
+    let other = approved_tx(&s).await;
+    assert_eq!(
+        enter_with(&s, session, other, 1, &set[..1]).await,
+        SigningEntry::SessionUsed,
         "another transaction, input or set under a used id is refused too"
     );
+    assert_eq!(
+        (
+            sign_input_audits(&s, tx).await,
+            sign_input_audits(&s, other).await
+        ),
+        (1, 0),
+        "a refused claim audits nothing"
+    );
+    let (state,): (String,) = sqlx::query_as("SELECT state FROM transactions WHERE id = $1")
+        .bind(other)
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(state, "approved", "a refused claim moves nothing");
+
+    // A transaction that ended here: nothing written, the session id stays free.
+    let (fresh, ended) = (Uuid::new_v4(), approved_tx(&s).await);
+    s.transition_transaction(ended, "expired", None)
+        .await
+        .unwrap();
+    assert_eq!(enter(&s, fresh, ended, 0).await, SigningEntry::Closed);
+    assert!(!s.signing_session_used(fresh).await.unwrap());
+    assert_eq!(sign_input_audits(&s, ended).await, 0);
+    assert_eq!(enter(&s, fresh, other, 0).await, SigningEntry::Entered);
+
     for sql in [
         "UPDATE signing_sessions SET input_index = 5 WHERE session_id = $1",
         "DELETE FROM signing_sessions WHERE session_id = $1",

@@ -854,6 +854,14 @@ impl Policy {
             .unwrap_or_default()
     }
 
+    /// Whether any human approval tier (`[[scope.approvals]]`) is defined for a key
+    /// and network. When none is, [`crate::Context::approvals`] is never read, so
+    /// the caller need not look the approvals up.
+    pub fn asks_for_approvals(&self, key_id: &str, network: Network) -> bool {
+        self.scope(key_id, network)
+            .is_some_and(|s| !s.approvals.is_empty())
+    }
+
     /// Descriptors (normal form, no checksum) named by the allow and deny lists of a key
     /// and network. The caller must report, per output, which of these the output's
     /// scriptPubKey derives from ([`crate::TxOutput::descriptors`]).

@@ -42,6 +42,22 @@ fn required_count_at_below_and_above() {
     );
 }
 
+/// A scope without tiers never reads the approvals (so the node skips looking them
+/// up): the decision is the same with or without them.
+#[test]
+fn approvals_matter_only_where_a_tier_asks_for_them() {
+    let none = policy("");
+    let tiered = policy("[[scope.approvals]]\nrequired = 1\nabove_sats = 50_000");
+    assert!(!none.asks_for_approvals(KEY, Network::Regtest));
+    assert!(tiered.asks_for_approvals(KEY, Network::Regtest));
+    assert!(!tiered.asks_for_approvals("other", Network::Regtest));
+    assert!(!tiered.asks_for_approvals(KEY, Network::Bitcoin));
+    let v = view(vec![out(1, 10_000)], FEE);
+    let approved = with_approval(ctx(), "alice", "treasurer");
+    assert_eq!(none.evaluate(&v, &ctx()), none.evaluate(&v, &approved));
+    assert_approved(&none.evaluate(&v, &ctx()));
+}
+
 #[test]
 fn the_same_approver_counts_once() {
     let p = policy("[[scope.approvals]]\nrequired = 2");

@@ -107,38 +107,58 @@ impl Store {
     /// leader and vote deadline, state `voting`, and the round. Nothing is written
     /// unless all of it is (a `Duplicate` error when the proposal is known already);
     /// one commit instead of four (issue 21).
+    ///
+    /// `reserve` (the proposal's proven inputs, empty when the caller does not
+    /// reserve them) are reserved for `id` in the same commit (issue 21: it was a
+    /// database transaction of its own). When one of them is spent or reserved by
+    /// another transaction, the proposal is recorded without reserving anything and
+    /// that input is returned: this node votes reject.
     pub async fn open_voting(
         &self,
         new: Option<&NewTransaction>,
         id: Uuid,
         leader: &str,
         round: &super::votes::NewRound,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        if let Some(new) = new {
-            insert_row(&mut tx, new).await?;
+        reserve: &[wallet::OwnedUtxo],
+    ) -> Result<Option<bitcoin::OutPoint>, StoreError> {
+        // Rolled back whole on an unavailable input, then recorded again without
+        // the reservation (rare); the second pass reserves nothing, so it commits.
+        let mut unavailable = None;
+        for reserve in [reserve, &[]] {
+            let mut tx = self.pool().begin().await?;
+            if let Some(new) = new {
+                insert_row(&mut tx, new).await?;
+            }
+            // Leader, deadline and the move to `voting` in one statement (the state
+            // machine's trigger checks the move as for any other).
+            let moved = sqlx::query(
+                "UPDATE transactions SET leader = $2, vote_deadline = $3, state = 'voting' \
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(leader)
+            .bind(round.deadline)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::classify(e, "transaction"))?;
+            if moved.rows_affected() == 0 {
+                return Err(StoreError::NotFound {
+                    what: "transaction",
+                    id: id.to_string(),
+                });
+            }
+            super::votes::insert_round(&mut tx, id, round).await?;
+            // The transaction is live (it just moved to `voting` in this commit), so
+            // the reservation needs no check of its state.
+            if let Some(o) = super::utxos::reserve_in(&mut tx, id, reserve).await? {
+                tx.rollback().await?;
+                unavailable = Some(o);
+                continue;
+            }
+            tx.commit().await?;
+            break;
         }
-        // Leader, deadline and the move to `voting` in one statement (the state
-        // machine's trigger checks the move as for any other).
-        let moved = sqlx::query(
-            "UPDATE transactions SET leader = $2, vote_deadline = $3, state = 'voting' \
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(leader)
-        .bind(round.deadline)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::classify(e, "transaction"))?;
-        if moved.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "transaction",
-                id: id.to_string(),
-            });
-        }
-        super::votes::insert_round(&mut tx, id, round).await?;
-        tx.commit().await?;
-        Ok(())
+        Ok(unavailable)
     }
 
     /// One transaction.
@@ -316,34 +336,51 @@ impl Store {
         Ok(VoteRecord::Recorded)
     }
 
-    /// Records that this node serves signing session `session` (transaction `tx`,
-    /// input `input`, signer set `signers`, asked by `leader`); false if the id was
-    /// used before (by anything), in which case nothing is written.
-    pub async fn claim_signing_session(
+    /// The one commit before this node's share of a signature for an input leaves
+    /// (issue 21: it was three): claims signing session `claim.session` (bound to
+    /// its transaction, input, signer set and leader), moves the transaction from
+    /// `approved` to `signing` (or finds it there, for a later input) and appends
+    /// `audit`, together or not at all. Nothing is written when the session id was
+    /// used before (by anything) or when the transaction ended here first
+    /// (expired, failed, ...): no partial may leave then.
+    pub async fn enter_signing_session(
         &self,
-        session: Uuid,
-        tx: Uuid,
-        input: u32,
-        signers: &[String],
-        leader: &str,
-    ) -> Result<bool, StoreError> {
-        let input = i32::try_from(input).map_err(|_| StoreError::NotFound {
+        claim: &SessionClaim<'_>,
+        audit: AuditOf,
+    ) -> Result<SigningEntry, StoreError> {
+        let input = i32::try_from(claim.input).map_err(|_| StoreError::NotFound {
             what: "input",
-            id: input.to_string(),
+            id: claim.input.to_string(),
         })?;
-        let n = sqlx::query(
+        let mut tx = self.pool().begin().await?;
+        let claimed = sqlx::query(
             "INSERT INTO signing_sessions (session_id, transaction_id, input_index, signers, leader) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id) DO NOTHING",
         )
-        .bind(session)
-        .bind(tx)
+        .bind(claim.session)
+        .bind(claim.tx)
         .bind(input)
-        .bind(signers)
-        .bind(leader)
-        .execute(self.pool())
+        .bind(claim.signers)
+        .bind(claim.leader)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        Ok(n == 1)
+        if claimed != 1 {
+            return Ok(SigningEntry::SessionUsed);
+        }
+        let entered: Option<(Uuid,)> = sqlx::query_as(
+            "UPDATE transactions SET state = 'signing' \
+             WHERE id = $1 AND state IN ('approved', 'signing') RETURNING id",
+        )
+        .bind(claim.tx)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if entered.is_none() {
+            return Ok(SigningEntry::Closed);
+        }
+        audit.append(&mut tx).await?;
+        tx.commit().await?;
+        Ok(SigningEntry::Entered)
     }
 
     /// Whether signing session id `session` was claimed here before.
@@ -354,28 +391,6 @@ impl Store {
                 .fetch_one(self.pool())
                 .await?;
         Ok(used)
-    }
-
-    /// Moves transaction `id` from `approved` to `signing` (the step before any
-    /// partial signature of this node); true if it is in `signing` now. False when
-    /// it ended here first (expired, failed, ...): no partial may leave then.
-    pub async fn enter_signing(&self, id: Uuid) -> Result<bool, StoreError> {
-        let moved = sqlx::query(
-            "UPDATE transactions SET state = 'signing' WHERE id = $1 AND state = 'approved'",
-        )
-        .bind(id)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        if moved == 1 {
-            return Ok(true);
-        }
-        let state: Option<(String,)> =
-            sqlx::query_as("SELECT state FROM transactions WHERE id = $1")
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(state.is_some_and(|(s,)| s == "signing"))
     }
 
     /// Records that this node approves the unsigned transaction `txid` under
@@ -643,6 +658,34 @@ pub struct ApprovalClaim<'a> {
     pub key_id: &'a str,
     /// What the velocity windows count.
     pub outflow_sats: u64,
+}
+
+/// A signing session a leader asked this node to serve: its id, bound to one
+/// transaction, input, signer set and leader.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionClaim<'a> {
+    /// The session id (the protocol run's execution id is derived from it).
+    pub session: Uuid,
+    /// The transaction.
+    pub tx: Uuid,
+    /// The input index.
+    pub input: u32,
+    /// The signer set, in the leader's order.
+    pub signers: &'a [String],
+    /// The node that asked.
+    pub leader: &'a str,
+}
+
+/// What [`Store::enter_signing_session`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SigningEntry {
+    /// Session claimed, transaction in `signing`, audit row appended (one commit).
+    Entered,
+    /// The session id was used before; nothing written.
+    SessionUsed,
+    /// The transaction is not `approved` or `signing` here; nothing written.
+    Closed,
 }
 
 /// Result of [`Store::record_own_vote`].

@@ -1,5 +1,6 @@
 //! `utxos`: outputs paying this node's wallet addresses.
 
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -117,56 +118,9 @@ impl Store {
                 });
             }
         }
-        for u in inputs {
-            let o = &u.outpoint;
-            // An input this node did not know is recorded reserved by `id` in one
-            // statement (the usual case on a node that did not import the coin);
-            // a known one is checked and reserved below.
-            let learned: Option<(i32,)> = sqlx::query_as(
-                "INSERT INTO utxos (txid, vout, key_id, value_sats, script_pubkey, chain, idx, \
-                 state, reserved_by, origin) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'reserved', $8, 'proposal') \
-                 ON CONFLICT (txid, vout) DO NOTHING RETURNING vout",
-            )
-            .bind(o.txid.to_string())
-            .bind(i64::from(o.vout))
-            .bind(&u.key_id)
-            .bind(i64::try_from(u.value_sats).unwrap_or(i64::MAX))
-            .bind(u.script_pubkey.as_bytes())
-            .bind(i64::from(u.chain))
-            .bind(i64::from(u.index))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| StoreError::classify(e, "utxo"))?;
-            if learned.is_some() {
-                continue;
-            }
-            let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
-                "SELECT state, reserved_by FROM utxos WHERE txid = $1 AND vout = $2 FOR UPDATE",
-            )
-            .bind(o.txid.to_string())
-            .bind(i64::from(o.vout))
-            .fetch_optional(&mut *tx)
-            .await?;
-            match row {
-                Some((state, _)) if state == "available" => {
-                    sqlx::query(
-                        "UPDATE utxos SET state = 'reserved', reserved_by = $3 \
-                         WHERE txid = $1 AND vout = $2",
-                    )
-                    .bind(o.txid.to_string())
-                    .bind(i64::from(o.vout))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Some((state, by)) if state == "reserved" && by == Some(id) => {}
-                _ => {
-                    tx.rollback().await?;
-                    return Ok(InputReservation::Unavailable(*o));
-                }
-            }
+        if let Some(o) = reserve_in(&mut tx, id, inputs).await? {
+            tx.rollback().await?;
+            return Ok(InputReservation::Unavailable(o));
         }
         tx.commit().await?;
         Ok(InputReservation::Reserved)
@@ -423,6 +377,66 @@ pub(super) async fn reserve_available(
 }
 
 /// Transaction states in which inputs may still be reserved.
+/// Reserves `inputs` for transaction `id` inside the caller's open database
+/// transaction (see [`Store::reserve_inputs`]); the first input that is spent or
+/// reserved by another transaction is returned, and the caller rolls back what
+/// this did (the whole transaction, or to a savepoint).
+pub(crate) async fn reserve_in(
+    conn: &mut PgConnection,
+    id: Uuid,
+    inputs: &[OwnedUtxo],
+) -> Result<Option<bitcoin::OutPoint>, StoreError> {
+    for u in inputs {
+        let o = &u.outpoint;
+        // An input this node did not know is recorded reserved by `id` in one
+        // statement (the usual case on a node that did not import the coin);
+        // a known one is checked and reserved below.
+        let learned: Option<(i32,)> = sqlx::query_as(
+            "INSERT INTO utxos (txid, vout, key_id, value_sats, script_pubkey, chain, idx, \
+             state, reserved_by, origin) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'reserved', $8, 'proposal') \
+             ON CONFLICT (txid, vout) DO NOTHING RETURNING vout",
+        )
+        .bind(o.txid.to_string())
+        .bind(i64::from(o.vout))
+        .bind(&u.key_id)
+        .bind(i64::try_from(u.value_sats).unwrap_or(i64::MAX))
+        .bind(u.script_pubkey.as_bytes())
+        .bind(i64::from(u.chain))
+        .bind(i64::from(u.index))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| StoreError::classify(e, "utxo"))?;
+        if learned.is_some() {
+            continue;
+        }
+        let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
+            "SELECT state, reserved_by FROM utxos WHERE txid = $1 AND vout = $2 FOR UPDATE",
+        )
+        .bind(o.txid.to_string())
+        .bind(i64::from(o.vout))
+        .fetch_optional(&mut *conn)
+        .await?;
+        match row {
+            Some((state, _)) if state == "available" => {
+                sqlx::query(
+                    "UPDATE utxos SET state = 'reserved', reserved_by = $3 \
+                     WHERE txid = $1 AND vout = $2",
+                )
+                .bind(o.txid.to_string())
+                .bind(i64::from(o.vout))
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Some((state, by)) if state == "reserved" && by == Some(id) => {}
+            _ => return Ok(Some(*o)),
+        }
+    }
+    Ok(None)
+}
+
 const LIVE_STATES: [&str; 4] = ["pending", "voting", "approved", "signing"];
 
 /// What [`Store::reserve_inputs`] did.

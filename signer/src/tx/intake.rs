@@ -222,7 +222,7 @@ pub async fn submit(
         }
     }
     super::voting::broadcast_detached(node, &key.participants, frames);
-    let own = super::voting::on_proposal(node, &me, prop).await;
+    let own = super::voting::on_proposal(node, &me, prop, !reserve.is_empty()).await;
     if let Err(e) = own {
         // The proposal is out: the others learn the failure from this node (else
         // they would vote and expire it while this node records it failed), and the
@@ -371,7 +371,7 @@ pub async fn on_propose_frame(node: Arc<TxCtx>, from: String, payload: bytes::By
     match wire::decode::<Proposal>(&payload) {
         Ok(p) => {
             let id = p.id;
-            if let Err(e) = super::voting::on_proposal(&node, &from, p).await {
+            if let Err(e) = super::voting::on_proposal(&node, &from, p, false).await {
                 tracing::warn!(tx = %id, leader = %from, error = %e, "proposal refused");
             }
         }

@@ -19,6 +19,8 @@ use super::{Pending, TxError};
 use crate::audit::AuditEntry;
 use crate::dkg::material::{self, Material};
 use crate::p2p::{Frame, MessageKind};
+use crate::store::audit::AuditOf;
+use crate::store::transactions::{SessionClaim, SigningEntry};
 use vote::{QuorumCertificate, SigningPermit, VoteDecision};
 use wallet::KeyKind;
 
@@ -498,14 +500,6 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
             message: format!("{from} is not the leader of transaction {}", req.tx),
         });
     }
-    // A session id is used once, bound to this transaction, input and signer set.
-    if !node
-        .store
-        .claim_signing_session(req.session, req.tx, req.input, &req.signers, from)
-        .await?
-    {
-        return Err(session_reused(node, from, req).await);
-    }
     if from != me {
         super::voting::accept_relayed_votes(node, req.tx, &p, from, &req.votes).await;
     }
@@ -595,28 +589,38 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
             message: "the permit does not cover this input's sighash".into(),
         });
     }
-    // The step no release of the velocity count can follow (later inputs find it
-    // taken); refused once the transaction ended here (e.g. its signing deadline).
-    if !node.store.enter_signing(req.tx).await? {
-        return Err(TxError::Invalid {
-            code: "signing_closed",
-            message: format!("transaction {} is no longer signable here", req.tx),
-        });
+    // One commit: the session id is used once, bound to this transaction, input
+    // and signer set; the transaction enters `signing`, the step no release of the
+    // velocity count can follow (refused once it ended here, e.g. at its signing
+    // deadline); and the step is audited before any share of a signature leaves.
+    let claim = SessionClaim {
+        session: req.session,
+        tx: req.tx,
+        input: req.input,
+        signers: &req.signers,
+        leader: from,
+    };
+    let audit = AuditOf::new(
+        &me,
+        AuditEntry::new("node", "tx.sign_input")
+            .subject(req.tx.to_string())
+            .details(serde_json::json!({
+                "input": req.input,
+                "session": req.session,
+                "signers": req.signers,
+                "leader": from,
+            })),
+    );
+    match node.store.enter_signing_session(&claim, audit).await? {
+        SigningEntry::Entered => {}
+        SigningEntry::SessionUsed => return Err(session_reused(node, from, req).await),
+        SigningEntry::Closed => {
+            return Err(TxError::Invalid {
+                code: "signing_closed",
+                message: format!("transaction {} is no longer signable here", req.tx),
+            })
+        }
     }
-    // Audited before any share of a signature leaves this node.
-    node.store
-        .audit(
-            &me,
-            AuditEntry::new("node", "tx.sign_input")
-                .subject(req.tx.to_string())
-                .details(serde_json::json!({
-                    "input": req.input,
-                    "session": req.session,
-                    "signers": req.signers,
-                    "leader": from,
-                })),
-        )
-        .await?;
     if req.presignature.is_some() {
         return super::presigned::issue_partial(node, req, &p, &indices, position, &input, &permit)
             .await;
@@ -689,11 +693,13 @@ async fn own_approval_stands(
         message: format!("cannot read this node's own vote or reservations: {e}"),
         leader_at_fault: false,
     };
-    let stored = node
-        .store
-        .stored_vote_of(req.tx, p.subject.round_no, me)
-        .await
-        .map_err(internal)?;
+    // Both reads at once (one round trip of latency before the protocol starts).
+    let outpoints: Vec<_> = p.validated.inputs.iter().map(|i| i.outpoint).collect();
+    let (stored, reserved) = tokio::join!(
+        node.store.stored_vote_of(req.tx, p.subject.round_no, me),
+        node.store.inputs_reserved_by(req.tx, &outpoints)
+    );
+    let stored = stored.map_err(internal)?;
     let own = stored
         .flatten()
         .and_then(|b| vote::SignedVote::decode(&b).ok());
@@ -717,13 +723,7 @@ async fn own_approval_stands(
             leader_at_fault: true,
         });
     }
-    let outpoints: Vec<_> = p.validated.inputs.iter().map(|i| i.outpoint).collect();
-    if !node
-        .store
-        .inputs_reserved_by(req.tx, &outpoints)
-        .await
-        .map_err(internal)?
-    {
+    if !reserved.map_err(internal)? {
         return Err(Refusal {
             code: "inputs_not_reserved",
             message: format!(

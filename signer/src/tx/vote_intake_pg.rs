@@ -787,7 +787,7 @@ async fn an_own_vote_is_written_whole_or_not_at_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replayed_proposal_opens_no_second_round() {
+async fn a_proposal_opens_with_its_inputs_reserved_and_a_replay_opens_nothing() {
     let (_pg, store, tx, _round) = store_with_round().await;
     let rounds = |id: Uuid| {
         let store = store.clone();
@@ -812,7 +812,7 @@ async fn a_replayed_proposal_opens_no_second_round() {
     // A peer's proposal whose id is known already: refused as a duplicate, and
     // nothing of it written (no round, no leader, state unchanged).
     let err = store
-        .open_voting(Some(&replay), tx, "node-9", &round(2))
+        .open_voting(Some(&replay), tx, "node-9", &round(2), &[utxo(6, 1_000)])
         .await
         .expect_err("a known id is a duplicate");
     assert!(
@@ -823,20 +823,70 @@ async fn a_replayed_proposal_opens_no_second_round() {
     let row = store.get_transaction(tx).await.expect("row");
     assert_eq!(row.leader, None);
     assert_eq!(row.state, "pending");
-    // A new one: row, leader, state and round at once.
+    assert!(
+        store
+            .unspent_among(&[utxo(6, 1_000).outpoint])
+            .await
+            .expect("read")
+            .is_empty(),
+        "nothing of a refused proposal is reserved"
+    );
+    // A new one: row, leader, state, round and the reservation of its proven inputs
+    // at once.
     let fresh = Uuid::new_v4();
     let new = NewTransaction {
         id: fresh,
         ..replay
     };
-    store
-        .open_voting(Some(&new), fresh, "node-2", &round(1))
+    let input = utxo(7, 10_000);
+    let unavailable = store
+        .open_voting(
+            Some(&new),
+            fresh,
+            "node-2",
+            &round(1),
+            std::slice::from_ref(&input),
+        )
         .await
         .expect("open");
+    assert_eq!(unavailable, None);
     let row = store.get_transaction(fresh).await.expect("row");
     assert_eq!(row.leader.as_deref(), Some("node-2"));
     assert_eq!(row.state, "voting");
     assert_eq!(rounds(fresh).await, 1);
+    assert!(store
+        .inputs_reserved_by(fresh, &[input.outpoint])
+        .await
+        .expect("check"));
+    // Another leader's proposal spending the same input: recorded (this node votes
+    // reject on it) with nothing reserved for it, not even its other input.
+    let second = Uuid::new_v4();
+    let other = utxo(8, 5_000);
+    let unavailable = store
+        .open_voting(
+            Some(&NewTransaction { id: second, ..new }),
+            second,
+            "node-3",
+            &round(1),
+            &[other.clone(), input.clone()],
+        )
+        .await
+        .expect("open");
+    assert_eq!(unavailable, Some(input.outpoint));
+    assert_eq!(
+        store.get_transaction(second).await.expect("row").state,
+        "voting"
+    );
+    assert_eq!(rounds(second).await, 1);
+    assert!(store
+        .unspent_among(&[other.outpoint])
+        .await
+        .expect("read")
+        .is_empty());
+    assert!(store
+        .inputs_reserved_by(fresh, &[input.outpoint])
+        .await
+        .expect("check"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

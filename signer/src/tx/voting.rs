@@ -15,7 +15,6 @@ use crate::audit::AuditEntry;
 use crate::p2p::{Frame, MessageKind};
 use crate::store::audit::AuditOf;
 use crate::store::transactions::{ApprovalClaim, NewTransaction, VoteRecord};
-use crate::store::utxos::InputReservation;
 use crate::store::votes::NewRound;
 use crate::store::StoreError;
 use crate::tx::vote_intake::{vote_row, Prechecked, VoteIntake};
@@ -224,13 +223,17 @@ async fn context(
             spent_sats: spent,
         });
     }
+    // Looked up only where a tier of the policy asks for them (issue 21: one
+    // statement per vote and per sign request otherwise).
+    let approvals = if pol.asks_for_approvals(key_id, p.validated.view.network) {
+        node.store.approvals(id).await?
+    } else {
+        Vec::new()
+    };
     Ok(policy::Context {
         now_unix: now_unix(),
         window_spent,
-        approvals: node
-            .store
-            .approvals(id)
-            .await?
+        approvals: approvals
             .into_iter()
             .map(|a| policy::ApprovalRecord {
                 approver: a.approver,
@@ -257,11 +260,23 @@ pub const REASON_TXID_OTHER_DATA: &str = "txid_approved_with_other_data";
 /// database failing mid-way), the transaction is not left open for ever: it
 /// expires here at the round's deadline like any round that did not close (issue
 /// 17, PostgreSQL killed during a burst).
-pub async fn on_proposal(node: &Arc<TxCtx>, from: &str, prop: Proposal) -> Result<(), TxError> {
+///
+/// `reserved_at_intake`: this node is the leader and its intake proved every input
+/// and reserved them in the transaction's own insert (a payment request), so they
+/// are not read, proven and reserved again here (issue 21: five statements and a
+/// commit per payment). Peers' proposals and this node's PSBT submissions pass
+/// `false`.
+pub async fn on_proposal(
+    node: &Arc<TxCtx>,
+    from: &str,
+    prop: Proposal,
+    reserved_at_intake: bool,
+) -> Result<(), TxError> {
     let id = prop.id;
     let deadline_unix = clamp_deadline(node, prop.deadline_unix);
     let mut recorded = false;
-    let r = on_proposal_inner(node, from, prop, &mut recorded).await;
+    let reserved_at_intake = reserved_at_intake && from == node.cfg.node_id;
+    let r = on_proposal_inner(node, from, prop, reserved_at_intake, &mut recorded).await;
     if r.is_err() && recorded {
         let node = node.clone();
         tokio::spawn(async move {
@@ -293,6 +308,7 @@ async fn on_proposal_inner(
     node: &Arc<TxCtx>,
     from: &str,
     prop: Proposal,
+    reserved_at_intake: bool,
     recorded: &mut bool,
 ) -> Result<(), TxError> {
     // A proposal delivered after its voting deadline (a node that was down while
@@ -358,14 +374,42 @@ async fn on_proposal_inner(
         total_nodes: i32::try_from(n).unwrap_or(i32::MAX),
         deadline,
     };
-    // A peer's proposal, its leader and deadline, state `voting` and the round: one
-    // database transaction, all or nothing.
+    // Every input's amount and script must be proven to this node itself (the full
+    // previous transaction, or an output it imported): the leader's word is not
+    // enough (BIP-143 fee attack). The leader's own payment was proven and
+    // reserved by its intake (the reservation stands: `open_voting` moves the
+    // transaction on from `pending`, which it cannot do once the transaction ended
+    // and released them).
+    let mut input_reject = None;
+    let reserve = if reserved_at_intake {
+        Vec::new()
+    } else {
+        let outpoints: Vec<_> = validated.inputs.iter().map(|i| i.outpoint).collect();
+        let known = node.store.known_outputs(&outpoints).await?;
+        match validated.check_input_proofs(&known) {
+            Ok(()) => proven_inputs(&validated),
+            Err(e) => {
+                tracing::warn!(tx = %prop.id, leader = %from, error = %e, "input amounts not proven; voting reject");
+                input_reject = Some(e.code());
+                Vec::new()
+            }
+        }
+    };
+    // A peer's proposal, its leader and deadline, state `voting`, the round and the
+    // reservation of its proven inputs: one database transaction.
     match node
         .store
-        .open_voting(new.as_ref(), prop.id, from, &round)
+        .open_voting(new.as_ref(), prop.id, from, &round, &reserve)
         .await
     {
-        Ok(()) => *recorded = new.is_some(),
+        Ok(None) => *recorded = new.is_some(),
+        // An input this node knows as spent, or reserved by another transaction
+        // (e.g. a concurrent proposal from another leader), is never signed twice.
+        Ok(Some(o)) => {
+            *recorded = new.is_some();
+            tracing::warn!(tx = %prop.id, input = %o, "input already spent or reserved; voting reject");
+            input_reject = Some("input_unavailable");
+        }
         Err(StoreError::Duplicate { .. }) if new.is_some() => {
             return Err(replayed_proposal(node, from, &prop).await)
         }
@@ -404,42 +448,6 @@ async fn on_proposal_inner(
         settling: tokio::sync::Mutex::default(),
     });
     node.tx.insert(prop.id, pending.clone());
-    // Every input's amount and script must be proven to this node itself (the full
-    // previous transaction, or an output it imported): the leader's word is not
-    // enough (BIP-143 fee attack). Checked and reserved before the velocity lock
-    // (issue 21: the lock covers only reading the windows and counting the
-    // approval; the reservation does not depend on them).
-    let outpoints: Vec<_> = pending
-        .validated
-        .inputs
-        .iter()
-        .map(|i| i.outpoint)
-        .collect();
-    let known = node.store.known_outputs(&outpoints).await?;
-    let input_reject = if let Err(e) = pending.validated.check_input_proofs(&known) {
-        tracing::warn!(tx = %prop.id, leader = %from, error = %e, "input amounts not proven; voting reject");
-        Some(e.code())
-    } else {
-        match node
-            .store
-            .reserve_inputs(prop.id, &proven_inputs(&pending.validated))
-            .await?
-        {
-            InputReservation::Reserved => None,
-            // An input this node knows as spent, or reserved by another transaction
-            // (e.g. a concurrent proposal from another leader), is never signed twice.
-            InputReservation::Unavailable(o) => {
-                tracing::warn!(tx = %prop.id, input = %o, "input already spent or reserved; voting reject");
-                Some("input_unavailable")
-            }
-            // The others decided before this node's own check finished (e.g. a quorum
-            // of rejections): its inputs stay free for other transactions.
-            InputReservation::TransactionEnded(state) => {
-                tracing::info!(tx = %prop.id, state = %state, "transaction ended before this node reserved its inputs; voting reject");
-                Some("transaction_ended")
-            }
-        }
-    };
     let budget = node.tx.velocity_lock(&prop.key_id).await;
     let mut verdict = decide(node, &loaded, prop.id, &pending, deadline_unix).await;
     if let Some(reason) = input_reject {
