@@ -86,6 +86,7 @@ async fn velocity_refusals(c: &Cluster, i: usize) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_payments_never_signs_more_than_the_cap_on_any_node_even_when_the_leader_lies() {
     let c = Cluster::start(N as u16, T);
+    let _logs = c.keep_logs_on_failure("velocity");
     c.wait_ready(N).await;
     let key = c.dkg(N, "frost", T).await;
     c.write_policy_with(
