@@ -459,3 +459,60 @@ async fn a_sealed_node_refuses_to_join_and_the_ceremony_fails_on_every_node() {
         assert_eq!(shares, 0, "node {i}");
     }
 }
+
+/// `signer dkg start --wait --retry-secs` starts a new ceremony when one failed on
+/// coordination: a participant not ready for the ceremony's barrier, as right after
+/// `cluster up` (the front door: a `make demo` run failed that way with
+/// "coordination: barrier timed out waiting for: node-5"). Here node-3 is frozen
+/// (SIGSTOP) for 24 s from just before the start; the first ceremony fails on its
+/// barrier, and the command starts another one that completes once node-3 is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkg_start_with_a_retry_window_starts_again_after_a_coordination_failure() {
+    let c = Cluster::start(3, 2);
+    wait_ready(&c, 3).await;
+    let pid = c.node_pid(2).unwrap().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let resume = {
+        let pid = pid.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(24));
+            std::process::Command::new("kill")
+                .args(["-CONT", &pid])
+                .status()
+                .unwrap();
+        })
+    };
+    let file = c.dir.join("cluster.json");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(cluster_tests::signer_bin())
+            .args(["dkg", "start", "--cluster"])
+            .arg(&file)
+            .args(["--protocol", "taproot", "--threshold", "2", "--wait"])
+            .args(["--retry-secs", "120", "--timeout-secs", "120"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    resume.join().unwrap();
+    signal("-CONT");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains("coordination: barrier timed out")
+            && stderr.contains("starting a new ceremony"),
+        "the first ceremony failed on its barrier and a new one was started: {stderr}"
+    );
+    assert!(stdout.contains("completed"), "{stdout}");
+}

@@ -48,7 +48,9 @@ pub enum DkgCmd {
         timeout_secs: u64,
         /// Retry the start for up to this many seconds while the node refuses it
         /// with 409 participants_unavailable or 503 (e.g. right after `cluster up`,
-        /// before every node is connected). 0: no retry.
+        /// before every node is connected); with --wait, also start a new ceremony
+        /// when one fails on coordination (a participant not ready for a barrier),
+        /// never when one failed for anything else. 0: no retry.
         #[arg(long, default_value_t = 0)]
         retry_secs: u64,
         /// Print JSON.
@@ -153,9 +155,49 @@ async fn start(client: &ApiClient, a: StartArgs) -> anyhow::Result<()> {
         body["participants"] = json!(p);
     }
     let first_try = Instant::now();
+    loop {
+        match start_once(
+            client, &body, first_try, retry, wait, json, protocol, threshold,
+        )
+        .await?
+        {
+            Started::Done => return Ok(()),
+            // A ceremony that failed on coordination (a participant that was not
+            // ready for its barrier, e.g. right after `cluster up`) is started
+            // again within the retry window; one that failed for anything else
+            // (a culprit, a protocol error) is reported at once.
+            Started::CoordinationFailed(e) if first_try.elapsed() < retry => {
+                tracing::info!(error = %e, "ceremony failed on coordination; starting a new one");
+                eprintln!("{e}; starting a new ceremony");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Started::CoordinationFailed(e) => anyhow::bail!(e),
+        }
+    }
+}
+
+/// How one start ended.
+enum Started {
+    /// Started (and, with --wait, completed).
+    Done,
+    /// With --wait: the ceremony failed on coordination (the message to report).
+    CoordinationFailed(String),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_once(
+    client: &ApiClient,
+    body: &Value,
+    first_try: Instant,
+    retry: Duration,
+    wait: Option<Duration>,
+    json: bool,
+    protocol: ProtocolArg,
+    threshold: u16,
+) -> anyhow::Result<Started> {
     let (started_at, v) = loop {
         let started_at = Instant::now();
-        match client.post("/api/v1/dkg/start", &body).await {
+        match client.post("/api/v1/dkg/start", body).await {
             Ok(v) => break (started_at, v),
             Err(e) => {
                 let retryable = e
@@ -185,7 +227,7 @@ async fn start(client: &ApiClient, a: StartArgs) -> anyhow::Result<()> {
                 v["coordinator"].as_str().unwrap_or("?")
             );
         }
-        return Ok(());
+        return Ok(Started::Done);
     };
     // Poll a participant: the node asked, or the first participant when the node
     // asked is not one (only possible with a cluster file to find it).
@@ -220,13 +262,14 @@ async fn start(client: &ApiClient, a: StartArgs) -> anyhow::Result<()> {
         );
     }
     if end["state"] != "completed" {
-        anyhow::bail!(
-            "ceremony {id} failed on {}: {}",
-            poll.label(),
-            end["error"].as_str().unwrap_or("no reason recorded")
-        );
+        let reason = end["error"].as_str().unwrap_or("no reason recorded");
+        let message = format!("ceremony {id} failed on {}: {reason}", poll.label());
+        if reason.starts_with("coordination:") {
+            return Ok(Started::CoordinationFailed(message));
+        }
+        anyhow::bail!(message);
     }
-    Ok(())
+    Ok(Started::Done)
 }
 
 fn key_type(c: &Value) -> &'static str {
