@@ -142,31 +142,19 @@ struct StartArgs {
 }
 
 async fn start(client: &ApiClient, a: StartArgs) -> anyhow::Result<()> {
-    let StartArgs {
-        protocol,
-        threshold,
-        participants,
-        wait,
-        retry,
-        json,
-    } = a;
-    let mut body = json!({"protocol": protocol.as_str(), "threshold": threshold});
-    if let Some(p) = participants {
+    let mut body = json!({"protocol": a.protocol.as_str(), "threshold": a.threshold});
+    if let Some(p) = &a.participants {
         body["participants"] = json!(p);
     }
     let first_try = Instant::now();
     loop {
-        match start_once(
-            client, &body, first_try, retry, wait, json, protocol, threshold,
-        )
-        .await?
-        {
+        match start_once(client, &body, first_try, &a).await? {
             Started::Done => return Ok(()),
             // A ceremony that failed on coordination (a participant that was not
             // ready for its barrier, e.g. right after `cluster up`) is started
             // again within the retry window; one that failed for anything else
             // (a culprit, a protocol error) is reported at once.
-            Started::CoordinationFailed(e) if first_try.elapsed() < retry => {
+            Started::CoordinationFailed(e) if first_try.elapsed() < a.retry => {
                 tracing::info!(error = %e, "ceremony failed on coordination; starting a new one");
                 eprintln!("{e}; starting a new ceremony");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -184,17 +172,22 @@ enum Started {
     CoordinationFailed(String),
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One start (retried while refused, within the window), and with --wait the
+/// ceremony's end.
 async fn start_once(
     client: &ApiClient,
     body: &Value,
     first_try: Instant,
-    retry: Duration,
-    wait: Option<Duration>,
-    json: bool,
-    protocol: ProtocolArg,
-    threshold: u16,
+    a: &StartArgs,
 ) -> anyhow::Result<Started> {
+    let &StartArgs {
+        protocol,
+        threshold,
+        wait,
+        retry,
+        json,
+        ..
+    } = a;
     let (started_at, v) = loop {
         let started_at = Instant::now();
         match client.post("/api/v1/dkg/start", body).await {
