@@ -376,11 +376,10 @@ pub(super) async fn reserve_available(
     Ok(())
 }
 
-/// Transaction states in which inputs may still be reserved.
 /// Reserves `inputs` for transaction `id` inside the caller's open database
 /// transaction (see [`Store::reserve_inputs`]); the first input that is spent or
-/// reserved by another transaction is returned, and the caller rolls back what
-/// this did (the whole transaction, or to a savepoint).
+/// reserved by another transaction is returned, and the caller rolls back its
+/// whole database transaction.
 pub(crate) async fn reserve_in(
     conn: &mut PgConnection,
     id: Uuid,
@@ -437,6 +436,7 @@ pub(crate) async fn reserve_in(
     Ok(None)
 }
 
+/// Transaction states in which inputs may still be reserved.
 const LIVE_STATES: [&str; 4] = ["pending", "voting", "approved", "signing"];
 
 /// What [`Store::reserve_inputs`] did.

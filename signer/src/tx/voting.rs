@@ -402,13 +402,14 @@ async fn on_proposal_inner(
         .open_voting(new.as_ref(), prop.id, from, &round, &reserve)
         .await
     {
-        Ok(None) => *recorded = new.is_some(),
-        // An input this node knows as spent, or reserved by another transaction
-        // (e.g. a concurrent proposal from another leader), is never signed twice.
-        Ok(Some(o)) => {
+        Ok(unavailable) => {
             *recorded = new.is_some();
-            tracing::warn!(tx = %prop.id, input = %o, "input already spent or reserved; voting reject");
-            input_reject = Some("input_unavailable");
+            // An input this node knows as spent, or reserved by another transaction
+            // (e.g. a concurrent proposal from another leader), is never signed twice.
+            if let Some(o) = unavailable {
+                tracing::warn!(tx = %prop.id, input = %o, "input already spent or reserved; voting reject");
+                input_reject = Some("input_unavailable");
+            }
         }
         Err(StoreError::Duplicate { .. }) if new.is_some() => {
             return Err(replayed_proposal(node, from, &prop).await)
