@@ -304,10 +304,7 @@ async fn audit_appends_chain_onto_the_real_head_after_a_rollback_and_other_write
     )
     .await
     .unwrap();
-    assert_eq!(
-        gone.prev_hash, first.hash,
-        "chained onto this process's last append"
-    );
+    assert_eq!(gone.prev_hash, first.hash, "chained onto the head");
     tx.rollback().await.unwrap();
     let after_rollback = s
         .audit(me, AuditEntry::new("test", "test.hint"))
@@ -327,6 +324,46 @@ async fn audit_appends_chain_onto_the_real_head_after_a_rollback_and_other_write
     assert_eq!(head, last.hash);
     let (_, _, err) = s.verify_audit_chain().await.unwrap();
     assert!(err.is_none(), "{err:?}");
+}
+
+/// A database administrator who replaces the append function (here: a hash that
+/// does not cover the link to the previous record) cannot make the node store a
+/// record it did not hash itself: the append fails, and so does the change it
+/// records. (Inside one database transaction that is rolled back, so the running
+/// node never sees the replaced function.)
+#[tokio::test]
+async fn an_audit_append_refuses_a_hash_the_node_did_not_compute() {
+    use signer::audit::AuditEntry;
+    let s = store().await;
+    let mut tx = s.pool().begin().await.unwrap();
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION audit_append(lock_key bigint, domain bytea, genesis bytea, \
+         p_ts timestamptz, p_node_id text, p_actor text, p_action text, p_subject text, \
+         p_details jsonb, tail bytea, OUT new_seq bigint, OUT new_prev bytea, OUT new_hash bytea) \
+         LANGUAGE plpgsql VOLATILE AS $$ BEGIN \
+           SELECT l.seq + 1, l.hash INTO new_seq, new_prev FROM audit_log l ORDER BY l.seq DESC LIMIT 1; \
+           new_hash := sha256(domain || tail); \
+           INSERT INTO audit_log (seq, ts, node_id, actor, action, subject, details, prev_hash, hash) \
+             VALUES (new_seq, p_ts, p_node_id, p_actor, p_action, p_subject, p_details, new_prev, new_hash); \
+         END $$",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let err = signer::store::audit::append_audit(
+        &mut tx,
+        "node-dba",
+        AuditEntry::new("test", "test.replaced_function"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, signer::store::StoreError::Corrupt(ref m) if m.contains("hash")),
+        "{err}"
+    );
+    tx.rollback().await.unwrap();
+    let (_, _, broken) = s.verify_audit_chain().await.unwrap();
+    assert!(broken.is_none(), "{broken:?}");
 }
 
 #[tokio::test]

@@ -112,29 +112,50 @@ impl AuditRecord {
 
     /// The hash this record should carry given its fields and `prev_hash`.
     pub fn compute_hash(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(DOMAIN);
-        h.update(self.prev_hash);
-        h.update(self.seq.to_be_bytes());
-        h.update(self.ts.timestamp_micros().to_be_bytes());
+        chain_hash(&self.prev_hash, self.seq, &self.hash_tail())
+    }
+
+    /// What the hash covers after the domain tag, the previous hash and the
+    /// sequence number: the timestamp and every field, length-prefixed. It does
+    /// not depend on the record's place in the chain, so the database can link a
+    /// record to its head when it appends it (`audit_append`, migration 0018).
+    pub fn hash_tail(&self) -> Vec<u8> {
+        let mut tail = Vec::with_capacity(128);
+        tail.extend_from_slice(&self.ts.timestamp_micros().to_be_bytes());
         for field in [
             self.node_id.as_str(),
             self.actor.as_str(),
             self.action.as_str(),
             self.subject.as_deref().unwrap_or("\u{0}none"),
         ] {
-            put_field(&mut h, field.as_bytes());
+            put_field(&mut tail, field.as_bytes());
         }
         // serde_json without `preserve_order` sorts object keys: canonical.
         let details = serde_json::to_vec(&self.details).unwrap_or_default();
-        put_field(&mut h, &details);
-        h.finalize().into()
+        put_field(&mut tail, &details);
+        tail
     }
 }
 
-fn put_field(h: &mut Sha256, bytes: &[u8]) {
-    h.update((bytes.len() as u64).to_be_bytes());
-    h.update(bytes);
+/// The domain tag every record hash starts with.
+pub fn hash_domain() -> &'static [u8] {
+    DOMAIN
+}
+
+/// SHA-256 over the domain tag, `prev_hash`, `seq` (big-endian) and `tail`
+/// ([`AuditRecord::hash_tail`]).
+pub fn chain_hash(prev_hash: &[u8; 32], seq: i64, tail: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(DOMAIN);
+    h.update(prev_hash);
+    h.update(seq.to_be_bytes());
+    h.update(tail);
+    h.finalize().into()
+}
+
+fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// Why a chain failed verification.
@@ -227,6 +248,25 @@ pub fn verify_chain(records: &[AuditRecord]) -> Result<i64, ChainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The record hash is the audit log's on-disk format (exports, checkpoints and
+    /// the database's `audit_append` compute or check it): pinned to the value of
+    /// the first implementation.
+    #[test]
+    fn record_hash_format_is_pinned() {
+        let ts = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z")
+            .expect("a valid literal")
+            .with_timezone(&Utc);
+        let entry = AuditEntry::new("node", "tx.vote")
+            .subject("abc")
+            .details(serde_json::json!({"b": 1, "a": "x"}));
+        let rec = AuditRecord::new(7, ts, "node-1", entry, [0x11; 32]);
+        assert_eq!(
+            hex::encode(rec.hash),
+            "fe2159def1c74bf3c00452d20c790dcf090c5b1e2f7229db14c1720fa150def5"
+        );
+        assert_eq!(chain_hash(&[0x11; 32], 7, &rec.hash_tail()), rec.hash);
+    }
 
     fn chain(n: i64) -> Vec<AuditRecord> {
         let mut out: Vec<AuditRecord> = Vec::new();

@@ -1,15 +1,14 @@
 //! `audit_log` rows. The chain logic lives in [`crate::audit`].
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex, PoisonError};
-
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::{Store, StoreError};
 use crate::audit::bundle::{PolicyVersion, POLICY_ACTION};
 use crate::audit::checkpoint::{Checkpoint, CHECKPOINT_ACTION};
-use crate::audit::{AuditEntry, AuditRecord, ChainError, ChainVerifier, GENESIS_HASH};
+use crate::audit::{
+    chain_hash, hash_domain, AuditEntry, AuditRecord, ChainError, ChainVerifier, GENESIS_HASH,
+};
 
 /// Serializes appenders so the chain never forks.
 const AUDIT_LOCK_KEY: i64 = 0x5349_474e_4155_4449; // "SIGNAUDI"
@@ -365,94 +364,49 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
-/// The chain head this process last appended, per node id: a hint, never trusted.
-/// An append first tries to chain onto it with an insert that happens only if the
-/// hint is still the head (same sequence number and hash, checked under the
-/// append lock); otherwise (a rolled-back append, another writer, another
-/// database) it reads the head as before. Saves a round trip per audit row.
-static HEAD_HINT: LazyLock<Mutex<HeadHints>> = LazyLock::new(Mutex::default);
-
-/// Node id → (sequence number, hash) of the last record this process appended.
-type HeadHints = HashMap<String, (i64, [u8; 32])>;
-
-fn head_hint(node_id: &str) -> Option<(i64, [u8; 32])> {
-    HEAD_HINT
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(node_id)
-        .copied()
-}
-
-fn note_head(record: &AuditRecord) {
-    let mut hints = HEAD_HINT.lock().unwrap_or_else(PoisonError::into_inner);
-    if hints.len() >= 64 && !hints.contains_key(&record.node_id) {
-        hints.clear();
-    }
-    hints.insert(record.node_id.clone(), (record.seq, record.hash));
-}
-
-async fn insert_record(
-    conn: &mut PgConnection,
-    record: &AuditRecord,
-    only_after_head: bool,
-) -> Result<bool, StoreError> {
-    let sql = if only_after_head {
-        "INSERT INTO audit_log (seq, ts, node_id, actor, action, subject, details, prev_hash, hash) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
-         WHERE ($1 - 1, $8::bytea) = (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1)"
-    } else {
-        "INSERT INTO audit_log (seq, ts, node_id, actor, action, subject, details, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-    };
-    let done = sqlx::query(sql)
-        .bind(record.seq)
-        .bind(record.ts)
-        .bind(&record.node_id)
-        .bind(&record.actor)
-        .bind(&record.action)
-        .bind(&record.subject)
-        .bind(&record.details)
-        .bind(record.prev_hash.as_slice())
-        .bind(record.hash.as_slice())
-        .execute(&mut *conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
 /// Appends an entry inside the caller's transaction, so the audited change and
 /// its audit row commit or roll back together.
+///
+/// One round trip: the database function `audit_append` (migration 0018) takes
+/// the append lock (held until the caller's transaction ends, so the chain never
+/// forks), links the record to the head it reads under the lock and inserts it.
+/// This node computes everything the hash covers but the link, and checks the
+/// hash the database computed against its own: a mismatch fails the append (and
+/// so the change).
 pub async fn append_audit(
     conn: &mut PgConnection,
     node_id: &str,
     entry: AuditEntry,
 ) -> Result<AuditRecord, StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(AUDIT_LOCK_KEY)
-        .execute(&mut *conn)
-        .await?;
-    if let Some((seq, hash)) = head_hint(node_id) {
-        let record = AuditRecord::new(seq + 1, Utc::now(), node_id, entry.clone(), hash);
-        if insert_record(conn, &record, true).await? {
-            note_head(&record);
-            return Ok(record);
-        }
+    // Built unlinked; the link and the hash come from the database below.
+    let mut record = AuditRecord::new(0, Utc::now(), node_id, entry, GENESIS_HASH);
+    let tail = record.hash_tail();
+    let (seq, prev, hash): (i64, Vec<u8>, Vec<u8>) = sqlx::query_as(
+        "SELECT new_seq, new_prev, new_hash \
+         FROM audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(AUDIT_LOCK_KEY)
+    .bind(hash_domain())
+    .bind(GENESIS_HASH.as_slice())
+    .bind(record.ts)
+    .bind(&record.node_id)
+    .bind(&record.actor)
+    .bind(&record.action)
+    .bind(&record.subject)
+    .bind(&record.details)
+    .bind(&tail)
+    .fetch_one(&mut *conn)
+    .await?;
+    let prev = to_hash32(seq - 1, prev)?;
+    let hash = to_hash32(seq, hash)?;
+    if chain_hash(&prev, seq, &tail) != hash {
+        return Err(StoreError::Corrupt(format!(
+            "audit record {seq}: the hash the database computed is not the record's hash"
+        )));
     }
-    let last: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?;
-    let (seq, prev_hash) = match last {
-        Some((seq, hash)) => {
-            let prev: [u8; 32] = hash.try_into().map_err(|_| {
-                StoreError::Corrupt(format!("audit row {seq} hash is not 32 bytes"))
-            })?;
-            (seq + 1, prev)
-        }
-        None => (1, GENESIS_HASH),
-    };
-    let record = AuditRecord::new(seq, Utc::now(), node_id, entry, prev_hash);
-    insert_record(conn, &record, false).await?;
-    note_head(&record);
+    record.seq = seq;
+    record.prev_hash = prev;
+    record.hash = hash;
     Ok(record)
 }
 
