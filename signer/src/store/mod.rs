@@ -15,6 +15,7 @@ pub mod tokens;
 pub mod transactions;
 pub mod utxos;
 pub mod violations;
+pub mod vote_inserts;
 pub mod votes;
 
 use std::time::Duration;
@@ -106,6 +107,7 @@ pub struct Store {
     /// The pinned vote keys as last read (issue 21: the profile showed the book
     /// read once per vote); see [`Store::vote_keys`].
     vote_keys: std::sync::Arc<std::sync::Mutex<votes::VoteKeyCache>>,
+    vote_inserts: std::sync::Arc<vote_inserts::VoteInserts>,
 }
 
 /// The embedded schema migrations (`migrations/` at the repository root).
@@ -131,6 +133,7 @@ impl Store {
         Ok(Store {
             pool,
             vote_keys: Default::default(),
+            vote_inserts: Default::default(),
         })
     }
 

@@ -235,7 +235,7 @@ pub(super) async fn insert_own_vote(
 
 /// Inserts `vote`; with `if_free`, only if its node has no vote in the round yet
 /// (then returns whether it was inserted), else a second vote is an error.
-async fn insert_vote_row<'e, E: sqlx::PgExecutor<'e>>(
+pub(super) async fn insert_vote_row<'e, E: sqlx::PgExecutor<'e>>(
     ex: E,
     vote: &NewSignedVote,
     if_free: bool,
@@ -309,7 +309,7 @@ impl Store {
     /// Stores a vote unless the node already has one in the round (constraint
     /// `votes_one_per_node`); then returns the stored one, untouched.
     pub async fn insert_signed_vote(&self, vote: &NewSignedVote) -> Result<VoteSlot, StoreError> {
-        if insert_vote_row(self.pool(), vote, true).await? {
+        if self.insert_vote_grouped(vote).await? {
             return Ok(VoteSlot::Inserted);
         }
         let existing: Option<(Option<Vec<u8>>,)> =

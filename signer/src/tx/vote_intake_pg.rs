@@ -383,6 +383,95 @@ async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() 
     drop(pg);
 }
 
+/// Peers' votes that arrive while an insert is running are stored together by the
+/// next insert (one statement), each caller still gets its own answer, and two
+/// different votes of one voter in one round never share a group: the second
+/// finds the first stored and is caught as a double vote (issue 21).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_arriving_together_are_stored_in_one_insert_and_a_double_vote_is_still_caught() {
+    let (_pg, store, _, _) = store_with_round().await;
+    let intake = VoteIntake::new(store.clone(), "node-1");
+    let mut keys = VoteKeyBook::default();
+    for n in [2u8, 3] {
+        keys.observe(&format!("node-{n}"), key(n).vote_public_key());
+    }
+    let mut rounds = Vec::new();
+    for _ in 0..12 {
+        let tx = Uuid::new_v4();
+        store
+            .insert_transaction(&hot_tx(tx, "test"))
+            .await
+            .expect("transaction");
+        let round = Uuid::new_v4();
+        let deadline = chrono::Utc::now() + chrono::Duration::seconds(60);
+        store
+            .create_round(round, tx, 1, 2, 3, deadline)
+            .await
+            .expect("round");
+        rounds.push((tx, round));
+    }
+    // A writer holds the votes table: the first insert waits for it, and every
+    // vote that arrives meanwhile queues behind that insert.
+    let mut blocker = store.pool().begin().await.expect("begin");
+    sqlx::query("LOCK TABLE votes IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let (tx0, round0) = rounds[0];
+    let approve0 = signed(tx0, 2, 2, VoteDecision::Approve);
+    let reject0 = signed(tx0, 2, 2, VoteDecision::Reject);
+    let mut votes = vec![(round0, tx0, approve0.clone())];
+    for &(tx, round) in &rounds {
+        votes.push((round, tx, signed(tx, 3, 3, VoteDecision::Approve)));
+    }
+    for &(tx, round) in &rounds[1..] {
+        votes.push((round, tx, signed(tx, 2, 2, VoteDecision::Approve)));
+    }
+    votes.push((round0, tx0, reject0.clone()));
+    let accepting = futures::future::join_all(votes.iter().map(|(round, tx, v)| {
+        let intake = intake.clone();
+        let keys = keys.clone();
+        let voter = v.voter().to_owned();
+        async move { intake.accept(&keys, *round, v, &voter, &subject(*tx)).await }
+    }));
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        blocker.commit().await.expect("release");
+    };
+    let (answers, ()) = tokio::join!(accepting, release);
+
+    let last = answers.len() - 1;
+    for (i, a) in answers.iter().enumerate().take(last) {
+        assert_eq!(a.as_ref().ok(), Some(&Accepted::New), "vote {i}: {a:?}");
+    }
+    assert!(
+        matches!(answers[last], Err(VoteReject::DoubleVote { .. })),
+        "{:?}",
+        answers[last]
+    );
+    for &(_, round) in &rounds {
+        assert_eq!(intake.round_votes(round).await.expect("votes").len(), 2);
+    }
+    assert_eq!(
+        intake.round_votes(round0).await.expect("votes"),
+        vec![approve0, signed(tx0, 3, 3, VoteDecision::Approve)]
+    );
+    assert_eq!(
+        violations(&store, "node-2", VIOLATION_DOUBLE_VOTE)
+            .await
+            .len(),
+        1
+    );
+    // Rows written by one statement share a transaction id: the first insert
+    // (the first vote, with any that arrived before it started), then one for
+    // every vote that queued behind it.
+    let (writes,): (i64,) = sqlx::query_as("SELECT count(DISTINCT xmin::text) FROM votes")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(writes, 2, "the queued votes were not stored together");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_votes_count_only_under_the_voters_key() {
     let (_pg, store, tx, round) = store_with_round().await;
