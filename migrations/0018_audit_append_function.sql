@@ -11,6 +11,12 @@
 -- length-prefixed: AuditRecord::hash_tail). The node recomputes the returned hash
 -- from the returned link and refuses the append when they differ, so a replaced
 -- function cannot make it store a record it did not hash itself.
+--
+-- `change_rows` is not used here: a statement that makes a change and appends its
+-- record in one go passes the count of the rows it changed, which makes the
+-- database finish the change (and take its row locks) before this function takes
+-- the append lock, the order of every other audited change (no lock-order
+-- deadlock between them).
 CREATE FUNCTION audit_append(
     lock_key bigint,
     domain bytea,
@@ -22,6 +28,7 @@ CREATE FUNCTION audit_append(
     p_subject text,
     p_details jsonb,
     tail bytea,
+    change_rows bigint,
     OUT new_seq bigint,
     OUT new_prev bytea,
     OUT new_hash bytea

@@ -286,7 +286,8 @@ async fn concurrent_audit_appends_form_one_unbroken_chain() {
 
 /// An append chains onto the real head whatever this process last appended: after
 /// an append whose transaction rolled back, and after other writers (another node
-/// id in this process, and the running node itself) moved the head.
+/// id in this process, and the running node itself) moved the head; the whole
+/// chain verifies.
 #[tokio::test]
 async fn audit_appends_chain_onto_the_real_head_after_a_rollback_and_other_writers() {
     use signer::audit::AuditEntry;
@@ -304,15 +305,16 @@ async fn audit_appends_chain_onto_the_real_head_after_a_rollback_and_other_write
     )
     .await
     .unwrap();
-    assert_eq!(gone.prev_hash, first.hash, "chained onto the head");
+    assert!(gone.seq > first.seq);
     tx.rollback().await.unwrap();
     let after_rollback = s
         .audit(me, AuditEntry::new("test", "test.hint"))
         .await
         .unwrap();
-    let (seq, hash) = s.audit_head().await.unwrap();
-    assert_eq!((seq, hash), (after_rollback.seq, after_rollback.hash));
-    assert_ne!(after_rollback.hash, gone.hash);
+    assert_ne!(
+        after_rollback.prev_hash, gone.hash,
+        "a rolled-back record is never a link"
+    );
     s.audit("node-other", AuditEntry::new("test", "test.hint"))
         .await
         .unwrap();
@@ -320,8 +322,20 @@ async fn audit_appends_chain_onto_the_real_head_after_a_rollback_and_other_write
         .audit(me, AuditEntry::new("test", "test.hint"))
         .await
         .unwrap();
-    let (_, head) = s.audit_head().await.unwrap();
-    assert_eq!(head, last.hash);
+    // What each append returned is what is stored (the running node and other
+    // tests append concurrently: the records need not be adjacent).
+    for r in [&first, &after_rollback, &last] {
+        let (hash, prev): (Vec<u8>, Vec<u8>) =
+            sqlx::query_as("SELECT hash, prev_hash FROM audit_log WHERE seq = $1")
+                .bind(r.seq)
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            (hash.as_slice(), prev.as_slice()),
+            (&r.hash[..], &r.prev_hash[..])
+        );
+    }
     let (_, _, err) = s.verify_audit_chain().await.unwrap();
     assert!(err.is_none(), "{err:?}");
 }
@@ -339,8 +353,9 @@ async fn an_audit_append_refuses_a_hash_the_node_did_not_compute() {
     sqlx::query(
         "CREATE OR REPLACE FUNCTION audit_append(lock_key bigint, domain bytea, genesis bytea, \
          p_ts timestamptz, p_node_id text, p_actor text, p_action text, p_subject text, \
-         p_details jsonb, tail bytea, OUT new_seq bigint, OUT new_prev bytea, OUT new_hash bytea) \
+         p_details jsonb, tail bytea, change_rows bigint, OUT new_seq bigint, OUT new_prev bytea, OUT new_hash bytea) \
          LANGUAGE plpgsql VOLATILE AS $$ BEGIN \
+           PERFORM pg_advisory_xact_lock(lock_key); \
            SELECT l.seq + 1, l.hash INTO new_seq, new_prev FROM audit_log l ORDER BY l.seq DESC LIMIT 1; \
            new_hash := sha256(domain || tail); \
            INSERT INTO audit_log (seq, ts, node_id, actor, action, subject, details, prev_hash, hash) \
@@ -525,6 +540,56 @@ async fn sign_input_audits(s: &Store, tx: Uuid) -> i64 {
     .await
     .unwrap();
     n
+}
+
+/// An audited change made in one statement (here the move to `signed` with its
+/// inputs and audit record) takes its row locks before the audit append lock, the
+/// order of every other audited change (data first, audit record last): two
+/// changes of the same rows cannot deadlock on the order of those locks.
+#[tokio::test]
+async fn an_audited_statement_locks_its_rows_before_the_append_lock() {
+    let s = store().await;
+    let tx = approved_tx(&s).await;
+    assert_eq!(
+        enter(&s, Uuid::new_v4(), tx, 0).await,
+        SigningEntry::Entered
+    );
+    let mut holder = s.pool().acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(signer::store::audit::AUDIT_LOCK_KEY)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let signing = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.transaction_signed("node-1", tx, b"raw", "txid", None)
+                .await
+        })
+    };
+    // The statement waits for the append lock; its row must be locked by then.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let row_free = sqlx::query("SELECT 1 FROM transactions WHERE id = $1 FOR UPDATE NOWAIT")
+        .bind(tx)
+        .execute(s.pool())
+        .await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(signer::store::audit::AUDIT_LOCK_KEY)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    signing.await.unwrap().unwrap();
+    let err = row_free.expect_err("the row was not locked while the append lock was awaited");
+    assert!(
+        matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03")),
+        "{err}"
+    );
+    let (state,): (String,) = sqlx::query_as("SELECT state FROM transactions WHERE id = $1")
+        .bind(tx)
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(state, "signed");
 }
 
 /// A signing session id is claimed once, whatever the second claim carries; the

@@ -11,7 +11,7 @@ use crate::audit::{
 };
 
 /// Serializes appenders so the chain never forks.
-const AUDIT_LOCK_KEY: i64 = 0x5349_474e_4155_4449; // "SIGNAUDI"
+pub const AUDIT_LOCK_KEY: i64 = 0x5349_474e_4155_4449; // "SIGNAUDI"
 
 /// The audit row of a change, handed to the store method that makes the change: it
 /// is appended in the change's own database transaction, so the change and its
@@ -35,6 +35,19 @@ impl AuditOf {
     /// Appends it inside the caller's open transaction.
     pub(crate) async fn append(self, conn: &mut PgConnection) -> Result<AuditRecord, StoreError> {
         append_audit(conn, &self.node_id, self.entry).await
+    }
+
+    /// Appends it with the change `sql` makes (see [`append_audit_with`]).
+    pub(crate) async fn append_with<'q, F>(
+        self,
+        conn: &mut PgConnection,
+        sql: &'static str,
+        bind: F,
+    ) -> Result<(i64, AuditRecord), StoreError>
+    where
+        F: FnOnce(AuditedQuery<'q>) -> AuditedQuery<'q>,
+    {
+        append_audit_with(conn, &self.node_id, self.entry, sql, bind).await
     }
 }
 
@@ -378,25 +391,82 @@ pub async fn append_audit(
     node_id: &str,
     entry: AuditEntry,
 ) -> Result<AuditRecord, StoreError> {
+    let (_, record) = append_audit_with(
+        conn,
+        node_id,
+        entry,
+        concat!(
+            "SELECT 0::bigint, new_seq, new_prev, new_hash ",
+            "FROM audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)"
+        ),
+        |q| q,
+    )
+    .await?;
+    Ok(record)
+}
+
+/// The row an audited statement returns: the count of its `done` rows, then the
+/// appended record's sequence number, link and hash.
+pub(crate) type AuditedRow = (i64, i64, Vec<u8>, Vec<u8>);
+
+/// An audited statement with the append's parameters bound.
+pub(crate) type AuditedQuery<'q> =
+    sqlx::query::QueryAs<'q, sqlx::Postgres, AuditedRow, sqlx::postgres::PgArguments>;
+
+/// A statement that makes a change and appends its audit record (issue 21: one
+/// round trip where there were one per statement and one for the append):
+/// `ctes` are its common table expressions, the last one named `done` (its row
+/// count is returned: e.g. the rows the change updated). The audit record is
+/// appended whatever `done` holds: the caller decides from the count and rolls
+/// back what it does not want. The append takes that count as an argument, so the
+/// change is made (its row locks taken) before the append lock, as in every other
+/// audited change. Parameters `$1`–`$10` are the append's; the
+/// change's own are numbered from `$11` and bound by the caller's closure.
+macro_rules! audited_statement {
+    ($ctes:literal) => {
+        concat!(
+            "WITH ",
+            $ctes,
+            " SELECT d.n, a.new_seq, a.new_prev, a.new_hash ",
+            "FROM (SELECT count(*) AS n FROM done) d, ",
+            "LATERAL audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, d.n) a"
+        )
+    };
+}
+pub(crate) use audited_statement;
+
+/// Runs `sql` (built by [`audited_statement!`], or the bare append), binding the
+/// append's parameters and then the caller's (`bind`); returns the count of the
+/// statement's `done` rows and the appended record, checked as in
+/// [`append_audit`].
+pub(crate) async fn append_audit_with<'q, F>(
+    conn: &mut PgConnection,
+    node_id: &str,
+    entry: AuditEntry,
+    sql: &'static str,
+    bind: F,
+) -> Result<(i64, AuditRecord), StoreError>
+where
+    F: FnOnce(AuditedQuery<'q>) -> AuditedQuery<'q>,
+{
     // Built unlinked; the link and the hash come from the database below.
     let mut record = AuditRecord::new(0, Utc::now(), node_id, entry, GENESIS_HASH);
     let tail = record.hash_tail();
-    let (seq, prev, hash): (i64, Vec<u8>, Vec<u8>) = sqlx::query_as(
-        "SELECT new_seq, new_prev, new_hash \
-         FROM audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(AUDIT_LOCK_KEY)
-    .bind(hash_domain())
-    .bind(GENESIS_HASH.as_slice())
-    .bind(record.ts)
-    .bind(&record.node_id)
-    .bind(&record.actor)
-    .bind(&record.action)
-    .bind(&record.subject)
-    .bind(&record.details)
-    .bind(&tail)
-    .fetch_one(&mut *conn)
-    .await?;
+    let q = sqlx::query_as::<_, AuditedRow>(sql)
+        .bind(AUDIT_LOCK_KEY)
+        .bind(hash_domain())
+        .bind(GENESIS_HASH.as_slice())
+        .bind(record.ts)
+        .bind(record.node_id.clone())
+        .bind(record.actor.clone())
+        .bind(record.action.clone())
+        .bind(record.subject.clone())
+        .bind(record.details.clone())
+        .bind(tail.clone());
+    let (done, seq, prev, hash) = bind(q)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| StoreError::classify(e, "audited change"))?;
     let prev = to_hash32(seq - 1, prev)?;
     let hash = to_hash32(seq, hash)?;
     if chain_hash(&prev, seq, &tail) != hash {
@@ -407,7 +477,7 @@ pub async fn append_audit(
     record.seq = seq;
     record.prev_hash = prev;
     record.hash = hash;
-    Ok(record)
+    Ok((done, record))
 }
 
 #[derive(sqlx::FromRow)]

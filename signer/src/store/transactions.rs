@@ -129,25 +129,31 @@ impl Store {
             if let Some(new) = new {
                 insert_row(&mut tx, new).await?;
             }
-            // Leader, deadline and the move to `voting` in one statement (the state
-            // machine's trigger checks the move as for any other).
-            let moved = sqlx::query(
-                "UPDATE transactions SET leader = $2, vote_deadline = $3, state = 'voting' \
-                 WHERE id = $1",
+            // Leader, deadline, the move to `voting` (the state machine's trigger
+            // checks it as any other) and the round: one statement (issue 21).
+            let opened: Option<(Uuid,)> = sqlx::query_as(
+                "WITH t AS (UPDATE transactions SET leader = $2, vote_deadline = $3, \
+                                   state = 'voting' WHERE id = $1 RETURNING id) \
+                 INSERT INTO voting_rounds \
+                     (id, transaction_id, round_no, required_approvals, total_nodes, deadline) \
+                 SELECT $4, t.id, $5, $6, $7, $3 FROM t RETURNING id",
             )
             .bind(id)
             .bind(leader)
             .bind(round.deadline)
-            .execute(&mut *tx)
+            .bind(round.id)
+            .bind(round.round_no)
+            .bind(round.required_approvals)
+            .bind(round.total_nodes)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| StoreError::classify(e, "transaction"))?;
-            if moved.rows_affected() == 0 {
+            if opened.is_none() {
                 return Err(StoreError::NotFound {
                     what: "transaction",
                     id: id.to_string(),
                 });
             }
-            super::votes::insert_round(&mut tx, id, round).await?;
             // The transaction is live (it just moved to `voting` in this commit), so
             // the reservation needs no check of its state.
             if let Some(o) = super::utxos::reserve_in(&mut tx, id, reserve).await? {
@@ -318,20 +324,47 @@ impl Store {
                     return Ok(VoteRecord::TxidApprovedWithOtherData(first));
                 }
             }
-            insert_outflow(
+        }
+        let (key_id, sats) = match &approve {
+            Some(a) => (
+                Some(a.key_id),
+                Some(i64::try_from(a.outflow_sats).map_err(|_| {
+                    StoreError::Corrupt(format!("outflow of {id} does not fit a BIGINT"))
+                })?),
+            ),
+            None => (None, None),
+        };
+        // An approval's outflow count, the signed vote itself and the audit record:
+        // one statement (issue 21). This node votes once per round: a stored vote
+        // of its own fails the statement (no `ON CONFLICT`), and nothing of this
+        // one is written.
+        let v = own_vote;
+        audit
+            .append_with(
                 &mut tx,
-                id,
-                a.key_id,
-                a.outflow_sats,
-                OutflowReason::OwnApprove,
+                super::audit::audited_statement!(
+                    "o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
+                           SELECT $11, $12, $13, $14 WHERE $12::text IS NOT NULL \
+                           ON CONFLICT (transaction_id) DO NOTHING), \
+                     done AS (INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, \
+                                                 signature, signed_vote) \
+                              VALUES ($15, $16, $17, $18, $19, $20, $21) RETURNING id)"
+                ),
+                |q| {
+                    q.bind(id)
+                        .bind(key_id)
+                        .bind(sats)
+                        .bind(OutflowReason::OwnApprove.as_str())
+                        .bind(v.round_id)
+                        .bind(v.node_id.as_str())
+                        .bind(v.decision.as_str())
+                        .bind(&v.reasons)
+                        .bind(v.policy_hash.as_str())
+                        .bind(v.signature.as_slice())
+                        .bind(v.signed_vote.as_slice())
+                },
             )
             .await?;
-        }
-        // The signed vote itself, in the same commit (issue 21: not a statement
-        // and a commit of its own). This node votes once per round: a stored vote
-        // of its own is an error, and nothing of this one is written.
-        super::votes::insert_own_vote(&mut tx, own_vote).await?;
-        audit.append(&mut tx).await?;
         tx.commit().await?;
         Ok(VoteRecord::Recorded)
     }
@@ -368,17 +401,22 @@ impl Store {
         if claimed != 1 {
             return Ok(SigningEntry::SessionUsed);
         }
-        let entered: Option<(Uuid,)> = sqlx::query_as(
-            "UPDATE transactions SET state = 'signing' \
-             WHERE id = $1 AND state IN ('approved', 'signing') RETURNING id",
-        )
-        .bind(claim.tx)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if entered.is_none() {
+        // The move to `signing` (only from a live approved state) and the audit
+        // record in one statement; rolled back, with the claim, when the
+        // transaction ended.
+        let (entered, _) = audit
+            .append_with(
+                &mut tx,
+                super::audit::audited_statement!(
+                    "done AS (UPDATE transactions SET state = 'signing' \
+                              WHERE id = $11 AND state IN ('approved', 'signing') RETURNING id)"
+                ),
+                |q| q.bind(claim.tx),
+            )
+            .await?;
+        if entered != 1 {
             return Ok(SigningEntry::Closed);
         }
-        audit.append(&mut tx).await?;
         tx.commit().await?;
         Ok(SigningEntry::Entered)
     }
@@ -488,28 +526,23 @@ impl Store {
         txid: &str,
         signed_psbt: Option<&[u8]>,
     ) -> Result<(), StoreError> {
+        // The move to `signed`, the inputs marked spent and the audit record: one
+        // statement (issue 21).
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "UPDATE transactions SET state = 'signed', signed_tx = $2, txid = $3, \
-             signed_psbt = COALESCE($4, signed_psbt) WHERE id = $1",
-        )
-        .bind(id)
-        .bind(signed_tx)
-        .bind(txid)
-        .bind(signed_psbt)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::classify(e, "transaction"))?;
-        sqlx::query("UPDATE utxos SET state = 'spent' WHERE reserved_by = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        super::audit::append_audit(
+        super::audit::append_audit_with(
             &mut tx,
             node_id,
             crate::audit::AuditEntry::new("node", "tx.signed")
                 .subject(id.to_string())
                 .details(serde_json::json!({ "txid": txid })),
+            super::audit::audited_statement!(
+                "t AS (UPDATE transactions SET state = 'signed', signed_tx = $12, txid = $13, \
+                              signed_psbt = COALESCE($14, signed_psbt) \
+                       WHERE id = $11 RETURNING id), \
+                 u AS (UPDATE utxos SET state = 'spent' WHERE reserved_by = $11), \
+                 done AS (SELECT id FROM t)"
+            ),
+            |q| q.bind(id).bind(signed_tx).bind(txid).bind(signed_psbt),
         )
         .await?;
         tx.commit().await?;

@@ -107,14 +107,14 @@ impl Store {
             Ok(stored) => stored,
             // The inserting task ended without answering (the runtime shutting
             // down): this caller inserts its vote itself.
-            Err(_) => insert_vote_row(self.pool(), vote, true).await,
+            Err(_) => insert_vote_row(self.pool(), vote).await,
         }
     }
 
     async fn insert_group(&self, group: Vec<(NewSignedVote, Answer)>) {
         if group.len() == 1 {
             for (vote, answer) in group {
-                let _ = answer.send(insert_vote_row(self.pool(), &vote, true).await);
+                let _ = answer.send(insert_vote_row(self.pool(), &vote).await);
             }
             return;
         }
@@ -161,7 +161,7 @@ impl Store {
             Err(e) => {
                 tracing::debug!(error = %e, votes = group.len(), "grouped vote insert failed; inserting one by one");
                 for (v, answer) in group {
-                    let _ = answer.send(insert_vote_row(self.pool(), &v, true).await);
+                    let _ = answer.send(insert_vote_row(self.pool(), &v).await);
                 }
             }
         }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::audit::append_audit;
+use super::audit::{append_audit, append_audit_with, audited_statement};
 use super::{Store, StoreError};
 use crate::audit::AuditEntry;
 use vote::{vote_key_fingerprint, PinOutcome, VIOLATION_KEY_CHANGED};
@@ -180,74 +180,71 @@ impl Store {
         votes: usize,
         outflow: Option<(&str, u64)>,
     ) -> Result<bool, StoreError> {
+        let (key_id, sats) = match outflow {
+            Some((key_id, sats)) => (
+                Some(key_id),
+                Some(i64::try_from(sats).map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "outflow of {transaction_id} does not fit a BIGINT"
+                    ))
+                })?),
+            ),
+            None => (None, None),
+        };
+        // The round's close, the transaction's move (the state machine's trigger
+        // checks it; its round's foreign key means the row exists), the release of
+        // the inputs of a transaction that will not be signed, the outflow count
+        // and the audit record: one statement (issue 21), in a transaction that is
+        // rolled back when the round was not open any more.
         let mut tx = self.pool().begin().await?;
-        let closed = sqlx::query(
-            "UPDATE voting_rounds SET state = $2, closed_at = now() WHERE id = $1 AND state = 'open'",
-        )
-        .bind(round_id)
-        .bind(outcome)
-        .execute(&mut *tx)
-        .await?;
-        if closed.rows_affected() != 1 {
-            return Ok(false);
-        }
-        super::transactions::set_transaction_state(
-            &mut *tx,
-            transaction_id,
-            outcome,
-            failure_reason,
-        )
-        .await?;
-        if outcome != "approved" {
-            super::utxos::release_reserved(&mut *tx, transaction_id).await?;
-        }
-        if let Some((key_id, sats)) = outflow {
-            super::transactions::insert_outflow(
-                &mut tx,
-                transaction_id,
-                key_id,
-                sats,
-                super::transactions::OutflowReason::QuorumApproved,
-            )
-            .await?;
-        }
-        append_audit(
+        let (closed, _) = append_audit_with(
             &mut tx,
             local_node,
             AuditEntry::new("node", format!("tx.{outcome}"))
                 .subject(transaction_id.to_string())
                 .details(serde_json::json!({ "votes": votes })),
+            audited_statement!(
+                "r AS (UPDATE voting_rounds SET state = $12, closed_at = now() \
+                       WHERE id = $11 AND state = 'open' RETURNING id), \
+                 t AS (UPDATE transactions SET state = $12, \
+                              failure_reason = COALESCE($14, failure_reason) \
+                       WHERE id = $13 AND EXISTS (SELECT 1 FROM r) RETURNING id), \
+                 u AS (UPDATE utxos SET state = 'available', reserved_by = NULL \
+                       WHERE $12 <> 'approved' AND EXISTS (SELECT 1 FROM t) \
+                         AND reserved_by = $13 AND state = 'reserved'), \
+                 o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
+                       SELECT $13, $15, $16, $17 FROM t WHERE $15::text IS NOT NULL \
+                       ON CONFLICT (transaction_id) DO NOTHING), \
+                 done AS (SELECT id FROM t)"
+            ),
+            |q| {
+                q.bind(round_id)
+                    .bind(outcome)
+                    .bind(transaction_id)
+                    .bind(failure_reason)
+                    .bind(key_id)
+                    .bind(sats)
+                    .bind(super::transactions::OutflowReason::QuorumApproved.as_str())
+            },
         )
         .await?;
+        if closed != 1 {
+            return Ok(false);
+        }
         tx.commit().await?;
         Ok(true)
     }
 }
 
-/// Inserts this node's own vote in `tx` (no `ON CONFLICT`: a second own vote in
-/// the round fails the transaction it is part of).
-pub(super) async fn insert_own_vote(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    vote: &NewSignedVote,
-) -> Result<(), StoreError> {
-    insert_vote_row(&mut **tx, vote, false).await.map(drop)
-}
-
-/// Inserts `vote`; with `if_free`, only if its node has no vote in the round yet
-/// (then returns whether it was inserted), else a second vote is an error.
+/// Inserts `vote` unless its node has a vote in the round; returns whether it
+/// was inserted.
 pub(super) async fn insert_vote_row<'e, E: sqlx::PgExecutor<'e>>(
     ex: E,
     vote: &NewSignedVote,
-    if_free: bool,
 ) -> Result<bool, StoreError> {
-    let sql = if if_free {
-        "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
+    let sql = "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT ON CONSTRAINT votes_one_per_node DO NOTHING RETURNING id"
-    } else {
-        "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"
-    };
+         ON CONFLICT ON CONSTRAINT votes_one_per_node DO NOTHING RETURNING id";
     let inserted: Option<(i64,)> = sqlx::query_as(sql)
         .bind(vote.round_id)
         .bind(&vote.node_id)
@@ -592,7 +589,7 @@ pub struct NewRound {
     pub deadline: DateTime<Utc>,
 }
 
-pub(super) async fn insert_round(
+async fn insert_round(
     conn: &mut sqlx::PgConnection,
     transaction_id: Uuid,
     round: &NewRound,
