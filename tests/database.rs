@@ -428,9 +428,12 @@ async fn outflows_count_from_the_approval_and_are_released_only_before_approved(
         .await
         .unwrap();
     let other = Uuid::new_v4();
-    assert_eq!(s.spent_in_window(&key, 3600, other).await.unwrap(), 321_000);
     assert_eq!(
-        s.spent_in_window(&key, 3600, signing).await.unwrap(),
+        s.spent_in_window(&key, 3600, other, false).await.unwrap(),
+        321_000
+    );
+    assert_eq!(
+        s.spent_in_window(&key, 3600, signing, false).await.unwrap(),
         21_000,
         "the transaction under evaluation is left out"
     );
@@ -464,7 +467,7 @@ async fn outflows_count_from_the_approval_and_are_released_only_before_approved(
         .await
         .unwrap();
     assert_eq!(
-        s.spent_in_window(&key, 3600, other).await.unwrap(),
+        s.spent_in_window(&key, 3600, other, false).await.unwrap(),
         320_000,
         "only the transaction that never left voting is released"
     );
@@ -490,7 +493,56 @@ async fn outflows_count_from_the_approval_and_are_released_only_before_approved(
     .await
     .unwrap_err();
     assert!(err.to_string().contains("outflows"), "{err}");
-    assert_eq!(s.spent_in_window(&key, 3600, other).await.unwrap(), 320_000);
+    assert_eq!(
+        s.spent_in_window(&key, 3600, other, false).await.unwrap(),
+        320_000
+    );
+}
+
+/// A signer re-checks its policy against the velocity windows as its approval saw
+/// them: what was counted before the transaction's own count. Payments approved
+/// while it waited to be signed (each checked against its count) do not make the
+/// signer refuse it (velocity test, "0 signed" under load); a vote still sees
+/// everything counted so far.
+#[tokio::test]
+async fn a_signing_recheck_counts_only_what_came_before_its_own_approval() {
+    use signer::store::transactions::OutflowReason;
+    let s = store().await;
+    let key = format!("velocity-{}", Uuid::new_v4());
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let t = NewTransaction {
+            key_id: Some(key.clone()),
+            ..new_tx()
+        };
+        s.insert_transaction(&t).await.unwrap();
+        s.transition_transaction(t.id, "voting", None)
+            .await
+            .unwrap();
+        ids.push(t.id);
+    }
+    let (before, own, after, uncounted) = (ids[0], ids[1], ids[2], ids[3]);
+    for (id, sats) in [(before, 1_000), (own, 20_000), (after, 300_000)] {
+        s.count_outflow(id, &key, sats, OutflowReason::OwnApprove)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        s.spent_in_window(&key, 3600, own, true).await.unwrap(),
+        1_000
+    );
+    assert_eq!(
+        s.spent_in_window(&key, 3600, own, false).await.unwrap(),
+        301_000
+    );
+    // Without a count of its own, everything counted is in the window.
+    assert_eq!(
+        s.spent_in_window(&key, 3600, uncounted, true)
+            .await
+            .unwrap(),
+        321_000
+    );
 }
 
 /// Enters signing session `session` for input `input` of `tx` with the 2-signer set

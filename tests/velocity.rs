@@ -3,7 +3,8 @@
 //!
 //! Every node's policy allows `CAP` sats per day. Node 0, the leader, is armed to
 //! report every signed transaction to the others as failed
-//! (`SIGNER_FAULT_LIE_DONE`). Twenty payments whose outflows add up to about twice
+//! (`SIGNER_FAULT_LIE_DONE`), and to wait before it signs
+//! (`SIGNER_FAULT_SIGN_DELAY_MS`), so every approval is counted before any signing. Twenty payments whose outflows add up to about twice
 //! the cap are submitted at once. Every node counts an approval the moment it votes
 //! (and a transaction it saw a quorum approve), under a per-key lock, whatever the
 //! leader reports later, so:
@@ -11,6 +12,8 @@
 //! * each node still counts everything it signed for, although the leader told it
 //!   those transactions failed;
 //! * the cap did bind: some payments were refused for `velocity_over_limit`;
+//! * the cap leaves room: the payments approved within it are signed, although
+//!   the approvals after them were counted before their signing;
 //! * no node keeps an input reserved by a transaction that ended unsigned (a
 //!   quorum can reject before the leader's own check finishes; its late
 //!   reservation must not hold coins that later payments need).
@@ -96,7 +99,17 @@ async fn a_burst_of_payments_never_signs_more_than_the_cap_on_any_node_even_when
         &format!("[[scope.velocity]]\nwindow_seconds = 86400\nmax_sats = {CAP}\n"),
     );
     c.kill_node(0);
-    c.restart_node_with_env(0, &[("SIGNER_FAULT_LIE_DONE", "1")]);
+    // The leader also waits 4 s before it signs an approved payment, so every
+    // approval of the burst is counted before any signing starts (as under load):
+    // signers must still sign what they approved within the cap (a re-check that
+    // counted the later approvals refused every payment: "0 signed").
+    c.restart_node_with_env(
+        0,
+        &[
+            ("SIGNER_FAULT_LIE_DONE", "1"),
+            ("SIGNER_FAULT_SIGN_DELAY_MS", "4000"),
+        ],
+    );
     c.wait_ready(N).await;
     fund(&c, &key, &[30_000; PAYMENTS]).await;
 

@@ -312,6 +312,21 @@ pub const PROPOSAL_DEADLINE_ENV: &str = "SIGNER_FAULT_PROPOSAL_DEADLINE_SECS";
 /// UTXOs with a forged witness (the receivers must not believe it).
 pub const FORGE_SPENT_ENV: &str = "SIGNER_FAULT_FORGE_SPENT";
 
+/// Environment variable: as a leader, this node waits this many milliseconds after
+/// a round closes approved before it starts signing (so every approval of a burst
+/// is counted before any signing starts).
+pub const SIGN_DELAY_ENV: &str = "SIGNER_FAULT_SIGN_DELAY_MS";
+
+/// Waits as long as [`SIGN_DELAY_ENV`] says (feature `fault-injection` only; no wait
+/// otherwise).
+pub async fn sign_delay() {
+    #[cfg(feature = "fault-injection")]
+    if let Some(ms) = fault_var(SIGN_DELAY_ENV).and_then(|v| v.parse::<u64>().ok()) {
+        tracing::error!(ms, "FAULT INJECTION: waiting before signing");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
 /// Whether this node shares forged "signed" transactions with its peers
 /// ([`FORGE_SPENT_ENV`], feature `fault-injection` only; built by
 /// `crate::tx::spent`).

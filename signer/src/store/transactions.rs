@@ -252,21 +252,33 @@ impl Store {
     /// approve, unless it ended here before `approved` (see migration
     /// `0010_outflows.sql`), whatever the leader reported later. `except` (the
     /// transaction being evaluated) is left out.
+    ///
+    /// `before_own_count`: only what was counted before `except`'s own outflow
+    /// (when it has one), i.e. the window its approval was checked against. A
+    /// signer re-checks the policy this way: counts that came after its approval
+    /// (other payments approved while this one waited to be signed, each checked
+    /// against this one's count) do not make it refuse what it approved within
+    /// the limit (the velocity test's "0 signed" under load: every approval
+    /// counted before any signing, and every signer then refused).
     pub async fn spent_in_window(
         &self,
         key_id: &str,
         window_seconds: u64,
         except: Uuid,
+        before_own_count: bool,
     ) -> Result<u64, StoreError> {
         let secs = i64::try_from(window_seconds).unwrap_or(i64::MAX);
         let (sum,): (Option<i64>,) = sqlx::query_as(
-            "SELECT sum(outflow_sats)::bigint FROM outflows \
-             WHERE key_id = $1 AND released_at IS NULL AND transaction_id <> $3 \
-             AND counted_at > now() - make_interval(secs => $2::double precision)",
+            "SELECT sum(o.outflow_sats)::bigint FROM outflows o \
+             WHERE o.key_id = $1 AND o.released_at IS NULL AND o.transaction_id <> $3 \
+             AND o.counted_at > now() - make_interval(secs => $2::double precision) \
+             AND (NOT $4 OR o.counted_at < COALESCE( \
+                 (SELECT c.counted_at FROM outflows c WHERE c.transaction_id = $3), 'infinity'))",
         )
         .bind(key_id)
         .bind(secs)
         .bind(except)
+        .bind(before_own_count)
         .fetch_one(self.pool())
         .await?;
         Ok(u64::try_from(sum.unwrap_or(0)).unwrap_or(0))

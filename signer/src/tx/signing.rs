@@ -106,6 +106,7 @@ async fn lead_inner(
         .tx
         .get(id)
         .ok_or_else(|| TxError::Internal("transaction not pending on this node".into()))?;
+    crate::fault::sign_delay().await;
     node.store
         .transition_transaction(id, "signing", None)
         .await?;

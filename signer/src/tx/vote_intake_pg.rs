@@ -831,7 +831,7 @@ async fn an_own_vote_is_written_whole_or_not_at_all() {
         let store = store.clone();
         async move {
             let spent = store
-                .spent_in_window("hot", 3600, Uuid::new_v4())
+                .spent_in_window("hot", 3600, Uuid::new_v4(), false)
                 .await
                 .expect("spent");
             let votes = store.round_votes(round).await.expect("votes").len();

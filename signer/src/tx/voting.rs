@@ -79,6 +79,7 @@ async fn decide(
     id: Uuid,
     p: &Pending,
     deadline_unix: u64,
+    at: Evaluation,
 ) -> Verdict {
     let v = &p.validated;
     let mut body = VoteBody {
@@ -104,7 +105,7 @@ async fn decide(
             return Verdict::final_reject(body);
         }
     };
-    let ctx = match context(node, pol, id, p).await {
+    let ctx = match context(node, pol, id, p, at).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the policy context; voting reject");
@@ -134,11 +135,25 @@ async fn decide(
     }
 }
 
+/// When a policy is evaluated: for this node's vote, or again for a signing
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Evaluation {
+    /// The vote: the velocity windows hold everything counted so far.
+    Vote,
+    /// A signing request: the windows hold what was counted before this
+    /// transaction's own count (what its approval was checked against; see
+    /// `Store::spent_in_window`).
+    Signing,
+}
+
 /// Evaluates the policy again for a signing request (the approval proof is not kept
 /// between the vote and the signing; it is recomputed from the same inputs).
 pub async fn decide_again(node: &TxCtx, id: Uuid, p: &Pending) -> Option<policy::Approval> {
     let loaded = load_policy(node).await;
-    decide(node, &loaded, id, p, now_unix() + 60).await.approval
+    decide(node, &loaded, id, p, now_unix() + 60, Evaluation::Signing)
+        .await
+        .approval
 }
 
 /// The configured policy, if any (read at each evaluation).
@@ -213,11 +228,15 @@ async fn context(
     pol: &policy::Policy,
     id: Uuid,
     p: &Pending,
+    at: Evaluation,
 ) -> Result<policy::Context, StoreError> {
     let key_id = &p.validated.key_id;
     let mut window_spent = Vec::new();
     for w in pol.velocity_windows(key_id, p.validated.view.network) {
-        let spent = node.store.spent_in_window(key_id, w, id).await?;
+        let spent = node
+            .store
+            .spent_in_window(key_id, w, id, at == Evaluation::Signing)
+            .await?;
         window_spent.push(policy::WindowSpent {
             window_seconds: w,
             spent_sats: spent,
@@ -450,7 +469,15 @@ async fn on_proposal_inner(
     });
     node.tx.insert(prop.id, pending.clone());
     let budget = node.tx.velocity_lock(&prop.key_id).await;
-    let mut verdict = decide(node, &loaded, prop.id, &pending, deadline_unix).await;
+    let mut verdict = decide(
+        node,
+        &loaded,
+        prop.id,
+        &pending,
+        deadline_unix,
+        Evaluation::Vote,
+    )
+    .await;
     if let Some(reason) = input_reject {
         verdict.reject(reason);
     }
@@ -693,7 +720,7 @@ pub async fn reconsider(node: &Arc<TxCtx>, id: Uuid) {
         }
     };
     let budget = node.tx.velocity_lock(&p.validated.key_id).await;
-    let verdict = decide(node, &loaded, id, &p, p.deadline_unix).await;
+    let verdict = decide(node, &loaded, id, &p, p.deadline_unix, Evaluation::Vote).await;
     if verdict.awaiting_approval {
         tracing::info!(tx = %id, "approval recorded; more approvals still needed");
         return;
