@@ -157,12 +157,15 @@ impl Store {
                 }
             }
             // One bad row (its round deleted) fails the whole statement: each vote
-            // is then inserted on its own, so it fails alone.
+            // is then inserted on its own, so it fails alone. Concurrently, as
+            // before grouping: with the database down, every caller gets its own
+            // error after one wait, not one wait after another.
             Err(e) => {
                 tracing::debug!(error = %e, votes = group.len(), "grouped vote insert failed; inserting one by one");
-                for (v, answer) in group {
+                futures::future::join_all(group.into_iter().map(|(v, answer)| async move {
                     let _ = answer.send(insert_vote_row(self.pool(), &v).await);
-                }
+                }))
+                .await;
             }
         }
     }

@@ -472,6 +472,60 @@ async fn votes_arriving_together_are_stored_in_one_insert_and_a_double_vote_is_s
     assert_eq!(writes, 2, "the queued votes were not stored together");
 }
 
+/// A vote that cannot be stored (its round is gone) fails alone: the others of
+/// its group are still stored, each caller answered with its own outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_that_cannot_be_stored_fails_alone_in_its_group() {
+    let (_pg, store, tx, round) = store_with_round().await;
+    let intake = VoteIntake::new(store.clone(), "node-1");
+    let mut keys = VoteKeyBook::default();
+    for n in [2u8, 3] {
+        keys.observe(&format!("node-{n}"), key(n).vote_public_key());
+    }
+    let mut blocker = store.pool().begin().await.expect("begin");
+    sqlx::query("LOCK TABLE votes IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    // node-2's and node-3's votes in the round, and node-3's vote for a round
+    // that does not exist, queued behind a first insert.
+    let v2 = signed(tx, 2, 2, VoteDecision::Approve);
+    let v3 = signed(tx, 3, 3, VoteDecision::Approve);
+    let orphan_tx = Uuid::new_v4();
+    let orphan = signed(orphan_tx, 3, 3, VoteDecision::Approve);
+    let votes = [
+        (round, tx, v2.clone()),
+        (Uuid::new_v4(), orphan_tx, orphan),
+        (round, tx, v3.clone()),
+    ];
+    let accepting = futures::future::join_all(votes.iter().map(|(round, tx, v)| {
+        let intake = intake.clone();
+        let keys = keys.clone();
+        let voter = v.voter().to_owned();
+        async move { intake.accept(&keys, *round, v, &voter, &subject(*tx)).await }
+    }));
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        blocker.commit().await.expect("release");
+    };
+    let (answers, ()) = tokio::join!(accepting, release);
+    assert_eq!(
+        answers[0].as_ref().ok(),
+        Some(&Accepted::New),
+        "{answers:?}"
+    );
+    assert!(answers[1].is_err(), "{answers:?}");
+    assert_eq!(
+        answers[2].as_ref().ok(),
+        Some(&Accepted::New),
+        "{answers:?}"
+    );
+    assert_eq!(
+        intake.round_votes(round).await.expect("votes"),
+        vec![v2, v3]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_votes_count_only_under_the_voters_key() {
     let (_pg, store, tx, round) = store_with_round().await;
