@@ -402,18 +402,7 @@ async fn outflows_count_from_the_approval_and_are_released_only_before_approved(
     use signer::store::transactions::OutflowReason;
     let s = store().await;
     let key = format!("velocity-{}", Uuid::new_v4());
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let t = NewTransaction {
-            key_id: Some(key.clone()),
-            ..new_tx()
-        };
-        s.insert_transaction(&t).await.unwrap();
-        s.transition_transaction(t.id, "voting", None)
-            .await
-            .unwrap();
-        ids.push(t.id);
-    }
+    let ids = voting_txs(&s, &key, 3).await;
     let (expired_voting, approved_then_expired, signing) = (ids[0], ids[1], ids[2]);
     for (id, sats) in [(expired_voting, 1_000), (approved_then_expired, 20_000)] {
         s.count_outflow(id, &key, sats, OutflowReason::OwnApprove)
@@ -509,18 +498,7 @@ async fn a_signing_recheck_counts_only_what_came_before_its_own_approval() {
     use signer::store::transactions::OutflowReason;
     let s = store().await;
     let key = format!("velocity-{}", Uuid::new_v4());
-    let mut ids = Vec::new();
-    for _ in 0..4 {
-        let t = NewTransaction {
-            key_id: Some(key.clone()),
-            ..new_tx()
-        };
-        s.insert_transaction(&t).await.unwrap();
-        s.transition_transaction(t.id, "voting", None)
-            .await
-            .unwrap();
-        ids.push(t.id);
-    }
+    let ids = voting_txs(&s, &key, 4).await;
     let (before, own, after, uncounted) = (ids[0], ids[1], ids[2], ids[3]);
     for (id, sats) in [(before, 1_000), (own, 20_000), (after, 300_000)] {
         s.count_outflow(id, &key, sats, OutflowReason::OwnApprove)
@@ -642,6 +620,23 @@ async fn an_audited_statement_locks_its_rows_before_the_append_lock() {
         .await
         .unwrap();
     assert_eq!(state, "signed");
+}
+
+/// `n` transactions of key `key` in state `voting`.
+async fn voting_txs(s: &Store, key: &str, n: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let t = NewTransaction {
+            key_id: Some(key.to_owned()),
+            ..new_tx()
+        };
+        s.insert_transaction(&t).await.unwrap();
+        s.transition_transaction(t.id, "voting", None)
+            .await
+            .unwrap();
+        ids.push(t.id);
+    }
+    ids
 }
 
 /// A signing session id is claimed once, whatever the second claim carries; the

@@ -161,6 +161,12 @@ async fn store_with_round() -> (TempPg, Store, Uuid, Uuid) {
     let store = Store::connect(&pg.url, 4)
         .await
         .expect("connect and migrate");
+    let (tx, round) = open_round(&store).await;
+    (pg, store, tx, round)
+}
+
+/// A new transaction of key `hot` and its open 2-of-3 voting round.
+async fn open_round(store: &Store) -> (Uuid, Uuid) {
     let tx = Uuid::new_v4();
     store
         .insert_transaction(&hot_tx(tx, "test"))
@@ -172,7 +178,7 @@ async fn store_with_round() -> (TempPg, Store, Uuid, Uuid) {
         .create_round(round, tx, 1, 2, 3, deadline)
         .await
         .expect("round");
-    (pg, store, tx, round)
+    (tx, round)
 }
 
 async fn violations(store: &Store, culprit: &str, code: &str) -> Vec<serde_json::Value> {
@@ -397,18 +403,7 @@ async fn votes_arriving_together_are_stored_in_one_insert_and_a_double_vote_is_s
     }
     let mut rounds = Vec::new();
     for _ in 0..12 {
-        let tx = Uuid::new_v4();
-        store
-            .insert_transaction(&hot_tx(tx, "test"))
-            .await
-            .expect("transaction");
-        let round = Uuid::new_v4();
-        let deadline = chrono::Utc::now() + chrono::Duration::seconds(60);
-        store
-            .create_round(round, tx, 1, 2, 3, deadline)
-            .await
-            .expect("round");
-        rounds.push((tx, round));
+        rounds.push(open_round(&store).await);
     }
     // A writer holds the votes table: the first insert waits for it, and every
     // vote that arrives meanwhile queues behind that insert.
@@ -469,7 +464,10 @@ async fn votes_arriving_together_are_stored_in_one_insert_and_a_double_vote_is_s
         .fetch_one(store.pool())
         .await
         .expect("count");
-    assert_eq!(writes, 2, "the queued votes were not stored together");
+    assert!(
+        (1..=2).contains(&writes),
+        "the queued votes were not stored together: {writes} inserts"
+    );
 }
 
 /// A vote that cannot be stored (its round is gone) fails alone: the others of
