@@ -389,6 +389,32 @@ async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() 
     drop(pg);
 }
 
+/// Accepts `votes` (round, transaction, vote; each from its voter) at once while
+/// a writer holds the votes table: the first insert waits for it, and every vote
+/// that arrives meanwhile queues behind that insert. The answers, in order.
+async fn accept_behind_a_table_lock(
+    store: &Store,
+    intake: &VoteIntake,
+    keys: &VoteKeyBook,
+    votes: &[(Uuid, Uuid, SignedVote)],
+) -> Vec<Result<Accepted, VoteReject>> {
+    let mut blocker = store.pool().begin().await.expect("begin");
+    sqlx::query("LOCK TABLE votes IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let accepting = futures::future::join_all(votes.iter().map(|(round, tx, v)| {
+        let voter = v.voter().to_owned();
+        async move { intake.accept(keys, *round, v, &voter, &subject(*tx)).await }
+    }));
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        blocker.commit().await.expect("release");
+    };
+    let (answers, ()) = tokio::join!(accepting, release);
+    answers
+}
+
 /// Peers' votes that arrive while an insert is running are stored together by the
 /// next insert (one statement), each caller still gets its own answer, and two
 /// different votes of one voter in one round never share a group: the second
@@ -405,13 +431,6 @@ async fn votes_arriving_together_are_stored_in_one_insert_and_a_double_vote_is_s
     for _ in 0..12 {
         rounds.push(open_round(&store).await);
     }
-    // A writer holds the votes table: the first insert waits for it, and every
-    // vote that arrives meanwhile queues behind that insert.
-    let mut blocker = store.pool().begin().await.expect("begin");
-    sqlx::query("LOCK TABLE votes IN EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock");
     let (tx0, round0) = rounds[0];
     let approve0 = signed(tx0, 2, 2, VoteDecision::Approve);
     let reject0 = signed(tx0, 2, 2, VoteDecision::Reject);
@@ -423,17 +442,7 @@ async fn votes_arriving_together_are_stored_in_one_insert_and_a_double_vote_is_s
         votes.push((round, tx, signed(tx, 2, 2, VoteDecision::Approve)));
     }
     votes.push((round0, tx0, reject0.clone()));
-    let accepting = futures::future::join_all(votes.iter().map(|(round, tx, v)| {
-        let intake = intake.clone();
-        let keys = keys.clone();
-        let voter = v.voter().to_owned();
-        async move { intake.accept(&keys, *round, v, &voter, &subject(*tx)).await }
-    }));
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        blocker.commit().await.expect("release");
-    };
-    let (answers, ()) = tokio::join!(accepting, release);
+    let answers = accept_behind_a_table_lock(&store, &intake, &keys, &votes).await;
 
     let last = answers.len() - 1;
     for (i, a) in answers.iter().enumerate().take(last) {
@@ -480,11 +489,6 @@ async fn a_vote_that_cannot_be_stored_fails_alone_in_its_group() {
     for n in [2u8, 3] {
         keys.observe(&format!("node-{n}"), key(n).vote_public_key());
     }
-    let mut blocker = store.pool().begin().await.expect("begin");
-    sqlx::query("LOCK TABLE votes IN EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock");
     // node-2's and node-3's votes in the round, and node-3's vote for a round
     // that does not exist, queued behind a first insert.
     let v2 = signed(tx, 2, 2, VoteDecision::Approve);
@@ -496,17 +500,7 @@ async fn a_vote_that_cannot_be_stored_fails_alone_in_its_group() {
         (Uuid::new_v4(), orphan_tx, orphan),
         (round, tx, v3.clone()),
     ];
-    let accepting = futures::future::join_all(votes.iter().map(|(round, tx, v)| {
-        let intake = intake.clone();
-        let keys = keys.clone();
-        let voter = v.voter().to_owned();
-        async move { intake.accept(&keys, *round, v, &voter, &subject(*tx)).await }
-    }));
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        blocker.commit().await.expect("release");
-    };
-    let (answers, ()) = tokio::join!(accepting, release);
+    let answers = accept_behind_a_table_lock(&store, &intake, &keys, &votes).await;
     assert_eq!(
         answers[0].as_ref().ok(),
         Some(&Accepted::New),
