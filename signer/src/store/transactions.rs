@@ -337,15 +337,8 @@ impl Store {
                 }
             }
         }
-        let (key_id, sats) = match &approve {
-            Some(a) => (
-                Some(a.key_id),
-                Some(i64::try_from(a.outflow_sats).map_err(|_| {
-                    StoreError::Corrupt(format!("outflow of {id} does not fit a BIGINT"))
-                })?),
-            ),
-            None => (None, None),
-        };
+        let (key_id, sats) =
+            outflow_columns(id, approve.as_ref().map(|a| (a.key_id, a.outflow_sats)))?;
         // An approval's outflow count, the signed vote itself and the audit record:
         // one statement (issue 21). This node votes once per round: a stored vote
         // of its own fails the statement (no `ON CONFLICT`), and nothing of this
@@ -773,8 +766,7 @@ pub(super) async fn insert_outflow(
     outflow_sats: u64,
     counted_for: OutflowReason,
 ) -> Result<(), StoreError> {
-    let amount = i64::try_from(outflow_sats)
-        .map_err(|_| StoreError::Corrupt(format!("outflow of {id} does not fit a BIGINT")))?;
+    let amount = outflow_amount(id, outflow_sats)?;
     sqlx::query(
         "INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (transaction_id) DO NOTHING",
@@ -786,6 +778,24 @@ pub(super) async fn insert_outflow(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// An outflow as the `BIGINT` it is stored as.
+fn outflow_amount(id: Uuid, outflow_sats: u64) -> Result<i64, StoreError> {
+    i64::try_from(outflow_sats)
+        .map_err(|_| StoreError::Corrupt(format!("outflow of {id} does not fit a BIGINT")))
+}
+
+/// The key and amount columns of transaction `id`'s outflow count, when there is
+/// one to write (`NULL`s otherwise: an audited statement writes no count then).
+pub(super) fn outflow_columns(
+    id: Uuid,
+    outflow: Option<(&str, u64)>,
+) -> Result<(Option<&str>, Option<i64>), StoreError> {
+    match outflow {
+        Some((key_id, sats)) => Ok((Some(key_id), Some(outflow_amount(id, sats)?))),
+        None => Ok((None, None)),
+    }
 }
 
 /// Inserts a transaction row in state `pending`.

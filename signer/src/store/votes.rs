@@ -180,17 +180,7 @@ impl Store {
         votes: usize,
         outflow: Option<(&str, u64)>,
     ) -> Result<bool, StoreError> {
-        let (key_id, sats) = match outflow {
-            Some((key_id, sats)) => (
-                Some(key_id),
-                Some(i64::try_from(sats).map_err(|_| {
-                    StoreError::Corrupt(format!(
-                        "outflow of {transaction_id} does not fit a BIGINT"
-                    ))
-                })?),
-            ),
-            None => (None, None),
-        };
+        let (key_id, sats) = super::transactions::outflow_columns(transaction_id, outflow)?;
         // The round's close, the transaction's move (the state machine's trigger
         // checks it; its round's foreign key means the row exists), the release of
         // the inputs of a transaction that will not be signed, the outflow count
