@@ -614,11 +614,7 @@ async fn an_audited_statement_locks_its_rows_before_the_append_lock() {
         matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03")),
         "{err}"
     );
-    let (state,): (String,) = sqlx::query_as("SELECT state FROM transactions WHERE id = $1")
-        .bind(tx)
-        .fetch_one(s.pool())
-        .await
-        .unwrap();
+    let state = s.get_transaction(tx).await.unwrap().state;
     assert_eq!(state, "signed");
 }
 
@@ -665,11 +661,7 @@ async fn a_signing_session_id_is_claimed_once() {
         (1, 0),
         "a refused claim audits nothing"
     );
-    let (state,): (String,) = sqlx::query_as("SELECT state FROM transactions WHERE id = $1")
-        .bind(other)
-        .fetch_one(s.pool())
-        .await
-        .unwrap();
+    let state = s.get_transaction(other).await.unwrap().state;
     assert_eq!(state, "approved", "a refused claim moves nothing");
 
     // A transaction that ended here: nothing written, the session id stays free.

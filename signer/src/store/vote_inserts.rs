@@ -24,7 +24,7 @@ const MAX_GROUP: usize = 256;
 
 type Answer = oneshot::Sender<Result<bool, StoreError>>;
 
-/// The votes waiting for an insert, and whether a caller is inserting.
+/// The votes waiting for an insert, and whether an inserting task is running.
 #[derive(Debug, Default)]
 pub struct VoteInserts {
     queue: Mutex<Queue>,

@@ -389,6 +389,16 @@ async fn vote_intake_stores_once_records_violations_and_pins_keys_in_postgres() 
     drop(pg);
 }
 
+/// The vote keys of node-2 and node-3 (the peers whose votes the grouping tests
+/// send).
+fn peer_keys() -> VoteKeyBook {
+    let mut keys = VoteKeyBook::default();
+    for n in [2u8, 3] {
+        keys.observe(&format!("node-{n}"), key(n).vote_public_key());
+    }
+    keys
+}
+
 /// Accepts `votes` (round, transaction, vote; each from its voter) at once while
 /// a writer holds the votes table: the first insert waits for it, and every vote
 /// that arrives meanwhile queues behind that insert. The answers, in order.
@@ -423,10 +433,7 @@ async fn accept_behind_a_table_lock(
 async fn votes_arriving_together_are_stored_in_one_insert_and_a_double_vote_is_still_caught() {
     let (_pg, store, _, _) = store_with_round().await;
     let intake = VoteIntake::new(store.clone(), "node-1");
-    let mut keys = VoteKeyBook::default();
-    for n in [2u8, 3] {
-        keys.observe(&format!("node-{n}"), key(n).vote_public_key());
-    }
+    let keys = peer_keys();
     let mut rounds = Vec::new();
     for _ in 0..12 {
         rounds.push(open_round(&store).await);
@@ -485,10 +492,7 @@ async fn votes_arriving_together_are_stored_in_one_insert_and_a_double_vote_is_s
 async fn a_vote_that_cannot_be_stored_fails_alone_in_its_group() {
     let (_pg, store, tx, round) = store_with_round().await;
     let intake = VoteIntake::new(store.clone(), "node-1");
-    let mut keys = VoteKeyBook::default();
-    for n in [2u8, 3] {
-        keys.observe(&format!("node-{n}"), key(n).vote_public_key());
-    }
+    let keys = peer_keys();
     // node-2's and node-3's votes in the round, and node-3's vote for a round
     // that does not exist, queued behind a first insert.
     let v2 = signed(tx, 2, 2, VoteDecision::Approve);
