@@ -291,14 +291,77 @@ impl VoteSigner for Ed25519KeyPair {
 }
 
 /// Verifies an Ed25519 signature over `domain || payload`.
+///
+/// A node checks the same vote more than once: when it arrives, again in the
+/// quorum certificate of a signing request, and on a re-delivery. A triple that
+/// verified is remembered by the SHA-256 of the key, the message and the
+/// signature together ([`verified`]), so checking it again is a hash and a
+/// lookup. Only successes are remembered, and the hash covers every input of the
+/// verification, so the answer is the one verifying again would give.
 pub(crate) fn verify_ed25519(
     public_key: &[u8; 32],
     msg: &[u8],
     signature: &[u8; SIGNATURE_LEN],
 ) -> Result<(), BadSignature> {
+    let id = verified::id(public_key, msg, signature);
+    if verified::contains(&id) {
+        return Ok(());
+    }
     UnparsedPublicKey::new(&ED25519, public_key)
         .verify(msg, signature)
-        .map_err(|_| BadSignature)
+        .map_err(|_| BadSignature)?;
+    verified::insert(id);
+    Ok(())
+}
+
+/// The process-wide memory of Ed25519 triples that verified (at most
+/// [`verified::CAPACITY`] entries of 32 bytes; when full it is emptied and
+/// refilled by use).
+pub(crate) mod verified {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+
+    use sha2::{Digest, Sha256};
+
+    use super::SIGNATURE_LEN;
+
+    /// Most triples remembered: a few seconds of votes under load.
+    pub(crate) const CAPACITY: usize = 8192;
+
+    fn set() -> &'static Mutex<HashSet<[u8; 32]>> {
+        static SET: OnceLock<Mutex<HashSet<[u8; 32]>>> = OnceLock::new();
+        SET.get_or_init(Mutex::default)
+    }
+
+    /// SHA-256 over the key, the message's length, the message and the signature.
+    pub(crate) fn id(
+        public_key: &[u8; 32],
+        msg: &[u8],
+        signature: &[u8; SIGNATURE_LEN],
+    ) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"vote/ed25519-verified/v1");
+        h.update(public_key);
+        h.update((msg.len() as u64).to_be_bytes());
+        h.update(msg);
+        h.update(signature);
+        h.finalize().into()
+    }
+
+    pub(crate) fn contains(id: &[u8; 32]) -> bool {
+        set()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(id)
+    }
+
+    pub(crate) fn insert(id: [u8; 32]) {
+        let mut s = set().lock().unwrap_or_else(PoisonError::into_inner);
+        if s.len() >= CAPACITY {
+            s.clear();
+        }
+        s.insert(id);
+    }
 }
 
 /// A vote body with the voter's signature. Only [`SignedVote::sign`] and

@@ -92,6 +92,11 @@ pub struct WalletKey {
     lookup: Arc<OnceLock<HashMap<ScriptBuf, (u32, u32)>>>,
     /// Scripts derived beyond the lookahead (change indexes grow past it), by path.
     beyond: Arc<Mutex<HashMap<(u32, u32), ScriptBuf>>>,
+    /// Public keys derived by [`WalletKey::pubkey_at`], by path (at most
+    /// [`MAX_REMEMBERED_SCRIPTS`]): every node checks the key origins of every
+    /// proposal's inputs and change output, and a BIP-32 derivation is two
+    /// HMAC-SHA512s and two point additions.
+    pubkeys: Arc<Mutex<HashMap<(u32, u32), PublicKey>>>,
 }
 
 impl fmt::Debug for WalletKey {
@@ -136,6 +141,7 @@ impl WalletKey {
             gap: DEFAULT_GAP,
             lookup: Arc::new(OnceLock::new()),
             beyond: Arc::default(),
+            pubkeys: Arc::default(),
         }
     }
 
@@ -204,12 +210,30 @@ impl WalletKey {
     }
 
     /// Public key at `m/chain/index`.
+    ///
+    /// Derived once per path and remembered (a derivation is deterministic: the
+    /// remembered key is exactly what deriving again would give).
     pub fn pubkey_at(&self, chain: u32, index: u32) -> Result<PublicKey, WalletError> {
+        let key = (chain, index);
+        if let Some(pk) = self.remembered_pubkeys().get(&key) {
+            return Ok(*pk);
+        }
         let path = [normal(chain)?, normal(index)?];
-        self.xpub
+        let pk = self
+            .xpub
             .derive_pub(secp(), &path)
             .map(|x| x.public_key)
-            .map_err(|e| WalletError::DerivationInvalid(format!("m/{chain}/{index}: {e}")))
+            .map_err(|e| WalletError::DerivationInvalid(format!("m/{chain}/{index}: {e}")))?;
+        let mut memo = self.remembered_pubkeys();
+        if memo.len() >= MAX_REMEMBERED_SCRIPTS {
+            memo.clear();
+        }
+        memo.insert(key, pk);
+        Ok(pk)
+    }
+
+    fn remembered_pubkeys(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u32), PublicKey>> {
+        self.pubkeys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// For taproot keys: the BIP-86 internal (untweaked) x-only key at

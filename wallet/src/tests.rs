@@ -204,6 +204,38 @@ fn addresses_and_descriptors_agree_with_bdk_and_the_key_listing() {
     );
 }
 
+/// `pubkey_at` remembers what it derives: the remembered key is the one the private
+/// key derives at that path, asked first or again, through a clone, and never the
+/// key of another wallet key at the same path.
+#[test]
+fn a_remembered_public_key_is_the_key_derived_at_its_path() {
+    for kind in [KeyKind::Ecdsa, KeyKind::Taproot] {
+        let a = test_key(kind, 31);
+        let b = test_key(kind, 32);
+        let clone = a.key.clone();
+        for (chain, index) in [(0, 0), (1, 5), (0, 5), (1, 70_000)] {
+            let path = [
+                ChildNumber::from_normal_idx(chain).unwrap(),
+                ChildNumber::from_normal_idx(index).unwrap(),
+            ];
+            let want = |tk: &TestKey| {
+                Xpub::from_priv(secp(), &tk.xprv.derive_priv(secp(), &path).unwrap()).public_key
+            };
+            let first = a.key.pubkey_at(chain, index).unwrap();
+            assert_eq!(first, want(&a), "{kind} m/{chain}/{index}");
+            assert_eq!(a.key.pubkey_at(chain, index).unwrap(), first);
+            assert_eq!(clone.pubkey_at(chain, index).unwrap(), first);
+            let other = b.key.pubkey_at(chain, index).unwrap();
+            assert_eq!(other, want(&b));
+            assert_ne!(other, first);
+        }
+        assert!(
+            a.key.pubkey_at(0, 1 << 31).is_err(),
+            "a hardened index is refused"
+        );
+    }
+}
+
 /// `owns_at` answers the same from its lookup table (built) as by derivation (not
 /// built yet): right path, wrong index, wrong chain, another key's script, beyond
 /// the lookahead, at its edge.
