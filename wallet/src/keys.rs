@@ -22,8 +22,39 @@ pub const DEFAULT_GAP: u32 = 1000;
 /// Largest lookahead a key accepts (per chain), to bound memory and start-up work.
 pub const MAX_GAP: u32 = 100_000;
 /// Most scripts beyond the lookahead [`WalletKey::owns_at`] remembers per key (about
-/// 4 MiB); when full, the memory is emptied and refilled by use.
+/// 4 MiB), and most public keys [`WalletKey::pubkey_at`] remembers; when full, a
+/// memory is emptied and refilled by use.
 pub const MAX_REMEMBERED_SCRIPTS: usize = 65_536;
+
+/// Values derived at `m/chain/index`, remembered by path: at most
+/// [`MAX_REMEMBERED_SCRIPTS`], emptied when full. Shared by a key's clones.
+struct PathMemo<V>(Mutex<HashMap<(u32, u32), V>>);
+
+impl<V> Default for PathMemo<V> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V> PathMemo<V> {
+    /// `read` of the value remembered at `path`, if there is one (under the lock,
+    /// so nothing is copied).
+    fn read<R>(&self, path: (u32, u32), read: impl FnOnce(&V) -> R) -> Option<R> {
+        self.lock().get(&path).map(read)
+    }
+
+    fn remember(&self, path: (u32, u32), value: V) {
+        let mut m = self.lock();
+        if m.len() >= MAX_REMEMBERED_SCRIPTS {
+            m.clear();
+        }
+        m.insert(path, value);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u32), V>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// The process-wide secp256k1 context (signing + verification tables).
 pub(crate) fn secp() -> &'static Secp256k1<secp256k1::All> {
@@ -91,12 +122,12 @@ pub struct WalletKey {
     gap: u32,
     lookup: Arc<OnceLock<HashMap<ScriptBuf, (u32, u32)>>>,
     /// Scripts derived beyond the lookahead (change indexes grow past it), by path.
-    beyond: Arc<Mutex<HashMap<(u32, u32), ScriptBuf>>>,
+    beyond: Arc<PathMemo<ScriptBuf>>,
     /// Public keys derived by [`WalletKey::pubkey_at`], by path (at most
     /// [`MAX_REMEMBERED_SCRIPTS`]): every node checks the key origins of every
     /// proposal's inputs and change output, and a BIP-32 derivation is two
     /// HMAC-SHA512s and two point additions.
-    pubkeys: Arc<Mutex<HashMap<(u32, u32), PublicKey>>>,
+    pubkeys: Arc<PathMemo<PublicKey>>,
 }
 
 impl fmt::Debug for WalletKey {
@@ -214,9 +245,8 @@ impl WalletKey {
     /// Derived once per path and remembered (a derivation is deterministic: the
     /// remembered key is exactly what deriving again would give).
     pub fn pubkey_at(&self, chain: u32, index: u32) -> Result<PublicKey, WalletError> {
-        let key = (chain, index);
-        if let Some(pk) = self.remembered_pubkeys().get(&key) {
-            return Ok(*pk);
+        if let Some(pk) = self.pubkeys.read((chain, index), |pk| *pk) {
+            return Ok(pk);
         }
         let path = [normal(chain)?, normal(index)?];
         let pk = self
@@ -224,16 +254,8 @@ impl WalletKey {
             .derive_pub(secp(), &path)
             .map(|x| x.public_key)
             .map_err(|e| WalletError::DerivationInvalid(format!("m/{chain}/{index}: {e}")))?;
-        let mut memo = self.remembered_pubkeys();
-        if memo.len() >= MAX_REMEMBERED_SCRIPTS {
-            memo.clear();
-        }
-        memo.insert(key, pk);
+        self.pubkeys.remember((chain, index), pk);
         Ok(pk)
-    }
-
-    fn remembered_pubkeys(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u32), PublicKey>> {
-        self.pubkeys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// For taproot keys: the BIP-86 internal (untweaked) x-only key at
@@ -358,24 +380,14 @@ impl WalletKey {
             return matches!(self.script_at(path.chain, path.index), Ok(s) if s.as_script() == script);
         }
         let key = (path.chain, path.index);
-        let remembered = self
-            .beyond
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .map(|s| s.as_script() == script);
-        if let Some(same) = remembered {
+        if let Some(same) = self.beyond.read(key, |s| s.as_script() == script) {
             return same;
         }
         let Ok(derived) = self.script_at(path.chain, path.index) else {
             return false;
         };
         let same = derived.as_script() == script;
-        let mut beyond = self.beyond.lock().unwrap_or_else(PoisonError::into_inner);
-        if beyond.len() >= MAX_REMEMBERED_SCRIPTS {
-            beyond.clear();
-        }
-        beyond.insert(key, derived);
+        self.beyond.remember(key, derived);
         same
     }
 
