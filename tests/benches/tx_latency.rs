@@ -50,6 +50,9 @@ struct Args {
     /// Log every SQL statement of the batches (PostgreSQL's log in the cluster
     /// directory, `%d` = node database): for counting statements, not for figures.
     pg_log: bool,
+    /// Print the batches' statements by server time from `pg_stat_statements`
+    /// (needs the cluster's PostgreSQL started with it: `SIGNER_PG_STAT=1`).
+    pg_stat: bool,
     logs: Option<std::path::PathBuf>,
 }
 
@@ -63,6 +66,7 @@ fn parse_args() -> anyhow::Result<Args> {
         ecdsa_runs: 3,
         taproot_only: false,
         pg_log: false,
+        pg_stat: false,
         logs: None,
     };
     let mut it = std::env::args().skip(1);
@@ -91,6 +95,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--ecdsa-runs" => a.ecdsa_runs = num()?,
             "--taproot-only" => a.taproot_only = true,
             "--pg-log" => a.pg_log = true,
+            "--pg-stat" => a.pg_stat = true,
             "--logs" => {
                 a.logs = Some(
                     it.next()
@@ -101,7 +106,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--help" | "-h" => {
                 println!(
                     "tx-latency [--runs N] [--nodes N] [--t T] [--concurrent N[,N..]] [--utxos N] \
-                     [--ecdsa-runs N] [--taproot-only] [--pg-log] [--logs DIR (copy the node logs there; set RUST_LOG for more)]"
+                     [--ecdsa-runs N] [--taproot-only] [--pg-log] [--pg-stat (with SIGNER_PG_STAT=1)] [--logs DIR (copy the node logs there; set RUST_LOG for more)]"
                 );
                 std::process::exit(0);
             }
@@ -316,6 +321,53 @@ async fn statement_log(c: &Cluster, on: bool) -> anyhow::Result<()> {
     sqlx::query(prefix).execute(&db).await?;
     sqlx::query("SELECT pg_reload_conf()").execute(&db).await?;
     db.close().await;
+    Ok(())
+}
+
+/// `pg_stat_statements` over all node databases: reset (`per` is `None`), or print
+/// the statements with the most server time, per payment of a batch of `per`.
+async fn statement_stats(c: &Cluster, per: Option<usize>) -> anyhow::Result<()> {
+    let db = c.db_superuser(0).await;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&db)
+        .await?;
+    let Some(batch) = per else {
+        sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&db)
+            .await?;
+        db.close().await;
+        return Ok(());
+    };
+    let rows: Vec<(String, i64, f64, i64, bool)> = sqlx::query_as(
+        "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 150), sum(calls)::bigint, \
+                sum(total_exec_time)::float8, sum(rows)::bigint, bool_or(toplevel) \
+         FROM pg_stat_statements GROUP BY 1 ORDER BY 3 DESC LIMIT 40",
+    )
+    .fetch_all(&db)
+    .await?;
+    let (total,): (f64,) = sqlx::query_as(
+        "SELECT coalesce(sum(total_exec_time), 0)::float8 FROM pg_stat_statements WHERE toplevel",
+    )
+    .fetch_one(&db)
+    .await?;
+    db.close().await;
+    let per_tx = |x: f64| x / batch as f64;
+    println!(
+        "pg_stat_statements, batch of {batch}: top-level execution {:.2} ms per payment (all nodes)",
+        per_tx(total)
+    );
+    println!("| ms per payment | calls per payment | rows per call | top level | statement |");
+    println!("|---|---|---|---|---|");
+    for (q, calls, ms, rows, top) in rows {
+        println!(
+            "| {:.3} | {:.2} | {:.1} | {} | `{}` |",
+            per_tx(ms),
+            per_tx(calls as f64),
+            rows as f64 / calls.max(1) as f64,
+            if top { "yes" } else { "no" },
+            q.replace('|', "\\|")
+        );
+    }
     Ok(())
 }
 
@@ -625,6 +677,9 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         if a.pg_log {
             statement_log(&c, true).await?;
         }
+        if a.pg_stat {
+            statement_stats(&c, None).await?;
+        }
         let cpu_before = cpu_ticks(&c, n);
         let start = Instant::now();
         // All queued at once, at most BATCH_IN_FLIGHT requests open (a client with
@@ -639,6 +694,9 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         signed(&db, &ids).await?;
         let all = start.elapsed();
         let cpu_after = cpu_ticks(&c, n);
+        if a.pg_stat {
+            statement_stats(&c, Some(batch)).await?;
+        }
         if a.pg_log {
             statement_log(&c, false).await?;
         }

@@ -189,6 +189,16 @@ pub async fn start(dir: &Path) -> anyhow::Result<Postgres> {
         .arg("unix_socket_directories=")
         .arg("-c")
         .arg("max_connections=300");
+    // Measurement only (`tx-latency --pg-stat`): statement statistics of the dev
+    // cluster's server, nested statements included.
+    if std::env::var_os("SIGNER_PG_STAT").is_some() {
+        cmd.arg("-c")
+            .arg("shared_preload_libraries=pg_stat_statements")
+            .arg("-c")
+            .arg("pg_stat_statements.track=all")
+            .arg("-c")
+            .arg("track_functions=all");
+    }
     let log = dir.join("postgres.log");
     if is_root() {
         std::fs::OpenOptions::new()
