@@ -686,3 +686,116 @@ async fn a_signing_session_id_is_claimed_once() {
         assert!(err.to_string().contains("immutable"), "{sql}: {err}");
     }
 }
+
+/// The `tx.signed` audit records of `ids`: (transaction, seq, ts in microseconds).
+async fn signed_records(s: &Store, ids: &[Uuid]) -> Vec<(String, i64, i64)> {
+    let subjects: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    sqlx::query_as(
+        "SELECT subject, seq, (extract(epoch FROM ts) * 1000000)::bigint FROM audit_log \
+         WHERE action = 'tx.signed' AND subject = ANY($1) ORDER BY seq",
+    )
+    .bind(&subjects)
+    .fetch_all(s.pool())
+    .await
+    .unwrap()
+}
+
+/// Marks `ids` signed at once while another session holds the audit append lock,
+/// so the records queue behind the first one and are written as groups.
+async fn sign_all_behind_the_audit_lock(s: &Store, ids: &[Uuid]) -> Vec<Result<(), String>> {
+    let mut holder = s.pool().acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(signer::store::audit::AUDIT_LOCK_KEY)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let writes: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.transaction_signed("node-1", id, b"raw", &format!("txid-{id}"), None)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(signer::store::audit::AUDIT_LOCK_KEY)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for w in writes {
+        out.push(w.await.unwrap());
+    }
+    out
+}
+
+/// `signed` records that arrive while one is being written share the next
+/// statement (issue 21): their audit records are consecutive and carry one
+/// timestamp, each transaction is signed and audited once, and the chain
+/// verifies. A group with a transaction that cannot move to `signed` (still
+/// `pending` here) is written again one record at a time: that one fails alone,
+/// unchanged and unaudited, and the others are signed.
+#[tokio::test]
+async fn signed_records_written_together_are_each_audited_once_and_a_bad_one_fails_alone() {
+    let s = store().await;
+    let mut good = Vec::new();
+    for _ in 0..6 {
+        let tx = approved_tx(&s).await;
+        assert_eq!(
+            enter(&s, Uuid::new_v4(), tx, 0).await,
+            SigningEntry::Entered
+        );
+        good.push(tx);
+    }
+    let results = sign_all_behind_the_audit_lock(&s, &good).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let recs = signed_records(&s, &good).await;
+    assert_eq!(
+        recs.len(),
+        good.len(),
+        "one record per transaction: {recs:?}"
+    );
+    // The first record was written alone; the other five queued behind it and were
+    // appended together: consecutive sequence numbers, one timestamp.
+    let rest = &recs[1..];
+    assert!(
+        rest.windows(2)
+            .all(|w| w[1].1 == w[0].1 + 1 && w[1].2 == w[0].2),
+        "the queued records were not appended as one group: {recs:?}"
+    );
+    for id in &good {
+        let t = s.get_transaction(*id).await.unwrap();
+        assert_eq!(t.state, "signed");
+        assert_eq!(t.txid.as_deref(), Some(format!("txid-{id}").as_str()));
+    }
+
+    let mut mixed = Vec::new();
+    for _ in 0..4 {
+        let tx = approved_tx(&s).await;
+        enter(&s, Uuid::new_v4(), tx, 0).await;
+        mixed.push(tx);
+    }
+    let pending = new_tx();
+    s.insert_transaction(&pending).await.unwrap();
+    mixed.insert(2, pending.id);
+    let results = sign_all_behind_the_audit_lock(&s, &mixed).await;
+    for (id, r) in mixed.iter().zip(&results) {
+        let t = s.get_transaction(*id).await.unwrap();
+        if *id == pending.id {
+            assert!(r.is_err(), "a pending transaction was signed");
+            assert_eq!(t.state, "pending");
+        } else {
+            assert!(r.is_ok(), "{id}: {r:?}");
+            assert_eq!(t.state, "signed");
+        }
+    }
+    let recs = signed_records(&s, &mixed).await;
+    assert_eq!(recs.len(), 4, "{recs:?}");
+    assert!(recs.iter().all(|r| r.0 != pending.id.to_string()));
+    let (_, _, err) = s.verify_audit_chain().await.unwrap();
+    assert!(err.is_none(), "{err:?}");
+}

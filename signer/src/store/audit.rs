@@ -480,6 +480,107 @@ where
     Ok((done, record))
 }
 
+/// The rows a grouped audited statement returns, one per record: the count of
+/// its `done` rows, then the record's position in the group (from 1), sequence
+/// number, link and hash.
+pub(crate) type AuditedManyRow = (i64, i32, i64, Vec<u8>, Vec<u8>);
+
+/// A grouped audited statement with the append's parameters bound.
+pub(crate) type AuditedManyQuery<'q> =
+    sqlx::query::QueryAs<'q, sqlx::Postgres, AuditedManyRow, sqlx::postgres::PgArguments>;
+
+/// [`audited_statement!`] for a group: the records are appended by
+/// `audit_append_many` (migration 0019) under one hold of the append lock, in
+/// order. Parameters `$1`–`$10` are the append's (arrays where a record has its
+/// own value); the change's own are numbered from `$11`.
+macro_rules! audited_group_statement {
+    ($ctes:literal) => {
+        concat!(
+            "WITH ",
+            $ctes,
+            " SELECT d.n, a.ord, a.new_seq, a.new_prev, a.new_hash ",
+            "FROM (SELECT count(*) AS n FROM done) d, ",
+            "LATERAL audit_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, d.n) a"
+        )
+    };
+}
+pub(crate) use audited_group_statement;
+
+/// Runs `sql` (built by [`audited_group_statement!`]) for `entries`, all of node
+/// `node_id`, binding the append's parameters and then the caller's (`bind`).
+/// Returns the count of the statement's `done` rows and the appended records in
+/// the order of `entries`. Every record is checked as in [`append_audit`], and each
+/// must link to the one before it: a mismatch fails the group (and so its change).
+pub(crate) async fn append_audit_many_with<'q, F>(
+    conn: &mut PgConnection,
+    node_id: &str,
+    entries: Vec<AuditEntry>,
+    sql: &'static str,
+    bind: F,
+) -> Result<(i64, Vec<AuditRecord>), StoreError>
+where
+    F: FnOnce(AuditedManyQuery<'q>) -> AuditedManyQuery<'q>,
+{
+    let now = Utc::now();
+    let mut records: Vec<AuditRecord> = entries
+        .into_iter()
+        .map(|e| AuditRecord::new(0, now, node_id, e, GENESIS_HASH))
+        .collect();
+    let tails: Vec<Vec<u8>> = records.iter().map(AuditRecord::hash_tail).collect();
+    let column = |f: fn(&AuditRecord) -> String| records.iter().map(f).collect::<Vec<_>>();
+    let q = sqlx::query_as::<_, AuditedManyRow>(sql)
+        .bind(AUDIT_LOCK_KEY)
+        .bind(hash_domain())
+        .bind(GENESIS_HASH.as_slice())
+        .bind(records.iter().map(|r| r.ts).collect::<Vec<_>>())
+        .bind(node_id.to_owned())
+        .bind(column(|r| r.actor.clone()))
+        .bind(column(|r| r.action.clone()))
+        .bind(
+            records
+                .iter()
+                .map(|r| r.subject.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            records
+                .iter()
+                .map(|r| r.details.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(tails.clone());
+    let mut rows = bind(q)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| StoreError::classify(e, "audited change"))?;
+    rows.sort_by_key(|r| r.1);
+    if rows.len() != records.len() {
+        return Err(StoreError::Corrupt(format!(
+            "{} audit records appended for a group of {}",
+            rows.len(),
+            records.len()
+        )));
+    }
+    let done = rows.first().map_or(0, |r| r.0);
+    let mut link: Option<(i64, [u8; 32])> = None;
+    for ((record, tail), (_, ord, seq, prev, hash)) in records.iter_mut().zip(&tails).zip(rows) {
+        let prev = to_hash32(seq - 1, prev)?;
+        let hash = to_hash32(seq, hash)?;
+        let linked = link.is_none_or(|(s, h)| s + 1 == seq && h == prev);
+        if !linked || chain_hash(&prev, seq, tail) != hash {
+            return Err(StoreError::Corrupt(format!(
+                "audit record {seq} (group position {ord}): the link or hash the database \
+                 computed is not the record's"
+            )));
+        }
+        record.seq = seq;
+        record.prev_hash = prev;
+        record.hash = hash;
+        link = Some((seq, hash));
+    }
+    Ok((done, records))
+}
+
 #[derive(sqlx::FromRow)]
 struct AuditRow {
     seq: i64,

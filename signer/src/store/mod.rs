@@ -6,6 +6,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod dkg;
+mod groups;
 pub mod node_keys;
 pub mod presignatures;
 pub mod primes;
@@ -108,6 +109,7 @@ pub struct Store {
     /// read once per vote); see [`Store::vote_keys`].
     vote_keys: std::sync::Arc<std::sync::Mutex<votes::VoteKeyCache>>,
     vote_inserts: std::sync::Arc<vote_inserts::VoteInserts>,
+    signed_records: std::sync::Arc<transactions::SignedRecords>,
 }
 
 /// The embedded schema migrations (`migrations/` at the repository root).
@@ -133,7 +135,8 @@ impl Store {
         Ok(Store {
             pool,
             vote_keys: Default::default(),
-            vote_inserts: Default::default(),
+            vote_inserts: std::sync::Arc::new(vote_inserts::vote_inserts()),
+            signed_records: std::sync::Arc::new(transactions::signed_records()),
         })
     }
 

@@ -5,6 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::audit::AuditOf;
+use super::groups::{Groups, Waiting};
 use super::{Store, StoreError};
 
 /// Transaction states; the database enforces the allowed transitions.
@@ -522,7 +523,12 @@ impl Store {
     }
 
     /// Marks a transaction signed with its final form, audited, in one transaction;
-    /// the UTXOs it spends are marked spent.
+    /// the UTXOs it spends are marked spent. Grouped with the `signed` records other
+    /// callers are writing (see [`super::groups`]): one statement, one commit and one
+    /// hold of the audit lock for the group, each transaction still moved, checked by
+    /// the state machine and audited on its own. Returns once this record is
+    /// committed; a group that fails is written again one record at a time, so a
+    /// transaction that cannot be signed here fails alone.
     pub async fn transaction_signed(
         &self,
         node_id: &str,
@@ -531,15 +537,110 @@ impl Store {
         txid: &str,
         signed_psbt: Option<&[u8]>,
     ) -> Result<(), StoreError> {
+        let record = SignedRecord {
+            node_id: node_id.to_owned(),
+            id,
+            signed_tx: signed_tx.to_vec(),
+            txid: txid.to_owned(),
+            signed_psbt: signed_psbt.map(<[u8]>::to_vec),
+        };
+        let store = self.clone();
+        let answer = Groups::submit(
+            &self.signed_records,
+            record.clone(),
+            |r: &SignedRecord| r.id,
+            move |group| {
+                let store = store.clone();
+                async move { store.write_signed_group(group).await }
+            },
+        )
+        .await;
+        match answer {
+            Some(r) => r,
+            // The writing task ended without answering (the runtime shutting
+            // down): this caller writes its record itself.
+            None => self.transaction_signed_alone(&record).await,
+        }
+    }
+
+    /// One group of `signed` records (see [`Store::transaction_signed`]).
+    async fn write_signed_group(&self, group: Vec<Waiting<SignedRecord, Result<(), StoreError>>>) {
+        let first_node = group.first().map(|(r, _)| r.node_id.clone());
+        if group.len() > 1
+            && group
+                .iter()
+                .all(|(r, _)| Some(&r.node_id) == first_node.as_ref())
+        {
+            let records: Vec<&SignedRecord> = group.iter().map(|(r, _)| r).collect();
+            match self.transactions_signed_together(&records).await {
+                Ok(()) => {
+                    for (_, answer) in group {
+                        let _ = answer.send(Ok(()));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, records = group.len(), "grouped signed records failed; writing them one by one");
+                }
+            }
+        }
+        futures::future::join_all(group.into_iter().map(|(r, answer)| async move {
+            let _ = answer.send(self.transaction_signed_alone(&r).await);
+        }))
+        .await;
+    }
+
+    /// Several `signed` records (all of one node) in one statement and one commit.
+    async fn transactions_signed_together(
+        &self,
+        records: &[&SignedRecord],
+    ) -> Result<(), StoreError> {
+        let Some(first) = records.first() else {
+            return Ok(());
+        };
+        let entries = records.iter().map(|r| signed_entry(r)).collect();
+        let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+        let raws: Vec<Vec<u8>> = records.iter().map(|r| r.signed_tx.clone()).collect();
+        let txids: Vec<String> = records.iter().map(|r| r.txid.clone()).collect();
+        let psbts: Vec<Option<Vec<u8>>> = records.iter().map(|r| r.signed_psbt.clone()).collect();
+        let mut tx = self.pool().begin().await?;
+        let (moved, _) = super::audit::append_audit_many_with(
+            &mut tx,
+            &first.node_id,
+            entries,
+            super::audit::audited_group_statement!(
+                "s AS (SELECT * FROM unnest($11::uuid[], $12::bytea[], $13::text[], $14::bytea[]) \
+                       AS s(id, signed_tx, txid, signed_psbt)), \
+                 t AS (UPDATE transactions tr SET state = 'signed', signed_tx = s.signed_tx, \
+                              txid = s.txid, signed_psbt = COALESCE(s.signed_psbt, tr.signed_psbt) \
+                       FROM s WHERE tr.id = s.id RETURNING tr.id), \
+                 u AS (UPDATE utxos SET state = 'spent' WHERE reserved_by = ANY($11)), \
+                 done AS (SELECT id FROM t)"
+            ),
+            |q| q.bind(ids).bind(raws).bind(txids).bind(psbts),
+        )
+        .await?;
+        // Every transaction of the group must exist here, as each does alone (a
+        // missing one is written, and answered, on its own).
+        if usize::try_from(moved).ok() != Some(records.len()) {
+            return Err(StoreError::NotFound {
+                what: "transaction of a signed group",
+                id: format!("{moved} of {}", records.len()),
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One `signed` record in its own statement and commit.
+    async fn transaction_signed_alone(&self, r: &SignedRecord) -> Result<(), StoreError> {
         // The move to `signed`, the inputs marked spent and the audit record: one
         // statement (issue 21).
         let mut tx = self.pool().begin().await?;
         super::audit::append_audit_with(
             &mut tx,
-            node_id,
-            crate::audit::AuditEntry::new("node", "tx.signed")
-                .subject(id.to_string())
-                .details(serde_json::json!({ "txid": txid })),
+            &r.node_id,
+            signed_entry(r),
             super::audit::audited_statement!(
                 "t AS (UPDATE transactions SET state = 'signed', signed_tx = $12, txid = $13, \
                               signed_psbt = COALESCE($14, signed_psbt) \
@@ -547,7 +648,12 @@ impl Store {
                  u AS (UPDATE utxos SET state = 'spent' WHERE reserved_by = $11), \
                  done AS (SELECT id FROM t)"
             ),
-            |q| q.bind(id).bind(signed_tx).bind(txid).bind(signed_psbt),
+            |q| {
+                q.bind(r.id)
+                    .bind(r.signed_tx.as_slice())
+                    .bind(r.txid.as_str())
+                    .bind(r.signed_psbt.as_deref())
+            },
         )
         .await?;
         tx.commit().await?;
@@ -815,4 +921,32 @@ async fn insert_row(conn: &mut sqlx::PgConnection, tx: &NewTransaction) -> Resul
     .await
     .map_err(|e| StoreError::classify(e, "transaction"))?;
     Ok(())
+}
+
+/// A transaction's `signed` record waiting for its group.
+#[derive(Debug, Clone)]
+pub(crate) struct SignedRecord {
+    node_id: String,
+    id: Uuid,
+    signed_tx: Vec<u8>,
+    txid: String,
+    signed_psbt: Option<Vec<u8>>,
+}
+
+/// Most `signed` records one statement writes.
+const MAX_SIGNED_GROUP: usize = 64;
+
+/// The `signed` records waiting for a write (see [`Groups`]).
+pub(crate) type SignedRecords = Groups<SignedRecord, Result<(), StoreError>>;
+
+/// A fresh queue.
+pub(crate) fn signed_records() -> SignedRecords {
+    Groups::new(MAX_SIGNED_GROUP)
+}
+
+/// The audit entry of a `signed` record.
+fn signed_entry(r: &SignedRecord) -> crate::audit::AuditEntry {
+    crate::audit::AuditEntry::new("node", "tx.signed")
+        .subject(r.id.to_string())
+        .details(serde_json::json!({ "txid": r.txid }))
 }

@@ -10,108 +10,52 @@
 //! is still caught by comparing it with the stored one.
 
 use std::collections::HashSet;
-use std::mem;
-use std::sync::{Mutex, PoisonError};
 
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::groups::{Groups, Waiting};
 use super::votes::{insert_vote_row, NewSignedVote};
 use super::{Store, StoreError};
 
 /// Most votes one insert stores.
 const MAX_GROUP: usize = 256;
 
-type Answer = oneshot::Sender<Result<bool, StoreError>>;
+/// The votes waiting for an insert (see [`Groups`]).
+pub(crate) type VoteInserts = Groups<NewSignedVote, Result<bool, StoreError>>;
 
-/// The votes waiting for an insert, and whether an inserting task is running.
-#[derive(Debug, Default)]
-pub struct VoteInserts {
-    queue: Mutex<Queue>,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    waiting: Vec<(NewSignedVote, Answer)>,
-    inserting: bool,
-}
-
-impl VoteInserts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The next group: at most [`MAX_GROUP`] votes, one per (round, voter); the
-    /// others stay queued. `None` (and nobody inserting) when the queue is empty.
-    fn next_group(&self) -> Option<Vec<(NewSignedVote, Answer)>> {
-        let mut q = self.lock();
-        if q.waiting.is_empty() {
-            q.inserting = false;
-            return None;
-        }
-        let mut slots = HashSet::new();
-        let mut group = Vec::new();
-        let mut rest = Vec::new();
-        for item in mem::take(&mut q.waiting) {
-            if group.len() < MAX_GROUP && slots.insert((item.0.round_id, item.0.node_id.clone())) {
-                group.push(item);
-            } else {
-                rest.push(item);
-            }
-        }
-        q.waiting = rest;
-        Some(group)
-    }
-}
-
-/// Ends the inserting task's turn if it stops early (a panic, or the runtime
-/// dropping it): the flag is cleared and the queued answers dropped, so their
-/// callers insert their votes themselves and the next vote starts a new task.
-struct InsertingTask<'a>(&'a VoteInserts);
-
-impl Drop for InsertingTask<'_> {
-    fn drop(&mut self) {
-        let mut q = self.0.lock();
-        q.inserting = false;
-        q.waiting.clear();
-    }
+/// A fresh queue.
+pub(crate) fn vote_inserts() -> VoteInserts {
+    Groups::new(MAX_GROUP)
 }
 
 impl Store {
     /// Inserts `vote` unless its voter has a vote in the round: `true` when it is
-    /// stored now. Grouped with the votes other callers are storing (module doc):
-    /// the first caller starts an inserting task that stores groups until the
-    /// queue is empty.
+    /// stored now. Grouped with the votes other callers are storing (module doc);
+    /// two votes of one voter in one round never share a group.
     pub(crate) async fn insert_vote_grouped(
         &self,
         vote: &NewSignedVote,
     ) -> Result<bool, StoreError> {
-        let (answer, answered) = oneshot::channel();
-        let start = {
-            let mut q = self.vote_inserts.lock();
-            q.waiting.push((vote.clone(), answer));
-            !mem::replace(&mut q.inserting, true)
-        };
-        if start {
-            let store = self.clone();
-            tokio::spawn(async move {
-                let task = InsertingTask(&store.vote_inserts);
-                while let Some(group) = store.vote_inserts.next_group() {
-                    store.insert_group(group).await;
-                }
-                // `next_group` ended the task's turn (queue empty, flag cleared).
-                mem::forget(task);
-            });
-        }
-        match answered.await {
-            Ok(stored) => stored,
+        let store = self.clone();
+        let answer = Groups::submit(
+            &self.vote_inserts,
+            vote.clone(),
+            |v: &NewSignedVote| (v.round_id, v.node_id.clone()),
+            move |group| {
+                let store = store.clone();
+                async move { store.insert_group(group).await }
+            },
+        )
+        .await;
+        match answer {
+            Some(stored) => stored,
             // The inserting task ended without answering (the runtime shutting
             // down): this caller inserts its vote itself.
-            Err(_) => insert_vote_row(self.pool(), vote).await,
+            None => insert_vote_row(self.pool(), vote).await,
         }
     }
 
-    async fn insert_group(&self, group: Vec<(NewSignedVote, Answer)>) {
+    async fn insert_group(&self, group: Vec<Waiting<NewSignedVote, Result<bool, StoreError>>>) {
         if group.len() == 1 {
             for (vote, answer) in group {
                 let _ = answer.send(insert_vote_row(self.pool(), &vote).await);
