@@ -689,20 +689,31 @@ async fn a_signing_session_id_is_claimed_once() {
 
 /// The `tx.signed` audit records of `ids`: (transaction, seq, ts in microseconds).
 async fn signed_records(s: &Store, ids: &[Uuid]) -> Vec<(String, i64, i64)> {
+    audit_records(s, "tx.signed", ids).await
+}
+
+/// The `action` audit records of `ids`: (transaction, seq, ts in microseconds).
+async fn audit_records(s: &Store, action: &str, ids: &[Uuid]) -> Vec<(String, i64, i64)> {
     let subjects: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     sqlx::query_as(
         "SELECT subject, seq, (extract(epoch FROM ts) * 1000000)::bigint FROM audit_log \
-         WHERE action = 'tx.signed' AND subject = ANY($1) ORDER BY seq",
+         WHERE action = $2 AND subject = ANY($1) ORDER BY seq",
     )
     .bind(&subjects)
+    .bind(action)
     .fetch_all(s.pool())
     .await
     .unwrap()
 }
 
-/// Marks `ids` signed at once while another session holds the audit append lock,
-/// so the records queue behind the first one and are written as groups.
-async fn sign_all_behind_the_audit_lock(s: &Store, ids: &[Uuid]) -> Vec<Result<(), String>> {
+/// Runs `write` for each of `ids` at once while another session holds the audit
+/// append lock, so the writes queue behind the first one and are made as groups.
+async fn behind_the_audit_lock<R, F, Fut>(s: &Store, ids: &[Uuid], write: F) -> Vec<R>
+where
+    R: Send + 'static,
+    F: Fn(Store, Uuid) -> Fut,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
     let mut holder = s.pool().acquire().await.unwrap();
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(signer::store::audit::AUDIT_LOCK_KEY)
@@ -711,14 +722,7 @@ async fn sign_all_behind_the_audit_lock(s: &Store, ids: &[Uuid]) -> Vec<Result<(
         .unwrap();
     let writes: Vec<_> = ids
         .iter()
-        .map(|&id| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.transaction_signed("node-1", id, b"raw", &format!("txid-{id}"), None)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
+        .map(|&id| tokio::spawn(write(s.clone(), id)))
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     sqlx::query("SELECT pg_advisory_unlock($1)")
@@ -731,6 +735,16 @@ async fn sign_all_behind_the_audit_lock(s: &Store, ids: &[Uuid]) -> Vec<Result<(
         out.push(w.await.unwrap());
     }
     out
+}
+
+/// Marks `ids` signed at once behind the audit lock (see [`behind_the_audit_lock`]).
+async fn sign_all_behind_the_audit_lock(s: &Store, ids: &[Uuid]) -> Vec<Result<(), String>> {
+    behind_the_audit_lock(s, ids, |s, id| async move {
+        s.transaction_signed("node-1", id, b"raw", &format!("txid-{id}"), None)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// `signed` records that arrive while one is being written share the next
@@ -798,4 +812,112 @@ async fn signed_records_written_together_are_each_audited_once_and_a_bad_one_fai
     assert!(recs.iter().all(|r| r.0 != pending.id.to_string()));
     let (_, _, err) = s.verify_audit_chain().await.unwrap();
     assert!(err.is_none(), "{err:?}");
+}
+
+/// Whether the records after the first are consecutive and share one timestamp:
+/// appended by one group statement.
+fn appended_as_one_group(recs: &[(String, i64, i64)]) -> bool {
+    recs[1..]
+        .windows(2)
+        .all(|w| w[1].1 == w[0].1 + 1 && w[1].2 == w[0].2)
+}
+
+/// Rounds closed while another close is being written share the next statement
+/// (issue 21): each transaction moves to its round's outcome with one audit record,
+/// an approval's outflow is counted once, a reject's reserved inputs are released,
+/// and the chain verifies. In a group where one round was closed before, nothing
+/// of the group is written by the group: each close is made again on its own, so
+/// that round answers "not open" and changes nothing, and the others close.
+#[tokio::test]
+async fn rounds_closed_together_each_move_their_transaction_once_and_a_closed_one_changes_nothing()
+{
+    let s = store().await;
+    let key = format!("k-close-{}", Uuid::new_v4());
+    let txs = voting_txs(&s, &key, 6).await;
+    let mut rounds = std::collections::HashMap::new();
+    for id in &txs {
+        let round = Uuid::new_v4();
+        let deadline = chrono::Utc::now() + chrono::Duration::seconds(60);
+        s.create_round(round, *id, 1, 3, 5, deadline).await.unwrap();
+        rounds.insert(*id, round);
+    }
+    let rejected = txs[3];
+    let rounds_for = rounds.clone();
+    let results = behind_the_audit_lock(&s, &txs, move |s, id| {
+        let round = rounds_for[&id];
+        async move {
+            if id == rejected {
+                s.close_round_and_transaction("node-1", round, id, "rejected", None, 3)
+                    .await
+            } else {
+                s.close_round_approved("node-1", round, id, 3, Some((&key_of(&s, id).await, 1_000)))
+                    .await
+            }
+        }
+    })
+    .await;
+    assert!(results.iter().all(|r| matches!(r, Ok(true))), "{results:?}");
+    for id in &txs {
+        let want = if *id == rejected {
+            "rejected"
+        } else {
+            "approved"
+        };
+        assert_eq!(s.get_transaction(*id).await.unwrap().state, want);
+        assert_eq!(s.get_round(rounds[id]).await.unwrap().state, want);
+    }
+    let mut recs = audit_records(&s, "tx.approved", &txs).await;
+    recs.extend(audit_records(&s, "tx.rejected", &txs).await);
+    recs.sort_by_key(|r| r.1);
+    assert_eq!(recs.len(), txs.len(), "one record per close: {recs:?}");
+    assert!(
+        appended_as_one_group(&recs),
+        "not appended as one group: {recs:?}"
+    );
+    let counted: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT transaction_id FROM outflows WHERE transaction_id = ANY($1)")
+            .bind(&txs)
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(counted.len(), 5, "each approval's outflow counted once");
+    assert!(!counted.contains(&(rejected,)));
+
+    // A group with a round closed before: it answers false, the others close.
+    let more = voting_txs(&s, &key, 4).await;
+    let mut more_rounds = std::collections::HashMap::new();
+    for id in &more {
+        let round = Uuid::new_v4();
+        let deadline = chrono::Utc::now() + chrono::Duration::seconds(60);
+        s.create_round(round, *id, 1, 3, 5, deadline).await.unwrap();
+        more_rounds.insert(*id, round);
+    }
+    let early = more[2];
+    assert!(s
+        .close_round_and_transaction("node-1", more_rounds[&early], early, "expired", None, 0)
+        .await
+        .unwrap());
+    let rounds_for = more_rounds.clone();
+    let results = behind_the_audit_lock(&s, &more, move |s, id| {
+        let round = rounds_for[&id];
+        async move {
+            s.close_round_and_transaction("node-1", round, id, "rejected", None, 3)
+                .await
+        }
+    })
+    .await;
+    for (id, r) in more.iter().zip(&results) {
+        let want = if *id == early { "expired" } else { "rejected" };
+        assert_eq!(matches!(r, Ok(true)), *id != early, "{id}: {r:?}");
+        assert_eq!(s.get_transaction(*id).await.unwrap().state, want);
+    }
+    assert_eq!(audit_records(&s, "tx.rejected", &more).await.len(), 3);
+    assert_eq!(audit_records(&s, "tx.expired", &more).await.len(), 1);
+    let (_, _, err) = s.verify_audit_chain().await.unwrap();
+    assert!(err.is_none(), "{err:?}");
+}
+
+/// The key id of transaction `id`.
+async fn key_of(s: &Store, id: Uuid) -> String {
+    s.get_transaction(id).await.unwrap().key_id.unwrap()
 }

@@ -110,6 +110,7 @@ pub struct Store {
     vote_keys: std::sync::Arc<std::sync::Mutex<votes::VoteKeyCache>>,
     vote_inserts: std::sync::Arc<vote_inserts::VoteInserts>,
     signed_records: std::sync::Arc<transactions::SignedRecords>,
+    round_closes: std::sync::Arc<votes::RoundCloses>,
 }
 
 /// The embedded schema migrations (`migrations/` at the repository root).
@@ -137,6 +138,7 @@ impl Store {
             vote_keys: Default::default(),
             vote_inserts: std::sync::Arc::new(vote_inserts::vote_inserts()),
             signed_records: std::sync::Arc::new(transactions::signed_records()),
+            round_closes: std::sync::Arc::new(votes::round_closes()),
         })
     }
 

@@ -5,6 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::audit::{append_audit, append_audit_with, audited_statement};
+use super::groups::{Groups, Waiting};
 use super::{Store, StoreError};
 use crate::audit::AuditEntry;
 use vote::{vote_key_fingerprint, PinOutcome, VIOLATION_KEY_CHANGED};
@@ -171,6 +172,11 @@ impl Store {
         .await
     }
 
+    /// Closes a round (see [`Store::close_round_and_transaction`]). Grouped with the
+    /// closes other callers are writing (see [`super::groups`]): one statement, one
+    /// commit and one hold of the audit lock for the group, each round, transaction,
+    /// release, outflow and audit record still its own row. A group in which a round
+    /// was not open any more, or that fails, is written again one close at a time.
     async fn close_round(
         &self,
         local_node: &str,
@@ -181,6 +187,123 @@ impl Store {
         outflow: Option<(&str, u64)>,
     ) -> Result<bool, StoreError> {
         let (key_id, sats) = super::transactions::outflow_columns(transaction_id, outflow)?;
+        let close = RoundClose {
+            local_node: local_node.to_owned(),
+            round_id,
+            transaction_id,
+            outcome: outcome.to_owned(),
+            failure_reason: failure_reason.map(str::to_owned),
+            votes,
+            key_id: key_id.map(str::to_owned),
+            sats,
+        };
+        let store = self.clone();
+        let answer = Groups::submit(
+            &self.round_closes,
+            close.clone(),
+            |c: &RoundClose| c.transaction_id,
+            move |group| {
+                let store = store.clone();
+                async move { store.close_round_group(group).await }
+            },
+        )
+        .await;
+        match answer {
+            Some(r) => r,
+            // The writing task ended without answering (the runtime shutting
+            // down): this caller closes its round itself.
+            None => self.close_round_alone(&close).await,
+        }
+    }
+
+    /// One group of closes (see [`Store::close_round`]).
+    async fn close_round_group(&self, group: Vec<Waiting<RoundClose, Result<bool, StoreError>>>) {
+        let first_node = group.first().map(|(c, _)| c.local_node.clone());
+        if group.len() > 1
+            && group
+                .iter()
+                .all(|(c, _)| Some(&c.local_node) == first_node.as_ref())
+        {
+            let closes: Vec<&RoundClose> = group.iter().map(|(c, _)| c).collect();
+            match self.close_rounds_together(&closes).await {
+                Ok(true) => {
+                    for (_, answer) in group {
+                        let _ = answer.send(Ok(true));
+                    }
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, closes = group.len(), "grouped round closes failed; closing one by one");
+                }
+            }
+        }
+        futures::future::join_all(group.into_iter().map(|(c, answer)| async move {
+            let _ = answer.send(self.close_round_alone(&c).await);
+        }))
+        .await;
+    }
+
+    /// Several closes (all of one node) in one statement and one commit: `false`,
+    /// with nothing written, unless every round was open and every transaction
+    /// moved.
+    async fn close_rounds_together(&self, closes: &[&RoundClose]) -> Result<bool, StoreError> {
+        let Some(first) = closes.first() else {
+            return Ok(true);
+        };
+        let entries = closes.iter().map(|c| close_entry(c)).collect();
+        let col =
+            |f: fn(&RoundClose) -> Option<String>| closes.iter().map(|c| f(c)).collect::<Vec<_>>();
+        let rounds: Vec<Uuid> = closes.iter().map(|c| c.round_id).collect();
+        let txs: Vec<Uuid> = closes.iter().map(|c| c.transaction_id).collect();
+        let outcomes = col(|c| Some(c.outcome.clone()));
+        let reasons = col(|c| c.failure_reason.clone());
+        let keys = col(|c| c.key_id.clone());
+        let sats: Vec<Option<i64>> = closes.iter().map(|c| c.sats).collect();
+        let mut tx = self.pool().begin().await?;
+        let (closed, _) = super::audit::append_audit_many_with(
+            &mut tx,
+            &first.local_node,
+            entries,
+            super::audit::audited_group_statement!(
+                "s AS (SELECT * FROM unnest($11::uuid[], $12::uuid[], $13::text[], $14::text[], \
+                                            $15::text[], $16::bigint[]) \
+                       AS s(round_id, transaction_id, outcome, failure_reason, key_id, sats)), \
+                 r AS (UPDATE voting_rounds vr SET state = s.outcome, closed_at = now() \
+                       FROM s WHERE vr.id = s.round_id AND vr.state = 'open' \
+                       RETURNING s.transaction_id, s.outcome, s.failure_reason, s.key_id, s.sats), \
+                 t AS (UPDATE transactions tr SET state = r.outcome, \
+                              failure_reason = COALESCE(r.failure_reason, tr.failure_reason) \
+                       FROM r WHERE tr.id = r.transaction_id \
+                       RETURNING tr.id, r.outcome, r.key_id, r.sats), \
+                 u AS (UPDATE utxos SET state = 'available', reserved_by = NULL \
+                       FROM t WHERE t.outcome <> 'approved' AND utxos.reserved_by = t.id \
+                         AND utxos.state = 'reserved'), \
+                 o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
+                       SELECT t.id, t.key_id, t.sats, $17 FROM t WHERE t.key_id IS NOT NULL \
+                       ON CONFLICT (transaction_id) DO NOTHING), \
+                 done AS (SELECT id FROM t)"
+            ),
+            |q| {
+                q.bind(rounds)
+                    .bind(txs)
+                    .bind(outcomes)
+                    .bind(reasons)
+                    .bind(keys)
+                    .bind(sats)
+                    .bind(super::transactions::OutflowReason::QuorumApproved.as_str())
+            },
+        )
+        .await?;
+        if usize::try_from(closed).ok() != Some(closes.len()) {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// One close in its own statement and commit.
+    async fn close_round_alone(&self, c: &RoundClose) -> Result<bool, StoreError> {
         // The round's close, the transaction's move (the state machine's trigger
         // checks it; its round's foreign key means the row exists), the release of
         // the inputs of a transaction that will not be signed, the outflow count
@@ -189,10 +312,8 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let (closed, _) = append_audit_with(
             &mut tx,
-            local_node,
-            AuditEntry::new("node", format!("tx.{outcome}"))
-                .subject(transaction_id.to_string())
-                .details(serde_json::json!({ "votes": votes })),
+            &c.local_node,
+            close_entry(c),
             audited_statement!(
                 "r AS (UPDATE voting_rounds SET state = $12, closed_at = now() \
                        WHERE id = $11 AND state = 'open' RETURNING id), \
@@ -208,12 +329,12 @@ impl Store {
                  done AS (SELECT id FROM t)"
             ),
             |q| {
-                q.bind(round_id)
-                    .bind(outcome)
-                    .bind(transaction_id)
-                    .bind(failure_reason)
-                    .bind(key_id)
-                    .bind(sats)
+                q.bind(c.round_id)
+                    .bind(c.outcome.as_str())
+                    .bind(c.transaction_id)
+                    .bind(c.failure_reason.as_deref())
+                    .bind(c.key_id.as_deref())
+                    .bind(c.sats)
                     .bind(super::transactions::OutflowReason::QuorumApproved.as_str())
             },
         )
@@ -224,6 +345,37 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// A round's close waiting for its group.
+#[derive(Debug, Clone)]
+pub(crate) struct RoundClose {
+    local_node: String,
+    round_id: Uuid,
+    transaction_id: Uuid,
+    outcome: String,
+    failure_reason: Option<String>,
+    votes: usize,
+    key_id: Option<String>,
+    sats: Option<i64>,
+}
+
+/// Most closes one statement writes.
+const MAX_CLOSE_GROUP: usize = 64;
+
+/// The closes waiting for a write (see [`Groups`]).
+pub(crate) type RoundCloses = Groups<RoundClose, Result<bool, StoreError>>;
+
+/// A fresh queue.
+pub(crate) fn round_closes() -> RoundCloses {
+    Groups::new(MAX_CLOSE_GROUP)
+}
+
+/// The audit entry of a close: `tx.<outcome>` with the votes counted.
+fn close_entry(c: &RoundClose) -> AuditEntry {
+    AuditEntry::new("node", format!("tx.{}", c.outcome))
+        .subject(c.transaction_id.to_string())
+        .details(serde_json::json!({ "votes": c.votes }))
 }
 
 /// Inserts `vote` unless its node has a vote in the round; returns whether it
