@@ -921,3 +921,83 @@ async fn rounds_closed_together_each_move_their_transaction_once_and_a_closed_on
 async fn key_of(s: &Store, id: Uuid) -> String {
     s.get_transaction(id).await.unwrap().key_id.unwrap()
 }
+
+/// Several records appended in one call link one after the other and verify; a
+/// database administrator who replaces the group append function cannot make the
+/// node store records it did not hash itself: a hash that does not cover the link,
+/// or a link that skips the record before, fails the group (and so its change).
+/// (Inside database transactions that are rolled back, so the running node never
+/// sees the replaced function.)
+#[tokio::test]
+async fn a_group_audit_append_links_its_records_and_refuses_a_link_or_hash_the_node_did_not_compute(
+) {
+    use signer::store::audit::append_audit_many;
+    let s = store().await;
+    let entries = || {
+        (0..3)
+            .map(|i| AuditEntry::new("test", "test.group").subject(i.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let mut tx = s.pool().begin().await.unwrap();
+    let recs = append_audit_many(&mut tx, "node-group", entries())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(recs.len(), 3);
+    for w in recs.windows(2) {
+        assert_eq!((w[1].seq, w[1].prev_hash), (w[0].seq + 1, w[0].hash));
+    }
+    for r in &recs {
+        let (hash,): (Vec<u8>,) = sqlx::query_as("SELECT hash FROM audit_log WHERE seq = $1")
+            .bind(r.seq)
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            hash.as_slice(),
+            &r.hash[..],
+            "what the append returned is stored"
+        );
+    }
+
+    // (how the replaced function computes the hash, how it advances the link)
+    for (hash, next_prev) in [
+        ("sha256(domain || tails[i])", "new_hash"),
+        (
+            "sha256(domain || new_prev || int8send(new_seq) || tails[i])",
+            "sha256(new_hash)",
+        ),
+    ] {
+        let mut tx = s.pool().begin().await.unwrap();
+        // Two fixed variants written in this test, no outside input.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE OR REPLACE FUNCTION audit_append_many(lock_key bigint, domain bytea, \
+             genesis bytea, p_ts timestamptz[], p_node_id text, p_actor text[], p_action text[], \
+             p_subject text[], p_details jsonb[], tails bytea[], change_rows bigint) \
+             RETURNS TABLE (ord integer, new_seq bigint, new_prev bytea, new_hash bytea) \
+             LANGUAGE plpgsql VOLATILE AS $$ DECLARE head_seq bigint; head_hash bytea; BEGIN \
+               PERFORM pg_advisory_xact_lock(lock_key); \
+               SELECT l.seq, l.hash INTO head_seq, head_hash FROM audit_log l ORDER BY l.seq DESC LIMIT 1; \
+               FOR i IN 1 .. array_length(tails, 1) LOOP \
+                 ord := i; new_seq := head_seq + 1; new_prev := head_hash; \
+                 new_hash := {hash}; \
+                 INSERT INTO audit_log (seq, ts, node_id, actor, action, subject, details, prev_hash, hash) \
+                   VALUES (new_seq, p_ts[i], p_node_id, p_actor[i], p_action[i], p_subject[i], p_details[i], new_prev, new_hash); \
+                 head_seq := new_seq; head_hash := {next_prev}; RETURN NEXT; \
+               END LOOP; END $$"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let err = append_audit_many(&mut tx, "node-dba", entries())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt(ref m) if m.contains("link or hash")),
+            "{hash} / {next_prev}: {err}"
+        );
+        tx.rollback().await.unwrap();
+    }
+    let (_, _, broken) = s.verify_audit_chain().await.unwrap();
+    assert!(broken.is_none(), "{broken:?}");
+}

@@ -506,6 +506,28 @@ macro_rules! audited_group_statement {
 }
 pub(crate) use audited_group_statement;
 
+/// Appends `entries` (all of node `node_id`) inside the caller's transaction, in
+/// order, under one hold of the append lock (`audit_append_many`, migration 0019),
+/// each record checked as in [`append_audit`] and against the one before it.
+pub async fn append_audit_many(
+    conn: &mut PgConnection,
+    node_id: &str,
+    entries: Vec<AuditEntry>,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let (_, records) = append_audit_many_with(
+        conn,
+        node_id,
+        entries,
+        concat!(
+            "SELECT 0::bigint, ord, new_seq, new_prev, new_hash ",
+            "FROM audit_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)"
+        ),
+        |q| q,
+    )
+    .await?;
+    Ok(records)
+}
+
 /// Runs `sql` (built by [`audited_group_statement!`]) for `entries`, all of node
 /// `node_id`, binding the append's parameters and then the caller's (`bind`).
 /// Returns the count of the statement's `done` rows and the appended records in
