@@ -13,7 +13,8 @@ use super::client::{ApiClient, ApiOpts, ApiRefusal};
 pub enum AuxCmd {
     /// Start the aux-info ceremony for a node set (operator token); every
     /// participant joins. Reuses existing aux info of the same node set unless
-    /// --force. With --wait, waits for its end and shows progress.
+    /// --force. With --wait, waits for its end (with the cluster file: on every
+    /// participant) and shows progress.
     Start {
         /// Participants, comma-separated node ids (default: every node).
         #[arg(long, value_delimiter = ',')]
@@ -204,6 +205,40 @@ pub async fn start(
             poll.label(),
             end["error"].as_str().unwrap_or("no reason recorded")
         );
+    }
+    // Completed on the node polled; with the cluster file, also on every other
+    // participant (each stores its own aux info when its last round ends, and an
+    // ECDSA signer without it cannot sign: `cluster demo-sign` signs right after).
+    for p in set
+        .split(',')
+        .filter(|p| Some(*p) != poll.node_id.as_deref())
+    {
+        let Some(node) = client.for_node(p) else {
+            continue;
+        };
+        loop {
+            match node.get(&format!("/api/v1/dkg/ceremonies/{id}")).await {
+                Ok(c) if c["state"] == "completed" => break,
+                Ok(c) if c["state"] == "failed" => anyhow::bail!(
+                    "aux info ceremony {id} failed on {}: {}",
+                    node.label(),
+                    c["error"].as_str().unwrap_or("no reason recorded")
+                ),
+                Ok(_) => {}
+                Err(e)
+                    if e.downcast_ref::<ApiRefusal>()
+                        .is_some_and(|r| r.status == 404) => {}
+                Err(e) => return Err(e),
+            }
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "aux info ceremony {id} completed on {} but not on {} within {} s",
+                poll.label(),
+                node.label(),
+                timeout.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     if progress {
         println!(

@@ -34,6 +34,12 @@ pub struct KeyInfo {
     pub public_key: String,
     /// Whether this node's share was unsealed and validated since start.
     pub share_loaded: bool,
+    /// Whether this node can sign with the key without opening it first. ECDSA:
+    /// the share is open with the aux info of its node set and the library's
+    /// precomputed tables (the background warm-up does that after aux info; it
+    /// can take a minute of CPU on a busy host, and a signing request waits for
+    /// it). Taproot: the share is loaded (opening it is immediate).
+    pub signing_ready: bool,
     /// Network of the descriptors and addresses.
     pub network: String,
     /// Watch-only multipath descriptor (`wpkh([fp]xpub/<0;1>/*)#checksum` or
@@ -407,6 +413,10 @@ pub async fn list_keys(node: &DkgCtx) -> Result<Vec<KeyInfo>, crate::store::Stor
                 None => None,
             };
             let (descriptors, first_address) = derived.unzip();
+            let signing_ready = match protocol {
+                DkgProtocol::Cggmp24 => node.signing_material.lock().contains_key(&r.key_id),
+                _ => loaded.is_some(),
+            };
             Some(KeyInfo {
                 key_id: r.key_id,
                 key_type: protocol.key_type(),
@@ -414,6 +424,7 @@ pub async fn list_keys(node: &DkgCtx) -> Result<Vec<KeyInfo>, crate::store::Stor
                 n: r.participants.len(),
                 participants: r.participants,
                 public_key: hex::encode(&r.public_key),
+                signing_ready,
                 share_loaded: loaded.is_some(),
                 network: network.to_string(),
                 descriptor: descriptors.as_ref().map(|d| d.descriptor.clone()),

@@ -40,6 +40,8 @@ struct ApiKey {
     key_type: KeyType,
     network: String,
     share_loaded: bool,
+    signing_ready: bool,
+    participants: Vec<String>,
     first_address: Option<String>,
 }
 
@@ -106,8 +108,9 @@ pub async fn demo_sign(api: &ApiClient) -> anyhow::Result<()> {
             k.network
         );
     }
-    if chosen.iter().any(|k| k.key_type == KeyType::Ecdsa) {
+    if let Some(k) = chosen.iter().find(|k| k.key_type == KeyType::Ecdsa) {
         crate::cli::aux::start(api, None, false, Some(AUX_TIMEOUT), true).await?;
+        signing_material_open(api, k).await?;
     }
     // Each node evaluates its own policy file: allow the demo keys on regtest.
     let mut policy = String::from(
@@ -142,6 +145,55 @@ pub async fn demo_sign(api: &ApiClient) -> anyhow::Result<()> {
             p.key.key_type.label(),
             p.txid,
             p.inputs
+        );
+    }
+    Ok(())
+}
+
+/// Waits until every participant of ECDSA key `key` reports its signing material
+/// open (`signing_ready`: the share with its aux info and the library's
+/// precomputed tables, which take up to a minute of CPU per node on a busy host
+/// after aux info). Signing before that would spend the signing budget waiting.
+async fn signing_material_open(api: &ApiClient, key: &ApiKey) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut said = false;
+    for p in &key.participants {
+        let Some(node) = api.for_node(p) else {
+            continue;
+        };
+        loop {
+            let answer: KeysAnswer = serde_json::from_value(node.get("/api/v1/keys").await?)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{} answered GET /api/v1/keys in a form this demo does not know: {e}",
+                        node.label()
+                    )
+                })?;
+            if answer
+                .keys
+                .iter()
+                .any(|k| k.key_id == key.key_id && k.signing_ready)
+            {
+                break;
+            }
+            if !said {
+                println!("waiting for every node to open the ECDSA key's signing material...");
+                said = true;
+            }
+            anyhow::ensure!(
+                start.elapsed() < AUX_TIMEOUT,
+                "{} did not open the signing material of key {} within {} s",
+                node.label(),
+                key.key_id,
+                AUX_TIMEOUT.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    if said {
+        println!(
+            "signing material open on every node ({:.1} s)",
+            start.elapsed().as_secs_f64()
         );
     }
     Ok(())
@@ -282,6 +334,7 @@ mod tests {
             participants: vec!["node-1".into()],
             public_key: "02ab".into(),
             share_loaded: true,
+            signing_ready: true,
             network: "regtest".into(),
             descriptor: None,
             receive_descriptor: None,
@@ -303,6 +356,7 @@ mod tests {
         assert_eq!(a.keys[1].key_type, KeyType::Ecdsa);
         assert_eq!(a.keys[1].key_id, "cggmp24-key");
         assert!(a.keys[1].share_loaded);
+        assert!(a.keys[1].signing_ready);
     }
 
     #[test]
