@@ -164,17 +164,13 @@ pub async fn start(
     let mut last_state = String::from("not yet recorded");
     let spinner = super::progress::Waiting::new(&format!("aux info {id}"));
     let end = loop {
-        match poll.get(&format!("/api/v1/dkg/ceremonies/{id}")).await {
-            Ok(c) if c["state"] == "completed" || c["state"] == "failed" => break c,
-            Ok(c) => {
+        match recorded_ceremony(poll, &id).await? {
+            Some(c) if c["state"] == "completed" || c["state"] == "failed" => break c,
+            Some(c) => {
                 last_state = c["state"].as_str().unwrap_or("?").to_owned();
                 spinner.state(&last_state);
             }
-            // not recorded yet on this node: keep waiting
-            Err(e)
-                if e.downcast_ref::<ApiRefusal>()
-                    .is_some_and(|r| r.status == 404) => {}
-            Err(e) => return Err(e),
+            None => {}
         }
         anyhow::ensure!(
             start.elapsed() < timeout,
@@ -217,18 +213,14 @@ pub async fn start(
             continue;
         };
         loop {
-            match node.get(&format!("/api/v1/dkg/ceremonies/{id}")).await {
-                Ok(c) if c["state"] == "completed" => break,
-                Ok(c) if c["state"] == "failed" => anyhow::bail!(
+            match recorded_ceremony(&node, &id).await? {
+                Some(c) if c["state"] == "completed" => break,
+                Some(c) if c["state"] == "failed" => anyhow::bail!(
                     "aux info ceremony {id} failed on {}: {}",
                     node.label(),
                     c["error"].as_str().unwrap_or("no reason recorded")
                 ),
-                Ok(_) => {}
-                Err(e)
-                    if e.downcast_ref::<ApiRefusal>()
-                        .is_some_and(|r| r.status == 404) => {}
-                Err(e) => return Err(e),
+                _ => {}
             }
             anyhow::ensure!(
                 start.elapsed() < timeout,
@@ -251,6 +243,20 @@ pub async fn start(
         reused,
         answer: end,
     })
+}
+
+/// Ceremony `id` as `node` records it; `None` while it is not recorded there yet.
+async fn recorded_ceremony(node: &ApiClient, id: &str) -> anyhow::Result<Option<Value>> {
+    match node.get(&format!("/api/v1/dkg/ceremonies/{id}")).await {
+        Ok(c) => Ok(Some(c)),
+        Err(e)
+            if e.downcast_ref::<ApiRefusal>()
+                .is_some_and(|r| r.status == 404) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `, generating primes (N ready, S s)` while this node's prime pool generates.

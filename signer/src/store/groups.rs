@@ -124,6 +124,46 @@ impl<T: Send + 'static, R: Send + 'static> Groups<T, R> {
     }
 }
 
+/// Answers a group: written as one by `together` when it has more than one item
+/// (`Ok(true)`: every item written, each answered `written()`); otherwise, or when
+/// `together` wrote nothing (`Ok(false)` or an error, its transaction rolled
+/// back), each item is written by `alone`, concurrently, and answered with its
+/// own result.
+pub(crate) async fn write_together_or_alone<T, R, TF, TFut, AF, AFut>(
+    group: Vec<Waiting<T, R>>,
+    together: TF,
+    alone: AF,
+    written: impl Fn() -> R,
+) where
+    T: Clone,
+    TF: FnOnce(Vec<T>) -> TFut,
+    TFut: Future<Output = Result<bool, super::StoreError>>,
+    AF: Fn(T) -> AFut,
+    AFut: Future<Output = R>,
+{
+    if group.len() > 1 {
+        match together(group.iter().map(|(item, _)| item.clone()).collect()).await {
+            Ok(true) => {
+                for (_, answer) in group {
+                    let _ = answer.send(written());
+                }
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, items = group.len(), "group write failed; writing its items one by one");
+            }
+        }
+    }
+    futures::future::join_all(group.into_iter().map(|(item, answer)| {
+        let write = alone(item);
+        async move {
+            let _ = answer.send(write.await);
+        }
+    }))
+    .await;
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -5,7 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::audit::AuditOf;
-use super::groups::{Groups, Waiting};
+use super::groups::{write_together_or_alone, Groups, Waiting};
 use super::{Store, StoreError};
 
 /// Transaction states; the database enforces the allowed transitions.
@@ -565,40 +565,28 @@ impl Store {
 
     /// One group of `signed` records (see [`Store::transaction_signed`]).
     async fn write_signed_group(&self, group: Vec<Waiting<SignedRecord, Result<(), StoreError>>>) {
-        let first_node = group.first().map(|(r, _)| r.node_id.clone());
-        if group.len() > 1
-            && group
-                .iter()
-                .all(|(r, _)| Some(&r.node_id) == first_node.as_ref())
-        {
-            let records: Vec<&SignedRecord> = group.iter().map(|(r, _)| r).collect();
-            match self.transactions_signed_together(&records).await {
-                Ok(()) => {
-                    for (_, answer) in group {
-                        let _ = answer.send(Ok(()));
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, records = group.len(), "grouped signed records failed; writing them one by one");
-                }
-            }
-        }
-        futures::future::join_all(group.into_iter().map(|(r, answer)| async move {
-            let _ = answer.send(self.transaction_signed_alone(&r).await);
-        }))
+        write_together_or_alone(
+            group,
+            |records| self.transactions_signed_together(records),
+            |r| async move { self.transaction_signed_alone(&r).await },
+            || Ok(()),
+        )
         .await;
     }
 
-    /// Several `signed` records (all of one node) in one statement and one commit.
+    /// Several `signed` records in one statement and one commit: `false`, with
+    /// nothing written, when they are not all of one node.
     async fn transactions_signed_together(
         &self,
-        records: &[&SignedRecord],
-    ) -> Result<(), StoreError> {
+        records: Vec<SignedRecord>,
+    ) -> Result<bool, StoreError> {
         let Some(first) = records.first() else {
-            return Ok(());
+            return Ok(true);
         };
-        let entries = records.iter().map(|r| signed_entry(r)).collect();
+        if records.iter().any(|r| r.node_id != first.node_id) {
+            return Ok(false);
+        }
+        let entries = records.iter().map(signed_entry).collect();
         let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
         let raws: Vec<Vec<u8>> = records.iter().map(|r| r.signed_tx.clone()).collect();
         let txids: Vec<String> = records.iter().map(|r| r.txid.clone()).collect();
@@ -620,16 +608,13 @@ impl Store {
             |q| q.bind(ids).bind(raws).bind(txids).bind(psbts),
         )
         .await?;
-        // Every transaction of the group must exist here, as each does alone (a
-        // missing one is written, and answered, on its own).
+        // Every transaction of the group must exist here (a missing one is
+        // written, and answered, on its own).
         if usize::try_from(moved).ok() != Some(records.len()) {
-            return Err(StoreError::NotFound {
-                what: "transaction of a signed group",
-                id: format!("{moved} of {}", records.len()),
-            });
+            return Ok(false);
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// One `signed` record in its own statement and commit.

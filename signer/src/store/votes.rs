@@ -5,7 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::audit::{append_audit, append_audit_with, audited_statement};
-use super::groups::{Groups, Waiting};
+use super::groups::{write_together_or_alone, Groups, Waiting};
 use super::{Store, StoreError};
 use crate::audit::AuditEntry;
 use vote::{vote_key_fingerprint, PinOutcome, VIOLATION_KEY_CHANGED};
@@ -218,42 +218,27 @@ impl Store {
 
     /// One group of closes (see [`Store::close_round`]).
     async fn close_round_group(&self, group: Vec<Waiting<RoundClose, Result<bool, StoreError>>>) {
-        let first_node = group.first().map(|(c, _)| c.local_node.clone());
-        if group.len() > 1
-            && group
-                .iter()
-                .all(|(c, _)| Some(&c.local_node) == first_node.as_ref())
-        {
-            let closes: Vec<&RoundClose> = group.iter().map(|(c, _)| c).collect();
-            match self.close_rounds_together(&closes).await {
-                Ok(true) => {
-                    for (_, answer) in group {
-                        let _ = answer.send(Ok(true));
-                    }
-                    return;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, closes = group.len(), "grouped round closes failed; closing one by one");
-                }
-            }
-        }
-        futures::future::join_all(group.into_iter().map(|(c, answer)| async move {
-            let _ = answer.send(self.close_round_alone(&c).await);
-        }))
+        write_together_or_alone(
+            group,
+            |closes| self.close_rounds_together(closes),
+            |c| async move { self.close_round_alone(&c).await },
+            || Ok(true),
+        )
         .await;
     }
 
-    /// Several closes (all of one node) in one statement and one commit: `false`,
-    /// with nothing written, unless every round was open and every transaction
-    /// moved.
-    async fn close_rounds_together(&self, closes: &[&RoundClose]) -> Result<bool, StoreError> {
+    /// Several closes in one statement and one commit: `false`, with nothing
+    /// written, unless they are all of one node, every round was open and every
+    /// transaction moved.
+    async fn close_rounds_together(&self, closes: Vec<RoundClose>) -> Result<bool, StoreError> {
         let Some(first) = closes.first() else {
             return Ok(true);
         };
-        let entries = closes.iter().map(|c| close_entry(c)).collect();
-        let col =
-            |f: fn(&RoundClose) -> Option<String>| closes.iter().map(|c| f(c)).collect::<Vec<_>>();
+        if closes.iter().any(|c| c.local_node != first.local_node) {
+            return Ok(false);
+        }
+        let entries = closes.iter().map(close_entry).collect();
+        let col = |f: fn(&RoundClose) -> Option<String>| closes.iter().map(f).collect::<Vec<_>>();
         let rounds: Vec<Uuid> = closes.iter().map(|c| c.round_id).collect();
         let txs: Vec<Uuid> = closes.iter().map(|c| c.transaction_id).collect();
         let outcomes = col(|c| Some(c.outcome.clone()));
