@@ -125,31 +125,31 @@ impl<T: Send + 'static, R: Send + 'static> Groups<T, R> {
 }
 
 /// Answers a group: written as one by `together` when it has more than one item
-/// (`Ok(true)`: every item written, each answered `written()`); otherwise, or when
-/// `together` wrote nothing (`Ok(false)` or an error, its transaction rolled
-/// back), each item is written by `alone`, concurrently, and answered with its
-/// own result.
+/// (`Ok(Some(answers))`: every item written, answered in the group's order);
+/// otherwise, or when `together` wrote nothing (`Ok(None)` or an error, its
+/// transaction rolled back), each item is written by `alone`, concurrently (with
+/// the database down, every caller gets its own error after one wait, not one
+/// wait after another), and answered with its own result.
 pub(crate) async fn write_together_or_alone<T, R, TF, TFut, AF, AFut>(
     group: Vec<Waiting<T, R>>,
     together: TF,
     alone: AF,
-    written: impl Fn() -> R,
 ) where
     T: Clone,
     TF: FnOnce(Vec<T>) -> TFut,
-    TFut: Future<Output = Result<bool, super::StoreError>>,
+    TFut: Future<Output = Result<Option<Vec<R>>, super::StoreError>>,
     AF: Fn(T) -> AFut,
     AFut: Future<Output = R>,
 {
     if group.len() > 1 {
         match together(group.iter().map(|(item, _)| item.clone()).collect()).await {
-            Ok(true) => {
-                for (_, answer) in group {
-                    let _ = answer.send(written());
+            Ok(Some(answers)) if answers.len() == group.len() => {
+                for ((_, answer), a) in group.into_iter().zip(answers) {
+                    let _ = answer.send(a);
                 }
                 return;
             }
-            Ok(false) => {}
+            Ok(_) => {}
             Err(e) => {
                 tracing::debug!(error = %e, items = group.len(), "group write failed; writing its items one by one");
             }
@@ -162,6 +162,11 @@ pub(crate) async fn write_together_or_alone<T, R, TF, TFut, AF, AFut>(
         }
     }))
     .await;
+}
+
+/// `n` answers `written()`, when `all` were written (see [`write_together_or_alone`]).
+pub(crate) fn all_written<R>(all: bool, n: usize, written: impl Fn() -> R) -> Option<Vec<R>> {
+    all.then(|| (0..n).map(|_| written()).collect())
 }
 
 #[cfg(test)]

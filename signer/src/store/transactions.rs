@@ -5,7 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::audit::AuditOf;
-use super::groups::{write_together_or_alone, Groups, Waiting};
+use super::groups::{all_written, write_together_or_alone, Groups, Waiting};
 use super::{Store, StoreError};
 
 /// Transaction states; the database enforces the allowed transitions.
@@ -567,9 +567,12 @@ impl Store {
     async fn write_signed_group(&self, group: Vec<Waiting<SignedRecord, Result<(), StoreError>>>) {
         write_together_or_alone(
             group,
-            |records| self.transactions_signed_together(records),
+            |records| async move {
+                let n = records.len();
+                let all = self.transactions_signed_together(records).await?;
+                Ok(all_written(all, n, || Ok(())))
+            },
             |r| async move { self.transaction_signed_alone(&r).await },
-            || Ok(()),
         )
         .await;
     }

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
-use super::groups::{Groups, Waiting};
+use super::groups::{write_together_or_alone, Groups, Waiting};
 use super::votes::{insert_vote_row, NewSignedVote};
 use super::{Store, StoreError};
 
@@ -56,20 +56,30 @@ impl Store {
     }
 
     async fn insert_group(&self, group: Vec<Waiting<NewSignedVote, Result<bool, StoreError>>>) {
-        if group.len() == 1 {
-            for (vote, answer) in group {
-                let _ = answer.send(insert_vote_row(self.pool(), &vote).await);
-            }
-            return;
-        }
-        let mut round_id = Vec::with_capacity(group.len());
-        let mut node_id = Vec::with_capacity(group.len());
-        let mut decision = Vec::with_capacity(group.len());
-        let mut reasons = Vec::with_capacity(group.len());
-        let mut policy_hash = Vec::with_capacity(group.len());
-        let mut signature = Vec::with_capacity(group.len());
-        let mut signed_vote = Vec::with_capacity(group.len());
-        for (v, _) in &group {
+        // One bad row (its round deleted) fails the whole statement: each vote is
+        // then inserted on its own, so it fails alone.
+        write_together_or_alone(
+            group,
+            |votes| self.insert_votes_together(votes),
+            |v| async move { insert_vote_row(self.pool(), &v).await },
+        )
+        .await;
+    }
+
+    /// Several votes in one multi-row statement: for each, whether it was stored
+    /// now (`false`: its voter's slot in the round was taken).
+    async fn insert_votes_together(
+        &self,
+        votes: Vec<NewSignedVote>,
+    ) -> Result<Option<Vec<Result<bool, StoreError>>>, StoreError> {
+        let mut round_id = Vec::with_capacity(votes.len());
+        let mut node_id = Vec::with_capacity(votes.len());
+        let mut decision = Vec::with_capacity(votes.len());
+        let mut reasons = Vec::with_capacity(votes.len());
+        let mut policy_hash = Vec::with_capacity(votes.len());
+        let mut signature = Vec::with_capacity(votes.len());
+        let mut signed_vote = Vec::with_capacity(votes.len());
+        for v in &votes {
             round_id.push(v.round_id);
             node_id.push(v.node_id.clone());
             decision.push(v.decision.clone());
@@ -78,7 +88,7 @@ impl Store {
             signature.push(v.signature.clone());
             signed_vote.push(v.signed_vote.clone());
         }
-        let stored: Result<Vec<(Uuid, String)>, sqlx::Error> = sqlx::query_as(
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
             "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], \
                                   $6::bytea[], $7::bytea[]) \
@@ -92,25 +102,13 @@ impl Store {
         .bind(&signature)
         .bind(&signed_vote)
         .fetch_all(self.pool())
-        .await;
-        match stored {
-            Ok(rows) => {
-                let stored: HashSet<(Uuid, String)> = rows.into_iter().collect();
-                for (v, answer) in group {
-                    let _ = answer.send(Ok(stored.contains(&(v.round_id, v.node_id))));
-                }
-            }
-            // One bad row (its round deleted) fails the whole statement: each vote
-            // is then inserted on its own, so it fails alone. Concurrently, as
-            // before grouping: with the database down, every caller gets its own
-            // error after one wait, not one wait after another.
-            Err(e) => {
-                tracing::debug!(error = %e, votes = group.len(), "grouped vote insert failed; inserting one by one");
-                futures::future::join_all(group.into_iter().map(|(v, answer)| async move {
-                    let _ = answer.send(insert_vote_row(self.pool(), &v).await);
-                }))
-                .await;
-            }
-        }
+        .await?;
+        let stored: HashSet<(Uuid, String)> = rows.into_iter().collect();
+        Ok(Some(
+            votes
+                .into_iter()
+                .map(|v| Ok(stored.contains(&(v.round_id, v.node_id))))
+                .collect(),
+        ))
     }
 }

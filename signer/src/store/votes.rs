@@ -5,7 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::audit::{append_audit, append_audit_with, audited_statement};
-use super::groups::{write_together_or_alone, Groups, Waiting};
+use super::groups::{all_written, write_together_or_alone, Groups, Waiting};
 use super::{Store, StoreError};
 use crate::audit::AuditEntry;
 use vote::{vote_key_fingerprint, PinOutcome, VIOLATION_KEY_CHANGED};
@@ -220,9 +220,12 @@ impl Store {
     async fn close_round_group(&self, group: Vec<Waiting<RoundClose, Result<bool, StoreError>>>) {
         write_together_or_alone(
             group,
-            |closes| self.close_rounds_together(closes),
+            |closes| async move {
+                let n = closes.len();
+                let all = self.close_rounds_together(closes).await?;
+                Ok(all_written(all, n, || Ok(true)))
+            },
             |c| async move { self.close_round_alone(&c).await },
-            || Ok(true),
         )
         .await;
     }
@@ -241,7 +244,7 @@ impl Store {
         let col = |f: fn(&RoundClose) -> Option<String>| closes.iter().map(f).collect::<Vec<_>>();
         let rounds: Vec<Uuid> = closes.iter().map(|c| c.round_id).collect();
         let txs: Vec<Uuid> = closes.iter().map(|c| c.transaction_id).collect();
-        let outcomes = col(|c| Some(c.outcome.clone()));
+        let outcomes: Vec<String> = closes.iter().map(|c| c.outcome.clone()).collect();
         let reasons = col(|c| c.failure_reason.clone());
         let keys = col(|c| c.key_id.clone());
         let sats: Vec<Option<i64>> = closes.iter().map(|c| c.sats).collect();
