@@ -33,7 +33,7 @@ DURATIONS = os.path.join(OUT, "durations.json")
 # measured its own. Unknown binaries count as UNKNOWN.
 SEED = {
     "presignatures": 255, "demo": 183, "reshare_cluster": 149, "kill_matrix": 145,
-    "signing_culprits": 125, "signing_readiness": 200, "dkg": 119, "hwi": 118, "hardening": 106,
+    "signing_culprits": 125, "dkg": 119, "hwi": 118, "hardening": 106,
     "signer_replaced": 90, "signing_safety": 89, "transactions": 88,
     "transactions_quorum": 85, "failover": 80, "aux_info": 68, "kek_rotation": 64,
     "dkg_equivocation": 63, "peer_flood": 60, "certificates": 59, "notify": 57,

@@ -327,24 +327,6 @@ pub async fn sign_delay() {
     }
 }
 
-/// Environment variable: a file path; this node opens no signing material (share,
-/// aux info and the library's precomputed tables) until that file exists, as if
-/// the opening took that long (it can take minutes on a loaded host right after
-/// aux info).
-pub const MATERIAL_GATE_ENV: &str = "SIGNER_FAULT_MATERIAL_GATE";
-
-/// Waits until the file [`MATERIAL_GATE_ENV`] names exists (feature
-/// `fault-injection` only; no wait otherwise).
-pub async fn material_gate() {
-    #[cfg(feature = "fault-injection")]
-    if let Some(path) = fault_var(MATERIAL_GATE_ENV) {
-        tracing::error!(%path, "FAULT INJECTION: opening signing material once the gate file exists");
-        while !std::path::Path::new(&path).exists() {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-}
-
 /// Whether this node shares forged "signed" transactions with its peers
 /// ([`FORGE_SPENT_ENV`], feature `fault-injection` only; built by
 /// `crate::tx::spent`).

@@ -54,9 +54,6 @@ pub struct MaterialCache {
     /// read before an invalidation is never cached (a reshare that switched while
     /// the warm-up was opening the old share must not leave the old share cached).
     epoch: AtomicU64,
-    /// Keys whose opening [`open_in_background`] has started and not finished (so
-    /// a stream of sign requests starts one opening, not one task per request).
-    queued: Mutex<std::collections::HashSet<String>>,
 }
 
 impl MaterialCache {
@@ -70,66 +67,6 @@ impl MaterialCache {
         let mut cache = self.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         cache.remove(key_id);
-    }
-
-    /// Whether `key_id`'s material is open (a signing run can start at once).
-    pub fn is_open(&self, key_id: &str) -> bool {
-        self.lock().contains_key(key_id)
-    }
-}
-
-/// How long [`open_or_start`] waits for an opening it started before it answers
-/// "still opening".
-const QUICK_OPEN: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Whether `key_id`'s material is open, opening it if needed: `Ok(true)` when it is
-/// (or opened within [`QUICK_OPEN`]), `Ok(false)` while an opening (this one, an
-/// earlier request's or the warm-up's) is still under way in the background, an
-/// error when opening failed (e.g. no aux info). A signer asked to sign with
-/// material that is not open answers "not ready" at once instead of making the
-/// other signers' protocol run wait (and stall) while it opens.
-pub async fn open_or_start(node: &Arc<DkgCtx>, key_id: &str) -> Result<bool, MaterialError> {
-    if node.signing_material.is_open(key_id) {
-        return Ok(true);
-    }
-    if node.signing_material.opening.try_lock().is_err() {
-        // The warm-up (or another request) is opening material right now.
-        return Ok(false);
-    }
-    {
-        let mut queued = node
-            .signing_material
-            .queued
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !queued.insert(key_id.to_owned()) {
-            return Ok(false);
-        }
-    }
-    let (n, key) = (node.clone(), key_id.to_owned());
-    let task = tokio::spawn(async move {
-        let start = std::time::Instant::now();
-        let r = load(&n, &key).await;
-        match &r {
-            Ok(_) => tracing::info!(
-                key = %key,
-                elapsed_ms = start.elapsed().as_millis() as u64,
-                "signing material opened for a sign request"
-            ),
-            Err(e) => tracing::warn!(key = %key, error = %e, "signing material not opened"),
-        }
-        n.signing_material
-            .queued
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
-        r
-    });
-    // On timeout the task goes on by itself (a dropped join handle detaches it).
-    match tokio::time::timeout(QUICK_OPEN, task).await {
-        Ok(Ok(r)) => r.map(|_| true),
-        Ok(Err(e)) => Err(MaterialError::Internal(format!("open task: {e}"))),
-        Err(_) => Ok(false),
     }
 }
 
@@ -163,7 +100,6 @@ pub async fn load(node: &DkgCtx, key_id: &str) -> Result<Material, MaterialError
 
 /// Opens `key_id`'s usable share (and, for ECDSA, the aux info of its node set).
 async fn open_material(node: &DkgCtx, key_id: &str) -> Result<Material, MaterialError> {
-    crate::fault::material_gate().await;
     let unsealed = node.unsealed().ok_or(MaterialError::Sealed)?;
     let me = node.cfg.node_id.clone();
     let row = node

@@ -89,16 +89,6 @@ pub enum TxError {
         /// Explanation.
         message: String,
     },
-    /// These signers (node ids) are not ready to sign yet: their signing material
-    /// is still opening. Nothing was used; the leader asks again later or goes
-    /// without them.
-    #[error("{message}")]
-    NotReady {
-        /// The signers that are not ready.
-        nodes: Vec<String>,
-        /// Explanation.
-        message: String,
-    },
     /// A signing attempt stalled: these signers (node ids) did not take part in
     /// time (crashed, frozen or cut off). Not misbehaviour: nobody is blamed, the
     /// next attempt goes without them.
@@ -371,22 +361,7 @@ pub struct Registry {
     /// SHA-256 of the policy file text this process last saw recorded as a
     /// `policy.version` audit record (only this node writes its log).
     policy_recorded: Mutex<Option<Vec<u8>>>,
-    /// Signing runs of this node as a signer, which their leader may abort.
-    sign_runs: Mutex<SignRuns>,
 }
-
-/// Signing runs a leader may abort ([`wire::TX_SIGN_ABORT`]).
-#[derive(Debug, Default)]
-struct SignRuns {
-    /// Running here: session → (transaction, abort signal).
-    live: HashMap<Uuid, (Uuid, Arc<tokio::sync::Notify>)>,
-    /// Aborts that arrived before their run started (session, transaction), newest
-    /// last, at most [`MAX_EARLY_ABORTS`].
-    early: std::collections::VecDeque<(Uuid, Uuid)>,
-}
-
-/// Aborts kept for runs that have not started yet.
-const MAX_EARLY_ABORTS: usize = 256;
 
 /// What recipient + amount requests between selection and their durable
 /// reservation hold (issue 21: the intake lock covers the selection only, so the
@@ -423,7 +398,6 @@ impl Default for Registry {
             velocity_locks: Mutex::default(),
             wallet_keys: Mutex::default(),
             policy_recorded: Mutex::default(),
-            sign_runs: Mutex::default(),
         }
     }
 }
@@ -541,50 +515,6 @@ impl Registry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(session, (signers, tx));
-    }
-
-    /// Registers this node's signing run of `session` (transaction `tx`): the
-    /// signal its leader's abort fires, or `None` when the leader already aborted it.
-    pub fn start_run(&self, session: Uuid, tx: Uuid) -> Option<Arc<tokio::sync::Notify>> {
-        let mut runs = self
-            .sign_runs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if runs.early.contains(&(session, tx)) {
-            return None;
-        }
-        let abort = Arc::new(tokio::sync::Notify::new());
-        runs.live.insert(session, (tx, abort.clone()));
-        Some(abort)
-    }
-
-    /// Forgets the signing run of `session`.
-    pub fn end_run(&self, session: Uuid) {
-        self.sign_runs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .live
-            .remove(&session);
-    }
-
-    /// Aborts this node's run of `session` for transaction `tx` (the caller checked
-    /// that the sender leads `tx`); one that has not started yet is refused when it
-    /// starts.
-    pub fn abort_run(&self, session: Uuid, tx: Uuid) {
-        let mut runs = self
-            .sign_runs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match runs.live.get(&session) {
-            Some((t, abort)) if *t == tx => abort.notify_one(),
-            Some(_) => {}
-            None => {
-                if runs.early.len() >= MAX_EARLY_ABORTS {
-                    runs.early.pop_front();
-                }
-                runs.early.push_back((session, tx));
-            }
-        }
     }
 
     /// Stops routing replies of `session`.
@@ -750,7 +680,6 @@ pub const KINDS: &[crate::p2p::MessageKind] = &[
     wire::TX_APPROVAL,
     crate::p2p::MessageKind::APPROVER_ENDORSE,
     wire::TX_SPENT,
-    wire::TX_SIGN_ABORT,
 ];
 
 /// Handles the frames routed to this service until the router stops.
@@ -833,21 +762,6 @@ fn dispatch(node: &Arc<TxCtx>, inbound: &crate::p2p::Inbound) {
             Err(e) => {
                 if let Some(dropped) = DROPPED.hit() {
                     tracing::warn!(dropped, peer = %from, error = %e, "malformed signed-transaction notice; dropped")
-                }
-            }
-        },
-        wire::TX_SIGN_ABORT => match wire::decode::<wire::SignAbort>(&payload) {
-            Ok(a) => {
-                let session = inbound.frame.session;
-                // Only the transaction's leader aborts its signing runs.
-                if node.tx.get(a.tx).is_some_and(|p| p.leader == from) {
-                    tracing::info!(tx = %a.tx, %session, leader = %from, "the leader abandoned a signing attempt");
-                    node.tx.abort_run(session, a.tx);
-                }
-            }
-            Err(e) => {
-                if let Some(dropped) = DROPPED.hit() {
-                    tracing::warn!(dropped, peer = %from, error = %e, "malformed sign abort; dropped")
                 }
             }
         },
@@ -940,25 +854,6 @@ pub async fn announce_vote_key(node: Arc<TxCtx>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::FutureExt as _;
-
-    #[test]
-    fn a_leaders_abort_ends_the_run_of_its_transaction_or_refuses_it_before_it_starts() {
-        let r = Registry::default();
-        let (session, tx, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let abort = r.start_run(session, tx).expect("not aborted");
-        // An abort naming another transaction does not touch this run.
-        r.abort_run(session, other);
-        assert!(abort.notified().now_or_never().is_none());
-        r.abort_run(session, tx);
-        assert!(abort.notified().now_or_never().is_some());
-        r.end_run(session);
-        // An abort that overtook its sign request: the run is refused when it starts.
-        let early = Uuid::new_v4();
-        r.abort_run(early, tx);
-        assert!(r.start_run(early, tx).is_none());
-        assert!(r.start_run(Uuid::new_v4(), tx).is_some());
-    }
 
     fn reply(session: Uuid) -> wire::SignatureReply {
         wire::SignatureReply {

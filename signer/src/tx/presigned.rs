@@ -155,14 +155,8 @@ pub async fn sign_input(
     // be.
     let mut culprits: Vec<String> = excluded_culprits(p);
     let mut absent: Vec<String> = Vec::new();
-    // Signers that answered "not ready" (their signing material is still opening):
-    // asked last. The signing budget counts the attempts that ran, not the waits
-    // for such signers, which end when the quorum's approval expires (the round's
-    // deadline).
-    let mut not_ready: Vec<String> = Vec::new();
-    let mut spent = Duration::ZERO;
-    let mut attempt = 0;
-    loop {
+    let budget_end = tokio::time::Instant::now() + timeout;
+    for attempt in 1..=MAX_FULL_ATTEMPTS {
         let mut signers: Vec<String> = approvers
             .iter()
             .filter(|n| !excluded.contains(n) && !culprits.contains(n) && !absent.contains(n))
@@ -205,7 +199,7 @@ pub async fn sign_input(
                 ),
             });
         }
-        let left = timeout.saturating_sub(spent);
+        let left = budget_end.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
             return Err(TxError::Absent {
                 message: format!(
@@ -215,28 +209,7 @@ pub async fn sign_input(
                 absent,
             });
         }
-        // Signers whose material is open (as far as this node knows) first.
-        signers.sort_by_key(|n| not_ready.contains(n));
         signers.truncate(t);
-        let waiting_for: Vec<String> = signers
-            .iter()
-            .filter(|n| not_ready.contains(n))
-            .cloned()
-            .collect();
-        if !waiting_for.is_empty() {
-            // No set without a signer that is still opening: ask again shortly.
-            // The quorum's approvals expire at the round's deadline: no signer
-            // starts signing after it.
-            if crate::tx::voting::now_unix() >= p.deadline_unix {
-                return Err(TxError::Absent {
-                    message: format!(
-                        "input {input}: the signing material of {waiting_for:?} was still opening when the quorum's approval expired; nothing was signed"
-                    ),
-                    absent: waiting_for,
-                });
-            }
-            tokio::time::sleep(NOT_READY_PAUSE).await;
-        }
         let req = SignRequest {
             session: Uuid::new_v4(),
             tx,
@@ -247,21 +220,7 @@ pub async fn sign_input(
         };
         let session = req.session;
         let set = req.signers.clone();
-        let started = tokio::time::Instant::now();
-        let result = crate::tx::signing::sign_one_input(node, req, left).await;
-        if let Err(TxError::NotReady { nodes, message }) = &result {
-            tracing::info!(%tx, input, signers = ?set, ?nodes, %message,
-                "signers not ready (signing material still opening); asking others or again shortly");
-            for n in nodes {
-                if !not_ready.contains(n) {
-                    not_ready.push(n.clone());
-                }
-            }
-            continue;
-        }
-        attempt += 1;
-        spent += started.elapsed();
-        match result {
+        match crate::tx::signing::sign_one_input(node, req, left).await {
             Err(TxError::Misbehaviour {
                 culprits: c,
                 message,
@@ -295,12 +254,10 @@ pub async fn sign_input(
             r => return r,
         }
     }
+    Err(TxError::Internal(format!(
+        "input {input}: no signature after {MAX_FULL_ATTEMPTS} attempts"
+    )))
 }
-
-/// How long the leader waits before it asks a signer set holding a signer whose
-/// material was still opening again (each ask costs the other signers a session
-/// they abandon at once).
-const NOT_READY_PAUSE: Duration = Duration::from_secs(5);
 
 /// Full-protocol attempts per input at most (each without the culprits and the
 /// absent signers of the previous ones).

@@ -287,8 +287,6 @@ pub(crate) async fn sign_one_input(
     let mut culprits: Vec<String> = Vec::new();
     // Signers that a stalled signer's run was still waiting for.
     let mut named_absent: Vec<String> = Vec::new();
-    // Signers whose signing material is still opening (they name themselves).
-    let mut not_ready: Vec<String> = Vec::new();
     let mut timed_out = false;
     let mut signature = None;
     loop {
@@ -316,11 +314,6 @@ pub(crate) async fn sign_one_input(
             continue;
         }
         errors.push(format!("{from}: {}", reply.error.unwrap_or_default()));
-        if reply.absent.contains(&from) {
-            // Not ready: it started no run; this attempt cannot complete.
-            not_ready.push(from);
-            break;
-        }
         for a in reply.absent {
             if req.signers.contains(&a) && a != from && !named_absent.contains(&a) {
                 named_absent.push(a);
@@ -370,9 +363,6 @@ pub(crate) async fn sign_one_input(
         }
     }
     node.tx.forget_replies(req.session);
-    if signature.is_none() {
-        abandon(node, &req, &answered).await;
-    }
     if let Some(after) = crate::fault::replay_sign_request_after() {
         // Once the session is over here: the replays' answers reach no one.
         let (n, req) = (node.clone(), req.clone());
@@ -399,13 +389,6 @@ pub(crate) async fn sign_one_input(
     if !culprits.is_empty() {
         let message = format!("input {}: no signature ({})", req.input, errors.join("; "));
         return Err(TxError::Misbehaviour { culprits, message });
-    }
-    if !not_ready.is_empty() {
-        let message = format!("input {}: not ready ({})", req.input, errors.join("; "));
-        return Err(TxError::NotReady {
-            nodes: not_ready,
-            message,
-        });
     }
     if timed_out || !named_absent.is_empty() {
         // The absent: named by a stalled signer and silent themselves; else the
@@ -454,33 +437,6 @@ pub(crate) async fn sign_one_input(
     )))
 }
 
-/// Tells the signers of `req` that did not answer that the attempt is over, so
-/// their runs end now instead of at the stall bound (this node's own run too).
-async fn abandon(node: &Arc<TxCtx>, req: &SignRequest, answered: &[String]) {
-    let me = &node.cfg.node_id;
-    let running: Vec<&String> = req
-        .signers
-        .iter()
-        .filter(|s| !answered.contains(s))
-        .collect();
-    if running.is_empty() {
-        return;
-    }
-    match wire::encode(&wire::SignAbort { tx: req.tx }) {
-        Ok(payload) => {
-            let frame = Frame::new(req.session, wire::TX_SIGN_ABORT, payload);
-            for s in running {
-                if s == me {
-                    node.tx.abort_run(req.session, req.tx);
-                } else if let Err(e) = node.net.p2p.send(s, frame.clone()).await {
-                    tracing::debug!(signer = %s, error = %e, "sign abort not delivered");
-                }
-            }
-        }
-        Err(e) => tracing::error!(tx = %req.tx, error = %e, "cannot encode a sign abort"),
-    }
-}
-
 fn reply_for(node: &TxCtx, req: &SignRequest, r: Result<Vec<u8>, TxError>) -> SignatureReply {
     match r {
         Ok(sig) => SignatureReply {
@@ -495,8 +451,6 @@ fn reply_for(node: &TxCtx, req: &SignRequest, r: Result<Vec<u8>, TxError>) -> Si
             let (blamed, absent) = match &e {
                 TxError::Misbehaviour { culprits, .. } => (culprits.clone(), Vec::new()),
                 TxError::Absent { absent, .. } => (Vec::new(), absent.clone()),
-                // A signer that names itself is not ready (see SignatureReply::absent).
-                TxError::NotReady { nodes, .. } => (Vec::new(), nodes.clone()),
                 _ => (Vec::new(), Vec::new()),
             };
             SignatureReply {
@@ -634,23 +588,6 @@ async fn serve(node: &Arc<TxCtx>, from: &str, req: &SignRequest) -> Result<Vec<u
         return Err(TxError::Invalid {
             code: "no_permit",
             message: "the permit does not cover this input's sighash".into(),
-        });
-    }
-    // Interactive ECDSA needs the key's opened material (share, aux info and the
-    // library's precomputed tables: seconds to minutes of CPU right after aux info
-    // on a loaded host). Not open yet: "not ready" at once, before the session is
-    // used, so the leader asks again later or goes without this node, instead of
-    // the other signers' run waiting for this one (and stalling).
-    if req.presignature.is_none()
-        && input.kind == KeyKind::Ecdsa
-        && !material::open_or_start(node.presign_ctx().dkg_ctx(), &p.validated.key_id).await?
-    {
-        return Err(TxError::NotReady {
-            nodes: vec![me.clone()],
-            message: format!(
-                "{me}: the signing material of key {} is still opening",
-                p.validated.key_id
-            ),
         });
     }
     // One commit: the session id is used once, bound to this transaction, input
@@ -906,13 +843,6 @@ async fn run_protocol(
             code: "session_live",
             message: format!("signing session {} is already running here", req.session),
         })?;
-    let Some(abort) = node.tx.start_run(req.session, req.tx) else {
-        node.sessions.unregister(req.session);
-        return Err(TxError::Invalid {
-            code: "session_aborted",
-            message: format!("the leader abandoned signing session {}", req.session),
-        });
-    };
     let (out_tx, out_rx) = mpsc::channel(1024);
     let pump = tokio::spawn(crate::session::pump_outgoing(
         node.net.clone(),
@@ -966,14 +896,9 @@ async fn run_protocol(
     let budget =
         tokio::time::Instant::now() + Duration::from_secs(node.cfg.wallet.sign_timeout_secs.max(5));
     tokio::pin!(run);
-    let mut aborted = false;
     let result = loop {
         tokio::select! {
             r = &mut run => break Some(r),
-            () = abort.notified() => {
-                aborted = true;
-                break None;
-            }
             () = tokio::time::sleep(STALL_CHECK) => {
                 let idle = node.sessions.idle_for(req.session).unwrap_or(stall);
                 if idle >= stall || tokio::time::Instant::now() >= budget {
@@ -982,16 +907,7 @@ async fn run_protocol(
             }
         }
     };
-    node.tx.end_run(req.session);
     let me = node.cfg.node_id.clone();
-    if aborted {
-        node.sessions.unregister(req.session);
-        let _ = pump.await;
-        return Err(TxError::Invalid {
-            code: "session_aborted",
-            message: format!("the leader abandoned signing session {}", req.session),
-        });
-    }
     let absent = if result.is_none() {
         let named =
             crate::session::absentees(&node.sessions, node.coord(), req.session, &req.signers, &me)

@@ -20,9 +20,6 @@ pub const TX_DONE: MessageKind = MessageKind::TX_DONE;
 pub const TX_APPROVAL: MessageKind = MessageKind::TX_APPROVAL;
 /// A node's recent signed transactions, to every peer ([`super::spent`]).
 pub const TX_SPENT: MessageKind = MessageKind::TX_SPENT;
-/// The leader abandons a signing session; the frame's session id is the signing
-/// session's.
-pub const TX_SIGN_ABORT: MessageKind = MessageKind::TX_SIGN_ABORT;
 
 /// Largest accepted frame payload of this module (a PSBT of up to 1 MiB in base64).
 pub use crate::p2p::json::MAX_JSON_PAYLOAD as MAX_TX_FRAME_BYTES;
@@ -88,21 +85,10 @@ pub struct SignatureReply {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blamed: Vec<String>,
     /// When this signer's protocol run stalled: the signers it was still waiting
-    /// for (node ids; a hint, not blame). A signer that names itself is not ready:
-    /// its signing material is still opening, it started no run and used no
-    /// session, and the leader may ask it again later. Absent from the encoding
-    /// when empty, so replies of runs that did not stall are unchanged on the wire.
+    /// for (node ids; a hint, not blame). Absent from the encoding when empty, so
+    /// replies of runs that did not stall are unchanged on the wire.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<String>,
-}
-
-/// [`TX_SIGN_ABORT`]: the leader gave up this signing attempt (the frame's session);
-/// a signer still running it ends its run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignAbort {
-    /// Transaction id (the signer checks that the sender leads it).
-    pub tx: Uuid,
 }
 
 /// Misbehaviour of a signer in a signing session, as the leader relays it to every
@@ -283,10 +269,6 @@ mod tests {
                 absent: Vec::new(),
             }),
             r#"{"session":"00000000-0000-0000-0000-000000000002","signature":null,"error":"e","blamed":["node-3"]}"#
-        );
-        assert_eq!(
-            json(&SignAbort { tx: id }),
-            r#"{"tx":"00000000-0000-0000-0000-000000000001"}"#
         );
         // A stalled run names whom it waited for; replies without it stay as before.
         assert_eq!(
