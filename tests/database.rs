@@ -572,6 +572,53 @@ async fn sign_input_audits(s: &Store, tx: Uuid) -> i64 {
     n
 }
 
+/// A signing entry that PostgreSQL picks as a deadlock's victim is run again (found
+/// by the 10,000-payment soak: one payment failed with "deadlock detected" on a
+/// signer). The other side here holds the audit append lock and then wants the
+/// entry's transaction row, the reverse of the entry's order; the entry waits
+/// longest, so PostgreSQL's check rolls it back. Run again, it enters the session
+/// once: one session row, one audit record.
+#[tokio::test]
+async fn a_signing_entry_rolled_back_by_a_deadlock_is_run_again_and_enters_once() {
+    let s = store().await;
+    let tx = approved_tx(&s).await;
+    let mut other = s.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(signer::store::audit::AUDIT_LOCK_KEY)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let session = Uuid::new_v4();
+    let entering = {
+        let s = s.clone();
+        tokio::spawn(async move { enter(&s, session, tx, 0).await })
+    };
+    // The entry holds the transaction's row and waits for the append lock.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let blocked = sqlx::query("UPDATE transactions SET updated_at = updated_at WHERE id = $1")
+        .bind(tx)
+        .execute(&mut *other)
+        .await;
+    // Whichever side PostgreSQL rolled back, the other goes on: this side ends
+    // (commit or rollback) and releases the append lock.
+    match blocked {
+        Ok(_) => other.commit().await.unwrap(),
+        Err(e) => {
+            assert!(e.to_string().contains("deadlock"), "{e}");
+            other.rollback().await.unwrap();
+        }
+    }
+    assert_eq!(entering.await.unwrap(), SigningEntry::Entered);
+    let (sessions,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM signing_sessions WHERE transaction_id = $1")
+            .bind(tx)
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(sessions, 1);
+    assert_eq!(sign_input_audits(&s, tx).await, 1);
+}
+
 /// An audited change made in one statement (here the move to `signed` with its
 /// inputs and audit record) takes its row locks before the audit append lock, the
 /// order of every other audited change (data first, audit record last): two

@@ -82,6 +82,17 @@ impl StoreError {
         }
     }
 
+    /// Whether PostgreSQL rolled the transaction back to break a conflict with a
+    /// concurrent one (`40P01` deadlock detected, `40001` serialization failure):
+    /// nothing of it was written, and running it again may succeed.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("40P01" | "40001"))
+        )
+    }
+
     pub(crate) fn classify(err: sqlx::Error, what: &'static str) -> StoreError {
         if let sqlx::Error::Database(db) = &err {
             match db.code().as_deref() {
@@ -98,6 +109,35 @@ impl StoreError {
             }
         }
         StoreError::Db(err)
+    }
+}
+
+/// Times a database transaction that PostgreSQL rolled back for a conflict
+/// ([`StoreError::is_conflict`]) is run, at most.
+pub const CONFLICT_ATTEMPTS: u32 = 3;
+
+/// Runs `once` (one whole database transaction) again when PostgreSQL rolled it
+/// back for a conflict with a concurrent one: a deadlock between independent
+/// writers (e.g. a signing entry and a group of round closes under load) must not
+/// fail a payment. Nothing of a rolled-back attempt was written.
+pub(crate) async fn retry_conflicts<T, F, Fut>(
+    what: &'static str,
+    mut once: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match once().await {
+            Err(e) if e.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                tracing::warn!(what, attempt, error = %e, "database conflict; running the transaction again");
+                tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
     }
 }
 

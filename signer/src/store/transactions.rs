@@ -304,8 +304,23 @@ impl Store {
     /// data (see [`Store::claim_txid_approval`]) and its outflow counted against the
     /// key's velocity windows; then the signed vote `own_vote` and its audit row.
     /// When the txid was approved here under other data, nothing is written and
-    /// the first transaction is returned (the caller votes reject instead).
+    /// the first transaction is returned (the caller votes reject instead). Run
+    /// again when PostgreSQL rolled it back for a deadlock (see
+    /// [`super::retry_conflicts`]).
     pub async fn record_own_vote(
+        &self,
+        id: Uuid,
+        approve: Option<ApprovalClaim<'_>>,
+        own_vote: &super::votes::NewSignedVote,
+        audit: AuditOf,
+    ) -> Result<VoteRecord, StoreError> {
+        super::retry_conflicts("own vote", || {
+            self.record_own_vote_once(id, approve, own_vote, audit.clone())
+        })
+        .await
+    }
+
+    async fn record_own_vote_once(
         &self,
         id: Uuid,
         approve: Option<ApprovalClaim<'_>>,
@@ -381,8 +396,21 @@ impl Store {
     /// `approved` to `signing` (or finds it there, for a later input) and appends
     /// `audit`, together or not at all. Nothing is written when the session id was
     /// used before (by anything) or when the transaction ended here first
-    /// (expired, failed, ...): no partial may leave then.
+    /// (expired, failed, ...): no partial may leave then. A run that PostgreSQL
+    /// rolled back for a deadlock with a concurrent writer is run again (see
+    /// [`super::retry_conflicts`]).
     pub async fn enter_signing_session(
+        &self,
+        claim: &SessionClaim<'_>,
+        audit: AuditOf,
+    ) -> Result<SigningEntry, StoreError> {
+        super::retry_conflicts("signing entry", || {
+            self.enter_signing_session_once(claim, audit.clone())
+        })
+        .await
+    }
+
+    async fn enter_signing_session_once(
         &self,
         claim: &SessionClaim<'_>,
         audit: AuditOf,
