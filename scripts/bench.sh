@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: builds release binaries and runs every benchmark on this machine
-# (custody wrap, DKG, aux info, key resharing, presigning, signing latency, load),
+# (custody wrap, DKG, aux info, key resharing, presigning, signing latency, load,
+# a soak of 10,000 payments sampling memory and connections),
 # then prints one table of every figure beside the bare library's figure from the
 # same run, the ratio, the target and the original system's figure
 # (docs/BENCHMARKS.md).
@@ -20,9 +21,9 @@ RESULTS=$OUT/results.jsonl
 export BENCH_RESULTS=$RESULTS
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-  HSM_ITERS=50; DKG_RUNS=1; TX_RUNS=3; ECDSA_RUNS=1; BATCHES=20,40; UTXOS=100; PRESIGS=2; PAYMENTS=1; RESHARE_RUNS=1
+  HSM_ITERS=50; DKG_RUNS=1; TX_RUNS=3; ECDSA_RUNS=1; BATCHES=20,40; UTXOS=100; PRESIGS=2; PAYMENTS=1; RESHARE_RUNS=1; SOAK=2000
 else
-  HSM_ITERS=500; DKG_RUNS=5; TX_RUNS=20; ECDSA_RUNS=3; BATCHES=100,1000; UTXOS=5000; PRESIGS=8; PAYMENTS=3; RESHARE_RUNS=5
+  HSM_ITERS=500; DKG_RUNS=5; TX_RUNS=20; ECDSA_RUNS=3; BATCHES=100,1000; UTXOS=5000; PRESIGS=8; PAYMENTS=3; RESHARE_RUNS=5; SOAK=10000
 fi
 
 # BENCH_NO_BUILD=1 runs the release binaries already in target/release (e.g. built
@@ -54,7 +55,7 @@ run aux-latency "$BIN/aux-latency" --nodes 5
 run reshare-latency "$BIN/reshare-latency" --runs "$RESHARE_RUNS"
 run presign-rate "$BIN/presign-rate" --count "$PRESIGS" --payments "$PAYMENTS"
 run tx-latency "$BIN/tx-latency" --runs "$TX_RUNS" --ecdsa-runs "$ECDSA_RUNS" \
-  --concurrent "$BATCHES" --utxos "$UTXOS"
+  --concurrent "$BATCHES" --utxos "$UTXOS" --soak "$SOAK"
 
 {
   echo "make bench, $(date -u +%Y-%m-%dT%H:%MZ), $BUILT, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"

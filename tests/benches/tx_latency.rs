@@ -5,7 +5,7 @@
 //! ```text
 //! cargo build -p signer --release && \
 //!   cargo run -p cluster-tests --release --bin tx-latency -- \
-//!     [--runs 20] [--nodes 5] [--t 3] [--concurrent 100] [--ecdsa-runs 3]
+//!     [--runs 20] [--nodes 5] [--t 3] [--concurrent 100] [--ecdsa-runs 3] [--soak 10000]
 //! ```
 //!
 //! * **Latency**: from just before `POST /api/v1/transactions` (recipient + amount,
@@ -16,6 +16,9 @@
 //!   the last `202`.
 //! * **Signatures per second**: the same batch, Taproot inputs signed per second until
 //!   the last transaction is `signed` at its leader.
+//! * **Soak** (`--soak N`): N more payments in waves of 1,000; after each wave, the
+//!   nodes' resident memory and node-1's database connections once idle (growth
+//!   from the first wave to the last).
 //! * **Library**: FROST signing of `t` parties in this process over channels (givre),
 //!   and CGGMP24 full signing (keygen and aux info with the fixture primes first, not
 //!   timed).
@@ -53,6 +56,10 @@ struct Args {
     /// Print the batches' statements by server time from `pg_stat_statements`
     /// (needs the cluster's PostgreSQL started with it: `SIGNER_PG_STAT=1`).
     pg_stat: bool,
+    /// After the batches: this many more Taproot payments in waves of
+    /// [`SOAK_WAVE`], with the nodes' RSS and node-1's database connections sampled
+    /// after each wave (0: no soak).
+    soak: usize,
     logs: Option<std::path::PathBuf>,
 }
 
@@ -67,6 +74,7 @@ fn parse_args() -> anyhow::Result<Args> {
         taproot_only: false,
         pg_log: false,
         pg_stat: false,
+        soak: 0,
         logs: None,
     };
     let mut it = std::env::args().skip(1);
@@ -96,6 +104,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--taproot-only" => a.taproot_only = true,
             "--pg-log" => a.pg_log = true,
             "--pg-stat" => a.pg_stat = true,
+            "--soak" => a.soak = num()?,
             "--logs" => {
                 a.logs = Some(
                     it.next()
@@ -106,7 +115,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--help" | "-h" => {
                 println!(
                     "tx-latency [--runs N] [--nodes N] [--t T] [--concurrent N[,N..]] [--utxos N] \
-                     [--ecdsa-runs N] [--taproot-only] [--pg-log] [--pg-stat (with SIGNER_PG_STAT=1)] [--logs DIR (copy the node logs there; set RUST_LOG for more)]"
+                     [--ecdsa-runs N] [--taproot-only] [--soak N] [--pg-log] [--pg-stat (with SIGNER_PG_STAT=1)] [--logs DIR (copy the node logs there; set RUST_LOG for more)]"
                 );
                 std::process::exit(0);
             }
@@ -256,33 +265,30 @@ fn cpu_ticks(c: &Cluster, n: usize) -> Option<(u64, u64)> {
     Some((busy, nodes))
 }
 
-/// Per-node resident memory, PostgreSQL connections (the seed's #76 and #77) after
-/// the load, once the nodes are idle again.
-async fn resources(c: &Cluster, n: usize) -> anyhow::Result<()> {
+/// The nodes' resident memory once idle: the largest RSS and the largest anonymous
+/// RSS over the nodes (MiB), each node's, and node-1's PostgreSQL connections.
+struct Resources {
+    rss: Vec<f64>,
+    anon: Vec<f64>,
+    conns: i64,
+}
+
+impl Resources {
+    fn max_rss(&self) -> f64 {
+        self.rss.iter().copied().fold(0.0, f64::max)
+    }
+    fn max_anon(&self) -> f64 {
+        self.anon.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+/// Samples [`Resources`] after 5 s without load.
+async fn sample(c: &Cluster, n: usize) -> anyhow::Result<Resources> {
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss: Vec<f64> = (0..n).map(|i| c.node_rss_kib(i) as f64 / 1024.0).collect();
-    let max = rss.iter().copied().fold(0.0, f64::max);
-    let anon: Vec<f64> = (0..n)
+    let rss = (0..n).map(|i| c.node_rss_kib(i) as f64 / 1024.0).collect();
+    let anon = (0..n)
         .map(|i| c.node_rss_anon_kib(i) as f64 / 1024.0)
         .collect();
-    let max_anon = anon.iter().copied().fold(0.0, f64::max);
-    println!("idle RSS per node after the load (MiB): {rss:.1?}, of which anonymous {anon:.1?}");
-    Figure::new(
-        BENCH,
-        "idle RSS per node after the load (largest)",
-        max,
-        "MiB",
-    )
-    .target("<= 50")
-    .seed("#76: ~7.5 MiB per node (no keys, no pool)")
-    .record()?;
-    Figure::new(
-        BENCH,
-        "idle anonymous RSS per node after the load (largest; the rest is the mapped executable)",
-        max_anon,
-        "MiB",
-    )
-    .record()?;
     let db = c.db(0).await;
     let (conns,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM pg_stat_activity \
@@ -291,13 +297,114 @@ async fn resources(c: &Cluster, n: usize) -> anyhow::Result<()> {
     .fetch_one(&db)
     .await?;
     db.close().await;
+    Ok(Resources { rss, anon, conns })
+}
+
+/// Per-node resident memory, PostgreSQL connections (the seed's #76 and #77) after
+/// the load, once the nodes are idle again.
+async fn resources(c: &Cluster, n: usize) -> anyhow::Result<()> {
+    let r = sample(c, n).await?;
+    println!(
+        "idle RSS per node after the load (MiB): {:.1?}, of which anonymous {:.1?}",
+        r.rss, r.anon
+    );
+    Figure::new(
+        BENCH,
+        "idle RSS per node after the load (largest)",
+        r.max_rss(),
+        "MiB",
+    )
+    .target("<= 50")
+    .seed("#76: ~7.5 MiB per node (no keys, no pool)")
+    .record()?;
+    Figure::new(
+        BENCH,
+        "idle anonymous RSS per node after the load (largest; the rest is the mapped executable)",
+        r.max_anon(),
+        "MiB",
+    )
+    .record()?;
     Figure::new(
         BENCH,
         "node-1 database connections, idle after the load",
-        conns as f64,
+        r.conns as f64,
         "conns",
     )
     .seed("#77: 12 connections (1 active, 11 idle)")
+    .record()?;
+    Ok(())
+}
+
+/// Payments per soak wave.
+const SOAK_WAVE: usize = 1_000;
+
+/// `total` more Taproot payments in waves of [`SOAK_WAVE`] (each wave's coins
+/// imported first), sampling [`Resources`] after each wave: the growth of the
+/// largest RSS and of the connections from the first wave to the last.
+async fn soak(
+    c: &Cluster,
+    n: usize,
+    key: &str,
+    client: &reqwest::Client,
+    db: &sqlx::PgPool,
+    total: usize,
+) -> anyhow::Result<()> {
+    let waves = total.div_ceil(SOAK_WAVE);
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    for w in 0..waves {
+        let size = SOAK_WAVE.min(total - w * SOAK_WAVE);
+        fund(c, key, size, 10_000).await?;
+        let ids: Vec<uuid::Uuid> =
+            futures::stream::iter((0..size).map(|_| submit_via(client, c, key)))
+                .buffer_unordered(BATCH_IN_FLIGHT)
+                .try_collect()
+                .await?;
+        signed(db, &ids).await?;
+        let r = sample(c, n).await?;
+        println!(
+            "soak: {} payments signed ({:.0} s): RSS per node {:.1?} MiB (anonymous {:.1?}), node-1 connections {}",
+            w * SOAK_WAVE + size,
+            start.elapsed().as_secs_f64(),
+            r.rss,
+            r.anon,
+            r.conns
+        );
+        samples.push(r);
+    }
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return Ok(());
+    };
+    let peak = samples.iter().map(Resources::max_rss).fold(0.0, f64::max);
+    Figure::new(
+        BENCH,
+        format!("soak of {total} taproot payments: largest RSS, last wave - first wave"),
+        last.max_rss() - first.max_rss(),
+        "MiB",
+    )
+    .target("no growth")
+    .record()?;
+    Figure::new(
+        BENCH,
+        format!("soak of {total} taproot payments: largest anonymous RSS, last wave - first wave"),
+        last.max_anon() - first.max_anon(),
+        "MiB",
+    )
+    .record()?;
+    Figure::new(
+        BENCH,
+        format!("soak of {total} taproot payments: largest RSS at any wave"),
+        peak,
+        "MiB",
+    )
+    .record()?;
+    Figure::new(
+        BENCH,
+        format!("soak of {total} taproot payments: node-1 connections, last wave - first wave"),
+        (last.conns - first.conns) as f64,
+        "conns",
+    )
+    .target("no growth")
     .record()?;
     Ok(())
 }
@@ -417,7 +524,19 @@ async fn signed(db: &sqlx::PgPool, ids: &[uuid::Uuid]) -> anyhow::Result<()> {
         .bind(ids)
         .fetch_one(db)
         .await?;
-        anyhow::ensure!(bad == 0, "{bad} transactions did not sign");
+        if bad > 0 {
+            let (id, state, reason): (uuid::Uuid, String, Option<String>) = sqlx::query_as(
+                "SELECT id, state, failure_reason FROM transactions \
+                 WHERE id = ANY($1) AND state IN ('failed', 'rejected', 'expired') LIMIT 1",
+            )
+            .bind(ids)
+            .fetch_one(db)
+            .await?;
+            anyhow::bail!(
+                "{bad} transactions did not sign; the first, {id}: {state} ({})",
+                reason.unwrap_or_default()
+            );
+        }
         if done == i64::try_from(ids.len())? {
             return Ok(());
         }
@@ -764,6 +883,9 @@ async fn bench(a: Args) -> anyhow::Result<()> {
             .target(">= 0.9")
             .record()?;
         }
+    }
+    if a.soak > 0 {
+        soak(&c, n, &frost_key, &batch_client, &db, a.soak).await?;
     }
     db.close().await;
     resources(&c, n).await?;
