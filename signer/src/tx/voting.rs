@@ -301,7 +301,8 @@ pub async fn on_proposal(
         tokio::spawn(async move {
             let wait = deadline_unix.saturating_sub(now_unix()) + 1;
             tokio::time::sleep(Duration::from_secs(wait)).await;
-            expire_abandoned(&node, id).await;
+            // Boxed when reached: the sleeping task stays small (see below).
+            Box::pin(expire_abandoned(&node, id)).await;
         });
     }
     r
@@ -510,14 +511,19 @@ async fn on_proposal_inner(
     let wait = deadline_unix.saturating_sub(now_unix()) + 1;
     let sign_wait = pending.sign_deadline_unix.saturating_sub(now_unix()) + 1;
     let leads = from == me;
+    // One such task per transaction sleeps until the deadlines (minutes). Its
+    // future is allocated at spawn at the size of its largest state, and the
+    // expiries' database work makes that several kilobytes: boxed only when
+    // reached, each sleeping task stays a few hundred bytes (issue 21's soak: the
+    // nodes' memory grew with the payments of the last few minutes).
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(wait)).await;
-        expire_if_open(&expire_node, prop.id).await;
+        Box::pin(expire_if_open(&expire_node, prop.id)).await;
         if !leads {
             // A follower's own signing deadline: an approved transaction that has
             // not been signed by then is not signed by this node any more.
             tokio::time::sleep(Duration::from_secs(sign_wait.saturating_sub(wait))).await;
-            expire_unsigned(&expire_node, prop.id).await;
+            Box::pin(expire_unsigned(&expire_node, prop.id)).await;
         }
     });
     Ok(())
