@@ -619,6 +619,69 @@ async fn a_signing_entry_rolled_back_by_a_deadlock_is_run_again_and_enters_once(
     assert_eq!(sign_input_audits(&s, tx).await, 1);
 }
 
+/// The move to `signed` marks the transaction's inputs spent in the same statement;
+/// it must lock those UTXO rows before the audit append lock too (rows first,
+/// audit record last), or a writer that holds a UTXO and waits for the append lock
+/// deadlocks with it. Here another connection holds the reserved UTXO's row: while
+/// the statement waits for that row, the append lock must still be free.
+#[tokio::test]
+async fn marking_the_inputs_spent_locks_them_before_the_append_lock() {
+    let s = store().await;
+    let tx = approved_tx(&s).await;
+    assert_eq!(
+        enter(&s, Uuid::new_v4(), tx, 0).await,
+        SigningEntry::Entered
+    );
+    let txid = "ab".repeat(32);
+    sqlx::query(
+        "INSERT INTO utxos (txid, vout, key_id, value_sats, script_pubkey, chain, idx, state, reserved_by) \
+         VALUES ($1, 0, 'k1', 50000, '\\x0014'::bytea, 0, 0, 'reserved', $2)",
+    )
+    .bind(&txid)
+    .bind(tx)
+    .execute(s.pool())
+    .await
+    .unwrap();
+    let mut holder = s.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM utxos WHERE txid = $1 FOR UPDATE")
+        .bind(&txid)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let signing = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.transaction_signed("node-1", tx, b"raw", "txid", None)
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (free,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+        .bind(signer::store::audit::AUDIT_LOCK_KEY)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    if free {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(signer::store::audit::AUDIT_LOCK_KEY)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+    }
+    holder.rollback().await.unwrap();
+    signing.await.unwrap().unwrap();
+    assert!(
+        free,
+        "the statement took the append lock while it waited for an input's row"
+    );
+    let (state,): (String,) = sqlx::query_as("SELECT state FROM utxos WHERE txid = $1")
+        .bind(&txid)
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(state, "spent");
+}
+
 /// An audited change made in one statement (here the move to `signed` with its
 /// inputs and audit record) takes its row locks before the audit append lock, the
 /// order of every other audited change (data first, audit record last): two

@@ -366,10 +366,11 @@ impl Store {
                 super::audit::audited_statement!(
                     "o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
                            SELECT $11, $12, $13, $14 WHERE $12::text IS NOT NULL \
-                           ON CONFLICT (transaction_id) DO NOTHING), \
+                           ON CONFLICT (transaction_id) DO NOTHING RETURNING 1), \
                      done AS (INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, \
                                                  signature, signed_vote) \
-                              VALUES ($15, $16, $17, $18, $19, $20, $21) RETURNING id)"
+                              SELECT $15, $16, $17, $18, $19, $20, $21 \
+                              WHERE (SELECT count(*) FROM o) >= 0 RETURNING id)"
                 ),
                 |q| {
                     q.bind(id)
@@ -633,8 +634,8 @@ impl Store {
                  t AS (UPDATE transactions tr SET state = 'signed', signed_tx = s.signed_tx, \
                               txid = s.txid, signed_psbt = COALESCE(s.signed_psbt, tr.signed_psbt) \
                        FROM s WHERE tr.id = s.id RETURNING tr.id), \
-                 u AS (UPDATE utxos SET state = 'spent' WHERE reserved_by = ANY($11)), \
-                 done AS (SELECT id FROM t)"
+                 u AS (UPDATE utxos SET state = 'spent' WHERE reserved_by = ANY($11) RETURNING 1), \
+                 done AS (SELECT id FROM t WHERE (SELECT count(*) FROM u) >= 0)"
             ),
             |q| q.bind(ids).bind(raws).bind(txids).bind(psbts),
         )
@@ -661,8 +662,8 @@ impl Store {
                 "t AS (UPDATE transactions SET state = 'signed', signed_tx = $12, txid = $13, \
                               signed_psbt = COALESCE($14, signed_psbt) \
                        WHERE id = $11 RETURNING id), \
-                 u AS (UPDATE utxos SET state = 'spent' WHERE reserved_by = $11), \
-                 done AS (SELECT id FROM t)"
+                 u AS (UPDATE utxos SET state = 'spent' WHERE reserved_by = $11 RETURNING 1), \
+                 done AS (SELECT id FROM t WHERE (SELECT count(*) FROM u) >= 0)"
             ),
             |q| {
                 q.bind(r.id)

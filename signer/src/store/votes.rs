@@ -266,11 +266,12 @@ impl Store {
                        RETURNING tr.id, r.outcome, r.key_id, r.sats), \
                  u AS (UPDATE utxos SET state = 'available', reserved_by = NULL \
                        FROM t WHERE t.outcome <> 'approved' AND utxos.reserved_by = t.id \
-                         AND utxos.state = 'reserved'), \
+                         AND utxos.state = 'reserved' RETURNING 1), \
                  o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
                        SELECT t.id, t.key_id, t.sats, $17 FROM t WHERE t.key_id IS NOT NULL \
-                       ON CONFLICT (transaction_id) DO NOTHING), \
-                 done AS (SELECT id FROM t)"
+                       ON CONFLICT (transaction_id) DO NOTHING RETURNING 1), \
+                 done AS (SELECT id FROM t \
+                          WHERE (SELECT count(*) FROM u) + (SELECT count(*) FROM o) >= 0)"
             ),
             |q| {
                 q.bind(rounds)
@@ -310,11 +311,12 @@ impl Store {
                        WHERE id = $13 AND EXISTS (SELECT 1 FROM r) RETURNING id), \
                  u AS (UPDATE utxos SET state = 'available', reserved_by = NULL \
                        WHERE $12 <> 'approved' AND EXISTS (SELECT 1 FROM t) \
-                         AND reserved_by = $13 AND state = 'reserved'), \
+                         AND reserved_by = $13 AND state = 'reserved' RETURNING 1), \
                  o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
                        SELECT $13, $15, $16, $17 FROM t WHERE $15::text IS NOT NULL \
-                       ON CONFLICT (transaction_id) DO NOTHING), \
-                 done AS (SELECT id FROM t)"
+                       ON CONFLICT (transaction_id) DO NOTHING RETURNING 1), \
+                 done AS (SELECT id FROM t \
+                          WHERE (SELECT count(*) FROM u) + (SELECT count(*) FROM o) >= 0)"
             ),
             |q| {
                 q.bind(c.round_id)
