@@ -619,6 +619,19 @@ async fn a_signing_entry_rolled_back_by_a_deadlock_is_run_again_and_enters_once(
     assert_eq!(sign_input_audits(&s, tx).await, 1);
 }
 
+/// Records `tx` signed on a task of its own (the lock-order tests hold a lock it
+/// needs while it runs).
+fn signed_in_background(
+    s: &Store,
+    tx: Uuid,
+) -> tokio::task::JoinHandle<Result<(), signer::store::StoreError>> {
+    let s = s.clone();
+    tokio::spawn(async move {
+        s.transaction_signed("node-1", tx, b"raw", "txid", None)
+            .await
+    })
+}
+
 /// The move to `signed` marks the transaction's inputs spent in the same statement;
 /// it must lock those UTXO rows before the audit append lock too (rows first,
 /// audit record last), or a writer that holds a UTXO and waits for the append lock
@@ -648,13 +661,7 @@ async fn marking_the_inputs_spent_locks_them_before_the_append_lock() {
         .execute(&mut *holder)
         .await
         .unwrap();
-    let signing = {
-        let s = s.clone();
-        tokio::spawn(async move {
-            s.transaction_signed("node-1", tx, b"raw", "txid", None)
-                .await
-        })
-    };
+    let signing = signed_in_background(&s, tx);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let (free,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
         .bind(signer::store::audit::AUDIT_LOCK_KEY)
@@ -700,13 +707,7 @@ async fn an_audited_statement_locks_its_rows_before_the_append_lock() {
         .execute(&mut *holder)
         .await
         .unwrap();
-    let signing = {
-        let s = s.clone();
-        tokio::spawn(async move {
-            s.transaction_signed("node-1", tx, b"raw", "txid", None)
-                .await
-        })
-    };
+    let signing = signed_in_background(&s, tx);
     // The statement waits for the append lock; its row must be locked by then.
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     let row_free = sqlx::query("SELECT 1 FROM transactions WHERE id = $1 FOR UPDATE NOWAIT")
