@@ -36,6 +36,14 @@ async fn an_expired_peer_certificate_is_refused_and_the_refusal_shows_in_status(
         m.contains("signer_certificate_days_left{certificate=\"node\"}"),
         "{m}"
     );
+    // And the process's memory: resident set and the allocator's live heap.
+    for gauge in ["process_resident_memory_bytes", "signer_heap_in_use_bytes"] {
+        let v: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(gauge)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{gauge} missing: {m}"));
+        assert!(v > 1 << 20, "{gauge} {v}");
+    }
 
     // node-3 restarts with a certificate that expired yesterday (same CA, same key
     // path, same identity).

@@ -270,6 +270,8 @@ fn cpu_ticks(c: &Cluster, n: usize) -> Option<(u64, u64)> {
 struct Resources {
     rss: Vec<f64>,
     anon: Vec<f64>,
+    /// Heap the node holds and free heap its allocator keeps (MiB, `/metrics`).
+    heap: Vec<(f64, f64)>,
     conns: i64,
 }
 
@@ -280,6 +282,30 @@ impl Resources {
     fn max_anon(&self) -> f64 {
         self.anon.iter().copied().fold(0.0, f64::max)
     }
+    fn max_heap(&self) -> f64 {
+        self.heap.iter().map(|h| h.0).fold(0.0, f64::max)
+    }
+}
+
+/// Node `i`'s heap in use and free heap (MiB) from its `/metrics`; zeros when
+/// the node does not report them.
+async fn heap_mib(c: &Cluster, i: usize) -> anyhow::Result<(f64, f64)> {
+    let m = c
+        .client()
+        .get(c.url(i, "/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let gauge = |name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .map_or(0.0, |b| b / (1024.0 * 1024.0))
+    };
+    Ok((
+        gauge("signer_heap_in_use_bytes"),
+        gauge("signer_heap_free_bytes"),
+    ))
 }
 
 /// Samples [`Resources`] after 5 s without load.
@@ -289,6 +315,10 @@ async fn sample(c: &Cluster, n: usize) -> anyhow::Result<Resources> {
     let anon = (0..n)
         .map(|i| c.node_rss_anon_kib(i) as f64 / 1024.0)
         .collect();
+    let mut heap = Vec::new();
+    for i in 0..n {
+        heap.push(heap_mib(c, i).await?);
+    }
     let db = c.db(0).await;
     let (conns,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM pg_stat_activity \
@@ -297,7 +327,12 @@ async fn sample(c: &Cluster, n: usize) -> anyhow::Result<Resources> {
     .fetch_one(&db)
     .await?;
     db.close().await;
-    Ok(Resources { rss, anon, conns })
+    Ok(Resources {
+        rss,
+        anon,
+        heap,
+        conns,
+    })
 }
 
 /// Per-node resident memory, PostgreSQL connections (the seed's #76 and #77) after
@@ -305,8 +340,8 @@ async fn sample(c: &Cluster, n: usize) -> anyhow::Result<Resources> {
 async fn resources(c: &Cluster, n: usize) -> anyhow::Result<()> {
     let r = sample(c, n).await?;
     println!(
-        "idle RSS per node after the load (MiB): {:.1?}, of which anonymous {:.1?}",
-        r.rss, r.anon
+        "idle RSS per node after the load (MiB): {:.1?}, of which anonymous {:.1?}; heap in use, free {:.1?}",
+        r.rss, r.anon, r.heap
     );
     Figure::new(
         BENCH,
@@ -363,11 +398,12 @@ async fn soak(
         signed(db, &ids).await?;
         let r = sample(c, n).await?;
         println!(
-            "soak: {} payments signed ({:.0} s): RSS per node {:.1?} MiB (anonymous {:.1?}), node-1 connections {}",
+            "soak: {} payments signed ({:.0} s): RSS per node {:.1?} MiB (anonymous {:.1?}; heap in use, free {:.1?}), node-1 connections {}",
             w * SOAK_WAVE + size,
             start.elapsed().as_secs_f64(),
             r.rss,
             r.anon,
+            r.heap,
             r.conns
         );
         samples.push(r);
@@ -388,6 +424,13 @@ async fn soak(
         BENCH,
         format!("soak of {total} taproot payments: largest anonymous RSS, last wave - first wave"),
         last.max_anon() - first.max_anon(),
+        "MiB",
+    )
+    .record()?;
+    Figure::new(
+        BENCH,
+        format!("soak of {total} taproot payments: largest heap in use, last wave - first wave"),
+        last.max_heap() - first.max_heap(),
         "MiB",
     )
     .record()?;

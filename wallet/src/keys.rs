@@ -21,18 +21,33 @@ pub const CHANGE_CHAIN: u32 = 1;
 pub const DEFAULT_GAP: u32 = 1000;
 /// Largest lookahead a key accepts (per chain), to bound memory and start-up work.
 pub const MAX_GAP: u32 = 100_000;
-/// Most scripts beyond the lookahead [`WalletKey::owns_at`] remembers per key (about
-/// 4 MiB), and most public keys [`WalletKey::pubkey_at`] remembers; when full, a
-/// memory is emptied and refilled by use.
-pub const MAX_REMEMBERED_SCRIPTS: usize = 65_536;
+/// Paths per generation of a path memory of [`WalletKey::owns_at`] (scripts beyond
+/// the lookahead) or [`WalletKey::pubkey_at`] (public keys). A memory holds at
+/// most two generations (about 0.8 MiB per key and memory). A node's paths in use
+/// are those of its transactions in flight and the coins it selects from, which
+/// the newer generation holds; older paths are derived again when asked.
+pub const MEMO_GENERATION: usize = 4_096;
 
-/// Values derived at `m/chain/index`, remembered by path: at most
-/// [`MAX_REMEMBERED_SCRIPTS`], emptied when full. Shared by a key's clones.
-struct PathMemo<V>(Mutex<HashMap<(u32, u32), V>>);
+/// Values derived at `m/chain/index`, remembered by path, shared by a key's
+/// clones. Two generations: new values go into the current one; when it is full
+/// it becomes the previous one and the older generation is dropped, and a value
+/// read from the previous generation moves into the current one. So what is in
+/// use stays, and the memory holds at most twice [`MEMO_GENERATION`] values and
+/// never grows past that (a node runs for months and every payment's change
+/// output is a new index).
+struct PathMemo<V>(Mutex<Generations<V>>);
+
+struct Generations<V> {
+    current: HashMap<(u32, u32), V>,
+    previous: HashMap<(u32, u32), V>,
+}
 
 impl<V> Default for PathMemo<V> {
     fn default() -> Self {
-        Self(Mutex::new(HashMap::new()))
+        Self(Mutex::new(Generations {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }))
     }
 }
 
@@ -40,19 +55,41 @@ impl<V> PathMemo<V> {
     /// `read` of the value remembered at `path`, if there is one (under the lock,
     /// so nothing is copied).
     fn read<R>(&self, path: (u32, u32), read: impl FnOnce(&V) -> R) -> Option<R> {
-        self.lock().get(&path).map(read)
+        let mut g = self.lock();
+        if let Some(v) = g.current.get(&path) {
+            return Some(read(v));
+        }
+        let v = g.previous.remove(&path)?;
+        let r = read(&v);
+        g.insert(path, v);
+        Some(r)
     }
 
     fn remember(&self, path: (u32, u32), value: V) {
-        let mut m = self.lock();
-        if m.len() >= MAX_REMEMBERED_SCRIPTS {
-            m.clear();
-        }
-        m.insert(path, value);
+        self.lock().insert(path, value);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u32), V>> {
+    /// How many values are remembered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        let g = self.lock();
+        g.current.len() + g.previous.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations<V>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<V> Generations<V> {
+    fn insert(&mut self, path: (u32, u32), value: V) {
+        if self.current.len() >= MEMO_GENERATION && !self.current.contains_key(&path) {
+            // The table of a full generation is reused for the next one: its
+            // capacity was reached once and stays, so the memory never reallocates.
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+        }
+        self.current.insert(path, value);
     }
 }
 
@@ -124,7 +161,7 @@ pub struct WalletKey {
     /// Scripts derived beyond the lookahead (change indexes grow past it), by path.
     beyond: Arc<PathMemo<ScriptBuf>>,
     /// Public keys derived by [`WalletKey::pubkey_at`], by path (at most
-    /// [`MAX_REMEMBERED_SCRIPTS`]): every node checks the key origins of every
+    /// twice [`MEMO_GENERATION`]): every node checks the key origins of every
     /// proposal's inputs and change output, and a BIP-32 derivation is two
     /// HMAC-SHA512s and two point additions.
     pubkeys: Arc<PathMemo<PublicKey>>,
@@ -363,12 +400,13 @@ impl WalletKey {
     /// a node's UTXOs, are confirmed.
     ///
     /// Coin selection checks every candidate UTXO this way, so a derivation (two
-    /// BIP-32 steps and, for Taproot, the output tweak) is done at most once per
-    /// path: within the lookahead, once the lookup table of [`Self::find_path`] is
+    /// BIP-32 steps and, for Taproot, the output tweak) is done once per path while
+    /// the path is in use: within the lookahead, once the lookup table of [`Self::find_path`] is
     /// built (by [`Self::warm_lookup`] or a first `find_path`), the answer is a
     /// table lookup, the table holding exactly the scripts derived at those paths;
-    /// beyond it, a derived script is remembered by path (at most
-    /// [`MAX_REMEMBERED_SCRIPTS`]). This call never builds the table itself.
+    /// beyond it, a derived script is remembered by path (the paths used most
+    /// recently, at most twice [`MEMO_GENERATION`]). This call never builds the
+    /// table itself.
     pub fn owns_at(&self, script: &Script, path: ScriptPath) -> bool {
         if path.chain > CHANGE_CHAIN || !self.kind.matches_script(script) {
             return false;
@@ -436,4 +474,33 @@ fn with_checksum(d: String) -> String {
 fn normal(i: u32) -> Result<ChildNumber, WalletError> {
     ChildNumber::from_normal_idx(i)
         .map_err(|_| WalletError::DerivationInvalid(format!("index {i} is hardened")))
+}
+
+#[cfg(test)]
+mod memo_tests {
+    use super::{PathMemo, MEMO_GENERATION};
+
+    /// A node signs for months and every payment's change output is a new index:
+    /// the memory stays bounded however many paths pass through it, and a path in
+    /// use (read again while newer ones arrive) is still remembered.
+    #[test]
+    fn a_path_memory_stays_bounded_and_keeps_the_paths_in_use() {
+        let memo: PathMemo<u32> = PathMemo::default();
+        memo.remember((1, 0), 7);
+        for index in 1..(10 * MEMO_GENERATION as u32) {
+            memo.remember((1, index), index);
+            assert!(memo.len() <= 2 * MEMO_GENERATION, "{} paths", memo.len());
+            if index % (MEMO_GENERATION as u32 / 2) == 0 {
+                assert_eq!(
+                    memo.read((1, 0), |v| *v),
+                    Some(7),
+                    "path in use lost at {index}"
+                );
+            }
+        }
+        // The newest paths are there; one not read since several generations is not.
+        let last = 10 * MEMO_GENERATION as u32 - 1;
+        assert_eq!(memo.read((1, last), |v| *v), Some(last));
+        assert_eq!(memo.read((1, 1), |v| *v), None);
+    }
 }

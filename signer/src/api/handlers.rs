@@ -176,6 +176,40 @@ pub async fn ready(State(s): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Prometheus lines of this process's memory: resident set, and the C allocator's
+/// live and free heap (with the process locked in memory, freed heap pages stay
+/// resident; the two tell live data from what the allocator keeps).
+fn memory_metrics() -> String {
+    let mut out = String::new();
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    if let Some(kib) = rss {
+        out.push_str(&format!(
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+             # TYPE process_resident_memory_bytes gauge\n\
+             process_resident_memory_bytes {}\n",
+            kib.saturating_mul(1024)
+        ));
+    }
+    if let Some(h) = hsm::memory::heap_usage() {
+        out.push_str(&format!(
+            "# HELP signer_heap_in_use_bytes Heap bytes the node holds (C allocator).\n\
+             # TYPE signer_heap_in_use_bytes gauge\n\
+             signer_heap_in_use_bytes {}\n\
+             # HELP signer_heap_free_bytes Free heap bytes the allocator keeps for reuse.\n\
+             # TYPE signer_heap_free_bytes gauge\n\
+             signer_heap_free_bytes {}\n",
+            h.in_use_bytes, h.free_bytes
+        ));
+    }
+    out
+}
+
 /// `GET /metrics`: Prometheus text format.
 #[utoipa::path(
     get,
@@ -184,7 +218,7 @@ pub async fn ready(State(s): State<AppState>) -> Response {
     operation_id = "metrics",
     summary = "Prometheus metrics",
     description = "Prometheus text exposition format 0.0.4: cluster nodes, connected peers, \
-        presignature pools.",
+        certificates, the process's resident memory and heap, presignature pools.",
     responses(
         (status = 200, description = "Metrics", body = String,
          content_type = "text/plain; version=0.0.4"),
@@ -218,6 +252,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             ));
         }
     }
+    body.push_str(&memory_metrics());
     body.push_str(&super::presign::metrics_text(&s.node).await);
     (
         [(

@@ -133,6 +133,7 @@ pub async fn run(cfg: NodeConfig, hardening: hsm::memory::HardeningReport) -> an
     tokio::spawn(crate::dkg::material::warm(dkg.clone()));
     tokio::spawn(crate::tx::warm_wallets(node.clone()));
     tokio::spawn(crate::tx::spent::run(node.clone()));
+    tokio::spawn(crate::tx::voting::expire_at_deadlines(node.clone()));
     tokio::spawn(crate::fault::flood_peers(net.clone()));
     crate::fault::warn_if_armed();
     write_pid_file(&node.cfg)?;

@@ -361,6 +361,29 @@ pub struct Registry {
     /// SHA-256 of the policy file text this process last saw recorded as a
     /// `policy.version` audit record (only this node writes its log).
     policy_recorded: Mutex<Option<Vec<u8>>>,
+    /// The transactions' deadlines still to run, in time order: one small entry
+    /// per deadline, not one sleeping task per transaction (a task is a few
+    /// hundred bytes, and a follower keeps every transaction of its last few
+    /// minutes until its signing deadline: issue 21's soak).
+    deadlines: Mutex<std::collections::BTreeSet<(u64, Uuid, Deadline)>>,
+}
+
+/// What runs for a transaction once one of its deadlines has passed
+/// ([`voting::expire_at_deadlines`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Deadline {
+    /// The voting deadline: the round expires if it is still open. On a follower,
+    /// its signing deadline (`signing_unix`) is scheduled after that.
+    Voting {
+        /// A follower's signing deadline (Unix seconds).
+        signing_unix: Option<u64>,
+    },
+    /// A follower's signing deadline: an approved transaction not signed by then
+    /// is not signed by this node any more.
+    Signing,
+    /// The voting deadline of a proposal this node recorded but could not finish
+    /// handling.
+    Abandoned,
 }
 
 /// What recipient + amount requests between selection and their durable
@@ -398,6 +421,7 @@ impl Default for Registry {
             velocity_locks: Mutex::default(),
             wallet_keys: Mutex::default(),
             policy_recorded: Mutex::default(),
+            deadlines: Mutex::default(),
         }
     }
 }
@@ -536,6 +560,32 @@ impl Registry {
         }
         let _ = tx.try_send((from, reply));
         Delivered::Routed
+    }
+
+    /// Runs `what` for transaction `id` once `unix` (seconds) has passed.
+    pub fn at_deadline(&self, unix: u64, id: Uuid, what: Deadline) {
+        self.deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((unix, id, what));
+    }
+
+    /// The deadlines that have passed at `now_unix` (earlier than it), in time
+    /// order, each handed out once.
+    pub fn passed_deadlines(&self, now_unix: u64) -> Vec<(Uuid, Deadline)> {
+        let mut all = self
+            .deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let later = all.split_off(&(
+            now_unix,
+            Uuid::nil(),
+            Deadline::Voting { signing_unix: None },
+        ));
+        std::mem::replace(&mut *all, later)
+            .into_iter()
+            .map(|(_, id, what)| (id, what))
+            .collect()
     }
 
     /// Records a transaction this node validated.
@@ -682,23 +732,81 @@ pub const KINDS: &[crate::p2p::MessageKind] = &[
     wire::TX_SPENT,
 ];
 
-/// Handles the frames routed to this service until the router stops.
-pub async fn serve(node: Arc<TxCtx>, mut rx: crate::router::ServiceRx) {
-    while let Some(inbound) = rx.recv().await {
-        dispatch(&node, &inbound);
+/// Peers' proposals handled at once (see [`Turns`]).
+pub const PROPOSAL_TURNS: usize = 32;
+/// Peers' votes handled at once (see [`Turns`]).
+pub const VOTE_TURNS: usize = 64;
+/// Peers' results handled at once (see [`Turns`]).
+pub const RESULT_TURNS: usize = 32;
+
+/// How many handlers of peers' proposals, votes and results run at once. A frame
+/// beyond them waits for its turn as a small task that holds only the frame,
+/// not its handler's state: a handler's future is several kilobytes (the decoded
+/// proposal, the validated PSBT, the database work in flight), and every node is
+/// locked in memory (`mlockall`), so whatever a burst of frames allocates at once
+/// (1,000 payments submitted together, a node catching up after a restart) stays
+/// resident after it (issue 21's soak: the idle heap's free part grew with the
+/// largest burst seen). No handler waits for another handler of its kind to
+/// finish (they wait for locks held by running handlers, the database, or
+/// frames delivered without a turn), so a full set of turns always drains.
+#[derive(Debug)]
+struct Turns {
+    proposals: Arc<tokio::sync::Semaphore>,
+    votes: Arc<tokio::sync::Semaphore>,
+    results: Arc<tokio::sync::Semaphore>,
+}
+
+impl Turns {
+    fn new() -> Self {
+        let turns = |n| Arc::new(tokio::sync::Semaphore::new(n));
+        Turns {
+            proposals: turns(PROPOSAL_TURNS),
+            votes: turns(VOTE_TURNS),
+            results: turns(RESULT_TURNS),
+        }
     }
 }
 
-fn dispatch(node: &Arc<TxCtx>, inbound: &crate::p2p::Inbound) {
+/// Runs `handler` in a task of its own once one of `turns` is free; until then the
+/// task holds only what `handler` captured. The handler's future is made, and
+/// allocated, only when its turn comes.
+fn spawn_in_turn<F, Fut>(turns: &Arc<tokio::sync::Semaphore>, handler: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let turns = turns.clone();
+    tokio::spawn(async move {
+        // The semaphore is never closed.
+        let Ok(_turn) = turns.acquire_owned().await else {
+            return;
+        };
+        Box::pin(handler()).await;
+    });
+}
+
+/// Handles the frames routed to this service until the router stops.
+pub async fn serve(node: Arc<TxCtx>, mut rx: crate::router::ServiceRx) {
+    let turns = Turns::new();
+    while let Some(inbound) = rx.recv().await {
+        dispatch(&node, &turns, &inbound);
+    }
+}
+
+fn dispatch(node: &Arc<TxCtx>, turns: &Turns, inbound: &crate::p2p::Inbound) {
     let from = inbound.from.clone();
     let payload = inbound.frame.payload.clone();
     let node = node.clone();
     match inbound.frame.kind {
         wire::TX_PROPOSE => {
-            tokio::spawn(intake::on_propose_frame(node, from, payload));
+            spawn_in_turn(&turns.proposals, move || {
+                intake::on_propose_frame(node, from, payload)
+            });
         }
         crate::p2p::MessageKind::VOTE => {
-            tokio::spawn(async move { voting::on_vote_frame(&node, &from, &payload).await });
+            spawn_in_turn(&turns.votes, move || async move {
+                voting::on_vote_frame(&node, &from, &payload).await
+            });
         }
         wire::TX_SIGN => match wire::decode::<wire::SignRequest>(&payload) {
             Ok(r) => {
@@ -767,7 +875,7 @@ fn dispatch(node: &Arc<TxCtx>, inbound: &crate::p2p::Inbound) {
         },
         wire::TX_DONE => match wire::decode::<wire::Done>(&payload) {
             Ok(d) => {
-                tokio::spawn(signing::on_done(node, from, d));
+                spawn_in_turn(&turns.results, move || signing::on_done(node, from, d));
             }
             Err(e) => {
                 if let Some(dropped) = DROPPED.hit() {
@@ -893,5 +1001,97 @@ mod tests {
             r.deliver_reply("node-2".into(), reply(session)),
             Delivered::NoSession
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod turn_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A burst of frames runs at most the turns' number of handlers at once; the
+    /// others wait for a turn without their handler's future, and all of them run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_runs_at_most_its_turns_at_once_and_every_handler_runs() {
+        let turns = Arc::new(tokio::sync::Semaphore::new(3));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let made = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let (release, gate) = tokio::sync::watch::channel(false);
+        for _ in 0..20 {
+            let (running, most, made, done) =
+                (running.clone(), most.clone(), made.clone(), done.clone());
+            let mut gate = gate.clone();
+            spawn_in_turn(&turns, move || {
+                made.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let _ = gate.wait_for(|open| *open).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            made.load(Ordering::SeqCst),
+            3,
+            "futures made before their turn"
+        );
+        assert_eq!(running.load(Ordering::SeqCst), 3);
+        release.send(true).unwrap();
+        for _ in 0..100 {
+            if done.load(Ordering::SeqCst) == 20 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 20);
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod deadline_tests {
+    use super::*;
+
+    /// A deadline runs once it has passed (not at its own second), in time order,
+    /// and only once; later ones wait.
+    #[test]
+    fn deadlines_pass_in_time_order_and_are_handed_out_once() {
+        let r = Registry::default();
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        r.at_deadline(110, c, Deadline::Signing);
+        r.at_deadline(
+            100,
+            a,
+            Deadline::Voting {
+                signing_unix: Some(110),
+            },
+        );
+        r.at_deadline(105, b, Deadline::Abandoned);
+        assert!(
+            r.passed_deadlines(100).is_empty(),
+            "not passed at its own second"
+        );
+        assert_eq!(
+            r.passed_deadlines(106),
+            vec![
+                (
+                    a,
+                    Deadline::Voting {
+                        signing_unix: Some(110)
+                    }
+                ),
+                (b, Deadline::Abandoned)
+            ]
+        );
+        assert!(r.passed_deadlines(106).is_empty(), "handed out once");
+        assert_eq!(r.passed_deadlines(200), vec![(c, Deadline::Signing)]);
     }
 }

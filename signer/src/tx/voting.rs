@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::wire::Proposal;
 use super::TxCtx;
-use super::{Pending, TxError};
+use super::{Deadline, Pending, TxError};
 use crate::audit::AuditEntry;
 use crate::p2p::{Frame, MessageKind};
 use crate::store::audit::AuditOf;
@@ -297,15 +297,37 @@ pub async fn on_proposal(
     let reserved_at_intake = reserved_at_intake && from == node.cfg.node_id;
     let r = on_proposal_inner(node, from, prop, reserved_at_intake, &mut recorded).await;
     if r.is_err() && recorded {
-        let node = node.clone();
-        tokio::spawn(async move {
-            let wait = deadline_unix.saturating_sub(now_unix()) + 1;
-            tokio::time::sleep(Duration::from_secs(wait)).await;
-            // Boxed when reached: the sleeping task stays small (see below).
-            Box::pin(expire_abandoned(&node, id)).await;
-        });
+        node.tx.at_deadline(deadline_unix, id, Deadline::Abandoned);
     }
     r
+}
+
+/// Runs the transactions' deadlines as they pass ([`super::Registry::at_deadline`]),
+/// each in a task of its own. Runs forever.
+pub async fn expire_at_deadlines(node: Arc<TxCtx>) {
+    loop {
+        tokio::time::sleep(DEADLINE_TICK).await;
+        for (id, what) in node.tx.passed_deadlines(now_unix()) {
+            let node = node.clone();
+            tokio::spawn(async move { Box::pin(run_deadline(&node, id, what)).await });
+        }
+    }
+}
+
+/// How often [`expire_at_deadlines`] looks for passed deadlines.
+const DEADLINE_TICK: Duration = Duration::from_millis(250);
+
+async fn run_deadline(node: &Arc<TxCtx>, id: Uuid, what: Deadline) {
+    match what {
+        Deadline::Voting { signing_unix } => {
+            expire_if_open(node, id).await;
+            if let Some(at) = signing_unix {
+                node.tx.at_deadline(at, id, Deadline::Signing);
+            }
+        }
+        Deadline::Signing => expire_unsigned(node, id).await,
+        Deadline::Abandoned => expire_abandoned(node, id).await,
+    }
 }
 
 /// A proposal this node recorded but could not finish handling: at its deadline,
@@ -507,25 +529,12 @@ async fn on_proposal_inner(
     for (sender, done) in node.tx.take_early_results(prop.id) {
         tokio::spawn(super::signing::on_done(node.clone(), sender, done));
     }
-    let expire_node = node.clone();
-    let wait = deadline_unix.saturating_sub(now_unix()) + 1;
-    let sign_wait = pending.sign_deadline_unix.saturating_sub(now_unix()) + 1;
-    let leads = from == me;
-    // One such task per transaction sleeps until the deadlines (minutes). Its
-    // future is allocated at spawn at the size of its largest state, and the
-    // expiries' database work makes that several kilobytes: boxed only when
-    // reached, each sleeping task stays a few hundred bytes (issue 21's soak: the
-    // nodes' memory grew with the payments of the last few minutes).
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(wait)).await;
-        Box::pin(expire_if_open(&expire_node, prop.id)).await;
-        if !leads {
-            // A follower's own signing deadline: an approved transaction that has
-            // not been signed by then is not signed by this node any more.
-            tokio::time::sleep(Duration::from_secs(sign_wait.saturating_sub(wait))).await;
-            Box::pin(expire_unsigned(&expire_node, prop.id)).await;
-        }
-    });
+    // At the voting deadline the round expires if it is still open; a follower's
+    // own signing deadline follows (an approved transaction that has not been
+    // signed by then is not signed by this node any more).
+    let signing_unix = (from != me).then_some(pending.sign_deadline_unix);
+    node.tx
+        .at_deadline(deadline_unix, prop.id, Deadline::Voting { signing_unix });
     Ok(())
 }
 
