@@ -477,20 +477,33 @@ impl HardeningStatus {
     }
 }
 
+/// The value of a `Field:   1234 kB` line of /proc/self/status (`field` with its
+/// colon).
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// This process's resident set size (`VmRSS`, KiB); `None` without /proc.
+pub fn resident_kib() -> Option<u64> {
+    status_kib(
+        &std::fs::read_to_string("/proc/self/status").ok()?,
+        "VmRSS:",
+    )
+}
+
 /// Reads `VmLck` from /proc/self/status, the dumpable flag and `RLIMIT_CORE`.
 pub fn process_hardening_status() -> Result<HardeningStatus, HsmError> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| HsmError::System {
         call: "read /proc/self/status",
         reason: e.to_string(),
     })?;
-    let locked_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmLck:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| HsmError::System {
-            call: "parse /proc/self/status",
-            reason: "no VmLck line".into(),
-        })?;
+    let locked_kib = status_kib(&status, "VmLck:").ok_or_else(|| HsmError::System {
+        call: "parse /proc/self/status",
+        reason: "no VmLck line".into(),
+    })?;
     // SAFETY: PR_GET_DUMPABLE takes no arguments and returns the flag.
     let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
     if dumpable < 0 {
@@ -566,6 +579,12 @@ mod tests {
             after.in_use_bytes + (BLOCK as u64) / 2 <= held.in_use_bytes,
             "{held:?} -> {after:?}"
         );
+    }
+
+    #[test]
+    fn resident_size_reads_proc() {
+        let kib = resident_kib().expect("linux /proc");
+        assert!(kib > 100, "VmRSS {kib} KiB");
     }
 
     #[test]

@@ -181,14 +181,7 @@ pub async fn ready(State(s): State<AppState>) -> Response {
 /// resident; the two tell live data from what the allocator keeps).
 fn memory_metrics() -> String {
     let mut out = String::new();
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|st| {
-            st.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        });
-    if let Some(kib) = rss {
+    if let Some(kib) = hsm::memory::resident_kib() {
         out.push_str(&format!(
             "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
              # TYPE process_resident_memory_bytes gauge\n\
