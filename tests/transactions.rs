@@ -6,7 +6,8 @@
 //! On the same cluster, in order: a policy needing a human approval holds every vote
 //! until an approver (not the initiator) approves; PSBTs built by BDK are signed and
 //! then finalized by BDK; double and forged votes are recorded as Byzantine and
-//! ignored.
+//! ignored; nodes just restarted sign ECDSA before their precomputed tables are
+//! built.
 #![allow(clippy::unwrap_used)]
 
 use std::str::FromStr;
@@ -216,6 +217,74 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
             .await;
     }
     double_and_forged_votes_are_recorded_and_ignored(&c, &frost).await;
+    restarted_nodes_sign_ecdsa_before_their_tables_are_built(&c, &frost, &ecdsa).await;
+}
+
+/// The ECDSA key's entry in node `i`'s `GET /api/v1/keys`.
+async fn key_entry(c: &Cluster, i: usize, key_id: &str) -> serde_json::Value {
+    let keys = c.get_ok(i, "/api/v1/keys").await.unwrap();
+    keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == key_id)
+        .unwrap()
+        .clone()
+}
+
+/// Nodes just restarted sign an ECDSA payment with their plain shares while their
+/// warm-up has not built the library's precomputed tables (held back here by fault
+/// injection, as a loaded host takes a minute): a node never makes its co-signers
+/// wait for its tables (before, a restarted signer joined a minute late and the
+/// others' runs stalled).
+async fn restarted_nodes_sign_ecdsa_before_their_tables_are_built(
+    c: &Cluster,
+    frost: &str,
+    ecdsa: &str,
+) {
+    write_policy(c, &[frost, ecdsa]);
+    for i in [1, 2] {
+        c.kill_node(i);
+        c.restart_node_with_env(i, &[("SIGNER_FAULT_PRECOMPUTE_DELAY_SECS", "3600")]);
+    }
+    // The leader without its presignature pool: every input runs the full protocol,
+    // which is what needs the shares.
+    c.kill_node(0);
+    c.restart_node_with_env(0, &[("SIGNER__PRESIGN__ENABLED", "false")]);
+    c.wait_ready(N).await;
+    let f = fund(c, ecdsa, &[60_000]).await;
+    let (id, _) = pay_and_verify_on(c, &[0, 1, 2], ecdsa, &f, 20_000).await;
+    let mut signed_by_restarted = 0;
+    for i in [1, 2] {
+        let k = key_entry(c, i, ecdsa).await;
+        assert_eq!(k["signing_ready"], true, "node {i}: {k}");
+        assert_eq!(k["precomputed_tables"], false, "node {i}: {k}");
+        let db = c.db(i).await;
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM audit_log WHERE action = 'tx.sign_input' AND subject = $1",
+        )
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        signed_by_restarted += n;
+    }
+    assert!(
+        signed_by_restarted >= 1,
+        "a restarted node took part in signing"
+    );
+    // Without the fault, the warm-up builds the tables and swaps them in.
+    c.eventually(
+        "node 0 builds its precomputed tables",
+        Duration::from_secs(180),
+        || async { (key_entry(c, 0, ecdsa).await["precomputed_tables"] == true).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        key_entry(c, 0, frost).await["precomputed_tables"],
+        serde_json::Value::Null,
+        "Taproot keys have no such tables"
+    );
 }
 
 /// Coin selection reads a key's 32 largest outputs first and all selectable ones

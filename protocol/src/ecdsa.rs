@@ -219,7 +219,19 @@ impl EcdsaKeyShare {
     /// again after loading a share. (CRT parameters for this party's own modulus are
     /// already produced by aux-info generation and kept in the stored share.)
     pub fn with_precomputation(self) -> Result<Self, ProtocolError> {
-        let mut dirty = self.0.into_inner();
+        Self::accelerated(self.0.into_inner())
+    }
+
+    /// A copy of this share with the library's precomputed tables (as
+    /// [`Self::with_precomputation`]), leaving this one as it is: a node keeps signing
+    /// with the plain share while the tables are built.
+    pub fn precomputed_copy(&self) -> Result<Self, ProtocolError> {
+        Self::accelerated((*self.0).clone())
+    }
+
+    fn accelerated(
+        mut dirty: cggmp24::key_share::DirtyKeyShare<Curve, Level>,
+    ) -> Result<Self, ProtocolError> {
         let err = |e: cggmp24::key_share::InvalidKeyShare| ProtocolError::InvalidEncoding {
             what: "ecdsa key share",
             reason: crate::error::display_chain(&e),

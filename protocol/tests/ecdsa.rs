@@ -586,6 +586,11 @@ async fn precomputed_share_presigns_with_a_plain_one_and_is_stored_without_table
         .expect("precompute");
     assert!(fast.is_precomputed() && !k.shares[1].is_precomputed());
     assert!(fast.accelerator_bytes() > 0);
+    // A copy with the tables leaves the share it was made from plain (a node signs
+    // with that one while the tables are built) and stores the same bytes.
+    let copy = k.shares[1].precomputed_copy().expect("precompute a copy");
+    assert!(copy.is_precomputed() && !k.shares[1].is_precomputed());
+    assert_eq!(*copy.to_bytes().expect("encode"), *plain);
     assert_eq!(
         *fast.to_bytes().expect("encode"),
         *plain,

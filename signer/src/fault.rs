@@ -327,6 +327,24 @@ pub async fn sign_delay() {
     }
 }
 
+/// Environment variable: this node's warm-up waits this many seconds before it
+/// builds an ECDSA share's precomputed tables (as a node on a loaded host takes a
+/// minute), so its signing sessions run with the plain share meanwhile.
+pub const PRECOMPUTE_DELAY_ENV: &str = "SIGNER_FAULT_PRECOMPUTE_DELAY_SECS";
+
+/// Waits as long as [`PRECOMPUTE_DELAY_ENV`] says (feature `fault-injection` only;
+/// no wait otherwise).
+pub async fn precompute_delay() {
+    #[cfg(feature = "fault-injection")]
+    if let Some(s) = fault_var(PRECOMPUTE_DELAY_ENV).and_then(|v| v.parse::<u64>().ok()) {
+        tracing::error!(
+            secs = s,
+            "FAULT INJECTION: waiting before building the precomputed tables"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(s)).await;
+    }
+}
+
 /// Whether this node shares forged "signed" transactions with its peers
 /// ([`FORGE_SPENT_ENV`], feature `fault-injection` only; built by
 /// `crate::tx::spent`).

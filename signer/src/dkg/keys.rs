@@ -12,7 +12,7 @@ use serde::Serialize;
 use signer_protocol::{ecdsa::EcdsaIncompleteShare, frost::FrostKeyShare};
 
 use super::DkgCtx;
-use super::{DkgProtocol, LoadedKey};
+use super::{material, DkgProtocol, LoadedKey};
 use crate::store::dkg::ShareRow;
 use wallet::WalletKey;
 
@@ -34,12 +34,16 @@ pub struct KeyInfo {
     pub public_key: String,
     /// Whether this node's share was unsealed and validated since start.
     pub share_loaded: bool,
-    /// Whether this node can sign with the key without opening it first. ECDSA:
-    /// the share is open with the aux info of its node set and the library's
-    /// precomputed tables (the background warm-up does that after aux info; it
-    /// can take a minute of CPU on a busy host, and a signing request waits for
-    /// it). Taproot: the share is loaded (opening it is immediate).
+    /// Whether this node's signing material of the key is open. ECDSA: the share
+    /// with the aux info of its node set (the background warm-up opens it within
+    /// seconds of start or of aux info; a signing request opens it itself if it
+    /// comes first, in milliseconds). Taproot: the share is loaded.
     pub signing_ready: bool,
+    /// ECDSA: whether the library's precomputed tables are built into the open
+    /// share (they speed up signing and presigning; the warm-up builds them in the
+    /// background, seconds of CPU, and the node signs with the plain share
+    /// meanwhile). `None` for Taproot keys, which have no such tables.
+    pub precomputed_tables: Option<bool>,
     /// Network of the descriptors and addresses.
     pub network: String,
     /// Watch-only multipath descriptor (`wpkh([fp]xpub/<0;1>/*)#checksum` or
@@ -413,9 +417,12 @@ pub async fn list_keys(node: &DkgCtx) -> Result<Vec<KeyInfo>, crate::store::Stor
                 None => None,
             };
             let (descriptors, first_address) = derived.unzip();
-            let signing_ready = match protocol {
-                DkgProtocol::Cggmp24 => node.signing_material.lock().contains_key(&r.key_id),
-                _ => loaded.is_some(),
+            let (signing_ready, precomputed_tables) = match protocol {
+                DkgProtocol::Cggmp24 => match node.signing_material.lock().get(&r.key_id) {
+                    Some(material::Material::Ecdsa(share)) => (true, Some(share.is_precomputed())),
+                    Some(material::Material::Frost(_)) | None => (false, Some(false)),
+                },
+                _ => (loaded.is_some(), None),
             };
             Some(KeyInfo {
                 key_id: r.key_id,
@@ -425,6 +432,7 @@ pub async fn list_keys(node: &DkgCtx) -> Result<Vec<KeyInfo>, crate::store::Stor
                 participants: r.participants,
                 public_key: hex::encode(&r.public_key),
                 signing_ready,
+                precomputed_tables,
                 share_loaded: loaded.is_some(),
                 network: network.to_string(),
                 descriptor: descriptors.as_ref().map(|d| d.descriptor.clone()),

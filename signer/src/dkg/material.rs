@@ -1,7 +1,15 @@
 //! Signing material of this node, opened from its envelopes on first use and kept in
 //! memory (the library types zeroize their secrets on drop): an ECDSA key share is the
-//! keygen share combined with the aux info of the same ordered node set (with the
-//! library's precomputed tables); a FROST share is used as stored.
+//! keygen share combined with the aux info of the same ordered node set; a FROST share
+//! is used as stored.
+//!
+//! Opening takes milliseconds, so a node signs as soon as it has the share. The
+//! library's precomputed tables (multi-exponentiation tables for every party's
+//! ring-Pedersen parameters, which speed up an ECDSA signing or presigning session)
+//! take seconds of CPU; the background warm-up ([`warm`]) builds them and swaps the
+//! accelerated share in. Until then the node signs with the plain share: slower, but
+//! it never makes its co-signers wait for it (a restarted node used to join a
+//! signing session a minute late, and the others' runs stalled).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +55,9 @@ pub enum Material {
 #[derive(Debug, Default)]
 pub struct MaterialCache {
     inner: Mutex<HashMap<String, Material>>,
-    /// Held while a share is being opened, so a signing request and the warm-up
-    /// never open (and precompute) the same share twice at once.
+    /// Held while a share is being opened (milliseconds: never while tables are
+    /// built), so a signing request and the warm-up never open the same share twice
+    /// at once.
     opening: tokio::sync::Mutex<()>,
     /// Bumped by every [`MaterialCache::invalidate`]: material opened from share rows
     /// read before an invalidation is never cached (a reshare that switched while
@@ -73,7 +82,8 @@ impl MaterialCache {
 /// Attempts of [`load`] when the share changes while it is being opened.
 const OPEN_ATTEMPTS: usize = 3;
 
-/// The signing material of `key_id`, opened (and cached) if needed.
+/// The signing material of `key_id`, opened (and cached) if needed. An ECDSA share
+/// opened here has no precomputed tables yet ([`accelerate`] adds them).
 pub async fn load(node: &DkgCtx, key_id: &str) -> Result<Material, MaterialError> {
     if let Some(m) = node.signing_material.lock().get(key_id).cloned() {
         return Ok(m);
@@ -141,7 +151,6 @@ async fn open_material(node: &DkgCtx, key_id: &str) -> Result<Material, Material
                 let aux = EcdsaAuxInfo::from_bytes(aux.expose_secret())
                     .map_err(|e| MaterialError::Internal(e.to_string()))?;
                 let full = EcdsaKeyShare::from_parts(&share, &aux)
-                    .and_then(EcdsaKeyShare::with_precomputation)
                     .map_err(|e| MaterialError::Internal(e.to_string()))?;
                 Ok(Material::Ecdsa(Arc::new(full)))
             }
@@ -158,10 +167,38 @@ async fn open_material(node: &DkgCtx, key_id: &str) -> Result<Material, Material
     .map_err(|e| MaterialError::Internal(format!("open task: {e}")))?
 }
 
+/// Builds the library's precomputed tables for `key_id`'s cached ECDSA share (opening
+/// it first if needed) and swaps the accelerated share in, unless the cache no longer
+/// holds the share the tables were built for (a reshare switched meanwhile). Returns
+/// whether it swapped one in. The tables take seconds of CPU on a blocking thread;
+/// signing goes on with the plain share meanwhile.
+pub async fn accelerate(node: &DkgCtx, key_id: &str) -> Result<bool, MaterialError> {
+    let Material::Ecdsa(plain) = load(node, key_id).await? else {
+        return Ok(false);
+    };
+    if plain.is_precomputed() {
+        return Ok(false);
+    }
+    crate::fault::precompute_delay().await;
+    let of = plain.clone();
+    let fast = tokio::task::spawn_blocking(move || of.precomputed_copy())
+        .await
+        .map_err(|e| MaterialError::Internal(format!("precompute task: {e}")))?
+        .map_err(|e| MaterialError::Internal(e.to_string()))?;
+    let mut cache = node.signing_material.lock();
+    // `plain` is kept alive until here, so an equal pointer is this very share.
+    let still_cached =
+        matches!(cache.get(key_id), Some(Material::Ecdsa(c)) if Arc::ptr_eq(c, &plain));
+    if still_cached {
+        cache.insert(key_id.to_owned(), Material::Ecdsa(Arc::new(fast)));
+    }
+    Ok(still_cached)
+}
+
 /// Background task: opens every CGGMP24 share of this node that has aux info ahead
-/// of its first use (the library's precomputed tables take seconds of CPU), so the
-/// first payment or presignature session of a key does not pay for it. Checked
-/// again periodically for keys and aux info that appear later.
+/// of its first use and builds the library's precomputed tables for it (seconds of
+/// CPU), so signing sessions run accelerated. Checked again periodically for keys and
+/// aux info that appear later.
 pub async fn warm(node: Arc<DkgCtx>) {
     loop {
         if node.unsealed().is_some() {
@@ -178,15 +215,20 @@ pub async fn warm(node: Arc<DkgCtx>) {
                 }
             };
             for key in keys {
-                if node.signing_material.lock().contains_key(&key) {
+                let accelerated = matches!(
+                    node.signing_material.lock().get(&key),
+                    Some(Material::Ecdsa(s)) if s.is_precomputed()
+                );
+                if accelerated {
                     continue;
                 }
                 let start = std::time::Instant::now();
-                match load(&node, &key).await {
-                    Ok(_) => tracing::info!(
+                match accelerate(&node, &key).await {
+                    Ok(swapped) => tracing::info!(
                         key = %key,
+                        swapped,
                         elapsed_ms = start.elapsed().as_millis() as u64,
-                        "signing material opened ahead of use"
+                        "signing material opened and its precomputed tables built"
                     ),
                     Err(e) => {
                         tracing::debug!(key = %key, error = %e, "signing material not opened yet")
