@@ -11,6 +11,11 @@
 //! service's queue at any time; beyond that the peer's frames for that service are
 //! dropped (and logged), so one flooding peer cannot fill a queue the others need.
 //! A frame counts against the quota until the service takes it off the queue.
+//!
+//! A service that hands frames to tasks of their own (which then wait for a turn,
+//! a lock or the database) keeps a [`PeerBudget`]: the bytes of one peer's frames
+//! its tasks hold at once are bounded, so taking frames off the queue at once
+//! does not turn the queue's bound into an unbounded number of waiting tasks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -86,6 +91,75 @@ impl PeerQuota {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 g.remove(peer);
+            }
+        }
+    }
+}
+
+/// Bytes of peers' frames that one service's tasks hold (waiting for their turn or
+/// being handled), per peer, at most `limit` per peer: a frame beyond is refused,
+/// and the service drops it. A peer's bytes are freed as its tasks end.
+#[derive(Debug)]
+pub struct PeerBudget {
+    held: Mutex<HashMap<String, usize>>,
+    limit: usize,
+}
+
+impl PeerBudget {
+    /// A budget of `limit` bytes per peer.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(PeerBudget {
+            held: Mutex::new(HashMap::new()),
+            limit,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds `bytes` more for `peer` until the returned [`Held`] is dropped;
+    /// `None` when that would take the peer over its limit.
+    pub fn try_hold(self: &Arc<Self>, peer: &str, bytes: usize) -> Option<Held> {
+        let mut g = self.lock();
+        let n = g.entry(peer.to_owned()).or_insert(0);
+        match n.checked_add(bytes) {
+            Some(total) if total <= self.limit => *n = total,
+            _ => {
+                if *n == 0 {
+                    g.remove(peer);
+                }
+                return None;
+            }
+        }
+        Some(Held {
+            budget: self.clone(),
+            peer: peer.to_owned(),
+            bytes,
+        })
+    }
+
+    /// Bytes `peer` holds now.
+    pub fn held_by(&self, peer: &str) -> usize {
+        self.lock().get(peer).copied().unwrap_or(0)
+    }
+}
+
+/// Bytes held against a peer's [`PeerBudget`]; freed on drop.
+#[derive(Debug)]
+pub struct Held {
+    budget: Arc<PeerBudget>,
+    peer: String,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut g = self.budget.lock();
+        if let Some(n) = g.get_mut(&self.peer) {
+            *n = n.saturating_sub(self.bytes);
+            if *n == 0 {
+                g.remove(&self.peer);
             }
         }
     }
@@ -299,11 +373,34 @@ impl Router {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use uuid::Uuid;
 
     use super::*;
     use crate::p2p::Frame;
+
+    /// A peer holds at most its budget's bytes at once, others are not affected,
+    /// and what a task held is free again when it ends.
+    #[test]
+    fn a_peer_budget_bounds_one_peers_bytes_and_frees_them_when_done() {
+        let budget = PeerBudget::new(1_000);
+        let first = budget.try_hold("node-2", 600).unwrap();
+        assert!(budget.try_hold("node-2", 500).is_none(), "over the limit");
+        let other = budget.try_hold("node-3", 900).unwrap();
+        let second = budget.try_hold("node-2", 400).unwrap();
+        assert_eq!(budget.held_by("node-2"), 1_000);
+        assert!(budget.try_hold("node-2", 1).is_none());
+        assert!(
+            budget.try_hold("node-4", usize::MAX).is_none(),
+            "no overflow"
+        );
+        drop(first);
+        assert_eq!(budget.held_by("node-2"), 400);
+        let third = budget.try_hold("node-2", 600).unwrap();
+        drop((second, third, other));
+        assert!(budget.lock().is_empty(), "nothing left behind");
+    }
 
     fn frame(from: &str, kind: MessageKind) -> Inbound {
         Inbound {

@@ -89,12 +89,13 @@ pub enum TxError {
         /// Explanation.
         message: String,
     },
-    /// A signing attempt stalled: these signers (node ids) did not take part in
-    /// time (crashed, frozen or cut off). Not misbehaviour: nobody is blamed, the
-    /// next attempt goes without them.
+    /// A signing attempt stalled or was declined: these signers (node ids) did not
+    /// take part in time (crashed, frozen or cut off), or refused naming nobody (a
+    /// node restarted since it voted, an approval that lapsed there). Not
+    /// misbehaviour: nobody is blamed, the next attempt goes without them.
     #[error("{message}")]
     Absent {
-        /// The signers that did not answer.
+        /// The signers that did not answer or declined.
         absent: Vec<String>,
         /// Explanation.
         message: String,
@@ -732,58 +733,118 @@ pub const KINDS: &[crate::p2p::MessageKind] = &[
     wire::TX_SPENT,
 ];
 
-/// Peers' proposals handled at once (see [`Turns`]).
+/// Proposals of one peer handled at once (see [`Turns`]).
 pub const PROPOSAL_TURNS: usize = 32;
-/// Peers' votes handled at once (see [`Turns`]).
-pub const VOTE_TURNS: usize = 64;
-/// Peers' results handled at once (see [`Turns`]).
+/// Votes of one peer handled at once (see [`Turns`]).
+pub const VOTE_TURNS: usize = 16;
+/// Results of one peer handled at once (see [`Turns`]).
 pub const RESULT_TURNS: usize = 32;
+/// Bytes of one peer's frames this service's tasks hold at once (waiting for a
+/// turn or being handled; see [`Turns`]). An honest leader's burst of 1,000
+/// single-input payments puts a few kilobytes per payment in a follower's hands
+/// (its proposal, vote, sign request and result, each with [`FRAME_TASK_BYTES`]),
+/// well under this.
+pub const PEER_FRAME_BUDGET: usize = 16 << 20;
+/// What a frame's task costs beside the frame's payload (the task, the frame's
+/// header, the handler's captured state), counted against [`PEER_FRAME_BUDGET`] so
+/// that a flood of tiny frames is bounded too.
+const FRAME_TASK_BYTES: usize = 512;
 
-/// How many handlers of peers' proposals, votes and results run at once. A frame
-/// beyond them waits for its turn as a small task that holds only the frame,
-/// not its handler's state: a handler's future is several kilobytes (the decoded
-/// proposal, the validated PSBT, the database work in flight), and every node is
-/// locked in memory (`mlockall`), so whatever a burst of frames allocates at once
-/// (1,000 payments submitted together, a node catching up after a restart) stays
-/// resident after it (issue 21's soak: the idle heap's free part grew with the
-/// largest burst seen). No handler waits for another handler of its kind to
-/// finish (they wait for locks held by running handlers, the database, or
+/// How many handlers of peers' proposals, votes and results run at once, per peer
+/// and kind. A frame beyond them waits for its turn as a small task that holds only
+/// the frame, not its handler's state: a handler's future is several kilobytes
+/// (the decoded proposal, the validated PSBT, the database work in flight), and
+/// every node is locked in memory (`mlockall`), so whatever a burst of frames
+/// allocates at once (1,000 payments submitted together, a node catching up after
+/// a restart) stays resident after it (issue 21's soak: the idle heap's free part
+/// grew with the largest burst seen). No handler waits for another handler of its
+/// kind to finish (they wait for locks held by running handlers, the database, or
 /// frames delivered without a turn), so a full set of turns always drains.
+///
+/// Turns are per peer, so a peer that floods one kind waits behind its own frames
+/// only, never ahead of another peer's; and every frame of the tx service, with or
+/// without a turn, holds its bytes against the peer's [`PEER_FRAME_BUDGET`] until
+/// its handler ends, so what a peer can make this node hold is bounded however
+/// fast it sends (the router's quota bounds only the frames not yet taken off the
+/// queue).
 #[derive(Debug)]
 struct Turns {
-    proposals: Arc<tokio::sync::Semaphore>,
-    votes: Arc<tokio::sync::Semaphore>,
-    results: Arc<tokio::sync::Semaphore>,
+    proposals: PeerTurns,
+    votes: PeerTurns,
+    results: PeerTurns,
+    budget: Arc<crate::router::PeerBudget>,
 }
 
 impl Turns {
     fn new() -> Self {
-        let turns = |n| Arc::new(tokio::sync::Semaphore::new(n));
         Turns {
-            proposals: turns(PROPOSAL_TURNS),
-            votes: turns(VOTE_TURNS),
-            results: turns(RESULT_TURNS),
+            proposals: PeerTurns::new(PROPOSAL_TURNS),
+            votes: PeerTurns::new(VOTE_TURNS),
+            results: PeerTurns::new(RESULT_TURNS),
+            budget: crate::router::PeerBudget::new(PEER_FRAME_BUDGET),
         }
+    }
+}
+
+/// The turns of one message kind, a set of `per_peer` for each peer (peers are the
+/// cluster's authenticated nodes, so the map stays as small as the cluster).
+#[derive(Debug)]
+struct PeerTurns {
+    per_peer: usize,
+    by_peer: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl PeerTurns {
+    fn new(per_peer: usize) -> Self {
+        PeerTurns {
+            per_peer,
+            by_peer: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `peer`'s turns of this kind.
+    fn of(&self, peer: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut g = self
+            .by_peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.entry(peer.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_peer)))
+            .clone()
     }
 }
 
 /// Runs `handler` in a task of its own once one of `turns` is free; until then the
 /// task holds only what `handler` captured. The handler's future is made, and
-/// allocated, only when its turn comes.
-fn spawn_in_turn<F, Fut>(turns: &Arc<tokio::sync::Semaphore>, handler: F)
+/// allocated, only when its turn comes. `held` is released when the handler ends.
+fn spawn_in_turn<F, Fut>(turns: Arc<tokio::sync::Semaphore>, held: crate::router::Held, handler: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let turns = turns.clone();
     tokio::spawn(async move {
         // The semaphore is never closed.
         let Ok(_turn) = turns.acquire_owned().await else {
             return;
         };
         Box::pin(handler()).await;
+        drop(held);
     });
 }
+
+/// Runs `handler` in a task of its own at once; `held` is released when it ends.
+fn spawn_held<Fut>(held: crate::router::Held, handler: Fut)
+where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        handler.await;
+        drop(held);
+    });
+}
+
+/// Frames dropped because their peer held its whole [`PEER_FRAME_BUDGET`].
+static OVER_BUDGET: crate::router::LogThrottle = crate::router::LogThrottle::new();
 
 /// Handles the frames routed to this service until the router stops.
 pub async fn serve(node: Arc<TxCtx>, mut rx: crate::router::ServiceRx) {
@@ -796,21 +857,34 @@ pub async fn serve(node: Arc<TxCtx>, mut rx: crate::router::ServiceRx) {
 fn dispatch(node: &Arc<TxCtx>, turns: &Turns, inbound: &crate::p2p::Inbound) {
     let from = inbound.from.clone();
     let payload = inbound.frame.payload.clone();
+    let bytes = payload.len().saturating_add(FRAME_TASK_BYTES);
+    let Some(held) = turns.budget.try_hold(&from, bytes) else {
+        if let Some(dropped) = OVER_BUDGET.hit() {
+            tracing::warn!(
+                dropped,
+                peer = %from,
+                kind = %inbound.frame.kind,
+                held = turns.budget.held_by(&from),
+                "peer holds its whole budget of frames in hand; frame dropped"
+            );
+        }
+        return;
+    };
     let node = node.clone();
     match inbound.frame.kind {
         wire::TX_PROPOSE => {
-            spawn_in_turn(&turns.proposals, move || {
+            spawn_in_turn(turns.proposals.of(&from), held, move || {
                 intake::on_propose_frame(node, from, payload)
             });
         }
         crate::p2p::MessageKind::VOTE => {
-            spawn_in_turn(&turns.votes, move || async move {
+            spawn_in_turn(turns.votes.of(&from), held, move || async move {
                 voting::on_vote_frame(&node, &from, &payload).await
             });
         }
         wire::TX_SIGN => match wire::decode::<wire::SignRequest>(&payload) {
             Ok(r) => {
-                tokio::spawn(signing::on_sign_request(node, from, r));
+                spawn_held(held, signing::on_sign_request(node, from, r));
             }
             Err(e) => {
                 if let Some(dropped) = DROPPED.hit() {
@@ -822,7 +896,7 @@ fn dispatch(node: &Arc<TxCtx>, turns: &Turns, inbound: &crate::p2p::Inbound) {
             Ok(r) => {
                 let session = r.session;
                 if node.tx.deliver_reply(from.clone(), r) == Delivered::NotASigner {
-                    tokio::spawn(async move {
+                    spawn_held(held, async move {
                         blame::record(
                             &node,
                             &from,
@@ -843,7 +917,10 @@ fn dispatch(node: &Arc<TxCtx>, turns: &Turns, inbound: &crate::p2p::Inbound) {
         },
         wire::TX_APPROVAL => match wire::decode::<wire::ApprovalNotice>(&payload) {
             Ok(a) => {
-                tokio::spawn(async move { approvals::on_notice(&node, &from, a).await });
+                spawn_held(
+                    held,
+                    async move { approvals::on_notice(&node, &from, a).await },
+                );
             }
             Err(e) => {
                 if let Some(dropped) = DROPPED.hit() {
@@ -854,7 +931,9 @@ fn dispatch(node: &Arc<TxCtx>, turns: &Turns, inbound: &crate::p2p::Inbound) {
         crate::p2p::MessageKind::APPROVER_ENDORSE => {
             match wire::decode::<wire::ApproverEndorsement>(&payload) {
                 Ok(e) => {
-                    tokio::spawn(async move { approvals::on_endorsement(&node, &from, e).await });
+                    spawn_held(held, async move {
+                        approvals::on_endorsement(&node, &from, e).await
+                    });
                 }
                 Err(e) => {
                     if let Some(dropped) = DROPPED.hit() {
@@ -865,7 +944,7 @@ fn dispatch(node: &Arc<TxCtx>, turns: &Turns, inbound: &crate::p2p::Inbound) {
         }
         wire::TX_SPENT => match wire::decode::<spent::SpentNotice>(&payload) {
             Ok(n) => {
-                tokio::spawn(async move { spent::on_notice(&node, &from, n).await });
+                spawn_held(held, async move { spent::on_notice(&node, &from, n).await });
             }
             Err(e) => {
                 if let Some(dropped) = DROPPED.hit() {
@@ -875,7 +954,8 @@ fn dispatch(node: &Arc<TxCtx>, turns: &Turns, inbound: &crate::p2p::Inbound) {
         },
         wire::TX_DONE => match wire::decode::<wire::Done>(&payload) {
             Ok(d) => {
-                spawn_in_turn(&turns.results, move || signing::on_done(node, from, d));
+                let turn = turns.results.of(&from);
+                spawn_in_turn(turn, held, move || signing::on_done(node, from, d));
             }
             Err(e) => {
                 if let Some(dropped) = DROPPED.hit() {
@@ -1021,11 +1101,13 @@ mod turn_tests {
         let made = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicUsize::new(0));
         let (release, gate) = tokio::sync::watch::channel(false);
+        let budget = crate::router::PeerBudget::new(usize::MAX);
         for _ in 0..20 {
             let (running, most, made, done) =
                 (running.clone(), most.clone(), made.clone(), done.clone());
             let mut gate = gate.clone();
-            spawn_in_turn(&turns, move || {
+            let held = budget.try_hold("node-2", 1).unwrap();
+            spawn_in_turn(turns.clone(), held, move || {
                 made.fetch_add(1, Ordering::SeqCst);
                 async move {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -1052,6 +1134,64 @@ mod turn_tests {
         }
         assert_eq!(done.load(Ordering::SeqCst), 20);
         assert_eq!(most.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            budget.held_by("node-2"),
+            0,
+            "every handler released its bytes"
+        );
+    }
+
+    /// A peer that floods a kind is held to its byte budget (the excess is refused
+    /// before any task exists) and waits behind its own frames only: another peer's
+    /// frame of the same kind runs while all the flooder's turns are taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flooding_peer_waits_behind_its_own_frames_within_its_budget() {
+        let turns = PeerTurns::new(2);
+        let budget = crate::router::PeerBudget::new(10 * FRAME_TASK_BYTES);
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let flooded = Arc::new(AtomicUsize::new(0));
+        let mut accepted = 0;
+        for _ in 0..100 {
+            let Some(held) = budget.try_hold("mallory", FRAME_TASK_BYTES) else {
+                continue;
+            };
+            accepted += 1;
+            let (flooded, mut gate) = (flooded.clone(), gate.clone());
+            spawn_in_turn(turns.of("mallory"), held, move || async move {
+                let _ = gate.wait_for(|open| *open).await;
+                flooded.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        assert_eq!(accepted, 10, "the flood is cut at the peer's budget");
+        let (honest_tx, honest_rx) = tokio::sync::oneshot::channel();
+        let held = budget.try_hold("node-2", FRAME_TASK_BYTES).unwrap();
+        spawn_in_turn(turns.of("node-2"), held, move || async move {
+            let _ = honest_tx.send(());
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(5), honest_rx)
+            .await
+            .expect("the honest peer's frame ran while the flooder's waited")
+            .unwrap();
+        assert_eq!(flooded.load(Ordering::SeqCst), 0);
+        release.send(true).unwrap();
+        for _ in 0..100 {
+            if flooded.load(Ordering::SeqCst) == 10 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(flooded.load(Ordering::SeqCst), 10);
+        for _ in 0..100 {
+            if budget.held_by("mallory") == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            budget.held_by("mallory"),
+            0,
+            "the flooder's bytes are free again"
+        );
     }
 }
 

@@ -270,8 +270,8 @@ pub(crate) async fn send_sign_request(
 /// The attempt ends once every signer answered or was named absent by a signer
 /// whose own run stalled (each signer ends a run that receives no protocol message
 /// for `[wallet] sign_stall_timeout_secs`), or after `timeout`. Signers that did not
-/// answer are reported as [`TxError::Absent`] (not blamed): the caller tries again
-/// without them.
+/// answer, and co-signers that refused naming nobody, are reported as
+/// [`TxError::Absent`] (not blamed): the caller tries again without them.
 pub(crate) async fn sign_one_input(
     node: &Arc<TxCtx>,
     req: SignRequest,
@@ -287,6 +287,9 @@ pub(crate) async fn sign_one_input(
     let mut culprits: Vec<String> = Vec::new();
     // Signers that a stalled signer's run was still waiting for.
     let mut named_absent: Vec<String> = Vec::new();
+    // Signers that answered with a refusal naming nobody (e.g. a node restarted
+    // since it voted no longer holds the transaction, or its approval lapsed).
+    let mut refused: Vec<String> = Vec::new();
     let mut timed_out = false;
     let mut signature = None;
     loop {
@@ -314,6 +317,9 @@ pub(crate) async fn sign_one_input(
             continue;
         }
         errors.push(format!("{from}: {}", reply.error.unwrap_or_default()));
+        if reply.absent.is_empty() && reply.blamed.is_empty() {
+            refused.push(from.clone());
+        }
         for a in reply.absent {
             if req.signers.contains(&a) && a != from && !named_absent.contains(&a) {
                 named_absent.push(a);
@@ -429,6 +435,21 @@ pub(crate) async fn sign_one_input(
             message.push_str(&format!(" ({})", errors.join("; ")));
         }
         return Err(TxError::Absent { absent, message });
+    }
+    // A co-signer's refusal is its own decision, not an attack on the payment: the
+    // next attempt goes without it (each signer of that attempt checks its own
+    // permit again). This node's own refusal ends the payment.
+    if !refused.is_empty() && !refused.contains(&me) {
+        let message = format!(
+            "input {}: refused by {} ({})",
+            req.input,
+            refused.join(", "),
+            errors.join("; ")
+        );
+        return Err(TxError::Absent {
+            absent: refused,
+            message,
+        });
     }
     Err(TxError::Internal(format!(
         "input {}: no signature ({})",
