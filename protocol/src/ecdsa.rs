@@ -181,9 +181,38 @@ impl EcdsaAuxInfo {
             .expect("encoding public integers into a vec cannot fail");
         Sha256::digest(&bytes).into()
     }
-    /// Serializes (secret) for sealing.
+    /// Serializes (secret) for sealing, without the multiexp tables.
     pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
-        encode_record(RecordKind::EcdsaAuxInfo, &self.0)
+        if !self.is_precomputed() {
+            return encode_record(RecordKind::EcdsaAuxInfo, &self.0);
+        }
+        let mut stripped: cggmp24::key_share::DirtyAuxInfo<Level> = (*self.0).clone();
+        for p in &mut stripped.pedersen_params {
+            p.multiexp = None;
+        }
+        encode_record(RecordKind::EcdsaAuxInfo, &stripped)
+    }
+
+    /// A copy of this aux info with the library's precomputed multi-exponentiation
+    /// tables for every party's ring-Pedersen parameters (built from public values;
+    /// seconds of CPU). Every key share combined with the copy
+    /// ([`EcdsaKeyShare::from_parts`]) is accelerated and shares its tables, so the
+    /// keys of one node set pay for them once.
+    pub fn precomputed_copy(&self) -> Result<Self, ProtocolError> {
+        let mut dirty: cggmp24::key_share::DirtyAuxInfo<Level> = (*self.0).clone();
+        let err = |e: cggmp24::key_share::InvalidKeyShare| ProtocolError::InvalidEncoding {
+            what: "ecdsa aux info",
+            reason: crate::error::display_chain(&e),
+        };
+        dirty.precompute_multiexp_tables().map_err(err)?;
+        AuxInfo::validate(dirty)
+            .map(Self)
+            .map_err(|e| err(e.into_error()))
+    }
+
+    /// Whether [`Self::precomputed_copy`] made this one.
+    pub fn is_precomputed(&self) -> bool {
+        self.0.multiexp_tables_size() > 0
     }
     /// Deserializes and validates (size bound, record kind, library validation).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtocolError> {

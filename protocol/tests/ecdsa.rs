@@ -591,6 +591,19 @@ async fn precomputed_share_presigns_with_a_plain_one_and_is_stored_without_table
     let copy = k.shares[1].precomputed_copy().expect("precompute a copy");
     assert!(copy.is_precomputed() && !k.shares[1].is_precomputed());
     assert_eq!(*copy.to_bytes().expect("encode"), *plain);
+    // Tables built once on the aux info accelerate every share combined with it
+    // (the keys of one node set share them), and are never stored either.
+    let aux = k.aux[1]
+        .precomputed_copy()
+        .expect("precompute the aux info");
+    assert!(aux.is_precomputed() && !k.aux[1].is_precomputed());
+    assert_eq!(
+        *aux.to_bytes().expect("encode"),
+        *k.aux[1].to_bytes().expect("encode")
+    );
+    let combined = EcdsaKeyShare::from_parts(&k.incomplete[1], &aux).expect("combine");
+    assert!(combined.is_precomputed());
+    assert_eq!(*combined.to_bytes().expect("encode"), *plain);
     assert_eq!(
         *fast.to_bytes().expect("encode"),
         *plain,
