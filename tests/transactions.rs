@@ -220,18 +220,6 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
     restarted_nodes_sign_ecdsa_before_their_tables_are_built(&c, &frost, &ecdsa).await;
 }
 
-/// The ECDSA key's entry in node `i`'s `GET /api/v1/keys`.
-async fn key_entry(c: &Cluster, i: usize, key_id: &str) -> serde_json::Value {
-    let keys = c.get_ok(i, "/api/v1/keys").await.unwrap();
-    keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key_id"] == key_id)
-        .unwrap()
-        .clone()
-}
-
 /// Nodes just restarted sign an ECDSA payment with their plain shares while their
 /// warm-up has not built the library's precomputed tables (held back here by fault
 /// injection, as a loaded host takes a minute): a node never makes its co-signers
@@ -256,7 +244,7 @@ async fn restarted_nodes_sign_ecdsa_before_their_tables_are_built(
     let (id, _) = pay_and_verify_on(c, &[0, 1, 2], ecdsa, &f, 20_000).await;
     let mut signed_by_restarted = 0;
     for i in [1, 2] {
-        let k = key_entry(c, i, ecdsa).await;
+        let k = c.key_entry(i, ecdsa).await;
         assert_eq!(k["signing_ready"], true, "node {i}: {k}");
         assert_eq!(k["precomputed_tables"], false, "node {i}: {k}");
         let db = c.db(i).await;
@@ -277,11 +265,11 @@ async fn restarted_nodes_sign_ecdsa_before_their_tables_are_built(
     c.eventually(
         "node 0 builds its precomputed tables",
         Duration::from_secs(180),
-        || async { (key_entry(c, 0, ecdsa).await["precomputed_tables"] == true).then_some(()) },
+        || async { (c.key_entry(0, ecdsa).await["precomputed_tables"] == true).then_some(()) },
     )
     .await;
     assert_eq!(
-        key_entry(c, 0, frost).await["precomputed_tables"],
+        c.key_entry(0, frost).await["precomputed_tables"],
         serde_json::Value::Null,
         "Taproot keys have no such tables"
     );

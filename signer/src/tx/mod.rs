@@ -1091,6 +1091,16 @@ mod turn_tests {
 
     use super::*;
 
+    /// Waits until `done` holds, for at most 2 s (the caller asserts afterwards).
+    async fn within_2s(done: impl Fn() -> bool) {
+        for _ in 0..100 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// A burst of frames runs at most the turns' number of handlers at once; the
     /// others wait for a turn without their handler's future, and all of them run.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1126,12 +1136,7 @@ mod turn_tests {
         );
         assert_eq!(running.load(Ordering::SeqCst), 3);
         release.send(true).unwrap();
-        for _ in 0..100 {
-            if done.load(Ordering::SeqCst) == 20 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        within_2s(|| done.load(Ordering::SeqCst) == 20).await;
         assert_eq!(done.load(Ordering::SeqCst), 20);
         assert_eq!(most.load(Ordering::SeqCst), 3);
         assert_eq!(
@@ -1174,19 +1179,9 @@ mod turn_tests {
             .unwrap();
         assert_eq!(flooded.load(Ordering::SeqCst), 0);
         release.send(true).unwrap();
-        for _ in 0..100 {
-            if flooded.load(Ordering::SeqCst) == 10 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        within_2s(|| flooded.load(Ordering::SeqCst) == 10).await;
         assert_eq!(flooded.load(Ordering::SeqCst), 10);
-        for _ in 0..100 {
-            if budget.held_by("mallory") == 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        within_2s(|| budget.held_by("mallory") == 0).await;
         assert_eq!(
             budget.held_by("mallory"),
             0,
