@@ -753,6 +753,10 @@ async fn rollback_while_running(c: &Cluster, key: &str, addr: &bitcoin::Address,
             .map(|p| p["discarded"].as_i64().unwrap())
             .sum();
         assert!(discarded >= n_available as i64, "node {i}: {st}");
+        assert!(
+            st["rollbacks_detected"].as_u64().unwrap() >= 1,
+            "node {i} reports the rollback in its status: {st}"
+        );
         let log = std::fs::read_to_string(&c.node(i).log).unwrap();
         assert!(
             log.contains("ALERT: database rollback detected"),

@@ -114,6 +114,10 @@ pub struct PresignStatus {
     max_concurrent: usize,
     /// The restore watermark was checked since start.
     restore_checked: bool,
+    /// Database rollbacks this node detected while running, since start (each one
+    /// discards the presignatures from before the restore point; audited as
+    /// `presign.discarded` and logged as an alert).
+    rollbacks_detected: u64,
     /// Per key and signer set.
     pools: Vec<PoolStatus>,
 }
@@ -143,6 +147,7 @@ pub async fn status(
         low_watermark: cfg.low_watermark,
         max_concurrent: cfg.max_concurrent,
         restore_checked: node.presign.restore_checked(),
+        rollbacks_detected: node.presign.rollbacks_detected(),
         pools,
     }))
 }
