@@ -79,18 +79,6 @@ async fn share_rows(c: &Cluster, i: usize, key_id: &str) -> (i64, i64) {
     .unwrap()
 }
 
-async fn audit_count(c: &Cluster, i: usize, action: &str, key_id: &str) -> i64 {
-    let db = c.db(i).await;
-    let (n,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM audit_log WHERE action = $1 AND subject = $2")
-            .bind(action)
-            .bind(key_id)
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    n
-}
-
 /// State of reshare `sid` in node `i`'s `key_reshares`.
 async fn reshare_state(c: &Cluster, i: usize, sid: &str) -> String {
     let db = c.db(i).await;
@@ -219,15 +207,15 @@ async fn refresh_keeps_addresses_and_signs(c: &Cluster, key: &str) {
             "node {i}: the share is the refreshed one"
         );
         assert!(
-            audit_count(c, i, "key.share.deleted", key).await >= 1,
+            c.audit_count(i, "key.share.deleted", key).await >= 1,
             "node {i}"
         );
         assert!(
-            audit_count(c, i, "key.reshare.approved", key).await >= 1,
+            c.audit_count(i, "key.reshare.approved", key).await >= 1,
             "node {i}"
         );
         assert!(
-            audit_count(c, i, "key.reshare.committed", key).await >= 1,
+            c.audit_count(i, "key.reshare.committed", key).await >= 1,
             "node {i}"
         );
     }
@@ -290,7 +278,7 @@ async fn taproot_key_lifecycle_refresh_quorum_remove_threshold_and_kill() {
             .contains("lifecycle_refused_by_policy"),
         "{v}"
     );
-    assert!(audit_count(&c, 0, "key.reshare.rejected", &key).await >= 1);
+    assert!(c.audit_count(0, "key.reshare.rejected", &key).await >= 1);
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (i, rows) in rows_before.iter().enumerate() {
         assert_eq!(&share_rows(&c, i, &key).await, rows, "node {i}");
@@ -327,7 +315,7 @@ async fn taproot_key_lifecycle_refresh_quorum_remove_threshold_and_kill() {
         (0, 0),
         "node-2's share is gone"
     );
-    assert!(audit_count(&c, 1, "key.share.deleted", &key).await >= 2);
+    assert!(c.audit_count(1, "key.share.deleted", &key).await >= 2);
     for i in [0, 2, 3, 4] {
         assert_eq!(key_view(&c, i, &key).await, before, "node {i}");
         assert_eq!(share_rows(&c, i, &key).await, (1, 1), "node {i}");
@@ -815,7 +803,7 @@ async fn taproot_add_node_reshare_onto_it_and_replace_node_5() {
     assert_eq!(pids_before, pids_after, "no existing node restarted");
     for i in 0..N {
         assert_eq!(
-            audit_count(&c, i, "cluster.peer_added", "node-6").await,
+            c.audit_count(i, "cluster.peer_added", "node-6").await,
             1,
             "node {i}"
         );

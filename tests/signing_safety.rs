@@ -123,18 +123,6 @@ async fn count(c: &Cluster, i: usize, sql: &'static str, bind: &str) -> i64 {
     n
 }
 
-async fn audit_count(c: &Cluster, i: usize, action: &str, subject: &str) -> i64 {
-    let db = c.db(i).await;
-    let (n,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM audit_log WHERE action = $1 AND subject = $2")
-            .bind(action)
-            .bind(subject)
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    n
-}
-
 async fn violations(c: &Cluster, i: usize, culprit: &str, kind: &str) -> i64 {
     let db = c.db(i).await;
     let (n,): (i64,) = sqlx::query_as(
@@ -344,11 +332,11 @@ async fn signing_safety_under_a_malicious_submitter_and_leader() {
         "{reasons:?}"
     );
     assert!(
-        audit_count(&c, 2, "tx.sign_refused", &id).await >= 1,
+        c.audit_count(2, "tx.sign_refused", &id).await >= 1,
         "node 2 audits its refusal"
     );
     assert_eq!(
-        audit_count(&c, 2, "tx.sign_input", &id).await,
+        c.audit_count(2, "tx.sign_input", &id).await,
         0,
         "node 2 signed nothing"
     );
@@ -357,11 +345,11 @@ async fn signing_safety_under_a_malicious_submitter_and_leader() {
         "node 2 records the leader"
     );
     assert!(
-        audit_count(&c, 0, "tx.signers_absent", &id).await >= 1,
+        c.audit_count(0, "tx.signers_absent", &id).await >= 1,
         "the leader records that node 2 declined"
     );
     assert!(
-        audit_count(&c, 1, "tx.sign_input", &id).await >= 1,
+        c.audit_count(1, "tx.sign_input", &id).await >= 1,
         "node 1 signed in node 2's place"
     );
 

@@ -247,15 +247,7 @@ async fn restarted_nodes_sign_ecdsa_before_their_tables_are_built(
         let k = c.key_entry(i, ecdsa).await;
         assert_eq!(k["signing_ready"], true, "node {i}: {k}");
         assert_eq!(k["precomputed_tables"], false, "node {i}: {k}");
-        let db = c.db(i).await;
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM audit_log WHERE action = 'tx.sign_input' AND subject = $1",
-        )
-        .bind(&id)
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        signed_by_restarted += n;
+        signed_by_restarted += c.audit_count(i, "tx.sign_input", &id).await;
     }
     assert!(
         signed_by_restarted >= 1,

@@ -280,6 +280,19 @@ impl Cluster {
         }
     }
 
+    /// How many audit entries node `i` holds with `action` about `subject`.
+    pub async fn audit_count(&self, i: usize, action: &str, subject: &str) -> i64 {
+        let db = self.db(i).await;
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM audit_log WHERE action = $1 AND subject = $2")
+                .bind(action)
+                .bind(subject)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        n
+    }
+
     /// Node `i`'s `GET /api/v1/keys` entry for `key_id` (panics if it is missing).
     pub async fn key_entry(&self, i: usize, key_id: &str) -> serde_json::Value {
         let v = self.get_ok(i, "/api/v1/keys").await.unwrap();

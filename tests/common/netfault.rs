@@ -358,13 +358,7 @@ pub async fn assert_no_signing_step(c: &Cluster, nodes: &[usize], id: &str) {
                 .fetch_one(&db)
                 .await
                 .unwrap();
-        let (audited,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM audit_log WHERE action = 'tx.sign_input' AND subject = $1",
-        )
-        .bind(id)
-        .fetch_one(&db)
-        .await
-        .unwrap();
+        let audited = c.audit_count(i, "tx.sign_input", id).await;
         assert_eq!(
             (sessions, audited),
             (0, 0),
