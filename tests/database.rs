@@ -663,11 +663,23 @@ async fn marking_the_inputs_spent_locks_them_before_the_append_lock() {
         .unwrap();
     let signing = signed_in_background(&s, tx);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let (free,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-        .bind(signer::store::audit::AUDIT_LOCK_KEY)
-        .fetch_one(&mut *holder)
-        .await
-        .unwrap();
+    // The node under test shares this database and appends its own audit records,
+    // holding the append lock for a moment at a time: one failed try means nothing.
+    // A statement that took the lock before it waited holds it until it ends, so
+    // every try over two seconds fails only then.
+    let mut free = false;
+    for _ in 0..40 {
+        let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(signer::store::audit::AUDIT_LOCK_KEY)
+            .fetch_one(&mut *holder)
+            .await
+            .unwrap();
+        if got {
+            free = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     if free {
         sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(signer::store::audit::AUDIT_LOCK_KEY)
@@ -708,12 +720,20 @@ async fn an_audited_statement_locks_its_rows_before_the_append_lock() {
         .await
         .unwrap();
     let signing = signed_in_background(&s, tx);
-    // The statement waits for the append lock; its row must be locked by then.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    let row_free = sqlx::query("SELECT 1 FROM transactions WHERE id = $1 FOR UPDATE NOWAIT")
-        .bind(tx)
-        .execute(s.pool())
-        .await;
+    // The statement cannot get past the append lock held here, so if its row is
+    // ever locked meanwhile, it was locked first. Look for up to ten seconds (a
+    // slow host may start the statement late).
+    let mut row_free = Ok(Default::default());
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        row_free = sqlx::query("SELECT 1 FROM transactions WHERE id = $1 FOR UPDATE NOWAIT")
+            .bind(tx)
+            .execute(s.pool())
+            .await;
+        if row_free.is_err() {
+            break;
+        }
+    }
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(signer::store::audit::AUDIT_LOCK_KEY)
         .execute(&mut *holder)
