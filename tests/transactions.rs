@@ -218,6 +218,61 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
     }
     double_and_forged_votes_are_recorded_and_ignored(&c, &frost).await;
     restarted_nodes_sign_ecdsa_before_their_tables_are_built(&c, &frost, &ecdsa).await;
+    submissions_beyond_the_turns_wait_and_every_one_is_signed(&c, &frost).await;
+}
+
+/// `[api] max_concurrent_submissions`: a burst of payments beyond the intake's
+/// turns waits for them (nothing refused), never more than the turns are validated
+/// at once (`/metrics` sampled through the burst), and every one is signed.
+async fn submissions_beyond_the_turns_wait_and_every_one_is_signed(c: &Cluster, frost: &str) {
+    c.kill_node(0);
+    c.restart_node_with_env(0, &[("SIGNER__API__MAX_CONCURRENT_SUBMISSIONS", "1")]);
+    c.wait_ready(N).await;
+    fund(c, frost, &[40_000; 6]).await;
+    let body = pay(frost, 10_000);
+    let burst =
+        futures::future::join_all((0..6).map(|_| c.post_json(0, "/api/v1/transactions", &body)));
+    let sampling = async {
+        let mut seen = Vec::new();
+        for _ in 0..400 {
+            let text = c.get(0, "/metrics", c.admin()).await.text().await.unwrap();
+            let n: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("signer_api_submissions_in_progress "))
+                .expect("the gauge is exported")
+                .trim()
+                .parse()
+                .unwrap();
+            seen.push(n);
+            if seen.iter().filter(|&&n| n == 0).count() > 20 && seen.contains(&1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen
+    };
+    let (answers, seen) = tokio::join!(burst, sampling);
+    assert!(
+        seen.iter().all(|&n| n <= 1),
+        "more than one turn used: {seen:?}"
+    );
+    assert!(
+        seen.contains(&1),
+        "no submission seen in its turn: {seen:?}"
+    );
+    for (status, v) in answers {
+        assert_eq!(status, 202, "{v}");
+        let id = v["id"].as_str().unwrap();
+        let v = ended(
+            c,
+            0,
+            &format!("/api/v1/transactions/{id}"),
+            &["signed", "failed", "rejected", "expired"],
+            120,
+        )
+        .await;
+        assert_eq!(v["state"], "signed", "{v}");
+    }
 }
 
 /// Nodes just restarted sign an ECDSA payment with their plain shares while their

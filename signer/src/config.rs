@@ -533,6 +533,12 @@ pub struct ApiConfig {
     /// token (bounds token guessing).
     #[serde(default = "default_unauth_rate")]
     pub unauthenticated_rate_limit_per_min: u32,
+    /// Payment submissions (`POST /api/v1/transactions`) validated at once; more
+    /// wait for a turn, in arrival order (nothing is refused). Each one in progress
+    /// holds its coin selection, PSBT and answer (about 80 KiB), and a node's
+    /// memory is locked: a burst's high-water mark stays resident.
+    #[serde(default = "default_max_concurrent_submissions")]
+    pub max_concurrent_submissions: usize,
 }
 
 fn default_max_body() -> usize {
@@ -543,6 +549,9 @@ fn default_rate() -> u32 {
 }
 fn default_unauth_rate() -> u32 {
     120
+}
+fn default_max_concurrent_submissions() -> usize {
+    16
 }
 
 /// QUIC peer-to-peer settings.
@@ -995,6 +1004,11 @@ impl NodeConfig {
         if self.etcd.lease_ttl_secs < 2 {
             return Err(invalid("etcd.lease_ttl_secs must be at least 2".to_owned()));
         }
+        if !(1..=1024).contains(&self.api.max_concurrent_submissions) {
+            return Err(invalid(
+                "api.max_concurrent_submissions must be between 1 and 1024".to_owned(),
+            ));
+        }
         if self.api.max_body_bytes < 1024 {
             return Err(invalid(
                 "api.max_body_bytes must be at least 1024".to_owned(),
@@ -1162,7 +1176,28 @@ prefix = "/signer/test"
         let cfg = NodeConfig::parse(SAMPLE, Path::new("t.toml"), &[]).expect("valid sample");
         assert_eq!(cfg.total_nodes(), 2);
         assert_eq!(cfg.api.max_body_bytes, 1024 * 1024);
+        assert_eq!(cfg.api.max_concurrent_submissions, 16);
         assert_eq!(cfg.etcd.lease_ttl_secs, 5);
+    }
+
+    #[test]
+    fn submission_turns_must_be_between_1_and_1024() {
+        for bad in ["0", "1025"] {
+            let env = [(
+                "SIGNER__API__MAX_CONCURRENT_SUBMISSIONS".to_owned(),
+                bad.to_owned(),
+            )];
+            let e = NodeConfig::parse(SAMPLE, Path::new("t.toml"), &env)
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("api.max_concurrent_submissions"), "{e}");
+        }
+        let env = [(
+            "SIGNER__API__MAX_CONCURRENT_SUBMISSIONS".to_owned(),
+            "1".to_owned(),
+        )];
+        let cfg = NodeConfig::parse(SAMPLE, Path::new("t.toml"), &env).expect("1 is valid");
+        assert_eq!(cfg.api.max_concurrent_submissions, 1);
     }
 
     #[test]

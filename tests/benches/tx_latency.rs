@@ -61,6 +61,10 @@ struct Args {
     /// after each wave (0: no soak).
     soak: usize,
     logs: Option<std::path::PathBuf>,
+    /// Profiling only: run node 1 (the leader) under `heaptrack`, writing its
+    /// profile to this path (node 1 is restarted under it once the keys exist;
+    /// heaptrack slows its allocations, so the run's figures are not to quote).
+    heaptrack_leader: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -76,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
         pg_stat: false,
         soak: 0,
         logs: None,
+        heaptrack_leader: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -105,6 +110,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--pg-log" => a.pg_log = true,
             "--pg-stat" => a.pg_stat = true,
             "--soak" => a.soak = num()?,
+            "--heaptrack-leader" => {
+                a.heaptrack_leader = Some(
+                    it.next()
+                        .ok_or_else(|| anyhow::anyhow!("--heaptrack-leader needs a file path"))?
+                        .into(),
+                )
+            }
             "--logs" => {
                 a.logs = Some(
                     it.next()
@@ -115,7 +127,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--help" | "-h" => {
                 println!(
                     "tx-latency [--runs N] [--nodes N] [--t T] [--concurrent N[,N..]] [--utxos N] \
-                     [--ecdsa-runs N] [--taproot-only] [--soak N] [--pg-log] [--pg-stat (with SIGNER_PG_STAT=1)] [--logs DIR (copy the node logs there; set RUST_LOG for more)]"
+                     [--ecdsa-runs N] [--taproot-only] [--soak N] [--pg-log] [--pg-stat (with SIGNER_PG_STAT=1)] [--logs DIR (copy the node logs there; set RUST_LOG for more)] [--heaptrack-leader FILE (profiling only)]"
                 );
                 std::process::exit(0);
             }
@@ -337,6 +349,59 @@ async fn sample(c: &Cluster, n: usize) -> anyhow::Result<Resources> {
 
 /// Per-node resident memory, PostgreSQL connections (the seed's #76 and #77) after
 /// the load, once the nodes are idle again.
+/// Restarts node 1 under `heaptrack -o out` and waits until the cluster sees it
+/// again; returns heaptrack's process.
+async fn leader_under_heaptrack(
+    c: &Cluster,
+    n: usize,
+    out: &std::path::Path,
+) -> anyhow::Result<std::process::Child> {
+    c.kill_node(0);
+    let node = c.node(0);
+    let log = std::fs::OpenOptions::new().append(true).open(&node.log)?;
+    let child = std::process::Command::new("heaptrack")
+        .arg("-o")
+        .arg(out)
+        .arg(cluster_tests::signer_bin())
+        .args(["node", "run", "--config"])
+        .arg(&node.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    until(
+        "node 1 back under heaptrack",
+        Duration::from_secs(180),
+        || async {
+            for i in 0..n {
+                let s = c.get_ok(i, "/api/v1/cluster/status").await?;
+                (s["healthy_nodes"] == n).then_some(())?;
+            }
+            c.get_ok(0, "/api/v1/keys").await?["keys"]
+                .as_array()?
+                .iter()
+                .all(|k| k["signing_ready"] == true)
+                .then_some(())
+        },
+    )
+    .await?;
+    println!("node 1 runs under heaptrack (pid {})", child.id());
+    Ok(child)
+}
+
+/// Stops node 1 (SIGTERM to the node under heaptrack) and waits for heaptrack to
+/// write its profile.
+fn end_heaptrack(c: &Cluster, mut child: std::process::Child) -> anyhow::Result<()> {
+    let config = c.node(0).config.to_string_lossy().into_owned();
+    let status = std::process::Command::new("pkill")
+        .args(["-TERM", "-f", &format!("node run --config {config}")])
+        .status()?;
+    anyhow::ensure!(status.success(), "node 1 under heaptrack not found");
+    let status = child.wait()?;
+    println!("heaptrack ended: {status}");
+    Ok(())
+}
+
 async fn resources(c: &Cluster, n: usize) -> anyhow::Result<()> {
     let r = sample(c, n).await?;
     println!(
@@ -724,6 +789,10 @@ async fn bench(a: Args) -> anyhow::Result<()> {
     for i in 0..n {
         std::fs::write(c.node(i).dir.join("policy.toml"), &policy)?;
     }
+    let heaptrack = match &a.heaptrack_leader {
+        Some(out) => Some(leader_under_heaptrack(&c, n, out).await?),
+        None => None,
+    };
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(&c.node(0).database_url)
@@ -932,6 +1001,9 @@ async fn bench(a: Args) -> anyhow::Result<()> {
     }
     db.close().await;
     resources(&c, n).await?;
+    if let Some(child) = heaptrack {
+        end_heaptrack(&c, child)?;
+    }
     if let Some(dir) = &a.logs {
         std::fs::create_dir_all(dir)?;
         for i in 0..n {

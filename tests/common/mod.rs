@@ -125,6 +125,9 @@ impl Cluster {
             .arg("--dir")
             .arg(&dir)
             .args(["--watch-pid", &std::process::id().to_string()])
+            // Clusters held in statics are never dropped: the supervisor deletes
+            // the cluster's directory (about 110 MB) once this process has exited.
+            .arg("--remove-dir")
             .args(["--lease-ttl-secs", "3"])
             // No background prime generation in tests (35 s of CPU per set and node);
             // the published TEST-ONLY fixture sets feed the aux-info pools instead.

@@ -245,6 +245,13 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             ));
         }
     }
+    body.push_str(&format!(
+        "# HELP signer_api_submissions_in_progress Payment submissions being validated \
+         now (at most [api] max_concurrent_submissions; the others wait).\n\
+         # TYPE signer_api_submissions_in_progress gauge\n\
+         signer_api_submissions_in_progress {}\n",
+        s.node.submissions_in_progress()
+    ));
     body.push_str(&memory_metrics());
     body.push_str(&super::presign::metrics_text(&s.node).await);
     (

@@ -179,6 +179,9 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     p.require(&[Role::Operator])?;
     let sub = submission(body)?;
+    // The validation, the proposal and the answer hold most of a submission's
+    // memory: they run in turns (`[api] max_concurrent_submissions`).
+    let _turn = s.node.submission_turn().await;
     let id = crate::tx::intake::submit(&s.node, sub, &p.token_id, &p.name).await?;
     let row = s.node.store.get_transaction(id).await?;
     Ok((StatusCode::ACCEPTED, Json(row)).into_response())

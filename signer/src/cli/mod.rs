@@ -128,6 +128,11 @@ pub enum ClusterCmd {
         /// Tear down when the process with this pid exits (for test harnesses).
         #[arg(long)]
         watch_pid: Option<u32>,
+        /// After the teardown, delete --dir with everything in it (databases, key
+        /// shares, logs): for test harnesses whose clusters live in temporary
+        /// directories. Never on a cluster you want to keep.
+        #[arg(long)]
+        remove_dir: bool,
         /// etcd lease TTL of node registrations, in seconds.
         #[arg(long, default_value_t = 5)]
         lease_ttl_secs: i64,
@@ -544,6 +549,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             detach,
             watch_pid,
+            remove_dir,
             lease_ttl_secs,
             etcd_members,
             prime_pool_target,
@@ -558,6 +564,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 threshold,
                 detach,
                 watch_pid,
+                remove_dir,
                 lease_ttl_secs,
                 prime_pool_target,
                 insecure_test_primes,

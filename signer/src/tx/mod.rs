@@ -696,15 +696,38 @@ pub struct TxCtx {
     lower: Arc<crate::presign::PresignCtx>,
     /// Transactions being voted on or signed.
     pub tx: Registry,
+    /// Turns of the payment intake (`[api] max_concurrent_submissions`).
+    submissions: tokio::sync::Semaphore,
 }
 
 impl TxCtx {
     /// The service's context over the presignature service.
     pub fn new(lower: Arc<crate::presign::PresignCtx>) -> Self {
+        let turns = lower.cfg.api.max_concurrent_submissions.max(1);
         TxCtx {
             lower,
             tx: Registry::default(),
+            submissions: tokio::sync::Semaphore::new(turns),
         }
+    }
+
+    /// Waits for a turn of the payment intake: at most `[api]
+    /// max_concurrent_submissions` submissions are validated and answered at once,
+    /// the others wait in arrival order (tokio's semaphore is fair).
+    pub async fn submission_turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.submissions
+            .acquire()
+            .await
+            .expect("the intake semaphore is never closed")
+    }
+
+    /// Submissions in progress now (for tests and metrics).
+    pub fn submissions_in_progress(&self) -> usize {
+        self.cfg
+            .api
+            .max_concurrent_submissions
+            .max(1)
+            .saturating_sub(self.submissions.available_permits())
     }
 
     /// The presignature context below.

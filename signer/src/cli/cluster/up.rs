@@ -26,6 +26,8 @@ pub struct UpOptions {
     pub detach: bool,
     /// Tear the cluster down when this process exits (used by tests).
     pub watch_pid: Option<u32>,
+    /// Delete `dir` after the teardown (test harnesses with temporary dirs).
+    pub remove_dir: bool,
     /// etcd registration lease TTL of the nodes, seconds.
     pub lease_ttl_secs: i64,
     /// `[aux] prime_pool_target` of every node.
@@ -100,6 +102,10 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     wait_for_stop(opts.watch_pid).await;
     eprintln!("stopping cluster in {}", dir.display());
     stop_all(&dir);
+    if opts.remove_dir {
+        std::fs::remove_dir_all(&dir)?;
+        return Ok(());
+    }
     let _ = std::fs::remove_file(dir.join("supervisor.pid"));
     Ok(())
 }
