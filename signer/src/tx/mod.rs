@@ -698,6 +698,8 @@ pub struct TxCtx {
     pub tx: Registry,
     /// Turns of the payment intake (`[api] max_concurrent_submissions`).
     submissions: tokio::sync::Semaphore,
+    /// How many turns there are.
+    submission_turns: usize,
 }
 
 impl TxCtx {
@@ -708,6 +710,7 @@ impl TxCtx {
             lower,
             tx: Registry::default(),
             submissions: tokio::sync::Semaphore::new(turns),
+            submission_turns: turns,
         }
     }
 
@@ -723,10 +726,7 @@ impl TxCtx {
 
     /// Submissions in progress now (for tests and metrics).
     pub fn submissions_in_progress(&self) -> usize {
-        self.cfg
-            .api
-            .max_concurrent_submissions
-            .max(1)
+        self.submission_turns
             .saturating_sub(self.submissions.available_permits())
     }
 
