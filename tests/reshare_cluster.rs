@@ -79,6 +79,18 @@ async fn share_rows(c: &Cluster, i: usize, key_id: &str) -> (i64, i64) {
     .unwrap()
 }
 
+/// Error recorded with reshare `sid` in node `i`'s `key_reshares` (empty if none).
+async fn reshare_error(c: &Cluster, i: usize, sid: &str) -> String {
+    let db = c.db(i).await;
+    let (error,): (Option<String>,) =
+        sqlx::query_as("SELECT error FROM key_reshares WHERE id = $1::uuid")
+            .bind(sid)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    error.unwrap_or_default()
+}
+
 /// State of reshare `sid` in node `i`'s `key_reshares`.
 async fn reshare_state(c: &Cluster, i: usize, sid: &str) -> String {
     let db = c.db(i).await;
@@ -1005,16 +1017,21 @@ async fn taproot_cheating_dealer_is_refused_blamed_and_the_old_shares_keep_signi
             "{fault}: node-2 cheated as a dealer (the fault fired)"
         );
         for i in [0, 2, 3, 4] {
-            let culprits = c
-                .eventually(
-                    &format!("{fault}: node {i} recorded the culprit of {sid}"),
-                    Duration::from_secs(30),
-                    || async {
-                        let v = reshare_culprits(&c, i, &sid).await;
-                        (!v.is_empty()).then_some(v)
-                    },
-                )
-                .await;
+            // The violation is recorded right after the failure is: still none after
+            // a while means the run failed for another reason, which the message names.
+            let mut culprits = reshare_culprits(&c, i, &sid).await;
+            let t = std::time::Instant::now();
+            while culprits.is_empty() && t.elapsed() < Duration::from_secs(15) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                culprits = reshare_culprits(&c, i, &sid).await;
+            }
+            if culprits.is_empty() {
+                dump_warnings(&c);
+                panic!(
+                    "{fault}: node {i} recorded no culprit of {sid}; its reshare failed with: {}",
+                    reshare_error(&c, i, &sid).await
+                );
+            }
             for (culprit, error) in &culprits {
                 assert_eq!(culprit, "node-2", "{fault}: node {i}: {culprits:?}");
                 assert!(error.contains(named), "{fault}: node {i}: {error}");

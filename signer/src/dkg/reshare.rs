@@ -78,6 +78,8 @@ pub const APPROVAL_VALIDITY: Duration = Duration::from_secs(120);
 pub const RESHARE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound of the wait at the start barrier.
 pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a run, once the protocol ended, waits for its last outgoing messages.
+const PUMP_DRAIN: Duration = Duration::from_secs(15);
 /// Reason of the (never counted) vote of a new participant that holds no share yet.
 pub const NEW_PARTICIPANT: &str = "new_participant_without_share";
 /// Reason code of a vote refused by `[lifecycle] approve_reshare = false`.
@@ -1113,8 +1115,17 @@ async fn run(
             async move { Ok(reshare::run(party, state, &signer.vote_key).await) }
         })
         .await;
-    if let Err(e) = pump.await {
-        tracing::warn!(session = %spec.id, error = %e, "outgoing pump failed");
+    // The last messages (this node's echo) may still be on their way to a peer
+    // whose connection is being replaced: wait a while, not past the run's bound,
+    // so the verdict (the culprits of a failed run) is never lost to a slow send.
+    // The pump goes on delivering after that.
+    let mut pump = pump;
+    match tokio::time::timeout(PUMP_DRAIN, &mut pump).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(session = %spec.id, error = %e, "outgoing pump failed"),
+        Err(_) => {
+            tracing::warn!(session = %spec.id, "outgoing reshare messages still being delivered; going on with the run's result")
+        }
     }
     let output = match res {
         Ok(Ok(o)) => o,

@@ -168,6 +168,11 @@ impl P2pError {
                 ConnectionError::ConnectionClosed(c) => !is_crypto_code(c.error_code.into()),
                 ConnectionError::TransportError(e) => !is_crypto_code(e.code.into()),
                 ConnectionError::Reset | ConnectionError::TimedOut => true,
+                // Closed by this node because it stopped trusting the connection
+                // (another send on it failed, or the peer restarted): the frame may
+                // never have left, so it goes again on a fresh connection. At shutdown
+                // the send loop stops first ([`P2pError::Shutdown`]).
+                ConnectionError::LocallyClosed => true,
                 _ => false,
             },
             _ => false,
@@ -196,6 +201,8 @@ struct PeerSlot {
     /// Serializes dialing so that concurrent senders share one connection.
     dial: tokio::sync::Mutex<()>,
     conn: Mutex<Option<Connection>>,
+    /// Value of [`Shared::events`] when `conn` was dialed.
+    dialed: AtomicU64,
 }
 
 /// State shared with the background tasks.
@@ -207,7 +214,9 @@ struct Shared {
     closed: AtomicBool,
     /// Live incoming connections, per peer id, by arrival sequence number.
     incoming: Mutex<HashMap<String, BTreeMap<u64, Connection>>>,
-    incoming_seq: AtomicU64,
+    /// Orders connection events: the sequence number of an incoming connection, or
+    /// of a dial ([`PeerSlot::dialed`]).
+    events: AtomicU64,
     handshakes: Arc<Semaphore>,
     /// Configured peers by their QUIC address (an incoming connection comes from
     /// the peer's one endpoint, so a refused handshake is put on its peer).
@@ -259,6 +268,7 @@ impl PeerSlot {
             addr,
             dial: tokio::sync::Mutex::new(()),
             conn: Mutex::new(None),
+            dialed: AtomicU64::new(0),
         })
     }
 }
@@ -309,7 +319,7 @@ impl P2p {
             max_frame_bytes: cfg.max_frame_bytes,
             closed: AtomicBool::new(false),
             incoming: Mutex::new(HashMap::new()),
-            incoming_seq: AtomicU64::new(0),
+            events: AtomicU64::new(1),
             handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
             peer_addrs: RwLock::new(cfg.peers.iter().map(|p| (p.addr, p.id.clone())).collect()),
             peers: RwLock::new(
@@ -515,6 +525,10 @@ impl P2p {
             return Ok(c);
         }
         let conn = self.dial(peer, slot.addr).await?;
+        slot.dialed.store(
+            self.shared.events.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         *lock(&slot.conn) = Some(conn.clone());
         Ok(conn)
     }
@@ -752,7 +766,7 @@ async fn serve_connection(
         }
     };
     shared.peer_ok(&peer);
-    let seq = shared.incoming_seq.fetch_add(1, Ordering::Relaxed);
+    let seq = shared.events.fetch_add(1, Ordering::Relaxed);
     let superseded = {
         let mut incoming = lock(&shared.incoming);
         let conns = incoming.entry(peer.clone()).or_default();
@@ -780,6 +794,42 @@ async fn serve_connection(
     }
     drop(incoming);
     tracing::info!(peer = %peer, %remote, %reason, "peer connection closed");
+    if matches!(reason, ConnectionError::Reset) {
+        retire_outgoing_after_restart(&shared, &peer, seq);
+    }
+}
+
+/// `peer` reset its connection to this node with a stateless reset: a new incarnation
+/// (restarted on the same address with the same key) no longer knows the connection.
+/// This node's outgoing connection to it most likely points at the old incarnation
+/// too; frames sent there would wait, under loss-recovery backoff, for a reset of
+/// their own or for the idle timeout. Closing it makes the next send dial the new
+/// incarnation, and sends in flight on it are retried there.
+///
+/// The new incarnation dials this node when it starts: an outgoing connection dialed
+/// after the first incoming one that followed the reset one (`reset_seq`) already
+/// reaches it and is kept.
+fn retire_outgoing_after_restart(shared: &Shared, peer: &str, reset_seq: u64) {
+    let Some(slot) = read(&shared.peers).get(peer).cloned() else {
+        return;
+    };
+    let restarted_before = lock(&shared.incoming)
+        .get(peer)
+        .and_then(|conns| conns.range(reset_seq + 1..).next().map(|(s, _)| *s))
+        .unwrap_or_else(|| shared.events.load(Ordering::Relaxed));
+    let mut guard = lock(&slot.conn);
+    if slot.dialed.load(Ordering::Relaxed) >= restarted_before {
+        return;
+    }
+    let old = guard.take();
+    drop(guard);
+    if let Some(old) = old.filter(|c| c.close_reason().is_none()) {
+        tracing::info!(
+            peer,
+            "peer restarted: closing the outgoing connection to its previous incarnation"
+        );
+        old.close(VarInt::from_u32(CLOSE_UNRESPONSIVE), b"peer restarted");
+    }
 }
 
 /// Reads frames from the connection's uni-streams, several at a time, and delivers

@@ -630,6 +630,70 @@ async fn reconnects_after_the_peer_crashes_and_restarts() {
     assert_eq!(old.close_reason(), Some(ConnectionError::Reset));
 }
 
+/// The restart case of the reshare cluster test (a frame to a restarted peer lost):
+/// `a` sends to `b` while `b` is down, so that send waits under loss-recovery
+/// backoff on the connection to the dead incarnation. When `b` is back, the new
+/// incarnation's stateless reset of `b`'s old connection to `a` tells `a` that `b`
+/// restarted: `a` closes its outgoing connection too, and the send waiting on it is
+/// retried on a fresh connection and delivered, instead of failing with the
+/// connection `a` closed itself (before, that frame was lost).
+#[tokio::test]
+async fn a_send_waiting_on_a_restarted_peers_old_connection_is_delivered_to_the_new_one() {
+    let (logs, _guard) = Logs::install();
+    let net = Net::new(&["a", "b"]);
+    let mut a_cfg = net.config("a");
+    // a's idle inbound connection from b pings often, so b's new incarnation resets it soon.
+    a_cfg.keep_alive = Duration::from_millis(200);
+    let (a, mut a_rx) = P2p::start(a_cfg).await.unwrap();
+
+    let b_cfg = net.config("b");
+    let (crash_tx, crash_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let crashed = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (b, rx) = rt.block_on(async {
+            let (b, mut rx) = P2p::start(b_cfg).await.unwrap();
+            // a connection in each direction
+            b.send("a", frame("hello from b")).await.unwrap();
+            tokio::time::timeout(GUARD, rx.recv()).await.unwrap();
+            ready_tx.send(()).unwrap();
+            crash_rx.await.unwrap();
+            (b, rx)
+        });
+        drop(rt);
+        drop((b, rx));
+    });
+    assert_eq!(text(&recv(&mut a_rx).await), "hello from b");
+    a.send("b", frame("first")).await.unwrap();
+    ready_rx.await.unwrap();
+    crash_tx.send(()).unwrap();
+    crashed.join().unwrap();
+
+    // b is down: this send waits on the old connection.
+    let a = Arc::new(a);
+    let sender = a.clone();
+    let in_flight = tokio::spawn(async move { sender.send("b", frame("in flight")).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!in_flight.is_finished(), "the send waits while b is down");
+
+    let (_b2, mut b2_rx) = start_when_port_free(net.config("b")).await;
+    logs.wait_for(&["peer restarted: closing the outgoing connection"])
+        .await;
+    tokio::time::timeout(GUARD, in_flight)
+        .await
+        .expect("the send ended")
+        .unwrap()
+        .expect("the send was retried on a fresh connection");
+    let inbound = recv(&mut b2_rx).await;
+    assert_eq!(
+        (inbound.from.as_str(), text(&inbound).as_str()),
+        ("a", "in flight")
+    );
+}
+
 #[tokio::test]
 async fn send_to_an_unreachable_peer_fails_and_succeeds_once_it_is_up() {
     let net = Net::new(&["a", "b"]);

@@ -13,11 +13,12 @@
 
 pub mod equivocation;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use signer_protocol::{MsgType, RawIncoming, RawOutgoing};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -41,6 +42,9 @@ pub const MAX_EARLY_FRAMES_PER_PEER: usize = 256;
 pub const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
 /// Capacity of a session's inbound protocol queue.
 const SESSION_QUEUE: usize = 1024;
+/// Most frame digests a session keeps to drop repeated frames (far more than any
+/// protocol run sends; past it, repeats are no longer recognised).
+const MAX_DELIVERED_DIGESTS: usize = 4096;
 /// A sender's signed statement of one broadcast ([`equivocation::Statement`]).
 pub const STATEMENT: MessageKind = MessageKind::BROADCAST_STATEMENT;
 /// The statements a participant holds, sent after a failure without a culprit.
@@ -80,6 +84,11 @@ struct SessionEntry {
     statements: Vec<equivocation::Statement>,
     /// Protocol messages routed from each participant (by run index).
     received: Vec<u32>,
+    /// Digests of the protocol frames routed, with their sender's run index: a frame
+    /// that comes again (its sender retried a send whose acknowledgement it lost)
+    /// is dropped, so the protocol never takes an honest retry for a duplicate
+    /// message and blames its sender. At most [`MAX_DELIVERED_DIGESTS`].
+    delivered: HashSet<(u16, [u8; 32])>,
     /// Participants whose result confirmation arrived (by run index).
     confirmed: Vec<bool>,
     /// When the session was registered or its last protocol message routed.
@@ -134,6 +143,7 @@ impl Router {
             evidence_tx,
             statements: Vec::new(),
             received: vec![0; participants.len()],
+            delivered: HashSet::new(),
             confirmed: vec![false; participants.len()],
             progress: Instant::now(),
         };
@@ -468,6 +478,11 @@ fn route(entry: &mut SessionEntry, id: Uuid, inbound: Inbound) {
     let Ok(sender) = u16::try_from(idx) else {
         return;
     };
+    let digest: [u8; 32] = Sha256::digest(&inbound.frame.payload).into();
+    if entry.delivered.contains(&(sender, digest)) {
+        tracing::debug!(peer = %inbound.from, session = %id, "protocol frame delivered before (a retried send); dropped");
+        return;
+    }
     let msg = RawIncoming {
         sender,
         msg_type,
@@ -476,6 +491,9 @@ fn route(entry: &mut SessionEntry, id: Uuid, inbound: Inbound) {
     if entry.protocol_tx.try_send(msg).is_err() {
         tracing::warn!(peer = %inbound.from, session = %id, "session queue full or closed; frame dropped");
         return;
+    }
+    if entry.delivered.len() < MAX_DELIVERED_DIGESTS {
+        entry.delivered.insert((sender, digest));
     }
     if let Some(n) = entry.received.get_mut(idx) {
         *n = n.saturating_add(1);
@@ -719,6 +737,29 @@ mod tests {
         let (from, pk) = q.confirm_rx.try_recv().expect("confirmation");
         assert_eq!((from.as_str(), pk.len()), ("node-3", 33));
         assert!(q.confirm_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_protocol_frame_that_comes_again_is_delivered_once() {
+        let router = Router::default();
+        let id = Uuid::new_v4();
+        let participants = ids(&["node-1", "node-2", "node-3"]);
+        let mut q = router
+            .register(id, &participants, MessageKind::RESHARE)
+            .expect("a new session id");
+        // node-2 retried a send whose acknowledgement it lost: the same frame twice.
+        router.deliver(frame(id, "node-2", MessageKind::RESHARE, vec![0, 4, 2]));
+        router.deliver(frame(id, "node-2", MessageKind::RESHARE, vec![0, 4, 2]));
+        let m = q.protocol_rx.try_recv().expect("routed once");
+        assert_eq!((m.sender, &m.payload[..]), (1, &[4u8, 2][..]));
+        assert!(q.protocol_rx.try_recv().is_err(), "the repeat is dropped");
+        // The same bytes from another sender, and another message from node-2, pass.
+        router.deliver(frame(id, "node-3", MessageKind::RESHARE, vec![0, 4, 2]));
+        router.deliver(frame(id, "node-2", MessageKind::RESHARE, vec![0, 4, 3]));
+        let senders: Vec<u16> = std::iter::from_fn(|| q.protocol_rx.try_recv().ok())
+            .map(|m| m.sender)
+            .collect();
+        assert_eq!(senders, vec![2, 1]);
     }
 
     #[test]
