@@ -1291,25 +1291,26 @@ mod tests {
         let _q = router
             .register(s.id, &run_set, MessageKind::RESHARE)
             .expect("a new session id");
-        let msg = |from: &str, flag: u8| Inbound {
+        // Each message distinct (the router delivers a repeated frame once).
+        let msg = |from: &str, flag: u8, body: u8| Inbound {
             from: from.to_owned(),
-            frame: Frame::new(s.id, MessageKind::RESHARE, vec![flag, 1]),
+            frame: Frame::new(s.id, MessageKind::RESHARE, vec![flag, body]),
         };
-        router.deliver(msg("node-3", 0));
-        router.deliver(msg("node-3", 1));
-        router.deliver(msg("node-2", 0));
+        router.deliver(msg("node-3", 0, 1));
+        router.deliver(msg("node-3", 1, 2));
+        router.deliver(msg("node-2", 0, 1));
         assert_eq!(
             router.behind_schedule(s.id, "node-1", &mine),
             ids(&["node-2"])
         );
-        router.deliver(msg("node-2", 1));
+        router.deliver(msg("node-2", 1, 2));
         // Round 1 complete here; node-3 echoed, node-2 did not.
-        router.deliver(msg("node-3", 0));
+        router.deliver(msg("node-3", 0, 3));
         assert_eq!(
             router.behind_schedule(s.id, "node-1", &mine),
             ids(&["node-2"])
         );
-        router.deliver(msg("node-2", 0));
+        router.deliver(msg("node-2", 0, 3));
         assert!(router.behind_schedule(s.id, "node-1", &mine).is_empty());
         assert_eq!(
             crate::session::stalled_stage("running the reshare", &ids(&["node-2"])),
