@@ -1092,7 +1092,7 @@ async fn run(
         .barrier(&format!("reshare-{}", spec.id), run_set, BARRIER_TIMEOUT)
         .await?;
     let (out_tx, out_rx) = mpsc::channel::<RawOutgoing>(1024);
-    let pump = tokio::spawn(crate::session::pump_outgoing(
+    let mut pump = tokio::spawn(crate::session::pump_outgoing(
         node.net.clone(),
         spec.id,
         run_set.to_vec(),
@@ -1119,7 +1119,6 @@ async fn run(
     // whose connection is being replaced: wait a while, not past the run's bound,
     // so the verdict (the culprits of a failed run) is never lost to a slow send.
     // The pump goes on delivering after that.
-    let mut pump = pump;
     match tokio::time::timeout(PUMP_DRAIN, &mut pump).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(session = %spec.id, error = %e, "outgoing pump failed"),
