@@ -219,6 +219,79 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
     double_and_forged_votes_are_recorded_and_ignored(&c, &frost).await;
     restarted_nodes_sign_ecdsa_before_their_tables_are_built(&c, &frost, &ecdsa).await;
     submissions_beyond_the_turns_wait_and_every_one_is_signed(&c, &frost).await;
+    payments_proposed_in_batches_are_each_decided_and_a_refused_one_stops_no_other(&c, &frost)
+        .await;
+}
+
+/// `[wallet] proposal_batch_max` (issue 21): a burst of payments goes out from the
+/// leader in batches, every node handles each payment of a batch on its own (its
+/// own validation, policy decision and signed vote), and the one payment its
+/// policy refuses is rejected everywhere while every other one is signed
+/// everywhere.
+async fn payments_proposed_in_batches_are_each_decided_and_a_refused_one_stops_no_other(
+    c: &Cluster,
+    frost: &str,
+) {
+    c.write_policy(N, &[frost], 30_000);
+    c.kill_node(0);
+    c.restart_node_with_env(
+        0,
+        &[
+            ("SIGNER__WALLET__PROPOSAL_BATCH_MAX", "8"),
+            ("SIGNER__WALLET__PROPOSAL_BATCH_LINGER_MS", "200"),
+        ],
+    );
+    c.wait_ready(N).await;
+    fund(c, frost, &[100_000; 12]).await;
+    // Eleven payments within the policy's 30,000 sats per transaction, one above.
+    let amounts: Vec<u64> = (0..12)
+        .map(|i| if i == 5 { 50_000 } else { 10_000 })
+        .collect();
+    let bodies: Vec<_> = amounts.iter().map(|&a| pay(frost, a)).collect();
+    let answers = futures::future::join_all(
+        bodies
+            .iter()
+            .map(|b| c.post_json(0, "/api/v1/transactions", b)),
+    )
+    .await;
+    for ((status, v), amount) in answers.into_iter().zip(&amounts) {
+        assert_eq!(status, 202, "{v}");
+        let id = v["id"].as_str().unwrap();
+        if *amount > 30_000 {
+            ends_as(c, &[0, 1, 2], id, "rejected").await;
+        } else {
+            signed_everywhere(c, &[0, 1, 2], id, 240).await;
+        }
+    }
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} is exported"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let text = c.get(0, "/metrics", c.admin()).await.text().await.unwrap();
+    let (sent, in_batches) = (
+        metric(&text, "signer_tx_proposal_batches_sent_total"),
+        metric(&text, "signer_tx_batched_proposals_sent_total"),
+    );
+    assert!(
+        sent >= 1 && in_batches >= 2 * sent,
+        "the leader proposed in batches: {sent} batches, {in_batches} payments"
+    );
+    for i in 1..N {
+        let text = c.get(i, "/metrics", c.admin()).await.text().await.unwrap();
+        assert_eq!(
+            metric(&text, "signer_tx_proposal_batches_received_total"),
+            sent,
+            "node {i} handled every batch"
+        );
+    }
+    write_policy(c, &[frost]);
+    c.kill_node(0);
+    c.restart_node(0);
+    c.wait_ready(N).await;
 }
 
 /// `[api] max_concurrent_submissions`: a burst of payments beyond the intake's

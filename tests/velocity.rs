@@ -73,13 +73,16 @@ async fn reserved_by_dead_transactions(c: &Cluster, i: usize) -> i64 {
     n
 }
 
-/// Votes of node `i` that refused for the velocity limit.
-async fn velocity_refusals(c: &Cluster, i: usize) -> i64 {
+/// Votes of node `i` on payments of `key` that refused for the velocity limit.
+async fn velocity_refusals(c: &Cluster, i: usize, key: &str) -> i64 {
     let db = c.db(i).await;
     let (n,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM votes WHERE node_id = $1 AND reasons ? 'velocity_over_limit'",
+        "SELECT count(*) FROM votes v JOIN voting_rounds r ON r.id = v.round_id \
+         JOIN transactions t ON t.id = r.transaction_id \
+         WHERE v.node_id = $1 AND t.key_id = $2 AND v.reasons ? 'velocity_over_limit'",
     )
     .bind(&c.node(i).id)
+    .bind(key)
     .fetch_one(&db)
     .await
     .unwrap();
@@ -92,30 +95,53 @@ async fn a_burst_of_payments_never_signs_more_than_the_cap_on_any_node_even_when
     let _logs = c.keep_logs_on_failure("velocity");
     c.wait_ready(N).await;
     let key = c.dkg(N, "frost", T).await;
+    let batched = c.dkg(N, "frost", T).await;
     c.write_policy_with(
         N,
-        &[&key],
+        &[&key, &batched],
         1_000_000,
         &format!("[[scope.velocity]]\nwindow_seconds = 86400\nmax_sats = {CAP}\n"),
     );
-    c.kill_node(0);
     // The leader also waits 4 s before it signs an approved payment, so every
     // approval of the burst is counted before any signing starts (as under load):
     // signers must still sign what they approved within the cap (a re-check that
     // counted the later approvals refused every payment: "0 signed").
-    c.restart_node_with_env(
-        0,
-        &[
-            ("SIGNER_FAULT_LIE_DONE", "1"),
-            ("SIGNER_FAULT_SIGN_DELAY_MS", "4000"),
-        ],
-    );
+    let lying = [
+        ("SIGNER_FAULT_LIE_DONE", "1"),
+        ("SIGNER_FAULT_SIGN_DELAY_MS", "4000"),
+    ];
+    burst_within_the_cap(&c, &key, &lying).await;
+    // The same burst proposed in batches (issue 21): each node holds the key's
+    // velocity lock once per batch and counts each approval against the windows
+    // of the batch's later payments before any of its votes is committed.
+    let batching = [
+        lying[0],
+        lying[1],
+        ("SIGNER__WALLET__PROPOSAL_BATCH_MAX", "16"),
+        ("SIGNER__WALLET__PROPOSAL_BATCH_LINGER_MS", "300"),
+    ];
+    burst_within_the_cap(&c, &batched, &batching).await;
+    let text = c.get(0, "/metrics", c.admin()).await.text().await.unwrap();
+    let sent: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("signer_tx_proposal_batches_sent_total "))
+        .expect("exported")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(sent >= 1, "the second burst went out in batches");
+}
+
+/// Twenty payments of `key` submitted at once to node 0, restarted with `leader_env`;
+/// checks the cap on every node (see the module docs).
+async fn burst_within_the_cap(c: &Cluster, key: &str, leader_env: &[(&str, &str)]) {
+    c.kill_node(0);
+    c.restart_node_with_env(0, leader_env);
     c.wait_ready(N).await;
-    fund(&c, &key, &[30_000; PAYMENTS]).await;
+    fund(c, key, &[30_000; PAYMENTS]).await;
 
     let submitted = join_all((0..PAYMENTS).map(|_| {
-        let body = pay(&key, AMOUNT);
-        let c = &c;
+        let body = pay(key, AMOUNT);
         async move {
             let (status, answer) = c.post_json(0, "/api/v1/transactions", &body).await;
             answer
@@ -137,7 +163,7 @@ async fn a_burst_of_payments_never_signs_more_than_the_cap_on_any_node_even_when
     // Every payment ends on the leader; the followers believe the leader's lie.
     let mut signed = 0;
     for id in &ids {
-        let v = ended_tx(&c, 0, id, 300).await;
+        let v = ended_tx(c, 0, id, 300).await;
         if v["state"] == "signed" {
             signed += 1;
             for i in 1..N {
@@ -169,8 +195,8 @@ async fn a_burst_of_payments_never_signs_more_than_the_cap_on_any_node_even_when
     let cap = i64::try_from(CAP).unwrap();
     let mut refusals = 0;
     for i in 0..N {
-        let signed_i = signed_for(&c, i, &key).await;
-        let counted_i = counted(&c, i, &key).await;
+        let signed_i = signed_for(c, i, key).await;
+        let counted_i = counted(c, i, key).await;
         eprintln!("node {i}: partials for {signed_i} sats, counting {counted_i} sats");
         assert!(
             signed_i <= cap,
@@ -180,9 +206,9 @@ async fn a_burst_of_payments_never_signs_more_than_the_cap_on_any_node_even_when
             counted_i >= signed_i,
             "node {i} forgot outflows it signed for: counts {counted_i}, signed for {signed_i}"
         );
-        refusals += velocity_refusals(&c, i).await;
+        refusals += velocity_refusals(c, i, key).await;
         assert_eq!(
-            reserved_by_dead_transactions(&c, i).await,
+            reserved_by_dead_transactions(c, i).await,
             0,
             "node {i} holds inputs for transactions that ended unsigned"
         );

@@ -242,6 +242,16 @@ pub struct WalletConfig {
     /// proposal: a leader's later deadline is cut down to it.
     #[serde(default = "default_max_vote_deadline_secs")]
     pub max_vote_deadline_secs: u64,
+    /// Most payments of one key this node, as their leader, proposes in one batch
+    /// (1 to 64; issue 21, docs/BATCHING.md). 1 (the default) proposes each on its
+    /// own. Above 1, every node of the cluster must run a release that knows
+    /// batches: set it only once all of them do.
+    #[serde(default = "default_proposal_batch_max")]
+    pub proposal_batch_max: usize,
+    /// How long a lone payment waits for others to share its batch, in
+    /// milliseconds (only when `proposal_batch_max` is above 1).
+    #[serde(default = "default_proposal_batch_linger_ms")]
+    pub proposal_batch_linger_ms: u64,
 }
 
 impl Default for WalletConfig {
@@ -255,6 +265,8 @@ impl Default for WalletConfig {
             sign_timeout_secs: default_sign_secs(),
             sign_stall_timeout_secs: default_sign_stall_secs(),
             max_vote_deadline_secs: default_max_vote_deadline_secs(),
+            proposal_batch_max: default_proposal_batch_max(),
+            proposal_batch_linger_ms: default_proposal_batch_linger_ms(),
         }
     }
 }
@@ -290,6 +302,12 @@ impl WalletConfig {
 }
 fn default_max_vote_deadline_secs() -> u64 {
     300
+}
+fn default_proposal_batch_max() -> usize {
+    1
+}
+fn default_proposal_batch_linger_ms() -> u64 {
+    2
 }
 
 /// Cross-node audit checkpoints (`[audit]`, see docs/AUDIT.md): every node's audit
@@ -1003,6 +1021,15 @@ impl NodeConfig {
         }
         if self.etcd.lease_ttl_secs < 2 {
             return Err(invalid("etcd.lease_ttl_secs must be at least 2".to_owned()));
+        }
+        if !(1..=crate::tx::wire::MAX_BATCH).contains(&self.wallet.proposal_batch_max)
+            || self.wallet.proposal_batch_linger_ms > 1000
+        {
+            return Err(invalid(format!(
+                "wallet.proposal_batch_max must be between 1 and {} and \
+                 wallet.proposal_batch_linger_ms at most 1000",
+                crate::tx::wire::MAX_BATCH
+            )));
         }
         if !(1..=1024).contains(&self.api.max_concurrent_submissions) {
             return Err(invalid(

@@ -252,6 +252,20 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
          signer_api_submissions_in_progress {}\n",
         s.node.submissions_in_progress()
     ));
+    let (sent, sent_proposals, received) = s.node.tx.batches.counts();
+    body.push_str(&format!(
+        "# HELP signer_tx_proposal_batches_sent_total Batches of two or more payments \
+         this node proposed as their leader ([wallet] proposal_batch_max).\n\
+         # TYPE signer_tx_proposal_batches_sent_total counter\n\
+         signer_tx_proposal_batches_sent_total {sent}\n\
+         # HELP signer_tx_batched_proposals_sent_total Payments proposed in those batches.\n\
+         # TYPE signer_tx_batched_proposals_sent_total counter\n\
+         signer_tx_batched_proposals_sent_total {sent_proposals}\n\
+         # HELP signer_tx_proposal_batches_received_total Proposal batches from leaders \
+         this node handled.\n\
+         # TYPE signer_tx_proposal_batches_received_total counter\n\
+         signer_tx_proposal_batches_received_total {received}\n"
+    ));
     body.push_str(&memory_metrics());
     body.push_str(&super::presign::metrics_text(&s.node).await);
     (

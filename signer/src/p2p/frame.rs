@@ -84,6 +84,9 @@ impl MessageKind {
     /// A node's recent signed transactions, so peers that missed them learn which
     /// of their UTXOs are spent (each verified by the receiver itself).
     pub const TX_SPENT: MessageKind = MessageKind(0x0146);
+    /// Several transactions of one key proposed together by their leader (issue
+    /// 21, docs/BATCHING.md).
+    pub const TX_PROPOSE_BATCH: MessageKind = MessageKind(0x0147);
     /// The leader of a signer set announces a presignature generation session.
     pub const PRESIGN_ANNOUNCE: MessageKind = MessageKind(0x0150);
     /// A node relays an operator's presignature generate request to its peers.
@@ -140,6 +143,7 @@ impl MessageKind {
         MessageKind::TX_APPROVAL,
         MessageKind::APPROVER_ENDORSE,
         MessageKind::TX_SPENT,
+        MessageKind::TX_PROPOSE_BATCH,
         MessageKind::PRESIGN_ANNOUNCE,
         MessageKind::PRESIGN_GENERATE,
         MessageKind::AUDIT_HEAD_REQUEST,
@@ -527,6 +531,7 @@ mod tests {
             (0x0144, MessageKind::TX_APPROVAL),
             (0x0145, MessageKind::APPROVER_ENDORSE),
             (0x0146, MessageKind::TX_SPENT),
+            (0x0147, MessageKind::TX_PROPOSE_BATCH),
             (0x0150, MessageKind::PRESIGN_ANNOUNCE),
             (0x0151, MessageKind::PRESIGN_GENERATE),
             (0x0160, MessageKind::AUDIT_HEAD_REQUEST),

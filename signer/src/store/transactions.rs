@@ -328,6 +328,51 @@ impl Store {
         audit: AuditOf,
     ) -> Result<VoteRecord, StoreError> {
         let mut tx = self.pool().begin().await?;
+        let r = write_own_vote(&mut tx, id, approve, own_vote, audit).await?;
+        if r == VoteRecord::Recorded {
+            tx.commit().await?;
+        }
+        Ok(r)
+    }
+
+    /// [`Store::record_own_vote`] for several votes (a batch's, issue 21), in one
+    /// database transaction: every one is written, or none. `false` (nothing
+    /// written) when one of them is not [`VoteRecord::Recorded`]: the caller
+    /// writes each on its own, so that one fails alone.
+    pub async fn record_own_votes(
+        &self,
+        votes: &[(
+            Uuid,
+            Option<ApprovalClaim<'_>>,
+            super::votes::NewSignedVote,
+            AuditOf,
+        )],
+    ) -> Result<bool, StoreError> {
+        super::retry_conflicts("own votes", || async {
+            let mut tx = self.pool().begin().await?;
+            for (id, approve, own_vote, audit) in votes {
+                let r = write_own_vote(&mut tx, *id, *approve, own_vote, audit.clone()).await?;
+                if r != VoteRecord::Recorded {
+                    return Ok(false);
+                }
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+/// The statements of [`Store::record_own_vote`], in the caller's database
+/// transaction (committed by the caller when [`VoteRecord::Recorded`]).
+async fn write_own_vote(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    approve: Option<ApprovalClaim<'_>>,
+    own_vote: &super::votes::NewSignedVote,
+    audit: AuditOf,
+) -> Result<VoteRecord, StoreError> {
+    {
         if let Some(a) = approve {
             // A new txid is claimed in one statement; only a txid claimed before
             // (rare: the same unsigned transaction proposed again) is read back.
@@ -338,7 +383,7 @@ impl Store {
             .bind(a.txid)
             .bind(a.data_hash.as_slice())
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(|e| StoreError::classify(e, "txid approval"))?;
             if claimed.is_none() {
@@ -346,7 +391,7 @@ impl Store {
                     "SELECT data_hash, transaction_id FROM approved_txids WHERE txid = $1",
                 )
                 .bind(a.txid)
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut *conn)
                 .await?;
                 if hash.as_slice() != a.data_hash.as_slice() {
                     return Ok(VoteRecord::TxidApprovedWithOtherData(first));
@@ -362,7 +407,7 @@ impl Store {
         let v = own_vote;
         audit
             .append_with(
-                &mut tx,
+                conn,
                 super::audit::audited_statement!(
                     "o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
                            SELECT $11, $12, $13, $14 WHERE $12::text IS NOT NULL \
@@ -387,10 +432,11 @@ impl Store {
                 },
             )
             .await?;
-        tx.commit().await?;
         Ok(VoteRecord::Recorded)
     }
+}
 
+impl super::Store {
     /// The one commit before this node's share of a signature for an input leaves
     /// (issue 21: it was three): claims signing session `claim.session` (bound to
     /// its transaction, input, signer set and leader), moves the transaction from

@@ -206,23 +206,11 @@ pub async fn submit(
         ),
         initiator_name: Some(initiator_name.to_owned()),
     };
-    let payload = wire::encode(&prop).map_err(|e| TxError::Internal(e.to_string()))?;
-    // The proposal goes out from a task of its own: neither this node's vote nor the
-    // API answer waits on the peers' delivery acknowledgements (a frozen peer would
-    // hold the request for the send timeout).
-    let me = node.cfg.node_id.clone();
-    let mut frames = vec![Frame::new(id, TX_PROPOSE, payload)];
-    if let Some(deadline_unix) = crate::fault::replayed_deadline(prop.deadline_unix) {
-        let again = Proposal {
-            deadline_unix,
-            ..prop.clone()
-        };
-        if let Ok(payload) = wire::encode(&again) {
-            frames.push(Frame::new(id, TX_PROPOSE, payload));
-        }
-    }
-    super::voting::broadcast_detached(node, &key.participants, frames);
-    let own = super::voting::on_proposal(node, &me, prop, !reserve.is_empty()).await;
+    let own = if node.cfg.wallet.proposal_batch_max > 1 {
+        super::batch::propose(node, prop, !reserve.is_empty(), key.participants.clone()).await
+    } else {
+        propose_alone(node, prop, !reserve.is_empty(), &key.participants).await
+    };
     if let Err(e) = own {
         // The proposal is out: the others learn the failure from this node (else
         // they would vote and expire it while this node records it failed), and the
@@ -261,6 +249,33 @@ pub async fn submit(
         return Err(e);
     }
     Ok(id)
+}
+
+/// Sends `prop` to the key's participants on its own and votes on it here.
+async fn propose_alone(
+    node: &Arc<TxCtx>,
+    prop: Proposal,
+    reserved_at_intake: bool,
+    participants: &[String],
+) -> Result<(), TxError> {
+    let id = prop.id;
+    let payload = wire::encode(&prop).map_err(|e| TxError::Internal(e.to_string()))?;
+    // The proposal goes out from a task of its own: neither this node's vote nor the
+    // API answer waits on the peers' delivery acknowledgements (a frozen peer would
+    // hold the request for the send timeout).
+    let me = node.cfg.node_id.clone();
+    let mut frames = vec![Frame::new(id, TX_PROPOSE, payload)];
+    if let Some(deadline_unix) = crate::fault::replayed_deadline(prop.deadline_unix) {
+        let again = Proposal {
+            deadline_unix,
+            ..prop.clone()
+        };
+        if let Ok(payload) = wire::encode(&again) {
+            frames.push(Frame::new(id, TX_PROPOSE, payload));
+        }
+    }
+    super::voting::broadcast_detached(node, participants, frames);
+    super::voting::on_proposal(node, &me, prop, reserved_at_intake).await
 }
 
 /// Outputs a recipient + amount request selected, claimed until the request's
@@ -379,6 +394,34 @@ pub async fn on_propose_frame(node: Arc<TxCtx>, from: String, payload: bytes::By
             if let Some(dropped) = crate::tx::DROPPED.hit() {
                 tracing::warn!(dropped, peer = %from, error = %e, "malformed proposal; dropped")
             }
+        }
+    }
+}
+
+/// Handles a batch of proposals from a peer ([`wire::TX_PROPOSE_BATCH`]); a batch of
+/// the wrong shape is dropped whole, before any of it is handled.
+pub async fn on_propose_batch_frame(node: Arc<TxCtx>, from: String, payload: bytes::Bytes) {
+    let batch = match wire::decode::<wire::ProposalBatch>(&payload) {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(dropped) = crate::tx::DROPPED.hit() {
+                tracing::warn!(dropped, peer = %from, error = %e, "malformed proposal batch; dropped")
+            }
+            return;
+        }
+    };
+    if let Err(e) = batch.check() {
+        if let Some(dropped) = crate::tx::DROPPED.hit() {
+            tracing::warn!(dropped, peer = %from, batch = %batch.batch, error = %e, "proposal batch refused; dropped");
+        }
+        return;
+    }
+    node.tx.batches.note_received();
+    let ids: Vec<Uuid> = batch.proposals.iter().map(|p| p.id).collect();
+    let results = super::voting::on_proposal_batch(&node, &from, batch.proposals, &[]).await;
+    for (id, r) in ids.into_iter().zip(results) {
+        if let Err(e) = r {
+            tracing::warn!(tx = %id, leader = %from, batch = %batch.batch, error = %e, "proposal refused");
         }
     }
 }

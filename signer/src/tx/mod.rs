@@ -19,6 +19,7 @@
 //!   which verify it again before recording `signed`.
 
 pub mod approvals;
+pub mod batch;
 pub mod blame;
 pub mod early;
 pub mod intake;
@@ -367,6 +368,8 @@ pub struct Registry {
     /// hundred bytes, and a follower keeps every transaction of its last few
     /// minutes until its signing deadline: issue 21's soak).
     deadlines: Mutex<std::collections::BTreeSet<(u64, Uuid, Deadline)>>,
+    /// The leader's payments waiting for their proposal batch ([`batch`]).
+    pub batches: batch::Batches,
 }
 
 /// What runs for a transaction once one of its deadlines has passed
@@ -423,6 +426,7 @@ impl Default for Registry {
             wallet_keys: Mutex::default(),
             policy_recorded: Mutex::default(),
             deadlines: Mutex::default(),
+            batches: batch::Batches::default(),
         }
     }
 }
@@ -754,6 +758,7 @@ pub const KINDS: &[crate::p2p::MessageKind] = &[
     wire::TX_APPROVAL,
     crate::p2p::MessageKind::APPROVER_ENDORSE,
     wire::TX_SPENT,
+    wire::TX_PROPOSE_BATCH,
 ];
 
 /// Proposals of one peer handled at once (see [`Turns`]).
@@ -898,6 +903,11 @@ fn dispatch(node: &Arc<TxCtx>, turns: &Turns, inbound: &crate::p2p::Inbound) {
         wire::TX_PROPOSE => {
             spawn_in_turn(turns.proposals.of(&from), held, move || {
                 intake::on_propose_frame(node, from, payload)
+            });
+        }
+        wire::TX_PROPOSE_BATCH => {
+            spawn_in_turn(turns.proposals.of(&from), held, move || {
+                intake::on_propose_batch_frame(node, from, payload)
             });
         }
         crate::p2p::MessageKind::VOTE => {

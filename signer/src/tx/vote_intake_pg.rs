@@ -925,6 +925,94 @@ async fn an_own_vote_is_written_whole_or_not_at_all() {
     assert_eq!(written(other, other_round).await, (7_000, 1, 1));
 }
 
+/// A batch's own votes (issue 21): written in one database transaction, all or
+/// nothing. One vote that cannot be written as it is (its txid approved here under
+/// other data) writes none of the batch, so the caller writes each on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_own_votes_are_written_together_or_none_is() {
+    use crate::store::transactions::ApprovalClaim;
+    let (_pg, store, first, first_round) = store_with_round().await;
+    let mut batch = vec![(first, first_round)];
+    for _ in 0..2 {
+        let id = new_tx(&store).await;
+        let round = Uuid::new_v4();
+        store
+            .create_round(
+                round,
+                id,
+                1,
+                2,
+                3,
+                chrono::Utc::now() + chrono::Duration::seconds(60),
+            )
+            .await
+            .expect("round");
+        batch.push((id, round));
+    }
+    // `'static` txids for the claims (leaked: a test).
+    let txids: Vec<&'static str> = (0..3)
+        .map(|i| &*Box::leak(format!("{i:02x}").repeat(32).into_boxed_str()))
+        .collect();
+    let claim = |i: usize, hash: &'static [u8; 32]| ApprovalClaim {
+        txid: txids[i],
+        data_hash: hash,
+        key_id: "hot",
+        outflow_sats: 1_000,
+    };
+    let spent = || {
+        let store = store.clone();
+        async move {
+            store
+                .spent_in_window("hot", 3600, Uuid::new_v4(), false)
+                .await
+                .expect("spent")
+        }
+    };
+    let votes = |round: Uuid| {
+        let store = store.clone();
+        async move { store.round_votes(round).await.expect("votes").len() }
+    };
+    // The third entry's txid is the first's under other data: nothing of the
+    // batch is written.
+    let clash = ApprovalClaim {
+        txid: txids[0],
+        data_hash: &[9; 32],
+        key_id: "hot",
+        outflow_sats: 1_000,
+    };
+    let rows = |third: ApprovalClaim<'static>| {
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, (id, round))| {
+                let c = if i == 2 { third } else { claim(i, &[1; 32]) };
+                (
+                    *id,
+                    Some(c),
+                    vote_row(*round, &signed(*id, 1, 1, VoteDecision::Approve)),
+                    vote_audit(*id),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(!store.record_own_votes(&rows(clash)).await.expect("batch"));
+    assert_eq!(spent().await, 0);
+    for (id, round) in &batch {
+        assert_eq!(votes(*round).await, 0);
+        assert_eq!(audit_rows_about(&store, "tx.vote", *id).await, 0);
+    }
+    // Without the clash: every vote, outflow and audit record, in one commit.
+    assert!(store
+        .record_own_votes(&rows(claim(2, &[1; 32])))
+        .await
+        .expect("batch"));
+    assert_eq!(spent().await, 3_000);
+    for (id, round) in &batch {
+        assert_eq!(votes(*round).await, 1);
+        assert_eq!(audit_rows_about(&store, "tx.vote", *id).await, 1);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_opens_with_its_inputs_reserved_and_a_replay_opens_nothing() {
     let (_pg, store, tx, _round) = store_with_round().await;

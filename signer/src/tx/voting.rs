@@ -72,7 +72,9 @@ impl Verdict {
 }
 
 /// This node's policy decision on `pending`, as a vote body and (when it approves)
-/// the policy's approval proof.
+/// the policy's approval proof. `counted_before` satoshis are added to every
+/// velocity window: what this node approved earlier in the same batch, not
+/// committed yet (0 outside a batch).
 async fn decide(
     node: &TxCtx,
     loaded: &Result<Option<policy::Policy>, String>,
@@ -80,6 +82,7 @@ async fn decide(
     p: &Pending,
     deadline_unix: u64,
     at: Evaluation,
+    counted_before: u64,
 ) -> Verdict {
     let v = &p.validated;
     let mut body = VoteBody {
@@ -105,7 +108,7 @@ async fn decide(
             return Verdict::final_reject(body);
         }
     };
-    let ctx = match context(node, pol, id, p, at).await {
+    let ctx = match context(node, pol, id, p, at, counted_before).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the policy context; voting reject");
@@ -151,9 +154,17 @@ enum Evaluation {
 /// between the vote and the signing; it is recomputed from the same inputs).
 pub async fn decide_again(node: &TxCtx, id: Uuid, p: &Pending) -> Option<policy::Approval> {
     let loaded = load_policy(node).await;
-    decide(node, &loaded, id, p, now_unix() + 60, Evaluation::Signing)
-        .await
-        .approval
+    decide(
+        node,
+        &loaded,
+        id,
+        p,
+        now_unix() + 60,
+        Evaluation::Signing,
+        0,
+    )
+    .await
+    .approval
 }
 
 /// The configured policy, if any (read at each evaluation).
@@ -229,6 +240,7 @@ async fn context(
     id: Uuid,
     p: &Pending,
     at: Evaluation,
+    counted_before: u64,
 ) -> Result<policy::Context, StoreError> {
     let key_id = &p.validated.key_id;
     let mut window_spent = Vec::new();
@@ -239,7 +251,7 @@ async fn context(
             .await?;
         window_spent.push(policy::WindowSpent {
             window_seconds: w,
-            spent_sats: spent,
+            spent_sats: spent.saturating_add(counted_before),
         });
     }
     // Looked up only where a tier of the policy asks for them (issue 21: one
@@ -302,6 +314,113 @@ pub async fn on_proposal(
     r
 }
 
+/// Handles a batch of proposals of one key from one leader (issue 21,
+/// docs/BATCHING.md): each proposal is validated, proven, recorded and decided on
+/// its own exactly as by [`on_proposal`], and a refusal of one never stops the
+/// others. The key's velocity lock is held once for the batch: each approval's
+/// outflow counts against the windows of the proposals after it, and the votes are
+/// stored in one database transaction before any leaves. Returns each proposal's
+/// result, in order. `reserved_at_intake`: per proposal, as for [`on_proposal`]
+/// (missing entries count as `false`).
+///
+/// The caller checks the batch's shape (one key, at most
+/// [`super::wire::MAX_BATCH`] proposals, distinct ids).
+pub async fn on_proposal_batch(
+    node: &Arc<TxCtx>,
+    from: &str,
+    proposals: Vec<Proposal>,
+    reserved_at_intake: &[bool],
+) -> Vec<Result<(), TxError>> {
+    let me = node.cfg.node_id.clone();
+    let mut results: Vec<Result<(), TxError>> = Vec::with_capacity(proposals.len());
+    // (index, deadline, recorded) of every proposal this node recorded.
+    let mut recorded_at = Vec::new();
+    let Some(key_id) = proposals.first().map(|p| p.key_id.clone()) else {
+        return results;
+    };
+    let ids: Vec<Uuid> = proposals.iter().map(|p| p.id).collect();
+    // One read of the policy file for the batch.
+    let loaded = match load_policy_recorded(node).await {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            let e = TxError::from(e);
+            return proposals
+                .iter()
+                .map(|_| {
+                    Err(TxError::Internal(format!(
+                        "policy version not recorded: {e}"
+                    )))
+                })
+                .collect();
+        }
+    };
+    let mut opened = Vec::new();
+    for (i, prop) in proposals.into_iter().enumerate() {
+        let deadline_unix = clamp_deadline(node, prop.deadline_unix);
+        let reserved = reserved_at_intake.get(i).copied().unwrap_or(false) && from == me;
+        let mut recorded = false;
+        match open_proposal(
+            node,
+            from,
+            prop,
+            reserved,
+            Some(loaded.clone()),
+            &mut recorded,
+        )
+        .await
+        {
+            Ok(o) => {
+                opened.push((i, o));
+                results.push(Ok(()));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+        recorded_at.push((deadline_unix, recorded));
+    }
+    if !opened.is_empty() {
+        let budget = node.tx.velocity_lock(&key_id).await;
+        let mut counted = 0u64;
+        let mut to_cast = Vec::new();
+        let mut awaiting = Vec::new();
+        for (i, o) in &opened {
+            let verdict = o.decide(node, counted).await;
+            if verdict.awaiting_approval {
+                awaiting.push((*i, o));
+                continue;
+            }
+            if verdict.body.decision == VoteDecision::Approve {
+                counted = counted
+                    .saturating_add(o.pending.validated.view.outflow_sats().unwrap_or(u64::MAX));
+            }
+            to_cast.push((*i, (o.id, o.pending.clone(), verdict)));
+        }
+        let (order, votes): (Vec<_>, Vec<_>) = to_cast.into_iter().unzip();
+        let cast = cast_votes(node, votes, budget).await;
+        for (i, r) in order.into_iter().zip(cast) {
+            if let Err(e) = r {
+                results[i] = Err(e);
+            }
+        }
+        for (i, o) in awaiting {
+            if let Err(e) = o.await_approvals(node).await {
+                results[i] = Err(e);
+            }
+        }
+        for (i, o) in &opened {
+            if results[*i].is_ok() {
+                o.after_vote(node).await;
+            }
+        }
+    }
+    // A proposal recorded here that failed later is not left open for ever.
+    for ((r, (deadline_unix, recorded)), id) in results.iter().zip(recorded_at).zip(ids) {
+        if r.is_err() && recorded {
+            node.tx.at_deadline(deadline_unix, id, Deadline::Abandoned);
+        }
+    }
+    results
+}
+
 /// Runs the transactions' deadlines as they pass ([`super::Registry::at_deadline`]),
 /// each in a task of its own. Runs forever.
 pub async fn expire_at_deadlines(node: Arc<TxCtx>) {
@@ -353,6 +472,109 @@ async fn on_proposal_inner(
     reserved_at_intake: bool,
     recorded: &mut bool,
 ) -> Result<(), TxError> {
+    let opened = open_proposal(node, from, prop, reserved_at_intake, None, recorded).await?;
+    let budget = node
+        .tx
+        .velocity_lock(&opened.pending.validated.key_id)
+        .await;
+    let verdict = opened.decide(node, 0).await;
+    if verdict.awaiting_approval {
+        drop(budget);
+        opened.await_approvals(node).await?;
+    } else {
+        cast_vote(node, opened.id, &opened.pending, verdict, budget).await?;
+    }
+    opened.after_vote(node).await;
+    Ok(())
+}
+
+/// A proposal recorded here (transaction row, round, reservation) and held in
+/// memory, before this node decides: what [`on_proposal`] and
+/// [`on_proposal_batch`] decide and vote on.
+struct Opened {
+    id: Uuid,
+    leader: String,
+    pending: Arc<Pending>,
+    loaded: Arc<Result<Option<policy::Policy>, String>>,
+    /// Why this node votes reject whatever its policy says (an input it cannot
+    /// prove or that is spent or reserved here).
+    input_reject: Option<&'static str>,
+}
+
+impl Opened {
+    /// This node's decision. `counted_before`: the outflow this node approved
+    /// earlier in the same batch, under the same hold of the key's velocity lock
+    /// but not yet committed (counted in every window, as it will be).
+    async fn decide(&self, node: &TxCtx, counted_before: u64) -> Verdict {
+        let mut verdict = decide(
+            node,
+            &self.loaded,
+            self.id,
+            &self.pending,
+            self.pending.deadline_unix,
+            Evaluation::Vote,
+            counted_before,
+        )
+        .await;
+        if let Some(reason) = self.input_reject {
+            verdict.reject(reason);
+        }
+        verdict
+    }
+
+    /// The policy needs human approvals: recorded; the vote waits for them.
+    async fn await_approvals(&self, node: &TxCtx) -> Result<(), TxError> {
+        node.store
+            .audit(
+                &node.cfg.node_id,
+                AuditEntry::new("node", "tx.awaiting_approval")
+                    .subject(self.id.to_string())
+                    .details(serde_json::json!({
+                        "txid": self.pending.validated.txid.to_string(),
+                        "leader": self.leader,
+                    })),
+            )
+            .await?;
+        tracing::info!(tx = %self.id, "policy needs human approvals; vote held until they arrive");
+        Ok(())
+    }
+
+    /// After this node's vote (or its wait for approvals): the votes and the result
+    /// that arrived before the proposal, and the round's deadlines.
+    async fn after_vote(&self, node: &Arc<TxCtx>) {
+        let id = self.id;
+        // Votes that arrived before the proposal.
+        for (sender, vote) in node.tx.take_early_votes(id) {
+            accept_vote(node, id, &sender, &vote).await;
+        }
+        // A result that overtook the proposal (the leader finished with the others).
+        for (sender, done) in node.tx.take_early_results(id) {
+            tokio::spawn(super::signing::on_done(node.clone(), sender, done));
+        }
+        // At the voting deadline the round expires if it is still open; a
+        // follower's own signing deadline follows (an approved transaction that
+        // has not been signed by then is not signed by this node any more).
+        let signing_unix =
+            (self.leader != node.cfg.node_id).then_some(self.pending.sign_deadline_unix);
+        node.tx.at_deadline(
+            self.pending.deadline_unix,
+            id,
+            Deadline::Voting { signing_unix },
+        );
+    }
+}
+
+/// Records a proposal (see [`Opened`]): validation, the input proofs, the
+/// transaction row, its round and reservation. `loaded`: the policy a batch read
+/// once for all its proposals (`None`: read here).
+async fn open_proposal(
+    node: &Arc<TxCtx>,
+    from: &str,
+    prop: Proposal,
+    reserved_at_intake: bool,
+    loaded: Option<Arc<Result<Option<policy::Policy>, String>>>,
+    recorded: &mut bool,
+) -> Result<Opened, TxError> {
     // A proposal delivered after its voting deadline (a node that was down while
     // its leader kept re-sending) is over everywhere else: opening it here would
     // reserve its inputs and make this node reject the next payment that spends
@@ -459,7 +681,10 @@ async fn on_proposal_inner(
         Err(e) => return Err(e.into()),
     }
     // One read of the policy file serves the vote subject and the decision.
-    let loaded = load_policy_recorded(node).await?;
+    let loaded = match loaded {
+        Some(l) => l,
+        None => Arc::new(load_policy_recorded(node).await?),
+    };
     let subject = VoteSubject {
         transaction_id: prop.id,
         round_no: 1,
@@ -491,51 +716,13 @@ async fn on_proposal_inner(
         settling: tokio::sync::Mutex::default(),
     });
     node.tx.insert(prop.id, pending.clone());
-    let budget = node.tx.velocity_lock(&prop.key_id).await;
-    let mut verdict = decide(
-        node,
-        &loaded,
-        prop.id,
-        &pending,
-        deadline_unix,
-        Evaluation::Vote,
-    )
-    .await;
-    if let Some(reason) = input_reject {
-        verdict.reject(reason);
-    }
-    if verdict.awaiting_approval {
-        drop(budget);
-        node.store
-            .audit(
-                &me,
-                AuditEntry::new("node", "tx.awaiting_approval")
-                    .subject(prop.id.to_string())
-                    .details(serde_json::json!({
-                        "txid": pending.validated.txid.to_string(),
-                        "leader": from,
-                    })),
-            )
-            .await?;
-        tracing::info!(tx = %prop.id, "policy needs human approvals; vote held until they arrive");
-    } else {
-        cast_vote(node, prop.id, &pending, verdict, budget).await?;
-    }
-    // Votes that arrived before the proposal.
-    for (sender, vote) in node.tx.take_early_votes(prop.id) {
-        accept_vote(node, prop.id, &sender, &vote).await;
-    }
-    // A result that overtook the proposal (the leader finished with the others).
-    for (sender, done) in node.tx.take_early_results(prop.id) {
-        tokio::spawn(super::signing::on_done(node.clone(), sender, done));
-    }
-    // At the voting deadline the round expires if it is still open; a follower's
-    // own signing deadline follows (an approved transaction that has not been
-    // signed by then is not signed by this node any more).
-    let signing_unix = (from != me).then_some(pending.sign_deadline_unix);
-    node.tx
-        .at_deadline(deadline_unix, prop.id, Deadline::Voting { signing_unix });
-    Ok(())
+    Ok(Opened {
+        id: prop.id,
+        leader: from.to_owned(),
+        pending,
+        loaded,
+        input_reject,
+    })
 }
 
 /// The deadline this node accepts for a proposal: the leader's, but never later
@@ -618,104 +805,215 @@ async fn cast_vote(
     verdict: Verdict,
     budget: tokio::sync::OwnedMutexGuard<()>,
 ) -> Result<(), TxError> {
-    if pending.voted.swap(true, Ordering::SeqCst) {
+    let Some(mut sealed) = SealedVote::seal(node, id, pending, verdict)? else {
         return Ok(());
+    };
+    sealed.store(node).await?;
+    drop(budget);
+    sealed.send(node).await;
+    Ok(())
+}
+
+/// [`cast_vote`] for the votes of one batch, decided under one hold of the key's
+/// velocity lock (`budget`): stored in one database transaction (one commit and one
+/// hold of the audit lock for the batch; issue 21), then each sent. When that
+/// transaction cannot be written whole (a txid approved here under other data, a
+/// conflict), every vote is written again on its own, so one bad entry fails
+/// alone. Returns each vote's result, in order.
+async fn cast_votes(
+    node: &Arc<TxCtx>,
+    votes: Vec<(Uuid, Arc<Pending>, Verdict)>,
+    budget: tokio::sync::OwnedMutexGuard<()>,
+) -> Vec<Result<(), TxError>> {
+    let mut results = Vec::with_capacity(votes.len());
+    let mut sealed = Vec::with_capacity(votes.len());
+    for (id, pending, verdict) in votes {
+        match SealedVote::seal(node, id, &pending, verdict) {
+            Ok(Some(v)) => {
+                sealed.push((results.len(), v));
+                results.push(Ok(()));
+            }
+            Ok(None) => results.push(Ok(())),
+            Err(e) => results.push(Err(e)),
+        }
     }
-    let me = node.cfg.node_id.clone();
-    let mut verdict = verdict;
-    let v = &pending.validated;
-    if verdict.body.decision == VoteDecision::Approve && v.view.outflow_sats().is_none() {
-        tracing::error!(tx = %id, "outflow overflows: cannot count the approval against the velocity limits; voting reject");
-        verdict.reject(REASON_OUTFLOW_NOT_COUNTED);
+    let together = if sealed.len() > 1 {
+        let rows: Vec<_> = sealed
+            .iter()
+            .map(|(_, v)| {
+                (
+                    v.id,
+                    v.claim(),
+                    vote_row(v.pending.round_id, &v.signed),
+                    v.audit(node),
+                )
+            })
+            .collect();
+        match node.store.record_own_votes(&rows).await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(error = %e, votes = rows.len(), "batch of own votes not written together; writing each on its own");
+                false
+            }
+        }
+    } else {
+        false
+    };
+    let mut stored = Vec::with_capacity(sealed.len());
+    for (i, mut v) in sealed {
+        if together {
+            v.recorded();
+        } else if let Err(e) = v.store(node).await {
+            results[i] = Err(e);
+            continue;
+        }
+        stored.push(v);
     }
-    // What an approval commits this node to (the txid approved under this data only;
-    // the outflow counted from now on, whatever the leader reports later) and the
-    // vote's audit row are written in one database transaction, before the vote
-    // leaves (issue 21: one commit instead of three).
-    let txid = v.txid.to_string();
-    let data_hash = v.approval_data_hash();
-    let claim = |verdict: &Verdict| {
-        (verdict.body.decision == VoteDecision::Approve).then(|| ApprovalClaim {
-            txid: &txid,
-            data_hash: &data_hash,
+    drop(budget);
+    for v in stored {
+        v.send(node).await;
+    }
+    results
+}
+
+/// This node's vote on one transaction, signed, before it is stored and sent.
+struct SealedVote {
+    id: Uuid,
+    pending: Arc<Pending>,
+    verdict: Verdict,
+    signed: SignedVote,
+    unsealed: Arc<crate::infra::Unsealed>,
+    txid: String,
+    data_hash: [u8; 32],
+}
+
+impl SealedVote {
+    /// Signs `verdict` (`None` when this node voted on `id` already: it votes once).
+    fn seal(
+        node: &TxCtx,
+        id: Uuid,
+        pending: &Arc<Pending>,
+        verdict: Verdict,
+    ) -> Result<Option<SealedVote>, TxError> {
+        if pending.voted.swap(true, Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut verdict = verdict;
+        let v = &pending.validated;
+        if verdict.body.decision == VoteDecision::Approve && v.view.outflow_sats().is_none() {
+            tracing::error!(tx = %id, "outflow overflows: cannot count the approval against the velocity limits; voting reject");
+            verdict.reject(REASON_OUTFLOW_NOT_COUNTED);
+        }
+        let unsealed = node.unsealed().ok_or(TxError::Sealed)?;
+        let signed = Self::sign(&verdict, &unsealed)?;
+        Ok(Some(SealedVote {
+            id,
+            pending: pending.clone(),
+            verdict,
+            signed,
+            unsealed,
+            txid: v.txid.to_string(),
+            data_hash: v.approval_data_hash(),
+        }))
+    }
+
+    fn sign(verdict: &Verdict, unsealed: &crate::infra::Unsealed) -> Result<SignedVote, TxError> {
+        SignedVote::sign(verdict.body.clone(), &unsealed.vote_key)
+            .map_err(|e| TxError::Internal(format!("signing the vote: {e}")))
+    }
+
+    /// What an approval commits this node to: the txid approved under this data
+    /// only, the outflow counted from now on, whatever the leader reports later.
+    fn claim(&self) -> Option<ApprovalClaim<'_>> {
+        let v = &self.pending.validated;
+        (self.verdict.body.decision == VoteDecision::Approve).then(|| ApprovalClaim {
+            txid: &self.txid,
+            data_hash: &self.data_hash,
             key_id: &v.key_id,
             outflow_sats: v.view.outflow_sats().unwrap_or(0),
         })
-    };
-    let audit = |verdict: &Verdict| {
+    }
+
+    /// The vote's audit record.
+    fn audit(&self, node: &TxCtx) -> AuditOf {
         AuditOf::new(
-            &me,
+            &node.cfg.node_id,
             AuditEntry::new("node", "tx.vote")
-                .subject(id.to_string())
+                .subject(self.id.to_string())
                 .details(serde_json::json!({
-                    "decision": verdict.body.decision.as_str(),
-                    "reasons": verdict.body.reasons,
-                    "txid": txid,
-                    "policy_hash": hex::encode(pending.subject.policy_hash),
-                    "leader": pending.leader,
+                    "decision": self.verdict.body.decision.as_str(),
+                    "reasons": self.verdict.body.reasons,
+                    "txid": self.txid,
+                    "policy_hash": hex::encode(self.pending.subject.policy_hash),
+                    "leader": self.pending.leader,
                 })),
         )
-    };
-    // The vote is signed first and stored with the rest, in the same commit.
-    let unsealed = node.unsealed().ok_or(TxError::Sealed)?;
-    let sign = |verdict: &Verdict| {
-        SignedVote::sign(verdict.body.clone(), &unsealed.vote_key)
-            .map_err(|e| TxError::Internal(format!("signing the vote: {e}")))
-    };
-    let mut signed = sign(&verdict)?;
-    match node
-        .store
-        .record_own_vote(
-            id,
-            claim(&verdict),
-            &vote_row(pending.round_id, &signed),
-            audit(&verdict),
-        )
-        .await?
-    {
-        VoteRecord::TxidApprovedWithOtherData(first) => {
-            tracing::warn!(tx = %id, txid = %v.txid, first = %first, "txid already approved under other data; voting reject");
-            verdict.reject(REASON_TXID_OTHER_DATA);
-            signed = sign(&verdict)?;
-            node.store
-                .record_own_vote(
-                    id,
-                    claim(&verdict),
-                    &vote_row(pending.round_id, &signed),
-                    audit(&verdict),
-                )
-                .await?;
-        }
-        VoteRecord::Recorded => {
-            if claim(&verdict).is_some() {
-                pending.approval_counted.store(true, Ordering::Release);
+    }
+
+    /// The claim, the outflow, the signed vote and its audit row, in one database
+    /// transaction, before the vote leaves (issue 21: one commit instead of
+    /// three). A txid approved here under other data turns the vote into a
+    /// reject, signed again.
+    async fn store(&mut self, node: &TxCtx) -> Result<(), TxError> {
+        let row = vote_row(self.pending.round_id, &self.signed);
+        match node
+            .store
+            .record_own_vote(self.id, self.claim(), &row, self.audit(node))
+            .await?
+        {
+            VoteRecord::TxidApprovedWithOtherData(first) => {
+                tracing::warn!(tx = %self.id, txid = %self.txid, first = %first, "txid already approved under other data; voting reject");
+                self.verdict.reject(REASON_TXID_OTHER_DATA);
+                self.signed = Self::sign(&self.verdict, &self.unsealed)?;
+                let row = vote_row(self.pending.round_id, &self.signed);
+                node.store
+                    .record_own_vote(self.id, self.claim(), &row, self.audit(node))
+                    .await?;
             }
+            VoteRecord::Recorded => self.recorded(),
+        }
+        Ok(())
+    }
+
+    /// The vote is committed: an approval's outflow is counted.
+    fn recorded(&self) {
+        if self.claim().is_some() {
+            self.pending.approval_counted.store(true, Ordering::Release);
         }
     }
-    drop(budget);
-    drop(verdict);
-    tracing::info!(voter = %me, tx = %id, decision = %signed.body().decision, "own vote recorded");
-    // Stored above: counted in the tally without being checked and stored again.
-    pending.note_vote_stored(&signed);
-    check_round(node, id, pending).await;
-    let payload = VoteMessage::Vote(signed.clone()).encode();
-    let mut frames = vec![Frame::new(id, MessageKind::VOTE, payload)];
-    let bad = crate::fault::byzantine_votes(
-        &me,
-        &pending.participants,
-        &signed,
-        Some(&unsealed.vote_key),
-    );
-    for v in bad {
-        tracing::error!(tx = %id, "FAULT INJECTION: sending a Byzantine vote");
-        frames.push(Frame::new(
+
+    /// Counts the stored vote in the tally and sends it to every participant.
+    async fn send(self, node: &Arc<TxCtx>) {
+        let me = &node.cfg.node_id;
+        let SealedVote {
             id,
-            MessageKind::VOTE,
-            VoteMessage::Vote(v).encode(),
-        ));
+            pending,
+            signed,
+            unsealed,
+            ..
+        } = self;
+        tracing::info!(voter = %me, tx = %id, decision = %signed.body().decision, "own vote recorded");
+        // Stored: counted in the tally without being checked and stored again.
+        pending.note_vote_stored(&signed);
+        check_round(node, id, &pending).await;
+        let payload = VoteMessage::Vote(signed.clone()).encode();
+        let mut frames = vec![Frame::new(id, MessageKind::VOTE, payload)];
+        let bad = crate::fault::byzantine_votes(
+            me,
+            &pending.participants,
+            &signed,
+            Some(&unsealed.vote_key),
+        );
+        for v in bad {
+            tracing::error!(tx = %id, "FAULT INJECTION: sending a Byzantine vote");
+            frames.push(Frame::new(
+                id,
+                MessageKind::VOTE,
+                VoteMessage::Vote(v).encode(),
+            ));
+        }
+        broadcast_detached(node, &pending.participants, frames);
     }
-    broadcast_detached(node, &pending.participants, frames);
-    Ok(())
 }
 
 /// Re-evaluates a transaction this node has not voted on yet because human approvals
@@ -735,7 +1033,7 @@ pub async fn reconsider(node: &Arc<TxCtx>, id: Uuid) {
         }
     };
     let budget = node.tx.velocity_lock(&p.validated.key_id).await;
-    let verdict = decide(node, &loaded, id, &p, p.deadline_unix, Evaluation::Vote).await;
+    let verdict = decide(node, &loaded, id, &p, p.deadline_unix, Evaluation::Vote, 0).await;
     if verdict.awaiting_approval {
         tracing::info!(tx = %id, "approval recorded; more approvals still needed");
         return;

@@ -20,6 +20,12 @@ pub const TX_DONE: MessageKind = MessageKind::TX_DONE;
 pub const TX_APPROVAL: MessageKind = MessageKind::TX_APPROVAL;
 /// A node's recent signed transactions, to every peer ([`super::spent`]).
 pub const TX_SPENT: MessageKind = MessageKind::TX_SPENT;
+/// Several transactions of one key proposed together by their leader
+/// ([`ProposalBatch`]).
+pub const TX_PROPOSE_BATCH: MessageKind = MessageKind::TX_PROPOSE_BATCH;
+
+/// Most proposals one [`ProposalBatch`] carries.
+pub const MAX_BATCH: usize = 64;
 
 /// Largest accepted frame payload of this module (a PSBT of up to 1 MiB in base64).
 pub use crate::p2p::json::MAX_JSON_PAYLOAD as MAX_TX_FRAME_BYTES;
@@ -44,6 +50,43 @@ pub struct Proposal {
     /// it on every node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator_name: Option<String>,
+}
+
+/// [`TX_PROPOSE_BATCH`]: proposals of one key from one leader, each handled by
+/// every participant exactly as a [`Proposal`] of its own (validated, recorded,
+/// decided and voted on one by one; a refused one never stops the others). The
+/// frame's session id is the batch id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalBatch {
+    /// Batch id (the frame's session id; for logs).
+    pub batch: Uuid,
+    /// The proposals, in the order the leader decided them.
+    pub proposals: Vec<Proposal>,
+}
+
+impl ProposalBatch {
+    /// The batch's shape, checked before any of it is handled: 1 to [`MAX_BATCH`]
+    /// proposals, all of one key, no transaction id twice.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.proposals.len();
+        if n == 0 || n > MAX_BATCH {
+            return Err(format!(
+                "a batch carries 1 to {MAX_BATCH} proposals, not {n}"
+            ));
+        }
+        let key = &self.proposals[0].key_id;
+        if self.proposals.iter().any(|p| &p.key_id != key) {
+            return Err("a batch's proposals are for more than one key".into());
+        }
+        let mut ids: Vec<Uuid> = self.proposals.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != n {
+            return Err("a batch proposes one transaction twice".into());
+        }
+        Ok(())
+    }
 }
 
 /// [`TX_SIGN`].
@@ -240,6 +283,20 @@ mod tests {
             r#"{"id":"00000000-0000-0000-0000-000000000001","key_id":"k","psbt":"cHNidP8=","initiator":"tok","deadline_unix":7}"#
         );
         assert_eq!(
+            json(&ProposalBatch {
+                batch: session,
+                proposals: vec![Proposal {
+                    id,
+                    key_id: "k".into(),
+                    psbt: "cHNidP8=".into(),
+                    initiator: "tok".into(),
+                    deadline_unix: 7,
+                    initiator_name: Some("ops".into()),
+                }],
+            }),
+            r#"{"batch":"00000000-0000-0000-0000-000000000002","proposals":[{"id":"00000000-0000-0000-0000-000000000001","key_id":"k","psbt":"cHNidP8=","initiator":"tok","deadline_unix":7,"initiator_name":"ops"}]}"#
+        );
+        assert_eq!(
             json(&SignRequest {
                 session,
                 tx: id,
@@ -304,6 +361,28 @@ mod tests {
             }),
             r#"{"culprit":"node-3","kind":"invalid_partial","session":"00000000-0000-0000-0000-000000000002","input":1,"detected_by":"node-1","presignature_public":"00","partials":["01"]}"#
         );
+    }
+
+    #[test]
+    fn a_batch_of_no_proposal_too_many_two_keys_or_one_transaction_twice_is_refused() {
+        let prop = |n: u128, key: &str| Proposal {
+            id: Uuid::from_u128(n),
+            key_id: key.into(),
+            psbt: String::new(),
+            initiator: "t".into(),
+            deadline_unix: 1,
+            initiator_name: None,
+        };
+        let batch = |proposals| ProposalBatch {
+            batch: Uuid::from_u128(99),
+            proposals,
+        };
+        assert!(batch(vec![prop(1, "k"), prop(2, "k")]).check().is_ok());
+        assert!(batch(Vec::new()).check().is_err());
+        let full: Vec<_> = (0..=MAX_BATCH as u128).map(|n| prop(n, "k")).collect();
+        assert!(batch(full).check().is_err());
+        assert!(batch(vec![prop(1, "k"), prop(2, "other")]).check().is_err());
+        assert!(batch(vec![prop(1, "k"), prop(1, "k")]).check().is_err());
     }
 
     mod erased {
