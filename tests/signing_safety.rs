@@ -30,6 +30,10 @@
 //!    negative). Each follower refuses it (`proposal_expired`) and records and
 //!    reserves nothing, so a payment node 1 leads then spends the same coin with
 //!    every node's approval.
+//! 5. A malicious leader proposing in batches (`[wallet] proposal_batch_max`) sends
+//!    the previous batch's last proposal again inside the next batch: every
+//!    follower records the replay against it and opens no second round, and the
+//!    batch's fresh payments are all signed.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -474,5 +478,61 @@ async fn signing_safety_under_a_malicious_submitter_and_leader() {
             "node {i}: {:?}",
             vote_reasons(&c, i, &id, &me).await
         );
+    }
+
+    // 5. A malicious leader proposing in batches (issue 21) puts the previous
+    //    batch's last proposal again into the next batch: each follower records
+    //    the replay against it and changes nothing of that transaction, and every
+    //    fresh proposal of the same batch is voted and signed.
+    c.kill_node(0);
+    c.restart_node_with_env(
+        0,
+        &[
+            ("SIGNER_FAULT_REPLAY_PROPOSAL", "1"),
+            ("SIGNER__WALLET__PROPOSAL_BATCH_MAX", "8"),
+            ("SIGNER__WALLET__PROPOSAL_BATCH_LINGER_MS", "500"),
+        ],
+    );
+    c.wait_ready(N).await;
+    fund(&c, &frost, &[40_000; 12]).await;
+    let mut replays_before = Vec::new();
+    for i in 1..N {
+        replays_before.push(violations(&c, i, &bad, "replayed_proposal").await);
+    }
+    let body = pay(&frost, 10_000);
+    let mut ids = Vec::new();
+    for _wave in 0..3 {
+        let answers = futures::future::join_all(
+            (0..4).map(|_| c.post_json(0, "/api/v1/transactions", &body)),
+        )
+        .await;
+        for (status, v) in answers {
+            assert_eq!(status, 202, "{v}");
+            ids.push(v["id"].as_str().unwrap().to_owned());
+        }
+    }
+    for id in &ids {
+        ends_as(&c, &[0, 1, 2], id, "signed").await;
+    }
+    for i in 1..N {
+        c.eventually(
+            &format!("node {i} records the replay inside a batch"),
+            Duration::from_secs(30),
+            || async {
+                (violations(&c, i, &bad, "replayed_proposal").await > replays_before[i - 1])
+                    .then_some(())
+            },
+        )
+        .await;
+        for id in &ids {
+            let rounds = count(
+                &c,
+                i,
+                "SELECT count(*) FROM voting_rounds WHERE transaction_id = $1::uuid",
+                id,
+            )
+            .await;
+            assert_eq!(rounds, 1, "node {i} opened {rounds} rounds for {id}");
+        }
     }
 }

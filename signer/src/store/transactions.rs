@@ -127,45 +127,52 @@ impl Store {
         let mut unavailable = None;
         for reserve in [reserve, &[]] {
             let mut tx = self.pool().begin().await?;
-            if let Some(new) = new {
-                insert_row(&mut tx, new).await?;
+            match open_in(&mut tx, new, id, leader, round, reserve).await? {
+                Opened::Yes => {
+                    tx.commit().await?;
+                    break;
+                }
+                Opened::NotFound => {
+                    return Err(StoreError::NotFound {
+                        what: "transaction",
+                        id: id.to_string(),
+                    })
+                }
+                Opened::Unavailable(o) => {
+                    tx.rollback().await?;
+                    unavailable = Some(o);
+                }
             }
-            // Leader, deadline, the move to `voting` (the state machine's trigger
-            // checks it as any other) and the round: one statement (issue 21).
-            let opened: Option<(Uuid,)> = sqlx::query_as(
-                "WITH t AS (UPDATE transactions SET leader = $2, vote_deadline = $3, \
-                                   state = 'voting' WHERE id = $1 RETURNING id) \
-                 INSERT INTO voting_rounds \
-                     (id, transaction_id, round_no, required_approvals, total_nodes, deadline) \
-                 SELECT $4, t.id, $5, $6, $7, $3 FROM t RETURNING id",
-            )
-            .bind(id)
-            .bind(leader)
-            .bind(round.deadline)
-            .bind(round.id)
-            .bind(round.round_no)
-            .bind(round.required_approvals)
-            .bind(round.total_nodes)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| StoreError::classify(e, "transaction"))?;
-            if opened.is_none() {
-                return Err(StoreError::NotFound {
-                    what: "transaction",
-                    id: id.to_string(),
-                });
-            }
-            // The transaction is live (it just moved to `voting` in this commit), so
-            // the reservation needs no check of its state.
-            if let Some(o) = super::utxos::reserve_in(&mut tx, id, reserve).await? {
-                tx.rollback().await?;
-                unavailable = Some(o);
-                continue;
-            }
-            tx.commit().await?;
-            break;
         }
         Ok(unavailable)
+    }
+
+    /// [`Store::open_voting`] for the proposals of one batch from `leader` (issue
+    /// 21): `(new, id, round, reserve)` each, all written in one database
+    /// transaction, or none. `false` (nothing written) when one of them cannot be
+    /// written as it is (known already, not found, an input unavailable): the
+    /// caller opens each on its own, so that one fails or votes reject alone.
+    #[allow(clippy::type_complexity)]
+    pub async fn open_votings(
+        &self,
+        leader: &str,
+        proposals: &[(
+            Option<&NewTransaction>,
+            Uuid,
+            &super::votes::NewRound,
+            &[wallet::OwnedUtxo],
+        )],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for (new, id, round, reserve) in proposals {
+            match open_in(&mut tx, *new, *id, leader, round, reserve).await {
+                Ok(Opened::Yes) => {}
+                Ok(_) | Err(StoreError::Duplicate { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// One transaction.
@@ -361,6 +368,61 @@ impl Store {
         })
         .await
     }
+}
+
+/// What [`open_in`] did.
+enum Opened {
+    /// Row (for a peer's proposal), state, round and reservation written.
+    Yes,
+    /// The transaction is not here (the leader's own row is missing).
+    NotFound,
+    /// This input is spent or reserved by another transaction: the caller rolls
+    /// back.
+    Unavailable(bitcoin::OutPoint),
+}
+
+/// The statements of [`Store::open_voting`], in the caller's database transaction.
+async fn open_in(
+    conn: &mut sqlx::PgConnection,
+    new: Option<&NewTransaction>,
+    id: Uuid,
+    leader: &str,
+    round: &super::votes::NewRound,
+    reserve: &[wallet::OwnedUtxo],
+) -> Result<Opened, StoreError> {
+    if let Some(new) = new {
+        insert_row(&mut *conn, new).await?;
+    }
+    // Leader, deadline, the move to `voting` (the state machine's trigger checks it
+    // as any other) and the round: one statement (issue 21).
+    let opened: Option<(Uuid,)> = sqlx::query_as(
+        "WITH t AS (UPDATE transactions SET leader = $2, vote_deadline = $3, \
+                           state = 'voting' WHERE id = $1 RETURNING id) \
+         INSERT INTO voting_rounds \
+             (id, transaction_id, round_no, required_approvals, total_nodes, deadline) \
+         SELECT $4, t.id, $5, $6, $7, $3 FROM t RETURNING id",
+    )
+    .bind(id)
+    .bind(leader)
+    .bind(round.deadline)
+    .bind(round.id)
+    .bind(round.round_no)
+    .bind(round.required_approvals)
+    .bind(round.total_nodes)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| StoreError::classify(e, "transaction"))?;
+    if opened.is_none() {
+        return Ok(Opened::NotFound);
+    }
+    // The transaction is live (it just moved to `voting` in this commit), so the
+    // reservation needs no check of its state.
+    Ok(
+        match super::utxos::reserve_in(&mut *conn, id, reserve).await? {
+            Some(o) => Opened::Unavailable(o),
+            None => Opened::Yes,
+        },
+    )
 }
 
 /// The statements of [`Store::record_own_vote`], in the caller's database

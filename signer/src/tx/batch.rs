@@ -33,6 +33,9 @@ pub struct Batches {
     sent_proposals: AtomicU64,
     /// Batches this node received from leaders and handled.
     received: AtomicU64,
+    /// Fault injection (`SIGNER_FAULT_REPLAY_PROPOSAL`): the last proposal of the
+    /// previous batch, sent again in the next one.
+    replay: Mutex<Option<Proposal>>,
 }
 
 impl Batches {
@@ -193,7 +196,8 @@ async fn run(node: &Arc<TxCtx>, batch: Vec<Queued>) {
         batch: Uuid::new_v4(),
         proposals: batch.iter().map(|q| q.prop.clone()).collect(),
     };
-    match wire::encode(&frame) {
+    let sent = replayed_in(node, &frame);
+    match wire::encode(sent.as_ref().unwrap_or(&frame)) {
         Ok(payload) => {
             tracing::debug!(batch = %frame.batch, proposals = frame.proposals.len(), "proposing a batch");
             let b = &node.tx.batches;
@@ -214,4 +218,27 @@ async fn run(node: &Arc<TxCtx>, batch: Vec<Queued>) {
     for (q, r) in batch.into_iter().zip(results) {
         let _ = q.reply.send(r);
     }
+}
+
+/// Fault injection (`SIGNER_FAULT_REPLAY_PROPOSAL`, a malicious leader): the batch
+/// as sent, with the previous batch's last proposal again at its end (a later
+/// deadline), so each follower meets a replayed proposal beside fresh ones. This
+/// node votes on `frame` only. `None` when the fault is not armed.
+fn replayed_in(node: &TxCtx, frame: &ProposalBatch) -> Option<ProposalBatch> {
+    let last = frame.proposals.last()?;
+    crate::fault::replayed_deadline(last.deadline_unix)?;
+    let mut previous = node
+        .tx
+        .batches
+        .replay
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let replayed = previous.replace(last.clone())?;
+    let deadline_unix = crate::fault::replayed_deadline(replayed.deadline_unix)?;
+    let mut sent = frame.clone();
+    sent.proposals.push(Proposal {
+        deadline_unix,
+        ..replayed
+    });
+    (sent.check().is_ok()).then_some(sent)
 }

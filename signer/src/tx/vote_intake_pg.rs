@@ -726,6 +726,15 @@ async fn round_close_moves_transaction_releases_utxos_and_audits_at_once() {
     );
 }
 
+/// Voting rounds stored for transaction `id`.
+async fn rounds_of(store: &Store, id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM voting_rounds WHERE transaction_id = $1")
+        .bind(id)
+        .fetch_one(store.pool())
+        .await
+        .expect("count rounds")
+}
+
 fn utxo(n: u8, value: u64) -> wallet::OwnedUtxo {
     wallet::OwnedUtxo {
         key_id: "hot".into(),
@@ -1013,20 +1022,71 @@ async fn a_batchs_own_votes_are_written_together_or_none_is() {
     }
 }
 
+/// A batch's proposals (issue 21): recorded in one database transaction, all or
+/// nothing. One that cannot be written as it is (a replayed id, an input reserved
+/// by another transaction) writes none of the batch, so the caller opens each on
+/// its own and only that one fails or votes reject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_proposals_are_opened_together_or_none_is() {
+    let (_pg, store, known, _round) = store_with_round().await;
+    let round = || crate::store::votes::NewRound {
+        id: Uuid::new_v4(),
+        round_no: 1,
+        required_approvals: 2,
+        total_nodes: 3,
+        deadline: chrono::Utc::now() + chrono::Duration::seconds(60),
+    };
+    let proposal = |id| hot_tx(id, "leader");
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (pa, pb, replay) = (proposal(a), proposal(b), proposal(known));
+    let (ra, rb, rr) = (round(), round(), round());
+    let (ia, ib) = ([utxo(21, 1_000)], [utxo(22, 2_000)]);
+    let opened = |id: Uuid| {
+        let store = store.clone();
+        async move {
+            let row = store.get_transaction(id).await.ok().map(|r| r.state);
+            (row, rounds_of(&store, id).await)
+        }
+    };
+    // The replayed id in the middle: nothing of the batch is written.
+    let with_replay = [
+        (Some(&pa), a, &ra, &ia[..]),
+        (Some(&replay), known, &rr, &[][..]),
+        (Some(&pb), b, &rb, &ib[..]),
+    ];
+    assert!(!store
+        .open_votings("node-2", &with_replay)
+        .await
+        .expect("batch"));
+    assert_eq!(opened(a).await, (None, 0));
+    assert_eq!(opened(b).await, (None, 0));
+    assert!(!store
+        .inputs_reserved_by(a, &[ia[0].outpoint])
+        .await
+        .expect("check"));
+    // Without it: rows, rounds and reservations of both, in one commit.
+    let fine = [(Some(&pa), a, &ra, &ia[..]), (Some(&pb), b, &rb, &ib[..])];
+    assert!(store.open_votings("node-2", &fine).await.expect("batch"));
+    for (id, input) in [(a, ia[0].outpoint), (b, ib[0].outpoint)] {
+        assert_eq!(opened(id).await, (Some("voting".to_owned()), 1));
+        assert!(store.inputs_reserved_by(id, &[input]).await.expect("check"));
+    }
+    // A later batch whose proposal spends an input reserved by `a`: none written.
+    let c = Uuid::new_v4();
+    let (pc, rc) = (proposal(c), round());
+    assert!(!store
+        .open_votings("node-2", &[(Some(&pc), c, &rc, &ia[..])])
+        .await
+        .expect("batch"));
+    assert_eq!(opened(c).await, (None, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_opens_with_its_inputs_reserved_and_a_replay_opens_nothing() {
     let (_pg, store, tx, _round) = store_with_round().await;
     let rounds = |id: Uuid| {
         let store = store.clone();
-        async move {
-            let n: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM voting_rounds WHERE transaction_id = $1")
-                    .bind(id)
-                    .fetch_one(store.pool())
-                    .await
-                    .expect("count rounds");
-            n
-        }
+        async move { rounds_of(&store, id).await }
     };
     let round = |no| crate::store::votes::NewRound {
         id: Uuid::new_v4(),

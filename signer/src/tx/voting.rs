@@ -331,7 +331,6 @@ pub async fn on_proposal_batch(
     proposals: Vec<Proposal>,
     reserved_at_intake: &[bool],
 ) -> Vec<Result<(), TxError>> {
-    let me = node.cfg.node_id.clone();
     let mut results: Vec<Result<(), TxError>> = Vec::with_capacity(proposals.len());
     // (index, deadline, recorded) of every proposal this node recorded.
     let mut recorded_at = Vec::new();
@@ -354,21 +353,14 @@ pub async fn on_proposal_batch(
                 .collect();
         }
     };
+    let deadlines: Vec<u64> = proposals
+        .iter()
+        .map(|p| clamp_deadline(node, p.deadline_unix))
+        .collect();
     let mut opened = Vec::new();
-    for (i, prop) in proposals.into_iter().enumerate() {
-        let deadline_unix = clamp_deadline(node, prop.deadline_unix);
-        let reserved = reserved_at_intake.get(i).copied().unwrap_or(false) && from == me;
-        let mut recorded = false;
-        match open_proposal(
-            node,
-            from,
-            prop,
-            reserved,
-            Some(loaded.clone()),
-            &mut recorded,
-        )
-        .await
-        {
+    let all = open_proposals(node, from, proposals, reserved_at_intake, &loaded).await;
+    for (i, ((r, recorded), deadline_unix)) in all.into_iter().zip(deadlines).enumerate() {
+        match r {
             Ok(o) => {
                 opened.push((i, o));
                 results.push(Ok(()));
@@ -575,154 +567,312 @@ async fn open_proposal(
     loaded: Option<Arc<Result<Option<policy::Policy>, String>>>,
     recorded: &mut bool,
 ) -> Result<Opened, TxError> {
-    // A proposal delivered after its voting deadline (a node that was down while
-    // its leader kept re-sending) is over everywhere else: opening it here would
-    // reserve its inputs and make this node reject the next payment that spends
-    // them (the nodes_down fault test: nodes back from a SIGKILL voted reject,
-    // "input already spent or reserved", on the payment after the expired one).
-    if prop.deadline_unix < now_unix() {
-        return Err(TxError::Invalid {
-            code: "proposal_expired",
-            message: format!(
-                "proposal {} arrived after its voting deadline ({})",
-                prop.id, prop.deadline_unix
-            ),
-        });
-    }
-    let me = node.cfg.node_id.clone();
     let keys = super::usable_keys(node).await?;
-    let key = keys
-        .into_iter()
-        .find(|k| k.wallet.key_id() == prop.key_id)
-        .ok_or_else(|| TxError::UnknownKey(prop.key_id.clone()))?;
-    if !key.participants.iter().any(|p| p == from) || !key.participants.contains(&me) {
-        return Err(TxError::Invalid {
-            code: "not_a_participant",
-            message: format!(
-                "{from} proposed a transaction for key {} it does not hold",
-                prop.key_id
-            ),
-        });
+    let mut checked = Checked::new(node, from, prop, reserved_at_intake, &keys)?;
+    if !checked.reserved_at_intake {
+        let known = node.store.known_outputs(&checked.outpoints()).await?;
+        checked.prove(&known);
     }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(prop.psbt.as_bytes())
-        .map_err(|e| TxError::Invalid {
-            code: "psbt_malformed",
-            message: format!("proposal psbt is not base64: {e}"),
-        })?;
-    let validated = wallet::intake_psbt(
-        &raw,
-        std::slice::from_ref(&key.wallet),
-        &super::limits(node),
-    )?;
-    let new = (from != me).then(|| NewTransaction {
-        id: prop.id,
-        key_id: Some(prop.key_id.clone()),
-        recipient: None,
-        amount_sats: None,
-        fee_sats: i64::try_from(validated.fee_sats).ok(),
-        psbt: Some(raw.clone()),
-        initiator: prop.initiator.clone(),
-    });
-    // The leader proposes the deadline; this node never lets its vote live longer
-    // than its own maximum.
-    let deadline_unix = clamp_deadline(node, prop.deadline_unix);
-    let deadline = chrono::DateTime::from_timestamp(i64::try_from(deadline_unix).unwrap_or(0), 0)
-        .unwrap_or_else(chrono::Utc::now);
-    let round_id = Uuid::new_v4();
-    let n = key.participants.len();
-    let round = NewRound {
-        id: round_id,
-        round_no: 1,
-        required_approvals: i32::from(key.threshold),
-        total_nodes: i32::try_from(n).unwrap_or(i32::MAX),
-        deadline,
-    };
-    // Every input's amount and script must be proven to this node itself (the full
-    // previous transaction, or an output it imported): the leader's word is not
-    // enough (BIP-143 fee attack). The leader's own payment was proven and
-    // reserved by its intake (the reservation stands: `open_voting` moves the
-    // transaction on from `pending`, which it cannot do once the transaction ended
-    // and released them).
-    let mut input_reject = None;
-    let reserve = if reserved_at_intake {
-        Vec::new()
-    } else {
-        let outpoints: Vec<_> = validated.inputs.iter().map(|i| i.outpoint).collect();
-        let known = node.store.known_outputs(&outpoints).await?;
-        match validated.check_input_proofs(&known) {
-            Ok(()) => proven_inputs(&validated),
-            Err(e) => {
-                tracing::warn!(tx = %prop.id, leader = %from, error = %e, "input amounts not proven; voting reject");
-                input_reject = Some(e.code());
-                Vec::new()
-            }
-        }
-    };
-    // A peer's proposal, its leader and deadline, state `voting`, the round and the
-    // reservation of its proven inputs: one database transaction.
-    match node
-        .store
-        .open_voting(new.as_ref(), prop.id, from, &round, &reserve)
-        .await
-    {
-        Ok(unavailable) => {
-            *recorded = new.is_some();
-            // An input this node knows as spent, or reserved by another transaction
-            // (e.g. a concurrent proposal from another leader), is never signed twice.
-            if let Some(o) = unavailable {
-                tracing::warn!(tx = %prop.id, input = %o, "input already spent or reserved; voting reject");
-                input_reject = Some("input_unavailable");
-            }
-        }
-        Err(StoreError::Duplicate { .. }) if new.is_some() => {
-            return Err(replayed_proposal(node, from, &prop).await)
-        }
-        Err(e) => return Err(e.into()),
-    }
-    // One read of the policy file serves the vote subject and the decision.
+    checked.record(node, recorded).await?;
     let loaded = match loaded {
         Some(l) => l,
         None => Arc::new(load_policy_recorded(node).await?),
     };
-    let subject = VoteSubject {
-        transaction_id: prop.id,
-        round_no: 1,
-        txid: validated.txid,
-        sighashes: validated.sighashes(),
-        policy_hash: policy_hash(&loaded),
+    Ok(checked.open(node, loaded))
+}
+
+/// [`open_proposal`] for the proposals of one batch: validated one by one, their
+/// inputs' proofs read in one statement, and recorded in one database transaction
+/// (each on its own when that cannot be written whole: a replayed proposal, an
+/// input spent or reserved here, so each fails or votes reject alone). Returns
+/// each proposal's result and whether it was recorded here, in order.
+async fn open_proposals(
+    node: &Arc<TxCtx>,
+    from: &str,
+    proposals: Vec<Proposal>,
+    reserved_at_intake: &[bool],
+    loaded: &Arc<Result<Option<policy::Policy>, String>>,
+) -> Vec<(Result<Opened, TxError>, bool)> {
+    let me = &node.cfg.node_id;
+    let keys = match super::usable_keys(node).await {
+        Ok(k) => k,
+        Err(e) => {
+            let reason = e.to_string();
+            return proposals
+                .iter()
+                .map(|_| (Err(TxError::Internal(reason.clone())), false))
+                .collect();
+        }
     };
-    let pending = Arc::new(Pending {
-        validated,
-        participants: key.participants.clone(),
-        threshold: key.threshold,
-        leader: from.to_owned(),
-        round_id,
-        subject,
-        initiator: prop.initiator.clone(),
-        initiator_identity: prop
-            .initiator_name
-            .clone()
-            .filter(|n| !n.is_empty() && n.len() <= 128)
-            .unwrap_or_else(|| prop.initiator.clone()),
-        deadline_unix,
-        sign_deadline_unix: deadline_unix.saturating_add(node.cfg.wallet.sign_timeout_secs.max(5)),
-        voted: AtomicBool::new(false),
-        approval_counted: AtomicBool::new(false),
-        round_closed: AtomicBool::new(false),
-        relayed_votes: std::sync::OnceLock::new(),
-        blame: std::sync::Mutex::default(),
-        stored_votes: std::sync::Mutex::default(),
-        settling: tokio::sync::Mutex::default(),
-    });
-    node.tx.insert(prop.id, pending.clone());
-    Ok(Opened {
-        id: prop.id,
-        leader: from.to_owned(),
-        pending,
-        loaded,
-        input_reject,
-    })
+    let mut checked: Vec<Result<Checked, TxError>> = proposals
+        .into_iter()
+        .enumerate()
+        .map(|(i, prop)| {
+            let reserved = reserved_at_intake.get(i).copied().unwrap_or(false) && from == me;
+            Checked::new(node, from, prop, reserved, &keys)
+        })
+        .collect();
+    let outpoints: Vec<bitcoin::OutPoint> = checked
+        .iter()
+        .flatten()
+        .filter(|c| !c.reserved_at_intake)
+        .flat_map(|c| c.outpoints())
+        .collect();
+    if !outpoints.is_empty() {
+        match node.store.known_outputs(&outpoints).await {
+            Ok(known) => {
+                for c in checked.iter_mut().flatten() {
+                    if !c.reserved_at_intake {
+                        c.prove(&known);
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for c in checked.iter_mut() {
+                    if c.as_ref().is_ok_and(|c| !c.reserved_at_intake) {
+                        *c = Err(TxError::Internal(reason.clone()));
+                    }
+                }
+            }
+        }
+    }
+    // One database transaction for the batch; each on its own when it fails.
+    let rows: Vec<_> = checked
+        .iter()
+        .flatten()
+        .map(|c| (c.new.as_ref(), c.prop.id, &c.round, c.reserve.as_slice()))
+        .collect();
+    let together = rows.len() > 1
+        && match node.store.open_votings(from, &rows).await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(error = %e, proposals = rows.len(), "batch of proposals not recorded together; recording each on its own");
+                false
+            }
+        };
+    drop(rows);
+    let mut out = Vec::with_capacity(checked.len());
+    for c in checked {
+        let mut recorded = false;
+        let r = match c {
+            Ok(mut c) => {
+                let r = if together {
+                    recorded = c.new.is_some();
+                    Ok(())
+                } else {
+                    c.record(node, &mut recorded).await
+                };
+                r.map(|()| c.open(node, loaded.clone()))
+            }
+            Err(e) => Err(e),
+        };
+        out.push((r, recorded));
+    }
+    out
+}
+
+/// A proposal validated by this node, before it is recorded.
+struct Checked {
+    prop: Proposal,
+    leader: String,
+    participants: Vec<String>,
+    threshold: u16,
+    validated: wallet::ValidatedPsbt,
+    /// A peer's proposal: its transaction row (the leader's own exists since
+    /// intake).
+    new: Option<NewTransaction>,
+    round: NewRound,
+    deadline_unix: u64,
+    /// This node is the leader and its intake proved and reserved every input.
+    reserved_at_intake: bool,
+    /// The proven inputs, reserved with the round.
+    reserve: Vec<wallet::OwnedUtxo>,
+    input_reject: Option<&'static str>,
+}
+
+impl Checked {
+    /// The checks that need no database: deadline, key, participants, the PSBT.
+    fn new(
+        node: &TxCtx,
+        from: &str,
+        prop: Proposal,
+        reserved_at_intake: bool,
+        keys: &[super::UsableKey],
+    ) -> Result<Checked, TxError> {
+        // A proposal delivered after its voting deadline (a node that was down while
+        // its leader kept re-sending) is over everywhere else: opening it here would
+        // reserve its inputs and make this node reject the next payment that spends
+        // them (the nodes_down fault test: nodes back from a SIGKILL voted reject,
+        // "input already spent or reserved", on the payment after the expired one).
+        if prop.deadline_unix < now_unix() {
+            return Err(TxError::Invalid {
+                code: "proposal_expired",
+                message: format!(
+                    "proposal {} arrived after its voting deadline ({})",
+                    prop.id, prop.deadline_unix
+                ),
+            });
+        }
+        let me = &node.cfg.node_id;
+        let key = keys
+            .iter()
+            .find(|k| k.wallet.key_id() == prop.key_id)
+            .ok_or_else(|| TxError::UnknownKey(prop.key_id.clone()))?;
+        if !key.participants.iter().any(|p| p == from) || !key.participants.contains(me) {
+            return Err(TxError::Invalid {
+                code: "not_a_participant",
+                message: format!(
+                    "{from} proposed a transaction for key {} it does not hold",
+                    prop.key_id
+                ),
+            });
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(prop.psbt.as_bytes())
+            .map_err(|e| TxError::Invalid {
+                code: "psbt_malformed",
+                message: format!("proposal psbt is not base64: {e}"),
+            })?;
+        let validated = wallet::intake_psbt(
+            &raw,
+            std::slice::from_ref(&key.wallet),
+            &super::limits(node),
+        )?;
+        let new = (from != me).then(|| NewTransaction {
+            id: prop.id,
+            key_id: Some(prop.key_id.clone()),
+            recipient: None,
+            amount_sats: None,
+            fee_sats: i64::try_from(validated.fee_sats).ok(),
+            psbt: Some(raw),
+            initiator: prop.initiator.clone(),
+        });
+        // The leader proposes the deadline; this node never lets its vote live
+        // longer than its own maximum.
+        let deadline_unix = clamp_deadline(node, prop.deadline_unix);
+        let deadline =
+            chrono::DateTime::from_timestamp(i64::try_from(deadline_unix).unwrap_or(0), 0)
+                .unwrap_or_else(chrono::Utc::now);
+        let round = NewRound {
+            id: Uuid::new_v4(),
+            round_no: 1,
+            required_approvals: i32::from(key.threshold),
+            total_nodes: i32::try_from(key.participants.len()).unwrap_or(i32::MAX),
+            deadline,
+        };
+        Ok(Checked {
+            prop,
+            leader: from.to_owned(),
+            participants: key.participants.clone(),
+            threshold: key.threshold,
+            validated,
+            new,
+            round,
+            deadline_unix,
+            reserved_at_intake: reserved_at_intake && from == me,
+            reserve: Vec::new(),
+            input_reject: None,
+        })
+    }
+
+    fn outpoints(&self) -> Vec<bitcoin::OutPoint> {
+        self.validated.inputs.iter().map(|i| i.outpoint).collect()
+    }
+
+    /// Every input's amount and script must be proven to this node itself (the
+    /// full previous transaction, or an output it imported): the leader's word is
+    /// not enough (BIP-143 fee attack). The leader's own payment was proven and
+    /// reserved by its intake (the reservation stands: `open_voting` moves the
+    /// transaction on from `pending`, which it cannot do once the transaction
+    /// ended and released them), so this is not called for it.
+    fn prove(&mut self, known: &wallet::KnownOutputs) {
+        match self.validated.check_input_proofs(known) {
+            Ok(()) => self.reserve = proven_inputs(&self.validated),
+            Err(e) => {
+                tracing::warn!(tx = %self.prop.id, error = %e, "input amounts not proven; voting reject");
+                self.input_reject = Some(e.code());
+            }
+        }
+    }
+
+    /// A peer's proposal, its leader and deadline, state `voting`, the round and
+    /// the reservation of its proven inputs: one database transaction.
+    async fn record(&mut self, node: &TxCtx, recorded: &mut bool) -> Result<(), TxError> {
+        let from = self.leader.as_str();
+        match node
+            .store
+            .open_voting(
+                self.new.as_ref(),
+                self.prop.id,
+                from,
+                &self.round,
+                &self.reserve,
+            )
+            .await
+        {
+            Ok(unavailable) => {
+                *recorded = self.new.is_some();
+                // An input this node knows as spent, or reserved by another
+                // transaction (e.g. a concurrent proposal from another leader), is
+                // never signed twice.
+                if let Some(o) = unavailable {
+                    tracing::warn!(tx = %self.prop.id, input = %o, "input already spent or reserved; voting reject");
+                    self.input_reject = Some("input_unavailable");
+                }
+                Ok(())
+            }
+            Err(StoreError::Duplicate { .. }) if self.new.is_some() => {
+                Err(replayed_proposal(node, from, &self.prop).await)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The recorded proposal in memory, ready for this node's decision.
+    fn open(self, node: &TxCtx, loaded: Arc<Result<Option<policy::Policy>, String>>) -> Opened {
+        let prop = self.prop;
+        let subject = VoteSubject {
+            transaction_id: prop.id,
+            round_no: 1,
+            txid: self.validated.txid,
+            sighashes: self.validated.sighashes(),
+            policy_hash: policy_hash(&loaded),
+        };
+        let deadline_unix = self.deadline_unix;
+        let pending = Arc::new(Pending {
+            validated: self.validated,
+            participants: self.participants,
+            threshold: self.threshold,
+            leader: self.leader,
+            round_id: self.round.id,
+            subject,
+            initiator: prop.initiator.clone(),
+            initiator_identity: prop
+                .initiator_name
+                .clone()
+                .filter(|n| !n.is_empty() && n.len() <= 128)
+                .unwrap_or_else(|| prop.initiator.clone()),
+            deadline_unix,
+            sign_deadline_unix: deadline_unix
+                .saturating_add(node.cfg.wallet.sign_timeout_secs.max(5)),
+            voted: AtomicBool::new(false),
+            approval_counted: AtomicBool::new(false),
+            round_closed: AtomicBool::new(false),
+            relayed_votes: std::sync::OnceLock::new(),
+            blame: std::sync::Mutex::default(),
+            stored_votes: std::sync::Mutex::default(),
+            settling: tokio::sync::Mutex::default(),
+        });
+        node.tx.insert(prop.id, pending.clone());
+        Opened {
+            id: prop.id,
+            leader: pending.leader.clone(),
+            pending,
+            loaded,
+            input_reject: self.input_reject,
+        }
+    }
 }
 
 /// The deadline this node accepts for a proposal: the leader's, but never later
