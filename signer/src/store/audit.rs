@@ -32,6 +32,23 @@ impl AuditOf {
         }
     }
 
+    /// Appends `all` (records of one node) in order inside the caller's open
+    /// transaction, under one hold of the append lock ([`append_audit_many`]).
+    pub(crate) async fn append_many(
+        all: Vec<AuditOf>,
+        conn: &mut PgConnection,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let Some(node_id) = all.first().map(|a| a.node_id.clone()) else {
+            return Ok(Vec::new());
+        };
+        if all.iter().any(|a| a.node_id != node_id) {
+            return Err(StoreError::Corrupt(
+                "audit records of several nodes in one append".into(),
+            ));
+        }
+        append_audit_many(conn, &node_id, all.into_iter().map(|a| a.entry).collect()).await
+    }
+
     /// Appends it inside the caller's open transaction.
     pub(crate) async fn append(self, conn: &mut PgConnection) -> Result<AuditRecord, StoreError> {
         append_audit(conn, &self.node_id, self.entry).await

@@ -357,17 +357,84 @@ impl Store {
     ) -> Result<bool, StoreError> {
         super::retry_conflicts("own votes", || async {
             let mut tx = self.pool().begin().await?;
-            for (id, approve, own_vote, audit) in votes {
-                let r = write_own_vote(&mut tx, *id, *approve, own_vote, audit.clone()).await?;
-                if r != VoteRecord::Recorded {
-                    return Ok(false);
+            // Every row lock of the batch (claims, outflows, votes) is taken before
+            // the audit append lock, as in every other audited change: a batch
+            // that took the lock with its first vote's record and then row locks
+            // for the next deadlocked with a round close holding such a row and
+            // waiting for the lock (seen under a 1,000-payment burst).
+            for (id, approve, own_vote, _) in votes {
+                if let Some(a) = approve {
+                    if claim_txid(&mut tx, *id, a).await? != VoteRecord::Recorded {
+                        return Ok(false);
+                    }
                 }
+                let (key_id, sats) =
+                    outflow_columns(*id, approve.as_ref().map(|a| (a.key_id, a.outflow_sats)))?;
+                let v = own_vote;
+                sqlx::query(
+                    "WITH o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
+                               SELECT $1, $2, $3, $4 WHERE $2::text IS NOT NULL \
+                               ON CONFLICT (transaction_id) DO NOTHING RETURNING 1) \
+                     INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, \
+                                        signature, signed_vote) \
+                     SELECT $5, $6, $7, $8, $9, $10, $11 WHERE (SELECT count(*) FROM o) >= 0",
+                )
+                .bind(*id)
+                .bind(key_id)
+                .bind(sats)
+                .bind(OutflowReason::OwnApprove.as_str())
+                .bind(v.round_id)
+                .bind(v.node_id.as_str())
+                .bind(v.decision.as_str())
+                .bind(&v.reasons)
+                .bind(v.policy_hash.as_str())
+                .bind(v.signature.as_slice())
+                .bind(v.signed_vote.as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::classify(e, "own vote"))?;
             }
+            let audits = votes.iter().map(|(_, _, _, a)| a.clone()).collect();
+            AuditOf::append_many(audits, &mut tx).await?;
             tx.commit().await?;
             Ok(true)
         })
         .await
     }
+}
+
+/// Claims `a.txid` for transaction `id` under its data (see
+/// [`Store::record_own_vote`]): [`VoteRecord::Recorded`] when it is new here or
+/// claimed under the same data; the first transaction when it was approved here
+/// under other data.
+async fn claim_txid(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    a: &ApprovalClaim<'_>,
+) -> Result<VoteRecord, StoreError> {
+    // A new txid is claimed in one statement; only a txid claimed before (rare: the
+    // same unsigned transaction proposed again) is read back.
+    let claimed: Option<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO approved_txids (txid, data_hash, transaction_id) VALUES ($1, $2, $3) \
+         ON CONFLICT (txid) DO NOTHING RETURNING transaction_id",
+    )
+    .bind(a.txid)
+    .bind(a.data_hash.as_slice())
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| StoreError::classify(e, "txid approval"))?;
+    if claimed.is_none() {
+        let (hash, first): (Vec<u8>, Uuid) =
+            sqlx::query_as("SELECT data_hash, transaction_id FROM approved_txids WHERE txid = $1")
+                .bind(a.txid)
+                .fetch_one(&mut *conn)
+                .await?;
+        if hash.as_slice() != a.data_hash.as_slice() {
+            return Ok(VoteRecord::TxidApprovedWithOtherData(first));
+        }
+    }
+    Ok(VoteRecord::Recorded)
 }
 
 /// What [`open_in`] did.
@@ -434,68 +501,46 @@ async fn write_own_vote(
     own_vote: &super::votes::NewSignedVote,
     audit: AuditOf,
 ) -> Result<VoteRecord, StoreError> {
-    {
-        if let Some(a) = approve {
-            // A new txid is claimed in one statement; only a txid claimed before
-            // (rare: the same unsigned transaction proposed again) is read back.
-            let claimed: Option<(Uuid,)> = sqlx::query_as(
-                "INSERT INTO approved_txids (txid, data_hash, transaction_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT (txid) DO NOTHING RETURNING transaction_id",
-            )
-            .bind(a.txid)
-            .bind(a.data_hash.as_slice())
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| StoreError::classify(e, "txid approval"))?;
-            if claimed.is_none() {
-                let (hash, first): (Vec<u8>, Uuid) = sqlx::query_as(
-                    "SELECT data_hash, transaction_id FROM approved_txids WHERE txid = $1",
-                )
-                .bind(a.txid)
-                .fetch_one(&mut *conn)
-                .await?;
-                if hash.as_slice() != a.data_hash.as_slice() {
-                    return Ok(VoteRecord::TxidApprovedWithOtherData(first));
-                }
-            }
+    if let Some(a) = approve {
+        let r = claim_txid(&mut *conn, id, &a).await?;
+        if r != VoteRecord::Recorded {
+            return Ok(r);
         }
-        let (key_id, sats) =
-            outflow_columns(id, approve.as_ref().map(|a| (a.key_id, a.outflow_sats)))?;
-        // An approval's outflow count, the signed vote itself and the audit record:
-        // one statement (issue 21). This node votes once per round: a stored vote
-        // of its own fails the statement (no `ON CONFLICT`), and nothing of this
-        // one is written.
-        let v = own_vote;
-        audit
-            .append_with(
-                conn,
-                super::audit::audited_statement!(
-                    "o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
-                           SELECT $11, $12, $13, $14 WHERE $12::text IS NOT NULL \
-                           ON CONFLICT (transaction_id) DO NOTHING RETURNING 1), \
-                     done AS (INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, \
-                                                 signature, signed_vote) \
-                              SELECT $15, $16, $17, $18, $19, $20, $21 \
-                              WHERE (SELECT count(*) FROM o) >= 0 RETURNING id)"
-                ),
-                |q| {
-                    q.bind(id)
-                        .bind(key_id)
-                        .bind(sats)
-                        .bind(OutflowReason::OwnApprove.as_str())
-                        .bind(v.round_id)
-                        .bind(v.node_id.as_str())
-                        .bind(v.decision.as_str())
-                        .bind(&v.reasons)
-                        .bind(v.policy_hash.as_str())
-                        .bind(v.signature.as_slice())
-                        .bind(v.signed_vote.as_slice())
-                },
-            )
-            .await?;
-        Ok(VoteRecord::Recorded)
     }
+    let (key_id, sats) = outflow_columns(id, approve.as_ref().map(|a| (a.key_id, a.outflow_sats)))?;
+    // An approval's outflow count, the signed vote itself and the audit record:
+    // one statement (issue 21). This node votes once per round: a stored vote
+    // of its own fails the statement (no `ON CONFLICT`), and nothing of this
+    // one is written.
+    let v = own_vote;
+    audit
+        .append_with(
+            conn,
+            super::audit::audited_statement!(
+                "o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
+                       SELECT $11, $12, $13, $14 WHERE $12::text IS NOT NULL \
+                       ON CONFLICT (transaction_id) DO NOTHING RETURNING 1), \
+                 done AS (INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, \
+                                             signature, signed_vote) \
+                          SELECT $15, $16, $17, $18, $19, $20, $21 \
+                          WHERE (SELECT count(*) FROM o) >= 0 RETURNING id)"
+            ),
+            |q| {
+                q.bind(id)
+                    .bind(key_id)
+                    .bind(sats)
+                    .bind(OutflowReason::OwnApprove.as_str())
+                    .bind(v.round_id)
+                    .bind(v.node_id.as_str())
+                    .bind(v.decision.as_str())
+                    .bind(&v.reasons)
+                    .bind(v.policy_hash.as_str())
+                    .bind(v.signature.as_slice())
+                    .bind(v.signed_vote.as_slice())
+            },
+        )
+        .await?;
+    Ok(VoteRecord::Recorded)
 }
 
 impl super::Store {
