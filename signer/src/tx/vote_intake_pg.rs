@@ -1026,6 +1026,83 @@ async fn a_batchs_own_votes_are_written_together_or_none_is() {
 /// nothing. One that cannot be written as it is (a replayed id, an input reserved
 /// by another transaction) writes none of the batch, so the caller opens each on
 /// its own and only that one fails or votes reject.
+/// A batch's own votes take their rows' locks before the audit append lock, like
+/// every audited change: a writer holding the round of the batch's second vote
+/// that then waits for the append lock (a round close) is not deadlocked. Before,
+/// the batch appended its first vote's record (taking the lock) and then waited
+/// for that round: PostgreSQL's deadlock detector rolled one of them back (a 500
+/// on submit under a 1,000-payment burst).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_own_votes_wait_for_a_locked_round_without_holding_the_audit_lock() {
+    let (_pg, store, first, first_round) = store_with_round().await;
+    let second = new_tx(&store).await;
+    let second_round = Uuid::new_v4();
+    store
+        .create_round(
+            second_round,
+            second,
+            1,
+            2,
+            3,
+            chrono::Utc::now() + chrono::Duration::seconds(60),
+        )
+        .await
+        .expect("round");
+    let last_vote_id = || {
+        let store = store.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM votes")
+                .fetch_one(store.pool())
+                .await
+                .expect("max id");
+            n
+        }
+    };
+    let before = last_vote_id().await;
+    // The other writer holds the second round's row.
+    let mut other = store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM voting_rounds WHERE id = $1 FOR UPDATE")
+        .bind(second_round)
+        .execute(&mut *other)
+        .await
+        .expect("lock the round");
+    let batch = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let rows = [(first, first_round), (second, second_round)].map(|(id, round)| {
+                (
+                    id,
+                    None,
+                    vote_row(round, &signed(id, 1, 1, VoteDecision::Reject)),
+                    vote_audit(id),
+                )
+            });
+            store.record_own_votes(&rows).await
+        })
+    };
+    // The batch is waiting for the round now; the other writer wants the append
+    // lock (PostgreSQL checks for a deadlock after `deadlock_timeout`, 1 s).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(crate::store::audit::AUDIT_LOCK_KEY)
+        .execute(&mut *other)
+        .await
+        .expect("the append lock is free while the batch waits for a row");
+    other.commit().await.expect("commit");
+    assert!(batch.await.expect("task").expect("batch written"));
+    // Written at the first attempt: a deadlock's victim is run again (see
+    // `retry_conflicts`), and its rolled-back vote inserts would have used up ids.
+    assert_eq!(
+        last_vote_id().await,
+        before + 2,
+        "the batch was rolled back and written again"
+    );
+    for (id, round) in [(first, first_round), (second, second_round)] {
+        assert_eq!(store.round_votes(round).await.expect("votes").len(), 1);
+        assert_eq!(audit_rows_about(&store, "tx.vote", id).await, 1);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batchs_proposals_are_opened_together_or_none_is() {
     let (_pg, store, known, _round) = store_with_round().await;
