@@ -332,7 +332,7 @@ pub async fn on_proposal_batch(
     reserved_at_intake: &[bool],
 ) -> Vec<Result<(), TxError>> {
     let mut results: Vec<Result<(), TxError>> = Vec::with_capacity(proposals.len());
-    // (index, deadline, recorded) of every proposal this node recorded.
+    // (clamped deadline, recorded here) of each proposal, in order.
     let mut recorded_at = Vec::new();
     let Some(key_id) = proposals.first().map(|p| p.key_id.clone()) else {
         return results;
