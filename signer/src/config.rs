@@ -303,6 +303,10 @@ impl WalletConfig {
 fn default_max_vote_deadline_secs() -> u64 {
     300
 }
+/// Most proposals one batch carries (`[wallet] proposal_batch_max`; the wire's
+/// bound: the transaction wire module uses this constant).
+pub const MAX_PROPOSAL_BATCH: usize = 64;
+
 fn default_proposal_batch_max() -> usize {
     1
 }
@@ -1022,13 +1026,13 @@ impl NodeConfig {
         if self.etcd.lease_ttl_secs < 2 {
             return Err(invalid("etcd.lease_ttl_secs must be at least 2".to_owned()));
         }
-        if !(1..=crate::tx::wire::MAX_BATCH).contains(&self.wallet.proposal_batch_max)
+        if !(1..=MAX_PROPOSAL_BATCH).contains(&self.wallet.proposal_batch_max)
             || self.wallet.proposal_batch_linger_ms > 1000
         {
             return Err(invalid(format!(
                 "wallet.proposal_batch_max must be between 1 and {} and \
                  wallet.proposal_batch_linger_ms at most 1000",
-                crate::tx::wire::MAX_BATCH
+                MAX_PROPOSAL_BATCH
             )));
         }
         if !(1..=1024).contains(&self.api.max_concurrent_submissions) {

@@ -25,7 +25,7 @@ pub const TX_SPENT: MessageKind = MessageKind::TX_SPENT;
 pub const TX_PROPOSE_BATCH: MessageKind = MessageKind::TX_PROPOSE_BATCH;
 
 /// Most proposals one [`ProposalBatch`] carries.
-pub const MAX_BATCH: usize = 64;
+pub const MAX_BATCH: usize = crate::config::MAX_PROPOSAL_BATCH;
 
 /// Largest accepted frame payload of this module (a PSBT of up to 1 MiB in base64).
 pub use crate::p2p::json::MAX_JSON_PAYLOAD as MAX_TX_FRAME_BYTES;
