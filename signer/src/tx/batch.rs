@@ -107,15 +107,20 @@ fn lock(b: &Batches) -> std::sync::MutexGuard<'_, HashMap<String, KeyQueue>> {
     b.keys.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Clears the key's `flushing` mark when the flushing task ends, however it ends
-/// (so a panic never leaves the key without one).
+/// Clears the key's `flushing` mark if the flushing task ends without finding its
+/// queue empty (a panic), so the key is never left without one.
 struct Flushing {
     node: Arc<TxCtx>,
     key_id: String,
+    /// False once the task ended the normal way (nothing left to clear).
+    armed: bool,
 }
 
 impl Drop for Flushing {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let mut keys = lock(&self.node.tx.batches);
         if let Some(q) = keys.get_mut(&self.key_id) {
             q.flushing = false;
@@ -130,9 +135,10 @@ async fn flush(node: Arc<TxCtx>, key_id: String) {
     let wallet = &node.cfg.wallet;
     let max = wallet.proposal_batch_max.clamp(1, wire::MAX_BATCH);
     let linger = Duration::from_millis(wallet.proposal_batch_linger_ms);
-    let guard = Flushing {
+    let mut guard = Flushing {
         node: node.clone(),
         key_id: key_id.clone(),
+        armed: true,
     };
     if !linger.is_zero() {
         tokio::time::sleep(linger).await;
@@ -140,17 +146,22 @@ async fn flush(node: Arc<TxCtx>, key_id: String) {
     loop {
         let batch = {
             let mut keys = lock(&node.tx.batches);
-            let Some(q) = keys.get_mut(&key_id) else {
-                break;
-            };
-            take_batch(&mut q.queued, max)
+            let batch = keys
+                .get_mut(&key_id)
+                .map(|q| take_batch(&mut q.queued, max))
+                .unwrap_or_default();
+            if batch.is_empty() {
+                // Ends under the same lock that found the queue empty: a payment
+                // queued after this sees no flushing task and starts one (ending
+                // after the lock was released stranded such a payment).
+                keys.remove(&key_id);
+                guard.armed = false;
+                return;
+            }
+            batch
         };
-        if batch.is_empty() {
-            break;
-        }
         run(&node, batch).await;
     }
-    drop(guard);
 }
 
 /// The next batch: up to `max` queued payments whose PSBTs fit one frame (at least
