@@ -190,14 +190,8 @@ async fn run(node: &Arc<TxCtx>, batch: Vec<Queued>) {
     if batch.len() == 1 {
         // A batch of one goes out as the single proposal it is.
         for q in batch {
-            let r = match wire::encode(&q.prop) {
-                Ok(payload) => {
-                    let frame = Frame::new(q.prop.id, wire::TX_PROPOSE, payload);
-                    super::voting::broadcast_detached(node, &participants, vec![frame]);
-                    super::voting::on_proposal(node, &me, q.prop, q.reserved_at_intake).await
-                }
-                Err(e) => Err(TxError::Internal(e.to_string())),
-            };
+            let r = super::intake::propose_alone(node, q.prop, q.reserved_at_intake, &participants)
+                .await;
             let _ = q.reply.send(r);
         }
         return;

@@ -252,7 +252,7 @@ pub async fn submit(
 }
 
 /// Sends `prop` to the key's participants on its own and votes on it here.
-async fn propose_alone(
+pub(super) async fn propose_alone(
     node: &Arc<TxCtx>,
     prop: Proposal,
     reserved_at_intake: bool,
