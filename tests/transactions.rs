@@ -225,9 +225,13 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
 
 /// `[wallet] proposal_batch_max` (issue 21): a burst of payments goes out from the
 /// leader in batches, every node handles each payment of a batch on its own (its
-/// own validation, policy decision and signed vote), and the one payment its
-/// policy refuses is rejected everywhere while every other one is signed
-/// everywhere.
+/// own validation, policy decision and signed vote) and sends its votes on a batch
+/// in one vote batch, and the one payment its policy refuses is rejected
+/// everywhere while every other one is signed everywhere. Node 2 is Byzantine: its
+/// vote batches also carry a second, opposite vote of its own and forged votes (in
+/// another node's name, and in its own name under a stranger's key); the honest nodes
+/// record each as its violation, store none of the forged votes and count no
+/// second vote.
 async fn payments_proposed_in_batches_are_each_decided_and_a_refused_one_stops_no_other(
     c: &Cluster,
     frost: &str,
@@ -239,6 +243,15 @@ async fn payments_proposed_in_batches_are_each_decided_and_a_refused_one_stops_n
         &[
             ("SIGNER__WALLET__PROPOSAL_BATCH_MAX", "8"),
             ("SIGNER__WALLET__PROPOSAL_BATCH_LINGER_MS", "200"),
+        ],
+    );
+    let bad = c.node(2).id.clone();
+    c.kill_node(2);
+    c.restart_node_with_env(
+        2,
+        &[
+            ("SIGNER_FAULT_DOUBLE_VOTE", "1"),
+            ("SIGNER_FAULT_FORGE_VOTES", "1"),
         ],
     );
     c.wait_ready(N).await;
@@ -254,14 +267,16 @@ async fn payments_proposed_in_batches_are_each_decided_and_a_refused_one_stops_n
             .map(|b| c.post_json(0, "/api/v1/transactions", b)),
     )
     .await;
+    let mut ids = Vec::new();
     for ((status, v), amount) in answers.into_iter().zip(&amounts) {
         assert_eq!(status, 202, "{v}");
-        let id = v["id"].as_str().unwrap();
+        let id = v["id"].as_str().unwrap().to_owned();
         if *amount > 30_000 {
-            ends_as(c, &[0, 1, 2], id, "rejected").await;
+            ends_as(c, &[0, 1, 2], &id, "rejected").await;
         } else {
-            signed_everywhere(c, &[0, 1, 2], id, 240).await;
+            signed_everywhere(c, &[0, 1, 2], &id, 240).await;
         }
+        ids.push(id);
     }
     let metric = |text: &str, name: &str| -> u64 {
         text.lines()
@@ -288,9 +303,59 @@ async fn payments_proposed_in_batches_are_each_decided_and_a_refused_one_stops_n
             "node {i} handled every batch"
         );
     }
+    for i in 0..N {
+        let text = c.get(i, "/metrics", c.admin()).await.text().await.unwrap();
+        let (out, got) = (
+            metric(&text, "signer_tx_vote_batches_sent_total"),
+            metric(&text, "signer_tx_vote_batches_received_total"),
+        );
+        assert!(out >= 1, "node {i} sent its votes in batches");
+        assert!(got >= 1, "node {i} received vote batches");
+    }
+    // The honest nodes took node 2's extra votes out of its batches one by one.
+    for i in [0, 1] {
+        for kind in ["double_vote", "vote_sender_mismatch", "bad_vote_signature"] {
+            c.eventually(
+                &format!("node {i} records {kind} of {bad}"),
+                Duration::from_secs(30),
+                || async { (violations(c, i, &bad, kind).await >= 1).then_some(()) },
+            )
+            .await;
+        }
+        let db = c.db(i).await;
+        for (id, amount) in ids.iter().zip(&amounts) {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT v.node_id, v.decision FROM votes v JOIN voting_rounds r ON r.id = v.round_id \
+                 WHERE r.transaction_id = $1::uuid",
+            )
+            .bind(id)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+            let mut voters: Vec<&str> = rows.iter().map(|(v, _)| v.as_str()).collect();
+            voters.sort_unstable();
+            let before = voters.len();
+            voters.dedup();
+            assert_eq!(voters.len(), before, "node {i}: one vote per voter on {id}");
+            // Every honest node votes as its policy says; the forged reject in
+            // another node's name was not stored as its vote.
+            let honest = if *amount > 30_000 {
+                "reject"
+            } else {
+                "approve"
+            };
+            for (voter, decision) in &rows {
+                if *voter != bad {
+                    assert_eq!(decision, honest, "node {i} stored {voter}'s vote on {id}");
+                }
+            }
+        }
+    }
     write_policy(c, &[frost]);
     c.kill_node(0);
     c.restart_node(0);
+    c.kill_node(2);
+    c.restart_node(2);
     c.wait_ready(N).await;
 }
 

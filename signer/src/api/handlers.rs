@@ -266,6 +266,17 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
          # TYPE signer_tx_proposal_batches_received_total counter\n\
          signer_tx_proposal_batches_received_total {received}\n"
     ));
+    let (votes_sent, votes_received) = s.node.tx.batches.vote_counts();
+    body.push_str(&format!(
+        "# HELP signer_tx_vote_batches_sent_total Frames carrying this node's votes on \
+         two or more payments of one proposal batch.\n\
+         # TYPE signer_tx_vote_batches_sent_total counter\n\
+         signer_tx_vote_batches_sent_total {votes_sent}\n\
+         # HELP signer_tx_vote_batches_received_total Vote batches from peers this node \
+         handled.\n\
+         # TYPE signer_tx_vote_batches_received_total counter\n\
+         signer_tx_vote_batches_received_total {votes_received}\n"
+    ));
     body.push_str(&memory_metrics());
     body.push_str(&super::presign::metrics_text(&s.node).await);
     (

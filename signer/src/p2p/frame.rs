@@ -87,6 +87,9 @@ impl MessageKind {
     /// Several transactions of one key proposed together by their leader (issue
     /// 21, docs/BATCHING.md).
     pub const TX_PROPOSE_BATCH: MessageKind = MessageKind(0x0147);
+    /// One voter's signed votes on the transactions of one proposal batch (issue
+    /// 21, docs/BATCHING.md).
+    pub const TX_VOTE_BATCH: MessageKind = MessageKind(0x0148);
     /// The leader of a signer set announces a presignature generation session.
     pub const PRESIGN_ANNOUNCE: MessageKind = MessageKind(0x0150);
     /// A node relays an operator's presignature generate request to its peers.
@@ -144,6 +147,7 @@ impl MessageKind {
         MessageKind::APPROVER_ENDORSE,
         MessageKind::TX_SPENT,
         MessageKind::TX_PROPOSE_BATCH,
+        MessageKind::TX_VOTE_BATCH,
         MessageKind::PRESIGN_ANNOUNCE,
         MessageKind::PRESIGN_GENERATE,
         MessageKind::AUDIT_HEAD_REQUEST,
@@ -532,6 +536,7 @@ mod tests {
             (0x0145, MessageKind::APPROVER_ENDORSE),
             (0x0146, MessageKind::TX_SPENT),
             (0x0147, MessageKind::TX_PROPOSE_BATCH),
+            (0x0148, MessageKind::TX_VOTE_BATCH),
             (0x0150, MessageKind::PRESIGN_ANNOUNCE),
             (0x0151, MessageKind::PRESIGN_GENERATE),
             (0x0160, MessageKind::AUDIT_HEAD_REQUEST),

@@ -49,6 +49,30 @@ impl AuditOf {
         append_audit_many(conn, &node_id, all.into_iter().map(|a| a.entry).collect()).await
     }
 
+    /// Appends `all` (records of one node) with the change `sql` makes, in one
+    /// statement (see [`append_audit_many_with`]); `Ok(None)`, with nothing run,
+    /// when they are of several nodes.
+    pub(crate) async fn append_many_with<'q, F>(
+        all: Vec<AuditOf>,
+        conn: &mut PgConnection,
+        sql: &'static str,
+        bind: F,
+    ) -> Result<Option<(i64, Vec<AuditRecord>)>, StoreError>
+    where
+        F: FnOnce(AuditedManyQuery<'q>) -> AuditedManyQuery<'q>,
+    {
+        let Some(node_id) = all.first().map(|a| a.node_id.clone()) else {
+            return Ok(Some((0, Vec::new())));
+        };
+        if all.iter().any(|a| a.node_id != node_id) {
+            return Ok(None);
+        }
+        let entries = all.into_iter().map(|a| a.entry).collect();
+        append_audit_many_with(conn, &node_id, entries, sql, bind)
+            .await
+            .map(Some)
+    }
+
     /// Appends it inside the caller's open transaction.
     pub(crate) async fn append(self, conn: &mut PgConnection) -> Result<AuditRecord, StoreError> {
         append_audit(conn, &self.node_id, self.entry).await

@@ -150,6 +150,8 @@ pub struct Store {
     vote_keys: std::sync::Arc<std::sync::Mutex<votes::VoteKeyCache>>,
     vote_inserts: std::sync::Arc<vote_inserts::VoteInserts>,
     signed_records: std::sync::Arc<transactions::SignedRecords>,
+    submissions: std::sync::Arc<transactions::Submissions>,
+    session_entries: std::sync::Arc<transactions::SessionEntries>,
     round_closes: std::sync::Arc<votes::RoundCloses>,
 }
 
@@ -178,6 +180,8 @@ impl Store {
             vote_keys: Default::default(),
             vote_inserts: std::sync::Arc::new(vote_inserts::vote_inserts()),
             signed_records: std::sync::Arc::new(transactions::signed_records()),
+            submissions: std::sync::Arc::new(transactions::submissions()),
+            session_entries: std::sync::Arc::new(transactions::session_entries()),
             round_closes: std::sync::Arc::new(votes::round_closes()),
         })
     }

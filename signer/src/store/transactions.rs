@@ -89,18 +89,126 @@ impl Store {
     /// `pending`), the reservation of `reserve` (the UTXOs its coin selection chose;
     /// a `Duplicate` error when one is no longer available) and its audit row.
     /// Nothing is written unless all three are.
+    ///
+    /// Grouped with the submissions other requests are storing (see
+    /// [`super::groups`]; issue 21): one statement for the rows, one for the
+    /// reservations, one append of the audit records and one commit for the group.
+    /// A group that cannot be written whole (an output no longer available) is
+    /// written again one submission at a time, so that one fails alone.
     pub async fn insert_submitted_transaction(
         &self,
         new: &NewTransaction,
         reserve: &[bitcoin::OutPoint],
         audit: AuditOf,
     ) -> Result<(), StoreError> {
+        let item = Submitted {
+            new: new.clone(),
+            reserve: reserve.to_vec(),
+            audit,
+        };
+        let store = self.clone();
+        let answer = Groups::submit(
+            &self.submissions,
+            item.clone(),
+            |s: &Submitted| s.new.id,
+            move |group| {
+                let store = store.clone();
+                async move { store.write_submitted_group(group).await }
+            },
+        )
+        .await;
+        match answer {
+            Some(r) => r,
+            // The writing task ended without answering (the runtime shutting
+            // down): this caller writes its submission itself.
+            None => self.submitted_alone(item).await,
+        }
+    }
+
+    /// One group of submissions (see [`Store::insert_submitted_transaction`]).
+    async fn write_submitted_group(&self, group: Vec<Waiting<Submitted, Result<(), StoreError>>>) {
+        write_together_or_alone(
+            group,
+            |items| async move {
+                let n = items.len();
+                let all = self.submitted_together(items).await?;
+                Ok(all_written(all, n, || Ok(())))
+            },
+            |s| async move { self.submitted_alone(s).await },
+        )
+        .await;
+    }
+
+    /// One submission in its own database transaction.
+    async fn submitted_alone(&self, s: Submitted) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        insert_row(&mut tx, new).await?;
-        super::utxos::reserve_available(&mut tx, new.id, reserve).await?;
-        audit.append(&mut tx).await?;
+        insert_row(&mut tx, &s.new).await?;
+        super::utxos::reserve_available(&mut tx, s.new.id, &s.reserve).await?;
+        s.audit.append(&mut tx).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Several submissions in one database transaction: the rows in one
+    /// statement, the reservations in one, the audit records in one append.
+    /// `false`, with nothing written, when a reservation finds its output no
+    /// longer available or a row is refused.
+    async fn submitted_together(&self, items: Vec<Submitted>) -> Result<bool, StoreError> {
+        let ids: Vec<Uuid> = items.iter().map(|s| s.new.id).collect();
+        let key_ids: Vec<Option<String>> = items.iter().map(|s| s.new.key_id.clone()).collect();
+        let recipients: Vec<Option<String>> =
+            items.iter().map(|s| s.new.recipient.clone()).collect();
+        let amounts: Vec<Option<i64>> = items.iter().map(|s| s.new.amount_sats).collect();
+        let fees: Vec<Option<i64>> = items.iter().map(|s| s.new.fee_sats).collect();
+        let psbts: Vec<Option<Vec<u8>>> = items.iter().map(|s| s.new.psbt.clone()).collect();
+        let initiators: Vec<String> = items.iter().map(|s| s.new.initiator.clone()).collect();
+        let (mut r_txids, mut r_vouts, mut r_ids) = (Vec::new(), Vec::new(), Vec::new());
+        for s in &items {
+            for o in &s.reserve {
+                r_txids.push(o.txid.to_string());
+                r_vouts.push(i64::from(o.vout));
+                r_ids.push(s.new.id);
+            }
+        }
+        let mut tx = self.pool().begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO transactions (id, key_id, recipient, amount_sats, fee_sats, psbt, initiator) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+                                  $6::bytea[], $7::text[])",
+        )
+        .bind(&ids)
+        .bind(&key_ids)
+        .bind(&recipients)
+        .bind(&amounts)
+        .bind(&fees)
+        .bind(&psbts)
+        .bind(&initiators)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(r) if usize::try_from(r.rows_affected()).ok() == Some(items.len()) => {}
+            Ok(_) | Err(_) => return Ok(false),
+        }
+        if !r_ids.is_empty() {
+            let reserved = sqlx::query(
+                "UPDATE utxos u SET state = 'reserved', reserved_by = r.id \
+                 FROM unnest($1::text[], $2::bigint[], $3::uuid[]) AS r(txid, vout, id) \
+                 WHERE u.txid = r.txid AND u.vout = r.vout AND u.state = 'available'",
+            )
+            .bind(&r_txids)
+            .bind(&r_vouts)
+            .bind(&r_ids)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if usize::try_from(reserved).ok() != Some(r_ids.len()) {
+                return Ok(false);
+            }
+        }
+        let audits = items.into_iter().map(|s| s.audit).collect();
+        AuditOf::append_many(audits, &mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Opens the voting round of a proposal in one database transaction: the row of
@@ -553,18 +661,14 @@ impl super::Store {
     /// (expired, failed, ...): no partial may leave then. A run that PostgreSQL
     /// rolled back for a deadlock with a concurrent writer is run again (see
     /// [`super::retry_conflicts`]).
+    ///
+    /// Grouped with the entries other signing runs are writing (see
+    /// [`super::groups`]; issue 21): the group's claims, one statement moving
+    /// every transaction with its audit record, one commit. Each caller still gets
+    /// its answer only once its entry is committed; a group that cannot be written
+    /// whole (a session used before, a transaction that ended) is written again one
+    /// entry at a time, so that one gets its own answer.
     pub async fn enter_signing_session(
-        &self,
-        claim: &SessionClaim<'_>,
-        audit: AuditOf,
-    ) -> Result<SigningEntry, StoreError> {
-        super::retry_conflicts("signing entry", || {
-            self.enter_signing_session_once(claim, audit.clone())
-        })
-        .await
-    }
-
-    async fn enter_signing_session_once(
         &self,
         claim: &SessionClaim<'_>,
         audit: AuditOf,
@@ -573,33 +677,78 @@ impl super::Store {
             what: "input",
             id: claim.input.to_string(),
         })?;
-        let mut tx = self.pool().begin().await?;
-        let claimed = sqlx::query(
-            "INSERT INTO signing_sessions (session_id, transaction_id, input_index, signers, leader) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id) DO NOTHING",
+        let entry = SessionEntry {
+            session: claim.session,
+            tx: claim.tx,
+            input,
+            signers: claim.signers.to_vec(),
+            leader: claim.leader.to_owned(),
+            audit,
+        };
+        let store = self.clone();
+        let answer = Groups::submit(
+            &self.session_entries,
+            entry.clone(),
+            |e: &SessionEntry| e.tx,
+            move |group| {
+                let store = store.clone();
+                async move { store.write_session_group(group).await }
+            },
         )
-        .bind(claim.session)
-        .bind(claim.tx)
-        .bind(input)
-        .bind(claim.signers)
-        .bind(claim.leader)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if claimed != 1 {
+        .await;
+        match answer {
+            Some(r) => r,
+            // The writing task ended without answering (the runtime shutting
+            // down): this caller writes its entry itself.
+            None => self.session_entry_alone(&entry).await,
+        }
+    }
+
+    /// One group of signing entries (see [`Store::enter_signing_session`]).
+    async fn write_session_group(
+        &self,
+        group: Vec<Waiting<SessionEntry, Result<SigningEntry, StoreError>>>,
+    ) {
+        write_together_or_alone(
+            group,
+            |entries| async move {
+                let n = entries.len();
+                let all = self.sessions_entered_together(entries).await?;
+                Ok(all_written(all, n, || Ok(SigningEntry::Entered)))
+            },
+            |e| async move { self.session_entry_alone(&e).await },
+        )
+        .await;
+    }
+
+    /// One entry in its own database transaction; a run that PostgreSQL rolled
+    /// back for a deadlock with a concurrent writer is run again (see
+    /// [`super::retry_conflicts`]).
+    async fn session_entry_alone(&self, e: &SessionEntry) -> Result<SigningEntry, StoreError> {
+        super::retry_conflicts("signing entry", || self.enter_signing_session_once(e)).await
+    }
+
+    async fn enter_signing_session_once(
+        &self,
+        e: &SessionEntry,
+    ) -> Result<SigningEntry, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        if !claim_session(&mut tx, e).await? {
             return Ok(SigningEntry::SessionUsed);
         }
         // The move to `signing` (only from a live approved state) and the audit
         // record in one statement; rolled back, with the claim, when the
         // transaction ended.
-        let (entered, _) = audit
+        let (entered, _) = e
+            .audit
+            .clone()
             .append_with(
                 &mut tx,
                 super::audit::audited_statement!(
                     "done AS (UPDATE transactions SET state = 'signing' \
                               WHERE id = $11 AND state IN ('approved', 'signing') RETURNING id)"
                 ),
-                |q| q.bind(claim.tx),
+                |q| q.bind(e.tx),
             )
             .await?;
         if entered != 1 {
@@ -607,6 +756,42 @@ impl super::Store {
         }
         tx.commit().await?;
         Ok(SigningEntry::Entered)
+    }
+
+    /// Several entries (of distinct transactions) in one database transaction:
+    /// each claim, then one statement that moves every transaction to `signing`
+    /// with its audit record. `false`, with nothing written, when a session was
+    /// used before or a transaction ended here.
+    async fn sessions_entered_together(
+        &self,
+        entries: Vec<SessionEntry>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for e in &entries {
+            if !claim_session(&mut tx, e).await? {
+                return Ok(false);
+            }
+        }
+        let ids: Vec<Uuid> = entries.iter().map(|e| e.tx).collect();
+        let audits = entries.into_iter().map(|e| e.audit).collect();
+        let moved = AuditOf::append_many_with(
+            audits,
+            &mut tx,
+            super::audit::audited_group_statement!(
+                "s AS (SELECT * FROM unnest($11::uuid[]) AS s(id)), \
+                 done AS (UPDATE transactions tr SET state = 'signing' FROM s \
+                          WHERE tr.id = s.id AND tr.state IN ('approved', 'signing') \
+                          RETURNING tr.id)"
+            ),
+            |q| q.bind(ids.clone()),
+        )
+        .await?;
+        match moved {
+            Some((n, _)) if usize::try_from(n).ok() == Some(ids.len()) => {}
+            _ => return Ok(false),
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Whether signing session id `session` was claimed here before.
@@ -1091,6 +1276,69 @@ async fn insert_row(conn: &mut sqlx::PgConnection, tx: &NewTransaction) -> Resul
     .await
     .map_err(|e| StoreError::classify(e, "transaction"))?;
     Ok(())
+}
+
+/// Claims signing session `e.session` inside the caller's database transaction;
+/// `false` when the id was used before (by anything).
+async fn claim_session(
+    conn: &mut sqlx::PgConnection,
+    e: &SessionEntry,
+) -> Result<bool, StoreError> {
+    let claimed = sqlx::query(
+        "INSERT INTO signing_sessions (session_id, transaction_id, input_index, signers, leader) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id) DO NOTHING",
+    )
+    .bind(e.session)
+    .bind(e.tx)
+    .bind(e.input)
+    .bind(&e.signers)
+    .bind(&e.leader)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// A signing entry waiting for its group (see [`Store::enter_signing_session`]).
+#[derive(Debug, Clone)]
+pub(crate) struct SessionEntry {
+    session: Uuid,
+    tx: Uuid,
+    input: i32,
+    signers: Vec<String>,
+    leader: String,
+    audit: AuditOf,
+}
+
+/// Most signing entries one group writes.
+const MAX_SESSION_GROUP: usize = 64;
+
+/// The signing entries waiting for a write (see [`Groups`]).
+pub(crate) type SessionEntries = Groups<SessionEntry, Result<SigningEntry, StoreError>>;
+
+/// A fresh queue.
+pub(crate) fn session_entries() -> SessionEntries {
+    Groups::new(MAX_SESSION_GROUP)
+}
+
+/// A leader's new transaction waiting for its group (see
+/// [`Store::insert_submitted_transaction`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Submitted {
+    new: NewTransaction,
+    reserve: Vec<bitcoin::OutPoint>,
+    audit: AuditOf,
+}
+
+/// Most submissions one group writes (far above the intake's turns).
+const MAX_SUBMITTED_GROUP: usize = 64;
+
+/// The submissions waiting for a write (see [`Groups`]).
+pub(crate) type Submissions = Groups<Submitted, Result<(), StoreError>>;
+
+/// A fresh queue.
+pub(crate) fn submissions() -> Submissions {
+    Groups::new(MAX_SUBMITTED_GROUP)
 }
 
 /// A transaction's `signed` record waiting for its group.

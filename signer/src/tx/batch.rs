@@ -33,6 +33,9 @@ pub struct Batches {
     sent_proposals: AtomicU64,
     /// Batches this node received from leaders and handled.
     received: AtomicU64,
+    /// Vote batches this node sent, and received from peers.
+    votes_sent: AtomicU64,
+    votes_received: AtomicU64,
     /// Fault injection (`SIGNER_FAULT_REPLAY_PROPOSAL`): the last proposal of the
     /// previous batch, sent again in the next one.
     replay: Mutex<Option<Proposal>>,
@@ -52,6 +55,24 @@ impl Batches {
     /// A batch from a leader passed its shape check.
     pub fn note_received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Vote batches sent here and received from peers (`/metrics`).
+    pub fn vote_counts(&self) -> (u64, u64) {
+        (
+            self.votes_sent.load(Ordering::Relaxed),
+            self.votes_received.load(Ordering::Relaxed),
+        )
+    }
+
+    /// This node sent a vote batch (to every participant).
+    pub fn note_votes_sent(&self) {
+        self.votes_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A vote batch from a peer passed its shape check.
+    pub fn note_votes_received(&self) {
+        self.votes_received.fetch_add(1, Ordering::Relaxed);
     }
 }
 

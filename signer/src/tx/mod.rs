@@ -759,6 +759,7 @@ pub const KINDS: &[crate::p2p::MessageKind] = &[
     crate::p2p::MessageKind::APPROVER_ENDORSE,
     wire::TX_SPENT,
     wire::TX_PROPOSE_BATCH,
+    wire::TX_VOTE_BATCH,
 ];
 
 /// Proposals of one peer handled at once (see [`Turns`]).
@@ -913,6 +914,11 @@ fn dispatch(node: &Arc<TxCtx>, turns: &Turns, inbound: &crate::p2p::Inbound) {
         crate::p2p::MessageKind::VOTE => {
             spawn_in_turn(turns.votes.of(&from), held, move || async move {
                 voting::on_vote_frame(&node, &from, &payload).await
+            });
+        }
+        wire::TX_VOTE_BATCH => {
+            spawn_in_turn(turns.votes.of(&from), held, move || {
+                voting::on_vote_batch_frame(node, from, payload)
             });
         }
         wire::TX_SIGN => match wire::decode::<wire::SignRequest>(&payload) {

@@ -1158,6 +1158,264 @@ async fn a_batchs_proposals_are_opened_together_or_none_is() {
     assert_eq!(opened(c).await, (None, 0));
 }
 
+/// When the audit records of `action` about `id` were written (a group's records
+/// share its one timestamp).
+async fn audit_ts(store: &Store, action: &str, id: Uuid) -> Vec<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar("SELECT ts FROM audit_log WHERE action = $1 AND subject = $2")
+        .bind(action)
+        .bind(id.to_string())
+        .fetch_all(store.pool())
+        .await
+        .expect("read")
+}
+
+/// A database transaction holding the audit append lock until it ends: writes
+/// that arrive meanwhile queue for their group.
+async fn hold_audit_lock(store: &Store) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(crate::store::audit::AUDIT_LOCK_KEY)
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    holder
+}
+
+/// A leader's submissions that arrive while one is being stored are stored
+/// together (one database transaction: their audit records share its timestamp),
+/// each with its row, its reservation and its audit record; one whose output is
+/// no longer available fails alone, with the error a lone submission gets, and
+/// nothing of it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_stored_together_are_each_audited_and_one_whose_output_is_gone_fails_alone() {
+    let (_pg, store, _tx, _round) = store_with_round().await;
+    let coins: Vec<_> = (41..=46).map(|n| utxo(n, 10_000)).collect();
+    store.add_utxos(&coins).await.expect("import");
+    let submit = |outpoint: bitcoin::OutPoint| {
+        let store = store.clone();
+        let id = Uuid::new_v4();
+        let new = NewTransaction {
+            recipient: Some("bcrt1q".into()),
+            amount_sats: Some(1_000),
+            fee_sats: Some(200),
+            ..hot_tx(id, "ops")
+        };
+        let audit = crate::store::audit::AuditOf::new(
+            "node-1",
+            crate::audit::AuditEntry::new("ops", "tx.submit").subject(id.to_string()),
+        );
+        (
+            id,
+            tokio::spawn(async move {
+                store
+                    .insert_submitted_transaction(&new, &[outpoint], audit)
+                    .await
+            }),
+        )
+    };
+    let submit_ts = |id: Uuid| audit_ts(&store, "tx.submit", id);
+    // Phase 1: the first submission's write waits for the audit lock held here;
+    // three more queue behind it, one of them for the first one's output.
+    let holder = hold_audit_lock(&store).await;
+    let first = submit(coins[0].outpoint);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let queued = [
+        submit(coins[1].outpoint),
+        submit(coins[0].outpoint),
+        submit(coins[2].outpoint),
+    ];
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holder.commit().await.expect("unlock");
+    first.1.await.expect("task").expect("first stored");
+    let mut results = Vec::new();
+    for (id, task) in queued {
+        results.push((id, task.await.expect("task")));
+    }
+    for (i, (id, r)) in results.iter().enumerate() {
+        if i == 1 {
+            assert!(
+                matches!(
+                    r,
+                    Err(crate::store::StoreError::Duplicate {
+                        what: "utxo reservation",
+                        ..
+                    })
+                ),
+                "the second claim of an output fails as a lone one does: {r:?}"
+            );
+            assert!(store.get_transaction(*id).await.is_err(), "no row");
+            assert!(submit_ts(*id).await.is_empty(), "no audit record");
+        } else {
+            assert!(r.is_ok(), "{r:?}");
+            assert_eq!(submit_ts(*id).await.len(), 1, "one audit record");
+        }
+    }
+    assert!(store
+        .inputs_reserved_by(first.0, &[coins[0].outpoint])
+        .await
+        .expect("check"));
+    assert!(store
+        .inputs_reserved_by(results[0].0, &[coins[1].outpoint])
+        .await
+        .expect("check"));
+
+    // Phase 2: without a bad one, the queued submissions share one commit.
+    let holder = hold_audit_lock(&store).await;
+    let lone = submit(coins[3].outpoint);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let together = [submit(coins[4].outpoint), submit(coins[5].outpoint)];
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holder.commit().await.expect("unlock");
+    lone.1.await.expect("task").expect("stored");
+    let mut stamps = Vec::new();
+    for (i, (id, task)) in together.into_iter().enumerate() {
+        task.await.expect("task").expect("stored");
+        assert!(store
+            .inputs_reserved_by(id, &[coins[4 + i].outpoint])
+            .await
+            .expect("check"));
+        stamps.extend(submit_ts(id).await);
+    }
+    assert_eq!(stamps.len(), 2);
+    assert_eq!(
+        stamps[0], stamps[1],
+        "the two were written in one transaction"
+    );
+    assert_ne!(
+        submit_ts(lone.0).await,
+        vec![stamps[0]],
+        "the lone one in its own"
+    );
+    let (ok, _, broken) = store.verify_audit_chain().await.expect("verify");
+    assert!(broken.is_none() && ok >= 6, "the chain links every record");
+}
+
+/// Signing entries that arrive while one is being written are written together
+/// (their audit records share one transaction's timestamp), each with its claim,
+/// its move to `signing` and its audit record; in a group with a used session id
+/// and an ended transaction, those two get their own answers (nothing written
+/// for them) and the others are entered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_entries_written_together_each_claim_their_session_and_a_bad_one_fails_alone() {
+    use crate::store::transactions::{SessionClaim, SigningEntry};
+    let (_pg, store, _tx, _round) = store_with_round().await;
+    let approved = |store: Store| async move {
+        let id = new_tx(&store).await;
+        for to in ["voting", "approved"] {
+            store
+                .transition_transaction(id, to, None)
+                .await
+                .expect("to approved");
+        }
+        id
+    };
+    let signers = vec!["node-1".to_owned(), "node-2".to_owned()];
+    let enter = |tx: Uuid, session: Uuid| {
+        let store = store.clone();
+        let signers = signers.clone();
+        tokio::spawn(async move {
+            let claim = SessionClaim {
+                session,
+                tx,
+                input: 0,
+                signers: &signers,
+                leader: "node-1",
+            };
+            let audit = crate::store::audit::AuditOf::new(
+                "node-1",
+                crate::audit::AuditEntry::new("node", "tx.signing").subject(tx.to_string()),
+            );
+            store.enter_signing_session(&claim, audit).await
+        })
+    };
+    let entry_ts = |id: Uuid| audit_ts(&store, "tx.signing", id);
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(300));
+
+    // Phase 1: a used session id and an ended transaction among fine entries.
+    let used = Uuid::new_v4();
+    let (a, b, c, ended) = (
+        approved(store.clone()).await,
+        approved(store.clone()).await,
+        approved(store.clone()).await,
+        new_tx(&store).await,
+    );
+    store
+        .transition_transaction(ended, "rejected", None)
+        .await
+        .expect("rejected");
+    let holder = hold_audit_lock(&store).await;
+    let first = enter(a, used);
+    pause().await;
+    let queued = [
+        (b, enter(b, Uuid::new_v4())),
+        (c, enter(c, used)),
+        (ended, enter(ended, Uuid::new_v4())),
+    ];
+    pause().await;
+    holder.commit().await.expect("unlock");
+    assert_eq!(
+        first.await.expect("task").expect("entry"),
+        SigningEntry::Entered
+    );
+    let mut answers = Vec::new();
+    for (id, task) in queued {
+        answers.push((id, task.await.expect("task").expect("entry")));
+    }
+    assert_eq!(
+        answers,
+        [
+            (b, SigningEntry::Entered),
+            (c, SigningEntry::SessionUsed),
+            (ended, SigningEntry::Closed)
+        ]
+    );
+    let state = |id: Uuid| {
+        let store = store.clone();
+        async move { store.get_transaction(id).await.expect("row").state }
+    };
+    assert_eq!(state(b).await, "signing");
+    assert_eq!(
+        state(c).await,
+        "approved",
+        "nothing written for the used id"
+    );
+    assert_eq!(state(ended).await, "rejected");
+    assert!(entry_ts(c).await.is_empty() && entry_ts(ended).await.is_empty());
+    assert_eq!(entry_ts(b).await.len(), 1);
+
+    // Phase 2: fine entries queued together share one commit.
+    let (d, e, f) = (
+        approved(store.clone()).await,
+        approved(store.clone()).await,
+        approved(store.clone()).await,
+    );
+    let holder = hold_audit_lock(&store).await;
+    let lone = enter(d, Uuid::new_v4());
+    pause().await;
+    let together = [enter(e, Uuid::new_v4()), enter(f, Uuid::new_v4())];
+    pause().await;
+    holder.commit().await.expect("unlock");
+    assert_eq!(
+        lone.await.expect("task").expect("entry"),
+        SigningEntry::Entered
+    );
+    for task in together {
+        assert_eq!(
+            task.await.expect("task").expect("entry"),
+            SigningEntry::Entered
+        );
+    }
+    let (te, tf) = (entry_ts(e).await, entry_ts(f).await);
+    assert_eq!((te.len(), tf.len()), (1, 1));
+    assert_eq!(te, tf, "the two were entered in one transaction");
+    assert_ne!(entry_ts(d).await, te, "the lone one in its own");
+    for id in [d, e, f] {
+        assert_eq!(state(id).await, "signing");
+    }
+    let (_, _, broken) = store.verify_audit_chain().await.expect("verify");
+    assert!(broken.is_none(), "the chain links every record");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_opens_with_its_inputs_reserved_and_a_replay_opens_nothing() {
     let (_pg, store, tx, _round) = store_with_round().await;

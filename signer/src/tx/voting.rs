@@ -1020,9 +1020,7 @@ async fn cast_votes(
         stored.push(v);
     }
     drop(budget);
-    for v in stored {
-        v.send(node).await;
-    }
+    send_votes(node, stored).await;
     results
 }
 
@@ -1134,6 +1132,19 @@ impl SealedVote {
 
     /// Counts the stored vote in the tally and sends it to every participant.
     async fn send(self, node: &Arc<TxCtx>) {
+        let (id, pending, signed, bad) = self.note(node);
+        check_round(node, id, &pending).await;
+        let frames = std::iter::once(signed)
+            .chain(bad)
+            .map(|v| Frame::new(id, MessageKind::VOTE, VoteMessage::Vote(v).encode()))
+            .collect();
+        broadcast_detached(node, &pending.participants, frames);
+    }
+
+    /// Notes the stored vote in its round's tally (not settled yet: see
+    /// [`check_round`]); returns the vote and the Byzantine votes fault injection
+    /// sends after it (none in an operator's build).
+    fn note(self, node: &TxCtx) -> (Uuid, Arc<Pending>, SignedVote, Vec<SignedVote>) {
         let me = &node.cfg.node_id;
         let SealedVote {
             id,
@@ -1145,25 +1156,82 @@ impl SealedVote {
         tracing::info!(voter = %me, tx = %id, decision = %signed.body().decision, "own vote recorded");
         // Stored: counted in the tally without being checked and stored again.
         pending.note_vote_stored(&signed);
-        check_round(node, id, &pending).await;
-        let payload = VoteMessage::Vote(signed.clone()).encode();
-        let mut frames = vec![Frame::new(id, MessageKind::VOTE, payload)];
         let bad = crate::fault::byzantine_votes(
             me,
             &pending.participants,
             &signed,
             Some(&unsealed.vote_key),
         );
-        for v in bad {
-            tracing::error!(tx = %id, "FAULT INJECTION: sending a Byzantine vote");
-            frames.push(Frame::new(
-                id,
-                MessageKind::VOTE,
-                VoteMessage::Vote(v).encode(),
-            ));
+        if !bad.is_empty() {
+            tracing::error!(tx = %id, count = bad.len(), "FAULT INJECTION: sending Byzantine votes");
         }
-        broadcast_detached(node, &pending.participants, frames);
+        (id, pending, signed, bad)
     }
+}
+
+/// Room left in a vote batch frame beside its votes (the batch id, JSON).
+const VOTE_BATCH_SLACK_BYTES: usize = 1024;
+
+/// The stored votes of one batch: noted in their tallies, sent to the participants
+/// in [`super::wire::TX_VOTE_BATCH`] frames (one per participant set, which is one
+/// for a batch of one key, unless the votes are too long for one frame; issue 21),
+/// then their rounds settled together (so the closes they bring share statements).
+/// A lone vote goes in its own `VOTE` frame, as without batches.
+async fn send_votes(node: &Arc<TxCtx>, stored: Vec<SealedVote>) {
+    if stored.len() < 2 {
+        for v in stored {
+            v.send(node).await;
+        }
+        return;
+    }
+    let room = super::wire::MAX_TX_FRAME_BYTES.saturating_sub(VOTE_BATCH_SLACK_BYTES);
+    // (participants, votes in hex, their bytes)
+    let mut groups: Vec<(Vec<String>, Vec<String>, usize)> = Vec::new();
+    let mut settle = Vec::with_capacity(stored.len());
+    for v in stored {
+        let (id, pending, signed, bad) = v.note(node);
+        // A Byzantine node's extra votes travel in its batch, after its vote.
+        for v in std::iter::once(signed).chain(bad) {
+            let hex = hex::encode(v.encode());
+            let len = hex.len().saturating_add(3);
+            match groups.iter_mut().find(|(p, votes, bytes)| {
+                *p == pending.participants
+                    && votes.len() < super::wire::MAX_BATCH
+                    && bytes.saturating_add(len) <= room
+            }) {
+                Some((_, votes, bytes)) => {
+                    votes.push(hex);
+                    *bytes = bytes.saturating_add(len);
+                }
+                None => groups.push((pending.participants.clone(), vec![hex], len)),
+            }
+        }
+        settle.push((id, pending));
+    }
+    for (participants, votes, _) in groups {
+        let batch = super::wire::VoteBatch {
+            batch: Uuid::new_v4(),
+            votes,
+        };
+        match super::wire::encode(&batch) {
+            Ok(b) => {
+                node.tx.batches.note_votes_sent();
+                let frame = Frame::new(batch.batch, super::wire::TX_VOTE_BATCH, b);
+                broadcast_detached(node, &participants, vec![frame]);
+            }
+            // Cannot happen (the votes fit the frame's bound by construction);
+            // the peers would learn these votes from the signing leader's relay.
+            Err(e) => {
+                tracing::error!(batch = %batch.batch, error = %e, "cannot encode a vote batch")
+            }
+        }
+    }
+    futures::future::join_all(
+        settle
+            .iter()
+            .map(|(id, pending)| check_round(node, *id, pending)),
+    )
+    .await;
 }
 
 /// Re-evaluates a transaction this node has not voted on yet because human approvals
@@ -1243,38 +1311,99 @@ pub async fn on_vote_frame(node: &Arc<TxCtx>, from: &str, payload: &[u8]) {
                 tracing::warn!(peer = %from, error = %e, "vote key announcement refused");
             }
         }
-        VoteMessage::Vote(v) => {
-            let id = v.body().transaction_id;
+        VoteMessage::Vote(v) => on_vote(node, from, v).await,
+    }
+}
+
+/// Handles a batch of votes from `from` ([`super::wire::TX_VOTE_BATCH`]): each vote
+/// exactly as if it had come in a `VOTE` frame of its own, all at once (so their
+/// inserts and their rounds' closes share statements). A batch of the wrong shape,
+/// or with a vote that does not decode, is dropped whole before any vote in it is
+/// handled.
+pub async fn on_vote_batch_frame(node: Arc<TxCtx>, from: String, payload: bytes::Bytes) {
+    let batch = match super::wire::decode::<super::wire::VoteBatch>(&payload) {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(dropped) = crate::tx::DROPPED.hit() {
+                tracing::warn!(dropped, peer = %from, error = %e, "malformed vote batch; dropped")
+            }
+            return;
+        }
+    };
+    let votes: Result<Vec<SignedVote>, String> = batch.check().and_then(|()| {
+        batch
+            .votes
+            .iter()
+            .map(|h| {
+                hex::decode(h)
+                    .ok()
+                    .and_then(|b| SignedVote::decode(&b).ok())
+                    .ok_or_else(|| "a vote of the batch does not decode".to_owned())
+            })
+            .collect()
+    });
+    let votes = match votes {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some(dropped) = crate::tx::DROPPED.hit() {
+                tracing::warn!(dropped, peer = %from, batch = %batch.batch, error = %e, "vote batch refused; dropped");
+            }
+            return;
+        }
+    };
+    node.tx.batches.note_votes_received();
+    // Votes on different transactions are handled at once; those on one
+    // transaction (a Byzantine sender's second vote) in the order they came.
+    let mut by_tx: Vec<(Uuid, Vec<SignedVote>)> = Vec::new();
+    for v in votes {
+        let id = v.body().transaction_id;
+        match by_tx.iter_mut().find(|(t, _)| *t == id) {
+            Some((_, same)) => same.push(v),
+            None => by_tx.push((id, vec![v])),
+        }
+    }
+    futures::future::join_all(by_tx.into_iter().map(|(_, same)| {
+        let (node, from) = (&node, &from);
+        async move {
+            for v in same {
+                on_vote(node, from, v).await;
+            }
+        }
+    }))
+    .await;
+}
+
+/// Handles one signed vote from `from`.
+async fn on_vote(node: &Arc<TxCtx>, from: &str, v: SignedVote) {
+    let id = v.body().transaction_id;
+    if node.tx.get(id).is_some() {
+        accept_vote(node, id, from, &v).await;
+        return;
+    }
+    if let Some(ended) = node.tx.ended_round(id) {
+        accept_late_vote(node, id, from, &v, &ended).await;
+        return;
+    }
+    // Not tracked here (yet, or for long): forgery is recorded now; a
+    // genuine vote waits for its proposal.
+    let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
+    let book = pinned_key_book(node).await;
+    match intake.precheck(&book, &v, from).await {
+        Ok(Prechecked::Unseen) | Err(VoteReject::UnknownVoter { .. }) => {
+            node.tx.keep_early_vote(id, from.to_owned(), v);
+            // The proposal may have been taken in (and its early votes
+            // drained) while this vote was being checked: drain again.
             if node.tx.get(id).is_some() {
-                accept_vote(node, id, from, &v).await;
-                return;
-            }
-            if let Some(ended) = node.tx.ended_round(id) {
-                accept_late_vote(node, id, from, &v, &ended).await;
-                return;
-            }
-            // Not tracked here (yet, or for long): forgery is recorded now; a
-            // genuine vote waits for its proposal.
-            let intake = VoteIntake::new(node.store.clone(), node.cfg.node_id.clone());
-            let book = pinned_key_book(node).await;
-            match intake.precheck(&book, &v, from).await {
-                Ok(Prechecked::Unseen) | Err(VoteReject::UnknownVoter { .. }) => {
-                    node.tx.keep_early_vote(id, from.to_owned(), v);
-                    // The proposal may have been taken in (and its early votes
-                    // drained) while this vote was being checked: drain again.
-                    if node.tx.get(id).is_some() {
-                        for (sender, vote) in node.tx.take_early_votes(id) {
-                            accept_vote(node, id, &sender, &vote).await;
-                        }
-                    }
-                }
-                Ok(Prechecked::AlreadyStored) => {
-                    tracing::debug!(tx = %id, peer = %from, "vote already stored; re-delivery dropped")
-                }
-                Err(e) => {
-                    tracing::warn!(tx = %id, peer = %from, error = %e, "vote refused")
+                for (sender, vote) in node.tx.take_early_votes(id) {
+                    accept_vote(node, id, &sender, &vote).await;
                 }
             }
+        }
+        Ok(Prechecked::AlreadyStored) => {
+            tracing::debug!(tx = %id, peer = %from, "vote already stored; re-delivery dropped")
+        }
+        Err(e) => {
+            tracing::warn!(tx = %id, peer = %from, error = %e, "vote refused")
         }
     }
 }

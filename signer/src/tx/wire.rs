@@ -24,7 +24,12 @@ pub const TX_SPENT: MessageKind = MessageKind::TX_SPENT;
 /// ([`ProposalBatch`]).
 pub const TX_PROPOSE_BATCH: MessageKind = MessageKind::TX_PROPOSE_BATCH;
 
-/// Most proposals one [`ProposalBatch`] carries.
+/// One voter's signed votes on the transactions of a proposal batch
+/// ([`VoteBatch`]).
+pub const TX_VOTE_BATCH: MessageKind = MessageKind::TX_VOTE_BATCH;
+
+/// Most proposals one [`ProposalBatch`] carries, and most votes one [`VoteBatch`]
+/// carries.
 pub const MAX_BATCH: usize = crate::config::MAX_PROPOSAL_BATCH;
 
 /// Largest accepted frame payload of this module (a PSBT of up to 1 MiB in base64).
@@ -84,6 +89,41 @@ impl ProposalBatch {
         ids.dedup();
         if ids.len() != n {
             return Err("a batch proposes one transaction twice".into());
+        }
+        Ok(())
+    }
+}
+
+/// [`TX_VOTE_BATCH`]: signed votes of the sending node, each exactly the vote it
+/// would send in a `VOTE` frame of its own (hex of its wire form, as votes are
+/// relayed in [`SignRequest`] and [`Done`]) and handled by every receiver as if it
+/// had come alone: checked under the voter's pinned key, against its own round,
+/// and stored or refused one by one. The frame's session id is the batch id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteBatch {
+    /// Id of the proposal batch the votes answer (for logs).
+    pub batch: Uuid,
+    /// The signed votes (hex).
+    pub votes: Vec<String>,
+}
+
+impl VoteBatch {
+    /// The batch's shape, checked before any vote in it is handled: 1 to
+    /// [`MAX_BATCH`] votes, each at most one signed vote long.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.votes.len();
+        if n == 0 || n > MAX_BATCH {
+            return Err(format!(
+                "a vote batch carries 1 to {MAX_BATCH} votes, not {n}"
+            ));
+        }
+        if self
+            .votes
+            .iter()
+            .any(|v| v.len() > 2 * vote::MAX_SIGNED_VOTE_BYTES)
+        {
+            return Err("a vote batch carries a vote longer than any signed vote".into());
         }
         Ok(())
     }
@@ -297,6 +337,13 @@ mod tests {
             r#"{"batch":"00000000-0000-0000-0000-000000000002","proposals":[{"id":"00000000-0000-0000-0000-000000000001","key_id":"k","psbt":"cHNidP8=","initiator":"tok","deadline_unix":7,"initiator_name":"ops"}]}"#
         );
         assert_eq!(
+            json(&VoteBatch {
+                batch: session,
+                votes: vec!["0a0b".into()],
+            }),
+            r#"{"batch":"00000000-0000-0000-0000-000000000002","votes":["0a0b"]}"#
+        );
+        assert_eq!(
             json(&SignRequest {
                 session,
                 tx: id,
@@ -383,6 +430,19 @@ mod tests {
         assert!(batch(full).check().is_err());
         assert!(batch(vec![prop(1, "k"), prop(2, "other")]).check().is_err());
         assert!(batch(vec![prop(1, "k"), prop(1, "k")]).check().is_err());
+    }
+
+    #[test]
+    fn a_vote_batch_of_no_vote_too_many_or_an_oversized_one_is_refused() {
+        let batch = |votes: Vec<String>| VoteBatch {
+            batch: Uuid::from_u128(99),
+            votes,
+        };
+        assert!(batch(vec!["00".into(); 2]).check().is_ok());
+        assert!(batch(Vec::new()).check().is_err());
+        assert!(batch(vec!["00".into(); MAX_BATCH + 1]).check().is_err());
+        let long = "0".repeat(2 * vote::MAX_SIGNED_VOTE_BYTES + 1);
+        assert!(batch(vec!["00".into(), long]).check().is_err());
     }
 
     mod erased {
