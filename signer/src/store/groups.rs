@@ -124,6 +124,31 @@ impl<T: Send + 'static, R: Send + 'static> Groups<T, R> {
     }
 }
 
+impl<T: Clone + Send + 'static, R: Send + 'static> Groups<T, R> {
+    /// [`Groups::submit`], keeping a copy of `item` that `alone` writes here when
+    /// the writing task ended without answering (the runtime shutting down).
+    pub(crate) async fn submit_or_alone<K, S, W, F, A, AF>(
+        groups: &Arc<Self>,
+        item: T,
+        slot: S,
+        write: W,
+        alone: A,
+    ) -> R
+    where
+        K: Hash + Eq,
+        S: Fn(&T) -> K + Send + 'static,
+        W: Fn(Vec<Waiting<T, R>>) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+        A: FnOnce(T) -> AF,
+        AF: Future<Output = R>,
+    {
+        match Self::submit(groups, item.clone(), slot, write).await {
+            Some(r) => r,
+            None => alone(item).await,
+        }
+    }
+}
+
 /// Answers a group: written as one by `together` when it has more than one item
 /// (`Ok(Some(answers))`: every item written, answered in the group's order);
 /// otherwise, or when `together` wrote nothing (`Ok(None)` or an error, its

@@ -107,22 +107,17 @@ impl Store {
             audit,
         };
         let store = self.clone();
-        let answer = Groups::submit(
+        Groups::submit_or_alone(
             &self.submissions,
-            item.clone(),
+            item,
             |s: &Submitted| s.new.id,
             move |group| {
                 let store = store.clone();
                 async move { store.write_submitted_group(group).await }
             },
+            |item| self.submitted_alone(item),
         )
-        .await;
-        match answer {
-            Some(r) => r,
-            // The writing task ended without answering (the runtime shutting
-            // down): this caller writes its submission itself.
-            None => self.submitted_alone(item).await,
-        }
+        .await
     }
 
     /// One group of submissions (see [`Store::insert_submitted_transaction`]).
@@ -686,22 +681,17 @@ impl super::Store {
             audit,
         };
         let store = self.clone();
-        let answer = Groups::submit(
+        Groups::submit_or_alone(
             &self.session_entries,
-            entry.clone(),
+            entry,
             |e: &SessionEntry| e.tx,
             move |group| {
                 let store = store.clone();
                 async move { store.write_session_group(group).await }
             },
+            |entry| async move { self.session_entry_alone(&entry).await },
         )
-        .await;
-        match answer {
-            Some(r) => r,
-            // The writing task ended without answering (the runtime shutting
-            // down): this caller writes its entry itself.
-            None => self.session_entry_alone(&entry).await,
-        }
+        .await
     }
 
     /// One group of signing entries (see [`Store::enter_signing_session`]).
@@ -912,22 +902,17 @@ impl super::Store {
             signed_psbt: signed_psbt.map(<[u8]>::to_vec),
         };
         let store = self.clone();
-        let answer = Groups::submit(
+        Groups::submit_or_alone(
             &self.signed_records,
-            record.clone(),
+            record,
             |r: &SignedRecord| r.id,
             move |group| {
                 let store = store.clone();
                 async move { store.write_signed_group(group).await }
             },
+            |record| async move { self.transaction_signed_alone(&record).await },
         )
-        .await;
-        match answer {
-            Some(r) => r,
-            // The writing task ended without answering (the runtime shutting
-            // down): this caller writes its record itself.
-            None => self.transaction_signed_alone(&record).await,
-        }
+        .await
     }
 
     /// One group of `signed` records (see [`Store::transaction_signed`]).

@@ -37,7 +37,7 @@ impl Store {
         vote: &NewSignedVote,
     ) -> Result<bool, StoreError> {
         let store = self.clone();
-        let answer = Groups::submit(
+        Groups::submit_or_alone(
             &self.vote_inserts,
             vote.clone(),
             |v: &NewSignedVote| (v.round_id, v.node_id.clone()),
@@ -45,14 +45,9 @@ impl Store {
                 let store = store.clone();
                 async move { store.insert_group(group).await }
             },
+            |vote| async move { insert_vote_row(self.pool(), &vote).await },
         )
-        .await;
-        match answer {
-            Some(stored) => stored,
-            // The inserting task ended without answering (the runtime shutting
-            // down): this caller inserts its vote itself.
-            None => insert_vote_row(self.pool(), vote).await,
-        }
+        .await
     }
 
     async fn insert_group(&self, group: Vec<Waiting<NewSignedVote, Result<bool, StoreError>>>) {

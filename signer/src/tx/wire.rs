@@ -102,7 +102,7 @@ impl ProposalBatch {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VoteBatch {
-    /// Id of the proposal batch the votes answer (for logs).
+    /// Vote batch id, fresh for each batch (the frame's session id; for logs).
     pub batch: Uuid,
     /// The signed votes (hex).
     pub votes: Vec<String>,
