@@ -243,9 +243,10 @@ pub struct WalletConfig {
     #[serde(default = "default_max_vote_deadline_secs")]
     pub max_vote_deadline_secs: u64,
     /// Most payments of one key this node, as their leader, proposes in one batch
-    /// (1 to 64; issue 21, docs/BATCHING.md). 1 (the default) proposes each on its
-    /// own. Above 1, every node of the cluster must run a release that knows
-    /// batches: set it only once all of them do.
+    /// (1 to 64, default 64; issue 21, docs/BATCHING.md); 1 proposes each on its
+    /// own. Batches go out only while every participant's connection speaks wire
+    /// level 2 (a release that knows batch frames): in a rolling upgrade a node
+    /// proposes each payment alone until the last of them runs such a release.
     #[serde(default = "default_proposal_batch_max")]
     pub proposal_batch_max: usize,
     /// How long a lone payment waits for others to share its batch, in
@@ -308,7 +309,7 @@ fn default_max_vote_deadline_secs() -> u64 {
 pub const MAX_PROPOSAL_BATCH: usize = 64;
 
 fn default_proposal_batch_max() -> usize {
-    1
+    MAX_PROPOSAL_BATCH
 }
 fn default_proposal_batch_linger_ms() -> u64 {
     2

@@ -345,6 +345,24 @@ pub async fn precompute_delay() {
     }
 }
 
+/// Environment variable: the highest P2P wire level this node speaks (`1`: it plays
+/// a node of the release before batch frames, for the rolling upgrade tests).
+pub const WIRE_LEVEL_ENV: &str = "SIGNER_FAULT_WIRE_LEVEL";
+
+/// The wire level [`WIRE_LEVEL_ENV`] sets (feature `fault-injection` only; `None`
+/// otherwise or when it does not parse).
+pub fn wire_level() -> Option<u8> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(level) = fault_var(WIRE_LEVEL_ENV).and_then(|v| v.parse().ok()) {
+        tracing::error!(
+            level,
+            "FAULT INJECTION: playing an older release's P2P wire level"
+        );
+        return Some(level);
+    }
+    None
+}
+
 /// Whether this node shares forged "signed" transactions with its peers
 /// ([`FORGE_SPENT_ENV`], feature `fault-injection` only; built by
 /// `crate::tx::spent`).

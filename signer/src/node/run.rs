@@ -287,6 +287,9 @@ fn p2p_config(cfg: &NodeConfig) -> P2pConfig {
     p.max_frame_bytes = cfg.p2p.max_frame_bytes;
     p.keep_alive = Duration::from_secs(cfg.p2p.keep_alive_secs);
     p.idle_timeout = Duration::from_secs(cfg.p2p.idle_timeout_secs);
+    if let Some(level) = crate::fault::wire_level() {
+        p.wire_level = level;
+    }
     p
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::frame::{DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
+use super::tls::WIRE_LEVEL;
 use super::P2pError;
 use crate::ca::validate_node_id;
 
@@ -68,6 +69,15 @@ pub struct P2pConfig {
         deserialize_with = "duration::deserialize"
     )]
     pub idle_timeout: Duration,
+    /// Highest wire level this node offers (default [`WIRE_LEVEL`], this build's).
+    /// Not in the configuration file: only the tests of a rolling upgrade set it
+    /// lower, to play a node of an older release.
+    #[serde(skip, default = "default_wire_level")]
+    pub wire_level: u8,
+}
+
+fn default_wire_level() -> u8 {
+    WIRE_LEVEL
 }
 
 fn default_max_frame_bytes() -> usize {
@@ -100,6 +110,7 @@ impl P2pConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             keep_alive: DEFAULT_KEEP_ALIVE,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            wire_level: WIRE_LEVEL,
         }
     }
 
@@ -108,6 +119,12 @@ impl P2pConfig {
         let bad = |msg: String| Err(P2pError::Config(msg));
         if validate_node_id(&self.node_id).is_err() {
             return bad(format!("invalid node id {:?}", self.node_id));
+        }
+        if !(1..=WIRE_LEVEL).contains(&self.wire_level) {
+            return bad(format!(
+                "wire level {} is not between 1 and {WIRE_LEVEL}",
+                self.wire_level
+            ));
         }
         let mut seen = BTreeSet::new();
         for p in &self.peers {

@@ -161,6 +161,19 @@ impl MessageKind {
     ];
 }
 
+impl MessageKind {
+    /// The lowest wire level a peer must speak to be sent this kind (see
+    /// [`WIRE_LEVEL`](super::WIRE_LEVEL)): 2 for the batch frames, 1 for the rest.
+    /// [`P2p::send`](super::P2p::send) refuses to send a kind to a peer whose
+    /// connection speaks a lower level (that release would drop the frame).
+    pub fn wire_level(self) -> u8 {
+        match self {
+            MessageKind::TX_PROPOSE_BATCH | MessageKind::TX_VOTE_BATCH => 2,
+            _ => 1,
+        }
+    }
+}
+
 impl std::fmt::Display for MessageKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:#06x}", self.0)

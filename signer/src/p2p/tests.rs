@@ -429,7 +429,7 @@ async fn peer_answering_with_another_identity_is_refused() {
 async fn raw_client(net: &Net, id: &str, to: &str) -> (quinn::Endpoint, Connection) {
     let cfg = net.config(id);
     let identity = tls::Identity::load(&cfg).unwrap();
-    let client = tls::client_config(&identity, tls::transport(&cfg).unwrap()).unwrap();
+    let client = tls::client_config(&identity, tls::transport(&cfg).unwrap(), WIRE_LEVEL).unwrap();
     let mut ep = quinn::Endpoint::client(addr(0)).unwrap();
     ep.set_default_client_config(client);
     let conn = ep
@@ -931,4 +931,83 @@ async fn a_peer_added_at_runtime_can_connect_and_be_sent_to() {
     let (rogue, _r) = P2p::start(rogue_cfg).await.unwrap();
     let err = rogue.send("a", frame("rogue")).await.unwrap_err();
     assert!(matches!(err, P2pError::Connection { .. }), "{err}");
+}
+
+/// A rolling upgrade (issue 21): a node of the release before batch frames offers
+/// only wire level 1. Its connections with an upgraded node speak level 1 in both
+/// directions, the upgraded node learns it from the connection itself, refuses to
+/// send it a batch frame (that release would drop it unread) and still sends it the
+/// kinds it knows; two upgraded nodes speak level 2 and exchange batch frames.
+#[tokio::test]
+async fn a_peer_of_the_older_wire_level_is_known_as_such_and_sent_no_batch_frame() {
+    let net = Net::new(&["new1", "new2", "old"]);
+    let (new1, _rx1) = net.start("new1").await;
+    let (_new2, mut rx2) = net.start("new2").await;
+    let mut old_cfg = net.config("old");
+    old_cfg.wire_level = 1;
+    let (old, mut rx_old) = P2p::start(old_cfg).await.unwrap();
+    assert_eq!(new1.peer_wire_level("old"), None, "no connection yet");
+
+    new1.send("old", frame("hello")).await.unwrap();
+    assert_eq!(text(&recv(&mut rx_old).await), "hello");
+    assert_eq!(new1.peer_wire_level("old"), Some(1));
+    assert_eq!(
+        old.peer_wire_level("new1"),
+        Some(1),
+        "learnt on the incoming side too"
+    );
+
+    let batch = Frame::new(
+        Uuid::new_v4(),
+        MessageKind::TX_PROPOSE_BATCH,
+        b"{}".to_vec(),
+    );
+    match new1.send("old", batch.clone()).await {
+        Err(P2pError::WireLevel {
+            peer,
+            kind,
+            needed: 2,
+            level: 1,
+        }) => {
+            assert_eq!(peer, "old");
+            assert_eq!(kind, MessageKind::TX_PROPOSE_BATCH);
+        }
+        other => panic!("a batch frame to a level-1 peer: {other:?}"),
+    }
+    // The older node sends to an upgraded one at its own level too.
+    assert!(matches!(
+        old.send("new1", batch.clone()).await,
+        Err(P2pError::WireLevel { level: 1, .. })
+    ));
+
+    new1.send("new2", batch.clone()).await.unwrap();
+    let got = recv(&mut rx2).await;
+    assert_eq!(got.frame.kind, MessageKind::TX_PROPOSE_BATCH);
+    assert_eq!(new1.peer_wire_level("new2"), Some(WIRE_LEVEL));
+    assert_eq!(WIRE_LEVEL, 2);
+
+    new1.send("old", frame("still here")).await.unwrap();
+    assert_eq!(text(&recv(&mut rx_old).await), "still here");
+    assert!(
+        rx_old.try_recv().is_err(),
+        "the older node got a batch frame"
+    );
+}
+
+#[test]
+fn only_the_batch_kinds_need_wire_level_two_and_a_config_outside_the_levels_is_refused() {
+    for kind in MessageKind::ALL {
+        let batch = [MessageKind::TX_PROPOSE_BATCH, MessageKind::TX_VOTE_BATCH].contains(kind);
+        assert_eq!(kind.wire_level(), if batch { 2 } else { 1 }, "{kind}");
+        assert!(kind.wire_level() <= WIRE_LEVEL);
+    }
+    let net = Net::new(&["n1"]);
+    for bad in [0, WIRE_LEVEL + 1] {
+        let mut cfg = net.config("n1");
+        cfg.wire_level = bad;
+        assert!(
+            matches!(cfg.validate(), Err(P2pError::Config(m)) if m.contains("wire level")),
+            "level {bad}"
+        );
+    }
 }

@@ -12,8 +12,37 @@ use zeroize::{Zeroize, Zeroizing};
 use super::{P2pConfig, P2pError};
 use crate::ca::{self, files};
 
-/// ALPN protocol id of the P2P transport.
+/// ALPN protocol id of the P2P transport at wire level 1 (every frame kind of the
+/// releases before batches).
 pub const ALPN: &[u8] = b"signer-p2p/1";
+/// ALPN protocol id of wire level 2: level 1 and the batch frames
+/// ([`MessageKind::TX_PROPOSE_BATCH`](super::MessageKind::TX_PROPOSE_BATCH),
+/// [`MessageKind::TX_VOTE_BATCH`](super::MessageKind::TX_VOTE_BATCH)).
+pub const ALPN_V2: &[u8] = b"signer-p2p/2";
+/// The highest wire level this build speaks. Both ends of a connection offer every
+/// level up to their own; the server picks the highest both offer, so a connection's
+/// level is the lower of the two nodes' (a rolling upgrade: an upgraded node learns
+/// that a peer still runs the older release from the connection itself).
+pub const WIRE_LEVEL: u8 = 2;
+
+/// The ALPN ids a node speaking up to `level` offers or accepts, highest first.
+pub(crate) fn alpn_ids(level: u8) -> Vec<Vec<u8>> {
+    let mut ids = Vec::with_capacity(2);
+    if level >= 2 {
+        ids.push(ALPN_V2.to_vec());
+    }
+    ids.push(ALPN.to_vec());
+    ids
+}
+
+/// The wire level an ALPN id names (`None`: not one of ours).
+pub(crate) fn level_of(alpn: &[u8]) -> Option<u8> {
+    match alpn {
+        ALPN => Some(1),
+        ALPN_V2 => Some(2),
+        _ => None,
+    }
+}
 /// Most uni-streams (frames) a peer may have open towards this node at once; also
 /// the number of frames read ahead per connection.
 pub(crate) const MAX_CONCURRENT_FRAMES: u32 = 16;
@@ -141,6 +170,7 @@ pub(crate) fn transport(cfg: &P2pConfig) -> Result<Arc<quinn::TransportConfig>, 
 pub(crate) fn server_config(
     id: &Identity,
     transport: Arc<quinn::TransportConfig>,
+    level: u8,
 ) -> Result<quinn::ServerConfig, P2pError> {
     let provider = provider();
     let client_verifier =
@@ -151,7 +181,7 @@ pub(crate) fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(id.chain.clone(), id.key.clone_key())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn_ids(level);
     // Full handshakes only: every connection re-verifies the peer certificate.
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     tls.send_tls13_tickets = 0;
@@ -166,12 +196,13 @@ pub(crate) fn server_config(
 pub(crate) fn client_config(
     id: &Identity,
     transport: Arc<quinn::TransportConfig>,
+    level: u8,
 ) -> Result<quinn::ClientConfig, P2pError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(id.roots.clone())
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn_ids(level);
     tls.resumption = rustls::client::Resumption::disabled();
     tls.enable_early_data = false;
     let quic = QuicClientConfig::try_from(tls)

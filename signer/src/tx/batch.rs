@@ -21,6 +21,26 @@ use super::wire::{self, Proposal, ProposalBatch};
 use super::{TxCtx, TxError};
 use crate::p2p::Frame;
 
+/// Whether `peer` speaks the batch frames: the latest connection with it speaks
+/// wire level 2 (a peer of an older release, or one this node has not been
+/// connected with yet, does not; see [`crate::p2p::WIRE_LEVEL`]).
+pub(super) fn speaks_batches(node: &TxCtx, peer: &str) -> bool {
+    node.net
+        .p2p
+        .peer_wire_level(peer)
+        .is_some_and(|level| level >= wire::TX_PROPOSE_BATCH.wire_level())
+}
+
+/// Whether every participant but this node speaks the batch frames: only then does
+/// this node, as leader, propose in batches (a rolling upgrade turns batches on by
+/// itself once the last node runs a release that knows them).
+pub(super) fn participants_speak_batches(node: &TxCtx, participants: &[String]) -> bool {
+    participants
+        .iter()
+        .filter(|p| **p != node.cfg.node_id)
+        .all(|p| speaks_batches(node, p))
+}
+
 /// Room left in a batch frame beside the proposals' PSBTs (ids, names, JSON).
 const FRAME_SLACK_BYTES: usize = 64 * 1024;
 
@@ -208,13 +228,20 @@ async fn run(node: &Arc<TxCtx>, batch: Vec<Queued>) {
     let Some(participants) = batch.first().map(|q| q.participants.clone()) else {
         return;
     };
-    if batch.len() == 1 {
-        // A batch of one goes out as the single proposal it is.
-        for q in batch {
-            let r = super::intake::propose_alone(node, q.prop, q.reserved_at_intake, &participants)
-                .await;
-            let _ = q.reply.send(r);
-        }
+    if batch.len() == 1 || !participants_speak_batches(node, &participants) {
+        // A batch of one goes out as the single proposal it is; so does each of a
+        // batch when a participant no longer speaks batches (it restarted with an
+        // older release since the payments were queued).
+        futures::future::join_all(batch.into_iter().map(|q| {
+            let participants = &participants;
+            async move {
+                let r =
+                    super::intake::propose_alone(node, q.prop, q.reserved_at_intake, participants)
+                        .await;
+                let _ = q.reply.send(r);
+            }
+        }))
+        .await;
         return;
     }
     let reserved: Vec<bool> = batch.iter().map(|q| q.reserved_at_intake).collect();

@@ -206,7 +206,9 @@ pub async fn submit(
         ),
         initiator_name: Some(initiator_name.to_owned()),
     };
-    let own = if node.cfg.wallet.proposal_batch_max > 1 {
+    let own = if node.cfg.wallet.proposal_batch_max > 1
+        && super::batch::participants_speak_batches(node, &key.participants)
+    {
         super::batch::propose(node, prop, !reserve.is_empty(), key.participants.clone()).await
     } else {
         propose_alone(node, prop, !reserve.is_empty(), &key.participants).await

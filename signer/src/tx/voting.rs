@@ -1185,39 +1185,60 @@ async fn send_votes(node: &Arc<TxCtx>, stored: Vec<SealedVote>) {
         return;
     }
     let room = super::wire::MAX_TX_FRAME_BYTES.saturating_sub(VOTE_BATCH_SLACK_BYTES);
-    // (participants, votes in hex, their bytes)
-    let mut groups: Vec<(Vec<String>, Vec<String>, usize)> = Vec::new();
+    // (participants, votes with their transaction, their bytes in hex)
+    type Group = (Vec<String>, Vec<(Uuid, SignedVote)>, usize);
+    let mut groups: Vec<Group> = Vec::new();
     let mut settle = Vec::with_capacity(stored.len());
     for v in stored {
         let (id, pending, signed, bad) = v.note(node);
         // A Byzantine node's extra votes travel in its batch, after its vote.
         for v in std::iter::once(signed).chain(bad) {
-            let hex = hex::encode(v.encode());
-            let len = hex.len().saturating_add(3);
+            let len = v.encode().len().saturating_mul(2).saturating_add(3);
             match groups.iter_mut().find(|(p, votes, bytes)| {
                 *p == pending.participants
                     && votes.len() < super::wire::MAX_BATCH
                     && bytes.saturating_add(len) <= room
             }) {
                 Some((_, votes, bytes)) => {
-                    votes.push(hex);
+                    votes.push((id, v));
                     *bytes = bytes.saturating_add(len);
                 }
-                None => groups.push((pending.participants.clone(), vec![hex], len)),
+                None => groups.push((pending.participants.clone(), vec![(id, v)], len)),
             }
         }
         settle.push((id, pending));
     }
     for (participants, votes, _) in groups {
+        // A participant of an older release (wire level 1) gets each vote in its own
+        // `VOTE` frame; the others get the batch.
+        let (batched, single): (Vec<String>, Vec<String>) = participants
+            .into_iter()
+            .partition(|p| super::batch::speaks_batches(node, p));
+        if single.iter().any(|p| *p != node.cfg.node_id) {
+            let frames = votes
+                .iter()
+                .map(|(id, v)| {
+                    Frame::new(
+                        *id,
+                        MessageKind::VOTE,
+                        VoteMessage::Vote(v.clone()).encode(),
+                    )
+                })
+                .collect();
+            broadcast_detached(node, &single, frames);
+        }
+        if !batched.iter().any(|p| *p != node.cfg.node_id) {
+            continue;
+        }
         let batch = super::wire::VoteBatch {
             batch: Uuid::new_v4(),
-            votes,
+            votes: votes.iter().map(|(_, v)| hex::encode(v.encode())).collect(),
         };
         match super::wire::encode(&batch) {
             Ok(b) => {
                 node.tx.batches.note_votes_sent();
                 let frame = Frame::new(batch.batch, super::wire::TX_VOTE_BATCH, b);
-                broadcast_detached(node, &participants, vec![frame]);
+                broadcast_detached(node, &batched, vec![frame]);
             }
             // Cannot happen (the votes fit the frame's bound by construction);
             // the peers would learn these votes from the signing leader's relay.
