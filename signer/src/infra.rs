@@ -84,6 +84,11 @@ pub struct NodeStatus {
     /// Why the last QUIC connection with this node failed, while not connected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p2p_error: Option<String>,
+    /// The P2P wire level of the latest connection with this node (this node's own
+    /// level for itself; absent before a first connection): 2 speaks the batch
+    /// frames, 1 is a release before them (a rolling upgrade in progress).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p2p_wire_level: Option<u8>,
 }
 
 /// Days ahead of a certificate's expiry from which the node warns.
@@ -455,6 +460,13 @@ impl Infra {
     /// Cluster status computed from the snapshot.
     pub fn cluster_status(&self) -> ClusterStatus {
         let mut status = compute_status(&self.cfg, &self.peer_ids(), &self.cluster_snapshot());
+        for n in &mut status.nodes {
+            n.p2p_wire_level = if n.node_id == self.cfg.node_id {
+                Some(self.net.p2p.wire_level())
+            } else {
+                self.net.p2p.peer_wire_level(&n.node_id)
+            };
+        }
         status.etcd_members = self.etcd_members();
         status.certificates = self.certificates();
         status
@@ -507,6 +519,7 @@ pub fn compute_status(cfg: &NodeConfig, peers: &[String], snap: &ClusterSnapshot
                 p2p_error: (!p2p_connected)
                     .then(|| snap.peer_errors.get(*id).cloned())
                     .flatten(),
+                p2p_wire_level: None,
             }
         })
         .collect();

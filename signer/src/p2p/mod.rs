@@ -471,6 +471,11 @@ impl P2p {
         self.send_encoded(peer, frame.kind, bytes).await
     }
 
+    /// The highest wire level this node speaks ([`P2pConfig::wire_level`]).
+    pub fn wire_level(&self) -> u8 {
+        self.shared.wire_level
+    }
+
     /// The wire level `peer` speaks, from the latest connection with it in either
     /// direction; `None` before the first. An upgraded node proposes in batches only
     /// to peers that speak them.
