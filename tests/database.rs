@@ -92,6 +92,16 @@ async fn valid_transitions_pass_and_invalid_ones_are_rejected_by_the_database() 
         matches!(err, StoreError::InvalidTransition(ref m) if m.contains("approved -> pending")),
         "{err}"
     );
+    // approved -> signed (a node that did not sign records the result) needs the
+    // signed transaction too (CHECK constraint).
+    let err = s
+        .transition_transaction(tx.id, "signed", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("transactions_signed_has_tx"),
+        "{err}"
+    );
     // signing -> signed needs the signed transaction (CHECK constraint).
     s.transition_transaction(tx.id, "signing", None)
         .await

@@ -1052,15 +1052,12 @@ pub async fn on_done(node: Arc<TxCtx>, from: String, done: Done) {
         }
     }
     let r = match outcome {
-        Ok(tx) => {
-            let _ = super::until_recorded("signing state", id, || {
-                node.store.transition_transaction(id, "signing", None)
-            })
-            .await;
-            record_signed(&node, id, &tx, psbt.as_deref())
-                .await
-                .map_err(|e| e.to_string())
-        }
+        // From `signing` when this node signed, from `approved` when it did not
+        // (migration 0020: a node that never signed has no partial out, so it
+        // needs no `signing` state of its own first).
+        Ok(tx) => record_signed(&node, id, &tx, psbt.as_deref())
+            .await
+            .map_err(|e| e.to_string()),
         Err(reason) => super::until_recorded("signing failure", id, || {
             node.store
                 .transaction_failed(&node.cfg.node_id, id, &reason)
