@@ -47,6 +47,10 @@
 //! [`DOUBLE_VOTE_ENV`] and [`FORGE_VOTE_ENV`] make this node misbehave in transaction
 //! votes (a second, opposite vote; votes forged in another node's name or signed with
 //! the wrong key), so the tests can check honest nodes record and ignore them.
+//!
+//! [`WIRE_LEVEL_ENV`] (`1`) makes this node play a release before the batch frames:
+//! it offers only P2P wire level 1 and drops frames of a higher level, for the
+//! rolling upgrade test.
 
 use bytes::Bytes;
 
