@@ -92,28 +92,24 @@ async fn valid_transitions_pass_and_invalid_ones_are_rejected_by_the_database() 
         matches!(err, StoreError::InvalidTransition(ref m) if m.contains("approved -> pending")),
         "{err}"
     );
-    // approved -> signed (a node that did not sign records the result) needs the
-    // signed transaction too (CHECK constraint).
-    let err = s
-        .transition_transaction(tx.id, "signed", None)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("transactions_signed_has_tx"),
-        "{err}"
-    );
-    // signing -> signed needs the signed transaction (CHECK constraint).
-    s.transition_transaction(tx.id, "signing", None)
-        .await
-        .unwrap();
-    let err = s
-        .transition_transaction(tx.id, "signed", None)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("transactions_signed_has_tx"),
-        "{err}"
-    );
+    // Into `signed` only with the signed transaction (CHECK constraint, so the state
+    // guard let the move itself pass): from approved (a node that did not sign
+    // records the result, migration 0020) and from signing.
+    for from in ["approved", "signing"] {
+        if from == "signing" {
+            s.transition_transaction(tx.id, "signing", None)
+                .await
+                .unwrap();
+        }
+        let err = s
+            .transition_transaction(tx.id, "signed", None)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("transactions_signed_has_tx"),
+            "from {from}: {err}"
+        );
+    }
     // A byzantine abort from signing is allowed and final.
     s.transition_transaction(tx.id, "aborted_byzantine", Some("bad partial signature"))
         .await

@@ -1185,25 +1185,26 @@ async fn send_votes(node: &Arc<TxCtx>, stored: Vec<SealedVote>) {
         return;
     }
     let room = super::wire::MAX_TX_FRAME_BYTES.saturating_sub(VOTE_BATCH_SLACK_BYTES);
-    // (participants, votes with their transaction, their bytes in hex)
-    type Group = (Vec<String>, Vec<(Uuid, SignedVote)>, usize);
+    // (participants, votes with their transaction and hex encoding, their bytes)
+    type Group = (Vec<String>, Vec<(Uuid, SignedVote, String)>, usize);
     let mut groups: Vec<Group> = Vec::new();
     let mut settle = Vec::with_capacity(stored.len());
     for v in stored {
         let (id, pending, signed, bad) = v.note(node);
         // A Byzantine node's extra votes travel in its batch, after its vote.
         for v in std::iter::once(signed).chain(bad) {
-            let len = v.encode().len().saturating_mul(2).saturating_add(3);
+            let hex = hex::encode(v.encode());
+            let len = hex.len().saturating_add(3);
             match groups.iter_mut().find(|(p, votes, bytes)| {
                 *p == pending.participants
                     && votes.len() < super::wire::MAX_BATCH
                     && bytes.saturating_add(len) <= room
             }) {
                 Some((_, votes, bytes)) => {
-                    votes.push((id, v));
+                    votes.push((id, v, hex));
                     *bytes = bytes.saturating_add(len);
                 }
-                None => groups.push((pending.participants.clone(), vec![(id, v)], len)),
+                None => groups.push((pending.participants.clone(), vec![(id, v, hex)], len)),
             }
         }
         settle.push((id, pending));
@@ -1217,7 +1218,7 @@ async fn send_votes(node: &Arc<TxCtx>, stored: Vec<SealedVote>) {
         if single.iter().any(|p| *p != node.cfg.node_id) {
             let frames = votes
                 .iter()
-                .map(|(id, v)| {
+                .map(|(id, v, _)| {
                     Frame::new(
                         *id,
                         MessageKind::VOTE,
@@ -1232,7 +1233,7 @@ async fn send_votes(node: &Arc<TxCtx>, stored: Vec<SealedVote>) {
         }
         let batch = super::wire::VoteBatch {
             batch: Uuid::new_v4(),
-            votes: votes.iter().map(|(_, v)| hex::encode(v.encode())).collect(),
+            votes: votes.into_iter().map(|(_, _, hex)| hex).collect(),
         };
         match super::wire::encode(&batch) {
             Ok(b) => {
