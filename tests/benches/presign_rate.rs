@@ -220,9 +220,9 @@ async fn bench(count: usize, payments: usize) -> anyhow::Result<()> {
     }
     let set = ["node-1", "node-2"];
     // Warm-up: every node opens the key material in the background after aux
-    // info, or at its first session. One presignature of a set with each node makes sure all three have
-    // done so: the third node's one-time opening otherwise overlaps the timed
-    // generation. Not part of the steady-state rate.
+    // info, or at its first session. One presignature of a set with each node
+    // makes sure all three have done so: the third node's one-time opening
+    // otherwise overlaps the timed generation. Not part of the steady-state rate.
     let side = ["node-1", "node-3"];
     for (members, nodes) in [(&set, [0, 1]), (&side, [0, 2])] {
         let (status, v) = c

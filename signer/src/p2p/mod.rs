@@ -536,15 +536,21 @@ impl P2p {
                 return Err(P2pError::Shutdown);
             }
             let result = match self.connection(peer, slot).await {
-                Ok(conn) if conn_level(&conn) < kind.wire_level() => {
-                    return Err(P2pError::WireLevel {
-                        peer: peer.to_owned(),
-                        kind,
-                        needed: kind.wire_level(),
-                        level: conn_level(&conn),
-                    })
-                }
                 Ok(conn) => {
+                    // Every connection speaks level 1: only the later kinds read the
+                    // connection's level (an allocation per call), once.
+                    let needed = kind.wire_level();
+                    if needed > 1 {
+                        let level = conn_level(&conn);
+                        if level < needed {
+                            return Err(P2pError::WireLevel {
+                                peer: peer.to_owned(),
+                                kind,
+                                needed,
+                                level,
+                            });
+                        }
+                    }
                     let r = send_on(&conn, peer, bytes.clone()).await;
                     if let Err(e) = &r {
                         if !matches!(e, P2pError::Rejected { .. }) {
