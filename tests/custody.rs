@@ -15,17 +15,22 @@ async fn ready(c: &Cluster) -> Option<(u16, Value)> {
     Some((status, r.json().await.ok()?))
 }
 
-async fn wait_custody(c: &Cluster, state: &str) -> (u16, Value) {
-    c.eventually(
-        &format!("custody {state}"),
-        Duration::from_secs(30),
-        || async {
-            ready(c)
-                .await
-                .filter(|(_, v)| v["custody"]["state"] == state)
-        },
-    )
-    .await
+/// Waits until the node is unsealed *and* ready: right after a start custody can be
+/// unsealed before the node's first etcd probe, when `/ready` still answers 503.
+async fn wait_unsealed_and_ready(c: &Cluster) -> Value {
+    let (status, v) = c
+        .eventually(
+            "custody unsealed and ready",
+            Duration::from_secs(30),
+            || async {
+                ready(c)
+                    .await
+                    .filter(|(s, v)| *s == 200 && v["custody"]["state"] == "unsealed")
+            },
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v
 }
 
 async fn node_key_rows(c: &Cluster) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -86,8 +91,7 @@ async fn custody_sealed_start_hardening_and_no_plaintext_at_rest() {
     let c = Cluster::start(1, 1);
 
     // 1. Unsealed at start: memory locked, not dumpable, core dumps off.
-    let (status, v) = wait_custody(&c, "unsealed").await;
-    assert_eq!(status, 200, "{v}");
+    let v = wait_unsealed_and_ready(&c).await;
     assert!(v["memory"]["locked_kib"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["memory"]["dumpable"], false, "{v}");
     assert_eq!(v["memory"]["core_limit"], 0, "{v}");
@@ -210,8 +214,7 @@ async fn custody_sealed_start_hardening_and_no_plaintext_at_rest() {
     // 4. A normal restart unwraps the same key again.
     c.kill_node(0);
     c.restart_node(0);
-    let (status, _) = wait_custody(&c, "unsealed").await;
-    assert_eq!(status, 200);
+    wait_unsealed_and_ready(&c).await;
     assert_eq!(node_key_rows(&c).await, rows);
     let log = std::fs::read_to_string(&c.node(0).log).unwrap();
     assert!(
