@@ -7,7 +7,8 @@
 //! until an approver (not the initiator) approves; PSBTs built by BDK are signed and
 //! then finalized by BDK; double and forged votes are recorded as Byzantine and
 //! ignored; nodes just restarted sign ECDSA before their precomputed tables are
-//! built.
+//! built; the intake's turns; batches of proposals and votes; a rolling upgrade
+//! across the batch wire level; a crash inside a batch's commit stores nothing of it.
 #![allow(clippy::unwrap_used)]
 
 use std::str::FromStr;
@@ -222,6 +223,7 @@ async fn ecdsa_and_taproot_payments_are_voted_signed_and_pass_consensus() {
     payments_proposed_in_batches_are_each_decided_and_a_refused_one_stops_no_other(&c, &frost)
         .await;
     a_rolling_upgrade_proposes_alone_until_every_node_speaks_batches(&c, &frost).await;
+    a_crash_inside_a_batch_commit_stores_nothing_of_the_batch(&c, &frost).await;
 }
 
 /// `[wallet] proposal_batch_max` (issue 21): a burst of payments goes out from the
@@ -478,6 +480,243 @@ async fn a_rolling_upgrade_proposes_alone_until_every_node_speaks_batches(
     c.kill_node(0);
     c.restart_node(0);
     c.wait_ready(N).await;
+}
+
+/// The ids node `i` logged, from byte `from` of its log, when it killed itself
+/// before a batch commit (`SIGNER_FAULT_KILL_BEFORE_COMMIT`); empty until then.
+fn logged_kill(c: &Cluster, i: usize, from: usize) -> Vec<String> {
+    let log = std::fs::read(&c.node(i).log).unwrap_or_default();
+    let tail = String::from_utf8_lossy(log.get(from..).unwrap_or_default()).into_owned();
+    let Some(line) = tail
+        .lines()
+        .find(|l| l.contains("killing this node before a batch commit"))
+    else {
+        return Vec::new();
+    };
+    let at = ["\"ids\":\"", " ids="]
+        .iter()
+        .find_map(|p| line.find(p).map(|at| at + p.len()))
+        .unwrap_or_else(|| panic!("no ids in {line}"));
+    line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || *c == '-' || *c == ',')
+        .collect::<String>()
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until node `i` (process `pid`) killed itself before committing a batch
+/// write at `point`, logged after byte `from`; the ids of that batch (two or more).
+async fn killed_in(c: &Cluster, i: usize, pid: u32, from: usize, point: &str) -> Vec<String> {
+    let killed = c
+        .eventually(
+            &format!("node {i} killed itself before committing its {point}"),
+            Duration::from_secs(60),
+            || async {
+                let k = logged_kill(c, i, from);
+                (!k.is_empty() && cluster_tests::proc_state(pid).is_none()).then_some(k)
+            },
+        )
+        .await;
+    assert!(killed.len() >= 2, "{point}: a batch: {killed:?}");
+    killed
+}
+
+/// Rows of `table` on node `i`'s database whose uuid column `column` is one of `ids`.
+async fn rows_about(c: &Cluster, i: usize, table: &str, column: &str, ids: &[String]) -> i64 {
+    let db = c.db(i).await;
+    // Table and column names are this file's constants.
+    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {table} WHERE {column}::text = ANY($1::text[])"
+    )))
+    .bind(ids)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    n
+}
+
+/// Votes by `voter` on the transactions `ids` stored on node `i`.
+async fn votes_of_on(c: &Cluster, i: usize, voter: &str, ids: &[String]) -> i64 {
+    let db = c.db(i).await;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM votes v JOIN voting_rounds r ON r.id = v.round_id \
+         WHERE r.transaction_id::text = ANY($1::text[]) AND v.node_id = $2",
+    )
+    .bind(ids)
+    .bind(voter)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    n
+}
+
+/// A crash in the middle of a batch commit (issue 21, docs/BATCHING.md; the kill
+/// matrix's batch case): node 2 SIGKILLs itself after every statement of a batch
+/// write ran and before its commit (`SIGNER_FAULT_KILL_BEFORE_COMMIT`), first while
+/// recording a proposal batch, then while writing its own votes on one. Nothing of
+/// that write is stored on node 2: for a proposal batch no row, round or
+/// reservation of any of its payments; for its votes no vote, approval claim,
+/// outflow or vote audit record. None of its votes on them reached the others (a
+/// vote is durable before it leaves), the two others sign every payment, and
+/// after its restart node 2's audit chain verifies and none of the batch is left in
+/// flight or holding an input. Then the leader is killed the same way before it
+/// commits a group of submissions: no submitter of that group was answered 202, and
+/// no node stores anything of it.
+async fn a_crash_inside_a_batch_commit_stores_nothing_of_the_batch(c: &Cluster, frost: &str) {
+    let _logs = c.keep_logs_on_failure("batch-commit-crash");
+    let victim = c.node(2).id.clone();
+    c.kill_node(0);
+    c.restart_node_with_env(0, &[("SIGNER__WALLET__PROPOSAL_BATCH_LINGER_MS", "200")]);
+    for point in ["proposal_batch", "own_votes"] {
+        c.kill_node(2);
+        c.restart_node_with_env(2, &[("SIGNER_FAULT_KILL_BEFORE_COMMIT", point)]);
+        c.wait_ready(N).await;
+        let pid = c.node_pid(2).unwrap();
+        let from = std::fs::metadata(&c.node(2).log).map_or(0, |m| m.len() as usize);
+        fund(c, frost, &[40_000; 6]).await;
+        let body = pay(frost, 10_000);
+        let answers = futures::future::join_all(
+            (0..6).map(|_| c.post_json(0, "/api/v1/transactions", &body)),
+        )
+        .await;
+        let mut ids = Vec::new();
+        for (status, v) in answers {
+            assert_eq!(status, 202, "{v}");
+            ids.push(v["id"].as_str().unwrap().to_owned());
+        }
+        let killed = killed_in(c, 2, pid, from, point).await;
+        assert!(
+            killed.iter().all(|k| ids.contains(k)),
+            "{killed:?} of {ids:?}"
+        );
+        for id in &ids {
+            signed_everywhere(c, &[0, 1], id, 240).await;
+        }
+        if point == "proposal_batch" {
+            for (table, column) in [
+                ("transactions", "id"),
+                ("voting_rounds", "transaction_id"),
+                ("utxos", "reserved_by"),
+                ("audit_log", "subject"),
+            ] {
+                assert_eq!(
+                    rows_about(c, 2, table, column, &killed).await,
+                    0,
+                    "{point}: node 2 stored {table} rows of the killed batch"
+                );
+            }
+        } else {
+            // The batch's record committed before; its votes' write did not.
+            assert_eq!(
+                rows_about(c, 2, "transactions", "id", &killed).await,
+                i64::try_from(killed.len()).unwrap()
+            );
+            for (table, column) in [
+                ("outflows", "transaction_id"),
+                ("approved_txids", "transaction_id"),
+            ] {
+                assert_eq!(
+                    rows_about(c, 2, table, column, &killed).await,
+                    0,
+                    "{point}: node 2 stored {table} rows of the killed batch"
+                );
+            }
+            let db = c.db(2).await;
+            let (audited,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM audit_log WHERE subject = ANY($1::text[]) \
+                 AND action = 'tx.vote'",
+            )
+            .bind(&killed)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            db.close().await;
+            assert_eq!(
+                audited, 0,
+                "{point}: a vote audit record of the killed batch"
+            );
+        }
+        for i in [0, 1, 2] {
+            assert_eq!(
+                votes_of_on(c, i, &victim, &killed).await,
+                0,
+                "{point}: node {i} holds a vote of node 2 on the killed batch"
+            );
+        }
+        c.restart_node(2);
+        c.wait_ready(N).await;
+        let v = c.get_json(2, "/api/v1/audit/verify").await;
+        assert_eq!(v["valid"], true, "{point}: node 2's audit chain: {v}");
+        let db = c.db(2).await;
+        let (open, holding): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM transactions WHERE id::text = ANY($1::text[]) \
+                     AND state IN ('pending', 'voting', 'approved', 'signing')), \
+                    (SELECT count(*) FROM utxos WHERE reserved_by::text = ANY($1::text[]) \
+                     AND state = 'reserved')",
+        )
+        .bind(&killed)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        db.close().await;
+        assert_eq!((open, holding), (0, 0), "{point}: after node 2's restart");
+    }
+
+    // The leader killed before it commits a group of submissions: none of the
+    // group was answered 202, and nothing of it is stored anywhere.
+    c.kill_node(0);
+    c.restart_node_with_env(0, &[("SIGNER_FAULT_KILL_BEFORE_COMMIT", "intake_group")]);
+    c.wait_ready(N).await;
+    let pid = c.node_pid(0).unwrap();
+    let from = std::fs::metadata(&c.node(0).log).map_or(0, |m| m.len() as usize);
+    fund(c, frost, &[40_000; 8]).await;
+    let body = pay(frost, 10_000);
+    // The submissions cut off by the kill get no answer at all.
+    let answers = futures::future::join_all((0..8).map(|_| async {
+        match c
+            .client()
+            .post(c.url(0, "/api/v1/transactions"))
+            .bearer_auth(c.admin())
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) => (
+                r.status().as_u16(),
+                r.json().await.unwrap_or(serde_json::Value::Null),
+            ),
+            Err(_) => (0, serde_json::Value::Null),
+        }
+    }))
+    .await;
+    let killed = killed_in(c, 0, pid, from, "intake_group").await;
+    for (status, v) in &answers {
+        if *status == 202 {
+            let id = v["id"].as_str().unwrap().to_owned();
+            assert!(!killed.contains(&id), "{id} answered 202 but not committed");
+        }
+    }
+    for i in [0, 1, 2] {
+        for (table, column) in [
+            ("transactions", "id"),
+            ("utxos", "reserved_by"),
+            ("audit_log", "subject"),
+        ] {
+            assert_eq!(
+                rows_about(c, i, table, column, &killed).await,
+                0,
+                "intake group: node {i} stored {table} rows of the killed group"
+            );
+        }
+    }
+    c.restart_node(0);
+    c.wait_ready(N).await;
+    let v = c.get_json(0, "/api/v1/audit/verify").await;
+    assert_eq!(v["valid"], true, "node 0's audit chain: {v}");
 }
 
 /// `[api] max_concurrent_submissions`: a burst of payments beyond the intake's

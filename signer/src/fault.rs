@@ -48,6 +48,9 @@
 //! votes (a second, opposite vote; votes forged in another node's name or signed with
 //! the wrong key), so the tests can check honest nodes record and ignore them.
 //!
+//! [`crate::crash::KILL_BEFORE_COMMIT_ENV`] kills this node inside a batch write,
+//! before its commit (the crash points live in [`crate::crash`], below the store).
+//!
 //! [`WIRE_LEVEL_ENV`] (`1`) makes this node play a release before the batch frames:
 //! it offers only P2P wire level 1 and drops frames of a higher level, for the
 //! rolling upgrade test.
@@ -60,37 +63,20 @@ pub const CORRUPT_ENV: &str = "SIGNER_FAULT_CORRUPT_OUTGOING";
 /// Prefix of every fault variable.
 pub const FAULT_ENV_PREFIX: &str = "SIGNER_FAULT_";
 
-#[cfg(feature = "fault-injection")]
-static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// Lets this process obey `SIGNER_FAULT_*` variables. Called only by the test
 /// binary `signer-faulty`; the `signer` binary never calls it.
 #[cfg(feature = "fault-injection")]
 pub fn arm() {
-    ARMED.store(true, std::sync::atomic::Ordering::SeqCst);
+    crate::crash::arm();
 }
 
 /// Whether this process obeys fault variables.
 pub fn is_armed() -> bool {
-    #[cfg(feature = "fault-injection")]
-    {
-        ARMED.load(std::sync::atomic::Ordering::SeqCst)
-    }
-    #[cfg(not(feature = "fault-injection"))]
-    {
-        false
-    }
+    crate::crash::is_armed()
 }
 
-/// The value of fault variable `name`, only in an armed process.
 #[cfg(feature = "fault-injection")]
-pub(crate) fn fault_var(name: &str) -> Option<String> {
-    if is_armed() {
-        std::env::var(name).ok()
-    } else {
-        None
-    }
-}
+pub(crate) use crate::crash::fault_var;
 
 /// The payload to send for `protocol`: unchanged unless a corruption fault is armed
 /// for it (feature `fault-injection` only).
@@ -202,6 +188,9 @@ fn log_armed() {
                 "FAULT INJECTION ARMED: this node stops itself at a protocol round"
             );
         }
+    }
+    if let Some(p) = fault_var(crate::crash::KILL_BEFORE_COMMIT_ENV) {
+        tracing::error!(point = %p, "FAULT INJECTION ARMED: this node kills itself before a batch commit");
     }
     if fault_var(EXIT_AFTER_PRESIG_CONSUME_ENV).is_some() {
         tracing::error!(

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod compliance;
 pub mod config;
 pub mod coord;
+pub mod crash;
 pub mod custody;
 pub mod dkg;
 pub mod fault;

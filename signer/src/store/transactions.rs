@@ -202,6 +202,7 @@ impl Store {
         }
         let audits = items.into_iter().map(|s| s.audit).collect();
         AuditOf::append_many(audits, &mut tx).await?;
+        crate::crash::before_commit(crate::crash::INTAKE_GROUP, || ids.clone());
         tx.commit().await?;
         Ok(true)
     }
@@ -274,6 +275,9 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
+        crate::crash::before_commit(crate::crash::PROPOSAL_BATCH, || {
+            proposals.iter().map(|(_, id, _, _)| *id).collect()
+        });
         tx.commit().await?;
         Ok(true)
     }
@@ -499,6 +503,9 @@ impl Store {
             }
             let audits = votes.iter().map(|(_, _, _, a)| a.clone()).collect();
             AuditOf::append_many(audits, &mut tx).await?;
+            crate::crash::before_commit(crate::crash::OWN_VOTES, || {
+                votes.iter().map(|(id, _, _, _)| *id).collect()
+            });
             tx.commit().await?;
             Ok(true)
         })
