@@ -144,6 +144,7 @@ fn log_armed() {
         PROPOSAL_DEADLINE_ENV,
         REPLAY_PROPOSAL_ENV,
         FORGE_SPENT_ENV,
+        INTAKE_PAUSE_ENV,
     ] {
         if fault_var(var).is_some() {
             tracing::error!(
@@ -336,6 +337,28 @@ pub async fn precompute_delay() {
         );
         tokio::time::sleep(std::time::Duration::from_secs(s)).await;
     }
+}
+
+/// Environment variable: as a leader, this node waits this many milliseconds after
+/// a recipient + amount request selected its inputs and before it reserves them
+/// (logging the outputs it chose), so a test can take one of them meanwhile.
+pub const INTAKE_PAUSE_ENV: &str = "SIGNER_FAULT_INTAKE_PAUSE_MS";
+
+/// Waits as long as [`INTAKE_PAUSE_ENV`] says, after logging `selected` (feature
+/// `fault-injection` only; no wait otherwise).
+pub async fn intake_pause(selected: &[bitcoin::OutPoint]) {
+    #[cfg(feature = "fault-injection")]
+    if let Some(ms) = fault_var(INTAKE_PAUSE_ENV).and_then(|v| v.parse::<u64>().ok()) {
+        let selected: Vec<String> = selected.iter().map(ToString::to_string).collect();
+        tracing::error!(
+            ms,
+            selected = %selected.join(","),
+            "FAULT INJECTION: pausing between coin selection and reservation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = selected;
 }
 
 /// Environment variable: the highest P2P wire level this node speaks (`1`: it plays

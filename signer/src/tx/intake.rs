@@ -37,9 +37,47 @@ pub enum Submission {
     },
 }
 
+/// How many times a recipient + amount request selects its inputs when the outputs
+/// it chose were taken (reserved by another transaction, e.g. a proposal of another
+/// leader) between its selection and its reservation.
+const SELECTION_ATTEMPTS: usize = 3;
+
 /// Validates, stores and proposes a transaction; returns its id once this node's own
 /// vote is cast. Nothing is stored when validation fails.
+///
+/// A recipient + amount request whose chosen outputs were taken before its
+/// reservation committed (nothing of it is stored then) selects again from what is
+/// still available, up to [`SELECTION_ATTEMPTS`] times: the submitter gets
+/// `utxo_unavailable` only when that keeps happening, and `insufficient_funds` when
+/// what is left does not cover the payment. A PSBT names its inputs, so it is not
+/// retried.
 pub async fn submit(
+    node: &Arc<TxCtx>,
+    sub: Submission,
+    initiator: &str,
+    initiator_name: &str,
+) -> Result<Uuid, TxError> {
+    let mut attempt = 1;
+    loop {
+        let r = submit_once(node, sub.clone(), initiator, initiator_name).await;
+        match r {
+            Err(TxError::Invalid {
+                code: "utxo_unavailable",
+                ref message,
+            }) if matches!(sub, Submission::Pay { .. }) && attempt < SELECTION_ATTEMPTS => {
+                tracing::info!(
+                    attempt,
+                    reason = %message,
+                    "an output the payment selected was taken before its reservation; selecting again"
+                );
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn submit_once(
     node: &Arc<TxCtx>,
     sub: Submission,
     initiator: &str,
@@ -127,6 +165,9 @@ pub async fn submit(
                 outpoints,
             });
             drop(claims);
+            if let Some(c) = &claim {
+                crate::fault::intake_pause(&c.outpoints).await;
+            }
             (v, Some(recipient), Some(amount_sats))
         }
     };
