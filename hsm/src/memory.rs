@@ -319,7 +319,7 @@ pub fn harden_process() -> HardeningReport {
 
     let mlock = lock_all_memory();
     match &mlock {
-        MlockStatus::Locked => {}
+        MlockStatus::Locked => limit_malloc_arenas(),
         other => warnings.push(format!("memory not locked: {other:?}")),
     }
 
@@ -335,6 +335,66 @@ pub fn harden_process() -> HardeningReport {
         tracing::warn!(%report, warnings = ?report.warnings, "process only partly hardened");
     }
     report
+}
+
+/// Arenas the C allocator may use in a process locked in memory (glibc's default is
+/// eight per core). A locked page cannot be given back (`MADV_DONTNEED` is refused
+/// on locked pages), so each arena keeps the high-water mark of every burst its
+/// threads saw resident as free heap; fewer arenas share that free heap. Measured
+/// in docs/BENCHMARKS.md ("Session 31"): about 2.5 MiB less resident memory per
+/// node after a 10,000-payment soak, at the same rate.
+pub const MALLOC_ARENAS_WHEN_LOCKED: i32 = 2;
+
+/// Caps the C allocator's arenas at [`MALLOC_ARENAS_WHEN_LOCKED`], unless the
+/// operator chose a number with `GLIBC_TUNABLES=glibc.malloc.arena_max=…` (glibc
+/// only; called before any thread exists).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max")) {
+            return;
+        }
+        // SAFETY: mallopt only sets a parameter of glibc's allocator; it is called
+        // from `harden_process`, before the process starts any thread.
+        let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS_WHEN_LOCKED) } == 1;
+        if !ok {
+            tracing::warn!("mallopt(M_ARENA_MAX) refused; the allocator keeps its default arenas");
+        }
+    }
+}
+
+/// How many arenas the C allocator uses now (glibc's `malloc_info`); `None` where
+/// the C library is not glibc or the report cannot be read.
+pub fn malloc_arenas() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut buf: *mut libc::c_char = std::ptr::null_mut();
+        let mut len: libc::size_t = 0;
+        // SAFETY: open_memstream writes the buffer pointer and its size into the two
+        // valid out-pointers; the stream is closed before either is read.
+        let stream = unsafe { libc::open_memstream(&mut buf, &mut len) };
+        if stream.is_null() {
+            return None;
+        }
+        // SAFETY: `stream` is a valid, open FILE; malloc_info only writes to it.
+        let rc = unsafe { libc::malloc_info(0, stream) };
+        // SAFETY: `stream` is open and closed once; closing sets `buf` and `len`.
+        unsafe { libc::fclose(stream) };
+        if buf.is_null() {
+            return None;
+        }
+        // SAFETY: after fclose, `buf` points to `len` initialised bytes owned by us.
+        let text =
+            String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) })
+                .into_owned();
+        // SAFETY: `buf` was allocated by open_memstream with malloc.
+        unsafe { libc::free(buf.cast()) };
+        (rc == 0).then(|| text.matches("<heap nr=").count())
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
 }
 
 fn lock_all_memory() -> MlockStatus {

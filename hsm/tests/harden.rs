@@ -74,6 +74,30 @@ fn harden_locks_memory() {
 
     let region = LockedRegion::from_secret(b"share").expect("locked region");
     assert!(region.is_locked());
+
+    // A locked process's allocator keeps to MALLOC_ARENAS_WHEN_LOCKED arenas, even
+    // with eight threads allocating at once (glibc's default would give each its
+    // own, up to eight per core).
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let blocks: Vec<Vec<u8>> = (0..64).map(|j| vec![i; 1024 + j]).collect();
+                barrier.wait();
+                blocks.len()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().expect("allocating thread"), 64);
+    }
+    let arenas = hsm::memory::malloc_arenas().expect("glibc malloc_info");
+    assert!(
+        arenas <= hsm::memory::MALLOC_ARENAS_WHEN_LOCKED as usize,
+        "{arenas} arenas"
+    );
 }
 
 fn reports_low_limit() {
