@@ -485,28 +485,37 @@ async fn a_rolling_upgrade_proposes_alone_until_every_node_speaks_batches(
     c.wait_ready(N).await;
 }
 
-/// The outputs node `i` logged, after byte `from` of its log, when its intake paused
-/// after coin selection (`SIGNER_FAULT_INTAKE_PAUSE_MS`); empty until then.
-fn logged_selection(c: &Cluster, i: usize, from: usize) -> Vec<String> {
+/// The comma-separated list in field `field` of the first line of node `i`'s log,
+/// after byte `from`, that contains `message` (a fault's report); empty until then.
+fn logged_list(c: &Cluster, i: usize, from: usize, message: &str, field: &str) -> Vec<String> {
     let log = std::fs::read(&c.node(i).log).unwrap_or_default();
     let tail = String::from_utf8_lossy(log.get(from..).unwrap_or_default()).into_owned();
-    let Some(line) = tail
-        .lines()
-        .find(|l| l.contains("pausing between coin selection and reservation"))
-    else {
+    let Some(line) = tail.lines().find(|l| l.contains(message)) else {
         return Vec::new();
     };
-    let at = ["\"selected\":\"", " selected="]
+    let at = [format!("\"{field}\":\""), format!(" {field}=")]
         .iter()
-        .find_map(|p| line.find(p).map(|at| at + p.len()))
-        .unwrap_or_else(|| panic!("no outputs in {line}"));
+        .find_map(|p| line.find(p.as_str()).map(|at| at + p.len()))
+        .unwrap_or_else(|| panic!("no {field} in {line}"));
     line[at..]
         .chars()
-        .take_while(|c| c.is_ascii_hexdigit() || *c == ':' || *c == ',')
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '-' | ','))
         .collect::<String>()
         .split(',')
         .map(str::to_owned)
         .collect()
+}
+
+/// The outputs node `i` logged, after byte `from` of its log, when its intake paused
+/// after coin selection (`SIGNER_FAULT_INTAKE_PAUSE_MS`); empty until then.
+fn logged_selection(c: &Cluster, i: usize, from: usize) -> Vec<String> {
+    logged_list(
+        c,
+        i,
+        from,
+        "pausing between coin selection and reservation",
+        "selected",
+    )
 }
 
 /// A payment whose chosen outputs are taken between its coin selection and its
@@ -592,25 +601,7 @@ async fn a_payment_whose_chosen_outputs_are_taken_before_its_reservation_selects
 /// The ids node `i` logged, from byte `from` of its log, when it killed itself
 /// before a batch commit (`SIGNER_FAULT_KILL_BEFORE_COMMIT`); empty until then.
 fn logged_kill(c: &Cluster, i: usize, from: usize) -> Vec<String> {
-    let log = std::fs::read(&c.node(i).log).unwrap_or_default();
-    let tail = String::from_utf8_lossy(log.get(from..).unwrap_or_default()).into_owned();
-    let Some(line) = tail
-        .lines()
-        .find(|l| l.contains("killing this node before a batch commit"))
-    else {
-        return Vec::new();
-    };
-    let at = ["\"ids\":\"", " ids="]
-        .iter()
-        .find_map(|p| line.find(p).map(|at| at + p.len()))
-        .unwrap_or_else(|| panic!("no ids in {line}"));
-    line[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_hexdigit() || *c == '-' || *c == ',')
-        .collect::<String>()
-        .split(',')
-        .map(str::to_owned)
-        .collect()
+    logged_list(c, i, from, "killing this node before a batch commit", "ids")
 }
 
 /// Waits until node `i` (process `pid`) killed itself before committing a batch
