@@ -636,6 +636,14 @@ async fn rows_about(c: &Cluster, i: usize, table: &str, column: &str, ids: &[Str
     n
 }
 
+/// The two counts `sql` (of the ids bound as `$1`) gives on node `i`'s database.
+async fn two_counts(c: &Cluster, i: usize, sql: &'static str, ids: &[String]) -> (i64, i64) {
+    let db = c.db(i).await;
+    let counts = sqlx::query_as(sql).bind(ids).fetch_one(&db).await.unwrap();
+    db.close().await;
+    counts
+}
+
 /// Votes by `voter` on the transactions `ids` stored on node `i`.
 async fn votes_of_on(c: &Cluster, i: usize, voter: &str, ids: &[String]) -> i64 {
     let db = c.db(i).await;
@@ -720,18 +728,16 @@ async fn a_crash_inside_a_batch_commit_stores_nothing_of_the_batch(c: &Cluster, 
             );
             // An outflow counted because node 2 saw the others' quorum before it
             // died is not part of its votes' write; its own approvals' are.
-            let db = c.db(2).await;
-            let (own, audited): (i64, i64) = sqlx::query_as(
+            let (own, audited) = two_counts(
+                c,
+                2,
                 "SELECT (SELECT count(*) FROM outflows WHERE transaction_id::text = ANY($1::text[]) \
                          AND counted_for = 'own_approve'), \
                         (SELECT count(*) FROM audit_log WHERE subject = ANY($1::text[]) \
                          AND action = 'tx.vote')",
+                &killed,
             )
-            .bind(&killed)
-            .fetch_one(&db)
-            .await
-            .unwrap();
-            db.close().await;
+            .await;
             assert_eq!(
                 (own, audited),
                 (0, 0),
@@ -749,18 +755,16 @@ async fn a_crash_inside_a_batch_commit_stores_nothing_of_the_batch(c: &Cluster, 
         c.wait_ready(N).await;
         let v = c.get_json(2, "/api/v1/audit/verify").await;
         assert_eq!(v["valid"], true, "{point}: node 2's audit chain: {v}");
-        let db = c.db(2).await;
-        let (open, holding): (i64, i64) = sqlx::query_as(
+        let (open, holding) = two_counts(
+            c,
+            2,
             "SELECT (SELECT count(*) FROM transactions WHERE id::text = ANY($1::text[]) \
                      AND state IN ('pending', 'voting', 'approved', 'signing')), \
                     (SELECT count(*) FROM utxos WHERE reserved_by::text = ANY($1::text[]) \
                      AND state = 'reserved')",
+            &killed,
         )
-        .bind(&killed)
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        db.close().await;
+        .await;
         assert_eq!((open, holding), (0, 0), "{point}: after node 2's restart");
     }
 

@@ -57,6 +57,9 @@ pub async fn submit(
     initiator: &str,
     initiator_name: &str,
 ) -> Result<Uuid, TxError> {
+    if matches!(sub, Submission::Psbt(_)) {
+        return submit_once(node, sub, initiator, initiator_name).await;
+    }
     let mut attempt = 1;
     loop {
         let r = submit_once(node, sub.clone(), initiator, initiator_name).await;
@@ -64,7 +67,7 @@ pub async fn submit(
             Err(TxError::Invalid {
                 code: "utxo_unavailable",
                 ref message,
-            }) if matches!(sub, Submission::Pay { .. }) && attempt < SELECTION_ATTEMPTS => {
+            }) if attempt < SELECTION_ATTEMPTS => {
                 tracing::info!(
                     attempt,
                     reason = %message,
