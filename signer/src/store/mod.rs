@@ -5,6 +5,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod batch_writes;
 pub mod dkg;
 mod groups;
 pub mod node_keys;

@@ -150,13 +150,6 @@ impl Store {
     /// longer available or a row is refused.
     async fn submitted_together(&self, items: Vec<Submitted>) -> Result<bool, StoreError> {
         let ids: Vec<Uuid> = items.iter().map(|s| s.new.id).collect();
-        let key_ids: Vec<Option<String>> = items.iter().map(|s| s.new.key_id.clone()).collect();
-        let recipients: Vec<Option<String>> =
-            items.iter().map(|s| s.new.recipient.clone()).collect();
-        let amounts: Vec<Option<i64>> = items.iter().map(|s| s.new.amount_sats).collect();
-        let fees: Vec<Option<i64>> = items.iter().map(|s| s.new.fee_sats).collect();
-        let psbts: Vec<Option<Vec<u8>>> = items.iter().map(|s| s.new.psbt.clone()).collect();
-        let initiators: Vec<String> = items.iter().map(|s| s.new.initiator.clone()).collect();
         let (mut r_txids, mut r_vouts, mut r_ids) = (Vec::new(), Vec::new(), Vec::new());
         for s in &items {
             for o in &s.reserve {
@@ -166,22 +159,9 @@ impl Store {
             }
         }
         let mut tx = self.pool().begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO transactions (id, key_id, recipient, amount_sats, fee_sats, psbt, initiator) \
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
-                                  $6::bytea[], $7::text[])",
-        )
-        .bind(&ids)
-        .bind(&key_ids)
-        .bind(&recipients)
-        .bind(&amounts)
-        .bind(&fees)
-        .bind(&psbts)
-        .bind(&initiators)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(r) if usize::try_from(r.rows_affected()).ok() == Some(items.len()) => {}
+        let rows: Vec<&NewTransaction> = items.iter().map(|s| &s.new).collect();
+        match insert_rows(&mut tx, &rows).await {
+            Ok(n) if usize::try_from(n).ok() == Some(items.len()) => {}
             Ok(_) | Err(_) => return Ok(false),
         }
         if !r_ids.is_empty() {
@@ -249,37 +229,6 @@ impl Store {
             }
         }
         Ok(unavailable)
-    }
-
-    /// [`Store::open_voting`] for the proposals of one batch from `leader` (issue
-    /// 21): `(new, id, round, reserve)` each, all written in one database
-    /// transaction, or none. `false` (nothing written) when one of them cannot be
-    /// written as it is (known already, not found, an input unavailable): the
-    /// caller opens each on its own, so that one fails or votes reject alone.
-    #[allow(clippy::type_complexity)]
-    pub async fn open_votings(
-        &self,
-        leader: &str,
-        proposals: &[(
-            Option<&NewTransaction>,
-            Uuid,
-            &super::votes::NewRound,
-            &[wallet::OwnedUtxo],
-        )],
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        for (new, id, round, reserve) in proposals {
-            match open_in(&mut tx, *new, *id, leader, round, reserve).await {
-                Ok(Opened::Yes) => {}
-                Ok(_) | Err(StoreError::Duplicate { .. }) => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        crate::crash::before_commit(crate::crash::PROPOSAL_BATCH, || {
-            proposals.iter().map(|(_, id, _, _)| *id).collect()
-        });
-        tx.commit().await?;
-        Ok(true)
     }
 
     /// One transaction.
@@ -447,69 +396,6 @@ impl Store {
             tx.commit().await?;
         }
         Ok(r)
-    }
-
-    /// [`Store::record_own_vote`] for several votes (a batch's, issue 21), in one
-    /// database transaction: every one is written, or none. `false` (nothing
-    /// written) when one of them is not [`VoteRecord::Recorded`]: the caller
-    /// writes each on its own, so that one fails alone.
-    pub async fn record_own_votes(
-        &self,
-        votes: &[(
-            Uuid,
-            Option<ApprovalClaim<'_>>,
-            super::votes::NewSignedVote,
-            AuditOf,
-        )],
-    ) -> Result<bool, StoreError> {
-        super::retry_conflicts("own votes", || async {
-            let mut tx = self.pool().begin().await?;
-            // Every row lock of the batch (claims, outflows, votes) is taken before
-            // the audit append lock, as in every other audited change: a batch
-            // that took the lock with its first vote's record and then row locks
-            // for the next deadlocked with a round close holding such a row and
-            // waiting for the lock (seen under a 1,000-payment burst).
-            for (id, approve, own_vote, _) in votes {
-                if let Some(a) = approve {
-                    if claim_txid(&mut tx, *id, a).await? != VoteRecord::Recorded {
-                        return Ok(false);
-                    }
-                }
-                let (key_id, sats) =
-                    outflow_columns(*id, approve.as_ref().map(|a| (a.key_id, a.outflow_sats)))?;
-                let v = own_vote;
-                sqlx::query(
-                    "WITH o AS (INSERT INTO outflows (transaction_id, key_id, outflow_sats, counted_for) \
-                               SELECT $1, $2, $3, $4 WHERE $2::text IS NOT NULL \
-                               ON CONFLICT (transaction_id) DO NOTHING RETURNING 1) \
-                     INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, \
-                                        signature, signed_vote) \
-                     SELECT $5, $6, $7, $8, $9, $10, $11 WHERE (SELECT count(*) FROM o) >= 0",
-                )
-                .bind(*id)
-                .bind(key_id)
-                .bind(sats)
-                .bind(OutflowReason::OwnApprove.as_str())
-                .bind(v.round_id)
-                .bind(v.node_id.as_str())
-                .bind(v.decision.as_str())
-                .bind(&v.reasons)
-                .bind(v.policy_hash.as_str())
-                .bind(v.signature.as_slice())
-                .bind(v.signed_vote.as_slice())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::classify(e, "own vote"))?;
-            }
-            let audits = votes.iter().map(|(_, _, _, a)| a.clone()).collect();
-            AuditOf::append_many(audits, &mut tx).await?;
-            crate::crash::before_commit(crate::crash::OWN_VOTES, || {
-                votes.iter().map(|(id, _, _, _)| *id).collect()
-            });
-            tx.commit().await?;
-            Ok(true)
-        })
-        .await
     }
 }
 
@@ -1268,6 +1154,36 @@ async fn insert_row(conn: &mut sqlx::PgConnection, tx: &NewTransaction) -> Resul
     .await
     .map_err(|e| StoreError::classify(e, "transaction"))?;
     Ok(())
+}
+
+/// Inserts `rows` in state `pending` in one statement; how many were inserted.
+pub(super) async fn insert_rows(
+    conn: &mut sqlx::PgConnection,
+    rows: &[&NewTransaction],
+) -> Result<u64, StoreError> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let key_ids: Vec<Option<&str>> = rows.iter().map(|r| r.key_id.as_deref()).collect();
+    let recipients: Vec<Option<&str>> = rows.iter().map(|r| r.recipient.as_deref()).collect();
+    let amounts: Vec<Option<i64>> = rows.iter().map(|r| r.amount_sats).collect();
+    let fees: Vec<Option<i64>> = rows.iter().map(|r| r.fee_sats).collect();
+    let psbts: Vec<Option<&[u8]>> = rows.iter().map(|r| r.psbt.as_deref()).collect();
+    let initiators: Vec<&str> = rows.iter().map(|r| r.initiator.as_str()).collect();
+    Ok(sqlx::query(
+        "INSERT INTO transactions (id, key_id, recipient, amount_sats, fee_sats, psbt, initiator) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+                              $6::bytea[], $7::text[])",
+    )
+    .bind(&ids)
+    .bind(&key_ids)
+    .bind(&recipients)
+    .bind(&amounts)
+    .bind(&fees)
+    .bind(&psbts)
+    .bind(&initiators)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| StoreError::classify(e, "transaction"))?
+    .rows_affected())
 }
 
 /// Claims signing session `e.session` inside the caller's database transaction;

@@ -436,6 +436,90 @@ pub(crate) async fn reserve_in(
     Ok(None)
 }
 
+/// [`reserve_in`] for the inputs of several transactions (`(transaction,
+/// input)`, no output twice), in two statements: the outputs this node did not
+/// know are recorded reserved, the known ones reserved unless another
+/// transaction holds them or they are spent. `false` when one of them could not
+/// be reserved: the caller rolls back its whole database transaction.
+pub(crate) async fn reserve_many_in(
+    conn: &mut PgConnection,
+    inputs: &[(Uuid, &OwnedUtxo)],
+) -> Result<bool, StoreError> {
+    if inputs.is_empty() {
+        return Ok(true);
+    }
+    let n = inputs.len();
+    let (mut ids, mut txids, mut vouts, mut keys) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut values, mut scripts, mut chains, mut idxs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (id, u) in inputs {
+        ids.push(*id);
+        txids.push(u.outpoint.txid.to_string());
+        vouts.push(i64::from(u.outpoint.vout));
+        keys.push(u.key_id.as_str());
+        values.push(i64::try_from(u.value_sats).unwrap_or(i64::MAX));
+        scripts.push(u.script_pubkey.as_bytes());
+        chains.push(i64::from(u.chain));
+        idxs.push(i64::from(u.index));
+    }
+    let learned = sqlx::query(
+        "INSERT INTO utxos (txid, vout, key_id, value_sats, script_pubkey, chain, idx, \
+                            state, reserved_by, origin) \
+         SELECT s.txid, s.vout, s.key_id, s.value_sats, s.script_pubkey, s.chain, s.idx, \
+                'reserved', s.id, 'proposal' \
+         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
+                     $6::bytea[], $7::bigint[], $8::bigint[]) \
+              AS s(id, txid, vout, key_id, value_sats, script_pubkey, chain, idx) \
+         ON CONFLICT (txid, vout) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&txids)
+    .bind(&vouts)
+    .bind(&keys)
+    .bind(&values)
+    .bind(&scripts)
+    .bind(&chains)
+    .bind(&idxs)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| StoreError::classify(e, "utxo"))?
+    .rows_affected();
+    let learned = usize::try_from(learned).unwrap_or(usize::MAX);
+    if learned == n {
+        return Ok(true);
+    }
+    // The known ones (each row is now either this batch's new row, reserved by
+    // its transaction, or one that existed before): reserved unless held by
+    // another transaction or spent. Counting the rows reserved by their own
+    // transaction afterwards covers both.
+    let reserved = sqlx::query(
+        "WITH s AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS s(id, txid, vout)), \
+              r AS (UPDATE utxos u SET state = 'reserved', reserved_by = s.id FROM s \
+                    WHERE u.txid = s.txid AND u.vout = s.vout AND u.state = 'available' \
+                    RETURNING 1) \
+         SELECT (SELECT count(*) FROM r) AS now, count(*) AS before FROM utxos u JOIN s \
+             ON u.txid = s.txid AND u.vout = s.vout \
+         WHERE u.state = 'reserved' AND u.reserved_by = s.id",
+    )
+    .bind(&ids)
+    .bind(&txids)
+    .bind(&vouts)
+    .fetch_one(&mut *conn)
+    .await?;
+    let now: i64 = sqlx::Row::try_get(&reserved, "now")?;
+    let before: i64 = sqlx::Row::try_get(&reserved, "before")?;
+    Ok(usize::try_from(now + before).ok() == Some(n))
+}
+
 /// Transaction states in which inputs may still be reserved.
 const LIVE_STATES: [&str; 4] = ["pending", "voting", "approved", "signing"];
 

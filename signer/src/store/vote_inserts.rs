@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 
+use sqlx::Row;
 use uuid::Uuid;
 
 use super::groups::{write_together_or_alone, Groups, Waiting};
@@ -67,43 +68,98 @@ impl Store {
         &self,
         votes: Vec<NewSignedVote>,
     ) -> Result<Option<Vec<Result<bool, StoreError>>>, StoreError> {
-        let mut round_id = Vec::with_capacity(votes.len());
-        let mut node_id = Vec::with_capacity(votes.len());
-        let mut decision = Vec::with_capacity(votes.len());
-        let mut reasons = Vec::with_capacity(votes.len());
-        let mut policy_hash = Vec::with_capacity(votes.len());
-        let mut signature = Vec::with_capacity(votes.len());
-        let mut signed_vote = Vec::with_capacity(votes.len());
-        for v in &votes {
-            round_id.push(v.round_id);
-            node_id.push(v.node_id.clone());
-            decision.push(v.decision.clone());
-            reasons.push(v.reasons.clone());
-            policy_hash.push(v.policy_hash.clone());
-            signature.push(v.signature.clone());
-            signed_vote.push(v.signed_vote.clone());
-        }
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], \
-                                  $6::bytea[], $7::bytea[]) \
-             ON CONFLICT ON CONSTRAINT votes_one_per_node DO NOTHING RETURNING round_id, node_id",
-        )
-        .bind(&round_id)
-        .bind(&node_id)
-        .bind(&decision)
-        .bind(&reasons)
-        .bind(&policy_hash)
-        .bind(&signature)
-        .bind(&signed_vote)
-        .fetch_all(self.pool())
-        .await?;
-        let stored: HashSet<(Uuid, String)> = rows.into_iter().collect();
+        let rows = VoteColumns::of(votes.iter())
+            .query(INSERT_PEER_VOTES)
+            .fetch_all(self.pool())
+            .await?;
+        let stored = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<HashSet<(Uuid, String)>, sqlx::Error>>()?;
         Ok(Some(
             votes
                 .into_iter()
                 .map(|v| Ok(stored.contains(&(v.round_id, v.node_id))))
                 .collect(),
         ))
+    }
+}
+
+/// Votes as the parallel columns of one multi-row `INSERT` (`unnest`).
+pub(crate) struct VoteColumns<'a> {
+    round_id: Vec<Uuid>,
+    node_id: Vec<&'a str>,
+    decision: Vec<&'a str>,
+    reasons: Vec<&'a serde_json::Value>,
+    policy_hash: Vec<&'a str>,
+    signature: Vec<&'a [u8]>,
+    signed_vote: Vec<&'a [u8]>,
+}
+
+/// The multi-row insert of [`VoteColumns`], before its conflict clause.
+macro_rules! insert_votes {
+    () => {
+        "INSERT INTO votes (round_id, node_id, decision, reasons, policy_hash, signature, signed_vote) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], \
+                              $6::bytea[], $7::bytea[])"
+    };
+}
+
+/// This node's own votes: no conflict clause.
+const INSERT_OWN_VOTES: &str = insert_votes!();
+
+/// Peers' votes: a voter's slot taken in a round keeps the stored vote.
+const INSERT_PEER_VOTES: &str = concat!(
+    insert_votes!(),
+    " ON CONFLICT ON CONSTRAINT votes_one_per_node DO NOTHING RETURNING round_id, node_id"
+);
+
+impl<'a> VoteColumns<'a> {
+    /// The columns of `votes`, in order.
+    pub(crate) fn of(votes: impl Iterator<Item = &'a NewSignedVote>) -> Self {
+        let mut c = Self {
+            round_id: Vec::new(),
+            node_id: Vec::new(),
+            decision: Vec::new(),
+            reasons: Vec::new(),
+            policy_hash: Vec::new(),
+            signature: Vec::new(),
+            signed_vote: Vec::new(),
+        };
+        for v in votes {
+            c.round_id.push(v.round_id);
+            c.node_id.push(&v.node_id);
+            c.decision.push(&v.decision);
+            c.reasons.push(&v.reasons);
+            c.policy_hash.push(&v.policy_hash);
+            c.signature.push(&v.signature);
+            c.signed_vote.push(&v.signed_vote);
+        }
+        c
+    }
+
+    /// Insert `sql` (one of the two above) with the columns bound.
+    fn query(
+        &self,
+        sql: &'static str,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(sql)
+            .bind(&self.round_id)
+            .bind(&self.node_id)
+            .bind(&self.decision)
+            .bind(&self.reasons)
+            .bind(&self.policy_hash)
+            .bind(&self.signature)
+            .bind(&self.signed_vote)
+    }
+
+    /// Inserts every vote (this node's own: a vote of its own stored in one of
+    /// the rounds fails the statement, and nothing is inserted).
+    pub(crate) async fn insert_all(&self, conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+        self.query(INSERT_OWN_VOTES)
+            .execute(conn)
+            .await
+            .map_err(|e| StoreError::classify(e, "own vote"))?;
+        Ok(())
     }
 }

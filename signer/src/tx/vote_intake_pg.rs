@@ -1020,6 +1020,45 @@ async fn a_batchs_own_votes_are_written_together_or_none_is() {
         assert_eq!(votes(*round).await, 1);
         assert_eq!(audit_rows_about(&store, "tx.vote", *id).await, 1);
     }
+    // The same batch again: this node's votes are stored already, so the
+    // statement fails and nothing more is written (no second outflow or record).
+    assert!(!matches!(
+        store.record_own_votes(&rows(claim(2, &[1; 32]))).await,
+        Ok(true)
+    ));
+    assert_eq!(spent().await, 3_000);
+    for (id, round) in &batch {
+        assert_eq!(votes(*round).await, 1);
+        assert_eq!(audit_rows_about(&store, "tx.vote", *id).await, 1);
+    }
+    // One txid twice in a batch under the same data (the same unsigned
+    // transaction proposed twice): claimed by the first, found under the same
+    // data by the second, as when written one after the other.
+    let mut twice = Vec::new();
+    for _ in 0..2 {
+        let (id, round) = open_round(&store).await;
+        twice.push((
+            id,
+            Some(claim(2, &[1; 32])),
+            vote_row(round, &signed(id, 1, 1, VoteDecision::Approve)),
+            vote_audit(id),
+        ));
+    }
+    let twice_again = |i: usize| ApprovalClaim {
+        txid: "ee".repeat(32).leak(),
+        ..claim(i, &[2; 32])
+    };
+    twice[0].1 = Some(twice_again(0));
+    twice[1].1 = Some(twice_again(1));
+    assert!(store.record_own_votes(&twice).await.expect("batch"));
+    let first_claim: Uuid =
+        sqlx::query_scalar("SELECT transaction_id FROM approved_txids WHERE txid = $1")
+            .bind("ee".repeat(32))
+            .fetch_one(store.pool())
+            .await
+            .expect("claim");
+    assert_eq!(first_claim, twice[0].0);
+    assert_eq!(spent().await, 5_000);
 }
 
 /// A batch's proposals (issue 21): recorded in one database transaction, all or
@@ -1156,6 +1195,40 @@ async fn a_batchs_proposals_are_opened_together_or_none_is() {
         .await
         .expect("batch"));
     assert_eq!(opened(c).await, (None, 0));
+    // Two proposals of one batch naming one input: none written.
+    let (d, e) = (Uuid::new_v4(), Uuid::new_v4());
+    let (pd, pe, rd, re) = (proposal(d), proposal(e), round(), round());
+    let (known, learned) = (utxo(23, 3_000), utxo(24, 4_000));
+    let both = [known.clone()];
+    assert!(!store
+        .open_votings(
+            "node-2",
+            &[
+                (Some(&pd), d, &rd, &both[..]),
+                (Some(&pe), e, &re, &both[..])
+            ]
+        )
+        .await
+        .expect("batch"));
+    assert_eq!((opened(d).await, opened(e).await), ((None, 0), (None, 0)));
+    // An output this node knew (available) and one it learns from the proposal:
+    // both reserved by their transaction in the batch's commit.
+    store
+        .add_utxos(std::slice::from_ref(&known))
+        .await
+        .expect("import");
+    let (id_, ie) = ([known.clone()], [learned.clone()]);
+    assert!(store
+        .open_votings(
+            "node-2",
+            &[(Some(&pd), d, &rd, &id_[..]), (Some(&pe), e, &re, &ie[..])]
+        )
+        .await
+        .expect("batch"));
+    for (id, input) in [(d, known.outpoint), (e, learned.outpoint)] {
+        assert_eq!(opened(id).await, (Some("voting".to_owned()), 1));
+        assert!(store.inputs_reserved_by(id, &[input]).await.expect("check"));
+    }
 }
 
 /// When the audit records of `action` about `id` were written (a group's records
