@@ -253,6 +253,11 @@ pub struct WalletConfig {
     /// milliseconds (only when `proposal_batch_max` is above 1).
     #[serde(default = "default_proposal_batch_linger_ms")]
     pub proposal_batch_linger_ms: u64,
+    /// How long this node, as a leader, selects coins from one read of a key's
+    /// largest selectable outputs, in milliseconds (issue 21; 0 reads them for
+    /// every payment). Outputs released since the read become selectable after it.
+    #[serde(default = "default_selection_view_ttl_ms")]
+    pub selection_view_ttl_ms: u64,
 }
 
 impl Default for WalletConfig {
@@ -268,6 +273,7 @@ impl Default for WalletConfig {
             max_vote_deadline_secs: default_max_vote_deadline_secs(),
             proposal_batch_max: default_proposal_batch_max(),
             proposal_batch_linger_ms: default_proposal_batch_linger_ms(),
+            selection_view_ttl_ms: default_selection_view_ttl_ms(),
         }
     }
 }
@@ -313,6 +319,9 @@ fn default_proposal_batch_max() -> usize {
 }
 fn default_proposal_batch_linger_ms() -> u64 {
     2
+}
+fn default_selection_view_ttl_ms() -> u64 {
+    1_000
 }
 
 /// Cross-node audit checkpoints (`[audit]`, see docs/AUDIT.md): every node's audit
@@ -1029,10 +1038,12 @@ impl NodeConfig {
         }
         if !(1..=MAX_PROPOSAL_BATCH).contains(&self.wallet.proposal_batch_max)
             || self.wallet.proposal_batch_linger_ms > 1000
+            || self.wallet.selection_view_ttl_ms > 60_000
         {
             return Err(invalid(format!(
-                "wallet.proposal_batch_max must be between 1 and {} and \
-                 wallet.proposal_batch_linger_ms at most 1000",
+                "wallet.proposal_batch_max must be between 1 and {}, \
+                 wallet.proposal_batch_linger_ms at most 1000 and \
+                 wallet.selection_view_ttl_ms at most 60000",
                 MAX_PROPOSAL_BATCH
             )));
         }

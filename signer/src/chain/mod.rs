@@ -245,7 +245,9 @@ pub async fn scan(node: &Arc<TxCtx>, rpc: &RpcClient) -> Result<u64, ChainError>
         return Ok(0);
     }
     let found = owned_unspents(&result, &keys);
-    Ok(node.store.add_utxos(&found).await?)
+    let added = node.store.add_utxos(&found).await?;
+    crate::tx::selection::forget(node, None).await;
+    Ok(added)
 }
 
 /// Whether a `sendrawtransaction` refusal means the transaction is already known

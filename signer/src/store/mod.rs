@@ -154,6 +154,9 @@ pub struct Store {
     submissions: std::sync::Arc<transactions::Submissions>,
     session_entries: std::sync::Arc<transactions::SessionEntries>,
     round_closes: std::sync::Arc<votes::RoundCloses>,
+    /// Counts the commits that may have made reserved outputs available again
+    /// (see [`Store::releases`]).
+    releases: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The embedded schema migrations (`migrations/` at the repository root).
@@ -184,6 +187,7 @@ impl Store {
             submissions: std::sync::Arc::new(transactions::submissions()),
             session_entries: std::sync::Arc::new(transactions::session_entries()),
             round_closes: std::sync::Arc::new(votes::round_closes()),
+            releases: Default::default(),
         })
     }
 
@@ -196,6 +200,22 @@ impl Store {
     /// The underlying pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// How many commits through this store may have made reserved outputs
+    /// available again (a round closed other than approved, a transaction failed
+    /// or expired, a release), counted after each such commit: a reader that takes
+    /// the count before its read of the selectable outputs and finds it unchanged
+    /// later knows that no release committed after the read (the leader's coin
+    /// selection view, `tx::selection`).
+    pub fn releases(&self) -> u64 {
+        self.releases.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Counts a commit that may have released outputs (see [`Store::releases`]).
+    pub(crate) fn released(&self) {
+        self.releases
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Cheap liveness probe.

@@ -769,6 +769,7 @@ impl super::Store {
             .await?;
         }
         tx.commit().await?;
+        self.released();
         Ok(u64::try_from(rows.len()).unwrap_or(u64::MAX))
     }
 
@@ -918,6 +919,7 @@ impl super::Store {
         )
         .await?;
         tx.commit().await?;
+        self.released();
         Ok(())
     }
 

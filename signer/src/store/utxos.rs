@@ -343,7 +343,9 @@ impl Store {
     /// Makes the UTXOs reserved by a transaction that will not be signed available
     /// again.
     pub async fn release_utxos(&self, id: Uuid) -> Result<u64, StoreError> {
-        release_reserved(self.pool(), id).await
+        let released = release_reserved(self.pool(), id).await?;
+        self.released();
+        Ok(released)
     }
 }
 

@@ -288,6 +288,9 @@ impl Store {
             return Ok(false);
         }
         tx.commit().await?;
+        if closes.iter().any(|c| c.outcome != "approved") {
+            self.released();
+        }
         Ok(true)
     }
 
@@ -333,6 +336,9 @@ impl Store {
             return Ok(false);
         }
         tx.commit().await?;
+        if c.outcome != "approved" {
+            self.released();
+        }
         Ok(true)
     }
 }

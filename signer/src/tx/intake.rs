@@ -13,9 +13,6 @@ use crate::audit::AuditEntry;
 use crate::p2p::Frame;
 use crate::store::audit::AuditOf;
 
-/// How many of a key's largest selectable outputs coin selection reads first (it
-/// reads up to `max_inputs` when these do not cover the payment).
-const SELECTION_FIRST_READ: usize = 32;
 use crate::store::transactions::NewTransaction;
 use crate::store::StoreError;
 
@@ -68,6 +65,9 @@ pub async fn submit(
                 code: "utxo_unavailable",
                 ref message,
             }) if attempt < SELECTION_ATTEMPTS => {
+                if let Submission::Pay { key_id, .. } = &sub {
+                    super::selection::forget(node, Some(key_id)).await;
+                }
                 tracing::info!(
                     attempt,
                     reason = %message,
@@ -116,48 +116,18 @@ async fn submit_once(
             // concurrent requests never select the same UTXOs; the checks and the
             // durable reservation (below) run outside it, while the claim holds.
             let mut claims = node.tx.intake_lock.lock().await;
-            // Only what selection can use: outputs worth more than their own input
-            // fee, at most `max_inputs` of them, largest first. Selection is greedy
-            // from the largest, so it first reads only the largest
-            // `SELECTION_FIRST_READ` and reads up to `max_inputs` only when those do
-            // not cover the payment: the choice is the same either way, and a
-            // payment beside thousands of outputs reads tens of rows, not hundreds.
-            // Outputs other requests claimed are skipped (read beyond the limit by
-            // their number, so the limit counts selectable outputs).
-            let above = fee_rate_sat_vb.saturating_mul(key.wallet.kind().input_vbytes());
             let change = match claims.next_change.get(&key_id) {
                 Some(next) => *next,
                 None => node.store.next_change_index(&key_id).await?,
             };
-            let held = claims.outpoints.len();
-            let mut read = SELECTION_FIRST_READ.min(limits.max_inputs);
-            let v = loop {
-                let rows = i64::try_from(read.saturating_add(held)).unwrap_or(i64::MAX);
-                let utxos: Vec<_> = node
-                    .store
-                    .selectable_utxos(&key_id, above, rows)
-                    .await?
-                    .into_iter()
-                    .filter(|u| !claims.outpoints.contains(&u.outpoint))
-                    .take(read)
-                    .collect();
-                match wallet::build_psbt(
-                    &key.wallet,
-                    &utxos,
-                    &recipient,
-                    amount_sats,
-                    fee_rate_sat_vb,
-                    change,
-                    &limits,
-                ) {
-                    Err(wallet::WalletError::InsufficientFunds { .. })
-                        if utxos.len() == read && read < limits.max_inputs =>
-                    {
-                        read = limits.max_inputs;
-                    }
-                    r => break r?,
-                }
+            let payment = super::selection::Payment {
+                key: &key.wallet,
+                recipient: &recipient,
+                amount_sats,
+                fee_rate_sat_vb,
+                change_index: change,
             };
+            let v = super::selection::select(node, &mut claims, &payment, &limits).await?;
             claims
                 .next_change
                 .insert(key_id.clone(), change.saturating_add(1));
@@ -370,6 +340,7 @@ pub async fn import_utxos(
         }
     }
     node.store.add_utxos(&found).await?;
+    super::selection::forget(node, None).await;
     Ok(found)
 }
 

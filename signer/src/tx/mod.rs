@@ -24,6 +24,7 @@ pub mod blame;
 pub mod early;
 pub mod intake;
 pub mod presigned;
+pub mod selection;
 pub mod signing;
 pub mod spent;
 pub mod vote_intake;
@@ -401,6 +402,9 @@ pub struct IntakeClaims {
     pub outpoints: std::collections::HashSet<bitcoin::OutPoint>,
     /// Per key: the next change index to hand out (read from the database once).
     pub next_change: HashMap<String, u32>,
+    /// Per key: the largest selectable outputs as last read (see
+    /// [`selection`]).
+    pub views: selection::Views,
 }
 
 impl IntakeClaims {
