@@ -641,10 +641,16 @@ async fn a_payment_whose_view_of_the_outputs_is_stale_selects_again_from_a_fresh
     .unwrap();
     assert!(taken.len() >= 3, "stale outputs in the view: {taken:?}");
     let from = std::fs::metadata(&c.node(0).log).map_or(0, |m| m.len() as usize);
+    let before = metric_of(c, 0, "signer_tx_selection_reads_total").await;
     let (status, v) = c
         .post_json(0, "/api/v1/transactions", &pay(frost, 10_000))
         .await;
     assert_eq!(status, 202, "selected again from a fresh read: {v}");
+    assert_eq!(
+        metric_of(c, 0, "signer_tx_selection_reads_total").await,
+        before + 1,
+        "the first attempt chose from the view, the second read again"
+    );
     let id = v["id"].as_str().unwrap().to_owned();
     let tx = signed_everywhere(c, &[0, 1, 2], &id, 240).await;
     let inputs: Vec<String> = tx

@@ -277,6 +277,17 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
          # TYPE signer_tx_vote_batches_received_total counter\n\
          signer_tx_vote_batches_received_total {votes_received}\n"
     ));
+    body.push_str(&format!(
+        "# HELP signer_tx_selection_reads_total Reads of a key's selectable outputs by \
+         this node's coin selection (one serves the payments of [wallet] \
+         selection_view_ttl_ms).\n\
+         # TYPE signer_tx_selection_reads_total counter\n\
+         signer_tx_selection_reads_total {}\n",
+        s.node
+            .tx
+            .selection_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    ));
     body.push_str(&memory_metrics());
     body.push_str(&super::presign::metrics_text(&s.node).await);
     (

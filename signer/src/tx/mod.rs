@@ -371,6 +371,8 @@ pub struct Registry {
     deadlines: Mutex<std::collections::BTreeSet<(u64, Uuid, Deadline)>>,
     /// The leader's payments waiting for their proposal batch ([`batch`]).
     pub batches: batch::Batches,
+    /// Reads of selectable outputs by this node's coin selection ([`selection`]).
+    pub selection_reads: std::sync::atomic::AtomicU64,
 }
 
 /// What runs for a transaction once one of its deadlines has passed
@@ -431,6 +433,7 @@ impl Default for Registry {
             policy_recorded: Mutex::default(),
             deadlines: Mutex::default(),
             batches: batch::Batches::default(),
+            selection_reads: Default::default(),
         }
     }
 }

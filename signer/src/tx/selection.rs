@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use super::{IntakeClaims, TxCtx, TxError};
 
-/// How many of a key's largest selectable outputs one read takes (at least
-/// `max_inputs`).
+/// How many of a key's largest selectable outputs one read of a view takes (at
+/// least `max_inputs`).
 const VIEW_ROWS: usize = 256;
 
 /// How many of the largest candidates a selection tries first (all of them, up
@@ -38,6 +38,8 @@ pub struct SelectableView {
     releases: u64,
     /// Largest first.
     utxos: Vec<wallet::OwnedUtxo>,
+    /// The read returned as many rows as it asked for (the key may have more).
+    cut: bool,
 }
 
 /// The views of every key, kept with the intake claims (under the intake lock).
@@ -65,30 +67,38 @@ pub(super) async fn select(
         .fee_rate_sat_vb
         .saturating_mul(p.key.kind().input_vbytes());
     let ttl = Duration::from_millis(node.cfg.wallet.selection_view_ttl_ms);
+    // Without a view (`ttl` 0), each payment reads only the largest few, and up
+    // to `max_inputs` when those do not cover it (the choice is the same).
+    let mut depth = if ttl.is_zero() {
+        FIRST_TRY.min(limits.max_inputs)
+    } else {
+        VIEW_ROWS.max(limits.max_inputs)
+    };
     let mut fresh = false;
     loop {
         let usable = claims.views.get(key_id).is_some_and(|v| {
             v.above == above && v.read_at.elapsed() < ttl && v.releases == node.store.releases()
         });
         if !usable {
-            let view = read(node, claims, key_id, above, limits).await?;
+            let view = read(node, claims, key_id, above, depth).await?;
             claims.views.insert(key_id.to_owned(), view);
             fresh = true;
         }
         let Some(view) = claims.views.get_mut(key_id) else {
             continue;
         };
-        let candidates: Vec<wallet::OwnedUtxo> = view
+        let candidates: Vec<&wallet::OwnedUtxo> = view
             .utxos
             .iter()
             .filter(|u| !claims.outpoints.contains(&u.outpoint))
             .take(limits.max_inputs)
-            .cloned()
             .collect();
-        let build = |utxos: &[wallet::OwnedUtxo]| {
+        let build = |n: usize| {
+            let utxos: Vec<wallet::OwnedUtxo> =
+                candidates.iter().take(n).map(|u| (*u).clone()).collect();
             wallet::build_psbt(
                 p.key,
-                utxos,
+                &utxos,
                 p.recipient,
                 p.amount_sats,
                 p.fee_rate_sat_vb,
@@ -96,17 +106,24 @@ pub(super) async fn select(
                 limits,
             )
         };
-        let first = candidates.len().min(FIRST_TRY);
-        let built = match build(&candidates[..first]) {
-            Err(wallet::WalletError::InsufficientFunds { .. }) if candidates.len() > first => {
-                build(&candidates)
+        let built = match build(FIRST_TRY) {
+            Err(wallet::WalletError::InsufficientFunds { .. }) if candidates.len() > FIRST_TRY => {
+                build(candidates.len())
             }
             r => r,
         };
         match built {
-            // The view may lack outputs released or imported since its read, or
-            // be the larger part of a larger set: read again once.
+            // The view may lack outputs released or imported since its read: read
+            // again.
             Err(wallet::WalletError::InsufficientFunds { .. }) if !fresh => {
+                claims.views.remove(key_id);
+            }
+            // A fresh read that stopped at its limit before `max_inputs`: read
+            // deeper.
+            Err(wallet::WalletError::InsufficientFunds { .. })
+                if view.cut && depth < limits.max_inputs =>
+            {
+                depth = limits.max_inputs;
                 claims.views.remove(key_id);
             }
             r => {
@@ -119,19 +136,21 @@ pub(super) async fn select(
     }
 }
 
-/// Reads a view of `key_id`'s largest selectable outputs worth more than `above`
-/// (beyond the limit by the number of claimed outputs, which it may include).
+/// Reads a view of `key_id`'s `depth` largest selectable outputs worth more than
+/// `above` (beyond `depth` by the number of claimed outputs, which it may
+/// include).
 async fn read(
     node: &TxCtx,
     claims: &IntakeClaims,
     key_id: &str,
     above: u64,
-    limits: &wallet::IntakeLimits,
+    depth: usize,
 ) -> Result<SelectableView, TxError> {
-    let rows = VIEW_ROWS
-        .max(limits.max_inputs)
-        .saturating_add(claims.outpoints.len());
+    let rows = depth.saturating_add(claims.outpoints.len());
     let releases = node.store.releases();
+    node.tx
+        .selection_reads
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let utxos = node
         .store
         .selectable_utxos(key_id, above, i64::try_from(rows).unwrap_or(i64::MAX))
@@ -140,6 +159,7 @@ async fn read(
         above,
         read_at: Instant::now(),
         releases,
+        cut: utxos.len() >= rows,
         utxos,
     })
 }
