@@ -536,13 +536,7 @@ async fn a_payment_whose_chosen_outputs_are_taken_before_its_reservation_selects
     fund(c, frost, &[90_000, 90_000]).await;
     let from = std::fs::metadata(&c.node(0).log).map_or(0, |m| m.len() as usize);
     let db = c.db(0).await;
-    let (holder,): (uuid::Uuid,) = sqlx::query_as(
-        "SELECT id FROM transactions WHERE state IN ('signed', 'rejected', 'failed', 'expired') \
-         LIMIT 1",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let holder = an_ended_transaction(&db).await;
     let body = pay(frost, 10_000);
     let take = async {
         let selected = c
@@ -584,11 +578,29 @@ async fn a_payment_whose_chosen_outputs_are_taken_before_its_reservation_selects
         log[from..].contains("selecting again"),
         "the retry is logged"
     );
+    give_back(c, db, &taken, holder).await;
+}
+
+/// A transaction that ended on the node of `db`: holds outputs the tests take
+/// from coin selection (as another transaction's reservation would).
+async fn an_ended_transaction(db: &sqlx::PgPool) -> uuid::Uuid {
+    sqlx::query_scalar(
+        "SELECT id FROM transactions WHERE state IN ('signed', 'rejected', 'failed', 'expired') \
+         LIMIT 1",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// Makes the outputs `taken` for `holder` on node 0 (`db`) available again and
+/// restarts node 0 with its plain environment.
+async fn give_back(c: &Cluster, db: sqlx::PgPool, taken: &[String], holder: uuid::Uuid) {
     sqlx::query(
         "UPDATE utxos SET state = 'available', reserved_by = NULL \
          WHERE txid || ':' || vout = ANY($1::text[]) AND reserved_by = $2",
     )
-    .bind(&taken)
+    .bind(taken)
     .bind(holder)
     .execute(&db)
     .await
@@ -619,13 +631,7 @@ async fn a_payment_whose_view_of_the_outputs_is_stale_selects_again_from_a_fresh
     // The first payment reads the view (and takes its largest output).
     let first = submit(c, 0, &pay(frost, 10_000)).await;
     let db = c.db(0).await;
-    let (holder,): (uuid::Uuid,) = sqlx::query_as(
-        "SELECT id FROM transactions WHERE state IN ('signed', 'rejected', 'failed', 'expired') \
-         LIMIT 1",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let holder = an_ended_transaction(&db).await;
     // Every other selectable output of the key is taken after the read.
     let taken: Vec<String> = sqlx::query_scalar(
         "UPDATE utxos SET state = 'reserved', reserved_by = $3 \
@@ -665,19 +671,7 @@ async fn a_payment_whose_view_of_the_outputs_is_stale_selects_again_from_a_fresh
         "the reselection is logged"
     );
     signed_everywhere(c, &[0, 1, 2], &first, 240).await;
-    sqlx::query(
-        "UPDATE utxos SET state = 'available', reserved_by = NULL \
-         WHERE txid || ':' || vout = ANY($1::text[]) AND reserved_by = $2",
-    )
-    .bind(&taken)
-    .bind(holder)
-    .execute(&db)
-    .await
-    .unwrap();
-    db.close().await;
-    c.kill_node(0);
-    c.restart_node(0);
-    c.wait_ready(N).await;
+    give_back(c, db, &taken, holder).await;
 }
 
 /// The ids node `i` logged, from byte `from` of its log, when it killed itself
