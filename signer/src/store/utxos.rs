@@ -499,10 +499,11 @@ pub(crate) async fn reserve_many_in(
     if learned == n {
         return Ok(true);
     }
-    // The known ones (each row is now either this batch's new row, reserved by
-    // its transaction, or one that existed before): reserved unless held by
-    // another transaction or spent. Counting the rows reserved by their own
-    // transaction afterwards covers both.
+    // The known ones: reserved now unless held by another transaction or spent.
+    // Every input is then either reserved by this update (`now`) or was already
+    // reserved by its own transaction as the statement's snapshot sees it
+    // (`before`: the rows just learned above, or a reservation of an earlier
+    // commit); fewer than all means one is held elsewhere or spent.
     let reserved = sqlx::query(
         "WITH s AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS s(id, txid, vout)), \
               r AS (UPDATE utxos u SET state = 'reserved', reserved_by = s.id FROM s \
