@@ -201,14 +201,15 @@ async fn claim_txids(
     .await
     .map_err(|e| StoreError::classify(e, "txid approval"))?;
     let claimed: HashSet<(String, Uuid)> = claimed.into_iter().collect();
-    let before: Vec<&str> = claims
+    let unclaimed: Vec<&ApprovalClaim<'_>> = claims
         .iter()
         .filter(|(id, c)| !claimed.contains(&(c.txid.to_owned(), *id)))
-        .map(|(_, c)| c.txid)
+        .map(|(_, c)| *c)
         .collect();
-    if before.is_empty() {
+    if unclaimed.is_empty() {
         return Ok(true);
     }
+    let before: Vec<&str> = unclaimed.iter().map(|c| c.txid).collect();
     let stored: HashMap<String, Vec<u8>> =
         sqlx::query_as("SELECT txid, data_hash FROM approved_txids WHERE txid = ANY($1)")
             .bind(&before)
@@ -216,10 +217,9 @@ async fn claim_txids(
             .await?
             .into_iter()
             .collect();
-    Ok(claims
+    Ok(unclaimed
         .iter()
-        .filter(|(id, c)| !claimed.contains(&(c.txid.to_owned(), *id)))
-        .all(|(_, c)| stored.get(c.txid).map(Vec::as_slice) == Some(c.data_hash.as_slice())))
+        .all(|c| stored.get(c.txid).map(Vec::as_slice) == Some(c.data_hash.as_slice())))
 }
 
 /// The approvals' outflow counts (`own_approve`), one statement; a count that
